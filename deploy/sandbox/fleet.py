@@ -1,0 +1,292 @@
+"""Typed view of `fleet.yaml` and `price-catalog.yaml`: the GPU fleet the sandbox builds.
+
+The fleet file is data users edit; this module validates it (unknown keys are errors) and derives
+the Kubernetes objects (nodes, namespaces, Deployments) from it. It must not talk to any API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_FLEET = HERE / "fleet.yaml"
+DEFAULT_PRICES = HERE / "price-catalog.yaml"
+
+GPU_RESOURCE = "nvidia.com/gpu"
+# Labels real serving teams put on their workloads (and that the agent's tools read).
+LABEL_MODEL = "model"
+LABEL_MODEL_VERSION = "model-version"
+LABEL_RUNTIME = "serving-runtime"
+LABEL_TEAM = "team"
+LABEL_APP = "app.kubernetes.io/name"
+LABEL_POOL = "opsagent.dev/node-pool"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_COUNT_LABEL = "nvidia.com/gpu.count"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+REGION_LABEL = "topology.kubernetes.io/region"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InstanceType(_Strict):
+    gpu_product: str | None
+    gpus: int = Field(ge=0)
+    gpu_memory_gib: int = Field(ge=0)
+    cpu: int = Field(gt=0)
+    memory_gib: int = Field(gt=0)
+    price_per_hour: float = Field(ge=0, description="USD per node-hour.")
+
+
+class PriceCatalog(_Strict):
+    currency: str = "USD"
+    instance_types: dict[str, InstanceType]
+
+    @classmethod
+    def load(cls, path: Path = DEFAULT_PRICES) -> PriceCatalog:
+        return cls.model_validate(_read_yaml(path))
+
+
+class Pool(_Strict):
+    name: str
+    instance_type: str
+    nodes: int = Field(ge=0)
+    zone: str
+    gpu: bool = True
+
+
+class ModelVersion(_Strict):
+    model: str
+    version: str
+    image: str
+    max_rps: float = Field(gt=0, description="Requests/s one replica sustains on an H100 before queueing.")
+    ttft_s: float = Field(gt=0, description="Median time to first token when lightly loaded, seconds.")
+    itl_s: float = Field(ge=0, description="Median inter-token latency, seconds.")
+    error_rate: float = Field(ge=0, le=1)
+    prompt_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    prefix_hit: float = Field(ge=0, le=1, description="Prefix-cache hit ratio.")
+    crash: str | None = Field(default=None, description="Log line of a version whose pods crash-loop.")
+
+
+class Traffic(_Strict):
+    peak_rps: float = Field(ge=0)
+    trough_ratio: float = Field(ge=0, le=1)
+    peak_hour_utc: float = Field(ge=0, lt=24)
+    weekend_ratio: float = Field(ge=0, le=1)
+    bursts_per_day: int = Field(ge=0, le=24)
+    burst: float = Field(ge=1)
+    burst_minutes: int = Field(ge=0, le=240)
+
+
+class Slo(_Strict):
+    ttft_p95_s: float = Field(gt=0)
+    error_rate: float = Field(ge=0, le=1)
+
+
+class Workload(_Strict):
+    name: str
+    namespace: str
+    team: str
+    runtime: str = Field(pattern="^(vllm|triton)$")
+    model: str
+    version: str
+    pool: str
+    gpus: int = Field(ge=0)
+    replicas: int = Field(ge=0)
+    cpu: str
+    memory: str
+    slo: Slo
+    traffic: Traffic
+
+
+class Fleet(_Strict):
+    cluster: str
+    region: str
+    gpu_speed: dict[str, float]
+    pools: list[Pool]
+    serving_namespaces: list[str]
+    model_versions: list[ModelVersion]
+    workloads: list[Workload]
+    faults: dict[str, dict[str, Any]]
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Fleet:
+        pools = {p.name for p in self.pools}
+        versions = {(m.model, m.version) for m in self.model_versions}
+        for w in self.workloads:
+            if w.pool not in pools:
+                raise ValueError(f"workload {w.namespace}/{w.name}: unknown pool {w.pool!r}")
+            if (w.model, w.version) not in versions:
+                raise ValueError(f"workload {w.namespace}/{w.name}: no model_versions entry for {w.model} {w.version}")
+            if w.namespace not in self.serving_namespaces:
+                raise ValueError(f"workload {w.namespace}/{w.name}: namespace not in serving_namespaces")
+        return self
+
+    @classmethod
+    def load(cls, path: Path = DEFAULT_FLEET) -> Fleet:
+        return cls.model_validate(_read_yaml(path))
+
+    def workload(self, name: str) -> Workload:
+        for w in self.workloads:
+            if w.name == name:
+                return w
+        raise KeyError(f"no workload named {name!r} in the fleet (have: {', '.join(x.name for x in self.workloads)})")
+
+    def version(self, model: str, version: str) -> ModelVersion | None:
+        for m in self.model_versions:
+            if m.model == model and m.version == version:
+                return m
+        return None
+
+    def pool(self, name: str) -> Pool:
+        return next(p for p in self.pools if p.name == name)
+
+    def scaled(self, total_nodes: int | None) -> Fleet:
+        """Return the fleet with GPU pools resized so the fleet has about `total_nodes` GPU nodes."""
+        if not total_nodes:
+            return self
+        gpu_pools = [p for p in self.pools if p.gpu]
+        current = sum(p.nodes for p in gpu_pools) or 1
+        pools = [
+            p.model_copy(update={"nodes": max(1, round(p.nodes * total_nodes / current))}) if p.gpu else p
+            for p in self.pools
+        ]
+        return self.model_copy(update={"pools": pools})
+
+
+def node_name(pool: Pool, index: int) -> str:
+    """Name nodes the way cloud providers do: neutral, numbered, with no hint of their health."""
+    zone_octet = "abcdef".find(pool.zone[-1]) % 8
+    return f"ip-10-{zone_octet}-{_stable_int(pool.name) % 200 + 20}-{10 + index}.ec2.internal"
+
+
+def _stable_int(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)
+
+
+def node_manifest(fleet: Fleet, catalog: PriceCatalog, pool: Pool, index: int) -> dict[str, Any]:
+    it = catalog.instance_types[pool.instance_type]
+    labels = {
+        "type": "kwok",
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        INSTANCE_TYPE_LABEL: pool.instance_type,
+        ZONE_LABEL: pool.zone,
+        REGION_LABEL: fleet.region,
+        LABEL_POOL: pool.name,
+    }
+    capacity: dict[str, str] = {"cpu": str(it.cpu), "memory": f"{it.memory_gib}Gi", "pods": "110"}
+    taints: list[dict[str, str]] = []
+    if pool.gpu and it.gpus and it.gpu_product:
+        labels |= {
+            GPU_PRODUCT_LABEL: it.gpu_product,
+            GPU_COUNT_LABEL: str(it.gpus),
+            GPU_MEMORY_LABEL: str(it.gpu_memory_gib * 1024),
+        }
+        capacity[GPU_RESOURCE] = str(it.gpus)
+        taints.append({"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"})
+    name = node_name(pool, index)
+    labels["kubernetes.io/hostname"] = name
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+        },
+        "spec": {"taints": taints, "providerID": f"aws:///{pool.zone}/i-0{_stable_int(f'{pool.name}/{index}') % 16**15:015x}"},
+        "status": {"capacity": capacity, "allocatable": dict(capacity)},
+    }
+
+
+def deployment_manifest(fleet: Fleet, w: Workload) -> dict[str, Any]:
+    mv = fleet.version(w.model, w.version)
+    assert mv is not None  # the fleet validator guarantees it
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": w.name,
+            "namespace": w.namespace,
+            "labels": {LABEL_APP: w.name, LABEL_TEAM: w.team, LABEL_RUNTIME: w.runtime, LABEL_MODEL: w.model},
+        },
+        "spec": {
+            "replicas": w.replicas,
+            "revisionHistoryLimit": 10,
+            "progressDeadlineSeconds": 600,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+            "selector": {"matchLabels": {LABEL_APP: w.name}},
+            "template": pod_template(fleet, w, mv),
+        },
+    }
+
+
+def pod_template(fleet: Fleet, w: Workload, mv: ModelVersion) -> dict[str, Any]:
+    """The pod template of a workload running model version `mv` (what a rollout changes)."""
+    pool = fleet.pool(w.pool)
+    resources: dict[str, dict[str, str]] = {
+        "requests": {"cpu": w.cpu, "memory": w.memory},
+        "limits": {"memory": w.memory},
+    }
+    if w.gpus:
+        resources["requests"][GPU_RESOURCE] = str(w.gpus)
+        resources["limits"][GPU_RESOURCE] = str(w.gpus)
+    if w.runtime == "vllm":
+        args = [
+            "--model", f"/models/{mv.model}/{mv.version}",
+            "--served-model-name", mv.model,
+            "--tensor-parallel-size", str(max(1, w.gpus)),
+            "--gpu-memory-utilization", "0.90",
+        ]
+        if mv.crash:
+            args += ["--max-model-len", "131072"]
+        container = {"name": "server", "image": mv.image, "args": args, "ports": [{"name": "http", "containerPort": 8000}]}
+    else:
+        args = ["tritonserver", "--model-repository=/models", f"--load-model={mv.model}", "--metrics-port=8002"]
+        container = {"name": "server", "image": mv.image, "args": args, "ports": [{"name": "http", "containerPort": 8000}, {"name": "metrics", "containerPort": 8002}]}
+    container["resources"] = resources
+    return {
+        "metadata": {
+            "labels": {
+                LABEL_APP: w.name,
+                LABEL_TEAM: w.team,
+                LABEL_RUNTIME: w.runtime,
+                LABEL_MODEL: mv.model,
+                LABEL_MODEL_VERSION: _label_value(mv.version),
+            },
+        },
+        "spec": {
+            "nodeSelector": {LABEL_POOL: pool.name},
+            "tolerations": [
+                {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
+                {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"},
+            ],
+            "terminationGracePeriodSeconds": 5,
+            "containers": [container],
+        },
+    }
+
+
+def _label_value(v: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", v)[:63]
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        with path.open() as f:
+            return yaml.safe_load(f)
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {e}") from e
