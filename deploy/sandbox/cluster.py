@@ -1,0 +1,141 @@
+"""Populate the sandbox cluster through its real API: namespaces, RBAC, GPU nodes, serving workloads.
+
+Everything is created with the admin identity. RBAC gives the agent's reader identity get/list/watch
+on what triage needs (never Secrets or ConfigMaps), and the executor identity write access to
+Deployments only in the serving namespaces.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from deploy.sandbox import pki
+from deploy.sandbox.fleet import Fleet, PriceCatalog, deployment_manifest, node_manifest
+
+log = logging.getLogger(__name__)
+
+SANDBOX_NAMESPACE = "opsagent-sandbox"  # the sandbox's own objects (fault state); agent cannot read it
+OTHER_NAMESPACES = ("platform",)  # not serving: the executor must be refused here
+
+READER_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["pods", "pods/log", "events", "nodes", "namespaces", "services",
+                                       "endpoints", "persistentvolumeclaims", "resourcequotas", "limitranges"],
+     "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["apps"], "resources": ["deployments", "replicasets", "statefulsets", "daemonsets",
+                                          "controllerrevisions"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["scheduling.k8s.io"], "resources": ["priorityclasses"], "verbs": ["get", "list", "watch"]},
+]
+
+EXECUTOR_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "patch", "update"]},
+    {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch", "update"]},
+    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+]
+
+
+def api_client(kubeconfig: Path) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(kubeconfig))
+
+
+def _apply(create: Callable[[], Any], replace: Callable[[], Any]) -> None:
+    try:
+        create()
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        replace()
+
+
+def bootstrap(api: client.ApiClient, fleet: Fleet, catalog: PriceCatalog) -> None:
+    """Create namespaces, RBAC, the GPU nodes and the serving Deployments (idempotent)."""
+    core = client.CoreV1Api(api)
+    rbac = client.RbacAuthorizationV1Api(api)
+    apps = client.AppsV1Api(api)
+    for ns in [SANDBOX_NAMESPACE, *fleet.serving_namespaces, *OTHER_NAMESPACES]:
+        body = {"metadata": {"name": ns, "labels": {"opsagent.dev/serving": str(ns in fleet.serving_namespaces).lower()}}}
+        _apply(lambda b=body: core.create_namespace(b), lambda b=body, n=ns: core.patch_namespace(n, b))
+
+    role = {"metadata": {"name": pki.READER}, "rules": READER_RULES}
+    _apply(lambda: rbac.create_cluster_role(role), lambda: rbac.replace_cluster_role(pki.READER, role))
+    binding = {
+        "metadata": {"name": pki.READER},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": pki.READER},
+        "subjects": [{"kind": "User", "name": pki.READER, "apiGroup": "rbac.authorization.k8s.io"}],
+    }
+    _apply(lambda: rbac.create_cluster_role_binding(binding),
+           lambda: rbac.replace_cluster_role_binding(pki.READER, binding))
+    exec_role = {"metadata": {"name": pki.EXECUTOR}, "rules": EXECUTOR_RULES}
+    _apply(lambda: rbac.create_cluster_role(exec_role), lambda: rbac.replace_cluster_role(pki.EXECUTOR, exec_role))
+    for ns in fleet.serving_namespaces:
+        rb = {
+            "metadata": {"name": pki.EXECUTOR, "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": pki.EXECUTOR},
+            "subjects": [{"kind": "User", "name": pki.EXECUTOR, "apiGroup": "rbac.authorization.k8s.io"}],
+        }
+        _apply(lambda b=rb, n=ns: rbac.create_namespaced_role_binding(n, b),
+               lambda b=rb, n=ns: rbac.replace_namespaced_role_binding(pki.EXECUTOR, n, b))
+
+    for pool in fleet.pools:
+        for i in range(pool.nodes):
+            node = node_manifest(fleet, catalog, pool, i)
+            name = node["metadata"]["name"]
+            _apply(lambda n=node: core.create_node(n), lambda n=node, nm=name: core.patch_node(nm, n))
+            # The status subresource carries capacity/allocatable; create ignores it.
+            core.patch_node_status(name, {"status": node["status"]})
+    for w in fleet.workloads:
+        dep = deployment_manifest(fleet, w)
+        _apply(lambda d=dep, ns=w.namespace: apps.create_namespaced_deployment(ns, d),
+               lambda d=dep, ns=w.namespace, n=w.name: apps.replace_namespaced_deployment(n, ns, d))
+
+
+def nodes_ready(api: client.ApiClient, names: Iterable[str]) -> bool:
+    wanted = set(names)
+    ready = set()
+    for n in client.CoreV1Api(api).list_node().items:
+        if any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or [])):
+            ready.add(n.metadata.name)
+    return wanted <= ready
+
+
+def unavailable_deployments(api: client.ApiClient, fleet: Fleet) -> list[str]:
+    """Return `namespace/name` of fleet Deployments whose rollout is not complete and available."""
+    apps = client.AppsV1Api(api)
+    pending = []
+    for w in fleet.workloads:
+        try:
+            d = apps.read_namespaced_deployment(w.name, w.namespace)
+        except ApiException:
+            pending.append(f"{w.namespace}/{w.name}")
+            continue
+        s = d.status
+        if (s.observed_generation or 0) < d.metadata.generation or (s.available_replicas or 0) < d.spec.replicas \
+                or (s.updated_replicas or 0) < d.spec.replicas:
+            pending.append(f"{w.namespace}/{w.name}")
+    return pending
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> float:
+    """Poll until `check()` is truthy. Returns seconds waited; raises TimeoutError naming `what`."""
+    t0 = time.monotonic()
+    last: Any = None
+    while time.monotonic() - t0 < timeout:
+        try:
+            last = check()
+            if last:
+                return time.monotonic() - t0
+        except Exception as e:  # the API may still be warming up
+            last = e
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last result: {last!r})")

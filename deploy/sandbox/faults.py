@@ -1,0 +1,162 @@
+"""Inject and clear faults through the real Kubernetes API.
+
+Faults are not flags inside the simulator: a bad rollout is a real Deployment update (the
+controllers roll the pods, the simulator sees the new version's performance), an over-provisioned
+model is a real scale-up, a lost GPU is a node whose allocatable GPUs drop to zero and whose pods are
+evicted. Only what no API can express (traffic arriving from outside, the driver's XID code) is
+written to the ConfigMap `opsagent-sandbox/faults`, which the simulator reads and the agent's
+read-only identity cannot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from deploy.sandbox.cluster import SANDBOX_NAMESPACE
+from deploy.sandbox.fleet import GPU_RESOURCE, LABEL_APP, Fleet, Workload, deployment_manifest, pod_template
+
+FAULTS = ("bad-rollout", "traffic-surge", "gpu-xid", "gpu-oom", "idle-overprovision")
+CONFIGMAP = "faults"
+KEY = "faults.json"
+
+
+class FaultError(RuntimeError):
+    """A fault could not be injected or cleared; the message says what was tried."""
+
+
+def read_state(core: client.CoreV1Api) -> dict[str, Any]:
+    try:
+        cm = core.read_namespaced_config_map(CONFIGMAP, SANDBOX_NAMESPACE)
+    except ApiException as e:
+        if e.status == 404:
+            return {"traffic": {}, "xid": {}, "active": []}
+        raise
+    state: dict[str, Any] = json.loads((cm.data or {}).get(KEY) or "{}")
+    for k, empty in (("traffic", {}), ("xid", {}), ("active", [])):
+        state.setdefault(k, empty)
+    return state
+
+
+def _write_state(core: client.CoreV1Api, state: dict[str, Any]) -> None:
+    body = {"metadata": {"name": CONFIGMAP, "namespace": SANDBOX_NAMESPACE}, "data": {KEY: json.dumps(state)}}
+    try:
+        core.replace_namespaced_config_map(CONFIGMAP, SANDBOX_NAMESPACE, body)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+        core.create_namespaced_config_map(SANDBOX_NAMESPACE, body)
+
+
+def inject(api: client.ApiClient, fleet: Fleet, fault: str, target: str | None = None) -> dict[str, Any]:
+    """Inject `fault` (one of FAULTS) on its default workload or on `target` (a workload name)."""
+    if fault not in FAULTS:
+        raise FaultError(f"unknown fault {fault!r}; choose one of: {', '.join(FAULTS)}")
+    spec = dict(fleet.faults.get(fault, {}))
+    try:
+        w = fleet.workload(target or spec["workload"])
+    except KeyError as e:
+        raise FaultError(str(e)) from e
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    state = read_state(core)
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    record: dict[str, Any] = {"fault": fault, "workload": f"{w.namespace}/{w.name}", "at": now}
+
+    if fault in ("bad-rollout", "gpu-oom"):
+        version = spec["version"]
+        mv = fleet.version(w.model, version)
+        if mv is None:
+            raise FaultError(f"fleet has no model version {w.model} {version} to roll out")
+        _rollout(apps, fleet, w, version, cause=f"deploy {w.model} {version}")
+        record["version"] = version
+    elif fault == "traffic-surge":
+        state["traffic"][f"{w.namespace}/{w.name}"] = float(spec.get("multiplier", 3.0))
+        record["multiplier"] = state["traffic"][f"{w.namespace}/{w.name}"]
+    elif fault == "idle-overprovision":
+        replicas = int(spec.get("replicas", w.replicas * 3))
+        apps.patch_namespaced_deployment_scale(w.name, w.namespace, {"spec": {"replicas": replicas}})
+        state["traffic"][f"{w.namespace}/{w.name}"] = float(spec.get("traffic_multiplier", 0.1))
+        record["replicas"] = replicas
+    elif fault == "gpu-xid":
+        node = _busiest_node(core, w)
+        xid = int(spec.get("xid", 79))
+        state["xid"][node] = xid
+        core.patch_node_status(node, {"status": {"allocatable": {GPU_RESOURCE: "0"}}})
+        _node_event(core, node, xid)
+        # The GPUs are gone: pods using them die and their replacements cannot fit on this node.
+        for pod in core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items:
+            if _gpu_request(pod) > 0:
+                core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+        record["node"] = node
+        record["xid"] = xid
+    state["active"].append(record)
+    _write_state(core, state)
+    return record
+
+
+def clear(api: client.ApiClient, fleet: Fleet) -> list[dict[str, Any]]:
+    """Undo every injected fault: restore traffic, GPUs, versions and replica counts to the fleet's."""
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    state = read_state(core)
+    for node in state["xid"]:
+        cap = core.read_node(node).status.capacity or {}
+        core.patch_node_status(node, {"status": {"allocatable": {GPU_RESOURCE: cap.get(GPU_RESOURCE, "0")}}})
+    for w in fleet.workloads:
+        dep = apps.read_namespaced_deployment(w.name, w.namespace)
+        desired = deployment_manifest(fleet, w)
+        labels = dep.spec.template.metadata.labels or {}
+        if labels.get("model-version") != desired["spec"]["template"]["metadata"]["labels"]["model-version"]:
+            _rollout(apps, fleet, w, w.version, cause=f"deploy {w.model} {w.version}")
+        if dep.spec.replicas != w.replicas:
+            apps.patch_namespaced_deployment_scale(w.name, w.namespace, {"spec": {"replicas": w.replicas}})
+    cleared: list[dict[str, Any]] = state["active"]
+    _write_state(core, {"traffic": {}, "xid": {}, "active": []})
+    return cleared
+
+
+def _rollout(apps: client.AppsV1Api, fleet: Fleet, w: Workload, version: str, cause: str) -> None:
+    mv = fleet.version(w.model, version)
+    assert mv is not None
+    template = pod_template(fleet, w, mv)
+    patch = {
+        "metadata": {"annotations": {"kubernetes.io/change-cause": cause}},
+        "spec": {"template": template},
+    }
+    apps.patch_namespaced_deployment(w.name, w.namespace, patch)
+
+
+def _gpu_request(pod: Any) -> int:
+    total = 0
+    for c in pod.spec.containers:
+        req = (c.resources.requests or {}) if c.resources else {}
+        total += int(req.get(GPU_RESOURCE, 0))
+    return total
+
+
+def _busiest_node(core: client.CoreV1Api, w: Workload) -> str:
+    pods = core.list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
+    counts: dict[str, int] = {}
+    for p in pods:
+        if p.spec.node_name:
+            counts[p.spec.node_name] = counts.get(p.spec.node_name, 0) + 1
+    if not counts:
+        raise FaultError(f"no scheduled pods of {w.namespace}/{w.name} to take a GPU node from")
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+
+
+def _node_event(core: client.CoreV1Api, node: str, xid: int) -> None:
+    now = dt.datetime.now(dt.UTC)
+    messages = {79: "GPU has fallen off the bus", 48: "double-bit ECC error", 63: "row remapping pending"}
+    core.create_namespaced_event("default", {
+        "metadata": {"generateName": f"{node}.", "namespace": "default"},
+        "involvedObject": {"kind": "Node", "name": node, "uid": node, "apiVersion": "v1"},
+        "reason": "XidError",
+        "message": f"NVRM: Xid (PCI:0000:53:00): {xid}, {messages.get(xid, 'GPU error')}; device marked unhealthy",
+        "type": "Warning",
+        "source": {"component": "nvidia-device-plugin", "host": node},
+        "firstTimestamp": now.isoformat(), "lastTimestamp": now.isoformat(), "count": 1,
+    })

@@ -1,0 +1,70 @@
+"""Render the sandbox's Prometheus and Alertmanager configuration.
+
+The alert rules are the shipped production rules (`deploy/prometheus/gpu-serving.rules.yaml`)
+with every `for:` shortened, so an injected fault alerts in seconds rather than minutes; the rule
+expressions themselves are untouched, so what fires here fires in production.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RULES = Path(__file__).resolve().parents[1] / "prometheus" / "gpu-serving.rules.yaml"
+SANDBOX_FOR = "15s"
+
+
+def sandbox_rules(source: Path = RULES, for_: str = SANDBOX_FOR) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(source.read_text())
+    for group in doc["groups"]:
+        group["interval"] = "5s"
+        for rule in group["rules"]:
+            if "alert" in rule and rule.get("for") not in (None, "0m", "0s"):
+                rule["for"] = for_
+    return doc
+
+
+def prometheus_config(
+    *, cluster: str, alertmanager: str, simulator: str, kube_state_metrics: str, rules_file: Path
+) -> dict[str, Any]:
+    return {
+        "global": {
+            "scrape_interval": "5s",
+            "scrape_timeout": "4s",
+            "evaluation_interval": "5s",
+            "external_labels": {"cluster": cluster},
+        },
+        "rule_files": [str(rules_file)],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
+        "scrape_configs": [
+            # The simulator speaks for many exporters (vLLM, Triton, DCGM) and labels its series the
+            # way their own scrape jobs would, so its labels win.
+            {"job_name": "fleet-simulator", "honor_labels": True,
+             "static_configs": [{"targets": [simulator]}]},
+            {"job_name": "kube-state-metrics", "static_configs": [{"targets": [kube_state_metrics]}]},
+        ],
+    }
+
+
+def alertmanager_config(webhook_url: str) -> dict[str, Any]:
+    return {
+        "route": {
+            "receiver": "opsagent",
+            "group_by": ["alertname", "namespace", "model_name", "Hostname"],
+            "group_wait": "1s",
+            "group_interval": "5s",
+            "repeat_interval": "1h",
+        },
+        "receivers": [
+            {"name": "opsagent",
+             "webhook_configs": [{"url": webhook_url, "send_resolved": True, "max_alerts": 0}]},
+        ],
+    }
+
+
+def write_yaml(path: Path, doc: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
