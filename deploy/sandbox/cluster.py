@@ -94,10 +94,29 @@ def bootstrap(api: client.ApiClient, fleet: Fleet, catalog: PriceCatalog) -> Non
             _apply(lambda n=node: core.create_node(n), lambda n=node, nm=name: core.patch_node(nm, n))
             # The status subresource carries capacity/allocatable; create ignores it.
             core.patch_node_status(name, {"status": node["status"]})
+    gateway = _gateway_manifest()
+    _apply(lambda: apps.create_namespaced_deployment("platform", gateway),
+           lambda: apps.replace_namespaced_deployment("inference-gateway", "platform", gateway))
     for w in fleet.workloads:
         dep = deployment_manifest(fleet, w)
         _apply(lambda d=dep, ns=w.namespace: apps.create_namespaced_deployment(ns, d),
                lambda d=dep, ns=w.namespace, n=w.name: apps.replace_namespaced_deployment(n, ns, d))
+
+
+def _gateway_manifest() -> dict[str, Any]:
+    """A non-GPU platform service outside the serving namespaces (the executor may not touch it)."""
+    labels = {"app.kubernetes.io/name": "inference-gateway", "team": "platform"}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "inference-gateway", "namespace": "platform", "labels": labels},
+        "spec": {
+            "replicas": 2, "selector": {"matchLabels": {"app.kubernetes.io/name": "inference-gateway"}},
+            "template": {"metadata": {"labels": labels}, "spec": {
+                "nodeSelector": {"opsagent.dev/node-pool": "general"},
+                "containers": [{"name": "envoy", "image": "envoyproxy/envoy:v1.34.1",
+                                "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]}},
+        },
+    }
 
 
 def nodes_ready(api: client.ApiClient, names: Iterable[str]) -> bool:

@@ -89,6 +89,8 @@ class Supervisor:
         return _alive_as(proc)
 
     def running(self) -> dict[str, Proc]:
+        for child in self._children.values():  # reap children another supervisor stopped
+            child.poll()
         return {p.name: p for p in self.procs() if self.alive(p)}
 
     def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Proc:
@@ -143,6 +145,8 @@ class Supervisor:
                 _signal(target, signal.SIGKILL)
                 while self.alive(target):
                     time.sleep(0.05)
+        if target and (child := self._children.pop(target.pid, None)) is not None:
+            child.wait()
         self._save([p for p in self.procs() if p.name != name])
         return was_running
 

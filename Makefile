@@ -1,0 +1,19 @@
+# The two commands of the README are `make demo` and `make test`; each does its own set-up.
+.PHONY: setup demo test lint unit
+
+setup:
+	@bash deploy/setup.sh
+
+demo: setup
+	uv run opsagent demo
+
+lint:
+	uv run ruff check .
+	uv run mypy
+	uv run lint-imports
+
+unit:
+	uv run pytest tests/unit
+
+test: setup lint
+	uv run pytest

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install everything opsagent's demo and tests need on a fresh Debian machine, idempotently:
+# Debian packages (Prometheus, Alertmanager), uv, the Python environment, and the sandbox's
+# control plane built from the upstream Go modules into ~/.cache/opsagent (outside the repo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+say() { printf '\n==> %s\n' "$*"; }
+
+need_apt=()
+command -v prometheus >/dev/null || need_apt+=(prometheus)
+command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  say "installing Debian packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+else
+  say "Debian packages present (prometheus $(prometheus --version 2>&1 | head -1 | awk '{print $3}'), alertmanager)"
+fi
+
+if ! command -v uv >/dev/null; then
+  say "installing uv from PyPI"
+  python3 -m pip install --quiet uv || python3 -m pip install --quiet --user uv
+  export PATH="$HOME/.local/bin:$PATH"
+fi
+say "syncing the Python environment (uv $(uv --version | awk '{print $2}'))"
+uv sync --all-extras --frozen
+
+say "building the sandbox control plane from Go modules (cached after the first run)"
+command -v go >/dev/null || { echo "go is required to build the sandbox (Go 1.24+)" >&2; exit 1; }
+bash deploy/sandbox/build-components.sh
+say "setup complete"

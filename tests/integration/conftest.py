@@ -1,0 +1,91 @@
+"""One real sandbox per test session, shared by the integration tests.
+
+The sandbox gets its own state directory and port range (19000+), so a developer's own sandbox on
+the default ports is left alone. Alertmanager posts to a receiver owned by this session. At the end
+every process the sandbox started is stopped, and the suite fails if any is left.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from deploy.sandbox import faults
+from deploy.sandbox.cluster import api_client
+from deploy.sandbox.fleet import Fleet
+from deploy.sandbox.processes import _alive_as
+from deploy.sandbox.receiver import WebhookReceiver
+from deploy.sandbox.sandbox import Sandbox, SandboxSettings
+
+PORT_BASE = int(os.environ.get("OPSAGENT_TEST_PORT_BASE", "19000"))
+
+
+@pytest.fixture(scope="session")
+def webhook() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(port=PORT_BASE + 99) as rx:
+        yield rx
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver) -> Iterator[dict[str, Any]]:
+    settings = SandboxSettings(dir=tmp_path_factory.mktemp("sandbox"), port_base=PORT_BASE, webhook_url=webhook.url)
+    sb = Sandbox(settings, progress=lambda m: print(f"[sandbox] {m}", flush=True))
+    try:
+        status = sb.up()
+    except Exception:
+        sb.down()
+        raise
+    procs = sb.sup.procs()
+    status["_sandbox"] = sb
+    yield status
+    sb.down()
+    left = [f"{p.name} (pid {p.pid})" for p in procs if _alive_as(p)]
+    assert not left, f"processes left running after sandbox down: {left}"
+
+
+@pytest.fixture(scope="session")
+def fleet() -> Fleet:
+    return Fleet.load()
+
+
+@pytest.fixture(scope="session")
+def admin(sandbox: dict[str, Any]) -> client.ApiClient:
+    return api_client(Path(sandbox["kubeconfigs"]["admin"]))
+
+
+@pytest.fixture
+def clean_faults(admin: client.ApiClient, fleet: Fleet) -> Iterator[None]:
+    """Whatever a test injects is cleared afterwards, so tests don't see each other's faults."""
+    yield
+    faults.clear(admin, fleet)
+
+
+@pytest.fixture
+def namespace(admin: client.ApiClient, fleet: Fleet) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    client.CoreV1Api(admin).create_namespace({"metadata": {"name": name}})
+    yield name
+    client.CoreV1Api(admin).delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def kubectl(sandbox: dict[str, Any]) -> Any:
+    sb: Sandbox = sandbox["_sandbox"]
+    from deploy.sandbox import components
+
+    binary = components.locate(sb.s.cache_dir).kubectl
+
+    def run(identity: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        kubeconfig = sandbox["kubeconfigs"][identity]
+        return subprocess.run([str(binary), f"--kubeconfig={kubeconfig}", *args],
+                              capture_output=True, text=True, check=check, timeout=60)
+
+    return run

@@ -1,0 +1,128 @@
+"""Faults close the loop: injected through the API, seen in metrics and alerts, undone by real fixes."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import boto3
+import pytest
+from kubernetes import client
+
+from deploy.sandbox import faults
+from deploy.sandbox.fleet import Fleet
+from deploy.sandbox.receiver import Notification, WebhookReceiver
+from tests.integration.promql import scalar, wait_until
+
+pytestmark = pytest.mark.usefixtures("clean_faults")
+
+TTFT_P95 = ('histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket'
+            '{{namespace="{ns}", model_name="{model}"}}[30s])))')
+ERROR_SHARE = ('sum(rate(http_requests_total{{namespace="{ns}", model_name="{model}", status="5xx"}}[30s]))'
+               ' / sum(rate(http_requests_total{{namespace="{ns}", model_name="{model}"}}[30s]))')
+
+
+def _is_alert(names: set[str], **labels: str) -> Any:
+    def match(n: Notification) -> bool:
+        return any(a["labels"].get("alertname") in names and all(a["labels"].get(k) == v for k, v in labels.items())
+                   for a in n.alerts())
+    return match
+
+
+def test_bad_rollout_alerts_and_a_rollback_recovers(
+    sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver, kubectl: Any,
+    record_property: Any,
+) -> None:
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["bad-rollout"]["workload"])
+    ttft = TTFT_P95.format(ns=w.namespace, model=w.model)
+    errors = ERROR_SHARE.format(ns=w.namespace, model=w.model)
+    baseline = wait_until(lambda: scalar(prom, ttft), 60, "a TTFT baseline")
+    assert baseline < w.slo.ttft_p95_s
+
+    t0 = time.time()
+    faults.inject(admin, fleet, "bad-rollout")
+    kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
+    wait_until(lambda: (scalar(prom, ttft) or 0) > 2 * w.slo.ttft_p95_s, 90, "TTFT p95 to degrade")
+    wait_until(lambda: (scalar(prom, errors) or 0) > 0.03, 60, "5xx share to rise")
+    note = webhook.wait_for(_is_alert({"ModelServingErrorRateHigh", "ModelServingTTFTHigh"},
+                                      namespace=w.namespace), timeout=240, since=t0)
+    to_webhook = note.received_at - t0
+    record_property("injection_to_webhook_s", round(to_webhook, 1))
+    print(f"\ninjection → Alertmanager webhook: {to_webhook:.1f}s")
+
+    history = kubectl("admin", "-n", w.namespace, "rollout", "history", f"deployment/{w.name}").stdout
+    assert "deploy llama-3.1-70b-instruct 2025.07.0" in history, history
+
+    t1 = time.time()
+    kubectl("executor", "-n", w.namespace, "rollout", "undo", f"deployment/{w.name}")
+    kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
+    wait_until(lambda: (v := scalar(prom, ttft)) is not None and v < w.slo.ttft_p95_s, 120, "TTFT to recover")
+    wait_until(lambda: (v := scalar(prom, errors)) is not None and v < 0.01, 60, "errors to recover")
+    print(f"rollback → recovered TTFT and errors: {time.time() - t1:.1f}s")
+
+
+def test_traffic_surge_saturates_the_kv_cache(sandbox: dict[str, Any], admin: client.ApiClient,
+                                              fleet: Fleet) -> None:
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["traffic-surge"]["workload"])
+    kv = f'max(vllm:kv_cache_usage_perc{{namespace="{w.namespace}", model_name="{w.model}"}})'
+    waiting = f'sum(vllm:num_requests_waiting{{namespace="{w.namespace}", model_name="{w.model}"}})'
+    assert (scalar(prom, kv) or 0) < 0.9
+    faults.inject(admin, fleet, "traffic-surge")
+    wait_until(lambda: (scalar(prom, kv) or 0) > 0.9, 60, "KV cache to saturate")
+    wait_until(lambda: (scalar(prom, waiting) or 0) > 5, 60, "requests to queue")
+
+
+def test_gpu_xid_takes_the_node_out_and_pods_go_pending(sandbox: dict[str, Any], admin: client.ApiClient,
+                                                        fleet: Fleet, kubectl: Any) -> None:
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["gpu-xid"]["workload"])
+    rec = faults.inject(admin, fleet, "gpu-xid")
+    node = rec["node"]
+    core = client.CoreV1Api(admin)
+    assert core.read_node(node).status.allocatable["nvidia.com/gpu"] == "0"
+
+    def pending() -> list[Any]:
+        pods = core.list_namespaced_pod(w.namespace, label_selector=f"app.kubernetes.io/name={w.name}").items
+        return [p for p in pods if p.status.phase == "Pending"]
+
+    stuck = wait_until(pending, 60, "a replacement pod to be Pending")
+    events = json.loads(kubectl("admin", "-n", w.namespace, "get", "events", "-o", "json",
+                                "--field-selector", f"involvedObject.name={stuck[0].metadata.name}").stdout)
+    assert any("Insufficient nvidia.com/gpu" in (e.get("message") or "") for e in events["items"])
+    wait_until(lambda: scalar(prom, f'max(DCGM_FI_DEV_XID_ERRORS{{Hostname="{node}"}})') == 79, 30, "XID 79")
+
+
+def test_gpu_oom_rollout_crash_loops(sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet) -> None:
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["gpu-oom"]["workload"])
+    faults.inject(admin, fleet, "gpu-oom")
+    crash = f'sum(kube_pod_container_status_waiting_reason{{namespace="{w.namespace}", reason="CrashLoopBackOff"}})'
+    wait_until(lambda: (scalar(prom, crash) or 0) >= 1, 90, "a crash-looping pod in kube-state-metrics")
+    restarts = (f'max(kube_pod_container_status_restarts_total{{namespace="{w.namespace}", '
+                f'pod=~"{w.name}-.*"}})')
+    first = scalar(prom, restarts) or 0
+    wait_until(lambda: (scalar(prom, restarts) or 0) > first, 90, "the restart count to rise")
+    logs = boto3.client("logs", region_name=fleet.region, endpoint_url=sandbox["endpoints"]["cloudwatch"],
+                        aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
+    group = f"/aws/containerinsights/{fleet.cluster}/application"
+    def oom_logged() -> bool:
+        events = logs.filter_log_events(logGroupName=group, filterPattern="CUDA out of memory",
+                                        startTime=int((time.time() - 600) * 1000))["events"]
+        return any("CUDA out of memory" in e["message"] for e in events)
+    wait_until(oom_logged, 120, "a CUDA OOM log line in CloudWatch Logs", interval=5)
+
+
+def test_idle_overprovision_scales_up_with_no_traffic(sandbox: dict[str, Any], admin: client.ApiClient,
+                                                      fleet: Fleet) -> None:
+    prom = sandbox["endpoints"]["prometheus"]
+    spec = fleet.faults["idle-overprovision"]
+    w = fleet.workload(spec["workload"])
+    faults.inject(admin, fleet, "idle-overprovision")
+    apps = client.AppsV1Api(admin)
+    wait_until(lambda: (apps.read_namespaced_deployment(w.name, w.namespace).status.available_replicas or 0)
+               == spec["replicas"], 60, "the extra replicas to become available")
+    busy = (f'avg(DCGM_FI_PROF_GR_ENGINE_ACTIVE{{namespace="{w.namespace}", pod=~"{w.name}-.*"}})')
+    wait_until(lambda: (v := scalar(prom, busy)) is not None and v < 0.03, 60, "the GPUs to sit idle")
