@@ -44,7 +44,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 
 
 def _settings(dir_: Path, port_base: int, **kw: object) -> SandboxSettings:
-    return SandboxSettings(dir=dir_, port_base=port_base, **kw)  # type: ignore[arg-type]
+    return SandboxSettings(dir=dir_, port_base=port_base, **kw)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,9 @@ def bootstrap(api: client.ApiClient, fleet: Fleet, catalog: PriceCatalog) -> Non
     rbac = client.RbacAuthorizationV1Api(api)
     apps = client.AppsV1Api(api)
     for ns in [SANDBOX_NAMESPACE, *fleet.serving_namespaces, *OTHER_NAMESPACES]:
-        body = {"metadata": {"name": ns, "labels": {"opsagent.dev/serving": str(ns in fleet.serving_namespaces).lower()}}}
-        _apply(lambda b=body: core.create_namespace(b), lambda b=body, n=ns: core.patch_namespace(n, b))
+        serving = str(ns in fleet.serving_namespaces).lower()
+        body = {"metadata": {"name": ns, "labels": {"opsagent.dev/serving": serving}}}
+        _apply(partial(core.create_namespace, body), partial(core.patch_namespace, ns, body))
 
     role = {"metadata": {"name": pki.READER}, "rules": READER_RULES}
     _apply(lambda: rbac.create_cluster_role(role), lambda: rbac.replace_cluster_role(pki.READER, role))
@@ -84,14 +86,14 @@ def bootstrap(api: client.ApiClient, fleet: Fleet, catalog: PriceCatalog) -> Non
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": pki.EXECUTOR},
             "subjects": [{"kind": "User", "name": pki.EXECUTOR, "apiGroup": "rbac.authorization.k8s.io"}],
         }
-        _apply(lambda b=rb, n=ns: rbac.create_namespaced_role_binding(n, b),
-               lambda b=rb, n=ns: rbac.replace_namespaced_role_binding(pki.EXECUTOR, n, b))
+        _apply(partial(rbac.create_namespaced_role_binding, ns, rb),
+               partial(rbac.replace_namespaced_role_binding, pki.EXECUTOR, ns, rb))
 
     for pool in fleet.pools:
         for i in range(pool.nodes):
             node = node_manifest(fleet, catalog, pool, i)
             name = node["metadata"]["name"]
-            _apply(lambda n=node: core.create_node(n), lambda n=node, nm=name: core.patch_node(nm, n))
+            _apply(partial(core.create_node, node), partial(core.patch_node, name, node))
             # The status subresource carries capacity/allocatable; create ignores it.
             core.patch_node_status(name, {"status": node["status"]})
     gateway = _gateway_manifest()
@@ -99,8 +101,8 @@ def bootstrap(api: client.ApiClient, fleet: Fleet, catalog: PriceCatalog) -> Non
            lambda: apps.replace_namespaced_deployment("inference-gateway", "platform", gateway))
     for w in fleet.workloads:
         dep = deployment_manifest(fleet, w)
-        _apply(lambda d=dep, ns=w.namespace: apps.create_namespaced_deployment(ns, d),
-               lambda d=dep, ns=w.namespace, n=w.name: apps.replace_namespaced_deployment(n, ns, d))
+        _apply(partial(apps.create_namespaced_deployment, w.namespace, dep),
+               partial(apps.replace_namespaced_deployment, w.name, w.namespace, dep))
 
 
 def _gateway_manifest() -> dict[str, Any]:

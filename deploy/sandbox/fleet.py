@@ -127,7 +127,8 @@ class Fleet(_Strict):
             if w.pool not in pools:
                 raise ValueError(f"workload {w.namespace}/{w.name}: unknown pool {w.pool!r}")
             if (w.model, w.version) not in versions:
-                raise ValueError(f"workload {w.namespace}/{w.name}: no model_versions entry for {w.model} {w.version}")
+                raise ValueError(
+                    f"workload {w.namespace}/{w.name}: no model_versions entry for {w.model} {w.version}")
             if w.namespace not in self.serving_namespaces:
                 raise ValueError(f"workload {w.namespace}/{w.name}: namespace not in serving_namespaces")
         return self
@@ -170,6 +171,10 @@ def node_name(pool: Pool, index: int) -> str:
     return f"ip-10-{zone_octet}-{_stable_int(pool.name) % 200 + 20}-{10 + index}.ec2.internal"
 
 
+def _instance_id(pool: Pool, index: int) -> str:
+    return f"i-0{_stable_int(f'{pool.name}/{index}') % 16**15:015x}"
+
+
 def _stable_int(text: str) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)
 
@@ -205,7 +210,7 @@ def node_manifest(fleet: Fleet, catalog: PriceCatalog, pool: Pool, index: int) -
             "labels": labels,
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
         },
-        "spec": {"taints": taints, "providerID": f"aws:///{pool.zone}/i-0{_stable_int(f'{pool.name}/{index}') % 16**15:015x}"},
+        "spec": {"taints": taints, "providerID": f"aws:///{pool.zone}/{_instance_id(pool, index)}"},
         "status": {"capacity": capacity, "allocatable": dict(capacity)},
     }
 
@@ -251,11 +256,12 @@ def pod_template(fleet: Fleet, w: Workload, mv: ModelVersion) -> dict[str, Any]:
         ]
         if mv.crash:
             args += ["--max-model-len", "131072"]
-        container = {"name": "server", "image": mv.image, "args": args, "ports": [{"name": "http", "containerPort": 8000}]}
+        ports = [{"name": "http", "containerPort": 8000}]
     else:
         args = ["tritonserver", "--model-repository=/models", f"--load-model={mv.model}", "--metrics-port=8002"]
-        container = {"name": "server", "image": mv.image, "args": args, "ports": [{"name": "http", "containerPort": 8000}, {"name": "metrics", "containerPort": 8002}]}
-    container["resources"] = resources
+        ports = [{"name": "http", "containerPort": 8000}, {"name": "metrics", "containerPort": 8002}]
+    container: dict[str, Any] = {"name": "server", "image": mv.image, "args": args, "ports": ports,
+                                 "resources": resources}
     return {
         "metadata": {
             "labels": {

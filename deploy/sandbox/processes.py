@@ -46,8 +46,8 @@ def _alive_as(proc: Proc) -> bool:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(proc.pid, os.WNOHANG)
         return False
-    exe = os.path.basename(proc.argv[0])
-    return any(os.path.basename(part.decode(errors="replace")) == exe for part in cmdline[:2])
+    exe = Path(proc.argv[0]).name
+    return any(Path(part.decode(errors="replace")).name == exe for part in cmdline[:2])
 
 
 def log_tail(path: str | Path, lines: int = 15) -> str:

@@ -60,7 +60,7 @@ class WebhookReceiver:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{self.path}"
+        return f"http://{host!s}:{port}{self.path}"
 
     def __enter__(self) -> WebhookReceiver:
         self._thread.start()
@@ -80,7 +80,8 @@ class WebhookReceiver:
                         return n
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    seen = sorted({a["labels"].get("alertname", "?") for n in self.notifications for a in n.body.get("alerts", [])})
+                    seen = sorted({a["labels"].get("alertname", "?")
+                                   for n in self.notifications for a in n.body.get("alerts", [])})
                     raise TimeoutError(f"no matching Alertmanager notification within {timeout:.0f}s "
                                        f"(received {len(self.notifications)}; alert names seen: {seen})")
                 self._cond.wait(timeout=min(left, 1.0))
