@@ -1,0 +1,151 @@
+"""`opsagent serve`: the HTTP entry point (Alertmanager webhook, health, metrics, incidents).
+
+Intake is synchronous and cheap — validate, fold into the incident, commit — and answers within
+milliseconds; triage is queued to a background worker so Alertmanager (and later Slack) never wait
+on it. A malformed or oversized body gets a 4xx with the reason and stores nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from agent import intake
+from agent.models import Incident, IncidentStatus
+from agent.store import Store
+
+log = logging.getLogger(__name__)
+
+TriageFn = Callable[[Incident], Awaitable[Any]]
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.webhooks = Counter("opsagent_webhooks_total", "Alertmanager webhook deliveries by outcome.",
+                                ["outcome"], registry=r)
+        self.incidents = Counter("opsagent_incidents_opened_total", "Incidents opened.", registry=r)
+        self.triage_seconds = Histogram("opsagent_triage_seconds", "Alert-to-report triage latency.",
+                                        buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
+        self.triage_errors = Counter("opsagent_triage_errors_total", "Triage runs that failed.", registry=r)
+        self.queue = Gauge("opsagent_triage_queue_depth", "Incidents waiting for triage.", registry=r)
+
+
+class TriageWorker:
+    """Runs triage for queued incidents in the background, a few at a time."""
+
+    def __init__(self, triage: TriageFn, metrics: Metrics, concurrency: int = 2) -> None:
+        self.triage = triage
+        self.metrics = metrics
+        self.queue: asyncio.Queue[Incident] = asyncio.Queue()
+        self.concurrency = concurrency
+        self._tasks: list[asyncio.Task[None]] = []
+        self.inflight: set[str] = set()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work(), name=f"triage-{i}") for i in range(self.concurrency)]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def submit(self, incident: Incident) -> None:
+        self.queue.put_nowait(incident)
+        self.metrics.queue.set(self.queue.qsize())
+
+    async def _work(self) -> None:
+        while True:
+            incident = await self.queue.get()
+            self.metrics.queue.set(self.queue.qsize())
+            t0 = time.monotonic()
+            self.inflight.add(incident.id)
+            try:
+                await self.triage(incident)
+                self.metrics.triage_seconds.observe(time.monotonic() - t0)
+            except Exception:
+                self.metrics.triage_errors.inc()
+                log.exception("triage of %s failed", incident.id)
+            finally:
+                self.inflight.discard(incident.id)
+                self.queue.task_done()
+
+
+def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = None) -> Starlette:
+    metrics = metrics or Metrics()
+    worker = TriageWorker(triage, metrics) if triage else None
+
+    async def alertmanager(request: Request) -> Response:
+        body = await request.body()
+        try:
+            notification = intake.parse(body)
+        except intake.IntakeError as e:
+            metrics.webhooks.labels(outcome="rejected").inc()
+            return JSONResponse({"error": str(e)}, status_code=e.status)
+        incident, changed = await asyncio.to_thread(store.record_notification, notification, dt.datetime.now(dt.UTC))
+        metrics.webhooks.labels(outcome="accepted" if changed else "duplicate").inc()
+        if changed and incident.notifications == 1:
+            metrics.incidents.inc()
+        if changed and incident.status == IncidentStatus.FIRING and worker:
+            worker.submit(incident)
+        return JSONResponse({"incident": incident.id, "status": incident.status.value, "changed": changed})
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def readyz(_: Request) -> Response:
+        try:
+            await asyncio.to_thread(store.incidents, None, 1)
+        except Exception as e:
+            return JSONResponse({"ready": False, "store": str(e)}, status_code=503)
+        return JSONResponse({"ready": True})
+
+    async def metrics_endpoint(_: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def list_incidents(request: Request) -> Response:
+        status = request.query_params.get("status")
+        items = await asyncio.to_thread(store.incidents, IncidentStatus(status) if status else None, 100)
+        return JSONResponse([i.model_dump(mode="json", exclude={"alerts"}) for i in items])
+
+    async def get_incident(request: Request) -> Response:
+        iid = request.path_params["id"]
+        inc = await asyncio.to_thread(store.incident, iid)
+        if inc is None:
+            return JSONResponse({"error": f"no incident {iid}"}, status_code=404)
+        report = await asyncio.to_thread(store.latest_report, iid)
+        return JSONResponse({"incident": inc.model_dump(mode="json"),
+                             "report": report.model_dump(mode="json") if report else None})
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette):  # type: ignore[no-untyped-def]
+        if worker:
+            worker.start()
+        yield
+        if worker:
+            await worker.stop()
+
+    app = Starlette(routes=[
+        Route("/alertmanager", alertmanager, methods=["POST"]),
+        Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint),
+        Route("/incidents", list_incidents), Route("/incidents/{id}", get_incident),
+    ], lifespan=lifespan)
+    app.state.worker = worker
+    app.state.metrics = metrics
+    return app
