@@ -1,0 +1,1 @@
+"""Reasoners turn evidence into ranked hypotheses: `rules` (deterministic, default) and `llm`."""
