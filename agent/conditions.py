@@ -3,19 +3,28 @@
 Runbooks are data users edit, so their conditions must never be Python `eval`. A condition
 compares named evidence features (`ttft.change_ratio`, `rollout.changed_ago_s`) with numbers,
 strings, booleans or other features, joined by `and` / `or` (and binds tighter), with `not`.
+Arithmetic is spelled as functions (`ceil(mul(workload.replicas, traffic.change_ratio))`, also
+`add`, `sub`, `div`, `max`, `min`, `abs`, `round`) so there is no precedence to get wrong.
 A feature that is missing makes its comparison *unknown*, and unknown is neither true nor false:
 it is reported so missing evidence is never mistaken for negative evidence.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 _TOKEN = re.compile(r"""\s*(?:(?P<num>-?\d+(?:\.\d+)?(?:e-?\d+)?)|(?P<str>'[^']*'|"[^"]*")|(?P<op>==|!=|>=|<=|>|<)
-                        |(?P<word>[A-Za-z_][A-Za-z0-9_.]*)|(?P<paren>[()]))""", re.X)
+                        |(?P<word>[A-Za-z_][A-Za-z0-9_.]*)|(?P<paren>[()])|(?P<comma>,))""", re.X)
+
+FUNCTIONS: dict[str, Any] = {
+    "ceil": lambda x: float(math.ceil(x)), "round": lambda x: float(round(x)), "abs": abs,
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b if b else math.inf, "max": max, "min": min,
+}
 
 
 class ConditionError(ValueError):
@@ -105,6 +114,15 @@ class _Parser:
         if kind == "str":
             return ("lit", val[1:-1])
         if kind == "word":
+            if val in FUNCTIONS and self.peek() == ("paren", "("):
+                self.take()
+                args = [self.operand()]
+                while self.peek() == ("comma", ","):
+                    self.take()
+                    args.append(self.operand())
+                if self.take() != ("paren", ")"):
+                    raise ConditionError(f"missing ')' after {val}(...) in {self.text!r}")
+                return ("fn", val, *args)
             if val in ("true", "false"):
                 return ("lit", val == "true")
             if val in ("and", "or", "not"):
@@ -118,26 +136,52 @@ def compile_condition(text: str) -> Any:
     return _Parser(text).parse()
 
 
+def compile_value(text: str) -> Any:
+    """Parse a value expression (a feature, a literal or a function of them)."""
+    p = _Parser(text)
+    node = p.operand()
+    if p.peek() is not None:
+        raise ConditionError(f"unexpected {p.peek()[1]!r} in value {text!r}")  # type: ignore[index]
+    return node
+
+
 def features_named(tree: Any) -> set[str]:
     if tree[0] == "feat":
         return {tree[1]}
-    return set().union(*(features_named(t) for t in tree[1:] if isinstance(t, tuple))) if tree[0] != "lit" else set()
+    if tree[0] == "lit":
+        return set()
+    return set().union(*(features_named(t) for t in tree[1:] if isinstance(t, tuple)))
 
 
 _MISSING = object()
 
 
+def _value(node: Any, features: Mapping[str, Any], missing: list[str]) -> Any:
+    if node[0] == "lit":
+        return node[1]
+    if node[0] == "fn":
+        args = [_value(a, features, missing) for a in node[2:]]
+        if any(a is _MISSING for a in args):
+            return _MISSING
+        try:
+            return FUNCTIONS[node[1]](*(float(a) for a in args))
+        except (TypeError, ValueError):
+            return _MISSING
+    v = features.get(node[1], _MISSING)
+    if v is _MISSING or v is None:
+        missing.append(node[1])
+        return _MISSING
+    return v
+
+
+def evaluate_value(tree: Any, features: Mapping[str, Any]) -> Any:
+    """Evaluate a value expression; None when a feature it needs is missing."""
+    res = _value(tree, features, [])
+    return None if res is _MISSING else res
+
+
 def evaluate(tree: Any, features: Mapping[str, Any]) -> Result:
     missing: list[str] = []
-
-    def val(node: Any) -> Any:
-        if node[0] == "lit":
-            return node[1]
-        v = features.get(node[1], _MISSING)
-        if v is _MISSING or v is None:
-            missing.append(node[1])
-            return _MISSING
-        return v
 
     def ev(node: Any) -> bool | None:
         kind = node[0]
@@ -155,10 +199,10 @@ def evaluate(tree: Any, features: Mapping[str, Any]) -> Result:
             a = ev(node[1])
             return None if a is None else not a
         if kind == "truthy":
-            v = val(node[1])
+            v = _value(node[1], features, missing)
             return None if v is _MISSING else bool(v)
         _, op, left, right = node
-        lv, rv = val(left), val(right)
+        lv, rv = _value(left, features, missing), _value(right, features, missing)
         if lv is _MISSING or rv is _MISSING:
             return None
         try:

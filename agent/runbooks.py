@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.conditions import ConditionError, compile_condition
+from agent.conditions import ConditionError, compile_condition, compile_value
 from agent.models import ActionKind, Category
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "runbooks"
@@ -85,9 +85,21 @@ class Remediation(_Strict):
     hypothesis: str
     action: ActionKind
     target: str | None = Field(default=None, description="Context key of the target object.")
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="Values; a string is an expression over features.")
     when: str | None = None
     reason: str
+
+    @field_validator("params")
+    @classmethod
+    def _params_parse(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, expr in v.items():
+            if isinstance(expr, str):
+                try:
+                    compile_value(expr)
+                except ConditionError as e:
+                    raise ValueError(f"{key}: {e}") from e
+        return v
 
 
 class Runbook(_Strict):
@@ -97,10 +109,22 @@ class Runbook(_Strict):
     risk_ceiling: str = Field(default="propose", pattern="^(read|propose|mutate|destructive)$",
                               description="The highest risk any tool or remediation here may have.")
     evidence: list[EvidenceQuery]
+    derive: dict[str, str] = Field(default_factory=dict,
+                                   description="Context keys the alert may lack, as expressions over evidence.")
     hypotheses: list[HypothesisSpec]
     remediations: list[Remediation] = Field(default_factory=list)
     body: str = ""
     path: str = ""
+
+    @field_validator("derive")
+    @classmethod
+    def _derive_parses(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, expr in v.items():
+            try:
+                compile_value(expr)
+            except ConditionError as e:
+                raise ValueError(f"{key}: {e}") from e
+        return v
 
     def matches(self, alertname: str, labels: dict[str, str]) -> bool:
         if self.match.alertnames and alertname not in self.match.alertnames:

@@ -15,9 +15,11 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from agent.conditions import compile_value, evaluate_value
 from agent.features import extract, summarize
 from agent.models import Evidence, EvidenceStatus
 from agent.nodes.resolve import resolve_context
+from agent.reasoners.rules import feature_map
 from agent.runbooks import EvidenceQuery, placeholders
 from agent.runner import ToolRunner
 from agent.state import TriageContext, TriageState
@@ -74,6 +76,12 @@ async def gather(state: TriageState, runtime: Runtime[TriageContext]) -> dict[st
     for b in books:
         for q in b.evidence:
             seen.setdefault(q.id, q)  # runbooks share evidence ids on purpose: one query, many readers
-    evidence = await asyncio.gather(*(run_query(q, context, ctx.runner, ctx.actor, incident.id)
-                                      for q in seen.values()))
-    return {"context": context, "evidence": list(evidence)}
+    evidence = list(await asyncio.gather(*(run_query(q, context, ctx.runner, ctx.actor, incident.id)
+                                           for q in seen.values())))
+    # Context the alert did not carry but the evidence reveals (e.g. which node reports the XID).
+    feats = feature_map({"context": context, "evidence": evidence})
+    for b in books:
+        for key, expr in b.derive.items():
+            if not context.get(key) and (v := evaluate_value(compile_value(expr), feats)) not in (None, ""):
+                context[key] = str(v)
+    return {"context": context, "evidence": evidence}

@@ -12,7 +12,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from agent.conditions import compile_condition, evaluate
+from agent.conditions import compile_condition, compile_value, evaluate, evaluate_value
 from agent.models import ActionKind, Category, Hypothesis, ObjectRef, ProposedAction
 from agent.reasoners.rules import CULPRIT_KINDS, MIN_CONFIDENCE, feature_map, render
 from agent.runbooks import Remediation, Runbook
@@ -20,11 +20,10 @@ from agent.state import TriageContext, TriageState
 
 
 def _param(value: Any, feats: dict[str, Any]) -> Any:
-    if isinstance(value, str) and value.startswith("{") and value.endswith("}") and value.count("{") == 1:
-        key = value[1:-1]
-        return feats.get(key, feats.get(f"ctx.{key}"))
+    """A string parameter is a value expression over features; numbers and booleans are literal."""
     if isinstance(value, str):
-        return render(value, feats)
+        v = evaluate_value(compile_value(value), feats)
+        return int(v) if isinstance(v, float) and v.is_integer() else v
     return value
 
 

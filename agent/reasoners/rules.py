@@ -90,6 +90,11 @@ def rank(hypotheses: list[Hypothesis]) -> list[Hypothesis]:
     for h in hypotheses:  # the same hypothesis from two runbooks: keep the stronger reading
         if h.id not in best or h.confidence > best[h.id].confidence:
             best[h.id] = h
+    # "Nothing is wrong" can only be as confident as every specific explanation is doubtful.
+    specific = max((h.confidence for h in best.values() if h.category != Category.HEALTHY), default=0.0)
+    for hid, h in best.items():
+        if h.category == Category.HEALTHY:
+            best[hid] = h.model_copy(update={"confidence": round(min(h.confidence, 1.0 - specific), 3)})
     return sorted(best.values(), key=lambda h: (-h.confidence, -len(h.supporting), h.category != Category.HEALTHY,
                                                 h.id))
 
