@@ -1,0 +1,122 @@
+"""The settings tree, grouped by concern. Built once in an entry point and passed down.
+
+Precedence, highest first: command-line flags (the entry point overrides fields), environment
+variables `OPSAGENT_<GROUP>__<FIELD>` (e.g. `OPSAGENT_PROMETHEUS__URL`), a YAML file named by
+`--config` or `OPSAGENT_CONFIG`, then the defaults below. No other module reads the environment.
+Placeholder secrets are refused outside `env: dev`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDERS = {"", "changeme", "change-me", "xxx", "placeholder", "secret", "dev"}
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PrometheusConfig(_Group):
+    url: str = Field(default="http://127.0.0.1:9090", description="Prometheus base URL.")
+    timeout_s: float = Field(default=10.0, gt=0, le=120, description="Per-query timeout; evidence is bounded.")
+    max_points: int = Field(default=720, ge=10, le=11000, description="Points per series a range query returns.")
+    max_series: int = Field(default=50, ge=1, le=1000, description="Series kept per query (largest first).")
+
+
+class CloudWatchConfig(_Group):
+    enabled: bool = False
+    region: str = "us-east-1"
+    endpoint_url: str | None = Field(default=None, description="Override (moto, LocalStack); None = AWS.")
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+
+
+class KubernetesConfig(_Group):
+    reader_kubeconfig: Path | None = Field(default=None, description="Read-only identity for triage and chat.")
+    executor_kubeconfig: Path | None = Field(default=None, description="Write identity, used only by the executor.")
+    cluster: str = Field(default="default", description="Cluster name used in reports and CloudWatch paths.")
+    serving_namespaces: list[str] = Field(default_factory=list)
+
+
+class LlmConfig(_Group):
+    provider: Literal["none", "openai", "anthropic", "openai-compatible"] = "none"
+    model: str = "gpt-4o-mini"
+    base_url: str | None = Field(default=None, description="For openai-compatible endpoints (a team's vLLM).")
+    api_key: SecretStr | None = None
+    max_steps: int = Field(default=8, ge=1, le=50, description="Tool-calling rounds before the LLM must answer.")
+    timeout_s: float = Field(default=60, gt=0, le=600)
+
+
+class StoreConfig(_Group):
+    url: str = Field(default="sqlite:///var/lib/opsagent/opsagent.db",
+                     description="sqlite:///PATH (single replica) or postgresql://... (several replicas).")
+
+
+class AuditConfig(_Group):
+    path: Path = Field(default=Path("/var/lib/opsagent/audit.jsonl"))
+
+
+class ServerConfig(_Group):
+    host: str = Field(default="127.0.0.1", description="Loopback by default; set 0.0.0.0 only behind a network policy.")
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
+class SlackConfig(_Group):
+    enabled: bool = False
+    bot_token: SecretStr | None = None
+    signing_secret: SecretStr | None = None
+    channel: str = "#ml-incidents"
+    api_url: str | None = Field(default=None, description="Slack Web API base URL override (tests).")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPSAGENT_", env_nested_delimiter="__", extra="forbid")
+
+    env: Literal["dev", "prod"] = "dev"
+    runbooks_dir: Path = Field(default=Path(__file__).resolve().parents[1] / "runbooks")
+    policies_dir: Path = Field(default=Path(__file__).resolve().parents[1] / "policies")
+    prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
+    cloudwatch: CloudWatchConfig = Field(default_factory=CloudWatchConfig)
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
+    llm: LlmConfig = Field(default_factory=LlmConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    slack: SlackConfig = Field(default_factory=SlackConfig)
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_in_prod(self) -> Settings:
+        if self.env == "dev":
+            return self
+        for name, secret in (("llm.api_key", self.llm.api_key), ("slack.bot_token", self.slack.bot_token),
+                             ("slack.signing_secret", self.slack.signing_secret)):
+            if secret is not None and secret.get_secret_value().lower() in PLACEHOLDERS:
+                raise ValueError(f"{name} is a placeholder; set a real secret or use env: dev")
+        return self
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings: defaults < YAML file < environment < explicit overrides (from CLI flags)."""
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            file_values = yaml.safe_load(config_file.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"cannot read settings file {config_file}: {e}") from e
+    env_settings = Settings()  # reads OPSAGENT_* variables
+    merged = _deep_merge(file_values, env_settings.model_dump(exclude_unset=True))
+    merged = _deep_merge(merged, overrides)
+    return Settings.model_validate(merged)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
