@@ -1,0 +1,62 @@
+"""The shipped policy, table-style: what is allowed, what needs whom, what is refused and why."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from agent.policy.evaluate import PolicyError, evaluate, load_policy
+from agent.policy.model import Effect, Request
+
+POLICY = load_policy(Path(__file__).parents[2] / "policies" / "default.yaml")
+MONDAY_10 = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
+SATURDAY_10 = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
+
+
+def req(action: str, risk: str = "mutate", ns: str | None = "llm-prod", kind: str = "Deployment", **kw: object) -> Request:
+    base: dict[str, object] = {"action": action, "risk": risk, "namespace": ns, "target_kind": kind,
+                               "target_name": "chat-primary", "requester": "agent:rules", "at": MONDAY_10}
+    return Request.model_validate(base | kw)
+
+
+@pytest.mark.parametrize(("request_", "effect", "rule", "count"), [
+    (req("prometheus_query_range", risk="read", ns=None, kind=""), Effect.ALLOW, "reads", None),
+    (req("rollback"), Effect.REQUIRE_APPROVAL, "rollback", 1),
+    (req("scale", replicas_delta=2, gpus=8), Effect.REQUIRE_APPROVAL, "scale", 1),
+    (req("deploy"), Effect.REQUIRE_APPROVAL, "deploy", 2),
+    (req("drain_node", ns=None, kind="Node"), Effect.REQUIRE_APPROVAL, "drain", 2),
+    (req("cordon_node", ns=None, kind="Node"), Effect.REQUIRE_APPROVAL, "cordon", 1),
+    (req("rollback", ns="platform"), Effect.DENY, "outside-serving-namespaces", None),
+    (req("delete_namespace", risk="destructive", kind="Namespace"), Effect.DENY, "destructive", None),
+    (req("patch_rbac", kind="ClusterRole", ns=None), Effect.DENY, "default-deny", None),
+    (req("scale", capacity_drop=1.0, replicas_delta=-3), Effect.DENY, "scale", None),  # scale to zero
+    (req("deploy", at=SATURDAY_10), Effect.DENY, "deploy", None),  # outside the change window
+    (req("scale", gpus=64), Effect.DENY, "scale", None),  # blast radius of the rule
+    (req("rollback", gpus=40), Effect.DENY, "limits.max_gpus_per_change", None),
+    (req("rollback", changes_last_hour=20), Effect.DENY, "limits.rate.max_changes_per_hour", None),
+    (req("rollback", target_changes_last_hour=3), Effect.DENY, "limits.rate.max_changes_per_target_per_hour", None),
+])
+def test_default_policy(request_: Request, effect: Effect, rule: str, count: int | None) -> None:
+    d = evaluate(POLICY, request_)
+    assert (d.effect, d.rule) == (effect, rule), d.reason
+    assert d.reason
+    if count is not None:
+        assert d.approvers is not None and d.approvers.count == count and not d.approvers.allow_self_approval
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("version: 1\nrules:\n  - {id: a, description: x, effect: allow, mach: {}}\n", "mach"),
+    ("version: 1\nrules:\n  - {id: a, description: x, effect: require_approval}\n", "approvers"),
+    ("version: 2\nrules: []\n", "version"),
+    ("version: 1\nrules:\n  - {id: a, description: x, effect: maybe}\n", "effect"),
+    ("version: 1\nroles: {}\nrules:\n  - id: a\n    description: x\n    effect: require_approval\n"
+     "    approvers: {roles: [sre]}\n", "no members"),
+    ("version: 1\nrules: [\n", "cannot read"),
+])
+def test_bad_policy_files_fail_with_the_reason(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(PolicyError, match=words):
+        load_policy(path)
