@@ -1,0 +1,129 @@
+"""Change requests: the typed, hashed description of one proposed change and everything bound to it.
+
+A change request carries what to do (`ChangeSpec`, hashed), the target's state when it was proposed
+(`TargetFingerprint`), its risk, blast radius, predicted cost change, server-side dry-run diff and
+why it was proposed. Approvals bind to the spec hash and the fingerprint: approving "roll back
+chat-primary to revision 3 while it is at generation 7" says nothing about any other change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.models import ActionKind, ObjectRef
+
+# Risk of each action when executed (the policy's `risks` vocabulary).
+ACTION_RISK: dict[ActionKind, str] = {
+    ActionKind.ROLLBACK: "mutate",
+    ActionKind.SCALE: "mutate",
+    ActionKind.DEPLOY: "mutate",
+    ActionKind.SET_GPU_RESOURCES: "mutate",
+    ActionKind.PAUSE_ROLLOUT: "mutate",
+    ActionKind.RESUME_ROLLOUT: "mutate",
+    ActionKind.CORDON_NODE: "mutate",
+    ActionKind.DRAIN_NODE: "destructive",
+    ActionKind.PAGE_HUMAN: "read",
+    ActionKind.NONE: "read",
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChangeSpec(_Model):
+    """What to change. Its canonical JSON is hashed; nothing else about a change is approved."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: ActionKind
+    cluster: str
+    target: ObjectRef
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    def digest(self) -> str:
+        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+
+class TargetFingerprint(_Model):
+    """The target's spec state when the change was proposed (not its status, which moves constantly)."""
+
+    kind: str
+    name: str
+    namespace: str | None = None
+    uid: str = ""
+    generation: int = 0
+    spec_hash: str = Field(description="sha256 of the target's spec (template, replicas, taints...).")
+    revision: str | None = Field(default=None, description="deployment.kubernetes.io/revision, for Deployments.")
+
+    def same_as(self, other: TargetFingerprint) -> bool:
+        return (self.uid, self.generation, self.spec_hash) == (other.uid, other.generation, other.spec_hash)
+
+
+class BlastRadius(_Model):
+    gpus: int = Field(ge=0, description="GPUs whose pods are restarted, added or removed.")
+    replicas: int = Field(ge=0, description="Replicas restarted, added or removed.")
+    capacity_drop: float = Field(ge=0, le=1, description="Share of the model's serving capacity removed.")
+    models: list[str] = Field(default_factory=list)
+
+
+class ChangeStatus(enum.StrEnum):
+    PENDING_APPROVAL = "pending_approval"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    DENIED = "denied"  # by policy
+    EXECUTING = "executing"
+    APPLIED = "applied"
+    VERIFIED = "verified"
+    ROLLED_BACK = "rolled_back"  # verification failed and the change was undone
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+class Approval(_Model):
+    change_id: str
+    approver: str
+    role: str
+    decision: str = Field(pattern="^(approve|reject)$")
+    at: dt.datetime
+    spec_digest: str
+    fingerprint: TargetFingerprint
+    expires_at: dt.datetime
+    via: str = Field(default="cli", description="cli | slack | eval")
+
+
+class ChangeRequest(_Model):
+    id: str
+    spec: ChangeSpec
+    spec_digest: str
+    fingerprint: TargetFingerprint
+    risk: str
+    blast_radius: BlastRadius
+    cost_delta_per_month: float | None = Field(default=None, description="USD; negative saves money.")
+    diff: str = Field(default="", description="Server-side dry-run diff of the target's spec.")
+    reason: str
+    incident_id: str | None = None
+    evidence: list[str] = Field(default_factory=list)
+    requester: str
+    created_at: dt.datetime
+    status: ChangeStatus
+    policy_rule: str = ""
+    policy_reason: str = ""
+    approvals_required: int = 0
+    approver_roles: list[str] = Field(default_factory=list)
+    approval_ttl_s: int = 900
+    rollback_of: str | None = Field(default=None, description="Id of the change this one undoes, if any.")
+    result: dict[str, Any] = Field(default_factory=dict)
+
+
+def change_id(spec: ChangeSpec, fingerprint: TargetFingerprint, incident_id: str | None) -> str:
+    """Stable: proposing the same change on the same target state for the same incident gives the same id."""
+    h = hashlib.sha256(f"{spec.digest()}|{fingerprint.spec_hash}|{incident_id or ''}".encode()).hexdigest()
+    return f"chg-{h[:12]}"

@@ -1,0 +1,70 @@
+"""Are the approvals on a change enough, and still valid, right now? A pure function on plain data.
+
+An approval counts only if: it approves (a single rejection blocks the change); its approver holds
+one of the required roles; the approver is not the requester (unless the rule allows self-approval);
+it was given for this exact change (same spec digest) on the target as it is now (same fingerprint);
+and it has not expired. Distinct approvers are counted, so one person clicking twice is one approval.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.policy.model import Approvers, Policy
+
+
+@dataclass(frozen=True)
+class ApprovalView:
+    approver: str
+    role: str
+    decision: str  # approve | reject
+    spec_digest: str
+    fingerprint: Mapping[str, Any]
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class ApprovalCheck:
+    satisfied: bool
+    counted: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # one sentence per approval that did not count
+    blocked_by: str | None = None  # a rejection
+    missing: int = 0
+
+
+def roles_of(policy: Policy, identity: str) -> list[str]:
+    return [role for role, members in policy.roles.items() if identity in members]
+
+
+def check(policy: Policy, need: Approvers, *, requester: str, spec_digest: str,
+          fingerprint_now: Mapping[str, Any], approvals: Sequence[ApprovalView], now: dt.datetime) -> ApprovalCheck:
+    counted: list[str] = []
+    refused: list[str] = []
+    for a in approvals:
+        who = a.approver
+        if a.decision == "reject":
+            return ApprovalCheck(False, counted, refused, blocked_by=f"{who} rejected the change", missing=need.count)
+        if not set(roles_of(policy, who)) & set(need.roles):
+            refused.append(f"{who} is not in any of the roles {need.roles}")
+        elif who == _bare(requester) and not need.allow_self_approval:
+            refused.append(f"{who} requested this change and may not approve it")
+        elif a.spec_digest != spec_digest:
+            refused.append(f"{who} approved a different change")
+        elif dict(a.fingerprint) != dict(fingerprint_now):
+            refused.append(f"{who} approved it when the target was in another state; the target changed since")
+        elif a.expires_at <= now:
+            refused.append(f"{who}'s approval expired at {a.expires_at:%H:%M:%S} UTC")
+        elif who in counted:
+            continue
+        else:
+            counted.append(who)
+    missing = max(0, need.count - len(counted))
+    return ApprovalCheck(missing == 0, counted, refused, None, missing)
+
+
+def _bare(identity: str) -> str:
+    """'user:alice' and 'alice' are the same person."""
+    return identity.split(":", 1)[1] if identity.startswith("user:") else identity
