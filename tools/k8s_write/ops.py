@@ -1,0 +1,248 @@
+"""Mutations with the semantics operators expect, each with a server-side dry run.
+
+`rollout_undo` does what `kubectl rollout undo --to-revision` does: copy the chosen ReplicaSet's pod
+template (without its pod-template-hash label) onto the Deployment; a paused Deployment is refused,
+as kubectl refuses it. Every write carries the resourceVersion it was decided on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import difflib
+import hashlib
+import json
+from typing import Any, Literal
+
+import yaml
+from kubernetes.client.exceptions import ApiException
+from pydantic import Field
+
+from tools.base import Risk, ToolError, ToolInput, ToolResult, ToolSpec
+from tools.k8s_write.client import K8sWriteClient, wrap
+
+REVISION = "deployment.kubernetes.io/revision"
+DNS_NAME = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+
+
+class Target(ToolInput):
+    namespace: str = Field(pattern=DNS_NAME, max_length=63)
+    name: str = Field(pattern=DNS_NAME)
+    expected_resource_version: str | None = Field(
+        default=None, description="Apply only if the object is still at this resourceVersion (else 409).")
+    dry_run: bool = Field(default=False, description="Server-side dry run: validate and diff, change nothing.")
+
+
+class RolloutUndoInput(Target):
+    to_revision: int = Field(ge=1, description="The Deployment revision whose pod template to restore.")
+
+
+class ScaleInput(Target):
+    replicas: int = Field(ge=0, le=1000)
+
+
+class SetTemplateInput(Target):
+    container: str = Field(pattern=DNS_NAME)
+    image: str | None = Field(default=None, max_length=512)
+    args: list[str] | None = Field(default=None, max_length=64)
+    labels: dict[str, str] = Field(default_factory=dict, description="Pod template labels to set (e.g. model-version).")
+    gpus: int | None = Field(default=None, ge=0, le=16, description="nvidia.com/gpu request and limit per replica.")
+    change_cause: str = Field(default="", max_length=300)
+
+
+class PauseInput(Target):
+    paused: bool
+
+
+class NodeInput(ToolInput):
+    node: str = Field(pattern=DNS_NAME)
+    expected_resource_version: str | None = None
+    dry_run: bool = False
+
+
+class DrainInput(NodeInput):
+    grace_period_s: int = Field(default=30, ge=0, le=3600)
+
+
+class WriteResult(ToolResult):
+    kind: str
+    namespace: str | None
+    name: str
+    operation: str
+    dry_run: bool
+    resource_version: str = ""
+    generation: int = 0
+    revision: str | None = None
+    diff: str = Field(default="", description="Unified diff of the spec, before → after.")
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+def _spec_yaml(obj: dict[str, Any]) -> list[str]:
+    spec = copy.deepcopy(obj.get("spec", {}))
+    return yaml.safe_dump(spec, sort_keys=True).splitlines(keepends=True)
+
+
+def spec_diff(before: dict[str, Any], after: dict[str, Any], name: str) -> str:
+    return "".join(difflib.unified_diff(_spec_yaml(before), _spec_yaml(after), f"{name} (now)", f"{name} (after)"))
+
+
+def spec_hash(obj: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj.get("spec", {}), sort_keys=True).encode()).hexdigest()
+
+
+def _result(kind: str, op: str, before: dict[str, Any], after: dict[str, Any], dry: bool,
+            detail: dict[str, Any] | None = None) -> WriteResult:
+    meta = after.get("metadata", {})
+    return WriteResult(kind=kind, namespace=meta.get("namespace"), name=meta.get("name", ""), operation=op,
+                       dry_run=dry, resource_version=meta.get("resourceVersion", ""),
+                       generation=int(meta.get("generation") or 0),
+                       revision=(meta.get("annotations") or {}).get(REVISION),
+                       diff=spec_diff(before, after, f"{kind.lower()}/{meta.get('name', '')}"), detail=detail or {})
+
+
+async def _call(fn: Any, *args: Any, what: str, **kwargs: Any) -> Any:
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except ApiException as e:
+        raise wrap(e, what) from e
+
+
+async def read_deployment(c: K8sWriteClient, namespace: str, name: str) -> dict[str, Any]:
+    resp = await _call(c.apps.read_namespaced_deployment, name, namespace, _preload_content=False,
+                       _request_timeout=c.timeout, what=f"read deployment {namespace}/{name}")
+    return dict(json.loads(resp.data))
+
+
+def _precondition(body: dict[str, Any], rv: str | None) -> dict[str, Any]:
+    if rv:
+        body.setdefault("metadata", {})["resourceVersion"] = rv
+    return body
+
+
+async def _patch_deployment(c: K8sWriteClient, p: Target, body: dict[str, Any], what: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": c.timeout}
+    if p.dry_run:
+        kwargs["dry_run"] = "All"
+    resp = await _call(c.apps.patch_namespaced_deployment, p.name, p.namespace,
+                       _precondition(body, p.expected_resource_version), what=what, **kwargs)
+    return dict(json.loads(resp.data))
+
+
+async def rollout_undo(c: K8sWriteClient, p: RolloutUndoInput) -> WriteResult:
+    before = await read_deployment(c, p.namespace, p.name)
+    if before.get("spec", {}).get("paused"):
+        raise ToolError(f"deployment {p.namespace}/{p.name} is paused; resume it before rolling back")
+    uid = before["metadata"]["uid"]
+    rs_list = await _call(c.apps.list_namespaced_replica_set, p.namespace, _preload_content=False,
+                          _request_timeout=c.timeout, what=f"list replicasets in {p.namespace}")
+    owned = [rs for rs in json.loads(rs_list.data)["items"]
+             if any(o.get("uid") == uid for o in rs["metadata"].get("ownerReferences", []))]
+    chosen = next((rs for rs in owned if (rs["metadata"].get("annotations") or {}).get(REVISION) ==
+                   str(p.to_revision)), None)
+    if chosen is None:
+        have = sorted(int((rs["metadata"].get("annotations") or {}).get(REVISION, 0)) for rs in owned)
+        raise ToolError(f"deployment {p.namespace}/{p.name} has no revision {p.to_revision} (revisions kept: {have})")
+    template = copy.deepcopy(chosen["spec"]["template"])
+    template.setdefault("metadata", {}).setdefault("labels", {}).pop("pod-template-hash", None)
+    current = (before["metadata"].get("annotations") or {}).get(REVISION)
+    if template == before["spec"]["template"]:
+        return _result("Deployment", "rollout_undo", before, before, p.dry_run,
+                       {"noop": True, "reason": f"already at the template of revision {p.to_revision}"})
+    rs_annotations = chosen["metadata"].get("annotations") or {}
+    body: dict[str, Any] = {"spec": {"template": template}}
+    if cause := rs_annotations.get("kubernetes.io/change-cause"):
+        body["metadata"] = {"annotations": {"kubernetes.io/change-cause": cause}}
+    after = await _patch_deployment(c, p, body, f"roll back deployment {p.namespace}/{p.name} to revision "
+                                                f"{p.to_revision}")
+    return _result("Deployment", "rollout_undo", before, after, p.dry_run,
+                   {"from_revision": current, "to_revision": p.to_revision})
+
+
+async def scale(c: K8sWriteClient, p: ScaleInput) -> WriteResult:
+    before = await read_deployment(c, p.namespace, p.name)
+    after = await _patch_deployment(c, p, {"spec": {"replicas": p.replicas}},
+                                    f"scale deployment {p.namespace}/{p.name} to {p.replicas}")
+    return _result("Deployment", "scale", before, after, p.dry_run,
+                   {"from_replicas": before["spec"].get("replicas"), "to_replicas": p.replicas})
+
+
+async def set_template(c: K8sWriteClient, p: SetTemplateInput) -> WriteResult:
+    before = await read_deployment(c, p.namespace, p.name)
+    containers = before["spec"]["template"]["spec"]["containers"]
+    if not any(ct["name"] == p.container for ct in containers):
+        raise ToolError(f"deployment {p.namespace}/{p.name} has no container {p.container!r} "
+                        f"(has {[ct['name'] for ct in containers]})")
+    ct_patch: dict[str, Any] = {"name": p.container}
+    if p.image:
+        ct_patch["image"] = p.image
+    if p.args is not None:
+        ct_patch["args"] = p.args
+    if p.gpus is not None:
+        ct_patch["resources"] = {"requests": {"nvidia.com/gpu": str(p.gpus)}, "limits": {"nvidia.com/gpu": str(p.gpus)}}
+    body: dict[str, Any] = {"spec": {"template": {"spec": {"containers": [ct_patch]}}}}
+    if p.labels:
+        body["spec"]["template"]["metadata"] = {"labels": p.labels}
+    if p.change_cause:
+        body["metadata"] = {"annotations": {"kubernetes.io/change-cause": p.change_cause}}
+    after = await _patch_deployment(c, p, body, f"update deployment {p.namespace}/{p.name}")
+    return _result("Deployment", "set_template", before, after, p.dry_run)
+
+
+async def pause(c: K8sWriteClient, p: PauseInput) -> WriteResult:
+    before = await read_deployment(c, p.namespace, p.name)
+    after = await _patch_deployment(c, p, {"spec": {"paused": p.paused}},
+                                    f"{'pause' if p.paused else 'resume'} deployment {p.namespace}/{p.name}")
+    return _result("Deployment", "pause" if p.paused else "resume", before, after, p.dry_run)
+
+
+async def cordon(c: K8sWriteClient, p: NodeInput) -> WriteResult:
+    resp = await _call(c.core.read_node, p.node, _preload_content=False, _request_timeout=c.timeout,
+                       what=f"read node {p.node}")
+    before = dict(json.loads(resp.data))
+    kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": c.timeout}
+    if p.dry_run:
+        kwargs["dry_run"] = "All"
+    resp = await _call(c.core.patch_node, p.node, _precondition({"spec": {"unschedulable": True}},
+                                                                p.expected_resource_version),
+                       what=f"cordon node {p.node}", **kwargs)
+    return _result("Node", "cordon", before, dict(json.loads(resp.data)), p.dry_run)
+
+
+async def drain(c: K8sWriteClient, p: DrainInput) -> WriteResult:
+    res = await cordon(c, NodeInput(node=p.node, expected_resource_version=p.expected_resource_version,
+                                    dry_run=p.dry_run))
+    pods = await _call(c.core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={p.node}",
+                       _preload_content=False, _request_timeout=c.timeout, what=f"list pods on {p.node}")
+    evicted, skipped = [], []
+    for pod in json.loads(pods.data)["items"]:
+        owners = pod["metadata"].get("ownerReferences", [])
+        if any(o.get("kind") == "DaemonSet" for o in owners):
+            skipped.append(pod["metadata"]["name"])
+            continue
+        body = {"apiVersion": "policy/v1", "kind": "Eviction",
+                "metadata": {"name": pod["metadata"]["name"], "namespace": pod["metadata"]["namespace"]},
+                "deleteOptions": {"gracePeriodSeconds": p.grace_period_s, **({"dryRun": ["All"]} if p.dry_run else {})}}
+        await _call(c.core.create_namespaced_pod_eviction, pod["metadata"]["name"], pod["metadata"]["namespace"],
+                    body, what=f"evict {pod['metadata']['namespace']}/{pod['metadata']['name']}")
+        evicted.append(f"{pod['metadata']['namespace']}/{pod['metadata']['name']}")
+    return res.model_copy(update={"operation": "drain", "detail": {"evicted": evicted, "skipped_daemonsets": skipped}})
+
+
+Op = Literal["rollout_undo", "scale", "set_template", "pause", "cordon", "drain"]
+
+TOOLS: list[ToolSpec[Any, Any]] = [
+    ToolSpec("k8s_rollout_undo", "kubernetes/write", Risk.MUTATE,
+             "Roll a Deployment back to a revision (kubectl rollout undo --to-revision semantics).",
+             RolloutUndoInput, WriteResult, rollout_undo, "k8s_write"),
+    ToolSpec("k8s_scale_deployment", "kubernetes/write", Risk.MUTATE, "Set a Deployment's replicas.",
+             ScaleInput, WriteResult, scale, "k8s_write"),
+    ToolSpec("k8s_set_pod_template", "kubernetes/write", Risk.MUTATE,
+             "Change a Deployment container's image, args, GPU count or template labels (a rollout).",
+             SetTemplateInput, WriteResult, set_template, "k8s_write"),
+    ToolSpec("k8s_pause_rollout", "kubernetes/write", Risk.MUTATE, "Pause or resume a Deployment's rollout.",
+             PauseInput, WriteResult, pause, "k8s_write"),
+    ToolSpec("k8s_cordon_node", "kubernetes/write", Risk.MUTATE, "Mark a node unschedulable.",
+             NodeInput, WriteResult, cordon, "k8s_write"),
+    ToolSpec("k8s_drain_node", "kubernetes/write", Risk.DESTRUCTIVE,
+             "Cordon a node and evict its pods (not DaemonSets).", DrainInput, WriteResult, drain, "k8s_write"),
+]
