@@ -43,6 +43,12 @@ EXECUTOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch", "update"]},
     {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
+]
+# Cluster-scoped: cordoning and draining GPU nodes (nothing else cluster-wide).
+EXECUTOR_NODE_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
 ]
 
 
@@ -80,6 +86,16 @@ def bootstrap(api: client.ApiClient, fleet: Fleet, catalog: PriceCatalog) -> Non
            lambda: rbac.replace_cluster_role_binding(pki.READER, binding))
     exec_role = {"metadata": {"name": pki.EXECUTOR}, "rules": EXECUTOR_RULES}
     _apply(lambda: rbac.create_cluster_role(exec_role), lambda: rbac.replace_cluster_role(pki.EXECUTOR, exec_role))
+    nodes_role = {"metadata": {"name": f"{pki.EXECUTOR}-nodes"}, "rules": EXECUTOR_NODE_RULES}
+    _apply(partial(rbac.create_cluster_role, nodes_role),
+           partial(rbac.replace_cluster_role, f"{pki.EXECUTOR}-nodes", nodes_role))
+    nodes_binding = {
+        "metadata": {"name": f"{pki.EXECUTOR}-nodes"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"{pki.EXECUTOR}-nodes"},
+        "subjects": [{"kind": "User", "name": pki.EXECUTOR, "apiGroup": "rbac.authorization.k8s.io"}],
+    }
+    _apply(partial(rbac.create_cluster_role_binding, nodes_binding),
+           partial(rbac.replace_cluster_role_binding, f"{pki.EXECUTOR}-nodes", nodes_binding))
     for ns in fleet.serving_namespaces:
         rb = {
             "metadata": {"name": pki.EXECUTOR, "namespace": ns},

@@ -74,6 +74,7 @@ class WriteResult(ToolResult):
     generation: int = 0
     revision: str | None = None
     diff: str = Field(default="", description="Unified diff of the spec, before → after.")
+    spec_hash: str = Field(default="", description="sha256 of the resulting spec (the dry run's, when dry).")
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -97,7 +98,8 @@ def _result(kind: str, op: str, before: dict[str, Any], after: dict[str, Any], d
                        dry_run=dry, resource_version=meta.get("resourceVersion", ""),
                        generation=int(meta.get("generation") or 0),
                        revision=(meta.get("annotations") or {}).get(REVISION),
-                       diff=spec_diff(before, after, f"{kind.lower()}/{meta.get('name', '')}"), detail=detail or {})
+                       diff=spec_diff(before, after, f"{kind.lower()}/{meta.get('name', '')}"),
+                       spec_hash=spec_hash(after), detail=detail or {})
 
 
 async def _call(fn: Any, *args: Any, what: str, **kwargs: Any) -> Any:

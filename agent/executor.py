@@ -1,0 +1,395 @@
+"""The guarded executor: the only path from a change request to a cluster mutation.
+
+propose → policy → approvals → execute, each step audited:
+- `propose` fingerprints the target, asks the API for a server-side dry run (the diff and the exact
+  resulting spec), measures the blast radius, evaluates policy and stores the change.
+- `approve` records an approval bound to the change's spec digest and the target's fingerprint.
+- `execute` re-checks policy and approvals *now*, refuses if the target changed since approval,
+  claims the change in the ledger (exactly once, whoever clicks or restarts), writes with the
+  resourceVersion it checked as a precondition, and reconciles after a crash by comparing the live
+  spec with the recorded intended spec.
+The write client exists only inside this module's runner; triage and chat runners never hold it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.audit import AuditEvent, AuditKind, AuditSink, inputs_hash
+from agent.changes import (
+    ACTION_RISK,
+    Approval,
+    BlastRadius,
+    ChangeRequest,
+    ChangeSpec,
+    ChangeStatus,
+    TargetFingerprint,
+    change_id,
+)
+from agent.ledger import Ledger
+from agent.models import ActionKind
+from agent.policy import approvals as approval_rules
+from agent.policy.evaluate import evaluate
+from agent.policy.model import Approvers, Effect, Policy, Request, parse_duration
+from agent.runner import ToolRunner
+from tools.k8s_write.client import K8sWriteClient
+from tools.k8s_write.ops import TOOLS as WRITE_TOOLS
+from tools.k8s_write.ops import spec_hash
+
+log = logging.getLogger(__name__)
+GPU = "nvidia.com/gpu"
+CRASH_POINTS = ("after-claim", "after-write", "after-applied")
+
+
+class ExecutionRefused(Exception):
+    """Execution was refused; the message says which check failed. It has been audited."""
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    change_id: str
+    status: ChangeStatus
+    applied_now: bool  # False when this call found it already applied (idempotent re-run)
+    detail: dict[str, Any]
+
+
+def _tool_call(spec: ChangeSpec, dry_run: bool, expected_rv: str | None) -> tuple[str, dict[str, Any]]:
+    t = spec.target
+    base: dict[str, Any] = {"dry_run": dry_run, "expected_resource_version": expected_rv}
+    p = spec.params
+    match spec.action:
+        case ActionKind.ROLLBACK:
+            return "k8s_rollout_undo", base | {"namespace": t.namespace, "name": t.name,
+                                                "to_revision": int(p["to_revision"])}
+        case ActionKind.SCALE:
+            return "k8s_scale_deployment", base | {"namespace": t.namespace, "name": t.name,
+                                                    "replicas": int(p["replicas"])}
+        case ActionKind.DEPLOY | ActionKind.SET_GPU_RESOURCES:
+            keys = ("container", "image", "args", "labels", "gpus", "change_cause")
+            return "k8s_set_pod_template", base | {"namespace": t.namespace, "name": t.name} | {
+                k: p[k] for k in keys if k in p}
+        case ActionKind.PAUSE_ROLLOUT | ActionKind.RESUME_ROLLOUT:
+            return "k8s_pause_rollout", base | {"namespace": t.namespace, "name": t.name,
+                                                 "paused": spec.action == ActionKind.PAUSE_ROLLOUT}
+        case ActionKind.CORDON_NODE:
+            return "k8s_cordon_node", {"node": t.name, "dry_run": dry_run, "expected_resource_version": expected_rv}
+        case ActionKind.DRAIN_NODE:
+            return "k8s_drain_node", {"node": t.name, "dry_run": dry_run, "expected_resource_version": expected_rv}
+    raise ValueError(f"{spec.action.value} is not an executable change")
+
+
+class Executor:
+    def __init__(self, ledger: Ledger, policy: Policy, write: K8sWriteClient, audit: AuditSink, *,
+                 cluster: str = "default", owner: str | None = None,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+                 crash_after: str | None = None) -> None:
+        if crash_after is not None and crash_after not in CRASH_POINTS:
+            raise ValueError(f"crash_after must be one of {CRASH_POINTS}")
+        self.ledger, self.policy, self.write, self.audit = ledger, policy, write, audit
+        self.cluster = cluster
+        self.owner = owner or f"executor:{os.getpid()}"
+        self.clock = clock
+        self.crash_after = crash_after  # chaos testing: SIGKILL this process at a named point
+        from tools.base import Risk
+
+        self.runner = ToolRunner(WRITE_TOOLS, {"k8s_write": write}, audit, max_risk=Risk.DESTRUCTIVE, timeout_s=60)
+
+    # ---- reading the target ---------------------------------------------------------------------
+    async def _read(self, spec: ChangeSpec) -> dict[str, Any]:
+        t = spec.target
+        if t.kind == "Node":
+            resp = await asyncio.to_thread(self.write.core.read_node, t.name, _preload_content=False)
+        elif t.kind == "Deployment":
+            resp = await asyncio.to_thread(self.write.apps.read_namespaced_deployment, t.name, t.namespace,
+                                           _preload_content=False)
+        else:
+            raise ValueError(f"cannot change a {t.kind}")
+        return dict(json.loads(resp.data))
+
+    @staticmethod
+    def fingerprint_of(obj: dict[str, Any]) -> TargetFingerprint:
+        meta = obj["metadata"]
+        return TargetFingerprint(kind=obj.get("kind", ""), name=meta["name"], namespace=meta.get("namespace"),
+                                 uid=meta.get("uid", ""), generation=int(meta.get("generation") or 0),
+                                 spec_hash=spec_hash(obj),
+                                 revision=(meta.get("annotations") or {}).get("deployment.kubernetes.io/revision"))
+
+    def _audit(self, kind: AuditKind, actor: str, action: str, decision: str, reason: str,
+               change: ChangeRequest | None, result: dict[str, Any] | None = None) -> None:
+        self.audit.append(AuditEvent(at=self.clock(), kind=kind, actor=actor, action=action,
+                                     incident_id=change.incident_id if change else None,
+                                     inputs_hash=change.spec_digest if change else inputs_hash(action),
+                                     decision=decision, reason=reason, result=result or {}))
+
+    # ---- propose --------------------------------------------------------------------------------
+    async def propose(self, spec: ChangeSpec, *, reason: str, requester: str, incident_id: str | None = None,
+                      evidence: list[str] | None = None, rollback_of: str | None = None) -> ChangeRequest:
+        now = self.clock()
+        risk = ACTION_RISK.get(spec.action, "destructive")
+        obj: dict[str, Any] | None = None
+        diff, error = "", ""
+        try:
+            obj = await self._read(spec)
+        except Exception as e:  # the target may not exist or may be unreadable: policy still decides
+            error = f"cannot read {spec.target}: {e}"
+        fp = self.fingerprint_of(obj) if obj else TargetFingerprint(kind=spec.target.kind, name=spec.target.name,
+                                                                    namespace=spec.target.namespace, spec_hash="")
+        blast = self._blast_radius(spec, obj)
+        req = Request(action=spec.action.value, risk=risk, cluster=spec.cluster, namespace=spec.target.namespace,  # type: ignore[arg-type]
+                      target_kind=spec.target.kind, target_name=spec.target.name,
+                      labels=(obj or {}).get("metadata", {}).get("labels") or {}, requester=requester,
+                      gpus=blast.gpus, replicas_delta=self._replicas_delta(spec, obj),
+                      capacity_drop=blast.capacity_drop, at=now,
+                      changes_last_hour=self.ledger.changes_since(now - dt.timedelta(hours=1)),
+                      target_changes_last_hour=self.ledger.changes_since(now - dt.timedelta(hours=1),
+                                                                         str(spec.target)))
+        decision = evaluate(self.policy, req)
+        if decision.effect != Effect.DENY and obj is not None:
+            try:
+                name, params = _tool_call(spec, dry_run=True, expected_rv=None)
+                out = await self.runner.call(name, params, actor=f"executor:dry-run:{requester}",
+                                             incident_id=incident_id)
+                diff = out.result.diff if out.ok and out.result is not None else ""  # type: ignore[attr-defined]
+                if not out.ok:
+                    error = out.error or "dry run failed"
+            except (KeyError, ValueError) as e:
+                error = f"invalid change parameters: {e}"
+        status = {Effect.DENY: ChangeStatus.DENIED, Effect.REQUIRE_APPROVAL: ChangeStatus.PENDING_APPROVAL,
+                  Effect.ALLOW: ChangeStatus.APPROVED}[decision.effect]
+        if error and status != ChangeStatus.DENIED:
+            status = ChangeStatus.FAILED
+        ch = ChangeRequest(
+            id=change_id(spec, fp, incident_id), spec=spec, spec_digest=spec.digest(), fingerprint=fp, risk=risk,
+            blast_radius=blast, diff=diff, reason=reason, incident_id=incident_id, evidence=evidence or [],
+            requester=requester, created_at=now, status=status, policy_rule=decision.rule,
+            policy_reason=decision.reason if not error else f"{decision.reason} ({error})",
+            approvals_required=decision.approvers.count if decision.approvers else 0,
+            approver_roles=decision.approvers.roles if decision.approvers else [],
+            approval_ttl_s=int(parse_duration(decision.approvers.ttl).total_seconds()) if decision.approvers else 900,
+            rollback_of=rollback_of,
+        )
+        if not self.ledger.save(ch):
+            existing = self.ledger.get(ch.id)
+            assert existing is not None
+            return existing
+        self._audit(AuditKind.POLICY_DECISION, requester, f"propose {spec.action.value} {spec.target}",
+                    decision.effect.value, f"{decision.rule}: {ch.policy_reason}", ch,
+                    {"change_id": ch.id, "status": ch.status.value})
+        return ch
+
+    def _blast_radius(self, spec: ChangeSpec, obj: dict[str, Any] | None) -> BlastRadius:
+        if obj is None:
+            return BlastRadius(gpus=0, replicas=0, capacity_drop=0.0)
+        if spec.target.kind == "Node":
+            gpus = int((obj.get("status", {}).get("capacity") or {}).get(GPU, 0))
+            return BlastRadius(gpus=gpus, replicas=0, capacity_drop=0.0)
+        replicas = int(obj["spec"].get("replicas") or 0)
+        ct = obj["spec"]["template"]["spec"]["containers"]
+        per = sum(int(((c.get("resources") or {}).get("limits") or {}).get(GPU, 0)) for c in ct)
+        model = (obj["spec"]["template"]["metadata"].get("labels") or {}).get("model", "")
+        if spec.action == ActionKind.SCALE:
+            new = int(spec.params.get("replicas", replicas))
+            drop = max(0.0, (replicas - new) / replicas) if replicas else 0.0
+            return BlastRadius(gpus=abs(new - replicas) * per, replicas=abs(new - replicas),
+                               capacity_drop=round(min(1.0, drop), 3), models=[model] if model else [])
+        strategy = obj["spec"].get("strategy", {}).get("rollingUpdate") or {}
+        unavailable = strategy.get("maxUnavailable", 1)
+        if isinstance(unavailable, str) and unavailable.endswith("%"):
+            unavailable = max(1, int(replicas * int(unavailable[:-1]) / 100))
+        drop = min(1.0, int(unavailable) / replicas) if replicas else 0.0
+        return BlastRadius(gpus=replicas * per, replicas=replicas, capacity_drop=round(drop, 3),
+                           models=[model] if model else [])
+
+    @staticmethod
+    def _replicas_delta(spec: ChangeSpec, obj: dict[str, Any] | None) -> int:
+        if spec.action != ActionKind.SCALE or obj is None:
+            return 0
+        return int(spec.params.get("replicas", 0)) - int(obj["spec"].get("replicas") or 0)
+
+    # ---- approve --------------------------------------------------------------------------------
+    def approve(self, change_id_: str, approver: str, *, decision: str = "approve", via: str = "cli") -> ChangeRequest:
+        ch = self.ledger.get(change_id_)
+        if ch is None:
+            raise ExecutionRefused(f"no change {change_id_}")
+        actor = f"user:{approver}"
+        if ch.status not in (ChangeStatus.PENDING_APPROVAL, ChangeStatus.APPROVED) or ch.approvals_required == 0:
+            self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", "refused", f"change is {ch.status.value}", ch)
+            raise ExecutionRefused(f"{ch.id} is {ch.status.value}; it takes no approvals")
+        roles = [r for r in approval_rules.roles_of(self.policy, approver) if r in ch.approver_roles]
+        if not roles:
+            self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", "refused",
+                        f"{approver} holds none of the roles {ch.approver_roles}", ch)
+            raise ExecutionRefused(f"{approver} may not approve {ch.id}: it needs one of the roles {ch.approver_roles}")
+        if approver == approval_rules._bare(ch.requester):
+            self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", "refused", "self-approval", ch)
+            raise ExecutionRefused(f"{approver} requested {ch.id} and may not approve it")
+        now = self.clock()
+        a = Approval(change_id=ch.id, approver=approver, role=roles[0], decision=decision, at=now,
+                     spec_digest=ch.spec_digest, fingerprint=ch.fingerprint,
+                     expires_at=now + dt.timedelta(seconds=ch.approval_ttl_s), via=via)
+        recorded = self.ledger.add_approval(a)
+        self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", decision if recorded else "duplicate",
+                    f"as {roles[0]} via {via}", ch, {"approvers": [x.approver for x in self.ledger.approvals(ch.id)]})
+        if decision == "reject":
+            ch = ch.model_copy(update={"status": ChangeStatus.REJECTED})
+            self.ledger.update(ch)
+            return ch
+        check = self._check_approvals(ch, ch.fingerprint, now)
+        if check.satisfied and ch.status == ChangeStatus.PENDING_APPROVAL:
+            ch = ch.model_copy(update={"status": ChangeStatus.APPROVED})
+            self.ledger.update(ch)
+        return ch
+
+    def _check_approvals(self, ch: ChangeRequest, fp_now: TargetFingerprint,
+                         now: dt.datetime) -> approval_rules.ApprovalCheck:
+        need = Approvers(roles=ch.approver_roles or ["-"], count=max(1, ch.approvals_required))
+        views = [approval_rules.ApprovalView(approver=a.approver, role=a.role, decision=a.decision,
+                                             spec_digest=a.spec_digest, fingerprint=_fp_key(a.fingerprint),
+                                             expires_at=a.expires_at) for a in self.ledger.approvals(ch.id)]
+        return approval_rules.check(self.policy, need, requester=ch.requester, spec_digest=ch.spec_digest,
+                                    fingerprint_now=_fp_key(fp_now), approvals=views, now=now)
+
+    # ---- execute --------------------------------------------------------------------------------
+    async def execute(self, change_id_: str, actor: str = "executor") -> ExecutionResult:
+        ch = self.ledger.get(change_id_)
+        if ch is None:
+            raise ExecutionRefused(f"no change {change_id_}")
+        done = (ChangeStatus.APPLIED, ChangeStatus.VERIFIED, ChangeStatus.ROLLED_BACK)
+        if ch.status in done:
+            return ExecutionResult(ch.id, ch.status, False, ch.result)
+        ex = self.ledger.execution(ch.id)
+        if ex is not None:
+            return await self._reconcile(ch, actor)
+
+        def refuse(why: str) -> ExecutionRefused:
+            self._audit(AuditKind.EXECUTION, actor, f"execute {ch.id}", "refused", why, ch)
+            return ExecutionRefused(f"{ch.id} refused: {why}")
+
+        if ch.status not in (ChangeStatus.APPROVED, ChangeStatus.PENDING_APPROVAL):
+            raise refuse(f"change is {ch.status.value}")
+        now = self.clock()
+        obj = await self._read(ch.spec)
+        fp_now = self.fingerprint_of(obj)
+        if not fp_now.same_as(ch.fingerprint):
+            raise refuse(f"the target changed since the change was proposed (generation {ch.fingerprint.generation}"
+                         f" → {fp_now.generation}); propose and approve it again")
+        req = Request(action=ch.spec.action.value, risk=ch.risk, cluster=ch.spec.cluster,  # type: ignore[arg-type]
+                      namespace=ch.spec.target.namespace, target_kind=ch.spec.target.kind,
+                      target_name=ch.spec.target.name, labels=obj["metadata"].get("labels") or {},
+                      requester=ch.requester, gpus=ch.blast_radius.gpus,
+                      replicas_delta=self._replicas_delta(ch.spec, obj), capacity_drop=ch.blast_radius.capacity_drop,
+                      at=now, changes_last_hour=self.ledger.changes_since(now - dt.timedelta(hours=1)),
+                      target_changes_last_hour=self.ledger.changes_since(now - dt.timedelta(hours=1),
+                                                                         str(ch.spec.target)))
+        decision = evaluate(self.policy, req)
+        self._audit(AuditKind.POLICY_DECISION, actor, f"execute {ch.id}", decision.effect.value,
+                    f"{decision.rule}: {decision.reason}", ch)
+        if decision.effect == Effect.DENY:
+            raise refuse(f"policy {decision.rule}: {decision.reason}")
+        if decision.effect == Effect.REQUIRE_APPROVAL:
+            check = self._check_approvals(ch, fp_now, now)
+            if not check.satisfied:
+                why = check.blocked_by or (f"needs {check.missing} more approval(s) from {ch.approver_roles}"
+                                           + (f" ({'; '.join(check.refused)})" if check.refused else ""))
+                raise refuse(why)
+        won, _ = self.ledger.claim(ch.id, self.owner, fp_now.spec_hash)
+        if not won:
+            return await self._reconcile(ch, actor)
+        self._maybe_crash("after-claim")
+        return await self._apply(ch, obj, actor)
+
+    async def _apply(self, ch: ChangeRequest, obj: dict[str, Any], actor: str) -> ExecutionResult:
+        rv = obj["metadata"]["resourceVersion"]
+        name, params = _tool_call(ch.spec, dry_run=True, expected_rv=rv)
+        dry = await self.runner.call(name, params, actor=actor, incident_id=ch.incident_id)
+        if dry.ok and dry.result is not None:
+            # The server's own answer for what the object will look like: kept so a restart can tell
+            # whether the write landed.
+            self.ledger.set_intended(ch.id, _intended_hash(dry.result))
+        name, params = _tool_call(ch.spec, dry_run=False, expected_rv=rv)
+        ch = ch.model_copy(update={"status": ChangeStatus.EXECUTING})
+        self.ledger.update(ch)
+        out = await self.runner.call(name, params, actor=actor, incident_id=ch.incident_id)
+        if not out.ok or out.result is None:
+            self.ledger.finish(ch.id, "failed", out.error or "")
+            ch = ch.model_copy(update={"status": ChangeStatus.FAILED, "result": {"error": out.error}})
+            self.ledger.update(ch)
+            self._audit(AuditKind.EXECUTION, actor, f"execute {ch.id}", "error", out.error or "", ch)
+            return ExecutionResult(ch.id, ch.status, False, ch.result)
+        self._maybe_crash("after-write")
+        result = out.result.model_dump(mode="json")
+        result.pop("diff", None)
+        self.ledger.finish(ch.id, "applied", json.dumps(result))
+        ch = ch.model_copy(update={"status": ChangeStatus.APPLIED, "result": result})
+        self.ledger.update(ch)
+        self._audit(AuditKind.EXECUTION, actor, f"execute {ch.id}", "applied", f"{name} done", ch, result)
+        self._maybe_crash("after-applied")
+        return ExecutionResult(ch.id, ch.status, True, result)
+
+    async def _reconcile(self, ch: ChangeRequest, actor: str) -> ExecutionResult:
+        """Someone claimed this change before (another click, replica, or this process before a crash)."""
+        ex = self.ledger.execution(ch.id)
+        assert ex is not None
+        if ex.state == "applied":
+            if ch.status in (ChangeStatus.EXECUTING, ChangeStatus.APPROVED, ChangeStatus.PENDING_APPROVAL):
+                ch = ch.model_copy(update={"status": ChangeStatus.APPLIED, "result": json.loads(ex.detail or "{}")})
+                self.ledger.update(ch)
+            return ExecutionResult(ch.id, ch.status, False, ch.result)
+        if ex.state == "failed":
+            return ExecutionResult(ch.id, ChangeStatus.FAILED, False, {"error": ex.detail})
+        obj = await self._read(ch.spec)
+        live = spec_hash(obj)
+        if _landed(ch.spec, obj, ex.intended_spec_hash):
+            detail = {"reconciled": True, "generation": obj["metadata"].get("generation")}
+            self.ledger.finish(ch.id, "applied", json.dumps(detail))
+            ch = ch.model_copy(update={"status": ChangeStatus.APPLIED, "result": detail})
+            self.ledger.update(ch)
+            self._audit(AuditKind.EXECUTION, actor, f"reconcile {ch.id}", "applied",
+                        "the write had landed before the previous executor stopped", ch, detail)
+            return ExecutionResult(ch.id, ch.status, False, detail)
+        if live == ex.original_spec_hash:
+            if ex.owner != self.owner and _recent(ex.claimed_at, seconds=60):
+                return ExecutionResult(ch.id, ChangeStatus.EXECUTING, False, {"owner": ex.owner})
+            self._audit(AuditKind.EXECUTION, actor, f"reconcile {ch.id}", "resumed",
+                        "claimed but never written; applying now", ch)
+            return await self._apply(ch, obj, actor)
+        self.ledger.finish(ch.id, "failed", "the target changed under a claimed execution")
+        ch = ch.model_copy(update={"status": ChangeStatus.FAILED,
+                                   "result": {"error": "the target changed under a claimed execution"}})
+        self.ledger.update(ch)
+        self._audit(AuditKind.EXECUTION, actor, f"reconcile {ch.id}", "refused",
+                    "the target changed under a claimed execution; not applying", ch)
+        return ExecutionResult(ch.id, ch.status, False, ch.result)
+
+    def _maybe_crash(self, point: str) -> None:
+        if self.crash_after == point:
+            log.warning("chaos: SIGKILL at %s", point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fp_key(fp: TargetFingerprint) -> dict[str, Any]:
+    return {"uid": fp.uid, "generation": fp.generation, "spec_hash": fp.spec_hash}
+
+
+def _intended_hash(result: Any) -> str:
+    return str(getattr(result, "spec_hash", "") or "")
+
+
+def _landed(spec: ChangeSpec, obj: dict[str, Any], intended: str) -> bool:
+    """Did the change's write reach the object? Nodes get a taint added by the node controller after a
+    cordon, so for them only the field the change sets is compared."""
+    if spec.target.kind == "Node":
+        return bool(obj.get("spec", {}).get("unschedulable"))
+    return bool(intended) and spec_hash(obj) == intended
+
+
+def _recent(iso: str, seconds: int) -> bool:
+    return (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(iso)).total_seconds() < seconds
