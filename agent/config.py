@@ -54,12 +54,18 @@ class LlmConfig(_Group):
 
 
 class StoreConfig(_Group):
-    url: str = Field(default="sqlite:///var/lib/opsagent/opsagent.db",
-                     description="sqlite:///PATH (single replica) or postgresql://... (several replicas).")
+    url: str | None = Field(default=None, description="sqlite:///PATH (single replica) or postgresql://... "
+                            "(several replicas). Default: sqlite in state_dir.")
 
 
 class AuditConfig(_Group):
-    path: Path = Field(default=Path("/var/lib/opsagent/audit.jsonl"))
+    path: Path | None = Field(default=None, description="Audit database. Default: state_dir/audit.db.")
+    key: SecretStr | None = Field(default=None, description="HMAC key for checkpoints (>= 16 bytes). In dev a "
+                                  "random key is kept in state_dir/audit.key.")
+    checkpoint_file: Path | None = Field(default=None, description="Where signed checkpoints are exported; put "
+                                         "it on storage the agent cannot rewrite. Default: state_dir.")
+    checkpoint_log_group: str | None = Field(default=None, description="Also export to this CloudWatch Logs group.")
+    checkpoint_every: int = Field(default=1000, ge=1)
 
 
 class ServerConfig(_Group):
@@ -79,6 +85,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPSAGENT_", env_nested_delimiter="__", extra="forbid")
 
     env: Literal["dev", "prod"] = "dev"
+    state_dir: Path = Field(default=Path.home() / ".local" / "state" / "opsagent",
+                            description="Local state: the SQLite store, the audit log and its key in dev.")
+    actor: str = Field(default="cli", description="Who is at the keyboard (CLI approvals name this identity).")
     runbooks_dir: Path = Field(default=Path(__file__).resolve().parents[1] / "runbooks")
     policies_dir: Path = Field(default=Path(__file__).resolve().parents[1] / "policies")
     prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
@@ -90,12 +99,26 @@ class Settings(BaseSettings):
     server: ServerConfig = Field(default_factory=ServerConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)
 
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite://{self.state_dir / 'opsagent.db'}"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit.path or self.state_dir / "audit.db"
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.audit.checkpoint_file or self.state_dir / "audit-checkpoints.jsonl"
+
     @model_validator(mode="after")
     def _no_placeholder_secrets_in_prod(self) -> Settings:
         if self.env == "dev":
             return self
+        if self.audit.key is None:
+            raise ValueError("audit.key must be set outside env: dev (the checkpoint signing key)")
         for name, secret in (("llm.api_key", self.llm.api_key), ("slack.bot_token", self.slack.bot_token),
-                             ("slack.signing_secret", self.slack.signing_secret)):
+                             ("slack.signing_secret", self.slack.signing_secret), ("audit.key", self.audit.key)):
             if secret is not None and secret.get_secret_value().lower() in PLACEHOLDERS:
                 raise ValueError(f"{name} is a placeholder; set a real secret or use env: dev")
         return self
