@@ -59,8 +59,10 @@ def _drill(sb: Sandbox, status: dict[str, Any], rx: WebhookReceiver, out: Echo, 
     w = fleet.workload(fleet.faults["bad-rollout"]["workload"])
     sel = f'namespace="{w.namespace}", model_name="{w.model}"'
     ttft = f"histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{sel}}}[30s])))"
-    errs = (f'sum(rate(http_requests_total{{{sel}, status="5xx"}}[30s])) / '
-            f"sum(rate(http_requests_total{{{sel}}}[30s]))")
+    pods = (f"* on (namespace, pod) group_left(model_name) "
+            f"(0 * max by (namespace, pod, model_name) (vllm:num_requests_running{{{sel}}}) + 1)")
+    errs = (f'sum(rate(http_requests_total{{namespace="{w.namespace}", status="5xx"}}[30s]) {pods}) / '
+            f'sum(rate(http_requests_total{{namespace="{w.namespace}"}}[30s]) {pods})')
 
     def signals() -> tuple[float | None, float | None]:
         return _scalar(prom, ttft), _scalar(prom, errs)

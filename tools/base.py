@@ -7,12 +7,14 @@ explicit list (`tools.registry`), never discovery by subclassing.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
+import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 
 class Risk(enum.IntEnum):
@@ -55,6 +57,13 @@ class ToolUnavailable(ToolError):
         super().__init__(message, retryable=True)
 
 
+def _assume_utc(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+# A time in a tool input: RFC 3339 text or unix seconds; a time without a zone is read as UTC.
+UtcDatetime = Annotated[dt.datetime, AfterValidator(_assume_utc)]
+
 In = TypeVar("In", bound=ToolInput)
 Out = TypeVar("Out", bound=ToolResult)
 
@@ -75,3 +84,68 @@ class ToolSpec(Generic[In, Out]):
     def json_schema(self) -> dict[str, Any]:
         """The tool as an LLM function-calling schema."""
         return {"name": self.name, "description": self.description, "parameters": self.input.model_json_schema()}
+
+
+class Untrusted:
+    """Marker for text that came from outside: labels, annotations, event messages, log lines.
+
+    Such text is data, never instructions. Fields typed `UntrustedStr` carry this marker so the agent
+    can find them (`untrusted_values`) and fence them before a model reads them; the value itself stays
+    a plain `str`, so rules and features can still compare it.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Untrusted()"
+
+
+UNTRUSTED = Untrusted()
+UntrustedStr = Annotated[str, UNTRUSTED]
+
+
+def untrusted_values(result: BaseModel) -> list[tuple[str, str]]:
+    """Return `(path, text)` for every non-empty untrusted string in a result, e.g. `pods[0].labels.team`."""
+    found: list[tuple[str, str]] = []
+    _walk_model(result, "", found)
+    return found
+
+
+def _walk_model(model: BaseModel, path: str, found: list[tuple[str, str]]) -> None:
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        sub = f"{path}.{name}" if path else name
+        if any(isinstance(m, Untrusted) for m in field.metadata):
+            if isinstance(value, str) and value:
+                found.append((sub, value))
+            continue
+        _walk_value(value, field.annotation, sub, found)
+
+
+def _walk_value(value: Any, annotation: Any, path: str, found: list[tuple[str, str]]) -> None:
+    if value is None:
+        return
+    if isinstance(value, BaseModel):
+        _walk_model(value, path, found)
+        return
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if origin is Annotated:
+        if any(isinstance(m, Untrusted) for m in args[1:]):
+            if isinstance(value, str) and value:
+                found.append((path, value))
+            return
+        _walk_value(value, args[0], path, found)
+    elif origin in (Union, types.UnionType):
+        for arg in args:
+            if arg is not type(None):
+                _walk_value(value, arg, path, found)
+                return
+    elif isinstance(value, dict):
+        inner = args[1] if len(args) == 2 else Any
+        for k, v in value.items():
+            _walk_value(v, inner, f"{path}.{k}", found)
+    elif isinstance(value, list | tuple):
+        inner = args[0] if args else Any
+        for i, v in enumerate(value):
+            _walk_value(v, inner, f"{path}[{i}]", found)

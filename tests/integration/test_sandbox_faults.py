@@ -19,8 +19,10 @@ pytestmark = pytest.mark.usefixtures("clean_faults")
 
 TTFT_P95 = ('histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket'
             '{{namespace="{ns}", model_name="{model}"}}[30s])))')
-ERROR_SHARE = ('sum(rate(http_requests_total{{namespace="{ns}", model_name="{model}", status="5xx"}}[30s]))'
-               ' / sum(rate(http_requests_total{{namespace="{ns}", model_name="{model}"}}[30s]))')
+_MODEL_PODS = ('* on (namespace, pod) group_left(model_name) (0 * max by (namespace, pod, model_name) '
+               '(vllm:num_requests_running{{namespace="{ns}", model_name="{model}"}}) + 1)')
+ERROR_SHARE = ('sum(rate(http_requests_total{{namespace="{ns}", status="5xx"}}[30s]) ' + _MODEL_PODS + ')'
+               ' / sum(rate(http_requests_total{{namespace="{ns}"}}[30s]) ' + _MODEL_PODS + ')')
 
 
 def _is_alert(names: set[str], **labels: str) -> Any:

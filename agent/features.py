@@ -1,0 +1,158 @@
+"""Turn tool results into named features the runbooks' conditions read, and one-line summaries.
+
+Features are the rules engine's vocabulary (see docs/runbooks.md): for a time series `baseline`,
+`recent`, `change_ratio`, `onset_ago_s`, `max`, `last`...; for a rollout history `current_revision`,
+`previous_revision`, `changed_ago_s`...; for pods `crashloop`, `oom_killed`, `pending`... Extractors
+are chosen by the result's type, never by tool name. Times are measured from the result's own end
+time, so a replayed result gives the same features as the live one did.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from tools.base import ToolResult
+from tools.cloudwatch.tools import CloudWatchLogEventsResult, CloudWatchMetricDataResult
+from tools.prometheus.tools import PrometheusInstantResult, PrometheusRangeResult
+from tools.timeseries import SeriesSummary
+
+RATIO_CAP = 1000.0  # change ratios from a zero baseline are capped so conditions stay finite
+
+Extractor = Callable[[Any, dict[str, str]], dict[str, Any]]
+_EXTRACTORS: dict[type[Any], Extractor] = {}
+_SUMMARIZERS: dict[type[Any], Callable[[Any, dict[str, Any]], str]] = {}
+
+
+def extractor(kind: type[Any]) -> Callable[[Extractor], Extractor]:
+    def register(fn: Extractor) -> Extractor:
+        _EXTRACTORS[kind] = fn
+        return fn
+    return register
+
+
+def summarizer(kind: type[Any]) -> Callable[[Callable[[Any, dict[str, Any]], str]], Callable[[Any, dict[str, Any]], str]]:
+    def register(fn: Callable[[Any, dict[str, Any]], str]) -> Callable[[Any, dict[str, Any]], str]:
+        _SUMMARIZERS[kind] = fn
+        return fn
+    return register
+
+
+def extract(result: ToolResult, context: dict[str, str]) -> dict[str, Any]:
+    fn = _EXTRACTORS.get(type(result))
+    return fn(result, context) if fn else {}
+
+
+def summarize(result: ToolResult, features: dict[str, Any]) -> str:
+    fn = _SUMMARIZERS.get(type(result))
+    if fn:
+        return fn(result, features)
+    shown = {k: v for k, v in features.items() if not isinstance(v, list | dict)}
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in list(shown.items())[:8]) or "ok"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def ratio(after: float | None, before: float | None) -> float | None:
+    if after is None or before is None:
+        return None
+    if abs(before) < 1e-12:
+        return 1.0 if abs(after) < 1e-12 else RATIO_CAP
+    return min(RATIO_CAP, after / before)
+
+
+def series_features(s: SeriesSummary, end: dt.datetime) -> dict[str, Any]:
+    """Features of one summarized series (Prometheus or CloudWatch)."""
+    f: dict[str, Any] = {"points": s.points, "min": s.min, "max": s.max, "mean": s.mean, "p95": s.p95,
+                         "last": s.last}
+    cp = s.change_point
+    if cp is not None and cp.score >= 3:
+        f["baseline"], f["recent"] = cp.before_mean, cp.after_mean
+        onset_at = s.onset.at if s.onset is not None else cp.at
+    else:
+        f["baseline"], f["recent"] = s.mean, s.last
+        onset_at = s.onset.at if s.onset is not None else None
+    f["change_ratio"] = ratio(f["recent"], f["baseline"])
+    if onset_at is not None:
+        ago = max(0.0, (end - onset_at).total_seconds())
+        f["onset_ago_s"] = ago
+        f["onset_ago_min"] = round(ago / 60, 1)
+    if s.trend is not None:
+        f["trend_per_hour"] = s.trend.slope_per_hour
+    return f
+
+
+@extractor(PrometheusRangeResult)
+def _prom_range(r: PrometheusRangeResult, _: dict[str, str]) -> dict[str, Any]:
+    usable = [s for s in r.series if s.summary.points > 0]
+    if not usable:
+        return {"_empty": True, "series": 0}
+    top = usable[0]
+    f = series_features(top.summary, r.end)
+    f["series"] = len(usable)
+    for k, v in top.labels.items():
+        f[f"top_{k}"] = v
+    return f
+
+
+@summarizer(PrometheusRangeResult)
+def _prom_range_summary(r: PrometheusRangeResult, f: dict[str, Any]) -> str:
+    if not f or f.get("series", 0) == 0:
+        return f"no data for the last {(r.end - r.start).total_seconds() / 3600:.1f}h"
+    text = f"now {_fmt(f.get('recent'))} (baseline {_fmt(f.get('baseline'))}, x{_fmt(f.get('change_ratio'))})"
+    text += f", max {_fmt(f.get('max'))}"
+    if "onset_ago_min" in f:
+        text += f", changed {f['onset_ago_min']} min ago"
+    return text
+
+
+@extractor(PrometheusInstantResult)
+def _prom_instant(r: PrometheusInstantResult, _: dict[str, str]) -> dict[str, Any]:
+    values = [(s.value, s) for s in r.samples if s.value is not None]
+    if not values:
+        return {"_empty": True, "count": 0}
+    value, top = max(values, key=lambda x: x[0])
+    f: dict[str, Any] = {"value": value, "count": len(values), "sum": sum(v for v, _ in values)}
+    for k, v in top.labels.items():
+        f[f"top_{k}"] = v
+    return f
+
+
+@summarizer(PrometheusInstantResult)
+def _prom_instant_summary(r: PrometheusInstantResult, f: dict[str, Any]) -> str:
+    if not f.get("count"):
+        return "no series"
+    where = ", ".join(f"{k[4:]}={v}" for k, v in f.items() if k.startswith("top_"))[:120]
+    return f"{_fmt(f['value'])}" + (f" ({where})" if where else "") + (f" across {f['count']} series"
+                                                                        if f["count"] > 1 else "")
+
+
+@extractor(CloudWatchMetricDataResult)
+def _cw_metric(r: CloudWatchMetricDataResult, _: dict[str, str]) -> dict[str, Any]:
+    usable = [s for s in r.series if s.summary.points > 0]
+    if not usable:
+        return {"_empty": True, "series": 0}
+    f = series_features(usable[0].summary, r.end)
+    f["series"] = len(usable)
+    return f
+
+
+@extractor(CloudWatchLogEventsResult)
+def _cw_logs(r: CloudWatchLogEventsResult, _: dict[str, str]) -> dict[str, Any]:
+    f: dict[str, Any] = {"matches": r.matches, "complete": r.complete}
+    if r.first_match_at is not None:
+        f["first_ago_s"] = max(0.0, (r.end - r.first_match_at).total_seconds())
+    return f
+
+
+@summarizer(CloudWatchLogEventsResult)
+def _cw_logs_summary(r: CloudWatchLogEventsResult, f: dict[str, Any]) -> str:
+    if not r.matches:
+        return f"no matching log lines in {r.log_group}"
+    sample = r.events[0].message[:160] if r.events else ""
+    return f"{r.matches} matching lines; newest: {sample!r}"

@@ -1,0 +1,261 @@
+"""Who serves what, where, with how much traffic: the fleet file joined with a cluster snapshot.
+
+A pod belongs to the fleet workload with its namespace and `app.kubernetes.io/name` label; its
+`model` and `model-version` labels pick the performance model. GPUs are handed out per node, in
+pod-name order, as the device plugin would have allocated them. A workload's traffic is split
+evenly over its Ready pods that are not on a node whose GPUs fell off the bus. Pure: no I/O, no
+clock; `evaluate(t)` gives every replica's and every GPU's signals at `t`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from deploy.sandbox.fleet import (
+    GPU_MEMORY_LABEL,
+    GPU_PRODUCT_LABEL,
+    LABEL_APP,
+    LABEL_MODEL,
+    LABEL_MODEL_VERSION,
+    Fleet,
+    ModelVersion,
+    Workload,
+    _label_value,
+)
+from deploy.sandbox.simulator import model
+from deploy.sandbox.simulator.cluster import ClusterSnapshot, Node, Pod
+
+log = logging.getLogger(__name__)
+
+# PCI bus ids of the GPUs of an 8-GPU HGX board (p5 / p4d), reused for smaller nodes.
+_PCI_BUSES = ("53", "64", "75", "86", "97", "A8", "B9", "CA")
+UNKNOWN_GPU_SPEED = 0.5
+CRASH_FREE_MIB = 1085  # what a CUDA OOM at start-up leaves: ~1.06 GiB free
+
+
+@dataclass(frozen=True)
+class PodRole:
+    """A pod the simulator cares about: a fleet replica, or any pod holding GPUs."""
+
+    pod: Pod
+    workload: Workload | None
+    version: ModelVersion | None
+    node: Node | None
+    product: str
+    speed: float
+    gpu_indices: tuple[int, ...]
+    serving: bool  # Ready fleet replica with a known version: exports serving metrics
+    eligible: bool  # receives traffic (serving, and its node's GPUs are healthy)
+
+    @property
+    def runtime(self) -> Literal["vllm", "triton", ""]:
+        rt = self.workload.runtime if self.workload else ""
+        return "vllm" if rt == "vllm" else "triton" if rt == "triton" else ""
+
+    @property
+    def crashing(self) -> bool:
+        return bool(self.version and self.version.crash)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.pod.namespace, self.pod.name
+
+
+@dataclass(frozen=True)
+class GpuSlot:
+    """One physical GPU of a node, and the pod it is allocated to (if any)."""
+
+    node: Node
+    index: int
+    uuid: str
+    pci_bus_id: str
+    product: str
+    spec: model.GpuSpec
+    holder: PodRole | None
+    xid: int
+    temp_offset_c: float
+
+    @property
+    def model_name(self) -> str:
+        """The product as DCGM's `modelName` shows it: `NVIDIA H100 80GB HBM3`."""
+        return self.product.replace("-", " ")
+
+
+@dataclass(frozen=True)
+class FleetSignals:
+    """Everything at one instant: each serving replica's signals and each GPU's readings."""
+
+    t: float
+    rps: dict[tuple[str, str], float]  # (namespace, pod) → offered requests/s
+    replicas: dict[tuple[str, str], model.VllmSignals | model.TritonSignals]
+    gpus: tuple[model.GpuSignals, ...]  # aligned with Placement.gpus
+
+
+def gpu_uuid(node: str, index: int) -> str:
+    """A stable fake GPU UUID in NVIDIA's format, derived from the node name and GPU index."""
+    h = hashlib.sha256(f"{node}/gpu/{index}".encode()).hexdigest()
+    return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+class Placement:
+    """The fleet as the cluster runs it right now."""
+
+    def __init__(self, fleet: Fleet, snapshot: ClusterSnapshot) -> None:
+        self.fleet = fleet
+        self.snapshot = snapshot
+        workloads = {(w.namespace, w.name): w for w in fleet.workloads}
+        versions = {(m.model, _label_value(m.version)): m for m in fleet.model_versions}
+        nodes = {n.name: n for n in snapshot.nodes}
+        xid = snapshot.faults.xid
+
+        gpu_map: dict[tuple[str, str], tuple[int, ...]] = {}
+        for node in snapshot.nodes:
+            free = list(range(node.gpu_capacity))
+            holders = sorted(
+                (
+                    p
+                    for p in snapshot.pods
+                    if p.node_name == node.name
+                    and p.gpu_request > 0
+                    and (p.ready or p.phase == "Running")
+                ),
+                key=lambda p: (p.name, p.namespace),
+            )
+            for p in holders:
+                take, free = free[: p.gpu_request], free[p.gpu_request :]
+                gpu_map[(p.namespace, p.name)] = tuple(take)
+
+        roles: list[PodRole] = []
+        for p in snapshot.pods:
+            w = workloads.get((p.namespace, p.labels.get(LABEL_APP, "")))
+            gpus = gpu_map.get((p.namespace, p.name), ())
+            if w is None and not gpus:
+                continue
+            mv = versions.get(
+                (p.labels.get(LABEL_MODEL, ""), p.labels.get(LABEL_MODEL_VERSION, ""))
+            )
+            if w is not None and mv is None:
+                log.warning(
+                    "pod %s/%s: no model version %s %s in the fleet; it gets no traffic",
+                    p.namespace,
+                    p.name,
+                    p.labels.get(LABEL_MODEL),
+                    p.labels.get(LABEL_MODEL_VERSION),
+                )
+            on = nodes.get(p.node_name)
+            product = on.labels.get(GPU_PRODUCT_LABEL, "") if on else ""
+            serving = bool(w and mv and p.ready and on and not mv.crash)
+            roles.append(
+                PodRole(
+                    pod=p,
+                    workload=w,
+                    version=mv,
+                    node=on,
+                    product=product,
+                    speed=fleet.gpu_speed.get(product, UNKNOWN_GPU_SPEED),
+                    gpu_indices=gpus,
+                    serving=serving,
+                    eligible=serving and p.node_name not in xid,
+                )
+            )
+        self.roles: tuple[PodRole, ...] = tuple(roles)
+        self.serving: tuple[PodRole, ...] = tuple(r for r in roles if r.serving)
+        holder_of = {(r.pod.node_name, i): r for r in roles for i in r.gpu_indices}
+
+        slots: list[GpuSlot] = []
+        for node in snapshot.nodes:
+            product = node.labels.get(GPU_PRODUCT_LABEL, "")
+            if not node.gpu_capacity or not product:
+                continue
+            mem = node.labels.get(GPU_MEMORY_LABEL, "")
+            spec = model.gpu_spec(product, int(mem) if mem.isdigit() else None)
+            for i in range(node.gpu_capacity):
+                uuid = gpu_uuid(node.name, i)
+                slots.append(
+                    GpuSlot(
+                        node=node,
+                        index=i,
+                        uuid=uuid,
+                        pci_bus_id=f"00000000:{_PCI_BUSES[i % len(_PCI_BUSES)]}:00.0",
+                        product=product,
+                        spec=spec,
+                        holder=holder_of.get((node.name, i)),
+                        xid=xid.get(node.name, 0),
+                        temp_offset_c=round(4.0 * model.stable_unit(uuid, "temp") - 2.0, 1),
+                    )
+                )
+        self.gpus: tuple[GpuSlot, ...] = tuple(slots)
+
+        self.eligible: dict[tuple[str, str], tuple[PodRole, ...]] = {}
+        for w in fleet.workloads:
+            self.eligible[(w.namespace, w.name)] = tuple(
+                r
+                for r in self.serving
+                if r.eligible
+                and r.workload is not None
+                and r.workload.name == w.name
+                and r.pod.namespace == w.namespace
+            )
+
+    # ---- queries ------------------------------------------------------------------------------
+    def ready_workloads(self) -> set[tuple[str, str]]:
+        """(namespace, name) of fleet workloads with at least one Ready, serving pod."""
+        return {(r.pod.namespace, r.workload.name) for r in self.serving if r.workload}
+
+    def workload_demand(self, w: Workload, t: float) -> float:
+        """Requests/s arriving for `w` at `t`, with the traffic fault multiplier applied."""
+        mult = self.snapshot.faults.traffic.get(f"{w.namespace}/{w.name}", 1.0)
+        return model.demand_rps(w.traffic, t, seed=f"{w.namespace}/{w.name}") * mult
+
+    def pod_rps(self, t: float) -> dict[tuple[str, str], float]:
+        rps = {r.key: 0.0 for r in self.serving}
+        for w in self.fleet.workloads:
+            pods = self.eligible[(w.namespace, w.name)]
+            if not pods:
+                continue
+            share = self.workload_demand(w, t) / len(pods)
+            for r in pods:
+                rps[r.key] = share
+        return rps
+
+    def evaluate(self, t: float) -> FleetSignals:
+        """Every serving replica's and every GPU's signals at epoch second `t`."""
+        rps = self.pod_rps(t)
+        replicas: dict[tuple[str, str], model.VllmSignals | model.TritonSignals] = {}
+        for r in self.serving:
+            assert r.version is not None
+            if r.runtime == "triton":
+                replicas[r.key] = model.triton_signals(r.version, r.speed, rps[r.key])
+            else:
+                replicas[r.key] = model.vllm_signals(r.version, r.speed, rps[r.key])
+        gpus = tuple(self._gpu(slot, replicas) for slot in self.gpus)
+        return FleetSignals(t=t, rps=rps, replicas=replicas, gpus=gpus)
+
+    @staticmethod
+    def _gpu(
+        slot: GpuSlot,
+        replicas: dict[tuple[str, str], model.VllmSignals | model.TritonSignals],
+    ) -> model.GpuSignals:
+        r = slot.holder
+        sig = replicas.get(r.key) if r else None
+        gr, fb, tensor, dram, loaded = 0.0, 0.0, 0.42, 0.6, False
+        if isinstance(sig, model.TritonSignals):
+            gr, fb, tensor, dram, loaded = sig.gr_active, sig.fb_used_fraction, 0.55, 0.35, True
+        elif isinstance(sig, model.VllmSignals):
+            gr, fb, loaded = sig.gr_active, model.VLLM_MEMORY_FRACTION, True
+        elif r is not None and r.crashing:
+            # Loading the weights, then CUDA OOM: memory all but full, engines barely busy.
+            gr, loaded = 0.01, True
+            fb = 1.0 - (CRASH_FREE_MIB + slot.spec.memory_mib * 0.0065) / slot.spec.memory_mib
+        return model.gpu_signals(
+            slot.spec,
+            gr_active=gr,
+            fb_used_fraction=fb,
+            tensor_share=tensor,
+            dram_share=dram,
+            loaded=loaded,
+            xid=slot.xid,
+        )
