@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from agent.commands.triage import triage as triage_command
 from deploy.sandbox import faults as sandbox_faults
 from deploy.sandbox.cluster import api_client
 from deploy.sandbox.fleet import Fleet
@@ -34,6 +35,7 @@ sandbox_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(sandbox_app, name="sandbox")
+app.command("triage")(triage_command)
 
 DEFAULT_SANDBOX_DIR = Path.home() / ".local" / "state" / "opsagent" / "sandbox"
 

@@ -15,26 +15,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tools.cloudwatch.settings import CloudWatchSettings
+from tools.prometheus.settings import PrometheusSettings
+
 PLACEHOLDERS = {"", "changeme", "change-me", "xxx", "placeholder", "secret", "dev"}
 
 
 class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class PrometheusConfig(_Group):
-    url: str = Field(default="http://127.0.0.1:9090", description="Prometheus base URL.")
-    timeout_s: float = Field(default=10.0, gt=0, le=120, description="Per-query timeout; evidence is bounded.")
-    max_points: int = Field(default=720, ge=10, le=11000, description="Points per series a range query returns.")
-    max_series: int = Field(default=50, ge=1, le=1000, description="Series kept per query (largest first).")
-
-
-class CloudWatchConfig(_Group):
-    enabled: bool = False
-    region: str = "us-east-1"
-    endpoint_url: str | None = Field(default=None, description="Override (moto, LocalStack); None = AWS.")
-    access_key_id: SecretStr | None = None
-    secret_access_key: SecretStr | None = None
 
 
 class KubernetesConfig(_Group):
@@ -90,8 +78,8 @@ class Settings(BaseSettings):
     actor: str = Field(default="cli", description="Who is at the keyboard (CLI approvals name this identity).")
     runbooks_dir: Path = Field(default=Path(__file__).resolve().parents[1] / "runbooks")
     policies_dir: Path = Field(default=Path(__file__).resolve().parents[1] / "policies")
-    prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
-    cloudwatch: CloudWatchConfig = Field(default_factory=CloudWatchConfig)
+    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
+    cloudwatch: CloudWatchSettings | None = Field(default=None, description="None: CloudWatch evidence is off.")
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
     llm: LlmConfig = Field(default_factory=LlmConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)

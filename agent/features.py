@@ -10,11 +10,20 @@ time, so a replayed result gives the same features as the live one did.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from typing import Any
 
 from tools.base import ToolResult
 from tools.cloudwatch.tools import CloudWatchLogEventsResult, CloudWatchMetricDataResult
+from tools.k8s_read.tools import (
+    K8sEventsResult,
+    K8sHpasResult,
+    K8sNodesResult,
+    K8sPodsResult,
+    K8sRolloutHistoryResult,
+    K8sWorkloadResult,
+)
 from tools.prometheus.tools import PrometheusInstantResult, PrometheusRangeResult
 from tools.timeseries import SeriesSummary
 
@@ -156,3 +165,87 @@ def _cw_logs_summary(r: CloudWatchLogEventsResult, f: dict[str, Any]) -> str:
         return f"no matching log lines in {r.log_group}"
     sample = r.events[0].message[:160] if r.events else ""
     return f"{r.matches} matching lines; newest: {sample!r}"
+
+
+# --- Kubernetes --------------------------------------------------------------------------------------
+
+_XID = re.compile(r"\bXid\b[^0-9]*(?:\([^)]*\)\s*:?\s*)?(\d{1,3})", re.I)
+
+
+@extractor(K8sRolloutHistoryResult)
+def _rollout(r: K8sRolloutHistoryResult, _: dict[str, str]) -> dict[str, Any]:
+    h = r.history
+    f: dict[str, Any] = {"revisions": h.revisions_total, "current_revision": h.current_revision,
+                         "previous_revision": h.previous_revision, "current_version": h.current_version,
+                         "previous_version": h.previous_version, "paused": h.paused,
+                         "rollout_complete": h.rollout_complete}
+    if h.changed_ago_s is not None:
+        f["changed_ago_s"] = h.changed_ago_s
+        f["changed_ago_slack_s"] = h.changed_ago_s + 180  # onset detection is as coarse as the query step
+        f["changed_ago_min"] = round(h.changed_ago_s / 60, 1)
+    return f
+
+
+@summarizer(K8sRolloutHistoryResult)
+def _rollout_summary(r: K8sRolloutHistoryResult, f: dict[str, Any]) -> str:
+    h = r.history
+    if h.current_revision is None:
+        return "no revisions"
+    text = f"revision {h.current_revision} ({h.current_version})"
+    if h.changed_ago_s is not None:
+        text += f" took over {h.changed_ago_s / 60:.0f} min ago"
+    if h.previous_revision is not None:
+        text += f"; before it revision {h.previous_revision} ({h.previous_version})"
+    return text
+
+
+@extractor(K8sPodsResult)
+def _pods(r: K8sPodsResult, _: dict[str, str]) -> dict[str, Any]:
+    c = r.counts
+    f = {k: getattr(c, k) for k in ("total", "running", "pending", "ready", "not_ready", "crashloop", "oom_killed",
+                                    "gpu_oom", "error_exit", "restarts_max", "unschedulable")}
+    f["insufficient_gpu"] = sum(1 for p in r.pods if any("Insufficient nvidia.com/gpu" in (cond.message or "")
+                                                         for cond in p.conditions))
+    return f
+
+
+@summarizer(K8sPodsResult)
+def _pods_summary(r: K8sPodsResult, f: dict[str, Any]) -> str:
+    c = r.counts
+    parts = [f"{c.total} pods, {c.ready} ready"]
+    for key, label in (("pending", "pending"), ("crashloop", "crash-looping"), ("oom_killed", "OOMKilled"),
+                       ("gpu_oom", "CUDA OOM"), ("error_exit", "exited with an error")):
+        if f.get(key):
+            parts.append(f"{f[key]} {label}")
+    if f.get("insufficient_gpu"):
+        parts.append(f"{f['insufficient_gpu']} waiting for GPUs")
+    return ", ".join(parts)
+
+
+@extractor(K8sEventsResult)
+def _events(r: K8sEventsResult, _: dict[str, str]) -> dict[str, Any]:
+    xids = [int(m.group(1)) for e in r.events if (m := _XID.search(e.message))]
+    return {"count": sum(e.count for e in r.events), "distinct": r.distinct, "xid": xids[0] if xids else 0,
+            "insufficient_gpu": sum(e.count for e in r.events if "Insufficient nvidia.com/gpu" in e.message),
+            "warnings": sum(e.count for e in r.events if e.type == "Warning")}
+
+
+@extractor(K8sNodesResult)
+def _nodes(r: K8sNodesResult, _: dict[str, str]) -> dict[str, Any]:
+    missing = [n for n in r.nodes if n.gpus_missing > 0]
+    return {"gpu_nodes": r.gpu_nodes, "gpus_missing": r.gpus_missing, "unallocatable": len(missing),
+            "unallocatable_nodes": ",".join(n.name for n in missing[:5]),
+            "cordoned": sum(1 for n in r.nodes if n.unschedulable), "not_ready": r.total - r.ready}
+
+
+@extractor(K8sWorkloadResult)
+def _workload(r: K8sWorkloadResult, _: dict[str, str]) -> dict[str, Any]:
+    w = r.workload
+    return {"replicas": w.replicas, "ready_replicas": w.ready_replicas, "available_replicas": w.available_replicas,
+            "gpus_per_replica": w.gpus_per_replica, "gpus_total": w.gpus_requested, "revision": w.revision,
+            "model": w.labels.model, "model_version": w.labels.model_version}
+
+
+@extractor(K8sHpasResult)
+def _hpas(r: K8sHpasResult, _: dict[str, str]) -> dict[str, Any]:
+    return {"count": r.total, "at_max": r.at_max}

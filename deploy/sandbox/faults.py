@@ -12,13 +12,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from deploy.sandbox.cluster import SANDBOX_NAMESPACE
-from deploy.sandbox.fleet import GPU_RESOURCE, LABEL_APP, Fleet, Workload, deployment_manifest, pod_template
+from deploy.sandbox.fleet import (
+    GPU_RESOURCE,
+    LABEL_APP,
+    Fleet,
+    PriceCatalog,
+    Workload,
+    deployment_manifest,
+    pod_template,
+)
+from deploy.sandbox.simulator import model
 
 FAULTS = ("bad-rollout", "traffic-surge", "gpu-xid", "gpu-oom", "idle-overprovision")
 CONFIGMAP = "faults"
@@ -74,8 +84,10 @@ def inject(api: client.ApiClient, fleet: Fleet, fault: str, target: str | None =
         _rollout(apps, fleet, w, version, cause=f"deploy {w.model} {version}")
         record["version"] = version
     elif fault == "traffic-surge":
-        state["traffic"][f"{w.namespace}/{w.name}"] = float(spec.get("multiplier", 3.0))
-        record["multiplier"] = state["traffic"][f"{w.namespace}/{w.name}"]
+        mult = surge_multiplier(fleet, w, float(spec.get("multiplier", 3.0)),
+                                float(spec.get("target_utilization", 1.6)), time.time())
+        state["traffic"][f"{w.namespace}/{w.name}"] = mult
+        record["multiplier"] = round(mult, 2)
     elif fault == "idle-overprovision":
         replicas = int(spec.get("replicas", w.replicas * 3))
         apps.patch_namespaced_deployment_scale(w.name, w.namespace, {"spec": {"replicas": replicas}})
@@ -116,6 +128,16 @@ def clear(api: client.ApiClient, fleet: Fleet) -> list[dict[str, Any]]:
     cleared: list[dict[str, Any]] = state["active"]
     _write_state(core, {"traffic": {}, "xid": {}, "active": []})
     return cleared
+
+
+def surge_multiplier(fleet: Fleet, w: Workload, at_least: float, target_utilization: float, now: float) -> float:
+    """A surge that saturates at any hour: traffic rises by `at_least`x, or more if that is what it takes
+    to load the replicas to `target_utilization` of their capacity (a 3x surge at 4 a.m. may fit)."""
+    mv = fleet.version(w.model, w.version)
+    product = PriceCatalog.load().instance_types[fleet.pool(w.pool).instance_type].gpu_product or ""
+    capacity = w.replicas * (mv.max_rps if mv else 1.0) * fleet.gpu_speed.get(product, 1.0)
+    demand = model.demand_rps(w.traffic, now, seed=f"{w.namespace}/{w.name}")
+    return max(at_least, target_utilization * capacity / demand) if demand > 0 else at_least
 
 
 def _rollout(apps: client.AppsV1Api, fleet: Fleet, w: Workload, version: str, cause: str) -> None:

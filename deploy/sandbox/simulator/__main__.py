@@ -96,7 +96,7 @@ def _wait_for_workloads(
     stop: threading.Event,
 ) -> cluster.ClusterSnapshot:
     deadline = time.monotonic() + timeout
-    wanted = {(w.namespace, w.name) for w in fleet.workloads}
+    wanted = {(w.namespace, w.name) for w in fleet.workloads if w.replicas > 0}
     missing: set[tuple[str, str]] = wanted
     last_error: Exception | None = None
     while not stop.is_set():

@@ -1,0 +1,142 @@
+"""From a real Alertmanager webhook to a triage report whose top hypothesis is right, for each fault."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from agent import intake
+from agent.app import App, build_app
+from agent.cli_common import settings_for
+from agent.commands.triage import _healthcheck_notification
+from agent.models import ActionKind, Category, TriageReport
+from deploy.sandbox import faults
+from deploy.sandbox.fleet import Fleet
+from deploy.sandbox.receiver import Notification, WebhookReceiver
+
+pytestmark = pytest.mark.usefixtures("clean_faults")
+
+
+@pytest.fixture(scope="module")
+def app(sandbox: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    a = build_app(settings_for(None, sandbox, state_dir=str(tmp_path_factory.mktemp("state"))))
+    yield a
+    a.close()
+
+
+def _wait_alert(webhook: WebhookReceiver, names: set[str], since: float, timeout: float = 240,
+                **labels: str) -> Notification:
+    def match(n: Notification) -> bool:
+        return any(a["labels"].get("alertname") in names and all(a["labels"].get(k) == v for k, v in labels.items())
+                   for a in n.alerts())
+    return webhook.wait_for(match, timeout=timeout, since=since)
+
+
+def _triage(app: App, note: Notification) -> TriageReport:
+    import json
+
+    parsed = intake.parse(json.dumps(note.body).encode())
+    incident, _ = app.store.record_notification(parsed, dt.datetime.now(dt.UTC))
+    t0 = time.monotonic()
+    report = asyncio.run(app.triage(incident))
+    print(f"\n{incident.title}: triage {time.monotonic() - t0:.2f}s, top: "
+          f"{report.top.category if report.top else None} ({report.top.confidence if report.top else 0:.0%})")
+    return report
+
+
+def test_bad_rollout_is_blamed_on_the_new_revision_and_rolled_back(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    w = fleet.workload(fleet.faults["bad-rollout"]["workload"])
+    t0 = time.time()
+    faults.inject(admin, fleet, "bad-rollout")
+    note = _wait_alert(webhook, {"ModelServingErrorRateHigh", "ModelServingTTFTHigh"}, t0, namespace=w.namespace)
+    report = _triage(app, note)
+    top = report.top
+    assert top is not None and top.category == Category.BAD_ROLLOUT, report.summary
+    assert top.culprit is not None and (top.culprit.kind, top.culprit.name) == ("Deployment", w.name)
+    assert any("2025.07.0" in s for s in top.supporting), top.supporting
+    rollback = [p for p in report.proposals if p.kind == ActionKind.ROLLBACK]
+    assert rollback and rollback[0].params["to_revision"] == 1 and rollback[0].target is not None
+    assert rollback[0].target.name == w.name
+    assert report.status == "anomaly"
+
+
+def test_traffic_surge_is_diagnosed_as_kv_cache_saturation(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    w = fleet.workload(fleet.faults["traffic-surge"]["workload"])
+    t0 = time.time()
+    faults.inject(admin, fleet, "traffic-surge")
+    note = _wait_alert(webhook, {"KVCacheSaturated"}, t0, namespace=w.namespace)
+    report = _triage(app, note)
+    assert report.top is not None and report.top.category == Category.KV_CACHE_SATURATION, report.summary
+    scale = [p for p in report.proposals if p.kind == ActionKind.SCALE]
+    assert scale and scale[0].params["replicas"] > w.replicas
+
+
+def test_gpu_xid_blames_the_node_not_the_model(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    t0 = time.time()
+    rec = faults.inject(admin, fleet, "gpu-xid")
+    note = _wait_alert(webhook, {"GPUXidError"}, t0, Hostname=rec["node"])
+    report = _triage(app, note)
+    top = report.top
+    assert top is not None and top.category == Category.GPU_HARDWARE, report.summary
+    assert top.culprit is not None and (top.culprit.kind, top.culprit.name) == ("Node", rec["node"])
+    kinds = {p.kind for p in report.proposals}
+    assert ActionKind.CORDON_NODE in kinds and ActionKind.ROLLBACK not in kinds
+
+
+def test_gpu_oom_is_told_apart_from_host_oom(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    w = fleet.workload(fleet.faults["gpu-oom"]["workload"])
+    t0 = time.time()
+    faults.inject(admin, fleet, "gpu-oom")
+    note = _wait_alert(webhook, {"ModelServerCrashLooping"}, t0, namespace=w.namespace)
+    report = _triage(app, note)
+    top = report.top
+    assert top is not None and top.category == Category.GPU_OOM, report.summary
+    assert top.culprit is not None and top.culprit.name == w.name
+    assert any("CUDA out of memory" in s for s in top.supporting), top.supporting
+
+
+def test_idle_gpus_propose_fewer_replicas(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    spec = fleet.faults["idle-overprovision"]
+    w = fleet.workload(spec["workload"])
+    t0 = time.time()
+    faults.inject(admin, fleet, "idle-overprovision")
+    note = _wait_alert(webhook, {"GPUAllocatedIdle"}, t0, namespace=w.namespace)
+    report = _triage(app, note)
+    assert report.top is not None and report.top.category == Category.IDLE_GPUS, report.summary
+    scale = [p for p in report.proposals if p.kind == ActionKind.SCALE]
+    assert scale and scale[0].params["replicas"] < spec["replicas"]
+
+
+def test_a_healthy_fleet_gives_no_anomaly(app: App) -> None:
+    incident, _ = app.store.record_notification(_healthcheck_notification(), dt.datetime.now(dt.UTC))
+    report = asyncio.run(app.triage(incident))
+    assert report.status == "no_anomaly", report.summary
+    assert [p.kind for p in report.proposals] == [ActionKind.NONE]
+
+
+def test_prometheus_down_names_the_missing_evidence(sandbox: dict[str, Any], tmp_path: Path) -> None:
+    settings = settings_for(None, sandbox, state_dir=str(tmp_path), prometheus={"url": "http://127.0.0.1:9"})
+    a = build_app(settings)
+    try:
+        note = intake.parse((Path(__file__).parents[1] / "fixtures" / "alertmanager_bad_rollout.json").read_bytes())
+        incident, _ = a.store.record_notification(note, dt.datetime.now(dt.UTC))
+        report = asyncio.run(a.triage(incident))
+    finally:
+        a.close()
+    errors = [e for e in report.evidence if e.status == "error" and e.tool.startswith("prometheus")]
+    assert errors and all("127.0.0.1:9" in (e.error or "") for e in errors)
+    rollout = next(e for e in report.evidence if e.id == "rollout")
+    assert rollout.status == "ok", "Kubernetes evidence is still gathered"
+    assert report.status != "anomaly" or report.top is None or report.top.missing
