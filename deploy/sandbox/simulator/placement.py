@@ -225,14 +225,28 @@ class Placement:
         """Every serving replica's and every GPU's signals at epoch second `t`."""
         rps = self.pod_rps(t)
         replicas: dict[tuple[str, str], model.VllmSignals | model.TritonSignals] = {}
+        # Replicas of a workload usually share version, GPU and traffic: model them once.
+        same: dict[tuple[int, str, float, float], model.VllmSignals | model.TritonSignals] = {}
         for r in self.serving:
             assert r.version is not None
-            if r.runtime == "triton":
-                replicas[r.key] = model.triton_signals(r.version, r.speed, rps[r.key])
-            else:
-                replicas[r.key] = model.vllm_signals(r.version, r.speed, rps[r.key])
-        gpus = tuple(self._gpu(slot, replicas) for slot in self.gpus)
-        return FleetSignals(t=t, rps=rps, replicas=replicas, gpus=gpus)
+            key = (id(r.version), r.runtime, r.speed, rps[r.key])
+            sig = same.get(key)
+            if sig is None:
+                if r.runtime == "triton":
+                    sig = model.triton_signals(r.version, r.speed, rps[r.key])
+                else:
+                    sig = model.vllm_signals(r.version, r.speed, rps[r.key])
+                same[key] = sig
+            replicas[r.key] = sig
+        by_holder: dict[tuple[object, ...], model.GpuSignals] = {}
+        gpus = []
+        for slot in self.gpus:
+            hkey = (slot.holder.key if slot.holder else None, slot.spec, slot.xid)
+            g = by_holder.get(hkey)
+            if g is None:
+                g = by_holder[hkey] = self._gpu(slot, replicas)
+            gpus.append(g)
+        return FleetSignals(t=t, rps=rps, replicas=replicas, gpus=tuple(gpus))
 
     @staticmethod
     def _gpu(

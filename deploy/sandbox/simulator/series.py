@@ -421,13 +421,18 @@ class SeriesSet:
         """Advance to epoch second `t`, `dt` seconds after the previous step; update `values`."""
         sig = self.placement.evaluate(t)
         replicas, gpus, values = sig.replicas, sig.gpus, self.values
+        memo: dict[tuple[int, int], Sequence[float]] = {}  # pods sharing signals share histograms
         for block in self._blocks:
             kind, ref = block.source
             src = replicas[ref] if kind == "replica" else gpus[ref]
             i = block.first
             for fn, acc in block.entries:
                 if acc:
-                    for v in fn(src):
+                    key = (id(fn), id(src))
+                    out = memo.get(key)
+                    if out is None:
+                        out = memo[key] = fn(src)
+                    for v in out:
                         values[i] += v * dt
                         i += 1
                 else:

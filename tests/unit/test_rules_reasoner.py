@@ -1,0 +1,82 @@
+"""The rules reasoner on the shipped runbooks, from evidence features to ranked hypotheses and proposals."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from agent.audit import MemoryAudit
+from agent.models import ActionKind, Category, Evidence, EvidenceStatus
+from agent.nodes.propose import proposals_for
+from agent.reasoners.rules import RulesReasoner, feature_map
+from agent.runbooks import load_dir
+from agent.runner import ToolRunner
+from agent.state import TriageState
+
+BOOKS = {b.id: b for b in load_dir()}
+RUNNER = ToolRunner([], {}, MemoryAudit())
+CTX = {"namespace": "llm-prod", "model_name": "llama-3.1-70b-instruct", "deployment": "chat-primary"}
+
+
+def ev(eid: str, status: EvidenceStatus = EvidenceStatus.OK, **features: Any) -> Evidence:
+    return Evidence(id=eid, tool="t", title=eid, params={}, status=status, summary="", features=features)
+
+
+def diagnose(book_ids: list[str], evidence: list[Evidence], context: dict[str, str] | None = None) -> tuple[Any, Any]:
+    state: TriageState = {"context": context or CTX, "evidence": evidence}
+    books = [BOOKS[b] for b in book_ids]
+    hyps, narrative = asyncio.run(RulesReasoner().diagnose(state, books, RUNNER))
+    return hyps, proposals_for(hyps[0] if hyps else None, books, feature_map(state))
+
+
+ROLLOUT = ev("rollout", revisions=2, current_revision=2, previous_revision=1, current_version="2025.07.0",
+             previous_version="2025.06.1", changed_ago_s=300, changed_ago_slack_s=480, changed_ago_min=5)
+HEALTHY_FLEET = [ev("fleet_errors", value=0.001), ev("fleet_ttft_ratio", value=1.05), ev("fleet_kv", value=0.5),
+                 ev("fleet_xid", value=0), ev("fleet_crashloops", value=0)]
+
+
+def test_bad_rollout_wins_and_proposes_the_previous_revision() -> None:
+    evidence = [ROLLOUT, ev("errors", baseline=0.001, recent=0.07, change_ratio=70, onset_ago_s=240),
+                ev("ttft", baseline=0.4, recent=3.9, change_ratio=9.7, onset_ago_s=250, onset_ago_min=4.2),
+                ev("traffic", change_ratio=1.02, recent=12), ev("fleet_errors", value=0.07),
+                *HEALTHY_FLEET[1:]]
+    hyps, props = diagnose(["bad-rollout", "healthy"], evidence)
+    assert hyps[0].category == Category.BAD_ROLLOUT and hyps[0].confidence == 1.0
+    assert hyps[0].culprit is not None and hyps[0].culprit.name == "chat-primary"
+    assert next(h for h in hyps if h.category == Category.HEALTHY).confidence == 0.0
+    assert [(p.kind, p.params) for p in props] == [(ActionKind.ROLLBACK, {"to_revision": 1})]
+
+
+def test_a_traffic_surge_is_not_blamed_on_an_old_rollout() -> None:
+    old = ROLLOUT.model_copy(update={"features": {**ROLLOUT.features, "changed_ago_s": 5 * 86400}})
+    evidence = [old, ev("errors", change_ratio=1.1, recent=0.001), ev("ttft", change_ratio=4, recent=1.8),
+                ev("traffic", change_ratio=3.1, recent=15), ev("kv", recent=0.99, baseline=0.5),
+                ev("waiting", recent=40), ev("preemptions", max=2.5), ev("workload", replicas=2)]
+    hyps, props = diagnose(["bad-rollout", "kv-cache-saturation"], evidence)
+    assert hyps[0].category == Category.KV_CACHE_SATURATION
+    assert props[0].kind == ActionKind.SCALE and props[0].params["replicas"] == 8  # ceil(2 * 3.1 * 1.2)
+
+
+def test_nominal_evidence_is_no_anomaly_with_no_action() -> None:
+    hyps, props = diagnose(["healthy"], HEALTHY_FLEET)
+    assert hyps[0].category == Category.HEALTHY and hyps[0].confidence == 1.0
+    assert [p.kind for p in props] == [ActionKind.NONE]
+
+
+def test_missing_evidence_is_reported_and_nothing_is_guessed() -> None:
+    failed = [ev(i, EvidenceStatus.ERROR) for i in ("errors", "ttft", "traffic")]
+    hyps, props = diagnose(["bad-rollout"], [ROLLOUT, *failed])
+    top = hyps[0]
+    assert top.confidence < 0.5 and any("errors" in m for m in top.missing)
+    assert [p.kind for p in props] == [ActionKind.PAGE_HUMAN]
+
+
+def test_xid_blames_the_node_and_proposes_a_cordon() -> None:
+    evidence = [ev("xid", value=79, top_Hostname="ip-10-0-130-10.ec2.internal"),
+                ev("gpu_nodes", unallocatable=1, unallocatable_nodes="ip-10-0-130-10.ec2.internal"),
+                ev("pending", insufficient_gpu=1)]
+    ctx = {"node": "ip-10-0-130-10.ec2.internal"}
+    hyps, props = diagnose(["gpu-xid"], evidence, ctx)
+    assert hyps[0].category == Category.GPU_HARDWARE
+    assert hyps[0].culprit is not None and hyps[0].culprit.kind == "Node"
+    assert [p.kind for p in props] == [ActionKind.CORDON_NODE]
