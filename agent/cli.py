@@ -14,6 +14,9 @@ from typing import Annotated
 
 import typer
 
+from agent.commands.audit import audit_app
+from agent.commands.changes import changes_app
+from agent.commands.serve import serve as serve_command
 from agent.commands.triage import triage as triage_command
 from deploy.sandbox import faults as sandbox_faults
 from deploy.sandbox.cluster import api_client
@@ -36,6 +39,9 @@ sandbox_app = typer.Typer(
 )
 app.add_typer(sandbox_app, name="sandbox")
 app.command("triage")(triage_command)
+app.command("serve")(serve_command)
+app.add_typer(changes_app, name="changes")
+app.add_typer(audit_app, name="audit")
 
 DEFAULT_SANDBOX_DIR = Path.home() / ".local" / "state" / "opsagent" / "sandbox"
 

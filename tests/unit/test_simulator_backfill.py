@@ -233,3 +233,24 @@ def test_promtool_imports_history_and_prometheus_answers_range_queries(
         timeout=30,
     )
     assert float(r.json()["data"]["result"][0]["value"][1]) == 4
+
+
+def test_a_huge_fleet_keeps_its_days_with_a_coarser_step(
+    small_fleet: Fleet, tmp_path: Path
+) -> None:
+    catalog = PriceCatalog.load()
+    snap = fleet_snapshot(small_fleet, catalog)
+    result = backfill(
+        Placement(small_fleet, snap),
+        snap,
+        end=END,
+        days=1,
+        step=120,
+        work_dir=tmp_path,
+        data_dir=None,
+        progress=lambda _m: None,
+        max_samples=100_000,
+    )
+    assert result.step > 120 and result.step % 60 == 0
+    assert result.samples <= 100_000
+    assert result.end - result.start >= 86400 - 2 * result.step

@@ -22,7 +22,7 @@ from typing import Any
 
 from deploy.sandbox.fleet import Fleet, PriceCatalog
 from deploy.sandbox.simulator import cluster
-from deploy.sandbox.simulator.backfill import BackfillError, backfill
+from deploy.sandbox.simulator.backfill import MAX_SAMPLES, BackfillError, backfill
 from deploy.sandbox.simulator.cloudwatch import CloudWatchPublisher
 from deploy.sandbox.simulator.exporter import LiveFleet, MetricsServer
 from deploy.sandbox.simulator.ksm import DEFAULT_ALLOWLIST
@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="Prometheus TSDB directory to write history blocks into (no history if unset).",
+    )
+    p.add_argument(
+        "--backfill-max-samples",
+        type=int,
+        default=MAX_SAMPLES,
+        help="Coarsen the step (never the days) when a large fleet's history would exceed this.",
     )
     p.add_argument("--promtool", type=Path, default=Path("/usr/bin/promtool"))
     p.add_argument(
@@ -157,12 +163,14 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
             promtool=args.promtool,
             ksm_instance=args.ksm_instance,
             ksm_allowlist=args.ksm_allowlist,
+            max_samples=args.backfill_max_samples,
         )
         state, live_from, backfill_end = result.state, result.end, result.end
         timings["prometheus_backfill"] = {
             **result.timings,
             "series": result.series,
             "samples": result.samples,
+            "step_s": result.step,
             "blocks": result.blocks,
         }
         with contextlib.suppress(OSError):

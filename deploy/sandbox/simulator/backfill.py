@@ -33,6 +33,8 @@ from deploy.sandbox.simulator.series import Family, SeriesKey, SeriesSet
 log = logging.getLogger(__name__)
 
 BLOCK_HOURS = 54  # 2h × 3³: a size in promtool's and Prometheus' block-range ladder
+# About two minutes of work on two cores (promtool takes ~3 µs a sample with these label sets).
+MAX_SAMPLES = 40_000_000
 
 
 class BackfillError(RuntimeError):
@@ -93,13 +95,15 @@ def backfill(
     block_hours: int = BLOCK_HOURS,
     progress: Callable[[str], None] = log.info,
     keep_files: bool = False,
+    max_samples: int = MAX_SAMPLES,
 ) -> BackfillResult:
     """Generate history over `days` days ending at `end` and, if `data_dir` is set, import it.
 
     Without `data_dir` the OpenMetrics files are left in `work_dir` (for tests and inspection).
+    A fleet so large that the history would exceed `max_samples` keeps its days but gets a
+    coarser step (whole minutes), so a scaled-up sandbox still starts in bounded time.
     """
     t_start = time.monotonic()
-    times = timeline(end, days, step)
     series = SeriesSet(placement)
     prefixes = exposition.prefixes(series.specs)
     ksm: list[tuple[Family, list[tuple[str, float]]]] = []
@@ -108,6 +112,14 @@ def backfill(
             texts = [(exposition.series_text(family.name, labels), v) for labels, v in labelled]
             ksm.append((family, texts))
     n_series = len(series) + sum(len(items) for _, items in ksm)
+    if n_series * days * 86400 / step > max_samples:
+        coarser = math.ceil(n_series * days * 86400 / max_samples / 60) * 60
+        progress(
+            f"backfill: {n_series} series at {step:g}s would exceed {max_samples / 1e6:.0f}M "
+            f"samples; using a {coarser}s step"
+        )
+        step = float(coarser)
+    times = timeline(end, days, step)
     block_s = block_hours * 3600
     pieces: dict[int, list[float]] = {}
     for t in times:

@@ -1,0 +1,121 @@
+"""`opsagent changes list|show|approve|reject`: the human side of change requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+import typer
+
+from agent.changes import ChangeRequest, ChangeStatus
+from agent.commands.common import (
+    DEFAULT_SANDBOX_DIR,
+    ConfigOpt,
+    JsonOpt,
+    SandboxDirOpt,
+    SandboxOpt,
+    StateOpt,
+    fail,
+    open_app,
+)
+from agent.executor import ExecutionRefused
+
+changes_app = typer.Typer(help="Change requests proposed by the agent: review, approve, reject.",
+                          no_args_is_help=True)
+
+AsOpt = Annotated[str | None, typer.Option("--as", help="Your identity (default: settings.actor). Roles come "
+                                                         "from the policy file.")]
+
+
+def _line(ch: ChangeRequest) -> str:
+    return (f"{ch.id}  {ch.status.value:<16} {ch.spec.action.value:<10} {ch.spec.target!s:<40} "
+            f"{ch.policy_rule} ({len(ch.approver_roles) and ch.approvals_required} approval(s))")
+
+
+@changes_app.command("list")
+def list_changes(
+    status: Annotated[str | None, typer.Option(help="Only this status, e.g. pending_approval.")] = None,
+    config: ConfigOpt = None, use_sandbox: SandboxOpt = False, sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR,
+    state_dir: StateOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """List change requests, newest first."""
+    app = open_app(config, use_sandbox, sandbox_dir, state_dir)
+    try:
+        items = app.ledger.list(ChangeStatus(status) if status else None)
+    except ValueError:
+        fail(f"unknown status {status!r}; one of {[s.value for s in ChangeStatus]}", 2)
+    finally:
+        app.close()
+    if as_json:
+        typer.echo(json.dumps([c.model_dump(mode="json") for c in items], indent=2))
+        return
+    for c in items:
+        typer.echo(_line(c))
+    if not items:
+        typer.echo("no change requests")
+
+
+@changes_app.command("show")
+def show(change_id: str, config: ConfigOpt = None, use_sandbox: SandboxOpt = False,
+         sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR, state_dir: StateOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one change request: what, why, diff, risk, blast radius, policy and approvals."""
+    app = open_app(config, use_sandbox, sandbox_dir, state_dir)
+    try:
+        ch = app.ledger.get(change_id)
+        approvals = app.ledger.approvals(change_id)
+    finally:
+        app.close()
+    if ch is None:
+        fail(f"no change request {change_id}", 2)
+    if as_json:
+        typer.echo(json.dumps({"change": ch.model_dump(mode="json"),
+                               "approvals": [a.model_dump(mode="json") for a in approvals]}, indent=2))
+        return
+    b = ch.blast_radius
+    typer.echo(f"{ch.id}: {ch.spec.action.value} {ch.spec.target} {ch.spec.params}\n"
+               f"status: {ch.status.value}   risk: {ch.risk}   requested by {ch.requester}\n"
+               f"why: {ch.reason}\n"
+               f"blast radius: {b.gpus} GPUs, {b.replicas} replicas, up to {b.capacity_drop:.0%} of capacity"
+               f"{' (' + ', '.join(b.models) + ')' if b.models else ''}\n"
+               f"policy: {ch.policy_rule} — {ch.policy_reason}\n"
+               f"approvals: {len([a for a in approvals if a.decision == 'approve'])}/{ch.approvals_required} from "
+               f"{', '.join(ch.approver_roles) or '-'}; each valid {ch.approval_ttl_s // 60} min\n")
+    for a in approvals:
+        typer.echo(f"  {a.decision} by {a.approver} ({a.role}) at {a.at:%H:%M:%S} UTC via {a.via}")
+    typer.echo("\n" + (ch.diff or "(no diff)"))
+
+
+def _decide(change_id: str, decision: str, who: str | None, execute: bool, config: ConfigOpt, use_sandbox: bool,
+            sandbox_dir: SandboxDirOpt, state_dir: StateOpt) -> None:
+    app = open_app(config, use_sandbox, sandbox_dir, state_dir)
+    approver = who or app.settings.actor
+    try:
+        ex = app.executor()
+        ch = ex.approve(change_id, approver, decision=decision, via="cli")
+        typer.echo(f"{decision}d {ch.id} as {approver}: now {ch.status.value}")
+        if execute and ch.status == ChangeStatus.APPROVED:
+            result = asyncio.run(ex.execute(ch.id, actor=f"user:{approver}"))
+            typer.echo(f"executed: {result.status.value}{'' if result.applied_now else ' (already applied)'}")
+    except ExecutionRefused as e:
+        fail(str(e), 4)
+    except ValueError as e:
+        fail(str(e), 2)
+    finally:
+        app.close()
+
+
+@changes_app.command("approve")
+def approve(change_id: str, who: AsOpt = None,
+            execute: Annotated[bool, typer.Option(help="Execute once enough approvals are in.")] = True,
+            config: ConfigOpt = None, use_sandbox: SandboxOpt = False,
+            sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR, state_dir: StateOpt = None) -> None:
+    """Approve a change request (bound to its exact spec and the target's current state)."""
+    _decide(change_id, "approve", who, execute, config, use_sandbox, sandbox_dir, state_dir)
+
+
+@changes_app.command("reject")
+def reject(change_id: str, who: AsOpt = None, config: ConfigOpt = None, use_sandbox: SandboxOpt = False,
+           sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR, state_dir: StateOpt = None) -> None:
+    """Reject a change request; it will not run."""
+    _decide(change_id, "reject", who, False, config, use_sandbox, sandbox_dir, state_dir)
