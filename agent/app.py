@@ -95,6 +95,12 @@ class App:
         self.store.save_report(report)
         return report
 
+    async def aclose_clients(self) -> None:
+        """Close connection pools bound to the running event loop (call before that loop ends)."""
+        for c in self.clients.values():
+            if hasattr(c, "aclose"):
+                await c.aclose()
+
     def close(self) -> None:
         self.store.close()
         self.ledger.close()

@@ -294,7 +294,7 @@ class Executor:
                     f"{decision.rule}: {decision.reason}", ch)
         if decision.effect == Effect.DENY:
             raise refuse(f"policy {decision.rule}: {decision.reason}")
-        if decision.effect == Effect.REQUIRE_APPROVAL:
+        if decision.effect == Effect.REQUIRE_APPROVAL and not self._inherits_approval(ch):
             check = self._check_approvals(ch, fp_now, now)
             if not check.satisfied:
                 why = check.blocked_by or (f"needs {check.missing} more approval(s) from {ch.approver_roles}"
@@ -305,6 +305,42 @@ class Executor:
             return await self._reconcile(ch, actor)
         self._maybe_crash("after-claim")
         return await self._apply(ch, obj, actor)
+
+    def _inherits_approval(self, ch: ChangeRequest) -> bool:
+        """The approval of a change includes undoing it: a rollback of an applied change on the same
+        target needs no new approval (policy must still allow it)."""
+        if ch.rollback_of is None or ch.spec.action != ActionKind.ROLLBACK:
+            return False
+        original = self.ledger.get(ch.rollback_of)
+        ex = self.ledger.execution(ch.rollback_of)
+        return (original is not None and ex is not None and ex.state == "applied"
+                and original.spec.target == ch.spec.target)
+
+    async def auto_rollback(self, original: ChangeRequest, why: str) -> ExecutionResult | None:
+        """Undo an applied change whose verification failed, under the original's approval."""
+        before = original.fingerprint.revision
+        if original.spec.target.kind != "Deployment" or not before:
+            self._audit(AuditKind.EXECUTION, "executor:auto-rollback", f"rollback {original.id}", "refused",
+                        "no revision to return to", original)
+            return None
+        spec = ChangeSpec(action=ActionKind.ROLLBACK, cluster=original.spec.cluster, target=original.spec.target,
+                          params={"to_revision": int(before)})
+        rb = await self.propose(spec, reason=f"automatic rollback of {original.id}: {why}",
+                                requester="executor:auto-rollback", incident_id=original.incident_id,
+                                rollback_of=original.id)
+        result = await self.execute(rb.id, actor="executor:auto-rollback")
+        if result.status == ChangeStatus.APPLIED:
+            current = self.ledger.get(original.id)
+            if current is not None:
+                self.ledger.update(current.model_copy(update={"status": ChangeStatus.ROLLED_BACK}))
+        return result
+
+    def record_verification(self, ch: ChangeRequest, outcome: str, summary: str) -> ChangeRequest:
+        status = {"pass": ChangeStatus.VERIFIED}.get(outcome, ch.status)
+        updated = ch.model_copy(update={"status": status, "result": {**ch.result, "verification": summary}})
+        self.ledger.update(updated)
+        self._audit(AuditKind.VERIFICATION, "executor:verify", f"verify {ch.id}", outcome, summary[:500], ch)
+        return updated
 
     async def _apply(self, ch: ChangeRequest, obj: dict[str, Any], actor: str) -> ExecutionResult:
         rv = obj["metadata"]["resourceVersion"]

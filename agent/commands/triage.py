@@ -95,9 +95,12 @@ def triage(
 
 async def _run(app: Any, notes: list[intake.Notification]) -> list[TriageReport]:
     out = []
-    for n in notes:
-        incident, _ = app.store.record_notification(n, dt.datetime.now(dt.UTC))
-        out.append(await app.triage(incident))
+    try:
+        for n in notes:
+            incident, _ = app.store.record_notification(n, dt.datetime.now(dt.UTC))
+            out.append(await app.triage(incident))
+    finally:
+        await app.aclose_clients()
     return out
 
 

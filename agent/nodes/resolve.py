@@ -11,7 +11,8 @@ import re
 from agent.runner import ToolRunner
 from tools.k8s_read.tools import K8sWorkloadsResult
 
-_HASHED = re.compile(r"^(?P<base>.+?)-[a-f0-9]{6,10}-[a-z0-9]{5}$")
+# <deployment>-<pod-template-hash>-<suffix>; the hash uses Kubernetes' safe alphabet, not hex.
+_HASHED = re.compile(r"^(?P<base>.+)-[a-z0-9]{6,10}-[a-z0-9]{5}$")
 
 
 async def resolve_context(context: dict[str, str], runner: ToolRunner, actor: str, incident_id: str) -> dict[str, str]:

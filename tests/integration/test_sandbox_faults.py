@@ -91,9 +91,14 @@ def test_gpu_xid_takes_the_node_out_and_pods_go_pending(sandbox: dict[str, Any],
         return [p for p in pods if p.status.phase == "Pending"]
 
     stuck = wait_until(pending, 60, "a replacement pod to be Pending")
-    events = json.loads(kubectl("admin", "-n", w.namespace, "get", "events", "-o", "json",
-                                "--field-selector", f"involvedObject.name={stuck[0].metadata.name}").stdout)
-    assert any("Insufficient nvidia.com/gpu" in (e.get("message") or "") for e in events["items"])
+
+    def insufficient_gpu_event() -> bool:
+        events = json.loads(kubectl("admin", "-n", w.namespace, "get", "events", "-o", "json",
+                                    "--field-selector", f"involvedObject.name={stuck[0].metadata.name}").stdout)
+        return any("Insufficient nvidia.com/gpu" in (e.get("message") or e.get("note") or "")
+                   for e in events["items"])
+
+    wait_until(insufficient_gpu_event, 60, "the scheduler to report Insufficient nvidia.com/gpu")
     wait_until(lambda: scalar(prom, f'max(DCGM_FI_DEV_XID_ERRORS{{Hostname="{node}"}})') == 79, 30, "XID 79")
 
 

@@ -8,6 +8,7 @@ closed by it; nothing here runs at import time.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import math
@@ -115,17 +116,27 @@ class PrometheusClient:
 
     def __init__(self, settings: PrometheusSettings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
-        headers = {k: v.get_secret_value() for k, v in settings.headers.items()}
-        self._http = httpx.AsyncClient(
-            base_url=settings.url.rstrip("/"),
-            timeout=httpx.Timeout(settings.timeout_s),
-            headers=headers,
-            verify=settings.verify_tls,
-            transport=transport,
-        )
+        self._transport = transport
+        # httpx's pooled connections belong to the event loop that opened them; a client used from a
+        # second loop (a CLI running asyncio.run twice, a test) gets a fresh pool instead of a dead one.
+        self._clients: dict[int, httpx.AsyncClient] = {}
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        loop = id(asyncio.get_running_loop())
+        client = self._clients.get(loop)
+        if client is None:
+            headers = {k: v.get_secret_value() for k, v in self.settings.headers.items()}
+            client = httpx.AsyncClient(base_url=self.settings.url.rstrip("/"),
+                                       timeout=httpx.Timeout(self.settings.timeout_s), headers=headers,
+                                       verify=self.settings.verify_tls, transport=self._transport)
+            self._clients = {loop: client}  # the previous loop is gone; its pool cannot be reused
+        return client
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients = {}
 
     async def __aenter__(self) -> PrometheusClient:
         return self
