@@ -130,13 +130,18 @@ def demo(
     dir_: DirOpt = DEFAULT_SANDBOX_DIR,
     port_base: PortOpt = 17000,
     keep: Annotated[bool, typer.Option(help="Leave the sandbox running afterwards.")] = True,
+    unattended: Annotated[bool, typer.Option(help="Approve as the demo's on-call user instead of asking.")] = False,
+    approver: Annotated[str | None, typer.Option("--as", help="Approve as this identity (a policy role member).")]
+        = None,
 ) -> None:
-    """Run the incident drill on the sandbox: inject a bad rollout, watch it alert, roll back, recover."""
+    """Run the incident drill: a bad rollout alerts, the agent triages it and proposes a rollback, you approve,
+    the guarded executor rolls back, verification and the audit trail close it."""
     from agent.demo import run_demo
 
     settings = _settings(dir_, port_base)
     try:
-        ok = run_demo(settings, out=typer.echo, progress=_progress, keep=keep)
+        ok = run_demo(settings, out=typer.echo, progress=_progress, keep=keep, unattended=unattended,
+                      approver=approver, confirm=lambda q: typer.confirm(q, default=True))
     except (StartError, TimeoutError, FileNotFoundError) as e:
         raise _fail(str(e)) from e
     raise typer.Exit(0 if ok else 1)

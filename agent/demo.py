@@ -1,13 +1,18 @@
-"""`opsagent demo`: the incident drill on the local sandbox.
+"""`opsagent demo`: the incident drill on the local sandbox, end to end.
 
-An entry point. Today's drill: bring the sandbox up, roll out a model version that regresses,
-watch the signals degrade and the alert reach the webhook, roll back through the Kubernetes API,
-and watch the signals recover. Later capabilities (triage, approval, guarded execution, audit,
-cost report) extend this drill rather than replace it.
+An entry point. A model version that regresses rolls out; Prometheus alerts and Alertmanager
+delivers the webhook; the agent triages it from evidence and proposes a rollback with its diff; a
+human (or `--unattended`, the demo's on-call user) approves that exact change; the guarded executor
+runs it with its own identity; the controllers roll the pods; the simulator sees the old version and
+the signals recover; verification compares them with the baseline; the audit trail is printed and
+its hash chain verified.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import json
 import subprocess
 import time
 from collections.abc import Callable
@@ -17,13 +22,22 @@ from urllib.parse import urlparse
 
 import httpx
 
+from agent import intake
+from agent.app import App, build_app
+from agent.changes import ChangeSpec, ChangeStatus
+from agent.cli_common import settings_for
+from agent.models import ActionKind, TriageReport
+from agent.verify import VerifySettings, signal_queries, verify
 from deploy.sandbox import components, faults
 from deploy.sandbox.cluster import api_client
 from deploy.sandbox.fleet import Fleet
 from deploy.sandbox.receiver import Notification, WebhookReceiver
 from deploy.sandbox.sandbox import Sandbox, SandboxSettings
+from tools.k8s_read.client import K8sReadClient
+from tools.k8s_read.settings import K8sReadSettings
 
 Echo = Callable[[str], None]
+ALERTS = {"ModelServingErrorRateHigh", "ModelServingTTFTHigh"}
 
 
 def _scalar(prom: str, promql: str) -> float | None:
@@ -39,95 +53,167 @@ def _fmt(v: float | None, unit: str) -> str:
     return f"{v * 100:.1f}%" if unit == "%" else f"{v:.2f}{unit}"
 
 
-def run_demo(settings: SandboxSettings, out: Echo, progress: Echo, keep: bool = True) -> bool:
+def run_demo(settings: SandboxSettings, out: Echo, progress: Echo, *, keep: bool = True, unattended: bool = False,
+             approver: str | None = None, confirm: Callable[[str], bool] | None = None) -> bool:
     sb = Sandbox(settings, progress=progress)
     status = sb.up()
-    webhook = status.get("webhook_url") or settings.webhook_url
-    u = urlparse(webhook)
-    with WebhookReceiver(host=u.hostname or "127.0.0.1", port=u.port or 80, path=u.path or "/") as rx:
-        ok = _drill(sb, status, rx, out, progress)
-    if not keep:
-        sb.down()
-    return ok
+    u = urlparse(status.get("webhook_url") or settings.webhook_url)
+    app = build_app(settings_for(None, status, state_dir=str(settings.dir / "agent-state")))
+    try:
+        with WebhookReceiver(host=u.hostname or "127.0.0.1", port=u.port or 80, path=u.path or "/") as rx:
+            return _drill(sb, status, rx, app, out, progress, unattended, approver, confirm)
+    finally:
+        app.close()
+        if not keep:
+            sb.down()
 
 
-def _drill(sb: Sandbox, status: dict[str, Any], rx: WebhookReceiver, out: Echo, progress: Echo) -> bool:
+def _drill(sb: Sandbox, status: dict[str, Any], rx: WebhookReceiver, app: App, out: Echo, progress: Echo,
+           unattended: bool, approver: str | None, confirm: Callable[[str], bool] | None) -> bool:
     fleet = Fleet.load(sb.s.fleet_file)
     prom = status["endpoints"]["prometheus"]
     admin = api_client(Path(status["kubeconfigs"]["admin"]))
     kubectl = str(components.locate(sb.s.cache_dir).kubectl)
     w = fleet.workload(fleet.faults["bad-rollout"]["workload"])
-    sel = f'namespace="{w.namespace}", model_name="{w.model}"'
-    ttft = f"histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{sel}}}[30s])))"
-    pods = (f"* on (namespace, pod) group_left(model_name) "
-            f"(0 * max by (namespace, pod, model_name) (vllm:num_requests_running{{{sel}}}) + 1)")
-    errs = (f'sum(rate(http_requests_total{{namespace="{w.namespace}", status="5xx"}}[30s]) {pods}) / '
-            f'sum(rate(http_requests_total{{namespace="{w.namespace}"}}[30s]) {pods})')
-
-    def signals() -> tuple[float | None, float | None]:
-        return _scalar(prom, ttft), _scalar(prom, errs)
+    q = signal_queries(w.namespace, w.model)
 
     def show(label: str) -> tuple[float | None, float | None]:
-        t, e = signals()
-        out(f"  {label:<28} TTFT p95 {_fmt(t, 's'):>8}   5xx {_fmt(e, '%'):>7}")
+        t, e = _scalar(prom, q["ttft_p95"]), _scalar(prom, q["error_share"])
+        out(f"  {label:<30} TTFT p95 {_fmt(t, 's'):>8}   5xx {_fmt(e, '%'):>7}")
         return t, e
 
-    out("")
-    out(f"== Incident drill on {fleet.cluster}: {w.namespace}/{w.name} serving {w.model} ==")
-    out(f"   Prometheus {prom}   Alertmanager {status['endpoints']['alertmanager']}   webhook {rx.url}")
-    faults.clear(admin, fleet)
-    show("baseline")
+    def healthy() -> bool:
+        t, e = show("waiting for a healthy baseline")
+        return t is not None and e is not None and t < w.slo.ttft_p95_s and e < w.slo.error_rate
 
-    out("")
-    out(f"1. A new model version rolls out: {w.model} {fleet.faults['bad-rollout']['version']}")
-    t0 = time.time()
+    out(f"\n== Incident drill on {fleet.cluster}: {w.namespace}/{w.name} serves {w.model} ==")
+    out(f"   Prometheus {prom} · Alertmanager {status['endpoints']['alertmanager']} · webhook {rx.url}")
+    faults.clear(admin, fleet)
+    if not _until(healthy, 240, 5):
+        out("   the sandbox did not settle to a healthy baseline within 4 minutes")
+        return False
+
+    out(f"\n1. A new model version rolls out: {w.model} {fleet.faults['bad-rollout']['version']}")
+    t_inject = time.time()
     faults.inject(admin, fleet, "bad-rollout")
     subprocess.run([kubectl, f"--kubeconfig={status['kubeconfigs']['admin']}", "-n", w.namespace, "rollout",
-                    "status", f"deployment/{w.name}", "--timeout=180s"], check=True)
+                    "status", f"deployment/{w.name}", "--timeout=180s"], check=True, capture_output=True)
 
-    out("")
-    out("2. Signals degrade; waiting for Prometheus to alert and Alertmanager to deliver the webhook")
+    out("\n2. The signals degrade; Prometheus alerts; Alertmanager delivers the webhook")
     note: Notification | None = None
     deadline = time.monotonic() + 300
     while note is None and time.monotonic() < deadline:
-        show(f"t+{time.time() - t0:5.0f}s")
+        show(f"t+{time.time() - t_inject:4.0f}s")
         try:
-            note = rx.wait_for(lambda n: any(a["labels"].get("namespace") == w.namespace for a in n.alerts()),
-                               timeout=5, since=t0)
+            note = rx.wait_for(lambda n: any(a["labels"].get("alertname") in ALERTS
+                                             and a["labels"].get("namespace") == w.namespace for a in n.alerts()),
+                               timeout=5, since=t_inject)
         except TimeoutError:
             continue
     if note is None:
-        out("   no alert arrived within 5 minutes: check `opsagent sandbox status` and the Prometheus rules")
+        out("   no alert within 5 minutes: see `opsagent sandbox status` and the Prometheus rules")
         return False
     for a in note.alerts():
-        out(f"   ALERT {a['labels']['alertname']} [{a['labels'].get('severity')}]: "
-            f"{a['annotations'].get('summary', '')}")
-    out(f"   webhook delivered {note.received_at - t0:.0f}s after the rollout started")
+        out(f"   ALERT {a['labels']['alertname']} [{a['labels'].get('severity')}]: {a['annotations'].get('summary')}")
+    t_webhook = note.received_at
+    out(f"   webhook delivered {t_webhook - t_inject:.0f}s after the rollout started")
 
-    out("")
-    out("3. Roll back through the Kubernetes API, as the executor identity")
-    history = subprocess.run([kubectl, f"--kubeconfig={status['kubeconfigs']['reader']}", "-n", w.namespace,
-                              "rollout", "history", f"deployment/{w.name}"], capture_output=True, text=True)
-    out("   " + history.stdout.strip().replace("\n", "\n   "))
-    cmd = [kubectl, f"--kubeconfig={status['kubeconfigs']['executor']}", "-n", w.namespace, "rollout", "undo",
-           f"deployment/{w.name}"]
-    out(f"   $ kubectl --kubeconfig=executor.kubeconfig -n {w.namespace} rollout undo deployment/{w.name}")
-    t1 = time.time()
-    subprocess.run(cmd, check=True)
-    subprocess.run([kubectl, f"--kubeconfig={status['kubeconfigs']['admin']}", "-n", w.namespace, "rollout",
-                    "status", f"deployment/{w.name}", "--timeout=180s"], check=True)
+    out("\n3. Triage (rules reasoner, no API key)")
+    incident, _ = app.store.record_notification(intake.parse(json.dumps(note.body).encode()), dt.datetime.now(dt.UTC))
+    report = asyncio.run(_triage(app, incident))
+    _print_report(report, out)
+    rollback = next((p for p in report.proposals if p.kind == ActionKind.ROLLBACK and p.target), None)
+    if rollback is None or rollback.target is None:
+        out("   the triage proposed no rollback; a human takes it from here")
+        return False
 
-    out("")
-    out("4. Recovery")
-    deadline = time.monotonic() + 180
+    out("\n4. The proposal becomes a change request: policy, diff, blast radius")
+    ex = app.executor()
+    spec = ChangeSpec(action=rollback.kind, cluster=app.settings.kubernetes.cluster, target=rollback.target,
+                      params=rollback.params)
+    ch = asyncio.run(ex.propose(spec, reason=rollback.reason, requester=f"agent:{report.reasoner}",
+                                incident_id=incident.id, evidence=[e.id for e in report.evidence]))
+    b = ch.blast_radius
+    out(f"   {ch.id}: {ch.spec.action.value} {ch.spec.target} {ch.spec.params} — {ch.status.value}")
+    out(f"   policy {ch.policy_rule}: {ch.policy_reason}")
+    out(f"   blast radius: {b.gpus} GPUs, {b.replicas} replicas, at most {b.capacity_drop:.0%} of capacity at once")
+    out("   " + (ch.diff or "(no diff)").replace("\n", "\n   ").rstrip())
+
+    who = approver or next(iter(app.policy.roles.get("oncall", [])), "alice")
+    if unattended:
+        out(f"\n5. Approval (--unattended: approving as the demo's on-call user {who!r})")
+    else:
+        out("\n5. Approval")
+        if confirm is None or not confirm(f"Approve {ch.id} as {who}?"):
+            out(f"   not approved; it waits: `opsagent changes approve {ch.id} --as {who}`")
+            return False
+    t_approve = time.time()
+    ch = ex.approve(ch.id, who, via="demo")
+    out(f"   approved by {who}: {ch.status.value}")
+
+    out("\n6. The guarded executor applies it with its own identity")
+    result = asyncio.run(ex.execute(ch.id, actor=f"user:{who}"))
+    out(f"   {result.status.value}: revision {result.detail.get('detail', {}).get('from_revision')} → "
+        f"pod template of revision {result.detail.get('detail', {}).get('to_revision')}")
+    applied = ex.ledger.get(ch.id)
+    assert applied is not None
+
+    out("\n7. Verification: rollout, then TTFT p95, errors and queue against the baseline")
+    reader = K8sReadClient(K8sReadSettings(kubeconfig=Path(status["kubeconfigs"]["reader"])))
+    v = asyncio.run(_verify(app, applied, reader))
+    for s in v.signals:
+        out(f"   {s.signal:<12} {s.outcome.value:<13} {s.reason}")
+    ex.record_verification(applied, v.outcome.value, v.summary())
+    t_verified = time.time()
+    out(f"   verdict: {v.outcome.value} (rollout {v.rollout_seconds:.0f}s); approval → verified in "
+        f"{t_verified - t_approve:.0f}s")
+    show("now")
+
+    out(f"\n8. Audit trail of {incident.id}")
+    for e in app.audit.events(incident.id):
+        out(f"   {e['seq']:>5} {e['at'][11:19]} {e['kind']:<15} {e['actor']:<24} {e['decision']:<16} {e['action'][:52]}")
+    app.audit.checkpoint()
+    rep = app.audit.verify()
+    out(f"   audit verify: {'OK' if rep.ok else 'TAMPERED'} — {rep.records} records, chain intact, "
+        f"checkpoint at {rep.checkpoint_seq}")
+    final = ex.ledger.get(ch.id)
+    ok = v.outcome.value == "pass" and rep.ok and final is not None and final.status == ChangeStatus.VERIFIED
+    out(f"\nSummary: injection → webhook {t_webhook - t_inject:.0f}s · approval → verified {t_verified - t_approve:.0f}s"
+        f" · outcome {'recovered and verified' if ok else 'NOT verified'}")
+    out("The sandbox keeps running: `opsagent sandbox status`, `opsagent sandbox down`.")
+    return ok
+
+
+async def _triage(app: App, incident: Any) -> TriageReport:
+    try:
+        return await app.triage(incident)
+    finally:
+        await app.aclose_clients()
+
+
+async def _verify(app: App, ch: Any, reader: K8sReadClient) -> Any:
+    from tools.prometheus.client import PrometheusClient
+
+    prom = PrometheusClient(app.settings.prometheus)
+    try:
+        return await verify(ch, ch.created_at, prom, reader, VerifySettings(window_s=20, baseline_s=60, step_s=2.5,
+                                                                          rate_window_s=15))
+    finally:
+        await prom.aclose()
+
+
+def _print_report(report: TriageReport, out: Echo) -> None:
+    out(f"   {report.summary}")
+    for h in report.hypotheses[:3]:
+        out(f"   - {h.title} ({h.category.value}, {h.confidence:.0%})")
+    for p in report.proposals:
+        out(f"   proposal: {p.kind.value} {p.target or ''} {p.params or ''} — {p.reason}")
+
+
+def _until(fn: Callable[[], bool], timeout: float, interval: float) -> bool:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        t, e = show(f"t+{time.time() - t1:5.0f}s after rollback")
-        if t is not None and e is not None and t < w.slo.ttft_p95_s and e < w.slo.error_rate:
-            out(f"   recovered {time.time() - t1:.0f}s after the rollback (SLO: TTFT p95 < {w.slo.ttft_p95_s}s, "
-                f"errors < {w.slo.error_rate:.0%})")
-            out("")
-            out("The sandbox is still running: `opsagent sandbox status`, `opsagent sandbox down`.")
+        if fn():
             return True
-        time.sleep(5)
-    out("   signals did not recover within 3 minutes")
+        time.sleep(interval)
     return False

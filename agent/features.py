@@ -169,7 +169,8 @@ def _cw_logs_summary(r: CloudWatchLogEventsResult, f: dict[str, Any]) -> str:
 
 # --- Kubernetes --------------------------------------------------------------------------------------
 
-_XID = re.compile(r"\bXid\b[^0-9]*(?:\([^)]*\)\s*:?\s*)?(\d{1,3})", re.I)
+# "NVRM: Xid (PCI:0000:53:00): 79, ..." — the code follows the optional PCI address.
+_XID = re.compile(r"\bXid\b\s*(?:\([^)]*\))?\s*:?\s*(\d{1,3})\b", re.I)
 
 
 @extractor(K8sRolloutHistoryResult)

@@ -22,12 +22,15 @@ from tools.prometheus.client import PrometheusClient
 
 @dataclass(frozen=True)
 class VerifySettings:
-    window_s: float = 60.0  # how long to watch after the rollout completes
+    window_s: float = 60.0  # how long to watch after the rollout completes (and the rate window has passed)
     baseline_s: float = 120.0  # how far before the change the baseline reaches
     step_s: float = 5.0
+    rate_window_s: int = 30  # rate() window of the signal queries; needs >= 3 scrapes
     rollout_deadline_s: float = 180.0
-    ttft_floor_s: float = 0.5  # a TTFT p95 below this is never a regression
-    error_floor: float = 0.01
+    # Floors: a signal below them is never a regression, and one above them after the change means the
+    # SLO is not restored. They match the alert thresholds (deploy/prometheus/gpu-serving.rules.yaml).
+    ttft_floor_s: float = 1.5
+    error_floor: float = 0.02
     queue_floor: float = 5.0
 
 
@@ -46,16 +49,17 @@ class Verification:
         return "; ".join(parts)
 
 
-def signal_queries(namespace: str, model: str) -> dict[str, str]:
+def signal_queries(namespace: str, model: str, rate_window_s: int = 30) -> dict[str, str]:
     sel = promql.selector("vllm:num_requests_running", namespace=namespace, model_name=model)
     pods = f"* on (namespace, pod) group_left(model_name) (0 * max by (namespace, pod, model_name) ({sel}) + 1)"
     ns = promql.quote(namespace)
+    w = f"{rate_window_s}s"
     ttft_sel = promql.selector("vllm:time_to_first_token_seconds_bucket", namespace=namespace, model_name=model)
     waiting = promql.selector("vllm:num_requests_waiting", namespace=namespace, model_name=model)
     return {
-        "ttft_p95": f"histogram_quantile(0.95, sum by (le) (rate({ttft_sel}[30s])))",
-        "error_share": (f'sum(rate(http_requests_total{{namespace={ns}, status="5xx"}}[30s]) {pods}) / '
-                        f"sum(rate(http_requests_total{{namespace={ns}}}[30s]) {pods})"),
+        "ttft_p95": f"histogram_quantile(0.95, sum by (le) (rate({ttft_sel}[{w}])))",
+        "error_share": (f'sum(rate(http_requests_total{{namespace={ns}, status="5xx"}}[{w}]) {pods}) / '
+                        f"sum(rate(http_requests_total{{namespace={ns}}}[{w}]) {pods})"),
         "queue": f"sum({waiting})",
     }
 
@@ -101,21 +105,27 @@ async def verify(ch: ChangeRequest, applied_at: dt.datetime, prom: PrometheusCli
     resp = await asyncio.to_thread(k8s.apps.read_namespaced_deployment, t.name, t.namespace, _preload_content=False)
     model = (json.loads(resp.data)["spec"]["template"]["metadata"].get("labels") or {}).get("model", "")
     done_at = dt.datetime.now(dt.UTC)
-    await asyncio.sleep(s.window_s)
+    # The rate window must not reach back into the rollout: the verification window starts one rate
+    # window after the rollout completed.
+    after_start = done_at + dt.timedelta(seconds=s.rate_window_s)
+    await asyncio.sleep(s.rate_window_s + s.window_s)
     end = dt.datetime.now(dt.UTC)
-    # The 30s rate window must not reach back into the rollout.
-    after_start = done_at + dt.timedelta(seconds=30)
     base_end = applied_at
     base_start = applied_at - dt.timedelta(seconds=s.baseline_s)
     floors = {"ttft_p95": s.ttft_floor_s, "error_share": s.error_floor, "queue": s.queue_floor}
     verdicts: list[SignalVerdict] = []
-    for name, expr in signal_queries(t.namespace, model).items():
+    for name, expr in signal_queries(t.namespace, model, s.rate_window_s).items():
         try:
             before = await _samples(prom, expr, base_start, base_end, s.step_s)
             after = await _samples(prom, expr, after_start, end, s.step_s)
         except Exception as e:  # missing data is inconclusive, and says why
             verdicts.append(SignalVerdict(name, Outcome.INCONCLUSIVE, None, None, None, f"query failed: {e}"))
             continue
-        verdicts.append(judge(name, before, after, floor=floors[name], min_points=6))
+        v = judge(name, before, after, floor=floors[name], min_points=6)
+        if v.outcome == Outcome.PASS and v.after_median is not None and v.after_median > floors[name]:
+            v = SignalVerdict(name, Outcome.INCONCLUSIVE, v.baseline_median, v.after_median, v.p_value,
+                              f"not worse than before, but still above the SLO floor {floors[name]:g} "
+                              f"({v.after_median:.4g})")
+        verdicts.append(v)
     return Verification(ch.id, overall(verdicts), "complete", verdicts, rollout_s, time.monotonic() - t0)
 

@@ -27,6 +27,7 @@ def feature_map(state: TriageState) -> dict[str, Any]:
     feats: dict[str, Any] = {f"ctx.{k}": v for k, v in state.get("context", {}).items()}
     for e in state.get("evidence", []):
         feats[f"{e.id}.ok"] = e.status == EvidenceStatus.OK
+        feats[f"{e.id}.status"] = e.status.value
         if e.status in (EvidenceStatus.OK, EvidenceStatus.EMPTY):
             for k, v in e.features.items():
                 feats[f"{e.id}.{k}"] = v
@@ -82,7 +83,9 @@ def score(spec: HypothesisSpec, feats: dict[str, Any]) -> Hypothesis | None:
 
 def _missing_sentence(feature: str, feats: dict[str, Any]) -> str:
     evidence_id = feature.split(".", 1)[0]
-    return f"{feature} (evidence '{evidence_id}' {'failed' if feats.get(evidence_id + '.ok') is False else 'absent'})"
+    status = feats.get(f"{evidence_id}.status")
+    how = {"error": "failed", "skipped": "was skipped", "empty": "found no data"}.get(str(status), "was not gathered")
+    return f"{feature} (evidence '{evidence_id}' {how})"
 
 
 def rank(hypotheses: list[Hypothesis]) -> list[Hypothesis]:

@@ -7,6 +7,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from deploy.sandbox.fleet import Fleet, PriceCatalog
-from deploy.sandbox.simulator.backfill import backfill, timeline
+from deploy.sandbox.simulator.backfill import BackfillCancelled, backfill, timeline
 from deploy.sandbox.simulator.exporter import LiveFleet
 from deploy.sandbox.simulator.exposition import series_text
 from deploy.sandbox.simulator.placement import Placement
@@ -254,3 +255,20 @@ def test_a_huge_fleet_keeps_its_days_with_a_coarser_step(
     assert result.step > 120 and result.step % 60 == 0
     assert result.samples <= 100_000
     assert result.end - result.start >= 86400 - 2 * result.step
+
+
+def test_a_stop_request_ends_the_backfill(small_fleet: Fleet, tmp_path: Path) -> None:
+    snap = fleet_snapshot(small_fleet, PriceCatalog.load())
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(BackfillCancelled):
+        backfill(
+            Placement(small_fleet, snap),
+            snap,
+            end=END,
+            days=1,
+            work_dir=tmp_path,
+            data_dir=tmp_path / "data",
+            progress=lambda _m: None,
+            stop=stop,
+        )

@@ -22,7 +22,12 @@ from typing import Any
 
 from deploy.sandbox.fleet import Fleet, PriceCatalog
 from deploy.sandbox.simulator import cluster
-from deploy.sandbox.simulator.backfill import MAX_SAMPLES, BackfillError, backfill
+from deploy.sandbox.simulator.backfill import (
+    MAX_SAMPLES,
+    BackfillCancelled,
+    BackfillError,
+    backfill,
+)
 from deploy.sandbox.simulator.cloudwatch import CloudWatchPublisher
 from deploy.sandbox.simulator.exporter import LiveFleet, MetricsServer
 from deploy.sandbox.simulator.ksm import DEFAULT_ALLOWLIST
@@ -164,6 +169,7 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
             ksm_instance=args.ksm_instance,
             ksm_allowlist=args.ksm_allowlist,
             max_samples=args.backfill_max_samples,
+            stop=stop,
         )
         state, live_from, backfill_end = result.state, result.end, result.end
         timings["prometheus_backfill"] = {
@@ -251,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     except (TimeoutError, BackfillError) as e:
         log.error("%s", e)
         return 1
-    except InterruptedError:
+    except (InterruptedError, BackfillCancelled):
+        log.info("stopped before serving")
         return 0
 
 

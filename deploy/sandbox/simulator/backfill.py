@@ -18,9 +18,11 @@ import logging
 import math
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,22 +64,85 @@ def timeline(end: float, days: float, step: float) -> list[float]:
     return [last - (n - 1 - k) * step for k in range(n)]
 
 
-def run_promtool(promtool: Path, path: Path, data_dir: Path, block_hours: int = BLOCK_HOURS) -> str:
-    """`promtool tsdb create-blocks-from openmetrics` on one file; returns its output."""
-    cmd = [
-        str(promtool),
-        "tsdb",
-        "create-blocks-from",
-        "openmetrics",
-        f"--max-block-duration={block_hours}h",
-        str(path),
-        str(data_dir),
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        tail = (res.stderr or res.stdout).strip()[-2000:]
-        raise BackfillError(f"{' '.join(cmd)} failed with exit code {res.returncode}: {tail}")
-    return res.stdout
+class BackfillCancelled(RuntimeError):
+    """The backfill was asked to stop (SIGTERM) before it finished."""
+
+
+class PromtoolRunner:
+    """Runs promtool imports and remembers each child by PID, so a stop can end them."""
+
+    def __init__(self, promtool: Path, data_dir: Path, block_hours: int = BLOCK_HOURS) -> None:
+        self.promtool, self.data_dir, self.block_hours = promtool, data_dir, block_hours
+        self._running: dict[int, subprocess.Popen[str]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def run(self, path: Path) -> str:
+        """`promtool tsdb create-blocks-from openmetrics` on one file; returns its output."""
+        cmd = [
+            str(self.promtool),
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            f"--max-block-duration={self.block_hours}h",
+            str(path),
+            str(self.data_dir),
+        ]
+        with self._lock:  # started under the lock, so `terminate_all` cannot miss it
+            if self._closed:
+                raise BackfillCancelled(f"not importing {path.name}: the backfill was stopped")
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self._running[proc.pid] = proc
+        try:
+            out, err = proc.communicate()
+        finally:
+            with self._lock:
+                self._running.pop(proc.pid, None)
+        if proc.returncode != 0:
+            tail = (err or out).strip()[-2000:]
+            raise BackfillError(f"{' '.join(cmd)} failed with exit code {proc.returncode}: {tail}")
+        return out
+
+    def terminate_all(self) -> None:
+        """Refuse new imports and terminate the running ones (no-op once all have finished)."""
+        with self._lock:
+            self._closed = True
+            procs = list(self._running.values())
+        for proc in procs:
+            proc.terminate()  # by PID, only our own children
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _write_piece(
+    path: Path,
+    series: SeriesSet,
+    prefixes: list[str],
+    columns: list[tuple[float, ...]],
+    stamps: list[str],
+    ksm: list[tuple[Family, list[tuple[str, float]]]],
+) -> int:
+    """One complete OpenMetrics file: every family once, its series contiguous, then `# EOF`."""
+    samples = 0
+    with path.open("w", buffering=1 << 20) as out:
+        for family, idxs in series.families:
+            out.write(exposition.openmetrics_header(family))
+            for i in idxs:
+                samples += exposition.write_openmetrics_series(out, prefixes[i], columns[i], stamps)
+        for family, items in ksm:
+            if not items:
+                continue
+            out.write(exposition.openmetrics_header(family))
+            for prefix, v in items:
+                samples += exposition.write_openmetrics_series(
+                    out, prefix, [v] * len(stamps), stamps
+                )
+        out.write(exposition.OPENMETRICS_EOF)
+    return samples
 
 
 def backfill(
@@ -96,12 +161,14 @@ def backfill(
     progress: Callable[[str], None] = log.info,
     keep_files: bool = False,
     max_samples: int = MAX_SAMPLES,
+    stop: threading.Event | None = None,
 ) -> BackfillResult:
     """Generate history over `days` days ending at `end` and, if `data_dir` is set, import it.
 
     Without `data_dir` the OpenMetrics files are left in `work_dir` (for tests and inspection).
     A fleet so large that the history would exceed `max_samples` keeps its days but gets a
     coarser step (whole minutes), so a scaled-up sandbox still starts in bounded time.
+    Setting `stop` ends the work early (running promtools are terminated): `BackfillCancelled`.
     """
     t_start = time.monotonic()
     series = SeriesSet(placement)
@@ -132,54 +199,56 @@ def backfill(
     work_dir.mkdir(parents=True, exist_ok=True)
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)
+    stop = stop or threading.Event()
+    runner = PromtoolRunner(promtool, data_dir, block_hours) if data_dir is not None else None
     pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 2))
     futures: list[tuple[Path, Future[str]]] = []
-    gen_s = 0.0
+    gen_s = tail_s = 0.0
     samples = 0
     try:
         for n, (piece, piece_times) in enumerate(sorted(pieces.items()), 1):
+            if stop.is_set():
+                raise BackfillCancelled(f"stopped after {n - 1} of {len(pieces)} pieces")
             t0 = time.monotonic()
             rows = []
-            for t in piece_times:
+            for k, t in enumerate(piece_times):
+                if k % 256 == 0 and stop.is_set():
+                    raise BackfillCancelled(f"stopped in piece {n} of {len(pieces)}")
                 series.step(t, step)
                 rows.append(list(series.values))
             columns = list(zip(*rows, strict=True))
             del rows
             stamps = [str(int(t)) if t == int(t) else repr(t) for t in piece_times]
             path = work_dir / f"history-{piece:06d}.om"
-            with path.open("w", buffering=1 << 20) as out:
-                for family, idxs in series.families:
-                    out.write(exposition.openmetrics_header(family))
-                    for i in idxs:
-                        samples += exposition.write_openmetrics_series(
-                            out, prefixes[i], columns[i], stamps
-                        )
-                for family, items in ksm:
-                    if not items:
-                        continue
-                    out.write(exposition.openmetrics_header(family))
-                    for prefix, v in items:
-                        samples += exposition.write_openmetrics_series(
-                            out, prefix, [v] * len(stamps), stamps
-                        )
-                out.write(exposition.OPENMETRICS_EOF)
+            samples += _write_piece(path, series, prefixes, columns, stamps, ksm)
             del columns
             gen_s += time.monotonic() - t0
             size_mb = path.stat().st_size / 1e6
             progress(
                 f"backfill: piece {n}/{len(pieces)} written ({size_mb:.0f} MB, {gen_s:.1f}s so far)"
             )
-            if data_dir is not None:
-                futures.append(
-                    (path, pool.submit(run_promtool, promtool, path, data_dir, block_hours))
-                )
+            if runner is not None:
+                futures.append((path, pool.submit(runner.run, path)))
         t_wait = time.monotonic()
         for path, fut in futures:
-            fut.result()
+            while not stop.is_set():
+                try:
+                    fut.result(timeout=0.5)
+                    break
+                except FuturesTimeout:
+                    continue
+            if stop.is_set():
+                raise BackfillCancelled("stopped while promtool was importing")
             if not keep_files:
                 path.unlink(missing_ok=True)
         tail_s = time.monotonic() - t_wait
+    except BackfillCancelled:
+        for path, _fut in futures:  # a stopped backfill leaves no half-imported pieces behind
+            path.unlink(missing_ok=True)
+        raise
     finally:
+        if runner is not None:
+            runner.terminate_all()
         pool.shutdown(wait=True, cancel_futures=True)
     total = time.monotonic() - t_start
     timings = {

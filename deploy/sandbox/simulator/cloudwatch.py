@@ -7,9 +7,11 @@ Values come from the same `Placement.evaluate` as the Prometheus series, so a ba
 in both (5xx counts here, 5xx rates there). This module only writes to CloudWatch; it never reads
 the cluster and never decides what the fleet does.
 
-Moto's ListMetrics compares every stored datum with every metric found so far and its dimension
-comparison never matches two-dimension metrics, so it is quadratic in the datums of a namespace:
-keep CloudWatch backfill short (a day by default; measured in the report of the module's author).
+Moto's ListMetrics compares every stored datum with every metric found so far, and its dimension
+comparison never matches metrics with two or more dimensions, so it is quadratic in the datums of
+a namespace: with one day of 5-minute history (~12k datums) a name-filtered ListMetrics takes about
+a second, a namespace-wide one 5-7 s, an unfiltered one ~14 s; with 14 days a name-filtered one
+takes over a minute. Hence one day of CloudWatch history by default.
 """
 
 from __future__ import annotations

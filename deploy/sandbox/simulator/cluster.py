@@ -232,7 +232,7 @@ def _deployment(obj: Mapping[str, Any]) -> Deployment:
         namespace=meta.get("namespace", ""),
         name=meta.get("name", ""),
         labels=dict(meta.get("labels") or {}),
-        replicas=int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1),
+        replicas=int(1 if spec.get("replicas") is None else spec["replicas"]),
         available_replicas=int(status.get("availableReplicas") or 0),
     )
 

@@ -152,7 +152,7 @@ FINISHED_STOP = 1.0 - model.FINISHED_LENGTH_SHARE
 
 
 def le_label(bound: float) -> str:
-    """A bucket bound as Python's and Go's Prometheus clients print it: `0.5`, `1.0`, `+Inf`."""
+    """A bucket bound as Python's prometheus_client (vLLM's) prints it: `0.5`, `1.0`, `+Inf`."""
     return "+Inf" if math.isinf(bound) else repr(float(bound))
 
 
