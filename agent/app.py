@@ -17,13 +17,14 @@ from typing import Any
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from agent.auditlog import AuditLog, CheckpointSink, FileCheckpointSink
-from agent.config import Settings
+from agent.config import LlmConfig, Settings
 from agent.executor import Executor
 from agent.graph import build_triage_graph
 from agent.ledger import Ledger
 from agent.models import Incident, TriageReport
 from agent.policy.evaluate import load_policy
 from agent.policy.model import Policy
+from agent.reasoners.llm import LlmReasoner
 from agent.reasoners.rules import RulesReasoner
 from agent.runbooks import Runbook, load_dir
 from agent.runner import ToolRunner
@@ -119,6 +120,13 @@ def build_clients(settings: Settings) -> dict[str, Any]:
     return clients
 
 
+def build_reasoner(llm: LlmConfig) -> Reasoner:
+    """The rules reasoner unless `llm.provider` names a model provider (then the LLM, rules as its fallback)."""
+    if llm.provider == "none":
+        return RulesReasoner()
+    return LlmReasoner(llm)
+
+
 def build_app(settings: Settings, *, reasoner: Reasoner | None = None) -> App:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     sinks: list[CheckpointSink] = [FileCheckpointSink(settings.checkpoint_file)]
@@ -126,7 +134,8 @@ def build_app(settings: Settings, *, reasoner: Reasoner | None = None) -> App:
     policy = load_policy(_policy_file(settings.policies_dir))
     return App(settings=settings, store=open_store(settings.store_url), runbooks=load_dir(settings.runbooks_dir),
                policy=policy, ledger=Ledger(settings.state_dir / "ledger.db"), audit=audit,
-               tools=default_tools(), clients=build_clients(settings), reasoner=reasoner or RulesReasoner())
+               tools=default_tools(), clients=build_clients(settings),
+               reasoner=reasoner or build_reasoner(settings.llm))
 
 
 def _policy_file(directory: Path) -> Path:

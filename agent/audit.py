@@ -47,7 +47,7 @@ def inputs_hash(inputs: Any) -> str:
 
 
 class AuditSink(Protocol):
-    def append(self, event: AuditEvent) -> None: ...
+    def append(self, event: AuditEvent) -> object: ...
 
 
 class MemoryAudit:

@@ -9,6 +9,7 @@ CloudWatch Logs); `verify` checks the chain against the newest checkpoint it can
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -51,6 +52,9 @@ BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 
 _COLUMNS = ("seq", "at", "kind", "actor", "action", "incident_id", "inputs_hash", "decision", "reason", "result",
             "duration_ms", "prev_hash", "hash")
+# Built once from the fixed column names above; no value is ever formatted into SQL.
+_INSERT = f"INSERT INTO audit ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"  # noqa: S608
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM audit"  # noqa: S608
 
 
 def record_hash(prev_hash: str, seq: int, at: str, kind: str, actor: str, action: str, incident_id: str | None,
@@ -111,10 +115,8 @@ class CloudWatchLogsCheckpointSink:
         self.client, self.group, self.stream = client, group, stream
         for call, kw in ((client.create_log_group, {"logGroupName": group}),
                          (client.create_log_stream, {"logGroupName": group, "logStreamName": stream})):
-            try:
+            with contextlib.suppress(client.exceptions.ResourceAlreadyExistsException):
                 call(**kw)
-            except client.exceptions.ResourceAlreadyExistsException:
-                pass
 
     def export(self, cp: Checkpoint) -> None:
         self.client.put_log_events(logGroupName=self.group, logStreamName=self.stream,
@@ -185,8 +187,7 @@ class AuditLog:
                 head = h
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany(f"INSERT INTO audit ({', '.join(_COLUMNS)}) VALUES "
-                                       f"({', '.join('?' * len(_COLUMNS))})", rows)
+                self._conn.executemany(_INSERT, rows)
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -207,7 +208,7 @@ class AuditLog:
         return cp
 
     def events(self, incident_id: str | None = None) -> Iterator[dict[str, Any]]:
-        q = f"SELECT {', '.join(_COLUMNS)} FROM audit"
+        q = _SELECT
         args: tuple[Any, ...] = ()
         if incident_id:
             q += " WHERE incident_id = ?"
@@ -226,7 +227,7 @@ class AuditLog:
                     checkpoint = cp
         problems: list[Problem] = []
         prev, expected_seq, n, cp_hash_at_seq = GENESIS, 1, 0, None
-        cur = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM audit ORDER BY rowid")
+        cur = self._conn.execute(_SELECT + " ORDER BY rowid")
         while batch := cur.fetchmany(20000):
             for (seq, at, kind, actor, action, incident_id, inputs_hash, decision, reason, result, duration_ms,
                  prev_hash, h) in batch:

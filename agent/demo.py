@@ -53,8 +53,16 @@ def _fmt(v: float | None, unit: str) -> str:
     return f"{v * 100:.1f}%" if unit == "%" else f"{v:.2f}{unit}"
 
 
-def run_demo(settings: SandboxSettings, out: Echo, progress: Echo, *, keep: bool = True, unattended: bool = False,
-             approver: str | None = None, confirm: Callable[[str], bool] | None = None) -> bool:
+def run_demo(
+    settings: SandboxSettings,
+    out: Echo,
+    progress: Echo,
+    *,
+    keep: bool = True,
+    unattended: bool = False,
+    approver: str | None = None,
+    confirm: Callable[[str], bool] | None = None,
+) -> bool:
     sb = Sandbox(settings, progress=progress)
     status = sb.up()
     u = urlparse(status.get("webhook_url") or settings.webhook_url)
@@ -68,8 +76,17 @@ def run_demo(settings: SandboxSettings, out: Echo, progress: Echo, *, keep: bool
             sb.down()
 
 
-def _drill(sb: Sandbox, status: dict[str, Any], rx: WebhookReceiver, app: App, out: Echo, progress: Echo,
-           unattended: bool, approver: str | None, confirm: Callable[[str], bool] | None) -> bool:
+def _drill(
+    sb: Sandbox,
+    status: dict[str, Any],
+    rx: WebhookReceiver,
+    app: App,
+    out: Echo,
+    progress: Echo,
+    unattended: bool,
+    approver: str | None,
+    confirm: Callable[[str], bool] | None,
+) -> bool:
     fleet = Fleet.load(sb.s.fleet_file)
     prom = status["endpoints"]["prometheus"]
     admin = api_client(Path(status["kubeconfigs"]["admin"]))
@@ -96,8 +113,20 @@ def _drill(sb: Sandbox, status: dict[str, Any], rx: WebhookReceiver, app: App, o
     out(f"\n1. A new model version rolls out: {w.model} {fleet.faults['bad-rollout']['version']}")
     t_inject = time.time()
     faults.inject(admin, fleet, "bad-rollout")
-    subprocess.run([kubectl, f"--kubeconfig={status['kubeconfigs']['admin']}", "-n", w.namespace, "rollout",
-                    "status", f"deployment/{w.name}", "--timeout=180s"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            kubectl,
+            f"--kubeconfig={status['kubeconfigs']['admin']}",
+            "-n",
+            w.namespace,
+            "rollout",
+            "status",
+            f"deployment/{w.name}",
+            "--timeout=180s",
+        ],
+        check=True,
+        capture_output=True,
+    )
 
     out("\n2. The signals degrade; Prometheus alerts; Alertmanager delivers the webhook")
     note: Notification | None = None
@@ -105,9 +134,14 @@ def _drill(sb: Sandbox, status: dict[str, Any], rx: WebhookReceiver, app: App, o
     while note is None and time.monotonic() < deadline:
         show(f"t+{time.time() - t_inject:4.0f}s")
         try:
-            note = rx.wait_for(lambda n: any(a["labels"].get("alertname") in ALERTS
-                                             and a["labels"].get("namespace") == w.namespace for a in n.alerts()),
-                               timeout=5, since=t_inject)
+            note = rx.wait_for(
+                lambda n: any(
+                    a["labels"].get("alertname") in ALERTS and a["labels"].get("namespace") == w.namespace
+                    for a in n.alerts()
+                ),
+                timeout=5,
+                since=t_inject,
+            )
         except TimeoutError:
             continue
     if note is None:
@@ -129,10 +163,18 @@ def _drill(sb: Sandbox, status: dict[str, Any], rx: WebhookReceiver, app: App, o
 
     out("\n4. The proposal becomes a change request: policy, diff, blast radius")
     ex = app.executor()
-    spec = ChangeSpec(action=rollback.kind, cluster=app.settings.kubernetes.cluster, target=rollback.target,
-                      params=rollback.params)
-    ch = asyncio.run(ex.propose(spec, reason=rollback.reason, requester=f"agent:{report.reasoner}",
-                                incident_id=incident.id, evidence=[e.id for e in report.evidence]))
+    spec = ChangeSpec(
+        action=rollback.kind, cluster=app.settings.kubernetes.cluster, target=rollback.target, params=rollback.params
+    )
+    ch = asyncio.run(
+        ex.propose(
+            spec,
+            reason=rollback.reason,
+            requester=f"agent:{report.reasoner}",
+            incident_id=incident.id,
+            evidence=[e.id for e in report.evidence],
+        )
+    )
     b = ch.blast_radius
     out(f"   {ch.id}: {ch.spec.action.value} {ch.spec.target} {ch.spec.params} — {ch.status.value}")
     out(f"   policy {ch.policy_rule}: {ch.policy_reason}")
@@ -153,8 +195,10 @@ def _drill(sb: Sandbox, status: dict[str, Any], rx: WebhookReceiver, app: App, o
 
     out("\n6. The guarded executor applies it with its own identity")
     result = asyncio.run(ex.execute(ch.id, actor=f"user:{who}"))
-    out(f"   {result.status.value}: revision {result.detail.get('detail', {}).get('from_revision')} → "
-        f"pod template of revision {result.detail.get('detail', {}).get('to_revision')}")
+    out(
+        f"   {result.status.value}: revision {result.detail.get('detail', {}).get('from_revision')} → "
+        f"pod template of revision {result.detail.get('detail', {}).get('to_revision')}"
+    )
     applied = ex.ledger.get(ch.id)
     assert applied is not None
 
@@ -165,21 +209,30 @@ def _drill(sb: Sandbox, status: dict[str, Any], rx: WebhookReceiver, app: App, o
         out(f"   {s.signal:<12} {s.outcome.value:<13} {s.reason}")
     ex.record_verification(applied, v.outcome.value, v.summary())
     t_verified = time.time()
-    out(f"   verdict: {v.outcome.value} (rollout {v.rollout_seconds:.0f}s); approval → verified in "
-        f"{t_verified - t_approve:.0f}s")
+    out(
+        f"   verdict: {v.outcome.value} (rollout {v.rollout_seconds:.0f}s); approval → verified in "
+        f"{t_verified - t_approve:.0f}s"
+    )
     show("now")
 
     out(f"\n8. Audit trail of {incident.id}")
     for e in app.audit.events(incident.id):
-        out(f"   {e['seq']:>5} {e['at'][11:19]} {e['kind']:<15} {e['actor']:<24} {e['decision']:<16} {e['action'][:52]}")
+        out(
+            f"   {e['seq']:>5} {e['at'][11:19]} {e['kind']:<15} {e['actor']:<24} {e['decision']:<16} {e['action'][:52]}"
+        )
     app.audit.checkpoint()
     rep = app.audit.verify()
-    out(f"   audit verify: {'OK' if rep.ok else 'TAMPERED'} — {rep.records} records, chain intact, "
-        f"checkpoint at {rep.checkpoint_seq}")
+    out(
+        f"   audit verify: {'OK' if rep.ok else 'TAMPERED'} — {rep.records} records, chain intact, "
+        f"checkpoint at {rep.checkpoint_seq}"
+    )
     final = ex.ledger.get(ch.id)
     ok = v.outcome.value == "pass" and rep.ok and final is not None and final.status == ChangeStatus.VERIFIED
-    out(f"\nSummary: injection → webhook {t_webhook - t_inject:.0f}s · approval → verified {t_verified - t_approve:.0f}s"
-        f" · outcome {'recovered and verified' if ok else 'NOT verified'}")
+    out(
+        f"\nSummary: injection → webhook {t_webhook - t_inject:.0f}s · "
+        f"approval → verified {t_verified - t_approve:.0f}s · "
+        f"outcome {'recovered and verified' if ok else 'NOT verified'}"
+    )
     out("The sandbox keeps running: `opsagent sandbox status`, `opsagent sandbox down`.")
     return ok
 
@@ -196,8 +249,9 @@ async def _verify(app: App, ch: Any, reader: K8sReadClient) -> Any:
 
     prom = PrometheusClient(app.settings.prometheus)
     try:
-        return await verify(ch, ch.created_at, prom, reader, VerifySettings(window_s=20, baseline_s=60, step_s=2.5,
-                                                                          rate_window_s=15))
+        return await verify(
+            ch, ch.created_at, prom, reader, VerifySettings(window_s=20, baseline_s=60, step_s=2.5, rate_window_s=15)
+        )
     finally:
         await prom.aclose()
 

@@ -143,7 +143,7 @@ class Executor:
         fp = self.fingerprint_of(obj) if obj else TargetFingerprint(kind=spec.target.kind, name=spec.target.name,
                                                                     namespace=spec.target.namespace, spec_hash="")
         blast = self._blast_radius(spec, obj)
-        req = Request(action=spec.action.value, risk=risk, cluster=spec.cluster, namespace=spec.target.namespace,  # type: ignore[arg-type]
+        req = Request(action=spec.action.value, risk=risk, cluster=spec.cluster, namespace=spec.target.namespace,
                       target_kind=spec.target.kind, target_name=spec.target.name,
                       labels=(obj or {}).get("metadata", {}).get("labels") or {}, requester=requester,
                       gpus=blast.gpus, replicas_delta=self._replicas_delta(spec, obj),
@@ -157,7 +157,7 @@ class Executor:
                 name, params = _tool_call(spec, dry_run=True, expected_rv=None)
                 out = await self.runner.call(name, params, actor=f"executor:dry-run:{requester}",
                                              incident_id=incident_id)
-                diff = out.result.diff if out.ok and out.result is not None else ""  # type: ignore[attr-defined]
+                diff = str(getattr(out.result, "diff", "")) if out.ok else ""
                 if not out.ok:
                     error = out.error or "dry run failed"
             except (KeyError, ValueError) as e:
@@ -281,7 +281,7 @@ class Executor:
         if not fp_now.same_as(ch.fingerprint):
             raise refuse(f"the target changed since the change was proposed (generation {ch.fingerprint.generation}"
                          f" → {fp_now.generation}); propose and approve it again")
-        req = Request(action=ch.spec.action.value, risk=ch.risk, cluster=ch.spec.cluster,  # type: ignore[arg-type]
+        req = Request(action=ch.spec.action.value, risk=ch.risk, cluster=ch.spec.cluster,
                       namespace=ch.spec.target.namespace, target_kind=ch.spec.target.kind,
                       target_name=ch.spec.target.name, labels=obj["metadata"].get("labels") or {},
                       requester=ch.requester, gpus=ch.blast_radius.gpus,

@@ -38,13 +38,17 @@ def extractor(kind: type[Any]) -> Callable[[Extractor], Extractor]:
     def register(fn: Extractor) -> Extractor:
         _EXTRACTORS[kind] = fn
         return fn
+
     return register
 
 
-def summarizer(kind: type[Any]) -> Callable[[Callable[[Any, dict[str, Any]], str]], Callable[[Any, dict[str, Any]], str]]:
+def summarizer(
+    kind: type[Any],
+) -> Callable[[Callable[[Any, dict[str, Any]], str]], Callable[[Any, dict[str, Any]], str]]:
     def register(fn: Callable[[Any, dict[str, Any]], str]) -> Callable[[Any, dict[str, Any]], str]:
         _SUMMARIZERS[kind] = fn
         return fn
+
     return register
 
 
@@ -77,12 +81,11 @@ def ratio(after: float | None, before: float | None) -> float | None:
 
 def series_features(s: SeriesSummary, end: dt.datetime) -> dict[str, Any]:
     """Features of one summarized series (Prometheus or CloudWatch)."""
-    f: dict[str, Any] = {"points": s.points, "min": s.min, "max": s.max, "mean": s.mean, "p95": s.p95,
-                         "last": s.last}
+    f: dict[str, Any] = {"points": s.points, "min": s.min, "max": s.max, "mean": s.mean, "p95": s.p95, "last": s.last}
     cp = s.change_point
     if cp is not None and cp.score >= 3:
         f["baseline"], f["recent"] = cp.before_mean, cp.after_mean
-        onset_at = s.onset.at if s.onset is not None else cp.at
+        onset_at: dt.datetime | None = s.onset.at if s.onset is not None else cp.at
     else:
         f["baseline"], f["recent"] = s.mean, s.last
         onset_at = s.onset.at if s.onset is not None else None
@@ -137,8 +140,11 @@ def _prom_instant_summary(r: PrometheusInstantResult, f: dict[str, Any]) -> str:
     if not f.get("count"):
         return "no series"
     where = ", ".join(f"{k[4:]}={v}" for k, v in f.items() if k.startswith("top_"))[:120]
-    return f"{_fmt(f['value'])}" + (f" ({where})" if where else "") + (f" across {f['count']} series"
-                                                                        if f["count"] > 1 else "")
+    return (
+        f"{_fmt(f['value'])}"
+        + (f" ({where})" if where else "")
+        + (f" across {f['count']} series" if f["count"] > 1 else "")
+    )
 
 
 @extractor(CloudWatchMetricDataResult)
@@ -176,10 +182,15 @@ _XID = re.compile(r"\bXid\b\s*(?:\([^)]*\))?\s*:?\s*(\d{1,3})\b", re.I)
 @extractor(K8sRolloutHistoryResult)
 def _rollout(r: K8sRolloutHistoryResult, _: dict[str, str]) -> dict[str, Any]:
     h = r.history
-    f: dict[str, Any] = {"revisions": h.revisions_total, "current_revision": h.current_revision,
-                         "previous_revision": h.previous_revision, "current_version": h.current_version,
-                         "previous_version": h.previous_version, "paused": h.paused,
-                         "rollout_complete": h.rollout_complete}
+    f: dict[str, Any] = {
+        "revisions": h.revisions_total,
+        "current_revision": h.current_revision,
+        "previous_revision": h.previous_revision,
+        "current_version": h.current_version,
+        "previous_version": h.previous_version,
+        "paused": h.paused,
+        "rollout_complete": h.rollout_complete,
+    }
     if h.changed_ago_s is not None:
         f["changed_ago_s"] = h.changed_ago_s
         f["changed_ago_slack_s"] = h.changed_ago_s + 180  # onset detection is as coarse as the query step
@@ -203,10 +214,25 @@ def _rollout_summary(r: K8sRolloutHistoryResult, f: dict[str, Any]) -> str:
 @extractor(K8sPodsResult)
 def _pods(r: K8sPodsResult, _: dict[str, str]) -> dict[str, Any]:
     c = r.counts
-    f = {k: getattr(c, k) for k in ("total", "running", "pending", "ready", "not_ready", "crashloop", "oom_killed",
-                                    "gpu_oom", "error_exit", "restarts_max", "unschedulable")}
-    f["insufficient_gpu"] = sum(1 for p in r.pods if any("Insufficient nvidia.com/gpu" in (cond.message or "")
-                                                         for cond in p.conditions))
+    f = {
+        k: getattr(c, k)
+        for k in (
+            "total",
+            "running",
+            "pending",
+            "ready",
+            "not_ready",
+            "crashloop",
+            "oom_killed",
+            "gpu_oom",
+            "error_exit",
+            "restarts_max",
+            "unschedulable",
+        )
+    }
+    f["insufficient_gpu"] = sum(
+        1 for p in r.pods if any("Insufficient nvidia.com/gpu" in (cond.message or "") for cond in p.conditions)
+    )
     return f
 
 
@@ -214,8 +240,13 @@ def _pods(r: K8sPodsResult, _: dict[str, str]) -> dict[str, Any]:
 def _pods_summary(r: K8sPodsResult, f: dict[str, Any]) -> str:
     c = r.counts
     parts = [f"{c.total} pods, {c.ready} ready"]
-    for key, label in (("pending", "pending"), ("crashloop", "crash-looping"), ("oom_killed", "OOMKilled"),
-                       ("gpu_oom", "CUDA OOM"), ("error_exit", "exited with an error")):
+    for key, label in (
+        ("pending", "pending"),
+        ("crashloop", "crash-looping"),
+        ("oom_killed", "OOMKilled"),
+        ("gpu_oom", "CUDA OOM"),
+        ("error_exit", "exited with an error"),
+    ):
         if f.get(key):
             parts.append(f"{f[key]} {label}")
     if f.get("insufficient_gpu"):
@@ -226,25 +257,41 @@ def _pods_summary(r: K8sPodsResult, f: dict[str, Any]) -> str:
 @extractor(K8sEventsResult)
 def _events(r: K8sEventsResult, _: dict[str, str]) -> dict[str, Any]:
     xids = [int(m.group(1)) for e in r.events if (m := _XID.search(e.message))]
-    return {"count": sum(e.count for e in r.events), "distinct": r.distinct, "xid": xids[0] if xids else 0,
-            "insufficient_gpu": sum(e.count for e in r.events if "Insufficient nvidia.com/gpu" in e.message),
-            "warnings": sum(e.count for e in r.events if e.type == "Warning")}
+    return {
+        "count": sum(e.count for e in r.events),
+        "distinct": r.distinct,
+        "xid": xids[0] if xids else 0,
+        "insufficient_gpu": sum(e.count for e in r.events if "Insufficient nvidia.com/gpu" in e.message),
+        "warnings": sum(e.count for e in r.events if e.type == "Warning"),
+    }
 
 
 @extractor(K8sNodesResult)
 def _nodes(r: K8sNodesResult, _: dict[str, str]) -> dict[str, Any]:
     missing = [n for n in r.nodes if n.gpus_missing > 0]
-    return {"gpu_nodes": r.gpu_nodes, "gpus_missing": r.gpus_missing, "unallocatable": len(missing),
-            "unallocatable_nodes": ",".join(n.name for n in missing[:5]),
-            "cordoned": sum(1 for n in r.nodes if n.unschedulable), "not_ready": r.total - r.ready}
+    return {
+        "gpu_nodes": r.gpu_nodes,
+        "gpus_missing": r.gpus_missing,
+        "unallocatable": len(missing),
+        "unallocatable_nodes": ",".join(n.name for n in missing[:5]),
+        "cordoned": sum(1 for n in r.nodes if n.unschedulable),
+        "not_ready": r.total - r.ready,
+    }
 
 
 @extractor(K8sWorkloadResult)
 def _workload(r: K8sWorkloadResult, _: dict[str, str]) -> dict[str, Any]:
     w = r.workload
-    return {"replicas": w.replicas, "ready_replicas": w.ready_replicas, "available_replicas": w.available_replicas,
-            "gpus_per_replica": w.gpus_per_replica, "gpus_total": w.gpus_requested, "revision": w.revision,
-            "model": w.labels.model, "model_version": w.labels.model_version}
+    return {
+        "replicas": w.replicas,
+        "ready_replicas": w.ready_replicas,
+        "available_replicas": w.available_replicas,
+        "gpus_per_replica": w.gpus_per_replica,
+        "gpus_total": w.gpus_requested,
+        "revision": w.revision,
+        "model": w.labels.model,
+        "model_version": w.labels.model_version,
+    }
 
 
 @extractor(K8sHpasResult)

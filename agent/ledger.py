@@ -101,7 +101,7 @@ class Ledger:
         row = self._conn.execute("SELECT doc FROM changes WHERE id = ?", (change_id,)).fetchone()
         return ChangeRequest.model_validate_json(row[0]) if row else None
 
-    def list(self, status: ChangeStatus | None = None, incident_id: str | None = None,
+    def list_changes(self, status: ChangeStatus | None = None, incident_id: str | None = None,
              limit: int = 100) -> list[ChangeRequest]:
         q, args = "SELECT doc FROM changes WHERE 1=1", []
         if status:

@@ -31,9 +31,9 @@ def redact(text: str) -> str:
     """Return `text` with credentials replaced by `[REDACTED:kind]`."""
     for kind, pattern in _PATTERNS:
         if kind == "secret-value":
-            text = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}[REDACTED:{kind}]", text)
+            text = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}[REDACTED:secret-value]", text)
         elif kind == "bearer":
-            text = pattern.sub(lambda m: f"{m.group(1)} [REDACTED:{kind}]", text)
+            text = pattern.sub(lambda m: f"{m.group(1)} [REDACTED:bearer]", text)
         else:
             text = pattern.sub(f"[REDACTED:{kind}]", text)
     return text

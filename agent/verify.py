@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import time
 from dataclasses import dataclass, field
+
 from agent.changes import ChangeRequest
 from agent.verdict import Outcome, SignalVerdict, judge, overall
 from tools.k8s_read.client import K8sReadClient
@@ -86,7 +87,7 @@ async def _samples(prom: PrometheusClient, expr: str, start: dt.datetime, end: d
 
 
 async def verify(ch: ChangeRequest, applied_at: dt.datetime, prom: PrometheusClient, k8s: K8sReadClient,
-                 s: VerifySettings = VerifySettings()) -> Verification:  # noqa: B008 (frozen dataclass)
+                 s: VerifySettings = VerifySettings()) -> Verification:
     t0 = time.monotonic()
     t = ch.spec.target
     if t.kind != "Deployment" or not t.namespace:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything opsagent's demo and tests need on a fresh Debian machine, idempotently:
-# Debian packages (Prometheus, Alertmanager), uv, the Python environment, and the sandbox's
-# control plane built from the upstream Go modules into ~/.cache/opsagent (outside the repo).
+# Debian packages (Prometheus, Alertmanager), uv, the Python environment, the LLM tests' protocol
+# stand-in (npm), and the sandbox's control plane built from the upstream Go modules into
+# ~/.cache/opsagent (outside the repo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\n==> %s\n' "$*"; }
@@ -26,6 +27,14 @@ if ! command -v uv >/dev/null; then
 fi
 say "syncing the Python environment (uv $(uv --version | awk '{print $2}'))"
 uv sync --all-extras --frozen
+
+if [ ! -d tests/llm/node_modules ]; then
+  command -v npm >/dev/null || { echo "npm is required for the LLM reasoner's tests (Node 20.15+)" >&2; exit 1; }
+  say "installing the LLM protocol stand-in for tests (npm ci in tests/llm)"
+  npm ci --prefix tests/llm --no-audit --no-fund
+else
+  say "LLM protocol stand-in present (tests/llm/node_modules)"
+fi
 
 say "building the sandbox control plane from Go modules (cached after the first run)"
 command -v go >/dev/null || { echo "go is required to build the sandbox (Go 1.24+)" >&2; exit 1; }

@@ -13,8 +13,9 @@ audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=
 
 
 @audit_app.command("verify")
-def verify(config: ConfigOpt = None, sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR,
-           state_dir: StateOpt = None) -> None:
+def verify(
+    config: ConfigOpt = None, sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR, state_dir: StateOpt = None
+) -> None:
     """Recompute the hash chain and check it against the newest signed checkpoint. Exit 1 on tampering."""
     app = open_app(config, False, sandbox_dir, state_dir)
     try:
@@ -23,8 +24,10 @@ def verify(config: ConfigOpt = None, sandbox_dir: SandboxDirOpt = DEFAULT_SANDBO
     finally:
         app.close()
     if report.ok:
-        typer.echo(f"OK: {report.records} records, chain intact through record {report.last_seq}, "
-                   f"checkpoint at {report.checkpoint_seq} ({report.seconds:.2f}s)")
+        typer.echo(
+            f"OK: {report.records} records, chain intact through record {report.last_seq}, "
+            f"checkpoint at {report.checkpoint_seq} ({report.seconds:.2f}s)"
+        )
         return
     typer.secho(f"TAMPERED: {len(report.problems)} problem(s) in {report.records} records", fg="red", err=True)
     for p in report.problems[:20]:
@@ -33,21 +36,31 @@ def verify(config: ConfigOpt = None, sandbox_dir: SandboxDirOpt = DEFAULT_SANDBO
 
 
 @audit_app.command("show")
-def show(incident: Annotated[str | None, typer.Option(help="Only this incident's records.")] = None,
-         config: ConfigOpt = None, sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR, state_dir: StateOpt = None) -> None:
+def show(
+    incident: Annotated[str | None, typer.Option(help="Only this incident's records.")] = None,
+    config: ConfigOpt = None,
+    sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR,
+    state_dir: StateOpt = None,
+) -> None:
     """Print audit records as a table."""
     app = open_app(config, False, sandbox_dir, state_dir)
     try:
         for e in app.audit.events(incident):
-            typer.echo(f"{e['seq']:>6} {e['at'][:19]} {e['kind']:<16} {e['actor']:<22} {e['decision']:<16} "
-                       f"{e['action'][:60]}" + (f" — {e['reason'][:80]}" if e["reason"] else ""))
+            typer.echo(
+                f"{e['seq']:>6} {e['at'][:19]} {e['kind']:<16} {e['actor']:<22} {e['decision']:<16} "
+                f"{e['action'][:60]}" + (f" — {e['reason'][:80]}" if e["reason"] else "")
+            )
     finally:
         app.close()
 
 
 @audit_app.command("export")
-def export(incident: Annotated[str | None, typer.Option(help="Only this incident's records.")] = None,
-           config: ConfigOpt = None, sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR, state_dir: StateOpt = None) -> None:
+def export(
+    incident: Annotated[str | None, typer.Option(help="Only this incident's records.")] = None,
+    config: ConfigOpt = None,
+    sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR,
+    state_dir: StateOpt = None,
+) -> None:
     """Print audit records as JSON Lines (with their hashes, so a copy can be verified elsewhere)."""
     app = open_app(config, False, sandbox_dir, state_dir)
     try:

@@ -21,28 +21,33 @@ from agent.commands.common import (
 )
 from agent.executor import ExecutionRefused
 
-changes_app = typer.Typer(help="Change requests proposed by the agent: review, approve, reject.",
-                          no_args_is_help=True)
+changes_app = typer.Typer(help="Change requests proposed by the agent: review, approve, reject.", no_args_is_help=True)
 
-AsOpt = Annotated[str | None, typer.Option("--as", help="Your identity (default: settings.actor). Roles come "
-                                                         "from the policy file.")]
+AsOpt = Annotated[
+    str | None, typer.Option("--as", help="Your identity (default: settings.actor). Roles come from the policy file.")
+]
 
 
 def _line(ch: ChangeRequest) -> str:
-    return (f"{ch.id}  {ch.status.value:<16} {ch.spec.action.value:<10} {ch.spec.target!s:<40} "
-            f"{ch.policy_rule} ({len(ch.approver_roles) and ch.approvals_required} approval(s))")
+    return (
+        f"{ch.id}  {ch.status.value:<16} {ch.spec.action.value:<10} {ch.spec.target!s:<40} "
+        f"{ch.policy_rule} ({len(ch.approver_roles) and ch.approvals_required} approval(s))"
+    )
 
 
 @changes_app.command("list")
 def list_changes(
     status: Annotated[str | None, typer.Option(help="Only this status, e.g. pending_approval.")] = None,
-    config: ConfigOpt = None, use_sandbox: SandboxOpt = False, sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR,
-    state_dir: StateOpt = None, as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    use_sandbox: SandboxOpt = False,
+    sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR,
+    state_dir: StateOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """List change requests, newest first."""
     app = open_app(config, use_sandbox, sandbox_dir, state_dir)
     try:
-        items = app.ledger.list(ChangeStatus(status) if status else None)
+        items = app.ledger.list_changes(ChangeStatus(status) if status else None)
     except ValueError:
         fail(f"unknown status {status!r}; one of {[s.value for s in ChangeStatus]}", 2)
     finally:
@@ -57,8 +62,14 @@ def list_changes(
 
 
 @changes_app.command("show")
-def show(change_id: str, config: ConfigOpt = None, use_sandbox: SandboxOpt = False,
-         sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR, state_dir: StateOpt = None, as_json: JsonOpt = False) -> None:
+def show(
+    change_id: str,
+    config: ConfigOpt = None,
+    use_sandbox: SandboxOpt = False,
+    sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR,
+    state_dir: StateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Show one change request: what, why, diff, risk, blast radius, policy and approvals."""
     app = open_app(config, use_sandbox, sandbox_dir, state_dir)
     try:
@@ -69,25 +80,39 @@ def show(change_id: str, config: ConfigOpt = None, use_sandbox: SandboxOpt = Fal
     if ch is None:
         fail(f"no change request {change_id}", 2)
     if as_json:
-        typer.echo(json.dumps({"change": ch.model_dump(mode="json"),
-                               "approvals": [a.model_dump(mode="json") for a in approvals]}, indent=2))
+        typer.echo(
+            json.dumps(
+                {"change": ch.model_dump(mode="json"), "approvals": [a.model_dump(mode="json") for a in approvals]},
+                indent=2,
+            )
+        )
         return
     b = ch.blast_radius
-    typer.echo(f"{ch.id}: {ch.spec.action.value} {ch.spec.target} {ch.spec.params}\n"
-               f"status: {ch.status.value}   risk: {ch.risk}   requested by {ch.requester}\n"
-               f"why: {ch.reason}\n"
-               f"blast radius: {b.gpus} GPUs, {b.replicas} replicas, up to {b.capacity_drop:.0%} of capacity"
-               f"{' (' + ', '.join(b.models) + ')' if b.models else ''}\n"
-               f"policy: {ch.policy_rule} — {ch.policy_reason}\n"
-               f"approvals: {len([a for a in approvals if a.decision == 'approve'])}/{ch.approvals_required} from "
-               f"{', '.join(ch.approver_roles) or '-'}; each valid {ch.approval_ttl_s // 60} min\n")
+    typer.echo(
+        f"{ch.id}: {ch.spec.action.value} {ch.spec.target} {ch.spec.params}\n"
+        f"status: {ch.status.value}   risk: {ch.risk}   requested by {ch.requester}\n"
+        f"why: {ch.reason}\n"
+        f"blast radius: {b.gpus} GPUs, {b.replicas} replicas, up to {b.capacity_drop:.0%} of capacity"
+        f"{' (' + ', '.join(b.models) + ')' if b.models else ''}\n"
+        f"policy: {ch.policy_rule} — {ch.policy_reason}\n"
+        f"approvals: {len([a for a in approvals if a.decision == 'approve'])}/{ch.approvals_required} from "
+        f"{', '.join(ch.approver_roles) or '-'}; each valid {ch.approval_ttl_s // 60} min\n"
+    )
     for a in approvals:
         typer.echo(f"  {a.decision} by {a.approver} ({a.role}) at {a.at:%H:%M:%S} UTC via {a.via}")
     typer.echo("\n" + (ch.diff or "(no diff)"))
 
 
-def _decide(change_id: str, decision: str, who: str | None, execute: bool, config: ConfigOpt, use_sandbox: bool,
-            sandbox_dir: SandboxDirOpt, state_dir: StateOpt) -> None:
+def _decide(
+    change_id: str,
+    decision: str,
+    who: str | None,
+    execute: bool,
+    config: ConfigOpt,
+    use_sandbox: bool,
+    sandbox_dir: SandboxDirOpt,
+    state_dir: StateOpt,
+) -> None:
     app = open_app(config, use_sandbox, sandbox_dir, state_dir)
     approver = who or app.settings.actor
     try:
@@ -106,16 +131,27 @@ def _decide(change_id: str, decision: str, who: str | None, execute: bool, confi
 
 
 @changes_app.command("approve")
-def approve(change_id: str, who: AsOpt = None,
-            execute: Annotated[bool, typer.Option(help="Execute once enough approvals are in.")] = True,
-            config: ConfigOpt = None, use_sandbox: SandboxOpt = False,
-            sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR, state_dir: StateOpt = None) -> None:
+def approve(
+    change_id: str,
+    who: AsOpt = None,
+    execute: Annotated[bool, typer.Option(help="Execute once enough approvals are in.")] = True,
+    config: ConfigOpt = None,
+    use_sandbox: SandboxOpt = False,
+    sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR,
+    state_dir: StateOpt = None,
+) -> None:
     """Approve a change request (bound to its exact spec and the target's current state)."""
     _decide(change_id, "approve", who, execute, config, use_sandbox, sandbox_dir, state_dir)
 
 
 @changes_app.command("reject")
-def reject(change_id: str, who: AsOpt = None, config: ConfigOpt = None, use_sandbox: SandboxOpt = False,
-           sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR, state_dir: StateOpt = None) -> None:
+def reject(
+    change_id: str,
+    who: AsOpt = None,
+    config: ConfigOpt = None,
+    use_sandbox: SandboxOpt = False,
+    sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR,
+    state_dir: StateOpt = None,
+) -> None:
     """Reject a change request; it will not run."""
     _decide(change_id, "reject", who, False, config, use_sandbox, sandbox_dir, state_dir)

@@ -32,7 +32,7 @@ def _target(rem: Remediation, feats: dict[str, Any]) -> ObjectRef | None:
         return None
     kind = CULPRIT_KINDS.get(rem.target, "Deployment")
     ns = feats.get("ctx.namespace") if kind in ("Deployment", "Pod", "HorizontalPodAutoscaler") else None
-    return ObjectRef(kind=kind, name=str(name), namespace=ns)  # type: ignore[arg-type]
+    return ObjectRef(kind=kind, name=str(name), namespace=ns)
 
 
 def proposals_for(top: Hypothesis | None, books: list[Runbook], feats: dict[str, Any]) -> list[ProposedAction]:

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, ValidationError
 from agent.config import LlmConfig
 from agent.models import Category, Evidence, Hypothesis, ObjectRef
 from agent.reasoners import prompts
-from agent.reasoners.chat import Conversation, ToolCall, base_url, check_config, open_conversation
+from agent.reasoners.chat import ToolCall, base_url, check_config, open_conversation
 from agent.reasoners.rules import feature_map, narrate, rank, score
 from agent.redact import redact
 from agent.runbooks import Runbook
@@ -232,7 +232,7 @@ class LlmReasoner:
 
     async def _call(self, call: ToolCall, runner: ToolRunner, incident_id: str | None, run: LlmRun) -> ToolOutcome:
         """Run one tool call through the guarded runner (it validates, refuses above READ and audits)."""
-        args = call.arguments
+        args: Any = call.arguments
         if isinstance(args, str):
             try:
                 args = json.loads(args) if args.strip() else {}

@@ -123,8 +123,8 @@ already have; read more only when it would change the ranking.
 def _alert_lines(incident: Incident) -> list[str]:
     lines = []
     for a in incident.alerts[:MAX_ALERTS]:
-        lines.append(dumps({"alertname": clip(redact(a.name), VALUE_CHARS), "status": a.status, "starts_at": a.starts_at.isoformat(),
-                            "labels": scrub(a.labels)}))
+        lines.append(dumps({"alertname": clip(redact(a.name), VALUE_CHARS), "status": a.status,
+                            "starts_at": a.starts_at.isoformat(), "labels": scrub(a.labels)}))
     if len(incident.alerts) > MAX_ALERTS:
         lines.append(f"(and {len(incident.alerts) - MAX_ALERTS} more alerts)")
     return lines

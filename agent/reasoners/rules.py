@@ -51,7 +51,9 @@ def score(spec: HypothesisSpec, feats: dict[str, Any]) -> Hypothesis | None:
         req = evaluate(compile_condition(spec.requires), feats)
         if req.value is False:
             return None
-    supporting, against, missing = [], [], []
+    supporting: list[str] = []
+    against: list[str] = []
+    missing: list[str] = []
     got = total = 0.0
     unknown_weight = 0.0
     for clause in spec.supports:
@@ -75,7 +77,7 @@ def score(spec: HypothesisSpec, feats: dict[str, Any]) -> Hypothesis | None:
     if spec.culprit and (name := feats.get(f"ctx.{spec.culprit}")):
         kind = CULPRIT_KINDS.get(spec.culprit, "Deployment")
         ns = feats.get("ctx.namespace") if kind in ("Deployment", "Pod", "HorizontalPodAutoscaler") else None
-        culprit = ObjectRef(kind=kind, name=str(name), namespace=ns)  # type: ignore[arg-type]
+        culprit = ObjectRef(kind=kind, name=str(name), namespace=ns)
     return Hypothesis(id=spec.id, category=spec.category, title=render(spec.title, feats), confidence=confidence,
                       culprit=culprit, supporting=supporting, against=against,
                       missing=[_missing_sentence(m, feats) for m in missing])

@@ -15,7 +15,8 @@ MONDAY_10 = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
 SATURDAY_10 = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
 
 
-def req(action: str, risk: str = "mutate", ns: str | None = "llm-prod", kind: str = "Deployment", **kw: object) -> Request:
+def req(action: str, risk: str = "mutate", ns: str | None = "llm-prod", kind: str = "Deployment",
+        **kw: object) -> Request:
     base: dict[str, object] = {"action": action, "risk": risk, "namespace": ns, "target_kind": kind,
                                "target_name": "chat-primary", "requester": "agent:rules", "at": MONDAY_10}
     return Request.model_validate(base | kw)

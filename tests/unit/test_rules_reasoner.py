@@ -22,10 +22,11 @@ def ev(eid: str, status: EvidenceStatus = EvidenceStatus.OK, **features: Any) ->
     return Evidence(id=eid, tool="t", title=eid, params={}, status=status, summary="", features=features)
 
 
-def diagnose(book_ids: list[str], evidence: list[Evidence], context: dict[str, str] | None = None) -> tuple[Any, Any]:
+def diagnose(book_ids: list[str], evidence: list[Evidence],
+             context: dict[str, str] | None = None) -> tuple[Any, Any]:
     state: TriageState = {"context": context or CTX, "evidence": evidence}
     books = [BOOKS[b] for b in book_ids]
-    hyps, narrative = asyncio.run(RulesReasoner().diagnose(state, books, RUNNER))
+    hyps, _ = asyncio.run(RulesReasoner().diagnose(state, books, RUNNER))
     return hyps, proposals_for(hyps[0] if hyps else None, books, feature_map(state))
 
 

@@ -153,3 +153,14 @@ def test_triton_batches_more_under_load(fleet: Fleet) -> None:
     )  # healthy: computing, not queueing
     over = model.triton_signals(mv, 0.5, 300.0)
     assert over.queue_us_per_request > over.compute_us_per_request and over.pending > 0
+
+
+def test_overload_queues_rather_than_failing(fleet: Fleet) -> None:
+    mv = fleet.version("llama-3.1-8b-instruct", "2025.05.2")
+    assert mv is not None
+    surge = model.vllm_signals(mv, 1.0, 1.6 * mv.max_rps)
+    assert surge.waiting > 50 and surge.kv_usage > 0.95
+    assert surge.error_share < 0.02  # a surge is not an error-rate incident...
+    assert (
+        model.vllm_signals(mv, 1.0, 3.0 * mv.max_rps).error_share > 0.02
+    )  # ...until it is extreme

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,8 @@ class NotFound(ToolError):
 def wrap(e: ApiException, what: str) -> ToolError:
     raw = e.body or ""
     text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-    try:
+    with contextlib.suppress(ValueError, AttributeError):
         text = json.loads(text).get("message", text)
-    except ValueError:
-        pass
     body = text[:300]
     msg = f"{what}: HTTP {e.status} {e.reason}: {body}"
     if e.status == 409:
