@@ -249,9 +249,8 @@ async def _verify(app: App, ch: Any, reader: K8sReadClient) -> Any:
 
     prom = PrometheusClient(app.settings.prometheus)
     try:
-        return await verify(
-            ch, ch.created_at, prom, reader, VerifySettings(window_s=20, baseline_s=60, step_s=2.5, rate_window_s=15)
-        )
+        settings = VerifySettings(window_s=20, baseline_s=60, step_s=2.5, rate_window_s=15)
+        return await asyncio.wait_for(verify(ch, ch.created_at, prom, reader, settings), timeout=300)
     finally:
         await prom.aclose()
 

@@ -224,7 +224,7 @@ class LlmReasoner:
                         continue
                     outcome = await self._call(call, runner, incident.id if incident else None, run)
                     if outcome.ok and outcome.result is not None:
-                        known |= _names_in(outcome.params) | _names_in(outcome.result.model_dump(mode="json"))
+                        known |= _names_in(outcome.result.model_dump(mode="json"))  # objects the cluster returned
                     results.append((call, prompts.tool_result_text(outcome, fence), not outcome.ok))
                 chat.add_tool_results(results)
         raise NoAnswer(f"no valid diagnosis within {self.config.max_steps} steps"
@@ -295,7 +295,8 @@ class LlmReasoner:
         elif isinstance(e, openai.APIConnectionError | anthropic.APIConnectionError):
             text = f"cannot reach {where}"
         elif isinstance(e, openai.APIStatusError | anthropic.APIStatusError):
-            text = f"{where} answered HTTP {e.status_code}: {prompts.clip(str(e.message), 200)}"
+            said = re.sub(r"^Error code: \d+ - ", "", str(e.message))
+            text = f"{where} answered HTTP {e.status_code}: {prompts.clip(said, 200)}"
         elif isinstance(e, NoAnswer | InvalidAnswer):
             text = str(e)
         else:

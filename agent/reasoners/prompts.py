@@ -39,6 +39,7 @@ MAX_CANDIDATES = 12
 
 # Keys whose string values are credentials whatever they look like (`{"password": "hunter2"}`).
 # Counts such as `prompt_tokens: 12` are numbers and stay.
+_UNFILLED = re.compile(r"\{[A-Za-z_][A-Za-z0-9_.]*\}")
 _SECRET_KEY = re.compile(r"(?i)(password|passwd|secret|token|api[_-]?key|access[_-]?key|credential|authorization)")
 
 
@@ -49,19 +50,24 @@ def clip(text: str, limit: int) -> str:
     return text[:limit] + f"… [{len(text) - limit} more chars]"
 
 
-def scrub(value: Any, *, limit: int = VALUE_CHARS) -> Any:
-    """Redact and bound a JSON-like value: secrets by pattern and by key, long strings clipped."""
+def scrub(value: Any, *, limit: int = VALUE_CHARS, compact: bool = False) -> Any:
+    """Redact and bound a JSON-like value: secrets by pattern and by key, long strings clipped.
+
+    With `compact`, nulls and empty lists/maps are left out: they cost tokens and say nothing.
+    """
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for k, v in value.items():
             key = str(k)
+            if compact and (v is None or v == [] or v == {}):
+                continue
             if isinstance(v, str) and _SECRET_KEY.search(key):
                 out[key] = "[REDACTED:secret-value]"
             else:
-                out[key] = scrub(v, limit=limit)
+                out[key] = scrub(v, limit=limit, compact=compact)
         return out
     if isinstance(value, list | tuple):
-        return [scrub(v, limit=limit) for v in value]
+        return [scrub(v, limit=limit, compact=compact) for v in value]
     if isinstance(value, str):
         return clip(redact(value), limit)
     return redact_obj(value)
@@ -144,7 +150,8 @@ def _evidence_line(e: Evidence) -> str:
 
 
 def _candidate_line(h: Hypothesis) -> str:
-    return dumps({"id": h.id, "category": h.category.value, "title": clip(redact(h.title), VALUE_CHARS),
+    title = _UNFILLED.sub("?", h.title)  # a runbook title whose evidence is missing keeps its {placeholders}
+    return dumps({"id": h.id, "category": h.category.value, "title": clip(redact(title), VALUE_CHARS),
                   "rules_confidence": round(h.confidence, 3), "culprit": str(h.culprit) if h.culprit else None,
                   "supporting": scrub(h.supporting), "against": scrub(h.against), "missing": scrub(h.missing)})
 
@@ -206,7 +213,7 @@ def brief(incident: Incident | None, context: Mapping[str, str], evidence: list[
 def tool_result_text(outcome: ToolOutcome, fence: Fence) -> str:
     """A tool outcome as the model reads it: reduced JSON, redacted, inside a data block."""
     if outcome.ok and outcome.result is not None:
-        payload = dumps(scrub(outcome.result.model_dump(mode="json"), limit=UNTRUSTED_CHARS))
+        payload = dumps(scrub(outcome.result.model_dump(mode="json"), limit=UNTRUSTED_CHARS, compact=True))
         head = f"{outcome.tool} returned"
     else:
         payload = dumps({"error": redact(outcome.error or "no result")})

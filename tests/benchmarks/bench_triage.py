@@ -1,0 +1,71 @@
+"""Benchmark triage: alert → report latency with the rules reasoner, and queries per incident.
+
+Runs against a running sandbox (`opsagent sandbox up`). Each iteration records a fresh incident from
+an Alertmanager webhook body (the bad-rollout fixture with a new group key, so every run is a new
+incident) and triages it end to end: runbook matching, Kubernetes and Prometheus evidence,
+hypotheses, proposals, the report stored.
+
+Run: uv run python tests/benchmarks/bench_triage.py --sandbox-dir DIR [--incidents 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from agent import intake
+from agent.app import build_app
+from agent.cli_common import settings_for
+from deploy.sandbox.sandbox import Sandbox, SandboxSettings
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sandbox-dir", type=Path, required=True)
+    ap.add_argument("--port-base", type=int, default=17000)
+    ap.add_argument("--incidents", type=int, default=30)
+    args = ap.parse_args()
+    status = Sandbox(SandboxSettings(dir=args.sandbox_dir, port_base=args.port_base)).status()
+    if status["state"] != "up":
+        raise SystemExit(f"sandbox in {args.sandbox_dir} is {status['state']}")
+    body: dict[str, Any] = json.loads((FIXTURES / "alertmanager_bad_rollout.json").read_text())
+    with tempfile.TemporaryDirectory() as state:
+        app = build_app(settings_for(None, status, state_dir=state))
+        latencies: list[float] = []
+        queries: list[int] = []
+        prom_queries: list[int] = []
+
+        async def run() -> None:
+            for i in range(args.incidents):
+                body["groupKey"] = f"bench-{i}-{time.time()}"
+                note = intake.parse(json.dumps(body).encode())
+                t0 = time.perf_counter()
+                incident, _ = app.store.record_notification(note, dt.datetime.now(dt.UTC))
+                report = await app.triage(incident)
+                latencies.append(time.perf_counter() - t0)
+                queries.append(len(report.evidence))
+                prom_queries.append(sum(1 for e in report.evidence if e.tool.startswith("prometheus_")))
+            await app.aclose_clients()
+
+        asyncio.run(run())
+        app.close()
+    lat = sorted(latencies)
+    p95 = lat[max(0, round(0.95 * len(lat)) - 1)]
+    print(f"incidents: {len(lat)} (rules reasoner, runbooks: bad-rollout, gpu-oom, healthy)")
+    print(f"alert → report latency: p50 {statistics.median(lat) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
+          f"max {lat[-1] * 1000:.0f} ms")
+    print(f"evidence queries per incident: {statistics.mean(queries):.1f} "
+          f"(Prometheus {statistics.mean(prom_queries):.1f}, plus 1 workload lookup)")
+
+
+if __name__ == "__main__":
+    main()
