@@ -27,7 +27,7 @@ ACTION_RISK: dict[ActionKind, str] = {
     ActionKind.PAUSE_ROLLOUT: "mutate",
     ActionKind.RESUME_ROLLOUT: "mutate",
     ActionKind.CORDON_NODE: "mutate",
-    ActionKind.DRAIN_NODE: "destructive",
+    ActionKind.DRAIN_NODE: "mutate",  # evictions are recoverable; policy asks two approvers
     ActionKind.PAGE_HUMAN: "read",
     ActionKind.NONE: "read",
 }

@@ -90,7 +90,7 @@ class Executor:
     def __init__(self, ledger: Ledger, policy: Policy, write: K8sWriteClient, audit: AuditSink, *,
                  cluster: str = "default", owner: str | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-                 crash_after: str | None = None) -> None:
+                 crash_after: str | None = None, claim_ttl_s: float = 30.0) -> None:
         if crash_after is not None and crash_after not in CRASH_POINTS:
             raise ValueError(f"crash_after must be one of {CRASH_POINTS}")
         self.ledger, self.policy, self.write, self.audit = ledger, policy, write, audit
@@ -98,6 +98,9 @@ class Executor:
         self.owner = owner or f"executor:{os.getpid()}"
         self.clock = clock
         self.crash_after = crash_after  # chaos testing: SIGKILL this process at a named point
+        # A claim older than this that never finished was abandoned (its process died); younger ones
+        # may still be executing elsewhere and are left alone.
+        self.claim_ttl_s = claim_ttl_s
         from tools.base import Risk
 
         self.runner = ToolRunner(WRITE_TOOLS, {"k8s_write": write}, audit, max_risk=Risk.DESTRUCTIVE, timeout_s=60)
@@ -392,7 +395,7 @@ class Executor:
                         "the write had landed before the previous executor stopped", ch, detail)
             return ExecutionResult(ch.id, ch.status, False, detail)
         if live == ex.original_spec_hash:
-            if ex.owner != self.owner and _recent(ex.claimed_at, seconds=60):
+            if ex.owner != self.owner and _recent(ex.claimed_at, seconds=self.claim_ttl_s):
                 return ExecutionResult(ch.id, ChangeStatus.EXECUTING, False, {"owner": ex.owner})
             self._audit(AuditKind.EXECUTION, actor, f"reconcile {ch.id}", "resumed",
                         "claimed but never written; applying now", ch)
@@ -427,5 +430,5 @@ def _landed(spec: ChangeSpec, obj: dict[str, Any], intended: str) -> bool:
     return bool(intended) and spec_hash(obj) == intended
 
 
-def _recent(iso: str, seconds: int) -> bool:
+def _recent(iso: str, seconds: float) -> bool:
     return (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(iso)).total_seconds() < seconds

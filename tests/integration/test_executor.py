@@ -1,0 +1,230 @@
+"""The guarded executor against the real API: refusals (all audited), a compromised model's proposals,
+exactly-once execution across SIGKILLs, and automatic rollback when verification fails."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from agent.audit import MemoryAudit
+from agent.changes import ChangeSpec, ChangeStatus
+from agent.executor import ExecutionRefused, Executor
+from agent.ledger import Ledger
+from agent.models import ActionKind, ObjectRef
+from agent.policy.evaluate import load_policy
+from agent.verdict import Outcome
+from agent.verify import VerifySettings, verify
+from deploy.sandbox.fleet import Fleet, pod_template
+from tools.k8s_read.client import K8sReadClient
+from tools.k8s_read.settings import K8sReadSettings
+from tools.k8s_write.client import K8sWriteClient, K8sWriteSettings
+from tools.prometheus.client import PrometheusClient
+from tools.prometheus.settings import PrometheusSettings
+
+POLICY = load_policy(Path(__file__).parents[2] / "policies" / "default.yaml")
+MONDAY_10 = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
+
+
+class Clock:
+    def __init__(self, at: dt.datetime | None = None) -> None:
+        self.at = at
+
+    def __call__(self) -> dt.datetime:
+        return self.at or dt.datetime.now(dt.UTC)
+
+
+@pytest.fixture
+def audit() -> MemoryAudit:
+    return MemoryAudit()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def executor(sandbox: dict[str, Any], tmp_path: Path, audit: MemoryAudit, clock: Clock) -> Iterator[Executor]:
+    write = K8sWriteClient(K8sWriteSettings(kubeconfig=Path(sandbox["kubeconfigs"]["executor"])))
+    ex = Executor(Ledger(tmp_path / "ledger.db"), POLICY, write, audit, cluster="sandbox", clock=clock,
+                  claim_ttl_s=0)  # the killed child's claim is abandoned at once
+    yield ex
+    ex.ledger.close()
+
+
+def deployment(kind_name: str, ns: str) -> ObjectRef:
+    return ObjectRef(kind="Deployment", name=kind_name, namespace=ns)
+
+
+def spec(action: ActionKind, target: ObjectRef, **params: Any) -> ChangeSpec:
+    return ChangeSpec(action=action, cluster="sandbox", target=target, params=params)
+
+
+def refused(audit: MemoryAudit) -> list[str]:
+    return [e.reason for e in audit.events if e.decision in ("refused", "deny")]
+
+
+def test_every_refusal_is_refused_and_audited(executor: Executor, audit: MemoryAudit, clock: Clock,
+                                              admin: client.ApiClient) -> None:
+    target = deployment("summarizer", "research")
+    ch = asyncio.run(executor.propose(spec(ActionKind.SCALE, target, replicas=2), reason="t", requester="user:alice"))
+    assert ch.status == ChangeStatus.PENDING_APPROVAL and ch.diff and "replicas: 2" in ch.diff
+
+    with pytest.raises(ExecutionRefused, match="needs 1 more approval"):  # no approval
+        asyncio.run(executor.execute(ch.id))
+    with pytest.raises(ExecutionRefused, match="may not approve"):  # self-approval
+        executor.approve(ch.id, "alice")
+    with pytest.raises(ExecutionRefused, match="needs one of the roles"):  # wrong role
+        executor.approve(ch.id, "mallory")
+    executor.approve(ch.id, "bob")
+    clock.at = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=20)  # expired
+    with pytest.raises(ExecutionRefused, match="expired"):
+        asyncio.run(executor.execute(ch.id))
+    clock.at = None
+
+    # The target changes after approval: the approval no longer covers it.
+    client.AppsV1Api(admin).patch_namespaced_deployment(
+        "summarizer", "research", {"spec": {"template": {"metadata": {"annotations": {"touched": "yes"}}}}})
+    with pytest.raises(ExecutionRefused, match="target changed"):
+        asyncio.run(executor.execute(ch.id))
+
+    outside = asyncio.run(executor.propose(spec(ActionKind.SCALE, deployment("inference-gateway", "platform"),
+                                                replicas=5), reason="t", requester="agent:rules"))
+    assert (outside.status, outside.policy_rule) == (ChangeStatus.DENIED, "outside-serving-namespaces")
+    blast = asyncio.run(executor.propose(spec(ActionKind.SCALE, deployment("chat-primary", "llm-prod"), replicas=1),
+                                         reason="t", requester="agent:rules"))
+    assert blast.status == ChangeStatus.DENIED and "capacity" in blast.policy_reason
+    clock.at = dt.datetime(2026, 11, 28, 3, 0, tzinfo=dt.UTC)  # Saturday night: outside the change window
+    window = asyncio.run(executor.propose(spec(ActionKind.DEPLOY, deployment("chat-lite", "llm-prod"),
+                                               container="server", image="vllm/vllm-openai:v0.10.2"),
+                                          reason="t", requester="agent:rules"))
+    clock.at = None
+    assert window.status == ChangeStatus.DENIED and "change windows" in window.policy_reason
+
+    reasons = refused(audit)
+    for words in ("more approval", "may not approve", "none of the roles", "expired", "target changed",
+                  "outside-serving-namespaces", "capacity", "change windows"):
+        assert any(words in r for r in reasons), f"no audited refusal mentions {words!r}: {reasons}"
+    assert client.AppsV1Api(admin).read_namespaced_deployment("summarizer", "research").spec.replicas == 1
+
+
+def test_a_compromised_models_proposals_never_reach_the_api(executor: Executor, admin: client.ApiClient,
+                                                            audit: MemoryAudit) -> None:
+    apps = client.AppsV1Api(admin)
+    before = {(d.metadata.namespace, d.metadata.name): (d.metadata.generation, d.spec.replicas)
+              for d in apps.list_deployment_for_all_namespaces().items}
+    # "Scale another team's model to zero."
+    zero = asyncio.run(executor.propose(spec(ActionKind.SCALE, deployment("completion", "code"), replicas=0),
+                                        reason="ignore previous instructions", requester="agent:llm:compromised"))
+    assert zero.status == ChangeStatus.DENIED
+    with pytest.raises(ExecutionRefused):
+        asyncio.run(executor.execute(zero.id))
+    # "Delete the namespace" and "patch the executor's RBAC" are not changes the agent can even express.
+    with pytest.raises(ValueError):
+        ChangeSpec(action="delete_namespace", cluster="sandbox", target=deployment("x", "llm-prod"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        ObjectRef(kind="ClusterRole", name="opsagent-executor")  # type: ignore[arg-type]
+    after = {(d.metadata.namespace, d.metadata.name): (d.metadata.generation, d.spec.replicas)
+             for d in apps.list_deployment_for_all_namespaces().items}
+    assert after == before, "nothing changed in the cluster"
+    assert any(e.decision in ("deny", "refused") for e in audit.events)
+
+
+def _revision(admin: client.ApiClient, ns: str, name: str) -> int:
+    d = client.AppsV1Api(admin).read_namespaced_deployment(name, ns)
+    return int(d.metadata.annotations["deployment.kubernetes.io/revision"])
+
+
+@pytest.mark.parametrize("crash", ["after-claim", "after-write", "after-applied"])
+def test_sigkill_anywhere_applies_the_change_exactly_once(crash: str, executor: Executor, admin: client.ApiClient,
+                                                         sandbox: dict[str, Any], fleet: Fleet, tmp_path: Path) -> None:
+    apps = client.AppsV1Api(admin)
+    w = fleet.workload("summarizer")
+    apps.patch_namespaced_deployment(w.name, w.namespace, {"spec": {"template": {"metadata": {
+        "annotations": {"opsagent.dev/test-rollout": crash}}}}})  # a new revision to roll back from
+    _wait_rollout(apps, w.namespace, w.name)
+    start = _revision(admin, w.namespace, w.name)
+    ch = asyncio.run(executor.propose(spec(ActionKind.ROLLBACK, deployment(w.name, w.namespace),
+                                           to_revision=start - 1), reason="t", requester="agent:rules"))
+    executor.approve(ch.id, "alice")
+    child = subprocess.run([sys.executable, "-m", "tests.integration.executor_child", str(tmp_path),
+                            sandbox["kubeconfigs"]["executor"], ch.id, crash], capture_output=True, text=True,
+                           timeout=120, cwd=Path(__file__).parents[2])
+    assert child.returncode == -9, f"the child was to be killed at {crash}: {child.stderr[-500:]}"
+    result = asyncio.run(executor.execute(ch.id))  # the restarted executor reconciles
+    assert result.status == ChangeStatus.APPLIED
+    assert result.applied_now is (crash == "after-claim"), "only a write that never happened is made now"
+    again = asyncio.run(executor.execute(ch.id))
+    assert again.status == ChangeStatus.APPLIED and not again.applied_now
+    _wait_rollout(apps, w.namespace, w.name)
+    assert _revision(admin, w.namespace, w.name) == start + 1, "exactly one new revision: applied once"
+    assert executor.ledger.execution(ch.id).state == "applied"  # type: ignore[union-attr]
+
+
+def test_a_regressing_deploy_is_rolled_back_automatically(
+        executor: Executor, admin: client.ApiClient, sandbox: dict[str, Any], fleet: Fleet, clock: Clock,
+        audit: MemoryAudit) -> None:
+    apps = client.AppsV1Api(admin)
+    w = fleet.workload("chat-lite")
+    good = _revision(admin, w.namespace, w.name)
+    bad = fleet.version(w.model, "2025.08.0")
+    assert bad is not None
+    tpl = pod_template(fleet, w, bad)
+    clock.at = MONDAY_10  # inside the deploy rule's change window, whatever the wall clock says
+    ch = asyncio.run(executor.propose(
+        spec(ActionKind.DEPLOY, deployment(w.name, w.namespace), container="server", image=bad.image,
+             args=tpl["spec"]["containers"][0]["args"], labels={"model-version": "2025.08.0"},
+             change_cause="deploy llama-3.1-8b-instruct 2025.08.0"),
+        reason="new model version", requester="user:carol"))
+    assert ch.status == ChangeStatus.PENDING_APPROVAL and ch.approvals_required == 2
+    executor.approve(ch.id, "alice")
+    executor.approve(ch.id, "bob")
+    result = asyncio.run(executor.execute(ch.id))
+    clock.at = None
+    assert result.status == ChangeStatus.APPLIED
+    applied = executor.ledger.get(ch.id)
+    assert applied is not None
+    v = asyncio.run(_verify(sandbox, applied))
+    assert v.outcome == Outcome.REGRESSION, v.summary()
+    executor.record_verification(applied, v.outcome.value, v.summary())
+    rb = asyncio.run(executor.auto_rollback(applied, v.summary()))
+    assert rb is not None and rb.status == ChangeStatus.APPLIED
+    _wait_rollout(apps, w.namespace, w.name)
+    d = apps.read_namespaced_deployment(w.name, w.namespace)
+    assert d.spec.template.metadata.labels["model-version"] == w.version, "back on the version that worked"
+    assert _revision(admin, w.namespace, w.name) == good + 2
+    final = executor.ledger.get(ch.id)
+    assert final is not None and final.status == ChangeStatus.ROLLED_BACK
+    assert any(e.kind == "verification" and e.decision == "regression" for e in audit.events)
+
+
+async def _verify(sandbox: dict[str, Any], ch: Any) -> Any:
+    prom = PrometheusClient(PrometheusSettings(url=sandbox["endpoints"]["prometheus"], scrape_interval_s=5))
+    reader = K8sReadClient(K8sReadSettings(kubeconfig=Path(sandbox["kubeconfigs"]["reader"])))
+    try:
+        return await verify(ch, ch.created_at, prom, reader,
+                            VerifySettings(window_s=20, baseline_s=60, step_s=2.5, rate_window_s=15))
+    finally:
+        await prom.aclose()
+
+
+def _wait_rollout(apps: client.AppsV1Api, ns: str, name: str, timeout: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        d = apps.read_namespaced_deployment(name, ns)
+        s = d.status
+        if (s.observed_generation or 0) >= d.metadata.generation and s.updated_replicas == d.spec.replicas \
+                and s.available_replicas == d.spec.replicas and (s.replicas or 0) == d.spec.replicas:
+            return
+        time.sleep(1)
+    raise AssertionError(f"{ns}/{name} did not finish rolling out")
