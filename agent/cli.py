@@ -139,6 +139,9 @@ def demo(
     from agent.demo import run_demo
 
     settings = _settings(dir_, port_base)
+    if not unattended and not sys.stdin.isatty():
+        typer.echo("(no terminal to ask for approval: running --unattended)", err=True)
+        unattended = True
     try:
         ok = run_demo(settings, out=typer.echo, progress=_progress, keep=keep, unattended=unattended,
                       approver=approver, confirm=lambda q: typer.confirm(q, default=True))

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, ValidationError
 from agent.config import LlmConfig
 from agent.models import Category, Evidence, Hypothesis, ObjectRef
 from agent.reasoners import prompts
-from agent.reasoners.chat import ToolCall, base_url, check_config, open_conversation
+from agent.reasoners.chat import ModelError, ToolCall, base_url, check_config, open_conversation
 from agent.reasoners.rules import feature_map, narrate, rank, score
 from agent.redact import redact
 from agent.runbooks import Runbook
@@ -165,7 +165,8 @@ class LlmReasoner:
             hyps, narrative = await self._converse(state, books, runner, baseline, run)
         except Exception as e:  # never fail the triage: any model failure means the rules ranking
             run.fallback = self._describe(e)
-            log.warning("LLM reasoner fell back to the rules ranking: %s", run.fallback)
+            expected = isinstance(e, openai.APIError | anthropic.APIError | NoAnswer | InvalidAnswer | ModelError)
+            log.warning("LLM reasoner fell back to the rules ranking: %s", run.fallback, exc_info=not expected)
             return baseline, (f"The LLM reasoner could not diagnose this incident ({run.fallback}); "
                               f"this is the rules engine's ranking. {narrate(baseline)}\n\n{run.footer()}")
         return hyps, f"{narrative}\n\n{run.footer()}"
@@ -211,24 +212,29 @@ class LlmReasoner:
                         return self._accept(submits[0].arguments, known, evidence, baseline, run)
                     except InvalidAnswer as e:
                         last_problem = str(e)
-                        chat.add_tool_results([(c, f"rejected: {e}. Call {prompts.SUBMIT_TOOL} again with a valid "
-                                                   "diagnosis." if c is submits[0] else "not run", True)
-                                               for c in turn.calls])
+                        retry = f"rejected: {e}. Call {prompts.SUBMIT_TOOL} again with a valid diagnosis."
+                        chat.add_tool_results([(c, retry if c is submits[0] else "not run", True) for c in turn.calls])
                         continue
                 if final:
                     break  # read tools asked for on the last round are not run: there is no round to read them
-                results = []
-                for i, call in enumerate(turn.calls):
-                    if i >= MAX_CALLS_PER_STEP:
-                        results.append((call, f"not run: at most {MAX_CALLS_PER_STEP} tool calls per round", True))
-                        continue
-                    outcome = await self._call(call, runner, incident.id if incident else None, run)
-                    if outcome.ok and outcome.result is not None:
-                        known |= _names_in(outcome.result.model_dump(mode="json"))  # objects the cluster returned
-                    results.append((call, prompts.tool_result_text(outcome, fence), not outcome.ok))
-                chat.add_tool_results(results)
+                chat.add_tool_results(await self._read(turn.calls, runner, incident.id if incident else None, fence,
+                                                       known, run))
         raise NoAnswer(f"no valid diagnosis within {self.config.max_steps} steps"
                        + (f"; the last answer was invalid: {last_problem}" if last_problem else ""))
+
+    async def _read(self, calls: list[ToolCall], runner: ToolRunner, incident_id: str | None, fence: prompts.Fence,
+                    known: set[str], run: LlmRun) -> list[tuple[ToolCall, str, bool]]:
+        """Run one round's tool calls, in order, and say what each returned; learn the objects they name."""
+        results: list[tuple[ToolCall, str, bool]] = []
+        for i, call in enumerate(calls):
+            if i >= MAX_CALLS_PER_STEP:
+                results.append((call, f"not run: at most {MAX_CALLS_PER_STEP} tool calls per round", True))
+                continue
+            outcome = await self._call(call, runner, incident_id, run)
+            if outcome.ok and outcome.result is not None:
+                known |= _names_in(outcome.result.model_dump(mode="json"))  # objects the cluster returned
+            results.append((call, prompts.tool_result_text(outcome, fence), not outcome.ok))
+        return results
 
     async def _call(self, call: ToolCall, runner: ToolRunner, incident_id: str | None, run: LlmRun) -> ToolOutcome:
         """Run one tool call through the guarded runner (it validates, refuses above READ and audits)."""

@@ -76,7 +76,10 @@ class CloudWatchClient:
         problems: list[str] = []
         metrics_ok = logs_ok = True
         try:
-            await self.call("CloudWatch ListMetrics (health check)", self.metrics.list_metrics)
+            # Filtered to a namespace nobody writes: proves credentials and reachability without listing
+            # every metric (unfiltered ListMetrics is slow on large accounts and on moto).
+            await self.call("CloudWatch ListMetrics (health check)", self.metrics.list_metrics,
+                            Namespace="opsagent/health-check")
         except CloudWatchError as e:
             metrics_ok = False
             problems.append(str(e))
