@@ -82,12 +82,15 @@ def ratio(after: float | None, before: float | None) -> float | None:
 def series_features(s: SeriesSummary, end: dt.datetime) -> dict[str, Any]:
     """Features of one summarized series (Prometheus or CloudWatch)."""
     f: dict[str, Any] = {"points": s.points, "min": s.min, "max": s.max, "mean": s.mean, "p95": s.p95, "last": s.last}
+    # `recent` is the current level (the queries already smooth over a rate window); `baseline` is the
+    # level before the clearest shift in the window, or the window's mean when there is none.
     cp = s.change_point
+    f["recent"] = s.last
     if cp is not None and cp.score >= 3:
-        f["baseline"], f["recent"] = cp.before_mean, cp.after_mean
+        f["baseline"] = cp.before_mean
         onset_at: dt.datetime | None = s.onset.at if s.onset is not None else cp.at
     else:
-        f["baseline"], f["recent"] = s.mean, s.last
+        f["baseline"] = s.mean
         onset_at = s.onset.at if s.onset is not None else None
     f["change_ratio"] = ratio(f["recent"], f["baseline"])
     if onset_at is not None:
@@ -190,6 +193,7 @@ def _rollout(r: K8sRolloutHistoryResult, _: dict[str, str]) -> dict[str, Any]:
         "previous_version": h.previous_version,
         "paused": h.paused,
         "rollout_complete": h.rollout_complete,
+        "estimated": h.changed_at_estimated,
     }
     if h.changed_ago_s is not None:
         f["changed_ago_s"] = h.changed_ago_s

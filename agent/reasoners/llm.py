@@ -98,6 +98,10 @@ class NoAnswer(RuntimeError):
     """The model used its steps without submitting a usable diagnosis."""
 
 
+# Failures of the model or its answer. Anything else also means the fallback, but is logged with its traceback.
+_EXPECTED = (openai.APIError, anthropic.APIError, json.JSONDecodeError, ModelError, NoAnswer, InvalidAnswer)
+
+
 # --- what one run did -------------------------------------------------------------------------------------
 
 @dataclass
@@ -165,8 +169,8 @@ class LlmReasoner:
             hyps, narrative = await self._converse(state, books, runner, baseline, run)
         except Exception as e:  # never fail the triage: any model failure means the rules ranking
             run.fallback = self._describe(e)
-            expected = isinstance(e, openai.APIError | anthropic.APIError | NoAnswer | InvalidAnswer | ModelError)
-            log.warning("LLM reasoner fell back to the rules ranking: %s", run.fallback, exc_info=not expected)
+            log.warning("LLM reasoner fell back to the rules ranking: %s", run.fallback,
+                        exc_info=not isinstance(e, _EXPECTED))
             return baseline, (f"The LLM reasoner could not diagnose this incident ({run.fallback}); "
                               f"this is the rules engine's ranking. {narrate(baseline)}\n\n{run.footer()}")
         return hyps, f"{narrative}\n\n{run.footer()}"
@@ -303,6 +307,8 @@ class LlmReasoner:
         elif isinstance(e, openai.APIStatusError | anthropic.APIStatusError):
             said = re.sub(r"^Error code: \d+ - ", "", str(e.message))
             text = f"{where} answered HTTP {e.status_code}: {prompts.clip(said, 200)}"
+        elif isinstance(e, json.JSONDecodeError):
+            text = f"{where} sent a response that is not JSON ({e.msg})"
         elif isinstance(e, NoAnswer | InvalidAnswer):
             text = str(e)
         else:

@@ -9,6 +9,7 @@ guessing. This reasoner needs no API key and is the baseline every eval reports.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from agent.conditions import compile_condition, evaluate
@@ -34,6 +35,9 @@ def feature_map(state: TriageState) -> dict[str, Any]:
     return feats
 
 
+_UNFILLED = re.compile(r"\{[A-Za-z_][A-Za-z0-9_.]*\}")
+
+
 def render(template: str, feats: dict[str, Any]) -> str:
     """Fill `{name}` in a sentence from features (ctx.* keys may be written without the prefix)."""
     out = template
@@ -43,7 +47,7 @@ def render(template: str, feats: dict[str, Any]) -> str:
         out = out.replace("{" + key + "}", str(val))
         if key.startswith("ctx."):
             out = out.replace("{" + key[4:] + "}", str(val))
-    return out
+    return _UNFILLED.sub("?", out)  # a fact the evidence could not supply shows as "?"
 
 
 def score(spec: HypothesisSpec, feats: dict[str, Any]) -> Hypothesis | None:

@@ -86,17 +86,17 @@ def test_gpu_xid_takes_the_node_out_and_pods_go_pending(sandbox: dict[str, Any],
     core = client.CoreV1Api(admin)
     assert core.read_node(node).status.allocatable["nvidia.com/gpu"] == "0"
 
-    def pending() -> list[Any]:
+    def unschedulable() -> list[Any]:
         pods = core.list_namespaced_pod(w.namespace, label_selector=f"app.kubernetes.io/name={w.name}").items
-        return [p for p in pods if p.status.phase == "Pending"]
+        return [p for p in pods if p.status.phase == "Pending" and not p.spec.node_name]
 
-    stuck = wait_until(pending, 60, "a replacement pod to be Pending")
+    wait_until(unschedulable, 60, "a replacement pod the scheduler cannot place")
 
     def insufficient_gpu_event() -> bool:
-        events = json.loads(kubectl("admin", "-n", w.namespace, "get", "events", "-o", "json",
-                                    "--field-selector", f"involvedObject.name={stuck[0].metadata.name}").stdout)
+        names = {p.metadata.name for p in unschedulable()}
+        events = json.loads(kubectl("admin", "-n", w.namespace, "get", "events", "-o", "json").stdout)
         return any("Insufficient nvidia.com/gpu" in (e.get("message") or e.get("note") or "")
-                   for e in events["items"])
+                   and e["involvedObject"]["name"] in names for e in events["items"])
 
     wait_until(insufficient_gpu_event, 60, "the scheduler to report Insufficient nvidia.com/gpu")
     wait_until(lambda: scalar(prom, f'max(DCGM_FI_DEV_XID_ERRORS{{Hostname="{node}"}})') == 79, 30, "XID 79")

@@ -355,7 +355,7 @@ def silent_server() -> Iterator[str]:
 @pytest.mark.parametrize(("case", "why"), [
     ("http-500", "answered HTTP 500: upstream model server crashed"),
     ("unscripted-503", "answered HTTP 503"),
-    ("malformed-body", "JSONDecodeError"),
+    ("malformed-body", "sent a response that is not JSON"),
     ("stopped", "cannot reach http://127.0.0.1:"),
     ("hung", "did not answer within 0.5s"),
 ])
