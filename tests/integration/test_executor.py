@@ -110,7 +110,7 @@ def test_every_refusal_is_refused_and_audited(executor: Executor, audit: MemoryA
     assert window.status == ChangeStatus.DENIED and "change windows" in window.policy_reason
 
     reasons = refused(audit)
-    for words in ("more approval", "may not approve", "none of the roles", "expired", "target changed",
+    for words in ("more approval", "self-approval", "none of the roles", "expired", "target changed",
                   "outside-serving-namespaces", "capacity", "change windows"):
         assert any(words in r for r in reasons), f"no audited refusal mentions {words!r}: {reasons}"
     assert client.AppsV1Api(admin).read_namespaced_deployment("summarizer", "research").spec.replicas == 1
@@ -147,7 +147,7 @@ def _revision(admin: client.ApiClient, ns: str, name: str) -> int:
 def test_sigkill_anywhere_applies_the_change_exactly_once(crash: str, executor: Executor, admin: client.ApiClient,
                                                          sandbox: dict[str, Any], fleet: Fleet, tmp_path: Path) -> None:
     apps = client.AppsV1Api(admin)
-    w = fleet.workload("summarizer")
+    w = fleet.workload("completion")  # two replicas: a rollback keeps half its capacity serving
     apps.patch_namespaced_deployment(w.name, w.namespace, {"spec": {"template": {"metadata": {
         "annotations": {"opsagent.dev/test-rollout": crash}}}}})  # a new revision to roll back from
     _wait_rollout(apps, w.namespace, w.name)
@@ -187,12 +187,13 @@ def test_a_regressing_deploy_is_rolled_back_automatically(
     assert ch.status == ChangeStatus.PENDING_APPROVAL and ch.approvals_required == 2
     executor.approve(ch.id, "alice")
     executor.approve(ch.id, "bob")
+    executed_at = dt.datetime.now(dt.UTC)
     result = asyncio.run(executor.execute(ch.id))
     clock.at = None
     assert result.status == ChangeStatus.APPLIED
     applied = executor.ledger.get(ch.id)
     assert applied is not None
-    v = asyncio.run(_verify(sandbox, applied))
+    v = asyncio.run(_verify(sandbox, applied, executed_at))
     assert v.outcome == Outcome.REGRESSION, v.summary()
     executor.record_verification(applied, v.outcome.value, v.summary())
     rb = asyncio.run(executor.auto_rollback(applied, v.summary()))
@@ -206,11 +207,11 @@ def test_a_regressing_deploy_is_rolled_back_automatically(
     assert any(e.kind == "verification" and e.decision == "regression" for e in audit.events)
 
 
-async def _verify(sandbox: dict[str, Any], ch: Any) -> Any:
+async def _verify(sandbox: dict[str, Any], ch: Any, applied_at: dt.datetime) -> Any:
     prom = PrometheusClient(PrometheusSettings(url=sandbox["endpoints"]["prometheus"], scrape_interval_s=5))
     reader = K8sReadClient(K8sReadSettings(kubeconfig=Path(sandbox["kubeconfigs"]["reader"])))
     try:
-        return await verify(ch, ch.created_at, prom, reader,
+        return await verify(ch, applied_at, prom, reader,
                             VerifySettings(window_s=20, baseline_s=60, step_s=2.5, rate_window_s=15))
     finally:
         await prom.aclose()
