@@ -150,12 +150,22 @@ async def rollout_undo(c: K8sWriteClient, p: RolloutUndoInput) -> WriteResult:
     if template == before["spec"]["template"]:
         return _result("Deployment", "rollout_undo", before, before, p.dry_run,
                        {"noop": True, "reason": f"already at the template of revision {p.to_revision}"})
+    # A JSON patch that replaces the whole template, as kubectl does: a merge patch would keep map keys
+    # (labels, annotations) that the old revision did not have.
+    ops: list[dict[str, Any]] = []
+    if p.expected_resource_version:
+        ops.append({"op": "test", "path": "/metadata/resourceVersion", "value": p.expected_resource_version})
+    ops.append({"op": "replace", "path": "/spec/template", "value": template})
     rs_annotations = chosen["metadata"].get("annotations") or {}
-    body: dict[str, Any] = {"spec": {"template": template}}
     if cause := rs_annotations.get("kubernetes.io/change-cause"):
-        body["metadata"] = {"annotations": {"kubernetes.io/change-cause": cause}}
-    after = await _patch_deployment(c, p, body, f"roll back deployment {p.namespace}/{p.name} to revision "
-                                                f"{p.to_revision}")
+        path = "/metadata/annotations/kubernetes.io~1change-cause"
+        ops.append({"op": "add", "path": path, "value": cause})
+    kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": c.timeout}
+    if p.dry_run:
+        kwargs["dry_run"] = "All"
+    resp = await _call(c.apps.patch_namespaced_deployment, p.name, p.namespace, ops,
+                       what=f"roll back deployment {p.namespace}/{p.name} to revision {p.to_revision}", **kwargs)
+    after = dict(json.loads(resp.data))
     return _result("Deployment", "rollout_undo", before, after, p.dry_run,
                    {"from_revision": current, "to_revision": p.to_revision})
 
