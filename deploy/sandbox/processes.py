@@ -37,17 +37,27 @@ class Proc:
 
 def _alive_as(proc: Proc) -> bool:
     """Return whether `proc.pid` is alive and still runs `proc.argv[0]` (not a recycled PID)."""
-    try:
-        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{proc.pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":  # zombie: exited, waiting to be reaped
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(proc.pid, os.WNOHANG)
-        return False
-    exe = Path(proc.argv[0]).name
-    return any(Path(part.decode(errors="replace")).name == exe for part in cmdline[:2])
+    want = Path(proc.argv[0]).name
+    for attempt in range(3):  # /proc can be briefly unreadable while a process is busy starting
+        try:
+            stat = Path(f"/proc/{proc.pid}/stat").read_text()
+        except OSError:
+            return False
+        if stat.rsplit(")", 1)[-1].split()[0] == "Z":  # zombie: exited, waiting to be reaped
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(proc.pid, os.WNOHANG)
+            return False
+        names: set[str] = set()
+        with contextlib.suppress(OSError):
+            names |= {Path(p.decode(errors="replace")).name
+                      for p in Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[:2]}
+        with contextlib.suppress(OSError):
+            names.add(Path(f"/proc/{proc.pid}/exe").readlink().name)
+        if want in names or Path(os.path.realpath(proc.argv[0])).name in names:
+            return True
+        if attempt < 2:
+            time.sleep(0.05)
+    return False
 
 
 def log_tail(path: str | Path, lines: int = 15) -> str:
