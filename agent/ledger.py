@@ -10,14 +10,11 @@ restart, whether its write landed.
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.changes import Approval, ChangeRequest, ChangeStatus
+from agent.sqlite import SqliteDb
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS changes (
@@ -61,26 +58,9 @@ class Execution:
     detail: str
 
 
-class Ledger:
+class Ledger(SqliteDb):
     def __init__(self, path: Path | str) -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(SCHEMA)
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        super().__init__(path, SCHEMA)
 
     # ---- changes --------------------------------------------------------------------------------
     def save(self, ch: ChangeRequest) -> bool:
@@ -163,5 +143,3 @@ class Ledger:
                                  (change_id,)).fetchone()
         return Execution(*row) if row else None
 
-    def close(self) -> None:
-        self._conn.close()

@@ -8,15 +8,12 @@ meet: it reads and writes the incident of a group inside one transaction (SQLite
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
 from agent import intake
 from agent.models import Incident, IncidentStatus, TriageReport
+from agent.sqlite import SqliteDb
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS incidents (
@@ -48,29 +45,11 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-class SqliteStore:
+class SqliteStore(SqliteDb):
     """The embedded store: one file, one writer at a time, safe across threads."""
 
     def __init__(self, path: Path | str) -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(SCHEMA)
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        super().__init__(path, SCHEMA)
 
     def record_notification(self, n: intake.Notification, now: dt.datetime) -> tuple[Incident, bool]:
         with self._tx() as c:
@@ -110,9 +89,6 @@ class SqliteStore:
             "SELECT doc FROM triage_reports WHERE incident_id = ? ORDER BY created_at DESC LIMIT 1", (incident_id,)
         ).fetchone()
         return TriageReport.model_validate_json(row[0]) if row else None
-
-    def close(self) -> None:
-        self._conn.close()
 
 
 def open_store(url: str) -> Store:
