@@ -103,6 +103,11 @@ class App:
                 await c.aclose()
 
     def close(self) -> None:
+        for c in self.clients.values():
+            if callable(getattr(c, "close", None)):
+                c.close()
+        if self._executor is not None:
+            self._executor.write.close()
         self.store.close()
         self.ledger.close()
         self.audit.close()

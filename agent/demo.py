@@ -204,7 +204,10 @@ def _drill(
 
     out("\n7. Verification: rollout, then TTFT p95, errors and queue against the baseline")
     reader = K8sReadClient(K8sReadSettings(kubeconfig=Path(status["kubeconfigs"]["reader"])))
-    v = asyncio.run(_verify(app, applied, reader))
+    try:
+        v = asyncio.run(_verify(app, applied, reader))
+    finally:
+        reader.close()
     for s in v.signals:
         out(f"   {s.signal:<12} {s.outcome.value:<13} {s.reason}")
     ex.record_verification(applied, v.outcome.value, v.summary())

@@ -176,11 +176,14 @@ class Sandbox:
             t0 = time.monotonic()
             self.progress("creating namespaces, RBAC, GPU nodes and serving Deployments")
             api = cluster.api_client(admin_kc)
-            cluster.bootstrap(api, fleet, catalog)
-            names = [n for pool in fleet.pools for n in _node_names(fleet, pool)]
-            cluster.wait_for(lambda: cluster.nodes_ready(api, names), 120, "KWOK to mark the GPU nodes Ready")
-            cluster.wait_for(lambda: not cluster.unavailable_deployments(api, fleet), 180,
-                             "serving Deployments to become Available")
+            try:
+                cluster.bootstrap(api, fleet, catalog)
+                names = [n for pool in fleet.pools for n in _node_names(fleet, pool)]
+                cluster.wait_for(lambda: cluster.nodes_ready(api, names), 120, "KWOK to mark the GPU nodes Ready")
+                cluster.wait_for(lambda: not cluster.unavailable_deployments(api, fleet), 180,
+                                 "serving Deployments to become Available")
+            finally:
+                api.close()
             tm.record("cluster_objects", t0)
 
             self._start_monitoring(bins, fleet, admin_kc, tm)

@@ -56,8 +56,10 @@ def fleet() -> Fleet:
 
 
 @pytest.fixture(scope="session")
-def admin(sandbox: dict[str, Any]) -> client.ApiClient:
-    return api_client(Path(sandbox["kubeconfigs"]["admin"]))
+def admin(sandbox: dict[str, Any]) -> Iterator[client.ApiClient]:
+    api = api_client(Path(sandbox["kubeconfigs"]["admin"]))
+    yield api
+    api.close()
 
 
 @pytest.fixture

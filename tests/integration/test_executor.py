@@ -58,6 +58,7 @@ def executor(sandbox: dict[str, Any], tmp_path: Path, audit: MemoryAudit, clock:
                   claim_ttl_s=0)  # the killed child's claim is abandoned at once
     yield ex
     ex.ledger.close()
+    write.close()
 
 
 def deployment(kind_name: str, ns: str) -> ObjectRef:
@@ -215,6 +216,7 @@ async def _verify(sandbox: dict[str, Any], ch: Any, applied_at: dt.datetime) -> 
                             VerifySettings(window_s=20, baseline_s=60, step_s=2.5, rate_window_s=15))
     finally:
         await prom.aclose()
+        reader.close()
 
 
 def _wait_rollout(apps: client.AppsV1Api, ns: str, name: str, timeout: float = 120) -> None:
