@@ -57,7 +57,8 @@ class AuditConfig(_Group):
 
 
 class ServerConfig(_Group):
-    host: str = Field(default="127.0.0.1", description="Loopback by default; set 0.0.0.0 only behind a network policy.")
+    host: str = Field(default="127.0.0.1",
+                      description="Loopback by default; bind a wider address only behind a network policy.")
     port: int = Field(default=8080, ge=1, le=65535)
 
 

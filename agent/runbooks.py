@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from agent.conditions import ConditionError, compile_condition, compile_value
 from agent.models import ActionKind, Category
@@ -26,6 +26,29 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 
 class RunbookError(ValueError):
     """A runbook file is invalid; the message names the file and the problem."""
+
+
+def _condition(text: str) -> str:
+    try:
+        compile_condition(text)
+    except ConditionError as e:
+        raise ValueError(str(e)) from e
+    return text
+
+
+def _value(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            compile_value(v)
+        except ConditionError as e:
+            raise ValueError(str(e)) from e
+    return v
+
+
+# Checked when the runbook loads, so a typo fails at start-up with the file named, not mid-incident.
+Condition = Annotated[str, AfterValidator(_condition)]
+ValueExpr = Annotated[str, AfterValidator(_value)]
+ParamValue = Annotated[Any, AfterValidator(_value)]
 
 
 class _Strict(BaseModel):
@@ -47,18 +70,10 @@ class EvidenceQuery(_Strict):
 
 
 class Clause(_Strict):
-    when: str
+    when: Condition
     weight: float = Field(default=1.0, gt=0, le=10)
     says: str = Field(description="The sentence the report shows when the clause holds.")
 
-    @field_validator("when")
-    @classmethod
-    def _parses(cls, v: str) -> str:
-        try:
-            compile_condition(v)
-        except ConditionError as e:
-            raise ValueError(str(e)) from e
-        return v
 
 
 class HypothesisSpec(_Strict):
@@ -66,40 +81,21 @@ class HypothesisSpec(_Strict):
     category: Category
     title: str
     culprit: str | None = Field(default=None, description="Context key naming the culprit: deployment, node, ...")
-    requires: str | None = Field(default=None, description="A condition without which the hypothesis is out.")
+    requires: Condition | None = Field(default=None, description="A condition without which the hypothesis is out.")
     supports: list[Clause]
     against: list[Clause] = Field(default_factory=list)
 
-    @field_validator("requires")
-    @classmethod
-    def _requires_parses(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                compile_condition(v)
-            except ConditionError as e:
-                raise ValueError(str(e)) from e
-        return v
 
 
 class Remediation(_Strict):
     hypothesis: str
     action: ActionKind
     target: str | None = Field(default=None, description="Context key of the target object.")
-    params: dict[str, Any] = Field(default_factory=dict,
-                                   description="Values; a string is an expression over features.")
-    when: str | None = None
+    params: dict[str, ParamValue] = Field(default_factory=dict,
+                                          description="Values; a string is an expression over features.")
+    when: Condition | None = None
     reason: str
 
-    @field_validator("params")
-    @classmethod
-    def _params_parse(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for key, expr in v.items():
-            if isinstance(expr, str):
-                try:
-                    compile_value(expr)
-                except ConditionError as e:
-                    raise ValueError(f"{key}: {e}") from e
-        return v
 
 
 class Runbook(_Strict):
@@ -109,22 +105,13 @@ class Runbook(_Strict):
     risk_ceiling: str = Field(default="propose", pattern="^(read|propose|mutate|destructive)$",
                               description="The highest risk any tool or remediation here may have.")
     evidence: list[EvidenceQuery]
-    derive: dict[str, str] = Field(default_factory=dict,
+    derive: dict[str, ValueExpr] = Field(default_factory=dict,
                                    description="Context keys the alert may lack, as expressions over evidence.")
     hypotheses: list[HypothesisSpec]
     remediations: list[Remediation] = Field(default_factory=list)
     body: str = ""
     path: str = ""
 
-    @field_validator("derive")
-    @classmethod
-    def _derive_parses(cls, v: dict[str, str]) -> dict[str, str]:
-        for key, expr in v.items():
-            try:
-                compile_value(expr)
-            except ConditionError as e:
-                raise ValueError(f"{key}: {e}") from e
-        return v
 
     def matches(self, alertname: str, labels: dict[str, str]) -> bool:
         if self.match.alertnames and alertname not in self.match.alertnames:

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving import free_port
+from tests.serving import free_port, stop_process
 
 STEP_S = 60
 HOURS = 3
@@ -125,15 +125,6 @@ def _start_prometheus(workdir: Path, port: int) -> subprocess.Popen[bytes]:
         )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
 
 @pytest.fixture(scope="session")
 def prom_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PromHistory]:
@@ -164,7 +155,7 @@ def prom_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PromHisto
             time.sleep(0.1)
         yield PromHistory(url=url, t0=t0, t_step=t_step, t_end=t0 + (n - 1) * STEP_S)
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @pytest.fixture(scope="session")

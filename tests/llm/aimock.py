@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.serving import free_port
+from tests.serving import free_port, stop_process
 
 HERE = Path(__file__).resolve().parent
 CLI = HERE / "node_modules" / "@copilotkit" / "aimock" / "dist" / "cli.js"
@@ -42,15 +42,6 @@ class Aimock:
     def journal_text(self, model: str) -> str:
         return json.dumps(self.journal(model), ensure_ascii=False)
 
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -82,4 +73,4 @@ def aimock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Aimock]:
             time.sleep(0.05)
         yield Aimock(url=url)
     finally:
-        _stop(proc)
+        stop_process(proc)
