@@ -6,6 +6,9 @@ finds the approved spec unchanged."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -211,6 +214,40 @@ def test_a_409_is_retried_after_a_reread_finds_the_approved_spec_unchanged(
     conflicts = [e for e in app.audit.events(None) if e["decision"] == "conflict" and ch.id in e["action"]]
     assert conflicts, "the busy writer should have caused at least one 409"
     assert all("spec unchanged, retrying" in e["reason"] for e in conflicts)
+    apps.patch_namespaced_deployment_scale(w.name, w.namespace, {"spec": {"replicas": before}})
+
+
+@pytest.mark.parametrize("crash", ["after-claim", "after-applied"])
+def test_a_flow_killed_mid_change_is_resumed_and_applies_once(
+        crash: str, app: App, sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, config: Path,
+        tmp_path: Path) -> None:
+    """SIGKILL while the approved change executes; on restart `resume_pending` continues the thread from
+    its last checkpoint: the executor reconciles, the change is applied exactly once and then verified."""
+    apps = client.AppsV1Api(admin)
+    w = fleet.workload("summarizer")
+    before = _replicas(admin, w.namespace, w.name)
+    spec = ChangeSpec(action=ActionKind.SCALE, cluster=app.settings.kubernetes.cluster,
+                      target=ObjectRef(kind="Deployment", name=w.name, namespace=w.namespace),
+                      params={"replicas": before + 1})
+    ch = _run(app, app.executor().propose(spec, reason="test", requester="agent:rules"))
+    _run(app, app.flow().open(ch))
+    _run(app, app.flow().decide(ch.id, "bob"))  # one of two approvals; carol's comes in the child
+    status_file = tmp_path / "status.json"
+    status_file.write_text(json.dumps({k: v for k, v in sandbox.items() if not k.startswith("_")}))
+    child = subprocess.run([sys.executable, "-m", "tests.integration.flow_child", str(status_file), str(config),
+                            str(tmp_path / "state"), ch.id, "carol", crash], capture_output=True, text=True,
+                           timeout=180, cwd=ROOT)
+    assert child.returncode == -9, f"the child was to be killed at {crash}: {child.stderr[-800:]}"
+    gen_after_crash = apps.read_namespaced_deployment(w.name, w.namespace).metadata.generation
+    resumed = _run(app, build_app(app.settings).flow().resume_pending())
+    mine = [r for r in resumed if r.change.id == ch.id]
+    assert len(mine) == 1 and mine[0].stage == "verified", [(r.change.id, r.stage, r.detail) for r in resumed]
+    assert _replicas(admin, w.namespace, w.name) == before + 1
+    d = apps.read_namespaced_deployment(w.name, w.namespace)
+    expected_gen = gen_after_crash + (1 if crash == "after-claim" else 0)
+    assert d.metadata.generation == expected_gen, "the spec was written exactly once"
+    assert app.ledger.execution(ch.id).state == "applied"  # type: ignore[union-attr]
+    assert app.audit.verify().ok
     apps.patch_namespaced_deployment_scale(w.name, w.namespace, {"spec": {"replicas": before}})
 
 
