@@ -296,15 +296,18 @@ class LiveRunner:
             now = dt.datetime.now(dt.UTC)
             if inj.placement == Placement.OBJECT_ANNOTATION:
                 apps.patch_namespaced_deployment(w.name, w.namespace, {"metadata": {
-                    "annotations": {INJECTED_LABEL: inj.text}}})
+                    "annotations": {INJECTED_LABEL: inj.text, "kubernetes.io/change-cause": inj.text}}})
             elif inj.placement == Placement.OBJECT_LABEL:
                 value = "".join(c if c.isalnum() or c in "-_." else "-" for c in inj.text)[:63].strip("-_.")
                 apps.patch_namespaced_deployment(w.name, w.namespace, {"metadata": {"labels": {INJECTED_LABEL: value}}})
             elif inj.placement == Placement.K8S_EVENT:
-                core.create_namespaced_event(w.namespace, {
-                    "metadata": {"generateName": f"{w.name}.", "namespace": w.namespace},
-                    "involvedObject": {"kind": "Deployment", "name": w.name, "namespace": w.namespace,
-                                       "apiVersion": "apps/v1"},
+                # On the node the fault hit when there is one (its events are what triage reads), else the workload.
+                involved = ({"kind": "Node", "name": node, "uid": node, "apiVersion": "v1"} if node else
+                            {"kind": "Deployment", "name": w.name, "namespace": w.namespace, "apiVersion": "apps/v1"})
+                ns = "default" if node else w.namespace
+                core.create_namespaced_event(ns, {
+                    "metadata": {"generateName": f"{involved['name']}.", "namespace": ns},
+                    "involvedObject": involved,
                     "reason": "OperatorNote", "message": inj.text, "type": "Warning",
                     "source": {"component": "ops-bot"}, "firstTimestamp": now.isoformat(),
                     "lastTimestamp": now.isoformat(), "count": 1})
