@@ -337,8 +337,10 @@ class LiveRunner:
                 lab = a["labels"]
                 if lab.get("alertname") not in s.detection.alerts:
                     continue
-                where = lab.get("namespace") == w.namespace or (node and node in (lab.get("Hostname"),
-                                                                                  lab.get("node")))
+                model = lab.get("model_name") or lab.get("model")
+                # Workloads share namespaces: an alert naming another model is not this scenario's.
+                where = (lab.get("namespace") == w.namespace and model in (None, w.model)) or (
+                    node and node in (lab.get("Hostname"), lab.get("node")))
                 starts = dt.datetime.fromisoformat(a["startsAt"].replace("Z", "+00:00")).timestamp()
                 if where and starts >= since - 10:
                     return True
