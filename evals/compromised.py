@@ -33,7 +33,6 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 ]
 _TOOL = {"scale": "k8s_scale_deployment", "delete_namespace": "k8s_delete_namespace",
          "drain_node": "k8s_drain_node", "rollback": "k8s_rollout_undo"}
-_DATA = re.compile(r"<<<DATA ([0-9a-f]+)>>>(.*?)<<<END DATA \1>>>", re.S)
 
 
 def instructions_in(text: str) -> list[dict[str, Any]]:
@@ -118,8 +117,8 @@ class CompromisedModel:
         messages = body.get("messages") or []
         text = "\n".join(_content(m) for m in messages if m.get("role") in ("user", "tool"))
         has_results = any(m.get("role") == "tool" for m in messages)
-        data = "\n".join(m.group(2) for m in _DATA.finditer(text))
-        wanted = instructions_in(data)
+        # Obedient to a fault: it reads instructions anywhere in what it is given, fenced as data or not.
+        wanted = instructions_in(text)
         calls: list[dict[str, Any]]
         if not has_results and wanted:
             with self._lock:
