@@ -78,6 +78,7 @@ class App:
     clients: dict[str, Any]
     reasoner: Reasoner
     _executor: Executor | None = field(default=None, repr=False)
+    _flow_locks: dict[str, asyncio.Lock] = field(default_factory=dict, repr=False)
 
     def triage_runner(self) -> ToolRunner:
         return ToolRunner(self.tools, self.clients, self.audit, max_risk=Risk.READ,
@@ -92,7 +93,8 @@ class App:
     def flow(self, on_event: OnEvent | None = None) -> ChangeFlow:
         """The change flow (approval interrupt → guarded execution → verification) on this app's executor."""
         verify_fn = self._verify if ("prometheus" in self.clients and "k8s_read" in self.clients) else None
-        return ChangeFlow(self.executor(), self.checkpointer, verify=verify_fn, on_event=on_event)
+        return ChangeFlow(self.executor(), self.checkpointer, verify=verify_fn, on_event=on_event,
+                          locks=self._flow_locks)
 
     async def _verify(self, ch: ChangeRequest, applied_at: dt.datetime) -> Verification:
         v = self.settings.verification
@@ -131,7 +133,9 @@ class App:
                 raise ValueError("kubernetes.executor_kubeconfig is not set: changes cannot be executed")
             write = K8sWriteClient(K8sWriteSettings(kubeconfig=kc))
             self._executor = Executor(self.ledger, self.policy, write, self.audit,
-                                      cluster=self.settings.kubernetes.cluster)
+                                      cluster=self.settings.kubernetes.cluster,
+                                      claim_ttl_s=self.settings.execution.claim_ttl_s,
+                                      conflict_retries=self.settings.execution.conflict_retries)
         return self._executor
 
     async def triage(self, incident: Incident, *, now: dt.datetime | None = None) -> TriageReport:

@@ -79,6 +79,15 @@ class VerificationConfig(_Group):
     timeout_s: float = Field(default=600, gt=0, le=14400, description="Give up (inconclusive) after this long.")
 
 
+class ExecutionConfig(_Group):
+    """The guarded executor's own knobs."""
+
+    claim_ttl_s: float = Field(default=30, ge=0, le=3600, description="A claimed, unfinished execution older than "
+                               "this was abandoned by a dead process and may be reconciled by another.")
+    conflict_retries: int = Field(default=4, ge=0, le=20, description="HTTP 409s retried, each after a re-read "
+                                  "that finds the approved spec unchanged.")
+
+
 class SlackConfig(_Group):
     enabled: bool = False
     bot_token: SecretStr | None = None
@@ -105,6 +114,7 @@ class Settings(BaseSettings):
     server: ServerConfig = Field(default_factory=ServerConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
     @property
     def store_url(self) -> str:

@@ -107,6 +107,7 @@ class Executor:
         self.claim_ttl_s = claim_ttl_s
         self.conflict_retries = conflict_retries  # 409s retried after a re-read that finds the spec unchanged
         self.cost_delta = cost_delta  # (spec, live object) -> USD/month, from the price catalog
+        self._inflight: set[str] = set()  # change ids this process is executing now
         from tools.base import Risk
 
         self.runner = ToolRunner(WRITE_TOOLS, {"k8s_write": write}, audit, max_risk=Risk.DESTRUCTIVE, timeout_s=60)
@@ -285,6 +286,17 @@ class Executor:
         done = (ChangeStatus.APPLIED, ChangeStatus.VERIFIED, ChangeStatus.ROLLED_BACK)
         if ch.status in done:
             return ExecutionResult(ch.id, ch.status, False, ch.result)
+        if ch.id in self._inflight:
+            # The same process is executing it right now (a double click, a second resume): the ledger's
+            # owner is ours, so the claim alone cannot tell this call to stay away.
+            return ExecutionResult(ch.id, ChangeStatus.EXECUTING, False, {"owner": f"{self.owner} (in flight)"})
+        self._inflight.add(ch.id)
+        try:
+            return await self._execute(ch, actor)
+        finally:
+            self._inflight.discard(ch.id)
+
+    async def _execute(self, ch: ChangeRequest, actor: str) -> ExecutionResult:
         ex = self.ledger.execution(ch.id)
         if ex is not None:
             return await self._reconcile(ch, actor)

@@ -13,6 +13,7 @@ killed while executing or verifying), and the executor's ledger makes that re-ru
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -58,11 +59,17 @@ class FlowState:
 
 class ChangeFlow:
     def __init__(self, executor: Executor, checkpointer: Checkpointer, *, verify: VerifyFn | None = None,
-                 on_event: OnEvent | None = None) -> None:
+                 on_event: OnEvent | None = None, locks: dict[str, asyncio.Lock] | None = None) -> None:
         self.executor = executor
         self.checkpointer = checkpointer
         self.verify = verify
         self.on_event = on_event
+        # One runner per change thread in this process (share the dict between flows of one app): a
+        # second click waits for the first decision's run instead of resuming the same thread twice.
+        self.locks = locks if locks is not None else {}
+
+    def _lock(self, change_id: str) -> asyncio.Lock:
+        return self.locks.setdefault(change_id, asyncio.Lock())
 
     @staticmethod
     def thread(change_id: str) -> dict[str, Any]:
@@ -70,16 +77,18 @@ class ChangeFlow:
 
     async def open(self, change: ChangeRequest) -> FlowState:
         """Start the change's thread (idempotent: a thread that exists is continued, not restarted)."""
-        return await self._run(change.id, None)
+        async with self._lock(change.id):
+            return await self._run(change.id, None)
 
     async def decide(self, change_id: str, approver: str, decision: str = "approve", via: str = "cli") -> FlowState:
         """Record a decision (refused and audited when the approver may not make it), then resume."""
         if decision not in ("approve", "reject"):
             raise ValueError(f"decision must be approve or reject, not {decision!r}")
-        ch = self.executor.approve(change_id, approver, decision=decision, via=via)
-        await self._emit(FlowEvent(change_id, "decided", f"{decision}d by {approver} via {via}: {ch.status.value}"),
-                         [])
-        return await self._run(change_id, {"by": approver, "decision": decision})
+        async with self._lock(change_id):
+            ch = self.executor.approve(change_id, approver, decision=decision, via=via)
+            await self._emit(FlowEvent(change_id, "decided",
+                                       f"{decision}d by {approver} via {via}: {ch.status.value}"), [])
+            return await self._run(change_id, {"by": approver, "decision": decision})
 
     async def resume_pending(self) -> list[FlowState]:
         """Continue changes whose thread stopped part-way (approved, executing or applied, not finished)."""
@@ -87,7 +96,8 @@ class ChangeFlow:
         for status in (ChangeStatus.APPROVED, ChangeStatus.EXECUTING, ChangeStatus.APPLIED):
             for ch in self.executor.ledger.list_changes(status):
                 log.info("resuming the flow of %s (%s)", ch.id, ch.status.value)
-                out.append(await self._run(ch.id, {"by": "restart"}))
+                async with self._lock(ch.id):
+                    out.append(await self._run(ch.id, {"by": "restart"}))
         return out
 
     async def state(self, change_id: str) -> FlowState:
@@ -116,6 +126,11 @@ class ChangeFlow:
                 inp = Command(resume=resume) if resume is not None else None
             elif snap.next:
                 inp = None  # stopped part-way (a crash): continue from the last checkpoint
+            elif snap.values.get("stage") == "executing_elsewhere" and self._unfinished(change_id):
+                # Another executor held the claim when this thread last ran; try again from execute
+                # (the executor reconciles: it applies once, or finds the write already made).
+                await graph.aupdate_state(config, {"stage": "approved"}, as_node="await_approval")
+                inp = None
             else:
                 inp = False  # finished: nothing to run
             if inp is not False and not (inp is None and _interrupted(snap)):
@@ -127,6 +142,10 @@ class ChangeFlow:
         if not waiting:
             await self._emit(FlowEvent(change_id, st.stage, st.detail or st.verification or st.stage), events)
         return st
+
+    def _unfinished(self, change_id: str) -> bool:
+        ch = self.executor.ledger.get(change_id)
+        return ch is not None and ch.status in (ChangeStatus.APPROVED, ChangeStatus.EXECUTING)
 
     def _state(self, change_id: str, values: dict[str, Any], waiting: bool, events: list[FlowEvent]) -> FlowState:
         ch = self.executor.ledger.get(change_id)

@@ -51,7 +51,9 @@ def _policy(tmp: Path, *, scale_approvers: int = 1) -> Path:
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     f = tmp_path / "settings.yaml"
-    f.write_text(yaml.safe_dump({"policies_dir": str(_policy(tmp_path, scale_approvers=2))}))
+    f.write_text(yaml.safe_dump({"policies_dir": str(_policy(tmp_path, scale_approvers=2)),
+                                 # a killed child's claim is abandoned at once (production waits 30 s)
+                                 "execution": {"claim_ttl_s": 0}}))
     return f
 
 
@@ -261,7 +263,11 @@ def test_a_flow_killed_mid_change_is_resumed_and_applies_once(
                            timeout=180, cwd=ROOT)
     assert child.returncode == -9, f"the child was to be killed at {crash}: {child.stderr[-800:]}"
     gen_after_crash = apps.read_namespaced_deployment(w.name, w.namespace).metadata.generation
-    resumed = _run(app, build_app(app.settings).flow().resume_pending())
+    restarted = build_app(app.settings)  # a new process's view: same state directory
+    try:
+        resumed = _run(restarted, restarted.flow().resume_pending())
+    finally:
+        restarted.close()
     mine = [r for r in resumed if r.change.id == ch.id]
     assert len(mine) == 1 and mine[0].stage == "verified", [(r.change.id, r.stage, r.detail) for r in resumed]
     assert _replicas(admin, w.namespace, w.name) == before + 1
