@@ -1,0 +1,328 @@
+"""The Slack bot: Bolt listeners for buttons, thread questions and `/ops`, mounted on `opsagent serve`.
+
+Every listener acknowledges first and works afterwards (Bolt answers Slack as soon as `ack()` runs;
+the rest of the listener continues in the background), so Slack's 3-second limit holds whatever a
+triage or an execution is doing. In front of Bolt, `SlackEndpoint` rejects replays of a signed
+request (401) and answers retried Events API deliveries (`X-Slack-Retry-Num`) without handling
+them twice. Button clicks and `/ops approve` go through the same decision path as the CLI
+(`flow.decide`), which checks policy (Slack user id → role from the policy file, no self-approval)
+and audits every decision, allowed or refused; a refusal is shown only to the person who clicked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.signature import SignatureVerifier
+from slack_sdk.web.async_client import AsyncWebClient
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from agent.app import App
+from agent.changes import ChangeSpec, ChangeStatus
+from agent.config import SlackConfig
+from agent.executor import ExecutionRefused
+from agent.models import ActionKind, Incident, IncidentStatus, TriageReport
+from agent.server import Metrics
+from agent.slack import blocks
+from agent.slack.blocks import ACTION_APPROVE, ACTION_REJECT, Stage
+from agent.slack.chat import ThreadChat
+from agent.slack.decide import FlowEvent, FlowState, InterimFlow, Verifier
+from agent.slack.incidents import SlackNotifier
+
+log = logging.getLogger(__name__)
+
+REPLAY_WINDOW = dt.timedelta(minutes=6)  # Slack signatures older than 5 minutes are rejected anyway
+EXECUTABLE = {ActionKind.ROLLBACK, ActionKind.SCALE, ActionKind.DEPLOY, ActionKind.SET_GPU_RESOURCES,
+              ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT, ActionKind.CORDON_NODE, ActionKind.DRAIN_NODE}
+FLOW_STAGE = {"executing": Stage.EXECUTING, "applied": Stage.EXECUTING, "verified": Stage.RESOLVED,
+              "rolled_back": Stage.ROLLED_BACK, "failed": Stage.FAILED, "rejected": Stage.REJECTED,
+              "inconclusive": Stage.EXECUTING, "awaiting_approval": Stage.CHANGE_PROPOSED}
+FLOW_ICON = {"executing": ":gear:", "applied": ":arrows_counterclockwise:", "verified": ":white_check_mark:",
+             "rolled_back": ":leftwards_arrow_with_hook:", "failed": ":x:", "rejected": ":no_entry_sign:",
+             "inconclusive": ":grey_question:", "awaiting_approval": ":hourglass_flowing_sand:"}
+
+
+class Flow(Protocol):
+    """What the bot needs from the change flow (`agent.flow.ChangeFlow` has the same `decide`)."""
+
+    async def decide(self, change_id: str, approver: str, decision: str = "approve",
+                     via: str = "slack") -> FlowState: ...
+
+
+def web_client(cfg: SlackConfig) -> AsyncWebClient:
+    """The Web API client: 429s wait for `Retry-After` and are retried, as are dropped connections."""
+    token = cfg.bot_token.get_secret_value() if cfg.bot_token else None
+    kwargs: dict[str, Any] = {"base_url": cfg.api_url} if cfg.api_url else {}
+    return AsyncWebClient(token=token, timeout=cfg.timeout_s, retry_handlers=[
+        AsyncRateLimitErrorRetryHandler(max_retry_count=cfg.rate_limit_retries),
+        AsyncConnectionErrorRetryHandler(max_retry_count=2),
+    ], **kwargs)
+
+
+class SlackBot:
+    """Everything Slack-facing in `opsagent serve`, built from the app's parts."""
+
+    def __init__(self, app: App, metrics: Metrics, *, client: AsyncWebClient | None = None,
+                 verifier: Verifier | None = None, flow: Flow | None = None,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+        cfg = app.settings.slack
+        if cfg.signing_secret is None:
+            raise ValueError("slack.signing_secret is required when slack.enabled (Slack signs every request)")
+        if cfg.bot_token is None:
+            raise ValueError("slack.bot_token is required when slack.enabled (the bot posts with it)")
+        self.app = app
+        self.cfg = cfg
+        self.metrics = metrics
+        self.clock = clock
+        self.client = client or web_client(cfg)
+        self.notifier = SlackNotifier(self.client, app.store, app.ledger, cfg.channel, metrics)
+        self.flow: Flow = flow or InterimFlow(app.executor, verifier, on_event=self.on_flow_event)
+        self.chat = ThreadChat(app.triage_runner(), app.settings.kubernetes.cluster, app.settings.llm)
+        self.signatures = SignatureVerifier(cfg.signing_secret.get_secret_value())
+        self.bolt = AsyncApp(token=cfg.bot_token.get_secret_value(),
+                             signing_secret=cfg.signing_secret.get_secret_value(),
+                             client=self.client, process_before_response=False, logger=log)
+        self._handler = AsyncSlackRequestHandler(self.bolt)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._socket: Any = None
+        self._register()
+
+    # ---- HTTP endpoints -------------------------------------------------------------------------
+    def routes(self) -> list[Route]:
+        return [Route(path, self.endpoint, methods=["POST"])
+                for path in ("/slack/events", "/slack/interactivity", "/slack/commands")]
+
+    async def endpoint(self, request: Request) -> Response:
+        """Verify, refuse replays, drop retried events already handled, then hand over to Bolt."""
+        body = await request.body()
+        ts = request.headers.get("x-slack-request-timestamp", "")
+        sig = request.headers.get("x-slack-signature", "")
+        kind = request.url.path.rsplit("/", 1)[-1]
+        if not self.signatures.is_valid(body=body, timestamp=ts, signature=sig):
+            self.metrics.chat_requests.labels(kind=kind, outcome="bad_signature").inc()
+            return JSONResponse({"error": "invalid or expired Slack signature"}, status_code=401)
+        if not await asyncio.to_thread(self.app.store.first_seen, f"sig:{sig}", self.clock(), REPLAY_WINDOW):
+            self.metrics.chat_requests.labels(kind=kind, outcome="replayed").inc()
+            return JSONResponse({"error": "this signed request was already received (replay)"}, status_code=401)
+        event_id = _event_id(body)
+        if event_id and not await asyncio.to_thread(self.app.store.first_seen, f"event:{event_id}", self.clock(),
+                                                    dt.timedelta(hours=1)):
+            self.metrics.chat_requests.labels(kind=kind, outcome="duplicate").inc()
+            return JSONResponse({"ok": True, "duplicate": event_id})
+        self.metrics.chat_requests.labels(kind=kind, outcome="accepted").inc()
+        return await self._handler.handle(request)
+
+    async def start_socket_mode(self) -> None:
+        """Connect over Socket Mode (installs without a public URL) instead of HTTP endpoints."""
+        from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+        if self.cfg.app_token is None:
+            raise ValueError("slack.app_token (xapp-...) is required for slack.socket_mode")
+        self._socket = AsyncSocketModeHandler(self.bolt, self.cfg.app_token.get_secret_value())
+        await self._socket.connect_async()
+
+    async def stop(self) -> None:
+        if self._socket is not None:
+            await self._socket.close_async()
+        for t in list(self._tasks):
+            t.cancel()
+
+    # ---- incidents ------------------------------------------------------------------------------
+    async def on_incident(self, incident: Incident) -> None:
+        """A webhook delivery changed an incident: show it at once (triage follows), or mark it resolved."""
+        if incident.status == IncidentStatus.RESOLVED:
+            await self.notifier.show_incident(incident.id, Stage.RESOLVED,
+                                              ":large_green_circle: Alertmanager reports every alert resolved.")
+        elif incident.notifications == 1:
+            await self.notifier.show_incident(incident.id)
+
+    async def triage(self, incident: Incident) -> TriageReport:
+        """The triage worker's job with Slack: message, triage, details in the thread, change requests."""
+        await self.notifier.show_incident(incident.id)
+        report = await self.app.triage(incident)
+        await self.notifier.reply(incident.id, blocks.triage_details(report))
+        changes = await self._propose(incident, report)
+        pending = [c for c in changes if c.status == ChangeStatus.PENDING_APPROVAL]
+        for c in changes:
+            await self.notifier.show_change(c.id)
+        await self.notifier.show_incident(incident.id, Stage.CHANGE_PROPOSED if pending else Stage.TRIAGED)
+        return report
+
+    async def _propose(self, incident: Incident, report: TriageReport) -> list[Any]:
+        proposals = [p for p in report.proposals if p.kind in EXECUTABLE and p.target is not None]
+        if not proposals:
+            return []
+        try:
+            ex = self.app.executor()
+        except ValueError as e:
+            await self.notifier.reply(incident.id, {"text": f":warning: No change requests proposed: {e}"})
+            return []
+        out = []
+        for p in proposals:
+            assert p.target is not None
+            spec = ChangeSpec(action=p.kind, cluster=self.app.settings.kubernetes.cluster, target=p.target,
+                              params=p.params)
+            ch = await ex.propose(spec, reason=p.reason, requester=f"agent:{report.reasoner}",
+                                  incident_id=incident.id, evidence=[e.id for e in report.evidence])
+            self.metrics.changes.labels(status=ch.status.value).inc()
+            out.append(ch)
+        return out
+
+    async def on_flow_event(self, ev: FlowEvent) -> None:
+        """Progress of a change: its block, its incident's thread and top message follow."""
+        icon = FLOW_ICON.get(ev.stage, ":information_source:")
+        text = f"{icon} `{ev.change_id}`: {blocks.esc(ev.message)}"
+        await self.notifier.show_change(ev.change_id, outcome=text)
+        if ev.stage in ("applied", "verified", "rolled_back", "failed", "inconclusive"):
+            self.metrics.executions.labels(stage=ev.stage).inc()
+        ch = await asyncio.to_thread(self.app.ledger.get, ev.change_id)
+        if ch is None or ch.incident_id is None:
+            return
+        await self.notifier.reply(ch.incident_id, {"text": text})
+        stage = FLOW_STAGE.get(ev.stage)
+        if stage is not None:
+            await self.notifier.show_incident(ch.incident_id, stage, text)
+
+    # ---- Bolt listeners -------------------------------------------------------------------------
+    def _register(self) -> None:
+        bolt = self.bolt
+        bolt.action(ACTION_APPROVE)(self._on_button)
+        bolt.action(ACTION_REJECT)(self._on_button)
+        bolt.command("/ops")(self._on_ops)
+        bolt.event("app_mention")(self._on_mention)
+        bolt.event("message")(self._on_message)
+
+    async def _on_button(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any],
+                         action: dict[str, Any]) -> None:
+        await ack()
+        decision = "approve" if action["action_id"] == ACTION_APPROVE else "reject"
+        user = body["user"]["id"]
+        channel = (body.get("channel") or {}).get("id", self.cfg.channel)
+        thread_ts = (body.get("message") or {}).get("thread_ts")
+        refusal = await self._decide(str(action.get("value", "")), user, decision)
+        if refusal:
+            await self.notifier.ephemeral(channel, user, refusal, thread_ts)
+
+    async def _decide(self, change_id: str, user: str, decision: str) -> str | None:
+        """Run a decision; the refusal text if it was refused (already audited), else None."""
+        try:
+            state = await self.flow.decide(change_id, user, decision, via="slack")
+        except ExecutionRefused as e:
+            self.metrics.approvals.labels(decision=decision, outcome="refused", via="slack").inc()
+            return f":no_entry: Your {decision} of `{change_id}` was refused: {e}"
+        except Exception as e:
+            log.exception("decision on %s by %s failed", change_id, user)
+            return f":warning: Your {decision} of `{change_id}` could not be completed: {type(e).__name__}: {e}"
+        self.metrics.approvals.labels(decision=decision, outcome="recorded", via="slack").inc()
+        await self.notifier.show_change(state.change.id)
+        return None
+
+    async def _on_ops(self, ack: Callable[..., Awaitable[Any]], command: dict[str, Any],
+                      respond: Callable[..., Awaitable[Any]]) -> None:
+        await ack()
+        words = str(command.get("text") or "").split()
+        sub = words[0].lower() if words else "help"
+        user = str(command.get("user_id", ""))
+        store, ledger = self.app.store, self.app.ledger
+        if sub == "status":
+            firing = await asyncio.to_thread(store.incidents, IncidentStatus.FIRING, 20)
+            pending = await asyncio.to_thread(ledger.list_changes, ChangeStatus.PENDING_APPROVAL, None, 20)
+            text = blocks.status_text(firing, pending)
+        elif sub == "incidents":
+            text = blocks.incidents_text(await asyncio.to_thread(store.incidents, None, 20))
+        elif sub == "changes":
+            text = blocks.changes_text(await asyncio.to_thread(ledger.list_changes, None, None, 20))
+        elif sub == "approve" and len(words) == 2:
+            refusal = await self._decide(words[1], user, "approve")
+            ch = await asyncio.to_thread(ledger.get, words[1])
+            text = refusal or f":white_check_mark: Approved `{words[1]}`: now {ch.status.value if ch else '?'}."
+        elif sub == "approve":
+            text = "Usage: `/ops approve CHANGE_ID`"
+        elif sub == "rightsize":
+            text = ("`/ops rightsize` is not available in this build: right-sizing recommendations are not part "
+                    "of this version of opsagent yet.")
+        else:
+            text = blocks.HELP if sub == "help" else f"Unknown command `{blocks.esc(sub)}`.\n{blocks.HELP}"
+        await respond(text=text, response_type="ephemeral", replace_original=False)
+
+    async def _on_mention(self, event: dict[str, Any]) -> None:
+        await self._question(event)
+
+    async def _on_message(self, event: dict[str, Any]) -> None:
+        text = str(event.get("text") or "")
+        if event.get("bot_id") or event.get("subtype") or not event.get("thread_ts"):
+            return
+        if not text.lower().startswith(("opsagent", "@opsagent")):
+            return  # people talk to each other in threads; the bot answers when addressed
+        await self._question(event)
+
+    async def _question(self, event: dict[str, Any]) -> None:
+        channel, ts = str(event.get("channel", "")), str(event.get("ts", ""))
+        # app_mention and message events both arrive for one message that mentions the bot: answer once
+        if not await asyncio.to_thread(self.app.store.first_seen, f"msg:{channel}:{ts}", self.clock(),
+                                       dt.timedelta(hours=1)):
+            return
+        thread = str(event.get("thread_ts") or ts)
+        user = str(event.get("user", ""))
+        t0 = time.monotonic()
+        owner = await asyncio.to_thread(self.app.store.chat_thread_owner, channel, thread)
+        if owner is None:
+            await self.notifier.call("chat.postMessage", channel=channel, thread_ts=thread,
+                                     text="Ask me in an incident's thread; I answer with that incident's evidence.\n"
+                                          + blocks.HELP)
+            return
+        incident_id = owner.split(":", 1)[1]
+        incident = await asyncio.to_thread(self.app.store.incident, incident_id)
+        if incident is None:
+            return
+        report = await asyncio.to_thread(self.app.store.latest_report, incident_id)
+        recent = await asyncio.to_thread(self.app.ledger.list_changes, None, incident_id, 20)
+        try:
+            ans = await self.chat.answer(incident, report, str(event.get("text") or ""), user, recent)
+            text = ans.text
+            if ans.change is not None:
+                text = await self._change_from_chat(incident, ans.change, ans.change_reason, user)
+        except Exception as e:
+            log.exception("answering in %s failed", incident_id)
+            text = f":warning: I could not answer that: {type(e).__name__}: {e}"
+        await self.notifier.call("chat.postMessage", channel=channel, thread_ts=thread, text=text)
+        log.info("answered in %s in %.2fs", incident_id, time.monotonic() - t0)
+
+    async def _change_from_chat(self, incident: Incident, spec: ChangeSpec, reason: str, user: str) -> str:
+        try:
+            ex = self.app.executor()
+        except ValueError as e:
+            return f"I can't propose changes here: {e}"
+        ch = await ex.propose(spec, reason=reason, requester=f"user:{user}", incident_id=incident.id)
+        self.metrics.changes.labels(status=ch.status.value).inc()
+        await self.notifier.show_change(ch.id)
+        if ch.status == ChangeStatus.PENDING_APPROVAL:
+            await self.notifier.show_incident(incident.id, Stage.CHANGE_PROPOSED)
+            return (f"I don't change anything from chat. I opened change request `{ch.id}` ({spec.action.value} "
+                    f"{spec.target}); policy `{ch.policy_rule}` needs {ch.approvals_required} approval(s) from "
+                    f"{', '.join(ch.approver_roles)} — not from you, since you asked for it.")
+        return f"Change request `{ch.id}` is {ch.status.value}: {blocks.esc(ch.policy_reason)}. Nothing was changed."
+
+
+def _event_id(body: bytes) -> str | None:
+    if not body.startswith(b"{"):
+        return None  # interactivity and commands are form-encoded
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    return str(doc["event_id"]) if isinstance(doc, dict) and doc.get("event_id") else None
