@@ -93,8 +93,7 @@ class SlackBot:
         self.flow: Flow = flow or InterimFlow(app.executor, verifier, on_event=self.on_flow_event)
         self.chat = ThreadChat(app.triage_runner(), app.settings.kubernetes.cluster, app.settings.llm)
         self.signatures = SignatureVerifier(cfg.signing_secret.get_secret_value())
-        self.bolt = AsyncApp(token=cfg.bot_token.get_secret_value(),
-                             signing_secret=cfg.signing_secret.get_secret_value(),
+        self.bolt = AsyncApp(signing_secret=cfg.signing_secret.get_secret_value(),
                              client=self.client, process_before_response=False, logger=log)
         self._handler = AsyncSlackRequestHandler(self.bolt)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -115,10 +114,13 @@ class SlackBot:
         if not self.signatures.is_valid(body=body, timestamp=ts, signature=sig):
             self.metrics.chat_requests.labels(kind=kind, outcome="bad_signature").inc()
             return JSONResponse({"error": "invalid or expired Slack signature"}, status_code=401)
-        if not await asyncio.to_thread(self.app.store.first_seen, f"sig:{sig}", self.clock(), REPLAY_WINDOW):
+        event_id = _event_id(body)
+        # Slack may retry an event within the same second (same body, same signature): a retry carries a new
+        # X-Slack-Retry-Num, and the event id below makes it a no-op. Anything else seen before is a replay.
+        retry = request.headers.get("x-slack-retry-num", "") if event_id else ""
+        if not await asyncio.to_thread(self.app.store.first_seen, f"sig:{sig}:{retry}", self.clock(), REPLAY_WINDOW):
             self.metrics.chat_requests.labels(kind=kind, outcome="replayed").inc()
             return JSONResponse({"error": "this signed request was already received (replay)"}, status_code=401)
-        event_id = _event_id(body)
         if event_id and not await asyncio.to_thread(self.app.store.first_seen, f"event:{event_id}", self.clock(),
                                                     dt.timedelta(hours=1)):
             self.metrics.chat_requests.labels(kind=kind, outcome="duplicate").inc()
