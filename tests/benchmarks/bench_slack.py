@@ -1,0 +1,140 @@
+"""Benchmark the Slack bot's acknowledgement latency under a burst, while a triage is running.
+
+Runs the real `serve` app (webhook + Bolt endpoints) on loopback against a running sandbox, with the
+local Web API stand-in for Slack. An alert from the sandbox's bad-rollout fixture starts a real
+triage (Kubernetes and Prometheus evidence); while it runs, N signed interactive requests go out at
+once: Approve clicks on a pending change by a user without the role (refused: policy check, audit,
+ephemeral), `/ops status` commands and thread questions. Latency is measured per request from send
+to the HTTP answer (Bolt's ack); Slack's limit is 3 s, the goal p99 ≤ 300 ms.
+
+Run: uv run python tests/benchmarks/bench_slack.py --sandbox-dir DIR --port-base N [--requests 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agent.app import build_app
+from agent.changes import ChangeSpec
+from agent.cli_common import settings_for
+from agent.models import ActionKind, ObjectRef
+from agent.server import Metrics
+from agent.slack.app import SlackBot
+from agent.slack.service import build_server
+from deploy.sandbox.fleet import Fleet
+from deploy.sandbox.sandbox import Sandbox, SandboxSettings
+from tests.serving import serve
+from tests.slack_standin import SlackStandIn, sign
+
+SECRET = "bench-signing-secret"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+def _requests(n: int, change_id: str, top_ts: str, api_url: str) -> list[tuple[str, bytes, str]]:
+    out: list[tuple[str, bytes, str]] = []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            payload = {"type": "block_actions", "team": {"id": "T1"}, "user": {"id": f"U0NOROLE{i:03d}"},
+                       "api_app_id": "A1", "token": "x", "trigger_id": f"t{i}", "channel": {"id": "C0BENCH"},
+                       "message": {"ts": top_ts, "thread_ts": top_ts}, "response_url": f"{api_url}/respond/{i}",
+                       "actions": [{"action_id": "change_approve", "value": change_id, "block_id": "b",
+                                    "type": "button", "action_ts": f"{time.time():.6f}"}]}
+            out.append(("/slack/interactivity", urllib.parse.urlencode({"payload": json.dumps(payload)}).encode(),
+                        "application/x-www-form-urlencoded"))
+        elif kind == 1:
+            form = {"team_id": "T1", "channel_id": "C0BENCH", "user_id": f"U{i:08d}", "command": "/ops",
+                    "text": "status", "response_url": f"{api_url}/respond/{i}", "trigger_id": f"t{i}"}
+            out.append(("/slack/commands", urllib.parse.urlencode(form).encode(), "application/x-www-form-urlencoded"))
+        else:
+            ev = {"type": "event_callback", "team_id": "T1", "api_app_id": "A1", "event_id": f"EvB{i:06d}",
+                  "event_time": int(time.time()), "event": {"type": "app_mention", "user": "U024BE7LH",
+                                                            "text": "<@UBOT0001> why?", "ts": f"{1800000000 + i}.1",
+                                                            "thread_ts": top_ts, "channel": "C0BENCH"}}
+            out.append(("/slack/events", json.dumps(ev).encode(), "application/json"))
+    return out
+
+
+async def _burst(url: str, reqs: list[tuple[str, bytes, str]]) -> list[tuple[str, int, float]]:
+    limits = httpx.Limits(max_connections=len(reqs), max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+        async def one(path: str, body: bytes, ctype: str) -> tuple[str, int, float]:
+            headers = {"Content-Type": ctype, **sign(SECRET, body)}
+            t0 = time.perf_counter()
+            r = await http.post(f"{url}{path}", content=body, headers=headers)
+            return path, r.status_code, (time.perf_counter() - t0) * 1000
+
+        return await asyncio.gather(*(one(*r) for r in reqs))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sandbox-dir", type=Path, required=True)
+    ap.add_argument("--port-base", type=int, default=17000)
+    ap.add_argument("--requests", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    status = Sandbox(SandboxSettings(dir=args.sandbox_dir, port_base=args.port_base)).status()
+    if status["state"] != "up":
+        raise SystemExit(f"sandbox in {args.sandbox_dir} is {status['state']}")
+    fleet = Fleet.load()
+    w = fleet.workload(fleet.faults["bad-rollout"]["workload"])
+    api = SlackStandIn()
+    body: dict[str, Any] = json.loads((FIXTURES / "alertmanager_bad_rollout.json").read_text())
+    all_ms: list[float] = []
+    with tempfile.TemporaryDirectory() as state, serve(api.app()) as api_url:
+        api.base_url = api_url
+        settings = settings_for(None, status, state_dir=state,
+                                slack={"enabled": True, "bot_token": "xoxb-bench", "signing_secret": SECRET,
+                                       "channel": "C0BENCH", "api_url": f"{api_url}/api/"})
+        app = build_app(settings)
+        bot = SlackBot(app, Metrics())
+        asgi, _ = build_server(app, bot=bot)
+        worker = asgi.state.worker
+        spec = ChangeSpec(action=ActionKind.SCALE, cluster=settings.kubernetes.cluster,
+                          target=ObjectRef(kind="Deployment", name=w.name, namespace=w.namespace),
+                          params={"replicas": 3})
+        ch = asyncio.run(app.executor().propose(spec, reason="benchmark", requester="agent:bench"))
+        try:
+            with serve(asgi) as url:
+                for rnd in range(args.rounds):
+                    body["groupKey"] = f"bench-slack-{rnd}-{time.time()}"
+                    r = httpx.post(f"{url}/alertmanager", content=json.dumps(body).encode(), timeout=10)
+                    incident_id = r.json()["incident"]
+                    deadline = time.monotonic() + 10
+                    while incident_id not in worker.inflight and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    during = incident_id in worker.inflight
+                    top = app.store.chat_message(f"incident:{incident_id}")
+                    reqs = _requests(args.requests, ch.id, top.ts if top else "1.0", api_url)
+                    t0 = time.perf_counter()
+                    results = asyncio.run(_burst(url, reqs))
+                    wall = time.perf_counter() - t0
+                    still = incident_id in worker.inflight
+                    ms = sorted(x[2] for x in results)
+                    all_ms += ms
+                    bad = [x for x in results if x[1] != 200]
+                    print(f"round {rnd + 1}: {len(results)} requests in {wall:.2f}s; triage running at start "
+                          f"{during}, at end {still}; non-200: {len(bad)}; ack p50 {statistics.median(ms):.0f} ms, "
+                          f"p99 {ms[int(0.99 * (len(ms) - 1))]:.0f} ms, max {ms[-1]:.0f} ms", flush=True)
+                    while incident_id in worker.inflight:
+                        time.sleep(0.2)
+        finally:
+            app.close()
+    all_ms.sort()
+    print(f"all rounds: n={len(all_ms)} ack p50 {statistics.median(all_ms):.0f} ms, "
+          f"p99 {all_ms[int(0.99 * (len(all_ms) - 1))]:.0f} ms, max {all_ms[-1]:.0f} ms (goal p99 <= 300 ms)")
+
+
+if __name__ == "__main__":
+    main()
