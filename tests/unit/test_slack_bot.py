@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +29,8 @@ from agent.slack.app import SlackBot
 from agent.slack.service import build_server
 from tests.serving import serve
 from tests.slack_standin import SlackClientSim, SlackStandIn, buttons, render, sign
+
+pytest_plugins = ("tests.llm.aimock",)
 
 SECRET = "unit-test-signing-secret"
 CHANNEL = "C0INCIDENT"
@@ -229,3 +233,38 @@ def test_rate_limited_and_failing_slack_calls_lose_nothing(env: Env) -> None:
     m = httpx.get(f"{env.url}/metrics").text
     assert 'opsagent_slack_api_errors_total{method="chat.update"} 1.0' in m
     assert env.app.store.incident(incident_id) is not None and env.app.store.latest_report(incident_id) is not None
+
+
+def test_free_text_goes_to_the_llm_with_read_tools_only(tmp_path: Path, aimock: Any) -> None:
+    api = SlackStandIn()
+    with serve(api.app()) as api_url:
+        api.base_url = api_url
+        settings = load_settings(None, state_dir=str(tmp_path / "state"),
+                                 prometheus={"url": "http://127.0.0.1:1", "timeout_s": 2},
+                                 llm={"provider": "openai-compatible", "model": "chat-thread-openai",
+                                      "base_url": f"{aimock.url}/v1"},
+                                 slack={"enabled": True, "bot_token": "xoxb-unit", "signing_secret": SECRET,
+                                        "channel": CHANNEL, "api_url": f"{api_url}/api/"})
+        app = build_app(settings)
+        asgi, _ = build_server(app, metrics=Metrics())
+        try:
+            with serve(asgi) as url:
+                e = Env(url, app, None, api, SlackClientSim(url, SECRET, api), Metrics())  # type: ignore[arg-type]
+                incident_id = e.open_incident()
+                top = e.top_message()
+                r = e.slack.event({"type": "app_mention", "user": ONCALL, "ts": "1800000000.000900", "thread_ts": top,
+                                   "text": "<@UBOT0001> is the canary doing better than the old pods?",
+                                   "channel": CHANNEL})
+                assert r.status_code == 200
+                answer = api.wait(lambda: [c for c in api.of("chat.postMessage")
+                                           if "canary" in str(c.args.get("text"))], what="the LLM's answer")[0]
+                calls = [ev for ev in app.audit.events(incident_id) if ev["actor"] == f"slack:{ONCALL}"]
+        finally:
+            app.close()
+    assert answer.args["thread_ts"] == top
+    assert "&lt;!channel&gt;" in answer.args["text"], "model text is escaped: no channel-wide ping"
+    asked = [j for j in aimock.journal("chat-thread-openai") if "doing better than the old pods" in json.dumps(j)]
+    assert len(asked) == 2, "one turn asking for a read tool, one with its result"
+    tools = {t["function"]["name"] for t in asked[0]["body"]["tools"]}
+    assert "prometheus_query_instant" in tools and not {t for t in tools if "undo" in t or "scale" in t}
+    assert [c["action"] for c in calls] == ["prometheus_query_instant"], "the model's read went through the runner"
