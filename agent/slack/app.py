@@ -35,12 +35,12 @@ from agent.app import App
 from agent.changes import ChangeSpec, ChangeStatus
 from agent.config import SlackConfig
 from agent.executor import ExecutionRefused
+from agent.flow import ChangeFlow, FlowEvent, FlowState
 from agent.models import ActionKind, Incident, IncidentStatus, TriageReport
 from agent.server import Metrics
 from agent.slack import blocks
 from agent.slack.blocks import ACTION_APPROVE, ACTION_REJECT, Stage
 from agent.slack.chat import ThreadChat
-from agent.slack.decide import FlowEvent, FlowState, InterimFlow, Verifier
 from agent.slack.incidents import SlackNotifier
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,19 @@ log = logging.getLogger(__name__)
 REPLAY_WINDOW = dt.timedelta(minutes=6)  # Slack signatures older than 5 minutes are rejected anyway
 EXECUTABLE = {ActionKind.ROLLBACK, ActionKind.SCALE, ActionKind.DEPLOY, ActionKind.SET_GPU_RESOURCES,
               ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT, ActionKind.CORDON_NODE, ActionKind.DRAIN_NODE}
-FLOW_STAGE = {"executing": Stage.EXECUTING, "applied": Stage.EXECUTING, "verified": Stage.RESOLVED,
-              "rolled_back": Stage.ROLLED_BACK, "failed": Stage.FAILED, "rejected": Stage.REJECTED,
-              "inconclusive": Stage.EXECUTING, "awaiting_approval": Stage.CHANGE_PROPOSED}
-FLOW_ICON = {"executing": ":gear:", "applied": ":arrows_counterclockwise:", "verified": ":white_check_mark:",
-             "rolled_back": ":leftwards_arrow_with_hook:", "failed": ":x:", "rejected": ":no_entry_sign:",
-             "inconclusive": ":grey_question:", "awaiting_approval": ":hourglass_flowing_sand:"}
+# ChangeFlow stages → what the incident's top message says.
+FLOW_STAGE = {"executing": Stage.EXECUTING, "verifying": Stage.EXECUTING, "verified": Stage.RESOLVED,
+              "rolling_back": Stage.ROLLED_BACK, "rolled_back": Stage.ROLLED_BACK, "regression": Stage.FAILED,
+              "failed": Stage.FAILED, "refused": Stage.FAILED, "rejected": Stage.REJECTED,
+              "unverified": Stage.APPLIED, "inconclusive": Stage.APPLIED, "executing_elsewhere": Stage.EXECUTING}
+FLOW_ICON = {"decided": ":ballot_box_with_check:", "executing": ":gear:", "verifying": ":stopwatch:",
+             "verified": ":white_check_mark:", "rolling_back": ":leftwards_arrow_with_hook:",
+             "rolled_back": ":leftwards_arrow_with_hook:", "regression": ":x:", "failed": ":x:",
+             "refused": ":no_entry:", "rejected": ":no_entry_sign:", "denied": ":no_entry:",
+             "unverified": ":grey_question:", "inconclusive": ":grey_question:",
+             "awaiting_approval": ":hourglass_flowing_sand:"}
+OUTCOMES = {"verified", "rolled_back", "regression", "failed", "refused", "unverified", "inconclusive"}
+QUIET = {"awaiting_approval", "approved", "new"}  # the change block shows these; no thread post
 
 
 class Flow(Protocol):
@@ -76,8 +83,7 @@ def web_client(cfg: SlackConfig) -> AsyncWebClient:
 class SlackBot:
     """Everything Slack-facing in `opsagent serve`, built from the app's parts."""
 
-    def __init__(self, app: App, metrics: Metrics, *, client: AsyncWebClient | None = None,
-                 verifier: Verifier | None = None, flow: Flow | None = None,
+    def __init__(self, app: App, metrics: Metrics, *, client: AsyncWebClient | None = None, flow: Flow | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         cfg = app.settings.slack
         if cfg.signing_secret is None:
@@ -90,7 +96,8 @@ class SlackBot:
         self.clock = clock
         self.client = client or web_client(cfg)
         self.notifier = SlackNotifier(self.client, app.store, app.ledger, cfg.channel, metrics)
-        self.flow: Flow = flow or InterimFlow(app.executor, verifier, on_event=self.on_flow_event)
+        self._flow: Flow | None = flow
+        self._deciding: dict[str, asyncio.Lock] = {}
         self.chat = ThreadChat(app.triage_runner(), app.settings.kubernetes.cluster, app.settings.llm)
         self.signatures = SignatureVerifier(cfg.signing_secret.get_secret_value())
         self.bolt = AsyncApp(signing_secret=cfg.signing_secret.get_secret_value(),
@@ -143,6 +150,12 @@ class SlackBot:
         for t in list(self._tasks):
             t.cancel()
 
+    def flow(self) -> Flow:
+        """The change flow, built on first use (it needs the executor identity: ValueError without one)."""
+        if self._flow is None:
+            self._flow = self.app.flow(on_event=self.on_flow_event)
+        return self._flow
+
     # ---- incidents ------------------------------------------------------------------------------
     async def on_incident(self, incident: Incident) -> None:
         """A webhook delivery changed an incident: show it at once (triage follows), or mark it resolved."""
@@ -165,34 +178,30 @@ class SlackBot:
         return report
 
     async def _propose(self, incident: Incident, report: TriageReport) -> list[Any]:
-        proposals = [p for p in report.proposals if p.kind in EXECUTABLE and p.target is not None]
-        if not proposals:
+        if not any(p.kind in EXECUTABLE and p.target is not None for p in report.proposals):
             return []
         try:
-            ex = self.app.executor()
+            flow = self.flow()
         except ValueError as e:
             await self.notifier.reply(incident.id, {"text": f":warning: No change requests proposed: {e}"})
             return []
-        out = []
-        for p in proposals:
-            assert p.target is not None
-            spec = ChangeSpec(action=p.kind, cluster=self.app.settings.kubernetes.cluster, target=p.target,
-                              params=p.params)
-            ch = await ex.propose(spec, reason=p.reason, requester=f"agent:{report.reasoner}",
-                                  incident_id=incident.id, evidence=[e.id for e in report.evidence])
-            self.metrics.changes.labels(status=ch.status.value).inc()
-            out.append(ch)
-        return out
+        if not isinstance(flow, ChangeFlow):
+            raise TypeError("proposing needs the ChangeFlow")
+        states = await self.app.propose_changes(report, flow)
+        for st in states:
+            self.metrics.changes.labels(status=st.change.status.value).inc()
+        return [st.change for st in states]
 
     async def on_flow_event(self, ev: FlowEvent) -> None:
         """Progress of a change: its block, its incident's thread and top message follow."""
         icon = FLOW_ICON.get(ev.stage, ":information_source:")
-        text = f"{icon} `{ev.change_id}`: {blocks.esc(ev.message)}"
-        await self.notifier.show_change(ev.change_id, outcome=text)
-        if ev.stage in ("applied", "verified", "rolled_back", "failed", "inconclusive"):
+        message = ev.message if ev.message.startswith(ev.change_id) else f"{ev.change_id}: {ev.message}"
+        text = f"{icon} {blocks.esc(message)}"
+        await self.notifier.show_change(ev.change_id, outcome="" if ev.stage in QUIET else text)
+        if ev.stage == "executing" or ev.stage in OUTCOMES:
             self.metrics.executions.labels(stage=ev.stage).inc()
         ch = await asyncio.to_thread(self.app.ledger.get, ev.change_id)
-        if ch is None or ch.incident_id is None:
+        if ch is None or ch.incident_id is None or ev.stage in QUIET:
             return
         await self.notifier.reply(ch.incident_id, {"text": text})
         stage = FLOW_STAGE.get(ev.stage)
@@ -221,8 +230,17 @@ class SlackBot:
 
     async def _decide(self, change_id: str, user: str, decision: str) -> str | None:
         """Run a decision; the refusal text if it was refused (already audited), else None."""
+        lock = self._deciding.setdefault(change_id, asyncio.Lock())
         try:
-            state = await self.flow.decide(change_id, user, decision, via="slack")
+            if lock.locked():
+                # A decision on this change is running in this process (executing, verifying): record or
+                # refuse this one (audited either way) without resuming the change's graph a second time.
+                ch = await asyncio.to_thread(self.app.executor().approve, change_id, user, decision=decision,
+                                             via="slack")
+                state = FlowState(change=ch, stage="decided")
+            else:
+                async with lock:
+                    state = await self.flow().decide(change_id, user, decision, via="slack")
         except ExecutionRefused as e:
             self.metrics.approvals.labels(decision=decision, outcome="refused", via="slack").inc()
             return f":no_entry: Your {decision} of `{change_id}` was refused: {e}"

@@ -32,6 +32,7 @@ class Stage(enum.StrEnum):
     CHANGE_PROPOSED = "change proposed"
     APPROVED = "approved"
     EXECUTING = "executing"
+    APPLIED = "applied, not verified"
     VERIFIED = "verified"
     ROLLED_BACK = "rolled back"
     FAILED = "change failed"
@@ -41,7 +42,8 @@ class Stage(enum.StrEnum):
 
 STAGE_ICON = {
     Stage.TRIAGING: ":mag:", Stage.TRIAGED: ":clipboard:", Stage.CHANGE_PROPOSED: ":raised_hand:",
-    Stage.APPROVED: ":white_check_mark:", Stage.EXECUTING: ":gear:", Stage.VERIFIED: ":white_check_mark:",
+    Stage.APPROVED: ":white_check_mark:", Stage.EXECUTING: ":gear:", Stage.APPLIED: ":grey_question:",
+    Stage.VERIFIED: ":white_check_mark:",
     Stage.ROLLED_BACK: ":leftwards_arrow_with_hook:", Stage.FAILED: ":x:", Stage.REJECTED: ":no_entry_sign:",
     Stage.RESOLVED: ":large_green_circle:",
 }

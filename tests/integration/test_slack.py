@@ -23,8 +23,7 @@ from agent.changes import ChangeStatus
 from agent.cli_common import settings_for
 from agent.server import Metrics
 from agent.slack.app import SlackBot
-from agent.slack.service import build_server, make_verifier
-from agent.verify import VerifySettings
+from agent.slack.service import build_server
 from deploy.sandbox import faults
 from deploy.sandbox.fleet import Fleet
 from deploy.sandbox.receiver import Notification, WebhookReceiver
@@ -45,11 +44,11 @@ def bot_env(sandbox: dict[str, Any], tmp_path: Path) -> Iterator[tuple[str, Any,
         api.base_url = api_url
         settings = settings_for(None, sandbox, state_dir=str(tmp_path / "state"),
                                 slack={"enabled": True, "bot_token": "xoxb-sandbox", "signing_secret": SECRET,
-                                       "channel": CHANNEL, "api_url": f"{api_url}/api/"})
+                                       "channel": CHANNEL, "api_url": f"{api_url}/api/"},
+                                verification={"window_s": 20, "baseline_s": 60, "step_s": 2.5, "rate_window_s": 15})
         app = build_app(settings)
         metrics = Metrics()
-        verifier = make_verifier(app, VerifySettings(window_s=20, baseline_s=60, step_s=2.5, rate_window_s=15))
-        bot = SlackBot(app, metrics, verifier=verifier)
+        bot = SlackBot(app, metrics)
         asgi, _ = build_server(app, metrics=metrics, bot=bot)
         try:
             with serve(asgi) as url:
