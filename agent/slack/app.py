@@ -69,6 +69,8 @@ class Flow(Protocol):
     async def decide(self, change_id: str, approver: str, decision: str = "approve",
                      via: str = "slack") -> FlowState: ...
 
+    async def resume_pending(self) -> list[FlowState]: ...
+
 
 def web_client(cfg: SlackConfig) -> AsyncWebClient:
     """The Web API client: 429s wait for `Retry-After` and are retried, as are dropped connections."""
@@ -143,6 +145,21 @@ class SlackBot:
             raise ValueError("slack.app_token (xapp-...) is required for slack.socket_mode")
         self._socket = AsyncSocketModeHandler(self.bolt, self.cfg.app_token.get_secret_value())
         await self._socket.connect_async()
+
+    async def resume(self) -> None:
+        """After a restart, continue in the background any change whose flow stopped part-way."""
+        async def run() -> None:
+            try:
+                for st in await self.flow().resume_pending():
+                    log.warning("resumed the flow of %s: %s", st.change.id, st.stage)
+            except ValueError as e:
+                log.info("no change flows resumed: %s", e)
+            except Exception:
+                log.exception("resuming change flows failed")
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
         if self._socket is not None:
