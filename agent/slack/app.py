@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
@@ -35,7 +35,7 @@ from agent.app import App
 from agent.changes import ChangeSpec, ChangeStatus
 from agent.config import SlackConfig
 from agent.executor import ExecutionRefused
-from agent.flow import ChangeFlow, FlowEvent, FlowState
+from agent.flow import ChangeFlow, FlowEvent
 from agent.models import ActionKind, Incident, IncidentStatus, TriageReport
 from agent.server import Metrics
 from agent.slack import blocks
@@ -63,15 +63,6 @@ OUTCOMES = {"verified", "rolled_back", "regression", "failed", "refused", "unver
 QUIET = {"awaiting_approval", "approved", "new"}  # the change block shows these; no thread post
 
 
-class Flow(Protocol):
-    """What the bot needs from the change flow (`agent.flow.ChangeFlow` has the same `decide`)."""
-
-    async def decide(self, change_id: str, approver: str, decision: str = "approve",
-                     via: str = "slack") -> FlowState: ...
-
-    async def resume_pending(self) -> list[FlowState]: ...
-
-
 def web_client(cfg: SlackConfig) -> AsyncWebClient:
     """The Web API client: 429s wait for `Retry-After` and are retried, as are dropped connections."""
     token = cfg.bot_token.get_secret_value() if cfg.bot_token else None
@@ -85,7 +76,7 @@ def web_client(cfg: SlackConfig) -> AsyncWebClient:
 class SlackBot:
     """Everything Slack-facing in `opsagent serve`, built from the app's parts."""
 
-    def __init__(self, app: App, metrics: Metrics, *, client: AsyncWebClient | None = None, flow: Flow | None = None,
+    def __init__(self, app: App, metrics: Metrics, *, client: AsyncWebClient | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         cfg = app.settings.slack
         if cfg.signing_secret is None:
@@ -98,7 +89,7 @@ class SlackBot:
         self.clock = clock
         self.client = client or web_client(cfg)
         self.notifier = SlackNotifier(self.client, app.store, app.ledger, cfg.channel, metrics)
-        self._flow: Flow | None = flow
+        self._flow: ChangeFlow | None = None
         self._deciding: dict[str, asyncio.Lock] = {}
         self.chat = ThreadChat(app.triage_runner(), app.settings.kubernetes.cluster, app.settings.llm)
         self.signatures = SignatureVerifier(cfg.signing_secret.get_secret_value())
@@ -167,7 +158,7 @@ class SlackBot:
         for t in list(self._tasks):
             t.cancel()
 
-    def flow(self) -> Flow:
+    def flow(self) -> ChangeFlow:
         """The change flow, built on first use (it needs the executor identity: ValueError without one)."""
         if self._flow is None:
             self._flow = self.app.flow(on_event=self.on_flow_event)
@@ -202,8 +193,6 @@ class SlackBot:
         except ValueError as e:
             await self.notifier.reply(incident.id, {"text": f":warning: No change requests proposed: {e}"})
             return []
-        if not isinstance(flow, ChangeFlow):
-            raise TypeError("proposing needs the ChangeFlow")
         states = await self.app.propose_changes(report, flow)
         for st in states:
             self.metrics.changes.labels(status=st.change.status.value).inc()
@@ -241,12 +230,13 @@ class SlackBot:
         user = body["user"]["id"]
         channel = (body.get("channel") or {}).get("id", self.cfg.channel)
         thread_ts = (body.get("message") or {}).get("thread_ts")
-        refusal = await self._decide(str(action.get("value", "")), user, decision)
-        if refusal:
-            await self.notifier.ephemeral(channel, user, refusal, thread_ts)
+        note = await self._decide(str(action.get("value", "")), user, decision)
+        if note:
+            await self.notifier.ephemeral(channel, user, note, thread_ts)
 
     async def _decide(self, change_id: str, user: str, decision: str) -> str | None:
-        """Run a decision; the refusal text if it was refused (already audited), else None."""
+        """Run a decision; a private note for the person (why it was refused, or that another decision is
+        already executing it), or None when the thread and the change block say it all."""
         lock = self._deciding.setdefault(change_id, asyncio.Lock())
         try:
             if lock.locked():
@@ -254,7 +244,10 @@ class SlackBot:
                 # refuse this one (audited either way) without resuming the change's graph a second time.
                 ch = await asyncio.to_thread(self.app.executor().approve, change_id, user, decision=decision,
                                              via="slack")
-                state = FlowState(change=ch, stage="decided")
+                self.metrics.approvals.labels(decision=decision, outcome="recorded", via="slack").inc()
+                await self.notifier.show_change(change_id)
+                return (f":information_source: Your {decision} of `{change_id}` was recorded ({ch.status.value}); "
+                        f"an earlier decision is already carrying it forward — follow the thread.")
             else:
                 async with lock:
                     state = await self.flow().decide(change_id, user, decision, via="slack")
@@ -341,11 +334,12 @@ class SlackBot:
 
     async def _change_from_chat(self, incident: Incident, spec: ChangeSpec, reason: str, user: str) -> str:
         try:
-            ex = self.app.executor()
+            flow = self.flow()
         except ValueError as e:
             return f"I can't propose changes here: {e}"
-        ch = await ex.propose(spec, reason=reason, requester=f"user:{user}", incident_id=incident.id)
+        ch = await flow.executor.propose(spec, reason=reason, requester=f"user:{user}", incident_id=incident.id)
         self.metrics.changes.labels(status=ch.status.value).inc()
+        ch = (await flow.open(ch)).change  # waits at the approval interrupt, like any other change
         await self.notifier.show_change(ch.id)
         if ch.status == ChangeStatus.PENDING_APPROVAL:
             await self.notifier.show_incident(incident.id, Stage.CHANGE_PROPOSED)
