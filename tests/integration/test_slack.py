@@ -95,7 +95,7 @@ def test_bad_rollout_incident_thread_to_approved_verified_and_resolved(
                  "ts": f"{time.time():.6f}", "thread_ts": top, "channel": CHANNEL})
     slack.event({"type": "app_mention", "user": ONCALL, "text": "<@UBOT0001> what changed in the last hour?",
                  "ts": f"{time.time() + 1:.6f}", "thread_ts": top, "channel": CHANNEL})
-    ttft = api.wait(lambda: [c for c in api.of("chat.postMessage") if "TTFT p95" in str(c.args.get("text"))],
+    ttft = api.wait(lambda: [c for c in api.of("chat.postMessage") if "*TTFT p95 for" in str(c.args.get("text"))],
                     what="TTFT answer", timeout=60)[0]
     assert ttft.args["thread_ts"] == top and "now " in ttft.args["text"]
     changed = api.wait(lambda: [c for c in api.of("chat.postMessage")
