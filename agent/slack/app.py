@@ -201,12 +201,15 @@ class SlackBot:
     async def on_flow_event(self, ev: FlowEvent) -> None:
         """Progress of a change: its block, its incident's thread and top message follow."""
         icon = FLOW_ICON.get(ev.stage, ":information_source:")
-        message = ev.message if ev.message.startswith(ev.change_id) else f"{ev.change_id}: {ev.message}"
-        text = f"{icon} {blocks.esc(message)}"
+        ch = await asyncio.to_thread(self.app.ledger.get, ev.change_id)
+        message = ev.message.removeprefix(f"{ev.change_id}: ")
+        if ev.stage in OUTCOMES and ch is not None and ch.result.get("verification") \
+                and str(ch.result["verification"]) not in message:
+            message = f"{message}; verification {ch.result['verification']}"
+        text = f"{icon} `{ev.change_id}` *{ev.stage.replace('_', ' ')}*: {blocks.esc(message)}"
         await self.notifier.show_change(ev.change_id, outcome="" if ev.stage in QUIET else text)
         if ev.stage == "executing" or ev.stage in OUTCOMES:
             self.metrics.executions.labels(stage=ev.stage).inc()
-        ch = await asyncio.to_thread(self.app.ledger.get, ev.change_id)
         if ch is None or ch.incident_id is None or ev.stage in QUIET:
             return
         await self.notifier.reply(ch.incident_id, {"text": text})

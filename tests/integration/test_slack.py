@@ -112,7 +112,8 @@ def test_bad_rollout_incident_thread_to_approved_verified_and_resolved(
 
     api.wait(lambda: "*resolved*" in api.message_text(top), timeout=420, what="top message: resolved")
     thread = [render(c.args) for c in api.of("chat.postMessage") if c.args.get("thread_ts") == top]
-    assert any("verified" in t for t in thread), thread
+    assert any("*verified*" in t and "pass" in t for t in thread), "\n".join(thread)
+    assert any("*executing*" in t for t in thread) and any("approved by" in t for t in thread)
     final = api.message_text(change_post.args["_ts"])
     assert "approved by <@" in final and "applied and verified" in final and "[Approve]" not in final
     ch = app.ledger.get(change_id)
