@@ -62,7 +62,8 @@ class Store(Protocol):
     def chat_message(self, key: str) -> ChatMessage | None: ...
     def save_chat_message(self, msg: ChatMessage) -> None: ...
     def chat_thread_owner(self, channel: str, thread_ts: str) -> str | None: ...
-    def first_seen(self, key: str, now: dt.datetime, keep: dt.timedelta) -> bool: ...
+    def seen_since(self, since: dt.datetime) -> list[tuple[str, dt.datetime]]: ...
+    def mark_seen(self, keys: list[str], now: dt.datetime, forget_before: dt.datetime) -> None: ...
     def close(self) -> None: ...
 
 
@@ -140,12 +141,16 @@ class SqliteStore(SqliteDb):
                                  (channel, thread_ts)).fetchone()
         return str(row[0]) if row else None
 
-    def first_seen(self, key: str, now: dt.datetime, keep: dt.timedelta) -> bool:
-        """Record `key`; False if it was recorded before (within `keep`, after which it is forgotten)."""
+    def seen_since(self, since: dt.datetime) -> list[tuple[str, dt.datetime]]:
+        rows = self._conn.execute("SELECT key, at FROM chat_seen WHERE at >= ?", (since.isoformat(),)).fetchall()
+        return [(str(k), dt.datetime.fromisoformat(at)) for k, at in rows]
+
+    def mark_seen(self, keys: list[str], now: dt.datetime, forget_before: dt.datetime) -> None:
+        """Record many keys in one transaction (one sync to disk), forgetting marks older than `forget_before`."""
         with self._tx() as c:
-            c.execute("DELETE FROM chat_seen WHERE at < ?", ((now - keep).isoformat(),))
-            cur = c.execute("INSERT OR IGNORE INTO chat_seen (key, at) VALUES (?, ?)", (key, now.isoformat()))
-            return cur.rowcount == 1
+            c.execute("DELETE FROM chat_seen WHERE at < ?", (forget_before.isoformat(),))
+            c.executemany("INSERT OR IGNORE INTO chat_seen (key, at) VALUES (?, ?)",
+                          [(k, now.isoformat()) for k in keys])
 
 
 def open_store(url: str) -> Store:

@@ -42,6 +42,7 @@ from agent.slack import blocks
 from agent.slack.blocks import ACTION_APPROVE, ACTION_REJECT, Stage
 from agent.slack.chat import ThreadChat
 from agent.slack.incidents import SlackNotifier
+from agent.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,61 @@ def web_client(cfg: SlackConfig) -> AsyncWebClient:
     ], **kwargs)
 
 
+SEEN_KEEP = dt.timedelta(hours=1)  # how long event ids and answered messages are remembered
+WORKERS = 8  # post-acknowledgement jobs run at once (a decision holds one through execution and verification)
+
+
+class SeenMarks:
+    """Deliveries already handled: request signatures (replays), event ids (retries), answered messages.
+
+    The check on the acknowledgement path is a dictionary lookup in this process; marks are written to
+    the store in batches (one transaction per flush, so a burst costs one disk sync, not one per
+    request) and loaded back at start, so a restarted process still refuses a replay. Replicas share
+    marks through the store with a flush interval of delay.
+    """
+
+    def __init__(self, store: Store, clock: Callable[[], dt.datetime], flush_s: float = 0.05) -> None:
+        self.store = store
+        self.clock = clock
+        self.flush_s = flush_s
+        self._mem: dict[str, dt.datetime] = {}
+        self._pending: list[str] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def load(self) -> None:
+        for key, at in await asyncio.to_thread(self.store.seen_since, self.clock() - SEEN_KEEP):
+            self._mem[key] = at
+
+    def first(self, key: str, keep: dt.timedelta) -> bool:
+        """True the first time `key` is offered within `keep`; records it."""
+        now = self.clock()
+        at = self._mem.get(key)
+        if at is not None and now - at < keep:
+            return False
+        self._mem[key] = now
+        self._pending.append(key)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return True
+
+    async def _flush(self) -> None:
+        while self._pending:
+            await asyncio.sleep(self.flush_s)
+            keys, self._pending = self._pending, []
+            now = self.clock()
+            try:
+                await asyncio.to_thread(self.store.mark_seen, keys, now, now - SEEN_KEEP)
+            except Exception:  # the in-memory marks still hold in this process
+                log.exception("could not persist %d delivery marks", len(keys))
+            old = [k for k, at in self._mem.items() if now - at > SEEN_KEEP]
+            for k in old:
+                del self._mem[k]
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+
 class SlackBot:
     """Everything Slack-facing in `opsagent serve`, built from the app's parts."""
 
@@ -97,6 +153,9 @@ class SlackBot:
                              client=self.client, process_before_response=False, logger=log)
         self._handler = AsyncSlackRequestHandler(self.bolt)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.seen = SeenMarks(app.store, clock)
+        self._jobs: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
         self._socket: Any = None
         self._register()
 
@@ -118,11 +177,10 @@ class SlackBot:
         # Slack may retry an event within the same second (same body, same signature): a retry carries a new
         # X-Slack-Retry-Num, and the event id below makes it a no-op. Anything else seen before is a replay.
         retry = request.headers.get("x-slack-retry-num", "") if event_id else ""
-        if not await asyncio.to_thread(self.app.store.first_seen, f"sig:{sig}:{retry}", self.clock(), REPLAY_WINDOW):
+        if not self.seen.first(f"sig:{sig}:{retry}", REPLAY_WINDOW):
             self.metrics.chat_requests.labels(kind=kind, outcome="replayed").inc()
             return JSONResponse({"error": "this signed request was already received (replay)"}, status_code=401)
-        if event_id and not await asyncio.to_thread(self.app.store.first_seen, f"event:{event_id}", self.clock(),
-                                                    dt.timedelta(hours=1)):
+        if event_id and not self.seen.first(f"event:{event_id}", SEEN_KEEP):
             self.metrics.chat_requests.labels(kind=kind, outcome="duplicate").inc()
             return JSONResponse({"ok": True, "duplicate": event_id})
         self.metrics.chat_requests.labels(kind=kind, outcome="accepted").inc()
@@ -136,6 +194,28 @@ class SlackBot:
             raise ValueError("slack.app_token (xapp-...) is required for slack.socket_mode")
         self._socket = AsyncSocketModeHandler(self.bolt, self.cfg.app_token.get_secret_value())
         await self._socket.connect_async()
+
+    async def start(self) -> None:
+        """Load delivery marks, start the post-acknowledgement workers, resume interrupted change flows."""
+        await self.seen.load()
+        self._workers = [asyncio.create_task(self._work(), name=f"slack-{i}") for i in range(WORKERS)]
+        await self.resume()
+
+    def later(self, job: Callable[[], Awaitable[Any]]) -> None:
+        """Run `job` after the acknowledgements already waiting: a burst is acknowledged first, worked after."""
+        if not self._workers:  # not started through the server's lifespan (Socket Mode tests, scripts)
+            self._workers = [asyncio.create_task(self._work(), name=f"slack-{i}") for i in range(WORKERS)]
+        self._jobs.put_nowait(job)
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._jobs.get()
+            try:
+                await job()
+            except Exception:
+                log.exception("Slack job failed")
+            finally:
+                self._jobs.task_done()
 
     async def resume(self) -> None:
         """After a restart, continue in the background any change whose flow stopped part-way."""
@@ -155,8 +235,10 @@ class SlackBot:
     async def stop(self) -> None:
         if self._socket is not None:
             await self._socket.close_async()
-        for t in list(self._tasks):
+        for t in [*self._tasks, *self._workers]:
             t.cancel()
+        await asyncio.gather(*self._tasks, *self._workers, return_exceptions=True)
+        await self.seen.close()
 
     def flow(self) -> ChangeFlow:
         """The change flow, built on first use (it needs the executor identity: ValueError without one)."""
@@ -229,6 +311,9 @@ class SlackBot:
     async def _on_button(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any],
                          action: dict[str, Any]) -> None:
         await ack()
+        self.later(lambda: self._click(body, action))
+
+    async def _click(self, body: dict[str, Any], action: dict[str, Any]) -> None:
         decision = "approve" if action["action_id"] == ACTION_APPROVE else "reject"
         user = body["user"]["id"]
         channel = (body.get("channel") or {}).get("id", self.cfg.channel)
@@ -267,6 +352,9 @@ class SlackBot:
     async def _on_ops(self, ack: Callable[..., Awaitable[Any]], command: dict[str, Any],
                       respond: Callable[..., Awaitable[Any]]) -> None:
         await ack()
+        self.later(lambda: self._ops(command, respond))
+
+    async def _ops(self, command: dict[str, Any], respond: Callable[..., Awaitable[Any]]) -> None:
         words = str(command.get("text") or "").split()
         sub = words[0].lower() if words else "help"
         user = str(command.get("user_id", ""))
@@ -293,7 +381,7 @@ class SlackBot:
         await respond(text=text, response_type="ephemeral", replace_original=False)
 
     async def _on_mention(self, event: dict[str, Any]) -> None:
-        await self._question(event)
+        self.later(lambda: self._question(event))
 
     async def _on_message(self, event: dict[str, Any]) -> None:
         text = str(event.get("text") or "")
@@ -301,13 +389,12 @@ class SlackBot:
             return
         if not text.lower().startswith(("opsagent", "@opsagent")):
             return  # people talk to each other in threads; the bot answers when addressed
-        await self._question(event)
+        self.later(lambda: self._question(event))
 
     async def _question(self, event: dict[str, Any]) -> None:
         channel, ts = str(event.get("channel", "")), str(event.get("ts", ""))
         # app_mention and message events both arrive for one message that mentions the bot: answer once
-        if not await asyncio.to_thread(self.app.store.first_seen, f"msg:{channel}:{ts}", self.clock(),
-                                       dt.timedelta(hours=1)):
+        if not self.seen.first(f"msg:{channel}:{ts}", SEEN_KEEP):
             return
         thread = str(event.get("thread_ts") or ts)
         user = str(event.get("user", ""))

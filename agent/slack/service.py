@@ -22,7 +22,7 @@ def build_server(app: App, *, metrics: Metrics | None = None,
             return await app.triage(incident)
 
         return create_app(app.store, triage_only, metrics, on_shutdown=[app.aclose_clients]), None
-    startup = [bot.resume, *([bot.start_socket_mode] if app.settings.slack.socket_mode else [])]
+    startup = [bot.start, *([bot.start_socket_mode] if app.settings.slack.socket_mode else [])]
     routes = [] if app.settings.slack.socket_mode else bot.routes()
     return create_app(app.store, bot.triage, metrics, routes=routes, on_incident=bot.on_incident,
                       on_startup=startup, on_shutdown=[bot.stop, app.aclose_clients]), bot

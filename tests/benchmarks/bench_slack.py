@@ -1,7 +1,7 @@
 """Benchmark the Slack bot's acknowledgement latency under a burst, while a triage is running.
 
-Runs the real `serve` app (webhook + Bolt endpoints) on loopback against a running sandbox, with the
-local Web API stand-in for Slack. An alert from the sandbox's bad-rollout fixture starts a real
+Runs `opsagent serve` (webhook + Bolt endpoints) in its own process on loopback against a running
+sandbox, with the local Web API stand-in for Slack. An alert from the sandbox's bad-rollout fixture starts a real
 triage (Kubernetes and Prometheus evidence); while it runs, N signed interactive requests go out at
 once: Approve clicks on a pending change by a user without the role (refused: policy check, audit,
 ephemeral), `/ops status` commands and thread questions. Latency is measured per request from send
@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -23,18 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from agent.app import build_app
 from agent.changes import ChangeSpec
 from agent.cli_common import settings_for
 from agent.models import ActionKind, ObjectRef
-from agent.server import Metrics
-from agent.slack.app import SlackBot
-from agent.slack.service import build_server
 from deploy.sandbox.fleet import Fleet
 from deploy.sandbox.sandbox import Sandbox, SandboxSettings
-from tests.serving import serve
-from tests.slack_standin import SlackStandIn, sign
+from tests.serving import free_port, serve, stop_process
+from tests.slack_standin import SlackStandIn, render, sign
 
 SECRET = "bench-signing-secret"
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -93,52 +92,75 @@ def main() -> None:
     api = SlackStandIn()
     body: dict[str, Any] = json.loads((FIXTURES / "alertmanager_bad_rollout.json").read_text())
     all_ms: list[float] = []
-    with tempfile.TemporaryDirectory() as state, serve(api.app()) as api_url:
+    with tempfile.TemporaryDirectory() as tmp, serve(api.app()) as api_url:
         api.base_url = api_url
-        settings = settings_for(None, status, state_dir=state,
-                                slack={"enabled": True, "bot_token": "xoxb-bench", "signing_secret": SECRET,
-                                       "channel": "C0BENCH", "api_url": f"{api_url}/api/"})
-        app = build_app(settings)
-        bot = SlackBot(app, Metrics())
-        asgi, _ = build_server(app, bot=bot)
-        worker = asgi.state.worker
-        spec = ChangeSpec(action=ActionKind.SCALE, cluster=settings.kubernetes.cluster,
+        state = Path(tmp) / "state"
+        slack = {"enabled": True, "bot_token": "xoxb-bench", "signing_secret": SECRET, "channel": "C0BENCH",
+                 "api_url": f"{api_url}/api/"}
+        # A pending change for the clicks, in the state the server will open.
+        app = build_app(settings_for(None, status, state_dir=str(state), slack=slack))
+        spec = ChangeSpec(action=ActionKind.SCALE, cluster=app.settings.kubernetes.cluster,
                           target=ObjectRef(kind="Deployment", name=w.name, namespace=w.namespace),
                           params={"replicas": 3})
         ch = asyncio.run(app.executor().propose(spec, reason="benchmark", requester="agent:bench"))
+        app.close()
+        config = Path(tmp) / "opsagent.yaml"
+        config.write_text(yaml.safe_dump({"slack": slack}))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        # `opsagent serve` in its own process, as in production; the load comes from this one.
+        proc = subprocess.Popen(["uv", "run", "opsagent", "serve", "--config", str(config), "--sandbox",
+                                 "--sandbox-dir", str(args.sandbox_dir), "--state-dir", str(state),
+                                 "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            with serve(asgi) as url:
-                for rnd in range(args.rounds):
-                    ids = []
-                    for k in range(args.triages):  # several incidents, so triage runs through the whole burst
-                        body["groupKey"] = f"bench-slack-{rnd}-{k}-{time.time()}"
-                        r = httpx.post(f"{url}/alertmanager", content=json.dumps(body).encode(), timeout=10)
-                        ids.append(r.json()["incident"])
-                    incident_id = ids[0]
-                    deadline = time.monotonic() + 10
-                    while incident_id not in worker.inflight and time.monotonic() < deadline:
-                        time.sleep(0.01)
-                    during = incident_id in worker.inflight
-                    top = app.store.chat_message(f"incident:{incident_id}")
-                    reqs = _requests(args.requests, ch.id, top.ts if top else "1.0", api_url)
-                    t0 = time.perf_counter()
-                    results = asyncio.run(_burst(url, reqs))
-                    wall = time.perf_counter() - t0
-                    still = bool(worker.inflight) or not worker.queue.empty()
-                    ms = sorted(x[2] for x in results)
-                    all_ms += ms
-                    bad = [x for x in results if x[1] != 200]
-                    print(f"round {rnd + 1}: {len(results)} requests in {wall:.2f}s; triage running at start "
-                          f"{during}, still triaging at end {still}; non-200: {len(bad)}; "
-                          f"ack p50 {statistics.median(ms):.0f} ms, "
-                          f"p99 {ms[int(0.99 * (len(ms) - 1))]:.0f} ms, max {ms[-1]:.0f} ms", flush=True)
-                    while worker.inflight or not worker.queue.empty():
-                        time.sleep(0.2)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit(f"serve did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+                time.sleep(0.2)
+            for rnd in range(args.rounds):
+                ids = []
+                for k in range(args.triages):  # several incidents, so triage runs through the whole burst
+                    body["groupKey"] = f"bench-slack-{rnd}-{k}-{time.time()}"
+                    r = httpx.post(f"{url}/alertmanager", content=json.dumps(body).encode(), timeout=10)
+                    ids.append(r.json()["incident"])
+                first = ids[0]
+                top = api.wait(lambda: [c for c in api.of("chat.postMessage") if not c.args.get("thread_ts")
+                                        and first in render(c.args)], what="incident message")[0]
+                queued = _gauge(url, "opsagent_triage_queue_depth")
+                reqs = _requests(args.requests, ch.id, top.args["_ts"], api_url)
+                t0 = time.perf_counter()
+                results = asyncio.run(_burst(url, reqs))
+                wall = time.perf_counter() - t0
+                ms = sorted(x[2] for x in results)
+                all_ms += ms
+                bad = [x for x in results if x[1] != 200]
+                print(f"round {rnd + 1}: {len(results)} requests in {wall:.2f}s; triage queue at start {queued:.0f}, "
+                      f"at end {_gauge(url, 'opsagent_triage_queue_depth'):.0f}; non-200: {len(bad)}; "
+                      f"ack p50 {statistics.median(ms):.0f} ms, p99 {ms[int(0.99 * (len(ms) - 1))]:.0f} ms, "
+                      f"max {ms[-1]:.0f} ms", flush=True)
+                for path in sorted({x[0] for x in results}):
+                    k_ms = sorted(x[2] for x in results if x[0] == path)
+                    print(f"    {path:<22} n={len(k_ms):<3} p50 {statistics.median(k_ms):.0f} ms, "
+                          f"max {k_ms[-1]:.0f} ms")
+                time.sleep(3)
         finally:
-            app.close()
+            stop_process(proc)
     all_ms.sort()
     print(f"all rounds: n={len(all_ms)} ack p50 {statistics.median(all_ms):.0f} ms, "
           f"p99 {all_ms[int(0.99 * (len(all_ms) - 1))]:.0f} ms, max {all_ms[-1]:.0f} ms (goal p99 <= 300 ms)")
+
+
+def _gauge(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")
 
 
 if __name__ == "__main__":

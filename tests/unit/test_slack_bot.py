@@ -268,3 +268,24 @@ def test_free_text_goes_to_the_llm_with_read_tools_only(tmp_path: Path, aimock: 
     tools = {t["function"]["name"] for t in asked[0]["body"]["tools"]}
     assert "prometheus_query_instant" in tools and not {t for t in tools if "undo" in t or "scale" in t}
     assert [c["action"] for c in calls] == ["prometheus_query_instant"], "the model's read went through the runner"
+
+
+def test_delivery_marks_survive_a_restart(tmp_path: Path) -> None:
+    from agent.slack.app import REPLAY_WINDOW, SeenMarks
+    from agent.store import SqliteStore
+
+    store = SqliteStore(tmp_path / "db.sqlite")
+
+    async def before_restart() -> None:
+        marks = SeenMarks(store, lambda: dt.datetime.now(dt.UTC))
+        assert marks.first("sig:v0=abc:", REPLAY_WINDOW) and not marks.first("sig:v0=abc:", REPLAY_WINDOW)
+        await marks.close()
+
+    async def after_restart() -> bool:
+        marks = SeenMarks(store, lambda: dt.datetime.now(dt.UTC))
+        await marks.load()
+        return marks.first("sig:v0=abc:", REPLAY_WINDOW)
+
+    asyncio.run(before_restart())
+    assert asyncio.run(after_restart()) is False, "a replay after a restart is still recognised"
+    store.close()
