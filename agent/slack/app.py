@@ -1,8 +1,8 @@
 """The Slack bot: Bolt listeners for buttons, thread questions and `/ops`, mounted on `opsagent serve`.
 
-Every listener acknowledges first and works afterwards (Bolt answers Slack as soon as `ack()` runs;
-the rest of the listener continues in the background), so Slack's 3-second limit holds whatever a
-triage or an execution is doing. In front of Bolt, `SlackEndpoint` rejects replays of a signed
+Every listener acknowledges and queues its work for a small pool of workers (`later`), so Bolt answers
+Slack at once and a burst of clicks is acknowledged before any of it is worked on; Slack's 3-second
+limit holds whatever a triage or an execution is doing. In front of Bolt, `SlackEndpoint` rejects replays of a signed
 request (401) and answers retried Events API deliveries (`X-Slack-Retry-Num`) without handling
 them twice. Button clicks and `/ops approve` go through the same decision path as the CLI
 (`flow.decide`), which checks policy (Slack user id → role from the policy file, no self-approval)
@@ -21,6 +21,7 @@ from typing import Any
 
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -149,8 +150,16 @@ class SlackBot:
         self._deciding: dict[str, asyncio.Lock] = {}
         self.chat = ThreadChat(app.triage_runner(), app.settings.kubernetes.cluster, app.settings.llm)
         self.signatures = SignatureVerifier(cfg.signing_secret.get_secret_value())
-        self.bolt = AsyncApp(signing_secret=cfg.signing_secret.get_secret_value(),
-                             client=self.client, process_before_response=False, logger=log)
+        self._auth: AuthorizeResult | None = None
+        self._auth_lock = asyncio.Lock()
+
+        async def authorize(**_: Any) -> AuthorizeResult:  # Bolt passes arguments by name; a plain function
+            return await self._authorize()
+
+        self.bolt = AsyncApp(signing_secret=cfg.signing_secret.get_secret_value(), authorize=authorize,
+                             # Listeners only ack() and queue their work (`later`), so Bolt may run them
+                             # inline: no task and no 10 ms ack-polling loop per request.
+                             client=self.client, process_before_response=True, logger=log)
         self._handler = AsyncSlackRequestHandler(self.bolt)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.seen = SeenMarks(app.store, clock)
@@ -198,8 +207,22 @@ class SlackBot:
     async def start(self) -> None:
         """Load delivery marks, start the post-acknowledgement workers, resume interrupted change flows."""
         await self.seen.load()
+        try:
+            await self._authorize()
+        except Exception as e:  # Slack unreachable at start: the first request tries again
+            log.warning("Slack auth.test failed at start (%s); retrying on the first request", e)
         self._workers = [asyncio.create_task(self._work(), name=f"slack-{i}") for i in range(WORKERS)]
         await self.resume()
+
+    async def _authorize(self) -> AuthorizeResult:
+        """One bot identity (auth.test once, shared): a burst of first requests does not call Slack each."""
+        async with self._auth_lock:
+            if self._auth is None:
+                resp = await self.client.auth_test()
+                self._auth = AuthorizeResult.from_auth_test_response(
+                    auth_test_response=resp, bot_token=self.cfg.bot_token.get_secret_value()
+                    if self.cfg.bot_token else None)
+            return self._auth
 
     def later(self, job: Callable[[], Awaitable[Any]]) -> None:
         """Run `job` after the acknowledgements already waiting: a burst is acknowledged first, worked after."""

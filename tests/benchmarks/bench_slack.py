@@ -70,7 +70,10 @@ async def _burst(url: str, reqs: list[tuple[str, bytes, str]]) -> list[tuple[str
         async def one(path: str, body: bytes, ctype: str) -> tuple[str, int, float]:
             headers = {"Content-Type": ctype, **sign(SECRET, body)}
             t0 = time.perf_counter()
-            r = await http.post(f"{url}{path}", content=body, headers=headers)
+            if path == "/healthz":  # the floor: the same burst on an endpoint that does nothing
+                r = await http.get(f"{url}{path}")
+            else:
+                r = await http.post(f"{url}{path}", content=body, headers=headers)
             return path, r.status_code, (time.perf_counter() - t0) * 1000
 
         return await asyncio.gather(*(one(*r) for r in reqs))
@@ -129,9 +132,9 @@ def main() -> None:
                     body["groupKey"] = f"bench-slack-{rnd}-{k}-{time.time()}"
                     r = httpx.post(f"{url}/alertmanager", content=json.dumps(body).encode(), timeout=10)
                     ids.append(r.json()["incident"])
-                first = ids[0]
-                top = api.wait(lambda: [c for c in api.of("chat.postMessage") if not c.args.get("thread_ts")
-                                        and first in render(c.args)], what="incident message")[0]
+                top = api.wait(lambda first=ids[0]: [c for c in api.of("chat.postMessage")
+                                                     if not c.args.get("thread_ts") and first in render(c.args)],
+                               what="incident message")[0]
                 queued = _gauge(url, "opsagent_triage_queue_depth")
                 reqs = _requests(args.requests, ch.id, top.args["_ts"], api_url)
                 t0 = time.perf_counter()
@@ -148,6 +151,9 @@ def main() -> None:
                     k_ms = sorted(x[2] for x in results if x[0] == path)
                     print(f"    {path:<22} n={len(k_ms):<3} p50 {statistics.median(k_ms):.0f} ms, "
                           f"max {k_ms[-1]:.0f} ms")
+                floor = sorted(x[2] for x in asyncio.run(_burst(url, [("/healthz", b"", "")] * args.requests)))
+                print(f"    floor: {args.requests} concurrent GET /healthz p50 {statistics.median(floor):.0f} ms, "
+                      f"p99 {floor[int(0.99 * (len(floor) - 1))]:.0f} ms", flush=True)
                 time.sleep(3)
         finally:
             stop_process(proc)
