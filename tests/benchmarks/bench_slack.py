@@ -155,6 +155,11 @@ def main() -> None:
                 print(f"    floor: {args.requests} concurrent GET /healthz p50 {statistics.median(floor):.0f} ms, "
                       f"p99 {floor[int(0.99 * (len(floor) - 1))]:.0f} ms", flush=True)
                 time.sleep(3)
+            # Service time without queueing: the same kinds of request, one at a time.
+            seq = _requests(30, ch.id, "1.0", api_url)
+            one_by_one = sorted(x[2] for r in seq for x in asyncio.run(_burst(url, [r])))
+            print(f"one at a time: n={len(one_by_one)} p50 {statistics.median(one_by_one):.1f} ms, "
+                  f"max {one_by_one[-1]:.1f} ms", flush=True)
         finally:
             stop_process(proc)
     all_ms.sort()
