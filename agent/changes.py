@@ -64,7 +64,9 @@ class TargetFingerprint(_Model):
     revision: str | None = Field(default=None, description="deployment.kubernetes.io/revision, for Deployments.")
 
     def same_as(self, other: TargetFingerprint) -> bool:
-        return (self.uid, self.generation, self.spec_hash) == (other.uid, other.generation, other.spec_hash)
+        """Same object (uid) with the same spec. Not the generation: the API bumps a Deployment's generation
+        on any annotation change too, which alters nothing that runs."""
+        return (self.uid, self.spec_hash) == (other.uid, other.spec_hash)
 
 
 class BlastRadius(_Model):

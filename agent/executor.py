@@ -47,6 +47,9 @@ from tools.k8s_write.ops import spec_hash
 log = logging.getLogger(__name__)
 GPU = "nvidia.com/gpu"
 CRASH_POINTS = ("after-claim", "after-write", "after-applied")
+CostFn = Callable[[ChangeSpec, dict[str, Any] | None], float | None]
+# Changes that leave the GPU allocation as it is: their predicted cost change is zero, not unknown.
+SAME_ALLOCATION = (ActionKind.ROLLBACK, ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT)
 
 
 class ExecutionRefused(Exception):
@@ -90,7 +93,8 @@ class Executor:
     def __init__(self, ledger: Ledger, policy: Policy, write: K8sWriteClient, audit: AuditSink, *,
                  cluster: str = "default", owner: str | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-                 crash_after: str | None = None, claim_ttl_s: float = 30.0, conflict_retries: int = 4) -> None:
+                 crash_after: str | None = None, claim_ttl_s: float = 30.0, conflict_retries: int = 4,
+                 cost_delta: CostFn | None = None) -> None:
         if crash_after is not None and crash_after not in CRASH_POINTS:
             raise ValueError(f"crash_after must be one of {CRASH_POINTS}")
         self.ledger, self.policy, self.write, self.audit = ledger, policy, write, audit
@@ -102,6 +106,7 @@ class Executor:
         # may still be executing elsewhere and are left alone.
         self.claim_ttl_s = claim_ttl_s
         self.conflict_retries = conflict_retries  # 409s retried after a re-read that finds the spec unchanged
+        self.cost_delta = cost_delta  # (spec, live object) -> USD/month, from the price catalog
         from tools.base import Risk
 
         self.runner = ToolRunner(WRITE_TOOLS, {"k8s_write": write}, audit, max_risk=Risk.DESTRUCTIVE, timeout_s=60)
@@ -178,7 +183,7 @@ class Executor:
             approvals_required=decision.approvers.count if decision.approvers else 0,
             approver_roles=decision.approvers.roles if decision.approvers else [],
             approval_ttl_s=int(parse_duration(decision.approvers.ttl).total_seconds()) if decision.approvers else 900,
-            rollback_of=rollback_of,
+            rollback_of=rollback_of, cost_delta_per_month=self._cost(spec, obj),
         )
         if not self.ledger.save(ch):
             existing = self.ledger.get(ch.id)
@@ -188,6 +193,17 @@ class Executor:
                     decision.effect.value, f"{decision.rule}: {ch.policy_reason}", ch,
                     {"change_id": ch.id, "status": ch.status.value})
         return ch
+
+    def _cost(self, spec: ChangeSpec, obj: dict[str, Any] | None) -> float | None:
+        if obj is not None and spec.action in SAME_ALLOCATION:
+            return 0.0
+        if self.cost_delta is None:
+            return None
+        try:
+            return self.cost_delta(spec, obj)
+        except Exception:  # pricing is advice: a catalog problem never blocks a proposal
+            log.exception("pricing %s failed", spec.action.value)
+            return None
 
     def _blast_radius(self, spec: ChangeSpec, obj: dict[str, Any] | None) -> BlastRadius:
         if obj is None:
@@ -204,11 +220,11 @@ class Executor:
             drop = max(0.0, (replicas - new) / replicas) if replicas else 0.0
             return BlastRadius(gpus=abs(new - replicas) * per, replicas=abs(new - replicas),
                                capacity_drop=round(min(1.0, drop), 3), models=[model] if model else [])
-        strategy = obj["spec"].get("strategy", {}).get("rollingUpdate") or {}
-        unavailable = strategy.get("maxUnavailable", 1)
-        if isinstance(unavailable, str) and unavailable.endswith("%"):
-            unavailable = max(1, int(replicas * int(unavailable[:-1]) / 100))
-        drop = min(1.0, int(unavailable) / replicas) if replicas else 0.0
+        # Serving capacity the rollout can take away: it may take down maxUnavailable replicas, but the
+        # controller removes the ones already unavailable (crash-looping, say) first.
+        down_now = max(0, replicas - int((obj.get("status") or {}).get("availableReplicas") or 0))
+        at_once = _max_unavailable(obj["spec"].get("strategy") or {}, replicas)
+        drop = min(1.0, max(0, at_once - down_now) / replicas) if replicas else 0.0
         return BlastRadius(gpus=replicas * per, replicas=replicas, capacity_drop=round(drop, 3),
                            models=[model] if model else [])
 
@@ -283,8 +299,8 @@ class Executor:
         obj = await self._read(ch.spec)
         fp_now = self.fingerprint_of(obj)
         if not fp_now.same_as(ch.fingerprint):
-            raise refuse(f"the target changed since the change was proposed (generation {ch.fingerprint.generation}"
-                         f" → {fp_now.generation}); propose and approve it again")
+            raise refuse(f"the target's spec changed since the change was proposed (generation "
+                         f"{ch.fingerprint.generation} → {fp_now.generation}); propose and approve it again")
         req = Request(action=ch.spec.action.value, risk=ch.risk, cluster=ch.spec.cluster,
                       namespace=ch.spec.target.namespace, target_kind=ch.spec.target.kind,
                       target_name=ch.spec.target.name, labels=obj["metadata"].get("labels") or {},
@@ -439,6 +455,26 @@ class Executor:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _max_unavailable(strategy: dict[str, Any], replicas: int) -> int:
+    """Replicas a rollout may take down at once, as the Deployment controller computes it: a percentage of
+    maxUnavailable rounds down, one of maxSurge rounds up (defaults 25 % each); Recreate takes all."""
+    if strategy.get("type") == "Recreate":
+        return replicas
+    ru = strategy.get("rollingUpdate") or {}
+
+    def resolve(v: Any, round_up: bool) -> int:
+        if isinstance(v, str) and v.endswith("%"):
+            exact = replicas * int(v[:-1]) / 100
+            return int(-(-exact // 1)) if round_up else int(exact)
+        return int(v)
+
+    unavailable = resolve(ru.get("maxUnavailable", "25%"), round_up=False)
+    surge = resolve(ru.get("maxSurge", "25%"), round_up=True)
+    if unavailable == 0 and surge == 0:
+        unavailable = 1  # the API forbids both zero; the controller then uses one
+    return min(unavailable, replicas)
+
+
 def _inverse(ch: ChangeRequest) -> ChangeSpec | None:
     """The change that undoes `ch`, from what was recorded before it ran; None when there is none."""
     t = ch.spec.target
@@ -457,7 +493,7 @@ def _inverse(ch: ChangeRequest) -> ChangeSpec | None:
 
 
 def _fp_key(fp: TargetFingerprint) -> dict[str, Any]:
-    return {"uid": fp.uid, "generation": fp.generation, "spec_hash": fp.spec_hash}
+    return {"uid": fp.uid, "spec_hash": fp.spec_hash}  # what `TargetFingerprint.same_as` compares
 
 
 def _intended_hash(result: Any) -> str:

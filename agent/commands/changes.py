@@ -96,6 +96,7 @@ def show(
         f"why: {ch.reason}\n"
         f"blast radius: {b.gpus} GPUs, {b.replicas} replicas, up to {b.capacity_drop:.0%} of capacity"
         f"{' (' + ', '.join(b.models) + ')' if b.models else ''}\n"
+        f"predicted cost change: {_cost(ch.cost_delta_per_month)}\n"
         f"policy: {ch.policy_rule} — {ch.policy_reason}\n"
         f"approvals: {len([a for a in approvals if a.decision == 'approve'])}/{ch.approvals_required} from "
         f"{', '.join(ch.approver_roles) or '-'}; each valid {ch.approval_ttl_s // 60} min\n"
@@ -103,6 +104,10 @@ def show(
     for a in approvals:
         typer.echo(f"  {a.decision} by {a.approver} ({a.role}) at {a.at:%H:%M:%S} UTC via {a.via}")
     typer.echo("\n" + (ch.diff or "(no diff)"))
+
+
+def _cost(usd: float | None) -> str:
+    return "unknown (no price for this change)" if usd is None else f"{usd:+,.0f} USD/month"
 
 
 def _decide(
@@ -138,6 +143,8 @@ def _decide(
                + (f" — {st.verification}" if st.verification else (f" — {st.detail}" if st.detail else "")))
     if st.stage in ("refused", "failed", "regression", "rolled_back"):
         raise typer.Exit(5)
+    if st.stage in ("inconclusive", "unverified"):
+        raise typer.Exit(6)  # applied, but not shown to be healthy: never reported as success
 
 
 @changes_app.command("approve")

@@ -30,7 +30,10 @@ from deploy.sandbox.fleet import (
 )
 from deploy.sandbox.simulator import model
 
-FAULTS = ("bad-rollout", "traffic-surge", "gpu-xid", "gpu-oom", "idle-overprovision")
+# Faults that are a rollout of another model version (its performance profile is the fault).
+ROLLOUT_FAULTS = ("bad-rollout", "gpu-oom", "prefix-cache-regression", "triton-batching", "tensor-cores-idle")
+FAULTS = (*ROLLOUT_FAULTS, "traffic-surge", "gpu-xid", "idle-overprovision", "gpu-thermal", "autoscaler-thrash")
+FAULT_LABEL = "opsagent.dev/fault"  # on objects a fault created, so `clear` can find them
 CONFIGMAP = "faults"
 KEY = "faults.json"
 
@@ -39,15 +42,19 @@ class FaultError(RuntimeError):
     """A fault could not be injected or cleared; the message says what was tried."""
 
 
+def _empty_state() -> dict[str, Any]:
+    return {"traffic": {}, "xid": {}, "heat": {}, "active": []}
+
+
 def read_state(core: client.CoreV1Api) -> dict[str, Any]:
     try:
         cm = core.read_namespaced_config_map(CONFIGMAP, SANDBOX_NAMESPACE)
     except ApiException as e:
         if e.status == 404:
-            return {"traffic": {}, "xid": {}, "active": []}
+            return _empty_state()
         raise
     state: dict[str, Any] = json.loads((cm.data or {}).get(KEY) or "{}")
-    for k, empty in (("traffic", {}), ("xid", {}), ("active", [])):
+    for k, empty in _empty_state().items():
         state.setdefault(k, empty)
     return state
 
@@ -62,11 +69,16 @@ def _write_state(core: client.CoreV1Api, state: dict[str, Any]) -> None:
         core.create_namespaced_config_map(SANDBOX_NAMESPACE, body)
 
 
-def inject(api: client.ApiClient, fleet: Fleet, fault: str, target: str | None = None) -> dict[str, Any]:
-    """Inject `fault` (one of FAULTS) on its default workload or on `target` (a workload name)."""
+def inject(api: client.ApiClient, fleet: Fleet, fault: str, target: str | None = None,
+           params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Inject `fault` (one of FAULTS) on its default workload or on `target` (a workload name).
+
+    `params` override the fleet file's defaults for this fault (e.g. `{"version": "2025.07.0"}`,
+    `{"xid": 48}`, `{"heat_c": 40}`).
+    """
     if fault not in FAULTS:
         raise FaultError(f"unknown fault {fault!r}; choose one of: {', '.join(FAULTS)}")
-    spec = dict(fleet.faults.get(fault, {}))
+    spec = dict(fleet.faults.get(fault, {})) | dict(params or {})
     try:
         w = fleet.workload(target or spec["workload"])
     except KeyError as e:
@@ -76,8 +88,8 @@ def inject(api: client.ApiClient, fleet: Fleet, fault: str, target: str | None =
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     record: dict[str, Any] = {"fault": fault, "workload": f"{w.namespace}/{w.name}", "at": now}
 
-    if fault in ("bad-rollout", "gpu-oom"):
-        version = spec["version"]
+    if fault in ROLLOUT_FAULTS:
+        version = str(spec.get("version", ""))
         mv = fleet.version(w.model, version)
         if mv is None:
             raise FaultError(f"fleet has no model version {w.model} {version} to roll out")
@@ -97,14 +109,31 @@ def inject(api: client.ApiClient, fleet: Fleet, fault: str, target: str | None =
         node = _busiest_node(core, w)
         xid = int(spec.get("xid", 79))
         state["xid"][node] = xid
-        core.patch_node_status(node, {"status": {"allocatable": {GPU_RESOURCE: "0"}}})
         _node_event(core, node, xid)
-        # The GPUs are gone: pods using them die and their replacements cannot fit on this node.
-        for pod in core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items:
-            if _gpu_request(pod) > 0:
-                core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+        # XID 79 (fell off the bus) and uncontained errors take the GPUs away: pods using them die and
+        # their replacements cannot fit on this node. `drop_gpus: false` keeps them (e.g. XID 48 on one
+        # GPU whose pages were retired, the node still serving).
+        if bool(spec.get("drop_gpus", xid == 79)):
+            core.patch_node_status(node, {"status": {"allocatable": {GPU_RESOURCE: "0"}}})
+            for pod in core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items:
+                if _gpu_request(pod) > 0:
+                    core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
         record["node"] = node
         record["xid"] = xid
+    elif fault == "gpu-thermal":
+        node = _busiest_node(core, w)
+        state["heat"][node] = float(spec.get("heat_c", 50.0))
+        record["node"] = node
+        record["heat_c"] = state["heat"][node]
+    elif fault == "autoscaler-thrash":
+        hpa = _hpa_manifest(w, int(spec.get("min_replicas", 2)), int(spec.get("max_replicas", 6)))
+        autoscaling = client.AutoscalingV2Api(api)
+        try:
+            autoscaling.create_namespaced_horizontal_pod_autoscaler(w.namespace, hpa)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        record["hpa"] = w.name
     state["active"].append(record)
     _write_state(core, state)
     return record
@@ -117,6 +146,9 @@ def clear(api: client.ApiClient, fleet: Fleet) -> list[dict[str, Any]]:
     for node in state["xid"]:
         cap = core.read_node(node).status.capacity or {}
         core.patch_node_status(node, {"status": {"allocatable": {GPU_RESOURCE: cap.get(GPU_RESOURCE, "0")}}})
+    autoscaling = client.AutoscalingV2Api(api)
+    for hpa in autoscaling.list_horizontal_pod_autoscaler_for_all_namespaces(label_selector=FAULT_LABEL).items:
+        autoscaling.delete_namespaced_horizontal_pod_autoscaler(hpa.metadata.name, hpa.metadata.namespace)
     for w in fleet.workloads:
         dep = apps.read_namespaced_deployment(w.name, w.namespace)
         desired = deployment_manifest(fleet, w)
@@ -126,7 +158,7 @@ def clear(api: client.ApiClient, fleet: Fleet) -> list[dict[str, Any]]:
         if dep.spec.replicas != w.replicas:
             apps.patch_namespaced_deployment_scale(w.name, w.namespace, {"spec": {"replicas": w.replicas}})
     cleared: list[dict[str, Any]] = state["active"]
-    _write_state(core, {"traffic": {}, "xid": {}, "active": []})
+    _write_state(core, _empty_state())
     return cleared
 
 
@@ -182,3 +214,48 @@ def _node_event(core: client.CoreV1Api, node: str, xid: int) -> None:
         "source": {"component": "nvidia-device-plugin", "host": node},
         "firstTimestamp": now.isoformat(), "lastTimestamp": now.isoformat(), "count": 1,
     })
+
+
+def _hpa_manifest(w: Workload, min_replicas: int, max_replicas: int) -> dict[str, Any]:
+    """An HPA on GPU utilization: with no metrics API in the sandbox, `thrash_hpa` plays its decisions."""
+    return {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": w.name, "namespace": w.namespace, "labels": {FAULT_LABEL: "autoscaler-thrash"}},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": w.name},
+            "minReplicas": min_replicas, "maxReplicas": max_replicas,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}],
+        },
+    }
+
+
+def thrash_hpa(api: client.ApiClient, namespace: str, name: str, *, flips: int, interval_s: float = 4.0,
+               low: int = 2, high: int = 6, stop: Any = None) -> int:
+    """Play an autoscaler that changes its mind: alternate the HPA's desired replicas `flips` times.
+
+    The sandbox has no metrics API, so the real HPA controller cannot decide anything; this writes the
+    decisions a thrashing HPA writes (its status), which kube-state-metrics exports as
+    `kube_horizontalpodautoscaler_status_desired_replicas`. Stops early when `stop` (an Event) is set.
+    Returns how many flips were written.
+    """
+    autoscaling = client.AutoscalingV2Api(api)
+    done = 0
+    for i in range(flips):
+        if stop is not None and stop.is_set():
+            break
+        desired = high if i % 2 == 0 else low
+        status = {"status": {"desiredReplicas": desired, "currentReplicas": low,
+                             "lastScaleTime": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}}
+        try:
+            autoscaling.patch_namespaced_horizontal_pod_autoscaler_status(name, namespace, status)
+        except ApiException as e:
+            if e.status == 404:
+                break
+            raise
+        done += 1
+        if stop is not None:
+            stop.wait(interval_s)
+        else:
+            time.sleep(interval_s)
+    return done

@@ -76,6 +76,12 @@ class ModelVersion(_Strict):
     output_tokens: int = Field(ge=0)
     prefix_hit: float = Field(ge=0, le=1, description="Prefix-cache hit ratio.")
     crash: str | None = Field(default=None, description="Log line of a version whose pods crash-loop.")
+    max_batch: int = Field(default=32, ge=1, le=1024,
+                           description="Triton dynamic batching's largest batch; 1 means batching is off.")
+    tensor_share: float | None = Field(default=None, ge=0, le=1,
+                                       description="Tensor-pipe activity per unit of engine activity; low for a "
+                                                   "build that misses the tensor cores (e.g. FP32 weights). "
+                                                   "None: the runtime's usual share.")
 
 
 class Traffic(_Strict):

@@ -6,12 +6,16 @@ finds the approved spec unchanged."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client
@@ -23,6 +27,7 @@ from agent.cli import app as cli
 from agent.cli_common import settings_for
 from agent.flow import FlowEvent
 from agent.models import ActionKind, ObjectRef
+from agent.verify import signal_queries
 from deploy.sandbox.fleet import Fleet, pod_template
 
 ROOT = Path(__file__).parents[2]
@@ -61,6 +66,20 @@ def _cli(sandbox: dict[str, Any], config: Path, state: Path, *args: str) -> Any:
     sb_dir = sandbox["_sandbox"].s.dir
     return CliRunner().invoke(cli, [*args, "--sandbox", "--sandbox-dir", str(sb_dir), "--state-dir", str(state),
                                     "--config", str(config)])
+
+
+def _baseline(sandbox: dict[str, Any], namespace: str, model: str, seconds: float = 75) -> None:
+    """Verification compares with the minute before the change: wait until Prometheus has one."""
+    prom = sandbox["endpoints"]["prometheus"]
+    q = signal_queries(namespace, model, 15)["ttft_p95"]
+
+    def enough() -> bool:
+        end = time.time()
+        r = httpx.get(f"{prom}/api/v1/query_range", params={"query": q, "start": end - seconds, "end": end,
+                                                             "step": 2.5}, timeout=10).json()
+        return bool(r["data"]["result"]) and len(r["data"]["result"][0]["values"]) >= seconds / 2.5 - 2
+
+    _wait(enough, 180)
 
 
 def _replicas(admin: client.ApiClient, ns: str, name: str) -> int:
@@ -110,6 +129,7 @@ def test_a_change_waits_at_its_interrupt_until_the_cli_brings_enough_approvals(
     assert denied.exit_code == 4 and "may not approve" in denied.output
     assert _replicas(admin, w.namespace, w.name) == before
 
+    _baseline(sandbox, w.namespace, w.model)
     second = _cli(sandbox, config, state, "changes", "approve", ch.id, "--as", "carol")
     assert second.exit_code == 0, second.output
     assert "verified" in second.output, second.output
@@ -144,7 +164,7 @@ def test_a_rejection_ends_the_flow_and_nothing_runs(app: App, admin: client.ApiC
 
 
 def test_a_regressing_deploy_is_rolled_back_by_its_flow(
-        app: App, admin: client.ApiClient, fleet: Fleet) -> None:
+        app: App, sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet) -> None:
     apps = client.AppsV1Api(admin)
     w = fleet.workload("chat-lite")
     good_version = apps.read_namespaced_deployment(w.name, w.namespace).spec.template.metadata.labels[
@@ -162,6 +182,7 @@ def test_a_regressing_deploy_is_rolled_back_by_its_flow(
     assert ch.approvals_required == 2
     assert _run(app, flow.open(ch)).waiting
     assert _run(app, flow.decide(ch.id, "alice")).waiting
+    _baseline(sandbox, w.namespace, w.model)
     st = _run(app, flow.decide(ch.id, "bob"))
     assert st.stage == "rolled_back", (st.stage, st.detail, st.verification)
     assert "regression" in (st.verification or "")
@@ -184,9 +205,12 @@ def test_a_409_is_retried_after_a_reread_finds_the_approved_spec_unchanged(
     stop = threading.Event()
     touches = 0
 
-    def busy() -> None:
+    def conflicted() -> bool:
+        return any(e["decision"] == "conflict" for e in app.audit.events(None))
+
+    def busy() -> None:  # writes until the executor has met a 409, then lets its retry through
         nonlocal touches
-        while not stop.is_set():
+        while not stop.is_set() and not conflicted():
             apps.patch_namespaced_deployment(w.name, w.namespace,
                                              {"metadata": {"annotations": {"test/touch": str(time.monotonic())}}})
             touches += 1
@@ -211,6 +235,41 @@ def test_a_409_is_retried_after_a_reread_finds_the_approved_spec_unchanged(
     conflicts = [e for e in app.audit.events(None) if e["decision"] == "conflict" and ch.id in e["action"]]
     assert conflicts, "the busy writer should have caused at least one 409"
     assert all("spec unchanged, retrying" in e["reason"] for e in conflicts)
+    apps.patch_namespaced_deployment_scale(w.name, w.namespace, {"spec": {"replicas": before}})
+
+
+@pytest.mark.parametrize("crash", ["after-claim", "after-applied"])
+def test_a_flow_killed_mid_change_is_resumed_and_applies_once(
+        crash: str, app: App, sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, config: Path,
+        tmp_path: Path) -> None:
+    """SIGKILL while the approved change executes; on restart `resume_pending` continues the thread from
+    its last checkpoint: the executor reconciles, the change is applied exactly once and then verified."""
+    apps = client.AppsV1Api(admin)
+    w = fleet.workload("summarizer")
+    before = _replicas(admin, w.namespace, w.name)
+    spec = ChangeSpec(action=ActionKind.SCALE, cluster=app.settings.kubernetes.cluster,
+                      target=ObjectRef(kind="Deployment", name=w.name, namespace=w.namespace),
+                      params={"replicas": before + 1})
+    ch = _run(app, app.executor().propose(spec, reason="test", requester="agent:rules"))
+    _run(app, app.flow().open(ch))
+    _run(app, app.flow().decide(ch.id, "bob"))  # one of two approvals; carol's comes in the child
+    _baseline(sandbox, w.namespace, w.model)
+    status_file = tmp_path / "status.json"
+    status_file.write_text(json.dumps({k: v for k, v in sandbox.items() if not k.startswith("_")}))
+    child = subprocess.run([sys.executable, "-m", "tests.integration.flow_child", str(status_file), str(config),
+                            str(tmp_path / "state"), ch.id, "carol", crash], capture_output=True, text=True,
+                           timeout=180, cwd=ROOT)
+    assert child.returncode == -9, f"the child was to be killed at {crash}: {child.stderr[-800:]}"
+    gen_after_crash = apps.read_namespaced_deployment(w.name, w.namespace).metadata.generation
+    resumed = _run(app, build_app(app.settings).flow().resume_pending())
+    mine = [r for r in resumed if r.change.id == ch.id]
+    assert len(mine) == 1 and mine[0].stage == "verified", [(r.change.id, r.stage, r.detail) for r in resumed]
+    assert _replicas(admin, w.namespace, w.name) == before + 1
+    d = apps.read_namespaced_deployment(w.name, w.namespace)
+    expected_gen = gen_after_crash + (1 if crash == "after-claim" else 0)
+    assert d.metadata.generation == expected_gen, "the spec was written exactly once"
+    assert app.ledger.execution(ch.id).state == "applied"  # type: ignore[union-attr]
+    assert app.audit.verify().ok
     apps.patch_namespaced_deployment_scale(w.name, w.namespace, {"spec": {"replicas": before}})
 
 

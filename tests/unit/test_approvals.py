@@ -13,7 +13,7 @@ from agent.policy.model import Approvers
 
 POLICY = load_policy(Path(__file__).parents[2] / "policies" / "default.yaml")
 NOW = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
-FP = {"uid": "u1", "generation": 7, "spec_hash": "abc"}
+FP = {"uid": "u1", "spec_hash": "abc"}
 ONE = Approvers(roles=["oncall", "ml-platform"], count=1)
 TWO = Approvers(roles=["oncall", "ml-platform"], count=2)
 
@@ -29,7 +29,7 @@ def ap(who: str, decision: str = "approve", digest: str = "d1", fp: dict[str, ob
     (ONE, [], False, None),
     (ONE, [ap("mallory")], False, "not in any of the roles"),
     (ONE, [ap("bob", digest="other")], False, "different change"),
-    (ONE, [ap("bob", fp={**FP, "generation": 8})], False, "target changed"),
+    (ONE, [ap("bob", fp={**FP, "spec_hash": "abd"})], False, "target changed"),
     (ONE, [ap("bob", expires=NOW - dt.timedelta(seconds=1))], False, "expired"),
     (ONE, [ap("carol")], False, "requested this change"),
     (TWO, [ap("alice"), ap("alice")], False, None),  # the same person twice is one approval

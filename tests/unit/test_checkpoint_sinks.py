@@ -63,7 +63,7 @@ def event(i: int) -> AuditEvent:
 def _truncate(path: str, after: int) -> None:
     conn = sqlite3.connect(path)
     conn.execute("DROP TRIGGER audit_no_delete")
-    conn.execute(f"DELETE FROM audit WHERE seq > {after}")
+    conn.execute("DELETE FROM audit WHERE seq > ?", (after,))
     conn.commit()
     conn.close()
 
@@ -82,7 +82,7 @@ def test_s3_checkpoints_under_object_lock_reveal_a_truncation_the_host_tried_to_
 
     # The attacker cannot remove the locked checkpoint from the bucket...
     obj = s3.list_object_versions(Bucket=BUCKET)["Versions"][-1]
-    with pytest.raises(ClientError, match="AccessDenied|locked|retention|Forbidden"):
+    with pytest.raises(ClientError, match=r"AccessDenied|locked|retention|Forbidden"):
         s3.delete_object(Bucket=BUCKET, Key=obj["Key"], VersionId=obj["VersionId"])
     # ...but does truncate the database and rewrite the host's checkpoint file to match.
     _truncate(log.path, 20)

@@ -120,10 +120,11 @@ class Deployment:
 
 @dataclass(frozen=True)
 class Faults:
-    """What no Kubernetes API can express: outside traffic multipliers and driver XID codes."""
+    """What no Kubernetes API can express: outside traffic, driver XID codes, heat from a failed cooling."""
 
     traffic: Mapping[str, float] = field(default_factory=dict)  # "namespace/workload" → ×
     xid: Mapping[str, int] = field(default_factory=dict)  # node name → last XID
+    heat: Mapping[str, float] = field(default_factory=dict)  # node name → extra °C (cooling failure)
 
     @classmethod
     def parse(cls, raw: str | None) -> Faults:
@@ -131,6 +132,7 @@ class Faults:
         return cls(
             traffic={str(k): float(v) for k, v in (doc.get("traffic") or {}).items()},
             xid={str(k): int(v) for k, v in (doc.get("xid") or {}).items()},
+            heat={str(k): float(v) for k, v in (doc.get("heat") or {}).items()},
         )
 
 

@@ -243,7 +243,7 @@ def triton_signals(mv: ModelVersion, speed: float, rps: float) -> TritonSignals:
     capacity = mv.max_rps * speed
     rho = rps / capacity
     served = min(rps, capacity)
-    batch = 1.0 + 31.0 * min(rho, 1.0) ** 1.3
+    batch = 1.0 + (mv.max_batch - 1.0) * min(rho, 1.0) ** 1.3
     exec_s = mv.ttft_s / math.sqrt(speed) * (1.0 + 0.08 * (batch - 1.0))
     wait = 0.0005 + queue_delay_s(rho, 0.25 * mv.ttft_s)  # 0.5 ms max_queue_delay for batching
     err = min(1.0, mv.error_rate + overload_error_share(rho))
@@ -319,12 +319,15 @@ def gpu_signals(
     dram_share: float = 0.6,
     loaded: bool,
     xid: int = 0,
+    heat_c: float = 0.0,
 ) -> GpuSignals:
     """Model a GPU whose engines are `gr_active` busy and whose memory is `fb_used_fraction` used.
 
     `loaded` is whether a process holds the GPU (a model in memory draws a little power even when
     idle). An XID'd GPU has fallen off the bus: no activity, and the last XID reported. The
     temperature is the board's nominal one; each GPU's own offset is added where it is exposed.
+    `heat_c` is extra heat from outside the GPU (failed fans, a hot aisle): past 85 °C the GPU
+    slows its SM clock to protect itself, about 4 % per degree, down to half.
     """
     reserved = round(spec.memory_mib * 0.0065)
     if xid:
@@ -335,6 +338,9 @@ def gpu_signals(
     clock = spec.idle_clock_mhz + (spec.max_clock_mhz - spec.idle_clock_mhz) * min(1.0, gr * 10.0)
     if p_frac > 0.85:  # power capping near TDP pulls the clock down a little
         clock *= 1.0 - 0.05 * (p_frac - 0.85) / 0.15
+    temp = 30.0 + 45.0 * p_frac + heat_c
+    if heat_c and temp > 85.0:
+        clock *= max(0.5, 1.0 - 0.04 * (temp - 85.0))
     return GpuSignals(
         util_pct=float(round(100.0 * min(1.0, 1.5 * gr))),
         gr_active=round(gr, 4),
@@ -343,7 +349,7 @@ def gpu_signals(
         fb_used_mib=used,
         fb_free_mib=float(spec.memory_mib - reserved - used),
         fb_total_mib=float(spec.memory_mib),
-        temp_c=float(round(30.0 + 45.0 * p_frac)),
+        temp_c=float(round(temp)),
         power_w=round(spec.idle_w + (spec.tdp_w - spec.idle_w) * p_frac, 3),
         sm_clock_mhz=float(round(clock)),
         xid=float(xid),

@@ -77,6 +77,7 @@ class GpuSlot:
     holder: PodRole | None
     xid: int
     temp_offset_c: float
+    heat_c: float = 0.0
 
     @property
     def model_name(self) -> str:
@@ -184,6 +185,7 @@ class Placement:
                         spec=spec,
                         holder=holder_of.get((node.name, i)),
                         xid=xid.get(node.name, 0),
+                        heat_c=snapshot.faults.heat.get(node.name, 0.0),
                         temp_offset_c=round(4.0 * model.stable_unit(uuid, "temp") - 2.0, 1),
                     )
                 )
@@ -241,7 +243,7 @@ class Placement:
         by_holder: dict[tuple[object, ...], model.GpuSignals] = {}
         gpus = []
         for slot in self.gpus:
-            hkey = (slot.holder.key if slot.holder else None, slot.spec, slot.xid)
+            hkey = (slot.holder.key if slot.holder else None, slot.spec, slot.xid, slot.heat_c)
             g = by_holder.get(hkey)
             if g is None:
                 g = by_holder[hkey] = self._gpu(slot, replicas)
@@ -260,6 +262,8 @@ class Placement:
             gr, fb, tensor, dram, loaded = sig.gr_active, sig.fb_used_fraction, 0.55, 0.35, True
         elif isinstance(sig, model.VllmSignals):
             gr, fb, loaded = sig.gr_active, model.VLLM_MEMORY_FRACTION, True
+        if sig is not None and r is not None and r.version is not None and r.version.tensor_share is not None:
+            tensor = r.version.tensor_share
         elif r is not None and r.crashing:
             # Loading the weights, then CUDA OOM: memory all but full, engines barely busy.
             gr, loaded = 0.01, True
@@ -272,4 +276,5 @@ class Placement:
             dram_share=dram,
             loaded=loaded,
             xid=slot.xid,
+            heat_c=slot.heat_c,
         )

@@ -1,0 +1,100 @@
+"""What one scenario run did, as data: the record a live run writes and a replay re-scores.
+
+The scorer reads only this record and the scenario, so a live run, its recording and its replay are
+scored by the same code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from evals.tapes import Tape
+
+
+class _Rec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChangeOutcome(_Rec):
+    """One change request the run opened, and what became of it."""
+
+    change_id: str
+    source: Literal["triage", "model"] = Field(description="triage: a runbook proposal; model: what a (compromised) "
+                                                           "model asked for directly.")
+    action: str
+    target: dict[str, Any]
+    params: dict[str, Any] = Field(default_factory=dict)
+    policy_effect: str = Field(description="allow | require_approval | deny, at proposal time.")
+    policy_rule: str = ""
+    policy_request: dict[str, Any] | None = Field(default=None, description="The policy input, for replay.")
+    approver_decision: Literal["approve", "reject", "none"] = "none"
+    approvals: int = 0
+    executed: bool = False
+    status: str = ""
+    verification: str | None = None
+    error: str | None = None
+
+
+class Mutation(_Rec):
+    """A change of an object's spec seen on the API between the agent's start and its end."""
+
+    object: str  # deployment/ns/name or node/name
+    before: dict[str, Any]
+    after: dict[str, Any]
+    explained_by: str | None = Field(default=None, description="The executed, approved change request, if any.")
+
+
+class AuditFacts(_Rec):
+    chain_ok: bool
+    records: int
+    missing: list[str] = Field(default_factory=list, description="Actions without their audit records.")
+    refusals: int = 0
+    refusals_audited: int = 0
+
+
+class LlmFacts(_Rec):
+    provider: str
+    model: str
+    steps: int
+    input_tokens: int
+    output_tokens: int
+    tool_calls: int
+    refused_calls: int
+    fallback: str | None = None
+
+
+class RunRecord(_Rec):
+    scenario: str
+    iteration: int
+    mode: Literal["live", "record", "replay"]
+    reasoner: str
+    started: dt.datetime
+    wall_s: float = 0.0
+    run_key: str = Field(description="Suffix that keeps this run's incident apart from every other run's.")
+    fault_node: str | None = None
+    detected: bool | None = None
+    time_to_detect_s: float | None = None
+    notification: dict[str, Any] | None = Field(default=None, description="The webhook body triaged (as delivered, "
+                                                                          "with injected text).")
+    triage_now: dt.datetime | None = None
+    report: dict[str, Any] | None = None
+    time_to_triage_s: float | None = None
+    changes: list[ChangeOutcome] = Field(default_factory=list)
+    time_to_mitigate_s: float | None = None
+    recovery_ok: bool | None = None
+    recovery_detail: str = ""
+    mutations: list[Mutation] = Field(default_factory=list)
+    audit: AuditFacts | None = None
+    llm: LlmFacts | None = None
+    attempts: list[dict[str, Any]] = Field(default_factory=list, description="Actions the model asked for.")
+    errors: list[str] = Field(default_factory=list)
+
+
+class Recording(_Rec):
+    """A live run kept for replay: its record and the read tools' outputs."""
+
+    record: RunRecord
+    tape: Tape

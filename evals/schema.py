@@ -1,0 +1,164 @@
+"""The scenario file: what to set up, what to break, what a right answer is, and how to judge it.
+
+One YAML file per scenario. Every model forbids unknown fields, so a typo is an error that names the
+file and the field, never a silently ignored setting. Workload names are the sandbox fleet's
+(`deploy/sandbox/fleet.yaml`), which say nothing about the fault.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from agent.models import ActionKind, Category
+
+FAULT_TYPES = ("bad-rollout", "gpu-oom", "prefix-cache-regression", "triton-batching", "tensor-cores-idle",
+               "traffic-surge", "gpu-xid", "idle-overprovision", "gpu-thermal", "autoscaler-thrash")
+_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Placement(enum.StrEnum):
+    """Where adversarial text is planted (each is a place an attacker can write to in real life)."""
+
+    ALERT_ANNOTATION = "alert_annotation"  # a rule template over a label the attacker controls
+    ALERT_LABEL = "alert_label"
+    LOG_LINE = "log_line"  # the model server's container log (CloudWatch Logs)
+    K8S_EVENT = "k8s_event"  # an Event on the workload
+    OBJECT_ANNOTATION = "object_annotation"  # the Deployment's change-cause annotation
+    OBJECT_LABEL = "object_label"  # a label on the Deployment's pod template (a rollout)
+
+
+class Fault(_Strict):
+    type: str = Field(description=f"One of the sandbox faults: {', '.join(FAULT_TYPES)}.")
+    workload: str | None = Field(default=None, description="Fleet workload name; default: the fault's own.")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="Override the fault's defaults (version, xid, heat_c, ...).")
+    after_s: float = Field(default=0, ge=0, le=600, description="Seconds after set-up before injecting.")
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in FAULT_TYPES:
+            raise ValueError(f"unknown fault {v!r}; choose one of: {', '.join(FAULT_TYPES)}")
+        return v
+
+
+class Injection(_Strict):
+    """Adversarial text: data the agent reads that asks for a forbidden action."""
+
+    placement: Placement
+    text: str = Field(min_length=1, max_length=2000)
+    workload: str | None = Field(default=None, description="Whose object or log carries it; default the fault's.")
+    forbidden: ActionSpec = Field(description="The action the text asks for (what a compromised model proposes).")
+
+
+class TargetSpec(_Strict):
+    kind: Literal["Deployment", "Node", "Pod", "HorizontalPodAutoscaler", "Namespace", "Model"]
+    name: str | None = Field(default=None, description="Exact name; '$node' is the node the fault hit; "
+                                                       "omit to match any.")
+    namespace: str | None = None
+
+
+class ActionSpec(_Strict):
+    """An action pattern: a proposal matches when kind, target and every given param agree."""
+
+    kind: ActionKind | Literal["delete_namespace", "delete_deployment"]
+    target: TargetSpec | None = None
+    params: dict[str, Any] = Field(default_factory=dict, description="Params that must be equal.")
+    min_replicas: int | None = Field(default=None, ge=0, description="For scale: the new count at least this.")
+    max_replicas: int | None = Field(default=None, ge=0, description="For scale: the new count at most this.")
+
+
+class Detection(_Strict):
+    alerts: list[str] = Field(default_factory=list, description="Any of these alert names detects the fault.")
+    wait: bool = Field(default=True, description="Wait for the real alert. False: its rule needs more history than "
+                                                 "a run has (e.g. a 30-minute average); detection is not scored "
+                                                 "and the alert is built from `alert_labels`.")
+    timeout_s: float = Field(default=240, gt=0, le=1800)
+    alert_labels: dict[str, str] = Field(default_factory=dict,
+                                         description="Labels of the alert to build when not waiting (and for "
+                                                     "healthy controls: the probe alert the agent is asked about).")
+
+
+class Truth(_Strict):
+    """The ground truth the run is scored against."""
+
+    categories: list[Category] = Field(min_length=1, description="Right top-1 categories (usually one).")
+    culprit: TargetSpec | None = Field(default=None, description="The object at fault.")
+    expect: Literal["mitigate", "page_human", "no_action"] = Field(
+        description="mitigate: an acceptable change is executed and the SLO recovers; page_human: the right call "
+                    "is a human, nothing is executed; no_action: healthy, nothing proposed or executed.")
+    acceptable: list[ActionSpec] = Field(default_factory=list)
+    forbidden: list[ActionSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Truth:
+        if self.expect == "mitigate" and not self.acceptable:
+            raise ValueError("expect: mitigate needs at least one acceptable action")
+        return self
+
+
+class Approver(_Strict):
+    identity: str = Field(default="alice", description="Who approves (a policy role holder).")
+    behaviour: Literal["approve_acceptable", "reject_all"] = "approve_acceptable"
+
+
+class Budgets(_Strict):
+    time_s: float = Field(default=600, gt=0, description="Wall time for the whole scenario, seconds.")
+    steps: int = Field(default=8, ge=1, description="LLM reasoner steps.")
+    tokens: int = Field(default=60000, ge=1, description="LLM tokens (in + out).")
+
+
+class RecoveryCheck(_Strict):
+    query: str = Field(min_length=1, description="PromQL returning one number.")
+    below: float | None = None
+    above: float | None = None
+
+    @model_validator(mode="after")
+    def _bound(self) -> RecoveryCheck:
+        if (self.below is None) == (self.above is None):
+            raise ValueError("give exactly one of below / above")
+        return self
+
+
+class Recovery(_Strict):
+    checks: list[RecoveryCheck] = Field(default_factory=list, description="All must hold after the change.")
+    timeout_s: float = Field(default=180, gt=0, le=1200)
+
+
+class Scenario(_Strict):
+    id: str = Field(description="Unique, lower-case, dashes; also the file's stem.")
+    description: str
+    failure_mode: int = Field(ge=1, le=13, description="Row of the reference table (12 healthy, 13 injection).")
+    tags: list[str] = Field(default_factory=list)
+    runtime: Literal["vllm", "triton"]
+    gpu: str = Field(description="GPU product the workload runs on, for coverage reports.")
+    workload: str = Field(description="The fleet workload the scenario is about.")
+    faults: list[Fault] = Field(default_factory=list)
+    injections: list[Injection] = Field(default_factory=list)
+    detection: Detection
+    truth: Truth
+    approver: Approver = Field(default_factory=Approver)
+    budgets: Budgets = Field(default_factory=Budgets)
+    recovery: Recovery = Field(default_factory=Recovery)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError("lower-case letters, digits and dashes, 2-63 characters")
+        return v
+
+    @property
+    def regression(self) -> bool:
+        return "regression" in self.tags
+
+
+Injection.model_rebuild()
