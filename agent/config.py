@@ -89,11 +89,17 @@ class ExecutionConfig(_Group):
 
 
 class SlackConfig(_Group):
-    enabled: bool = False
-    bot_token: SecretStr | None = None
-    signing_secret: SecretStr | None = None
-    channel: str = "#ml-incidents"
+    enabled: bool = Field(default=False, description="Serve the Slack bot from `opsagent serve`.")
+    bot_token: SecretStr | None = Field(default=None, description="Bot token (xoxb-...): posts and edits messages.")
+    signing_secret: SecretStr | None = Field(default=None, description="Verifies that requests come from Slack.")
+    channel: str = Field(default="#ml-incidents", description="Channel (name or id) where incidents are posted.")
     api_url: str | None = Field(default=None, description="Slack Web API base URL override (tests).")
+    socket_mode: bool = Field(default=False, description="Connect over Socket Mode instead of receiving HTTP "
+                              "requests (installs without a public URL); needs app_token.")
+    app_token: SecretStr | None = Field(default=None, description="App-level token (xapp-...) for Socket Mode.")
+    timeout_s: int = Field(default=10, ge=1, le=60, description="Per Web API call, seconds.")
+    rate_limit_retries: int = Field(default=3, ge=0, le=10,
+                                    description="Retries of a rate-limited (429) call, each after Retry-After.")
 
 
 class Settings(BaseSettings):
@@ -135,7 +141,8 @@ class Settings(BaseSettings):
         if self.audit.key is None:
             raise ValueError("audit.key must be set outside env: dev (the checkpoint signing key)")
         for name, secret in (("llm.api_key", self.llm.api_key), ("slack.bot_token", self.slack.bot_token),
-                             ("slack.signing_secret", self.slack.signing_secret), ("audit.key", self.audit.key)):
+                             ("slack.signing_secret", self.slack.signing_secret),
+                             ("slack.app_token", self.slack.app_token), ("audit.key", self.audit.key)):
             if secret is not None and secret.get_secret_value().lower() in PLACEHOLDERS:
                 raise ValueError(f"{name} is a placeholder; set a real secret or use env: dev")
         return self

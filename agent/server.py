@@ -11,7 +11,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from agent import intake
 from agent.models import Incident, IncidentStatus
@@ -45,6 +45,17 @@ class Metrics:
                                         buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
         self.triage_errors = Counter("opsagent_triage_errors_total", "Triage runs that failed.", registry=r)
         self.queue = Gauge("opsagent_triage_queue_depth", "Incidents waiting for triage.", registry=r)
+        self.changes = Counter("opsagent_changes_proposed_total", "Change requests proposed, by policy outcome.",
+                               ["status"], registry=r)
+        self.approvals = Counter("opsagent_approval_decisions_total",
+                                 "Approve/reject decisions by outcome (recorded, refused).",
+                                 ["decision", "outcome", "via"], registry=r)
+        self.executions = Counter("opsagent_executions_total", "Change executions by final stage.", ["stage"],
+                                  registry=r)
+        self.chat_requests = Counter("opsagent_slack_requests_total", "Slack deliveries by kind and outcome.",
+                                     ["kind", "outcome"], registry=r)
+        self.chat_errors = Counter("opsagent_slack_api_errors_total",
+                                   "Slack Web API calls that failed after retries.", ["method"], registry=r)
 
 
 class TriageWorker:
@@ -87,9 +98,25 @@ class TriageWorker:
                 self.queue.task_done()
 
 
-def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = None) -> Starlette:
+IncidentHook = Callable[[Incident], Awaitable[None]]
+
+
+def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = None, *,
+               routes: Sequence[BaseRoute] = (), on_incident: IncidentHook | None = None,
+               on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
+               on_shutdown: Sequence[Callable[[], Awaitable[None]]] = ()) -> Starlette:
+    """The HTTP app. `routes` are mounted beside the webhook (the Slack endpoints); `on_incident` runs in the
+    background for every incident a delivery changed (opened, updated, resolved)."""
     metrics = metrics or Metrics()
     worker = TriageWorker(triage, metrics) if triage else None
+    hooks: set[asyncio.Task[None]] = set()
+
+    def notify(incident: Incident) -> None:
+        if on_incident is None:
+            return
+        task = asyncio.create_task(_guarded(on_incident, incident))
+        hooks.add(task)
+        task.add_done_callback(hooks.discard)
 
     async def alertmanager(request: Request) -> Response:
         body = await request.body()
@@ -102,6 +129,8 @@ def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = 
         metrics.webhooks.labels(outcome="accepted" if changed else "duplicate").inc()
         if changed and incident.notifications == 1:
             metrics.incidents.inc()
+        if changed:
+            notify(incident)
         if changed and incident.status == IncidentStatus.FIRING and worker:
             worker.submit(incident)
         return JSONResponse({"incident": incident.id, "status": incident.status.value, "changed": changed})
@@ -137,15 +166,29 @@ def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = 
     async def lifespan(_: Starlette):  # type: ignore[no-untyped-def]
         if worker:
             worker.start()
+        for start in on_startup:
+            await start()
         yield
+        for stop in on_shutdown:
+            await stop()
         if worker:
             await worker.stop()
+        for t in list(hooks):
+            t.cancel()
 
     app = Starlette(routes=[
         Route("/alertmanager", alertmanager, methods=["POST"]),
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint),
         Route("/incidents", list_incidents), Route("/incidents/{id}", get_incident),
+        *routes,
     ], lifespan=lifespan)
     app.state.worker = worker
     app.state.metrics = metrics
     return app
+
+
+async def _guarded(hook: IncidentHook, incident: Incident) -> None:
+    try:
+        await hook(incident)
+    except Exception:  # a notification failure is logged; the incident is already stored
+        log.exception("incident hook failed for %s", incident.id)

@@ -8,6 +8,7 @@ meet: it reads and writes the incident of a group inside one transaction (SQLite
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +34,22 @@ CREATE TABLE IF NOT EXISTS triage_reports (
     doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS triage_reports_incident ON triage_reports(incident_id, created_at);
+-- Where an incident or a change request is shown in chat (Slack), so updates and restarts find it.
+CREATE TABLE IF NOT EXISTS chat_messages (
+    key TEXT PRIMARY KEY,            -- 'incident:<id>' or 'change:<id>'
+    channel TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    thread_ts TEXT,
+    stage TEXT NOT NULL DEFAULT '',
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chat_messages_thread ON chat_messages(channel, ts);
+-- Deliveries already handled (request signatures, event ids): replays and retries are recognised.
+CREATE TABLE IF NOT EXISTS chat_seen (
+    key TEXT PRIMARY KEY,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chat_seen_at ON chat_seen(at);
 """
 
 
@@ -42,7 +59,23 @@ class Store(Protocol):
     def incidents(self, status: IncidentStatus | None = None, limit: int = 100) -> list[Incident]: ...
     def save_report(self, report: TriageReport) -> None: ...
     def latest_report(self, incident_id: str) -> TriageReport | None: ...
+    def chat_message(self, key: str) -> ChatMessage | None: ...
+    def save_chat_message(self, msg: ChatMessage) -> None: ...
+    def chat_thread_owner(self, channel: str, thread_ts: str) -> str | None: ...
+    def seen_since(self, since: dt.datetime) -> list[tuple[str, dt.datetime]]: ...
+    def mark_seen(self, keys: list[str], now: dt.datetime, forget_before: dt.datetime) -> None: ...
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """A message the agent posted for an incident or a change (channel + ts identify it in Slack)."""
+
+    key: str
+    channel: str
+    ts: str
+    thread_ts: str | None = None
+    stage: str = ""
 
 
 class SqliteStore(SqliteDb):
@@ -89,6 +122,35 @@ class SqliteStore(SqliteDb):
             "SELECT doc FROM triage_reports WHERE incident_id = ? ORDER BY created_at DESC LIMIT 1", (incident_id,)
         ).fetchone()
         return TriageReport.model_validate_json(row[0]) if row else None
+
+    def chat_message(self, key: str) -> ChatMessage | None:
+        row = self._conn.execute("SELECT key, channel, ts, thread_ts, stage FROM chat_messages WHERE key = ?",
+                                 (key,)).fetchone()
+        return ChatMessage(*row) if row else None
+
+    def save_chat_message(self, msg: ChatMessage) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO chat_messages (key, channel, ts, thread_ts, stage, updated_at) VALUES (?,?,?,?,?,?) "
+                      "ON CONFLICT(key) DO UPDATE SET channel = excluded.channel, ts = excluded.ts, "
+                      "thread_ts = excluded.thread_ts, stage = excluded.stage, updated_at = excluded.updated_at",
+                      (msg.key, msg.channel, msg.ts, msg.thread_ts, msg.stage, dt.datetime.now(dt.UTC).isoformat()))
+
+    def chat_thread_owner(self, channel: str, thread_ts: str) -> str | None:
+        """The key ('incident:<id>') whose top message starts the thread `thread_ts` in `channel`."""
+        row = self._conn.execute("SELECT key FROM chat_messages WHERE channel = ? AND ts = ? AND key LIKE 'incident:%'",
+                                 (channel, thread_ts)).fetchone()
+        return str(row[0]) if row else None
+
+    def seen_since(self, since: dt.datetime) -> list[tuple[str, dt.datetime]]:
+        rows = self._conn.execute("SELECT key, at FROM chat_seen WHERE at >= ?", (since.isoformat(),)).fetchall()
+        return [(str(k), dt.datetime.fromisoformat(at)) for k, at in rows]
+
+    def mark_seen(self, keys: list[str], now: dt.datetime, forget_before: dt.datetime) -> None:
+        """Record many keys in one transaction (one sync to disk), forgetting marks older than `forget_before`."""
+        with self._tx() as c:
+            c.execute("DELETE FROM chat_seen WHERE at < ?", (forget_before.isoformat(),))
+            c.executemany("INSERT OR IGNORE INTO chat_seen (key, at) VALUES (?, ?)",
+                          [(k, now.isoformat()) for k in keys])
 
 
 def open_store(url: str) -> Store:

@@ -7,9 +7,17 @@ import logging
 import typer
 import uvicorn
 
-from agent.commands.common import DEFAULT_SANDBOX_DIR, ConfigOpt, SandboxDirOpt, SandboxOpt, StateOpt, open_app
-from agent.models import Incident
-from agent.server import create_app
+from agent.commands.common import (
+    DEFAULT_SANDBOX_DIR,
+    ConfigOpt,
+    SandboxDirOpt,
+    SandboxOpt,
+    StateOpt,
+    fail,
+    open_app,
+)
+from agent.server import Metrics
+from agent.slack.service import build_server
 
 
 def serve(
@@ -20,20 +28,22 @@ def serve(
     sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR,
     state_dir: StateOpt = None,
 ) -> None:
-    """Serve the Alertmanager webhook (POST /alertmanager), /healthz, /readyz, /metrics and /incidents."""
+    """Serve the Alertmanager webhook (POST /alertmanager), /healthz, /readyz, /metrics, /incidents and,
+    with `slack.enabled`, the Slack bot (/slack/events, /slack/interactivity, /slack/commands)."""
     app = open_app(config, use_sandbox, sandbox_dir, state_dir)
-    log = logging.getLogger("opsagent.serve")
-
-    async def triage(incident: Incident) -> None:
-        report = await app.triage(incident)
-        top = report.top
-        log.warning("triaged %s: %s%s", incident.id, report.status,
-                    f" — {top.title} ({top.confidence:.0%})" if top else "")
-
-    asgi = create_app(app.store, triage)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asgi, bot = build_server(app, metrics=Metrics())
+    except ValueError as e:
+        app.close()
+        fail(str(e), 2)
     bind_host = host or app.settings.server.host
     bind_port = port or app.settings.server.port
-    typer.secho(f"opsagent serving on http://{bind_host}:{bind_port} (webhook: /alertmanager)", err=True)
+    slack = ""
+    if bot is not None:
+        slack = " · Slack: " + ("Socket Mode" if app.settings.slack.socket_mode else "/slack/events, "
+                                "/slack/interactivity, /slack/commands") + f" → {app.settings.slack.channel}"
+    typer.secho(f"opsagent serving on http://{bind_host}:{bind_port} (webhook: /alertmanager){slack}", err=True)
     try:
         uvicorn.run(asgi, host=bind_host, port=bind_port, log_level="warning")
     finally:

@@ -1,0 +1,1 @@
+"""The Slack bot of `opsagent serve`: incident threads, questions, Approve / Reject buttons, `/ops`."""

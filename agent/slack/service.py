@@ -1,0 +1,28 @@
+"""Assemble the server with the Slack bot: the one function `opsagent serve` and the tests call."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+
+from agent.app import App
+from agent.models import Incident, TriageReport
+from agent.server import Metrics, create_app
+from agent.slack.app import SlackBot
+
+
+def build_server(app: App, *, metrics: Metrics | None = None,
+                 bot: SlackBot | None = None) -> tuple[Starlette, SlackBot | None]:
+    """The `serve` HTTP app; with `slack.enabled`, the bot's endpoints, hooks and triage path are wired in."""
+    metrics = metrics or Metrics()
+    if bot is None and app.settings.slack.enabled:
+        bot = SlackBot(app, metrics)
+    if bot is None:
+
+        async def triage_only(incident: Incident) -> TriageReport:
+            return await app.triage(incident)
+
+        return create_app(app.store, triage_only, metrics, on_shutdown=[app.aclose_clients]), None
+    startup = [bot.start, *([bot.start_socket_mode] if app.settings.slack.socket_mode else [])]
+    routes = [] if app.settings.slack.socket_mode else bot.routes()
+    return create_app(app.store, bot.triage, metrics, routes=routes, on_incident=bot.on_incident,
+                      on_startup=startup, on_shutdown=[bot.stop, app.aclose_clients]), bot
