@@ -10,14 +10,18 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from agent.auditlog import AuditLog, CheckpointSink, FileCheckpointSink
 from agent.config import LlmConfig, Settings
+from agent.db import is_postgres
 from agent.executor import Executor
 from agent.graph import build_triage_graph
 from agent.ledger import Ledger
@@ -29,7 +33,7 @@ from agent.reasoners.rules import RulesReasoner
 from agent.runbooks import Runbook, load_dir
 from agent.runner import ToolRunner
 from agent.state import Reasoner, TriageContext
-from agent.store import Store, open_store
+from agent.store import Store, db_target, open_store
 from tools.base import Risk, ToolSpec
 from tools.cloudwatch.client import CloudWatchClient
 from tools.k8s_read.client import K8sReadClient
@@ -65,6 +69,7 @@ class App:
     clients: dict[str, Any]
     reasoner: Reasoner
     _executor: Executor | None = field(default=None, repr=False)
+    _checkpoints_ready: bool = field(default=False, repr=False)
 
     def triage_runner(self) -> ToolRunner:
         return ToolRunner(self.tools, self.clients, self.audit, max_risk=Risk.READ,
@@ -85,16 +90,35 @@ class App:
         ctx = TriageContext(runner=self.triage_runner(), runbooks=self.runbooks, reasoner=self.reasoner,
                             actor=f"agent:{self.reasoner.name}", now=now,
                             extra={"cluster": self.settings.kubernetes.cluster})
-        db = self.settings.state_dir / "checkpoints.db"
-        db.parent.mkdir(parents=True, exist_ok=True)
-        async with AsyncSqliteSaver.from_conn_string(str(db)) as saver:
+        async with self.checkpointer() as saver:
             graph = build_triage_graph(saver)
             thread = f"triage:{incident.id}:{incident.updated_at.isoformat()}"
-            out = await graph.ainvoke({"incident": incident}, config={"configurable": {"thread_id": thread}},
-                                      context=ctx)
+            config: Any = {"configurable": {"thread_id": thread}}
+            # A replica killed mid-triage left this thread's last checkpoint behind (on a shared
+            # store): resume from it rather than start over.
+            resume = bool((await graph.aget_state(config)).next)
+            out = await graph.ainvoke(None if resume else {"incident": incident}, config=config, context=ctx)
         report: TriageReport = out["report"]
         self.store.save_report(report)
         return report
+
+    @asynccontextmanager
+    async def checkpointer(self) -> AsyncIterator[BaseCheckpointSaver[Any]]:
+        """LangGraph's checkpointer on the store's backend (Postgres when `store.url` is one)."""
+        url = self.settings.store_url
+        if is_postgres(url):
+            from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+            async with AsyncPostgresSaver.from_conn_string(url) as pg:
+                if not self._checkpoints_ready:
+                    await _setup_once(pg)
+                    self._checkpoints_ready = True
+                yield pg
+            return
+        db = self.settings.state_dir / "checkpoints.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        async with AsyncSqliteSaver.from_conn_string(str(db)) as saver:
+            yield saver
 
     async def aclose_clients(self) -> None:
         """Close connection pools bound to the running event loop (call before that loop ends)."""
@@ -135,12 +159,29 @@ def build_reasoner(llm: LlmConfig) -> Reasoner:
 def build_app(settings: Settings, *, reasoner: Reasoner | None = None) -> App:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     sinks: list[CheckpointSink] = [FileCheckpointSink(settings.checkpoint_file)]
-    audit = AuditLog(settings.audit_path, audit_key(settings), sinks, checkpoint_every=settings.audit.checkpoint_every)
+    audit_target = settings.audit.path or _shared_or(settings, settings.audit_path)
+    audit = AuditLog(audit_target, audit_key(settings), sinks, checkpoint_every=settings.audit.checkpoint_every)
     policy = load_policy(_policy_file(settings.policies_dir))
     return App(settings=settings, store=open_store(settings.store_url), runbooks=load_dir(settings.runbooks_dir),
-               policy=policy, ledger=Ledger(settings.state_dir / "ledger.db"), audit=audit,
+               policy=policy, ledger=Ledger(_shared_or(settings, settings.state_dir / "ledger.db")), audit=audit,
                tools=default_tools(), clients=build_clients(settings),
                reasoner=reasoner or build_reasoner(settings.llm))
+
+
+def _shared_or(settings: Settings, local: Path) -> Path | str:
+    """On Postgres every table lives in the one shared database; on SQLite each keeps its own file."""
+    target = db_target(settings.store_url)
+    return target if is_postgres(target) else local
+
+
+async def _setup_once(saver: Any) -> None:
+    """Create LangGraph's checkpoint tables; replicas starting together take turns (a session advisory lock)."""
+    key = "SELECT {}(hashtextextended('opsagent:checkpoints', 0))"
+    await saver.conn.execute(key.format("pg_advisory_lock"))
+    try:
+        await saver.setup()
+    finally:
+        await saver.conn.execute(key.format("pg_advisory_unlock"))
 
 
 def _policy_file(directory: Path) -> Path:

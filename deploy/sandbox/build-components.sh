@@ -13,6 +13,7 @@ K8S_VERSION="${K8S_VERSION:-v1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
 KSM_VERSION="${KSM_VERSION:-v2.15.0}"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 CACHE="${OPSAGENT_CACHE_DIR:-$HOME/.cache/opsagent}"
 BIN="$CACHE/bin"
 WORK="$CACHE/build"
@@ -20,8 +21,34 @@ WORK="$CACHE/build"
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 mkdir -p "$BIN" "$WORK"
 
+# One build at a time per cache: several worktrees may call this script at once, and two builds
+# writing the same throwaway module directory would corrupt each other.
+exec 9>"$CACHE/.build.lock"
+if ! flock -n 9; then
+  printf '[build %s] another build holds %s; waiting for it\n' "$(date +%H:%M:%S)" "$CACHE/.build.lock"
+  flock 9
+fi
+
 step() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 have() { for f in "$@"; do [ -x "$f" ] || return 1; done; }
+
+# ---- Helm (the chart's lint, template and install tests) --------------------------------------
+helm_dir="$BIN/helm-$HELM_VERSION"
+if have "$helm_dir/helm"; then
+  step "helm $HELM_VERSION: cached"
+else
+  # Built inside a main module that requires helm exactly (like kube-state-metrics above), with
+  # the version stamped in so `helm version` reports what was built.
+  step "helm $HELM_VERSION: building helm.sh/helm/v3/cmd/helm"
+  mod="$WORK/helm-$HELM_VERSION"; rm -rf "$mod"; mkdir -p "$mod"; cd "$mod"
+  printf 'module opsagent.local/helmbuild\n\ngo 1.24.0\n\nrequire helm.sh/helm/v3 %s\n' "$HELM_VERSION" > go.mod
+  mkdir -p "$helm_dir.tmp"
+  go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    -o "$helm_dir.tmp/helm" helm.sh/helm/v3/cmd/helm
+  rm -rf "$helm_dir"; mv "$helm_dir.tmp" "$helm_dir"
+  step "helm: $("$helm_dir/helm" version --short)"
+fi
+
 
 # ---- Kubernetes: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl -------------
 k8s_dir="$BIN/kubernetes-$K8S_VERSION"
