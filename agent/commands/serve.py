@@ -9,7 +9,7 @@ import uvicorn
 
 from agent.commands.common import DEFAULT_SANDBOX_DIR, ConfigOpt, SandboxDirOpt, SandboxOpt, StateOpt, open_app
 from agent.models import Incident
-from agent.server import create_app
+from agent.server import Replica, create_app
 
 
 def serve(
@@ -30,7 +30,8 @@ def serve(
         log.warning("triaged %s: %s%s", incident.id, report.status,
                     f" — {top.title} ({top.confidence:.0%})" if top else "")
 
-    asgi = create_app(app.store, triage)
+    replica = Replica(lease_s=app.settings.server.triage_lease_s, sweep_s=app.settings.server.triage_sweep_s)
+    asgi = create_app(app.store, triage, replica=replica)
     bind_host = host or app.settings.server.host
     bind_port = port or app.settings.server.port
     typer.secho(f"opsagent serving on http://{bind_host}:{bind_port} (webhook: /alertmanager)", err=True)
