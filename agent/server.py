@@ -124,6 +124,8 @@ class TriageWorker:
                         log.info("%s is being triaged by another replica", incident.id)
                         continue
                     heartbeat = asyncio.create_task(self._renew(lease))
+                    if await asyncio.to_thread(self._covered, incident):
+                        continue  # another replica triaged this version while it waited in our queue
                 await self.triage(incident)
                 self.metrics.triage_seconds.observe(time.monotonic() - t0)
             except Exception:
@@ -136,6 +138,11 @@ class TriageWorker:
                     await asyncio.to_thread(self.store.release_lease, lease, self.replica.holder)  # type: ignore[union-attr]
                 self.inflight.discard(incident.id)
                 self.queue.task_done()
+
+    def _covered(self, incident: Incident) -> bool:
+        assert self.store is not None
+        report = self.store.latest_report(incident.id)
+        return report is not None and report.finished >= incident.updated_at
 
     async def _renew(self, lease: str) -> None:
         assert self.store is not None
