@@ -14,6 +14,7 @@ import logging
 import shutil
 import ssl
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,8 +92,12 @@ def _http_ok(url: str, *, token: str | None = None, ca: Path | None = None, time
         req.add_header("Authorization", f"Bearer {token}")
     ctx = ssl.create_default_context(cafile=str(ca)) if ca else None
     # Loopback URLs built by this module, never user input.
-    with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310
-        return bool(resp.status == 200)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310
+            return bool(resp.status == 200)
+    except urllib.error.HTTPError as e:  # not ready yet (e.g. 500 from /readyz): close its TLS socket
+        e.close()
+        return False
 
 
 class Sandbox:
@@ -354,8 +359,12 @@ def _tls_healthz(port: int) -> bool:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # the components' self-signed serving certs; loopback only
-    with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=2, context=ctx) as r:
-        return bool(r.status == 200)
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=2, context=ctx) as r:
+            return bool(r.status == 200)
+    except urllib.error.HTTPError as e:  # not healthy yet: close its TLS socket
+        e.close()
+        return False
 
 
 def _targets_up(prometheus: str) -> bool:
