@@ -61,7 +61,7 @@ def test_the_chart_lints_clean_and_its_schema_refuses_bad_values(helm: Any) -> N
     bad = helm("lint", str(CHART), "--set", "rbac.executor.namespaces={Not_A_Namespace}", "--set",
                "env=staging", "--set", "serve.replicsa=2", check=False)
     assert bad.returncode != 0
-    for words in ("env", "rbac.executor.namespaces", "replicsa"):
+    for words in ("/env", "/rbac/executor/namespaces", "replicsa"):
         assert words in bad.stdout + bad.stderr, words
 
 
@@ -112,7 +112,8 @@ def test_helm_install_creates_everything_and_the_serve_pods_run(release: tuple[s
 
 
 def can(kubectl: Any, sa: str, verb: str, resource: str, ns: str | None = None) -> bool:
-    args = ["auth", "can-i", verb, resource, f"--as={sa}"]
+    resource, _, sub = resource.partition("/")  # `can-i` reads "a/b" as type/name; subresources are a flag
+    args = ["auth", "can-i", verb, resource, f"--as={sa}", *([f"--subresource={sub}"] if sub else [])]
     args += ["-n", ns] if ns else ["--all-namespaces"] if resource not in ("nodes", "namespaces") else []
     r = kubectl("admin", *args, check=False)
     return r.stdout.strip() == "yes"

@@ -64,10 +64,11 @@ def replicas(sandbox: dict[str, Any], store_url: str, tmp_path: Path) -> Iterato
         for name in ("a", "b"):
             port = free_port()
             log = tmp_path / f"serve-{name}.log"
-            proc = subprocess.Popen(
-                [str(OPSAGENT), "serve", "--sandbox", "--sandbox-dir", sandbox["dir"], "--port", str(port),
-                 "--state-dir", str(tmp_path / name)],
-                env=_env(store_url), stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+            with log.open("wb") as err:  # the child keeps its own copy of the descriptor
+                proc = subprocess.Popen(
+                    [str(OPSAGENT), "serve", "--sandbox", "--sandbox-dir", sandbox["dir"], "--port", str(port),
+                     "--state-dir", str(tmp_path / name)],
+                    env=_env(store_url), stdout=subprocess.DEVNULL, stderr=err)
             started.append(Replica(name, f"http://127.0.0.1:{port}", proc, log))
         for r in started:
             _wait(lambda r=r: _ready(r), 60, f"replica {r.name} did not become ready: {r.log.read_text()[-2000:]}")
