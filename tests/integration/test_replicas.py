@@ -71,7 +71,7 @@ def replicas(sandbox: dict[str, Any], store_url: str, tmp_path: Path) -> Iterato
                     env=_env(store_url), stdout=subprocess.DEVNULL, stderr=err)
             started.append(Replica(name, f"http://127.0.0.1:{port}", proc, log))
         for r in started:
-            _wait(lambda r=r: _ready(r), 60, f"replica {r.name} did not become ready: {r.log.read_text()[-2000:]}")
+            _wait(lambda r=r: _ready(r), 240, f"replica {r.name} did not become ready: {r.log.read_text()[-2000:]}")
         yield started
     finally:
         for r in started:
