@@ -33,7 +33,9 @@ def _bindir() -> Path:
 
 
 class LocalPostgres:
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        # Tests turn fsync off (speed, data is thrown away); benchmarks keep Postgres's defaults.
+        self.durable = durable
         self.bindir = _bindir()
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="opsagent-pg-"))
@@ -56,8 +58,9 @@ class LocalPostgres:
         r = self._run("initdb", "-D", str(self.data), "-U", self.user, "-A", "trust", "-E", "UTF8", "--no-sync")
         if r.returncode:
             raise RuntimeError(f"initdb -D {self.data} failed: {r.stderr.strip()}")
-        opts = (f"-h 127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off -c max_connections=200 "
-                "-c shared_buffers=64MB")
+        opts = f"-h 127.0.0.1 -p {self.port} -k {self.dir} -c max_connections=200 -c shared_buffers=64MB"
+        if not self.durable:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         r = self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.dir / "server.log"), "-w",
                       "-t", "60", "start")
         if r.returncode:
