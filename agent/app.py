@@ -11,7 +11,8 @@ import asyncio
 import datetime as dt
 import logging
 import secrets
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from agent.auditlog import (
 )
 from agent.changes import ChangeRequest, ChangeSpec
 from agent.config import LlmConfig, Settings
+from agent.db import is_postgres
 from agent.executor import Executor
 from agent.flow import ChangeFlow, FlowState, OnEvent
 from agent.graph import build_triage_graph
@@ -40,7 +42,7 @@ from agent.reasoners.rules import RulesReasoner
 from agent.runbooks import Runbook, load_dir
 from agent.runner import ToolRunner
 from agent.state import Reasoner, TriageContext
-from agent.store import Store, open_store
+from agent.store import Store, db_target, open_store
 from agent.verdict import Outcome
 from agent.verify import Verification, VerifySettings, verify
 from tools.base import Risk, ToolSpec
@@ -79,16 +81,11 @@ class App:
     reasoner: Reasoner
     _executor: Executor | None = field(default=None, repr=False)
     _flow_locks: dict[str, asyncio.Lock] = field(default_factory=dict, repr=False)
+    _checkpoints_ready: bool = field(default=False, repr=False)
 
     def triage_runner(self) -> ToolRunner:
         return ToolRunner(self.tools, self.clients, self.audit, max_risk=Risk.READ,
                           timeout_s=self.settings.prometheus.timeout_s + 5)
-
-    def checkpointer(self) -> AbstractAsyncContextManager[BaseCheckpointSaver[Any]]:
-        """The LangGraph checkpointer for this app's store (opened per use, bound to the running loop)."""
-        db = self.settings.state_dir / "checkpoints.db"
-        db.parent.mkdir(parents=True, exist_ok=True)
-        return AsyncSqliteSaver.from_conn_string(str(db))
 
     def flow(self, on_event: OnEvent | None = None) -> ChangeFlow:
         """The change flow (approval interrupt → guarded execution → verification) on this app's executor."""
@@ -146,11 +143,32 @@ class App:
         async with self.checkpointer() as saver:
             graph = build_triage_graph(saver)
             thread = f"triage:{incident.id}:{incident.updated_at.isoformat()}"
-            out = await graph.ainvoke({"incident": incident}, config={"configurable": {"thread_id": thread}},
-                                      context=ctx)
+            config: Any = {"configurable": {"thread_id": thread}}
+            # A replica killed mid-triage left this thread's last checkpoint behind (on a shared
+            # store): resume from it rather than start over.
+            resume = bool((await graph.aget_state(config)).next)
+            out = await graph.ainvoke(None if resume else {"incident": incident}, config=config, context=ctx)
         report: TriageReport = out["report"]
         self.store.save_report(report)
         return report
+
+    @asynccontextmanager
+    async def checkpointer(self) -> AsyncIterator[BaseCheckpointSaver[Any]]:
+        """LangGraph's checkpointer on the store's backend (Postgres when `store.url` is one)."""
+        url = self.settings.store_url
+        if is_postgres(url):
+            from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+            async with AsyncPostgresSaver.from_conn_string(url) as pg:
+                if not self._checkpoints_ready:
+                    await _setup_once(pg)
+                    self._checkpoints_ready = True
+                yield pg
+            return
+        db = self.settings.state_dir / "checkpoints.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        async with AsyncSqliteSaver.from_conn_string(str(db)) as saver:
+            yield saver
 
     async def aclose_clients(self) -> None:
         """Close connection pools bound to the running event loop (call before that loop ends)."""
@@ -191,10 +209,11 @@ def build_reasoner(llm: LlmConfig) -> Reasoner:
 def build_app(settings: Settings, *, reasoner: Reasoner | None = None) -> App:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     sinks = checkpoint_sinks(settings)
-    audit = AuditLog(settings.audit_path, audit_key(settings), sinks, checkpoint_every=settings.audit.checkpoint_every)
+    audit_target = settings.audit.path or _shared_or(settings, settings.audit_path)
+    audit = AuditLog(audit_target, audit_key(settings), sinks, checkpoint_every=settings.audit.checkpoint_every)
     policy = load_policy(_policy_file(settings.policies_dir))
     return App(settings=settings, store=open_store(settings.store_url), runbooks=load_dir(settings.runbooks_dir),
-               policy=policy, ledger=Ledger(settings.state_dir / "ledger.db"), audit=audit,
+               policy=policy, ledger=Ledger(_shared_or(settings, settings.state_dir / "ledger.db")), audit=audit,
                tools=default_tools(), clients=build_clients(settings),
                reasoner=reasoner or build_reasoner(settings.llm))
 
@@ -218,6 +237,22 @@ def checkpoint_sinks(settings: Settings) -> list[CheckpointSink]:
         s3 = session.client("s3", endpoint_url=cw.endpoint_url, config=config)
         sinks.append(S3CheckpointSink(s3, a.checkpoint_s3_bucket, a.checkpoint_s3_prefix, a.checkpoint_s3_retain_days))
     return sinks
+
+
+def _shared_or(settings: Settings, local: Path) -> Path | str:
+    """On Postgres every table lives in the one shared database; on SQLite each keeps its own file."""
+    target = db_target(settings.store_url)
+    return target if is_postgres(target) else local
+
+
+async def _setup_once(saver: Any) -> None:
+    """Create LangGraph's checkpoint tables; replicas starting together take turns (a session advisory lock)."""
+    key = "SELECT {}(hashtextextended('opsagent:checkpoints', 0))"
+    await saver.conn.execute(key.format("pg_advisory_lock"))
+    try:
+        await saver.setup()
+    finally:
+        await saver.conn.execute(key.format("pg_advisory_unlock"))
 
 
 def _policy_file(directory: Path) -> Path:

@@ -14,8 +14,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.audit import AuditEvent, AuditKind
+from agent.db import Db
 
 GENESIS = "0" * 64
 SEP = "\x1f"
@@ -48,6 +47,35 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+"""
+
+# The same table on Postgres: 8-byte floats (the hash covers repr(duration_ms)) and triggers that
+# refuse UPDATE, DELETE and TRUNCATE for every role that does not own the table.
+PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq BIGINT PRIMARY KEY,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    incident_id TEXT,
+    inputs_hash TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    result TEXT NOT NULL,
+    duration_ms DOUBLE PRECISION NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_incident ON audit(incident_id, seq);
+CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'audit records are append-only'; END $$;
+CREATE OR REPLACE TRIGGER audit_no_update BEFORE UPDATE ON audit
+FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE OR REPLACE TRIGGER audit_no_delete BEFORE DELETE ON audit
+FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE OR REPLACE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
 """
 
 _COLUMNS = ("seq", "at", "kind", "actor", "action", "incident_id", "inputs_hash", "decision", "reason", "result",
@@ -183,34 +211,36 @@ class VerifyReport:
         return not self.problems
 
 
-class AuditLog:
-    """The audit store (SQLite). Appends are serialized; the chain head is kept in memory."""
+class AuditLog(Db):
+    """The audit store on SQLite (a path) or Postgres (a URL, shared by replicas).
+
+    Appends are serialized across processes (the SQLite write lock; a Postgres advisory lock) and
+    read the chain head inside their transaction, so two replicas extend one chain.
+    """
 
     def __init__(self, path: Path | str, key: bytes, sinks: Sequence[CheckpointSink] = (),
                  checkpoint_every: int = 1000) -> None:
         if len(key) < 16:
             raise ValueError("the audit signing key must be at least 16 bytes")
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(SCHEMA)
+        super().__init__(path, SCHEMA, PG_SCHEMA)
         self.key = key
         self.sinks = list(sinks)
         self.checkpoint_every = checkpoint_every
-        self._lock = threading.Lock()
+
+    def _head(self) -> tuple[int, str]:
         row = self._conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        self._seq, self._head = (int(row[0]), str(row[1])) if row else (0, GENESIS)
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
 
     def append(self, event: AuditEvent) -> int:
         return self.append_many([event])
 
     def append_many(self, events: Sequence[AuditEvent]) -> int:
         """Append events in one transaction; returns the last sequence number."""
-        with self._lock:
-            rows = []
-            seq, head = self._seq, self._head
+        with self._tx() as c:
+            self._serialize(c, "audit:chain")
+            row = c.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            first, head = (int(row[0]), str(row[1])) if row else (0, GENESIS)
+            rows, seq = [], first
             for e in events:
                 seq += 1
                 at = e.at.astimezone(dt.UTC).isoformat()
@@ -220,22 +250,13 @@ class AuditLog:
                 rows.append((seq, at, e.kind.value, e.actor, e.action, e.incident_id, e.inputs_hash, e.decision,
                              e.reason, result, float(e.duration_ms), head, h))
                 head = h
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany(_INSERT, rows)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-            crossed = self._seq // self.checkpoint_every != seq // self.checkpoint_every
-            self._seq, self._head = seq, head
-        if crossed:
+            c.executemany(_INSERT, rows)
+        if first // self.checkpoint_every != seq // self.checkpoint_every:
             self.checkpoint()
         return seq
 
     def checkpoint(self) -> Checkpoint:
-        with self._lock:
-            seq, head = self._seq, self._head
+        seq, head = self._head()
         at = dt.datetime.now(dt.UTC).isoformat()
         cp = Checkpoint(seq=seq, hash=head, at=at, signature=sign(self.key, seq, head, at))
         for s in self.sinks:
@@ -262,8 +283,7 @@ class AuditLog:
                     checkpoint = cp
         problems: list[Problem] = []
         prev, expected_seq, n, cp_hash_at_seq = GENESIS, 1, 0, None
-        cur = self._conn.execute(_SELECT + " ORDER BY rowid")
-        while batch := cur.fetchmany(20000):
+        for batch in _batched(self._stream(_SELECT + " ORDER BY seq"), 20000):
             for (seq, at, kind, actor, action, incident_id, inputs_hash, decision, reason, result, duration_ms,
                  prev_hash, h) in batch:
                 n += 1
@@ -294,8 +314,16 @@ class AuditLog:
         return VerifyReport(records=n, last_seq=last, checkpoint_seq=checkpoint.seq if checkpoint else None,
                             problems=problems, seconds=time.monotonic() - t0)
 
-    def close(self) -> None:
-        self._conn.close()
+
+def _batched(rows: Iterator[Any], n: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for r in rows:
+        batch.append(r)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def kind_of(value: str) -> AuditKind:

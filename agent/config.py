@@ -66,6 +66,11 @@ class ServerConfig(_Group):
     host: str = Field(default="127.0.0.1",
                       description="Loopback by default; bind a wider address only behind a network policy.")
     port: int = Field(default=8080, ge=1, le=65535)
+    triage_lease_s: float = Field(default=60, gt=0, le=3600, description="Seconds a replica's claim on an "
+                                  "incident's triage lasts unless renewed (every third of it); after a crash, "
+                                  "another replica takes over within this long.")
+    triage_sweep_s: float = Field(default=15, gt=0, le=3600, description="How often each replica looks in the "
+                                  "store for firing incidents that no triage report covers yet.")
 
 
 class VerificationConfig(_Group):

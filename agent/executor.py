@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -99,7 +100,8 @@ class Executor:
             raise ValueError(f"crash_after must be one of {CRASH_POINTS}")
         self.ledger, self.policy, self.write, self.audit = ledger, policy, write, audit
         self.cluster = cluster
-        self.owner = owner or f"executor:{os.getpid()}"
+        # Host and PID: replicas in different pods may all run as PID 1.
+        self.owner = owner or f"executor:{socket.gethostname()}:{os.getpid()}"
         self.clock = clock
         self.crash_after = crash_after  # chaos testing: SIGKILL this process at a named point
         # A claim older than this that never finished was abandoned (its process died); younger ones

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.changes import Approval, ChangeRequest, ChangeStatus
-from agent.sqlite import SqliteDb
+from agent.db import Db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS changes (
@@ -58,18 +58,21 @@ class Execution:
     detail: str
 
 
-class Ledger(SqliteDb):
-    def __init__(self, path: Path | str) -> None:
-        super().__init__(path, SCHEMA)
+class Ledger(Db):
+    """On SQLite (a path) or Postgres (a `postgresql://` URL, shared by replicas)."""
+
+    def __init__(self, target: Path | str) -> None:
+        super().__init__(target, SCHEMA)
 
     # ---- changes --------------------------------------------------------------------------------
     def save(self, ch: ChangeRequest) -> bool:
         """Insert a change; False if a change with this id already exists (proposals are idempotent)."""
         now = dt.datetime.now(dt.UTC).isoformat()
         with self._tx() as c:
-            cur = c.execute("INSERT OR IGNORE INTO changes (id, incident_id, status, doc, created_at, updated_at) "
-                            "VALUES (?,?,?,?,?,?)", (ch.id, ch.incident_id, ch.status.value, ch.model_dump_json(),
-                                                     ch.created_at.isoformat(), now))
+            cur = c.execute("INSERT INTO changes (id, incident_id, status, doc, created_at, updated_at) "
+                            "VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                            (ch.id, ch.incident_id, ch.status.value, ch.model_dump_json(), ch.created_at.isoformat(),
+                             now))
             return cur.rowcount == 1
 
     def update(self, ch: ChangeRequest) -> None:
@@ -83,7 +86,7 @@ class Ledger(SqliteDb):
 
     def list_changes(self, status: ChangeStatus | None = None, incident_id: str | None = None,
              limit: int = 100) -> list[ChangeRequest]:
-        q, args = "SELECT doc FROM changes WHERE 1=1", []
+        q, args = "SELECT doc FROM changes WHERE 1=1", list[object]()
         if status:
             q += " AND status = ?"
             args.append(status.value)
@@ -91,7 +94,7 @@ class Ledger(SqliteDb):
             q += " AND incident_id = ?"
             args.append(incident_id)
         q += " ORDER BY created_at DESC LIMIT ?"
-        args.append(str(limit))
+        args.append(limit)
         return [ChangeRequest.model_validate_json(r[0]) for r in self._conn.execute(q, args).fetchall()]
 
     def changes_since(self, since: dt.datetime, target: str | None = None) -> int:
@@ -107,7 +110,8 @@ class Ledger(SqliteDb):
     def add_approval(self, a: Approval) -> bool:
         """Record an approval; False if this approver already decided on this change (double click)."""
         with self._tx() as c:
-            cur = c.execute("INSERT OR IGNORE INTO approvals (change_id, approver, at, doc) VALUES (?,?,?,?)",
+            cur = c.execute("INSERT INTO approvals (change_id, approver, at, doc) VALUES (?,?,?,?) "
+                            "ON CONFLICT DO NOTHING",
                             (a.change_id, a.approver, a.at.isoformat(), a.model_dump_json()))
             return cur.rowcount == 1
 
@@ -120,8 +124,9 @@ class Ledger(SqliteDb):
         """Claim a change's execution. Returns (won, row): won is False if someone claimed it before."""
         now = dt.datetime.now(dt.UTC).isoformat()
         with self._tx() as c:
-            cur = c.execute("INSERT OR IGNORE INTO executions (change_id, state, owner, original_spec_hash, "
-                            "claimed_at) VALUES (?, 'claimed', ?, ?, ?)", (change_id, owner, original_spec_hash, now))
+            cur = c.execute("INSERT INTO executions (change_id, state, owner, original_spec_hash, claimed_at) "
+                            "VALUES (?, 'claimed', ?, ?, ?) ON CONFLICT DO NOTHING",
+                            (change_id, owner, original_spec_hash, now))
             won = cur.rowcount == 1
         ex = self.execution(change_id)
         assert ex is not None

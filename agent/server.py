@@ -3,6 +3,11 @@
 Intake is synchronous and cheap — validate, fold into the incident, commit — and answers within
 milliseconds; triage is queued to a background worker so Alertmanager (and later Slack) never wait
 on it. A malformed or oversized body gets a 4xx with the reason and stores nothing.
+
+Several replicas can serve one shared store: a worker triages an incident only while it holds the
+store lease `triage:<incident id>` (renewed while it works), and every replica sweeps the store for
+firing incidents no report covers yet. So an alert delivered to one replica is triaged once, and an
+incident whose replica died mid-triage is picked up by another when the lease expires.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -58,19 +65,34 @@ class Metrics:
                                    "Slack Web API calls that failed after retries.", ["method"], registry=r)
 
 
-class TriageWorker:
-    """Runs triage for queued incidents in the background, a few at a time."""
+@dataclass(frozen=True)
+class Replica:
+    """How this process shares triage with other replicas of the same store."""
 
-    def __init__(self, triage: TriageFn, metrics: Metrics, concurrency: int = 2) -> None:
+    holder: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    lease_s: float = 60.0
+    sweep_s: float | None = 15.0
+
+
+class TriageWorker:
+    """Runs triage for queued incidents in the background, a few at a time, one replica per incident."""
+
+    def __init__(self, triage: TriageFn, metrics: Metrics, concurrency: int = 2, *, store: Store | None = None,
+                 replica: Replica | None = None) -> None:
         self.triage = triage
         self.metrics = metrics
         self.queue: asyncio.Queue[Incident] = asyncio.Queue()
         self.concurrency = concurrency
         self._tasks: list[asyncio.Task[None]] = []
         self.inflight: set[str] = set()
+        self.queued: set[str] = set()
+        self.store = store
+        self.replica = replica or Replica()
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work(), name=f"triage-{i}") for i in range(self.concurrency)]
+        if self.store is not None and self.replica.sweep_s:
+            self._tasks.append(asyncio.create_task(self._sweep(), name="triage-sweep"))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -78,24 +100,66 @@ class TriageWorker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def submit(self, incident: Incident) -> None:
+        self.queued.add(incident.id)
         self.queue.put_nowait(incident)
         self.metrics.queue.set(self.queue.qsize())
+
+    async def _sweep(self) -> None:
+        """Pick up incidents no replica has triaged (a dead replica's, or ones that arrived meanwhile)."""
+        assert self.store is not None and self.replica.sweep_s
+        while True:
+            await asyncio.sleep(self.replica.sweep_s)
+            try:
+                pending = await asyncio.to_thread(self.store.needing_triage, 50)
+                for inc in pending:
+                    if inc.id in self.queued or inc.id in self.inflight:
+                        continue
+                    if await asyncio.to_thread(self.store.lease_holder, f"triage:{inc.id}") is None:
+                        self.submit(inc)
+            except Exception:
+                log.exception("triage sweep failed; retrying in %ss", self.replica.sweep_s)
 
     async def _work(self) -> None:
         while True:
             incident = await self.queue.get()
+            self.queued.discard(incident.id)
             self.metrics.queue.set(self.queue.qsize())
             t0 = time.monotonic()
             self.inflight.add(incident.id)
+            lease = f"triage:{incident.id}"
+            heartbeat: asyncio.Task[None] | None = None
             try:
+                if self.store is not None:
+                    if not await asyncio.to_thread(self.store.try_lease, lease, self.replica.holder,
+                                                   self.replica.lease_s):
+                        log.info("%s is being triaged by another replica", incident.id)
+                        continue
+                    heartbeat = asyncio.create_task(self._renew(lease))
+                    if await asyncio.to_thread(self._covered, incident):
+                        continue  # another replica triaged this version while it waited in our queue
                 await self.triage(incident)
                 self.metrics.triage_seconds.observe(time.monotonic() - t0)
             except Exception:
                 self.metrics.triage_errors.inc()
                 log.exception("triage of %s failed", incident.id)
             finally:
+                if heartbeat is not None:
+                    heartbeat.cancel()
+                    await asyncio.gather(heartbeat, return_exceptions=True)
+                    await asyncio.to_thread(self.store.release_lease, lease, self.replica.holder)  # type: ignore[union-attr]
                 self.inflight.discard(incident.id)
                 self.queue.task_done()
+
+    def _covered(self, incident: Incident) -> bool:
+        assert self.store is not None
+        report = self.store.latest_report(incident.id)
+        return report is not None and report.finished >= incident.updated_at
+
+    async def _renew(self, lease: str) -> None:
+        assert self.store is not None
+        while True:
+            await asyncio.sleep(self.replica.lease_s / 3)
+            await asyncio.to_thread(self.store.try_lease, lease, self.replica.holder, self.replica.lease_s)
 
 
 IncidentHook = Callable[[Incident], Awaitable[None]]
@@ -104,11 +168,13 @@ IncidentHook = Callable[[Incident], Awaitable[None]]
 def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = None, *,
                routes: Sequence[BaseRoute] = (), on_incident: IncidentHook | None = None,
                on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
-               on_shutdown: Sequence[Callable[[], Awaitable[None]]] = ()) -> Starlette:
+               on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+               replica: Replica | None = None) -> Starlette:
     """The HTTP app. `routes` are mounted beside the webhook (the Slack endpoints); `on_incident` runs in the
-    background for every incident a delivery changed (opened, updated, resolved)."""
+    background for every incident a delivery changed (opened, updated, resolved). With `replica`, triage is
+    shared with other replicas of `store` through leases."""
     metrics = metrics or Metrics()
-    worker = TriageWorker(triage, metrics) if triage else None
+    worker = TriageWorker(triage, metrics, store=store if replica else None, replica=replica) if triage else None
     hooks: set[asyncio.Task[None]] = set()
 
     def notify(incident: Incident) -> None:

@@ -1,20 +1,27 @@
-"""Durable records: incidents and their alerts, triage reports. SQLite by default.
+"""Durable records: incidents and their alerts, triage reports, leases. SQLite by default, Postgres shared.
 
-One class per backend behind one small interface; every write is a single transaction, so a crash
-or a bad body never leaves half an incident. `record_notification` is where concurrent deliveries
-meet: it reads and writes the incident of a group inside one transaction (SQLite: BEGIN IMMEDIATE).
+One class over both backends (`agent.db`); every write is a single transaction, so a crash or a bad
+body never leaves half an incident. `record_notification` is where concurrent deliveries meet: it
+reads and writes the incident of a group inside one transaction, serialized per group (SQLite's
+write lock; a Postgres advisory lock on the group key, so two replicas never open two incidents).
+
+Leases are how replicas share work: `try_lease(name, holder, ttl_s)` grants a named lease to one
+holder until it expires; the holder renews it by asking again and gives it up with `release_lease`.
+Triage takes `triage:<incident id>` (a replica killed mid-triage lets it expire and another finishes
+the incident); a scheduled job takes one lease per run so it runs once per schedule.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from agent import intake
+from agent.db import Db, is_postgres
 from agent.models import Incident, IncidentStatus, TriageReport
-from agent.sqlite import SqliteDb
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS incidents (
@@ -50,6 +57,12 @@ CREATE TABLE IF NOT EXISTS chat_seen (
     at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chat_seen_at ON chat_seen(at);
+-- expires_at: seconds since the epoch on the granting replica's clock (replicas keep NTP time).
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+);
 """
 
 
@@ -64,6 +77,10 @@ class Store(Protocol):
     def chat_thread_owner(self, channel: str, thread_ts: str) -> str | None: ...
     def seen_since(self, since: dt.datetime) -> list[tuple[str, dt.datetime]]: ...
     def mark_seen(self, keys: list[str], now: dt.datetime, forget_before: dt.datetime) -> None: ...
+    def needing_triage(self, limit: int = 100) -> list[Incident]: ...
+    def try_lease(self, name: str, holder: str, ttl_s: float) -> bool: ...
+    def release_lease(self, name: str, holder: str) -> bool: ...
+    def lease_holder(self, name: str) -> str | None: ...
     def close(self) -> None: ...
 
 
@@ -78,14 +95,15 @@ class ChatMessage:
     stage: str = ""
 
 
-class SqliteStore(SqliteDb):
-    """The embedded store: one file, one writer at a time, safe across threads."""
+class SqlStore(Db):
+    """The store on SQLite (a file, one writer at a time) or Postgres (shared by replicas)."""
 
-    def __init__(self, path: Path | str) -> None:
-        super().__init__(path, SCHEMA)
+    def __init__(self, target: Path | str) -> None:
+        super().__init__(target, SCHEMA)
 
     def record_notification(self, n: intake.Notification, now: dt.datetime) -> tuple[Incident, bool]:
         with self._tx() as c:
+            self._serialize(c, f"incident-group:{n.groupKey}")
             row = c.execute(
                 "SELECT doc FROM incidents WHERE group_key = ? ORDER BY created_at DESC LIMIT 1", (n.groupKey,)
             ).fetchone()
@@ -137,8 +155,8 @@ class SqliteStore(SqliteDb):
 
     def chat_thread_owner(self, channel: str, thread_ts: str) -> str | None:
         """The key ('incident:<id>') whose top message starts the thread `thread_ts` in `channel`."""
-        row = self._conn.execute("SELECT key FROM chat_messages WHERE channel = ? AND ts = ? AND key LIKE 'incident:%'",
-                                 (channel, thread_ts)).fetchone()
+        row = self._conn.execute("SELECT key FROM chat_messages WHERE channel = ? AND ts = ? AND key LIKE ?",
+                                 (channel, thread_ts, "incident:%")).fetchone()
         return str(row[0]) if row else None
 
     def seen_since(self, since: dt.datetime) -> list[tuple[str, dt.datetime]]:
@@ -149,14 +167,59 @@ class SqliteStore(SqliteDb):
         """Record many keys in one transaction (one sync to disk), forgetting marks older than `forget_before`."""
         with self._tx() as c:
             c.execute("DELETE FROM chat_seen WHERE at < ?", (forget_before.isoformat(),))
-            c.executemany("INSERT OR IGNORE INTO chat_seen (key, at) VALUES (?, ?)",
+            c.executemany("INSERT INTO chat_seen (key, at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
                           [(k, now.isoformat()) for k in keys])
+
+    def needing_triage(self, limit: int = 100) -> list[Incident]:
+        """Firing incidents with no triage report finished since their last change, oldest first."""
+        rows = self._conn.execute(
+            "SELECT doc FROM incidents i WHERE status = 'firing' AND NOT EXISTS (SELECT 1 FROM triage_reports r "
+            "WHERE r.incident_id = i.id AND r.created_at >= i.updated_at) ORDER BY updated_at LIMIT ?", (limit,))
+        return [Incident.model_validate_json(r[0]) for r in rows.fetchall()]
+
+    # ---- leases ---------------------------------------------------------------------------------
+    def try_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew the lease `name` for `ttl_s` seconds; False while another holder's is unexpired.
+
+        Atomic on both backends (one upsert whose update only applies when the row is ours or
+        expired), so of several replicas asking at once exactly one gets True.
+        """
+        now = time.time()
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                "SET holder = excluded.holder, expires_at = excluded.expires_at "
+                "WHERE leases.holder = excluded.holder OR leases.expires_at <= ?", (name, holder, now + ttl_s, now))
+            return cur.rowcount == 1
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        """Give the lease up (only its holder can); False if `holder` did not hold it."""
+        with self._tx() as c:
+            cur = c.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+            return cur.rowcount == 1
+
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds `name` now (None when free or expired)."""
+        row = self._conn.execute("SELECT holder FROM leases WHERE name = ? AND expires_at > ?",
+                                 (name, time.time())).fetchone()
+        return str(row[0]) if row else None
+
+
+SqliteStore = SqlStore  # the name the single-replica code and tests grew up with
 
 
 def open_store(url: str) -> Store:
-    """Open the store named by `store.url`: `sqlite:///path/to/file.db` (default) or `sqlite://:memory:`."""
+    """Open the store named by `store.url`: `sqlite:///path/to/file.db` (default), `sqlite://:memory:`
+    or `postgresql://user@host:port/db` (libpq URL; several replicas share it)."""
+    return SqlStore(db_target(url))
+
+
+def db_target(url: str) -> str:
+    """The `agent.db` target for a `store.url`: a SQLite path or the Postgres URL itself."""
     if url.startswith("sqlite://"):
-        return SqliteStore(url.removeprefix("sqlite://") or ":memory:")
-    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH (Postgres support is tracked separately)")
+        return url.removeprefix("sqlite://") or ":memory:"
+    if is_postgres(url):
+        return url
+    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
 
 

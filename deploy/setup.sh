@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything opsagent's demo and tests need on a fresh Debian machine, idempotently:
-# Debian packages (Prometheus, Alertmanager), uv, the Python environment, the LLM tests' protocol
+# Debian packages (Prometheus, Alertmanager, Postgres), uv, the Python environment, the LLM tests' protocol
 # stand-in (npm), and the sandbox's control plane built from the upstream Go modules into
 # ~/.cache/opsagent (outside the repo).
 set -euo pipefail
@@ -11,13 +11,15 @@ need_apt=()
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
+# Postgres: the production store; tests start a throwaway cluster from these binaries.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 else
-  say "Debian packages present (prometheus $(prometheus --version 2>&1 | head -1 | awk '{print $3}'), alertmanager)"
+  say "Debian packages present (prometheus $(prometheus --version 2>&1 | head -1 | awk '{print $3}'), alertmanager, postgres)"
 fi
 
 if ! command -v uv >/dev/null; then
@@ -36,7 +38,7 @@ else
   say "LLM protocol stand-in present (tests/llm/node_modules)"
 fi
 
-say "building the sandbox control plane from Go modules (cached after the first run)"
+say "building the sandbox control plane and Helm from Go modules (cached after the first run)"
 command -v go >/dev/null || { echo "go is required to build the sandbox (Go 1.24+)" >&2; exit 1; }
 bash deploy/sandbox/build-components.sh
 say "setup complete"

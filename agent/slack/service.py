@@ -6,7 +6,7 @@ from starlette.applications import Starlette
 
 from agent.app import App
 from agent.models import Incident, TriageReport
-from agent.server import Metrics, create_app
+from agent.server import Metrics, Replica, create_app
 from agent.slack.app import SlackBot
 
 
@@ -14,6 +14,8 @@ def build_server(app: App, *, metrics: Metrics | None = None,
                  bot: SlackBot | None = None) -> tuple[Starlette, SlackBot | None]:
     """The `serve` HTTP app; with `slack.enabled`, the bot's endpoints, hooks and triage path are wired in."""
     metrics = metrics or Metrics()
+    # Replicas sharing a store share triage through leases; a dead replica's incidents are swept up.
+    replica = Replica(lease_s=app.settings.server.triage_lease_s, sweep_s=app.settings.server.triage_sweep_s)
     if bot is None and app.settings.slack.enabled:
         bot = SlackBot(app, metrics)
     if bot is None:
@@ -21,8 +23,8 @@ def build_server(app: App, *, metrics: Metrics | None = None,
         async def triage_only(incident: Incident) -> TriageReport:
             return await app.triage(incident)
 
-        return create_app(app.store, triage_only, metrics, on_shutdown=[app.aclose_clients]), None
+        return create_app(app.store, triage_only, metrics, on_shutdown=[app.aclose_clients], replica=replica), None
     startup = [bot.start, *([bot.start_socket_mode] if app.settings.slack.socket_mode else [])]
     routes = [] if app.settings.slack.socket_mode else bot.routes()
     return create_app(app.store, bot.triage, metrics, routes=routes, on_incident=bot.on_incident,
-                      on_startup=startup, on_shutdown=[bot.stop, app.aclose_clients]), bot
+                      on_startup=startup, on_shutdown=[bot.stop, app.aclose_clients], replica=replica), bot

@@ -21,6 +21,7 @@ K8S_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.7.0"
 KSM_VERSION = "v2.15.0"
+HELM_VERSION = "v3.22.0"
 
 
 def default_cache_dir() -> Path:
@@ -36,6 +37,7 @@ class Binaries:
     kubectl: Path
     kwok: Path
     kube_state_metrics: Path
+    helm: Path
     prometheus: Path
     promtool: Path
     alertmanager: Path
@@ -56,6 +58,7 @@ def locate(cache_dir: Path) -> Binaries:
         kubectl=k8s / "kubectl",
         kwok=b / f"kwok-{KWOK_VERSION}" / "kwok",
         kube_state_metrics=b / f"kube-state-metrics-{KSM_VERSION}" / "kube-state-metrics",
+        helm=b / f"helm-{HELM_VERSION}" / "helm",
         prometheus=Path(shutil.which("prometheus") or "/usr/bin/prometheus"),
         promtool=Path(shutil.which("promtool") or "/usr/bin/promtool"),
         alertmanager=Path(shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"),
@@ -69,7 +72,8 @@ def ensure(cache_dir: Path) -> Binaries:
     go_missing = [m for m in bins.missing() if not m.startswith(("prometheus", "promtool", "alertmanager"))]
     if go_missing:
         env = dict(os.environ, OPSAGENT_CACHE_DIR=str(cache_dir), K8S_VERSION=K8S_VERSION,
-                   ETCD_VERSION=ETCD_VERSION, KWOK_VERSION=KWOK_VERSION, KSM_VERSION=KSM_VERSION)
+                   ETCD_VERSION=ETCD_VERSION, KWOK_VERSION=KWOK_VERSION, KSM_VERSION=KSM_VERSION,
+                   HELM_VERSION=HELM_VERSION)
         subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, env=env)
         bins = locate(cache_dir)
     if missing := bins.missing():

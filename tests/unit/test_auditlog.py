@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from agent.audit import AuditEvent, AuditKind
@@ -22,16 +25,24 @@ def event(i: int) -> AuditEvent:
 
 
 @pytest.fixture
-def log(tmp_path: Path) -> AuditLog:
-    a = AuditLog(tmp_path / "audit.db", KEY, [FileCheckpointSink(tmp_path / "export" / "checkpoints.jsonl")],
+def log(db_target: str, tmp_path: Path) -> Iterator[AuditLog]:
+    a = AuditLog(db_target, KEY, [FileCheckpointSink(tmp_path / "export" / "checkpoints.jsonl")],
                  checkpoint_every=10)
     a.append_many([event(i) for i in range(25)])
     a.checkpoint()
-    return a
+    yield a
+    a.close()
 
 
 def tamper(log: AuditLog, *sql: str) -> None:
-    """What an attacker with the database file can do: drop the append-only triggers and write."""
+    """What an attacker with database access can do: drop (disable) the append-only triggers and write."""
+    if log.postgres:
+        with psycopg.connect(log.path, autocommit=True) as pg, pg.transaction():
+            pg.execute("ALTER TABLE audit DISABLE TRIGGER USER")
+            for s in sql:
+                pg.execute(s)  # type: ignore[arg-type]  # fixed strings from the tests below
+            pg.execute("ALTER TABLE audit ENABLE TRIGGER USER")
+        return
     conn = sqlite3.connect(log.path)
     conn.execute("DROP TRIGGER audit_no_update")
     conn.execute("DROP TRIGGER audit_no_delete")
@@ -47,6 +58,14 @@ def test_an_intact_log_verifies(log: AuditLog) -> None:
 
 
 def test_the_database_refuses_updates_and_deletes(log: AuditLog) -> None:
+    if log.postgres:
+        with psycopg.connect(log.path, autocommit=True) as pg:
+            for sql in ("UPDATE audit SET decision = 'allowed' WHERE seq = 3", "DELETE FROM audit WHERE seq = 3",
+                        "TRUNCATE audit"):
+                with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                    pg.execute(sql)  # type: ignore[arg-type]
+            assert pg.execute("SELECT count(*) FROM audit").fetchone() == (25,)
+        return
     conn = sqlite3.connect(log.path)
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         conn.execute("UPDATE audit SET decision = 'allowed' WHERE seq = 3")
@@ -87,7 +106,20 @@ def test_a_forged_checkpoint_is_found(log: AuditLog, tmp_path: Path) -> None:
 
 def test_appends_continue_the_chain_after_reopening(log: AuditLog, tmp_path: Path) -> None:
     log.close()
-    again = AuditLog(tmp_path / "audit.db", KEY, [FileCheckpointSink(tmp_path / "export" / "checkpoints.jsonl")])
+    again = AuditLog(log.path, KEY, [FileCheckpointSink(tmp_path / "export" / "checkpoints.jsonl")])
     again.append(event(99))
     report = again.verify()
+    again.close()
     assert report.ok and report.records == 26
+
+
+def test_two_writers_extend_one_chain(log: AuditLog, tmp_path: Path) -> None:
+    """Two replicas (two handles on one database) appending at once still leave one unbroken chain."""
+    other = AuditLog(log.path, KEY, [FileCheckpointSink(tmp_path / "export" / "checkpoints.jsonl")],
+                     checkpoint_every=10)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: (log if i % 2 else other).append(event(100 + i)), range(40)))
+    report = log.verify()
+    other.close()
+    assert report.ok, report.problems
+    assert report.records == 65 and report.last_seq == 65

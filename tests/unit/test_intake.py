@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from agent import intake
 from agent.models import IncidentStatus
-from agent.store import SqliteStore
+from agent.store import SqlStore
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "alertmanager_bad_rollout.json"
 NOW = dt.datetime(2026, 11, 23, 8, 1, tzinfo=dt.UTC)
@@ -22,12 +23,14 @@ def body() -> dict[str, Any]:
     return json.loads(FIXTURE.read_text())
 
 
-@pytest.fixture(params=["sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> SqliteStore:
-    return SqliteStore(tmp_path / "opsagent.db")
+@pytest.fixture
+def store(db_target: str) -> Iterator[SqlStore]:
+    s = SqlStore(db_target)
+    yield s
+    s.close()
 
 
-def test_a_notification_opens_one_incident_with_its_alerts(store: SqliteStore) -> None:
+def test_a_notification_opens_one_incident_with_its_alerts(store: SqlStore) -> None:
     inc, changed = store.record_notification(intake.parse(json.dumps(body()).encode()), NOW)
     assert changed and inc.status == IncidentStatus.FIRING
     assert len(inc.alerts) == 2 and inc.severity == "critical"
@@ -36,7 +39,7 @@ def test_a_notification_opens_one_incident_with_its_alerts(store: SqliteStore) -
     assert all(a.ends_at is None for a in inc.alerts), "Alertmanager's zero endsAt means still firing"
 
 
-def test_a_resend_is_the_same_incident_and_changes_nothing(store: SqliteStore) -> None:
+def test_a_resend_is_the_same_incident_and_changes_nothing(store: SqlStore) -> None:
     raw = json.dumps(body()).encode()
     first, _ = store.record_notification(intake.parse(raw), NOW)
     again, changed = store.record_notification(intake.parse(raw), NOW + dt.timedelta(minutes=5))
@@ -45,7 +48,7 @@ def test_a_resend_is_the_same_incident_and_changes_nothing(store: SqliteStore) -
     assert len(store.incidents()) == 1
 
 
-def test_resolution_updates_the_same_incident_and_a_new_episode_opens_another(store: SqliteStore) -> None:
+def test_resolution_updates_the_same_incident_and_a_new_episode_opens_another(store: SqlStore) -> None:
     first, _ = store.record_notification(intake.parse(json.dumps(body()).encode()), NOW)
     resolved = body()
     resolved["status"] = "resolved"
@@ -62,7 +65,7 @@ def test_resolution_updates_the_same_incident_and_a_new_episode_opens_another(st
     assert len(store.incidents()) == 2
 
 
-def test_a_new_alert_joining_the_group_is_a_change(store: SqliteStore) -> None:
+def test_a_new_alert_joining_the_group_is_a_change(store: SqlStore) -> None:
     store.record_notification(intake.parse(json.dumps(body()).encode()), NOW)
     more = body()
     extra = copy.deepcopy(more["alerts"][0])

@@ -1,0 +1,185 @@
+"""One small database layer under the store, the ledger and the audit log: SQLite or Postgres.
+
+The durable modules write their SQL once, in the dialect both engines share (`?` placeholders,
+`INSERT ... ON CONFLICT`, partial indexes), and get from here:
+- `_tx()`: one write transaction. SQLite takes the file's write lock up front (`BEGIN IMMEDIATE`)
+  so concurrent writers queue instead of failing half-way; Postgres runs at READ COMMITTED and the
+  caller serializes what must not interleave with `_serialize(c, key)` (a transaction-scoped
+  advisory lock; a no-op on SQLite, whose write lock already serializes everything).
+- `_conn.execute(...)`: reads outside a transaction (a pooled connection on Postgres).
+- `_stream(...)`: large reads in batches (a server-side cursor on Postgres).
+
+SQLite is the single-replica default (a file, WAL journal, readers never block the writer);
+Postgres (`postgresql://...`) is what several replicas share. Nothing here knows about incidents
+or changes: the modules above own their tables.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Conn(Protocol):
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+    def executemany(self, sql: str, parameters: Sequence[Sequence[Any]], /) -> Any: ...
+
+
+def is_postgres(target: Path | str) -> bool:
+    return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
+
+
+def _pg(sql: str) -> str:
+    # Our statements never contain '?' or '%' inside literals, so the placeholder swap is exact.
+    return sql.replace("?", "%s")
+
+
+class _Rows:
+    """A fully fetched result, so the pooled connection can go back before the caller reads it."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows, self.rowcount = rows, rowcount
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        return list(self._rows)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+
+class _PgTx:
+    """A Postgres connection inside a transaction, spoken to with the SQLite placeholders."""
+
+    def __init__(self, conn: Any) -> None:
+        self.raw = conn
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
+        cur: Cursor = self.raw.execute(_pg(sql), parameters)
+        return cur
+
+    def executemany(self, sql: str, parameters: Sequence[Sequence[Any]], /) -> Any:
+        with self.raw.cursor() as cur:
+            cur.executemany(_pg(sql), parameters)
+
+
+class _PgReader:
+    """Reads outside a transaction: borrow a pooled connection, fetch everything, give it back."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
+        with self.pool.connection() as conn:
+            cur = conn.execute(_pg(sql), parameters)
+            rows = cur.fetchall() if cur.description is not None else []
+            return _Rows(rows, cur.rowcount)
+
+    def executemany(self, sql: str, parameters: Sequence[Sequence[Any]], /) -> Any:
+        with self.pool.connection() as conn, conn.cursor() as cur:
+            cur.executemany(_pg(sql), parameters)
+
+
+class _SqliteReader:
+    """Reads on the shared SQLite connection, run to completion under the handle's lock: a statement
+    left half-read would keep a stale snapshot open and make the next write fail with 'locked'."""
+
+    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock) -> None:
+        self.conn, self.lock = conn, lock
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
+        with self.lock:
+            cur = self.conn.execute(sql, parameters)
+            return _Rows(cur.fetchall(), cur.rowcount)
+
+    def executemany(self, sql: str, parameters: Sequence[Sequence[Any]], /) -> Any:
+        with self.lock:
+            self.conn.executemany(sql, parameters)
+
+
+class Db:
+    """A database the durable modules share: `target` is a SQLite path or a `postgresql://` URL.
+
+    `schema` is run at open (idempotent DDL). `pg_schema`, when given, replaces it on Postgres for
+    the few things the dialects spell differently (triggers, column types).
+    """
+
+    def __init__(self, target: Path | str, schema: str, pg_schema: str | None = None, *, pool_size: int = 4) -> None:
+        self.path = str(target)
+        self.postgres = is_postgres(target)
+        self._lock = threading.Lock()
+        self._conn: Conn
+        if self.postgres:
+            from psycopg_pool import ConnectionPool  # only deployments on Postgres need psycopg
+
+            self._pool = ConnectionPool(self.path, min_size=1, max_size=pool_size, open=True, timeout=30,
+                                        kwargs={"autocommit": True})
+            with self._pool.connection() as pg, pg.transaction():
+                # Two replicas starting at once must not race on CREATE ... IF NOT EXISTS.
+                pg.execute("SELECT pg_advisory_xact_lock(hashtextextended('opsagent:schema', 0))")
+                pg.execute(pg_schema or schema)
+            self._conn = _PgReader(self._pool)
+        else:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._sqlite = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._sqlite.execute("PRAGMA journal_mode=WAL")
+            self._sqlite.execute("PRAGMA foreign_keys=ON")
+            self._sqlite.executescript(schema)
+            self._conn = _SqliteReader(self._sqlite, self._lock)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Conn]:
+        if self.postgres:
+            with self._pool.connection() as conn, conn.transaction():
+                yield _PgTx(conn)
+            return
+        with self._lock:
+            self._sqlite.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._sqlite
+            except BaseException:
+                self._sqlite.execute("ROLLBACK")
+                raise
+            self._sqlite.execute("COMMIT")
+
+    def _serialize(self, c: Conn, key: str) -> None:
+        """Hold `key` until the transaction ends, across every process on this database."""
+        if self.postgres:
+            c.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
+
+    def _stream(self, sql: str, parameters: Sequence[Any] = (), batch: int = 20000) -> Iterator[Any]:
+        """Yield rows of a large result without holding it all in memory."""
+        if self.postgres:
+            with self._pool.connection() as conn, conn.transaction(), \
+                    conn.cursor(name=f"stream_{uuid.uuid4().hex[:8]}") as cur:
+                cur.itersize = batch
+                cur.execute(_pg(sql), parameters)
+                yield from cur
+            return
+        lite = self._sqlite.execute(sql, parameters)
+        while rows := lite.fetchmany(batch):
+            yield from rows
+
+    def close(self) -> None:
+        if self.postgres:
+            self._pool.close()
+        else:
+            self._sqlite.close()
