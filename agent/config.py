@@ -90,6 +90,8 @@ class RightsizeConfig(_Group):
     target_utilization: float = Field(default=0.85, gt=0, le=1,
                                       description="Share of the observed capacity at SLO to plan on (headroom).")
     min_replicas: int = Field(default=1, ge=0)
+    busy_max: float = Field(default=0.85, gt=0, le=1,
+                            description="GPU engine activity treated as full when extrapolating capacity.")
     slo_default: SloConfig = Field(default_factory=SloConfig)
     slo: dict[str, SloConfig] = Field(default_factory=dict, description="Per model name.")
     model_memory_gib: dict[str, float] = Field(default_factory=dict,

@@ -159,18 +159,60 @@ def model_memory_gib(model: str, observed_fb_mib: float, cfg: RightsizeConfig) -
 # ---- the recommendation ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Capacity:
-    per_replica_rps: float  # highest load per replica that held the SLO
+    per_replica_rps: float  # highest load per replica that held the SLO (or the extrapolated one)
     ok_steps: int
     breach_steps: int
     max_ok_load: float
     min_breach_load: float
+    extrapolated_from: str = ""  # the saturation signal the capacity was extrapolated from, if it was
+
+
+def _fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float] | None:
+    """Least squares y = a + b·x over finite pairs: (a, b, r²), or None with too little spread."""
+    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if not (math.isnan(x) or math.isnan(y))]
+    if len(pts) < 20:
+        return None
+    n = len(pts)
+    mx = sum(p[0] for p in pts) / n
+    my = sum(p[1] for p in pts) / n
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    syy = sum((p[1] - my) ** 2 for p in pts)
+    if sxx <= 0 or syy <= 0:
+        return None
+    b = sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
+    a = my - b * mx
+    r2 = b * b * sxx / syy
+    return a, b, r2
+
+
+def extrapolated_capacity(h: WorkloadHistory, slo: SloConfig, busy_max: float) -> tuple[float, str] | None:
+    """Per-replica load at which KV-cache usage or GPU engine activity would reach its limit.
+
+    Both grow about linearly with load until saturation (continuous batching fills the KV cache in
+    proportion to requests in flight; engine activity to work done), so a clean linear trend over
+    the observed loads says where the limit lies even when the fleet never ran hot.
+    """
+    peak = [d / r if r and not math.isnan(r) and r > 0 else math.nan for d, r in zip(h.demand_peak_rps, h.replicas,
+                                                                                    strict=True)]
+    avg = [d / r if r and not math.isnan(r) and r > 0 else math.nan for d, r in zip(h.demand_rps, h.replicas,
+                                                                                   strict=True)]
+    found = []
+    for name, xs, ys, limit in (("KV-cache usage", peak, h.kv_cache_max, slo.kv_cache_max),
+                                ("GPU engine activity", avg, h.gpu_busy, busy_max)):
+        fit = _fit(xs, ys)
+        if fit is None:
+            continue
+        a, b, r2 = fit
+        if b > 0 and r2 >= 0.9 and limit > a:
+            found.append(((limit - a) / b, name))
+    return min(found) if found else None
 
 
 def slo_for(model: str, cfg: RightsizeConfig) -> SloConfig:
     return cfg.slo.get(model, cfg.slo_default)
 
 
-def observed_capacity(h: WorkloadHistory, slo: SloConfig) -> _Capacity | None:
+def observed_capacity(h: WorkloadHistory, slo: SloConfig, busy_max: float = 0.85) -> _Capacity | None:
     """The highest per-replica load (peak requests/s per serving replica) that held the SLO."""
     ok, breach = [], []
     for d, r, lat, q, kv in zip(h.demand_peak_rps, h.replicas, h.latency_p95_s, h.queue_max, h.kv_cache_max,
@@ -186,7 +228,11 @@ def observed_capacity(h: WorkloadHistory, slo: SloConfig) -> _Capacity | None:
     bound = quantile(breach, 0.05) if breach else math.inf
     below = [x for x in ok if x < bound]
     cap = max(below) if below else min(ok)
-    return _Capacity(cap, len(ok), len(breach), max(ok), min(breach) if breach else math.nan)
+    source = ""
+    extra = extrapolated_capacity(h, slo, busy_max)
+    if extra is not None and extra[0] > cap:
+        cap, source = min(extra[0], bound), extra[1]
+    return _Capacity(cap, len(ok), len(breach), max(ok), min(breach) if breach else math.nan, source)
 
 
 def _current_instance(h: WorkloadHistory) -> str | None:
@@ -234,7 +280,7 @@ def recommend(h: WorkloadHistory, *, times: Sequence[float], step_s: float, cata
     current = Shape(replicas=replicas_now, gpus=gpus, gpu_product=it.gpu_product, instance_type=it_name,
                     price_per_replica_hour=gpus * it.price_per_gpu_hour)
     slo = slo_for(h.model, cfg)
-    cap = observed_capacity(h, slo)
+    cap = observed_capacity(h, slo, cfg.busy_max)
     cpu, mem = size_cpu_memory(h, hours / 24.0, cfg)
     if cap is None:
         return Recommendation(**base, confidence=Confidence.LOW, current=current, cpu=cpu, memory=mem,
@@ -282,9 +328,15 @@ def recommend(h: WorkloadHistory, *, times: Sequence[float], step_s: float, cata
     over = [d for d in h.demand_peak_rps if not math.isnan(d)]
     cap_best = per_replica_best * best.replicas
     share_over = sum(1 for d in over if d > cap_best) / len(over) if over else 0.0
+    if cap.extrapolated_from:
+        evidence["capacity_extrapolated_from"] = cap.extrapolated_from
+        evidence["max_observed_load_rps"] = round(cap.max_ok_load, 3)
     if extrapolated:
         risk, why = SloRisk.MEDIUM, (f"capacity on {best.describe()} is scaled from {it.gpu_product} by relative "
                                      "throughput, not observed; canary it")
+    elif cap.extrapolated_from:
+        risk, why = SloRisk.MEDIUM, (f"capacity {cap.per_replica_rps:.2f} req/s per replica is extrapolated from the "
+                                     f"{cap.extrapolated_from} trend; loads up to {cap.max_ok_load:.2f} were observed")
     elif share_over > 0.05:
         risk, why = SloRisk.HIGH, f"{share_over:.0%} of steps had peak demand above the recommended capacity"
     elif share_over > 0.01:
@@ -295,7 +347,7 @@ def recommend(h: WorkloadHistory, *, times: Sequence[float], step_s: float, cata
     if windows and risk == SloRisk.LOW:
         risk, why = SloRisk.MEDIUM, why + "; scale-down windows assume the daily pattern repeats"
     days = hours / 24.0
-    conf = Confidence.HIGH if days >= 7 and not extrapolated else Confidence.MEDIUM if days >= 1 else Confidence.LOW
+    conf = Confidence.HIGH if days >= 7 and not (extrapolated or cap.extrapolated_from) else Confidence.MEDIUM if days >= 1 else Confidence.LOW
     savings = current.monthly_cost - best.monthly_cost + sum(w.monthly_savings for w in windows)
     if best == current:
         reason = f"keep {current.describe()}: demand p{cfg.demand_percentile * 100:g} {demand_q:.2f} req/s fits"
@@ -389,20 +441,25 @@ def scale_windows(h: WorkloadHistory, times: Sequence[float], shape: Shape, per_
             n = 0 if (cfg.scale_to_zero and p < cfg.idle_rps) else max(
                 cfg.min_replicas, math.ceil(p / usable - 1e-9))
             need.append(n)
-        hour = 0
-        while hour < 24:
-            if need[hour] >= shape.replicas:
-                hour += 1
-                continue
-            start = hour
-            while hour < 24 and need[hour] < shape.replicas:
-                hour += 1
-            if hour - start >= cfg.window_min_hours:
-                n = max(need[start:hour])
+        covered = [False] * 24
+        for level in range(shape.replicas):  # the deepest cuts first: scale-to-zero nights before trims
+            hour = 0
+            while hour < 24:
+                if covered[hour] or need[hour] > level:
+                    hour += 1
+                    continue
+                start = hour
+                while hour < 24 and not covered[hour] and need[hour] <= level:
+                    hour += 1
+                if hour - start < cfg.window_min_hours:
+                    continue
+                for k in range(start, hour):
+                    covered[k] = True
                 share = (hour - start) / 24 * (5 / 7 if weekdays else 2 / 7)
-                saving = (shape.replicas - n) * shape.price_per_replica_hour * HOURS_PER_MONTH * share
-                out.append(ScaleWindow(days=days, start_hour_utc=start, end_hour_utc=hour, replicas=n,
+                saving = (shape.replicas - level) * shape.price_per_replica_hour * HOURS_PER_MONTH * share
+                out.append(ScaleWindow(days=days, start_hour_utc=start, end_hour_utc=hour, replicas=level,
                                        monthly_savings=round(saving, 2)))
+    out.sort(key=lambda w: (w.days != "weekdays", w.start_hour_utc))
     return out
 
 
