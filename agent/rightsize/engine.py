@@ -214,7 +214,8 @@ def slo_for(model: str, cfg: RightsizeConfig) -> SloConfig:
 
 def observed_capacity(h: WorkloadHistory, slo: SloConfig, busy_max: float = 0.85) -> _Capacity | None:
     """The highest per-replica load (peak requests/s per serving replica) that held the SLO."""
-    ok, breach = [], []
+    ok: list[float] = []
+    breach: list[float] = []
     for d, r, lat, q, kv in zip(h.demand_peak_rps, h.replicas, h.latency_p95_s, h.queue_max, h.kv_cache_max,
                                 strict=True):
         if math.isnan(d) or math.isnan(r) or r <= 0:
@@ -347,7 +348,10 @@ def recommend(h: WorkloadHistory, *, times: Sequence[float], step_s: float, cata
     if windows and risk == SloRisk.LOW:
         risk, why = SloRisk.MEDIUM, why + "; scale-down windows assume the daily pattern repeats"
     days = hours / 24.0
-    conf = Confidence.HIGH if days >= 7 and not (extrapolated or cap.extrapolated_from) else Confidence.MEDIUM if days >= 1 else Confidence.LOW
+    if days >= 7 and not (extrapolated or cap.extrapolated_from):
+        conf = Confidence.HIGH
+    else:
+        conf = Confidence.MEDIUM if days >= 1 else Confidence.LOW
     savings = current.monthly_cost - best.monthly_cost + sum(w.monthly_savings for w in windows)
     if best == current:
         reason = f"keep {current.describe()}: demand p{cfg.demand_percentile * 100:g} {demand_q:.2f} req/s fits"
@@ -356,7 +360,8 @@ def recommend(h: WorkloadHistory, *, times: Sequence[float], step_s: float, cata
                   f"{demand_q:.2f} req/s at {cap.per_replica_rps:.2f} req/s per replica at SLO "
                   f"(target utilization {cfg.target_utilization:.0%})")
     return Recommendation(**base, confidence=conf, reason=reason, current=current, recommended=best,
-                          scale_windows=windows, cpu=cpu, memory=mem, monthly_cost_current=round(current.monthly_cost, 2),
+                          scale_windows=windows, cpu=cpu, memory=mem,
+                          monthly_cost_current=round(current.monthly_cost, 2),
                           monthly_cost_recommended=round(best.monthly_cost, 2), monthly_savings=round(savings, 2),
                           slo_risk=risk, slo_risk_reason=why, evidence=evidence)
 

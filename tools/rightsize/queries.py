@@ -16,7 +16,7 @@ from tools.prometheus.promql import Expr, aggregate, binary, either, matches, nu
 
 
 def ksm_label(k8s_label: str) -> str:
-    """The label kube-state-metrics gives a Kubernetes label: `app.kubernetes.io/name` → `label_app_kubernetes_io_name`."""
+    """The label kube-state-metrics gives a pod label: `app.kubernetes.io/name` → `label_app_kubernetes_io_name`."""
     return "label_" + re.sub(r"[^a-zA-Z0-9_]", "_", k8s_label)
 
 
