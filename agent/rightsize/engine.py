@@ -425,6 +425,11 @@ def scale_windows(h: WorkloadHistory, times: Sequence[float], shape: Shape, per_
     if per_replica_rps <= 0 or shape.replicas <= 0:
         return []
     usable = per_replica_rps * cfg.target_utilization
+    # Bursts land at different hours each day: a window must hold the fleet's usual burst on top of
+    # the highest demand seen at that hour (the p99 ratio of a step's peak to its mean).
+    ratios = [p / d for p, d in zip(h.demand_peak_rps, h.demand_rps, strict=True)
+              if not (math.isnan(p) or math.isnan(d)) and d > 0]
+    burst = max(1.0, quantile(ratios, 0.99)) if ratios else 1.0
     out: list[ScaleWindow] = []
     for days, weekdays in (("weekdays", True), ("weekends", False)):
         peak: dict[int, float] = {}
@@ -444,7 +449,7 @@ def scale_windows(h: WorkloadHistory, times: Sequence[float], shape: Shape, per_
         for hour in range(24):
             p = peak[hour]
             n = 0 if (cfg.scale_to_zero and p < cfg.idle_rps) else max(
-                cfg.min_replicas, math.ceil(p / usable - 1e-9))
+                cfg.min_replicas, math.ceil(p * burst / usable - 1e-9))
             need.append(n)
         covered = [False] * 24
         for level in range(shape.replicas):  # the deepest cuts first: scale-to-zero nights before trims
