@@ -7,21 +7,32 @@ builds the write client, from the executor identity's kubeconfig.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import secrets
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-from agent.auditlog import AuditLog, CheckpointSink, FileCheckpointSink
+from agent.auditlog import (
+    AuditLog,
+    CheckpointSink,
+    CloudWatchLogsCheckpointSink,
+    FileCheckpointSink,
+    S3CheckpointSink,
+)
+from agent.changes import ChangeRequest, ChangeSpec
 from agent.config import LlmConfig, Settings
 from agent.executor import Executor
+from agent.flow import ChangeFlow, FlowState, OnEvent
 from agent.graph import build_triage_graph
 from agent.ledger import Ledger
-from agent.models import Incident, TriageReport
+from agent.models import ActionKind, Incident, TriageReport
 from agent.policy.evaluate import load_policy
 from agent.policy.model import Policy
 from agent.reasoners.llm import LlmReasoner
@@ -30,8 +41,10 @@ from agent.runbooks import Runbook, load_dir
 from agent.runner import ToolRunner
 from agent.state import Reasoner, TriageContext
 from agent.store import Store, open_store
+from agent.verdict import Outcome
+from agent.verify import Verification, VerifySettings, verify
 from tools.base import Risk, ToolSpec
-from tools.cloudwatch.client import CloudWatchClient
+from tools.cloudwatch.client import CloudWatchClient, aws_session
 from tools.k8s_read.client import K8sReadClient
 from tools.k8s_read.settings import K8sReadSettings
 from tools.k8s_write.client import K8sWriteClient, K8sWriteSettings
@@ -70,6 +83,47 @@ class App:
         return ToolRunner(self.tools, self.clients, self.audit, max_risk=Risk.READ,
                           timeout_s=self.settings.prometheus.timeout_s + 5)
 
+    def checkpointer(self) -> AbstractAsyncContextManager[BaseCheckpointSaver[Any]]:
+        """The LangGraph checkpointer for this app's store (opened per use, bound to the running loop)."""
+        db = self.settings.state_dir / "checkpoints.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return AsyncSqliteSaver.from_conn_string(str(db))
+
+    def flow(self, on_event: OnEvent | None = None) -> ChangeFlow:
+        """The change flow (approval interrupt → guarded execution → verification) on this app's executor."""
+        verify_fn = self._verify if ("prometheus" in self.clients and "k8s_read" in self.clients) else None
+        return ChangeFlow(self.executor(), self.checkpointer, verify=verify_fn, on_event=on_event)
+
+    async def _verify(self, ch: ChangeRequest, applied_at: dt.datetime) -> Verification:
+        v = self.settings.verification
+        vs = VerifySettings(window_s=v.window_s, baseline_s=v.baseline_s, step_s=v.step_s,
+                            rate_window_s=v.rate_window_s, rollout_deadline_s=v.rollout_deadline_s)
+        try:
+            return await asyncio.wait_for(verify(ch, applied_at, self.clients["prometheus"],
+                                                 self.clients["k8s_read"], vs), timeout=v.timeout_s)
+        except TimeoutError:
+            return Verification(ch.id, Outcome.INCONCLUSIVE, f"verification timed out after {v.timeout_s:.0f}s")
+
+    async def propose_changes(self, report: TriageReport, flow: ChangeFlow | None = None) -> list[FlowState]:
+        """Turn a triage report's executable proposals into change requests and open their flows.
+
+        Each becomes a `ChangeRequest` through the executor (dry-run diff, fingerprint, blast radius,
+        policy); its flow then waits at the approval interrupt, or runs at once when policy allows it
+        without approval. Page-a-human and no-action proposals are not changes.
+        """
+        flow = flow or self.flow()
+        out = []
+        for p in report.proposals:
+            if p.target is None or p.kind in (ActionKind.PAGE_HUMAN, ActionKind.NONE):
+                continue
+            spec = ChangeSpec(action=p.kind, cluster=self.settings.kubernetes.cluster, target=p.target,
+                              params=p.params)
+            ch = await flow.executor.propose(spec, reason=p.reason, requester=f"agent:{report.reasoner}",
+                                             incident_id=report.incident_id,
+                                             evidence=[e.id for e in report.evidence])
+            out.append(await flow.open(ch))
+        return out
+
     def executor(self) -> Executor:
         if self._executor is None:
             kc = self.settings.kubernetes.executor_kubeconfig
@@ -85,9 +139,7 @@ class App:
         ctx = TriageContext(runner=self.triage_runner(), runbooks=self.runbooks, reasoner=self.reasoner,
                             actor=f"agent:{self.reasoner.name}", now=now,
                             extra={"cluster": self.settings.kubernetes.cluster})
-        db = self.settings.state_dir / "checkpoints.db"
-        db.parent.mkdir(parents=True, exist_ok=True)
-        async with AsyncSqliteSaver.from_conn_string(str(db)) as saver:
+        async with self.checkpointer() as saver:
             graph = build_triage_graph(saver)
             thread = f"triage:{incident.id}:{incident.updated_at.isoformat()}"
             out = await graph.ainvoke({"incident": incident}, config={"configurable": {"thread_id": thread}},
@@ -134,13 +186,34 @@ def build_reasoner(llm: LlmConfig) -> Reasoner:
 
 def build_app(settings: Settings, *, reasoner: Reasoner | None = None) -> App:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    sinks: list[CheckpointSink] = [FileCheckpointSink(settings.checkpoint_file)]
+    sinks = checkpoint_sinks(settings)
     audit = AuditLog(settings.audit_path, audit_key(settings), sinks, checkpoint_every=settings.audit.checkpoint_every)
     policy = load_policy(_policy_file(settings.policies_dir))
     return App(settings=settings, store=open_store(settings.store_url), runbooks=load_dir(settings.runbooks_dir),
                policy=policy, ledger=Ledger(settings.state_dir / "ledger.db"), audit=audit,
                tools=default_tools(), clients=build_clients(settings),
                reasoner=reasoner or build_reasoner(settings.llm))
+
+
+def checkpoint_sinks(settings: Settings) -> list[CheckpointSink]:
+    """Where signed audit checkpoints go: always a file, plus CloudWatch Logs and/or S3 when configured."""
+    sinks: list[CheckpointSink] = [FileCheckpointSink(settings.checkpoint_file)]
+    a = settings.audit
+    if a.checkpoint_log_group is None and a.checkpoint_s3_bucket is None:
+        return sinks
+    if settings.cloudwatch is None:
+        raise ValueError("audit.checkpoint_log_group / checkpoint_s3_bucket need AWS settings in the `cloudwatch` "
+                         "section (region, endpoint, credentials)")
+    session, config = aws_session(settings.cloudwatch)
+    cw = settings.cloudwatch
+    if a.checkpoint_log_group is not None:
+        logs = session.client("logs", endpoint_url=cw.logs_endpoint_url or cw.endpoint_url, config=config)
+        stream = f"checkpoints-{settings.kubernetes.cluster}"
+        sinks.append(CloudWatchLogsCheckpointSink(logs, a.checkpoint_log_group, stream))
+    if a.checkpoint_s3_bucket is not None:
+        s3 = session.client("s3", endpoint_url=cw.endpoint_url, config=config)
+        sinks.append(S3CheckpointSink(s3, a.checkpoint_s3_bucket, a.checkpoint_s3_prefix, a.checkpoint_s3_retain_days))
+    return sinks
 
 
 def _policy_file(directory: Path) -> Path:

@@ -128,6 +128,41 @@ class CloudWatchLogsCheckpointSink:
         return Checkpoint.from_json(events[-1]["message"]) if events else None
 
 
+class S3CheckpointSink:
+    """Exports each checkpoint as its own object, keyed by sequence number, to a bucket outside the host.
+
+    With `retain_days` the objects are written under S3 Object Lock (compliance mode): not even the
+    bucket's owner can overwrite or delete them before then, so an attacker holding the database and
+    the host's files still cannot hide a truncation. The bucket must have Object Lock enabled.
+    """
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "opsagent/audit-checkpoints/",
+                 retain_days: int | None = None) -> None:
+        self.client, self.bucket, self.prefix, self.retain_days = client, bucket, prefix, retain_days
+
+    def key(self, cp: Checkpoint) -> str:
+        return f"{self.prefix}{cp.seq:020d}-{cp.hash[:16]}.json"
+
+    def export(self, cp: Checkpoint) -> None:
+        kw: dict[str, Any] = {}
+        if self.retain_days:
+            kw = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate":
+                  dt.datetime.now(dt.UTC) + dt.timedelta(days=self.retain_days)}
+        self.client.put_object(Bucket=self.bucket, Key=self.key(cp), Body=cp.to_json().encode(),
+                               ContentType="application/json", **kw)
+
+    def latest(self) -> Checkpoint | None:
+        last: str | None = None
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for obj in page.get("Contents", []):
+                if last is None or obj["Key"] > last:
+                    last = obj["Key"]
+        if last is None:
+            return None
+        body = self.client.get_object(Bucket=self.bucket, Key=last)["Body"].read()
+        return Checkpoint.from_json(body.decode())
+
+
 @dataclass(frozen=True)
 class Problem:
     seq: int

@@ -20,6 +20,8 @@ def sandbox_overrides(status: dict[str, Any]) -> dict[str, Any]:
         "kubernetes": {"reader_kubeconfig": kc["reader"], "executor_kubeconfig": kc["executor"],
                        "cluster": status.get("cluster") or "sandbox",
                        "serving_namespaces": status.get("serving_namespaces") or []},
+        # The sandbox scrapes every 5 s and its faults recover in seconds: verify on a shorter clock.
+        "verification": {"window_s": 20, "baseline_s": 60, "step_s": 2.5, "rate_window_s": 15},
     }
 
 

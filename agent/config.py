@@ -52,7 +52,13 @@ class AuditConfig(_Group):
                                   "random key is kept in state_dir/audit.key.")
     checkpoint_file: Path | None = Field(default=None, description="Where signed checkpoints are exported; put "
                                          "it on storage the agent cannot rewrite. Default: state_dir.")
-    checkpoint_log_group: str | None = Field(default=None, description="Also export to this CloudWatch Logs group.")
+    checkpoint_log_group: str | None = Field(default=None, description="Also export to this CloudWatch Logs group "
+                                             "(AWS credentials and endpoint from the `cloudwatch` section).")
+    checkpoint_s3_bucket: str | None = Field(default=None, description="Also export to this S3 bucket (AWS settings "
+                                             "from `cloudwatch`); enable Object Lock on it and set retain days.")
+    checkpoint_s3_prefix: str = "opsagent/audit-checkpoints/"
+    checkpoint_s3_retain_days: int | None = Field(default=None, ge=1, le=3650,
+                                                  description="Write checkpoints under Object Lock (compliance).")
     checkpoint_every: int = Field(default=1000, ge=1)
 
 
@@ -60,6 +66,17 @@ class ServerConfig(_Group):
     host: str = Field(default="127.0.0.1",
                       description="Loopback by default; bind a wider address only behind a network policy.")
     port: int = Field(default=8080, ge=1, le=65535)
+
+
+class VerificationConfig(_Group):
+    """How a change is verified after it is applied (see agent/verify.py)."""
+
+    window_s: float = Field(default=60, gt=0, le=3600, description="Signals watched after the rollout completes.")
+    baseline_s: float = Field(default=120, gt=0, le=86400, description="Baseline window before the change.")
+    step_s: float = Field(default=5, gt=0, le=300)
+    rate_window_s: int = Field(default=30, ge=5, le=3600, description="rate() window; needs >= 3 scrapes.")
+    rollout_deadline_s: float = Field(default=180, gt=0, le=7200)
+    timeout_s: float = Field(default=600, gt=0, le=14400, description="Give up (inconclusive) after this long.")
 
 
 class SlackConfig(_Group):
@@ -134,6 +151,7 @@ class Settings(BaseSettings):
     server: ServerConfig = Field(default_factory=ServerConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)
     rightsize: RightsizeConfig = Field(default_factory=RightsizeConfig)
+    verification: VerificationConfig = Field(default_factory=VerificationConfig)
 
     @property
     def store_url(self) -> str:

@@ -15,28 +15,28 @@ import datetime as dt
 import json
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import httpx
 
 from agent import intake
 from agent.app import App, build_app
-from agent.changes import ChangeSpec, ChangeStatus
+from agent.changes import ChangeStatus
 from agent.cli_common import settings_for
+from agent.flow import FlowEvent
 from agent.models import ActionKind, TriageReport
-from agent.verify import VerifySettings, signal_queries, verify
+from agent.verify import signal_queries
 from deploy.sandbox import components, faults
 from deploy.sandbox.cluster import api_client
 from deploy.sandbox.fleet import Fleet
 from deploy.sandbox.receiver import Notification, WebhookReceiver
 from deploy.sandbox.sandbox import Sandbox, SandboxSettings
-from tools.k8s_read.client import K8sReadClient
-from tools.k8s_read.settings import K8sReadSettings
 
 Echo = Callable[[str], None]
+T = TypeVar("T")
 ALERTS = {"ModelServingErrorRateHigh", "ModelServingTTFTHigh"}
 
 
@@ -162,24 +162,21 @@ def _drill(
         return False
 
     out("\n4. The proposal becomes a change request: policy, diff, blast radius")
-    ex = app.executor()
-    spec = ChangeSpec(
-        action=rollback.kind, cluster=app.settings.kubernetes.cluster, target=rollback.target, params=rollback.params
-    )
-    ch = asyncio.run(
-        ex.propose(
-            spec,
-            reason=rollback.reason,
-            requester=f"agent:{report.reasoner}",
-            incident_id=incident.id,
-            evidence=[e.id for e in report.evidence],
-        )
-    )
+    flow = app.flow(on_event=_printer(out))
+    opened = asyncio.run(_with_clients(app, app.propose_changes(report, flow)))
+    st = next((f for f in opened if f.change.spec.action == ActionKind.ROLLBACK), None)
+    if st is None:
+        out("   no rollback could be proposed; a human takes it from here")
+        return False
+    ch = st.change
     b = ch.blast_radius
     out(f"   {ch.id}: {ch.spec.action.value} {ch.spec.target} {ch.spec.params} — {ch.status.value}")
     out(f"   policy {ch.policy_rule}: {ch.policy_reason}")
     out(f"   blast radius: {b.gpus} GPUs, {b.replicas} replicas, at most {b.capacity_drop:.0%} of capacity at once")
+    if ch.cost_delta_per_month is not None:
+        out(f"   predicted cost change: {ch.cost_delta_per_month:+,.0f} USD/month")
     out("   " + (ch.diff or "(no diff)").replace("\n", "\n   ").rstrip())
+    out(f"   the change's flow is held at its approval interrupt: {st.stage}")
 
     who = approver or next(iter(app.policy.roles.get("oncall", [])), "alice")
     if unattended:
@@ -187,35 +184,15 @@ def _drill(
     else:
         out("\n5. Approval")
         if confirm is None or not confirm(f"Approve {ch.id} as {who}?"):
-            out(f"   not approved; it waits: `opsagent changes approve {ch.id} --as {who}`")
+            out(f"   not approved; it waits: `opsagent changes approve {ch.id} --as {who} --sandbox`")
             return False
     t_approve = time.time()
-    ch = ex.approve(ch.id, who, via="demo")
-    out(f"   approved by {who}: {ch.status.value}")
-
-    out("\n6. The guarded executor applies it with its own identity")
-    result = asyncio.run(ex.execute(ch.id, actor=f"user:{who}"))
-    out(
-        f"   {result.status.value}: revision {result.detail.get('detail', {}).get('from_revision')} → "
-        f"pod template of revision {result.detail.get('detail', {}).get('to_revision')}"
-    )
-    applied = ex.ledger.get(ch.id)
-    assert applied is not None
-
-    out("\n7. Verification: rollout, then TTFT p95, errors and queue against the baseline")
-    reader = K8sReadClient(K8sReadSettings(kubeconfig=Path(status["kubeconfigs"]["reader"])))
-    try:
-        v = asyncio.run(_verify(app, applied, reader))
-    finally:
-        reader.close()
-    for s in v.signals:
-        out(f"   {s.signal:<12} {s.outcome.value:<13} {s.reason}")
-    ex.record_verification(applied, v.outcome.value, v.summary())
+    out("\n6. The approval resumes the flow: the guarded executor applies it with its own identity, then")
+    out("   verification watches the rollout and compares TTFT p95, errors and queue with the baseline")
+    done = asyncio.run(_with_clients(app, flow.decide(ch.id, who, "approve", via="demo")))
     t_verified = time.time()
-    out(
-        f"   verdict: {v.outcome.value} (rollout {v.rollout_seconds:.0f}s); approval → verified in "
-        f"{t_verified - t_approve:.0f}s"
-    )
+    out(f"   verdict: {done.stage} — {done.verification or done.detail}")
+    out(f"   approval → verified in {t_verified - t_approve:.0f}s")
     show("now")
 
     out(f"\n8. Audit trail of {incident.id}")
@@ -229,8 +206,8 @@ def _drill(
         f"   audit verify: {'OK' if rep.ok else 'TAMPERED'} — {rep.records} records, chain intact, "
         f"checkpoint at {rep.checkpoint_seq}"
     )
-    final = ex.ledger.get(ch.id)
-    ok = v.outcome.value == "pass" and rep.ok and final is not None and final.status == ChangeStatus.VERIFIED
+    final = app.ledger.get(ch.id)
+    ok = done.stage == "verified" and rep.ok and final is not None and final.status == ChangeStatus.VERIFIED
     out(
         f"\nSummary: injection → webhook {t_webhook - t_inject:.0f}s · "
         f"approval → verified {t_verified - t_approve:.0f}s · "
@@ -241,21 +218,21 @@ def _drill(
 
 
 async def _triage(app: App, incident: Any) -> TriageReport:
+    return await _with_clients(app, app.triage(incident))
+
+
+async def _with_clients(app: App, work: Awaitable[T]) -> T:
     try:
-        return await app.triage(incident)
+        return await work
     finally:
         await app.aclose_clients()
 
 
-async def _verify(app: App, ch: Any, reader: K8sReadClient) -> Any:
-    from tools.prometheus.client import PrometheusClient
+def _printer(out: Echo) -> Callable[[FlowEvent], Awaitable[None]]:
+    async def show(ev: FlowEvent) -> None:
+        out(f"   [{ev.at:%H:%M:%S}] {ev.stage}: {ev.message}")
 
-    prom = PrometheusClient(app.settings.prometheus)
-    try:
-        settings = VerifySettings(window_s=20, baseline_s=60, step_s=2.5, rate_window_s=15)
-        return await asyncio.wait_for(verify(ch, ch.created_at, prom, reader, settings), timeout=300)
-    finally:
-        await prom.aclose()
+    return show
 
 
 def _print_report(report: TriageReport, out: Echo) -> None:

@@ -90,7 +90,7 @@ class Executor:
     def __init__(self, ledger: Ledger, policy: Policy, write: K8sWriteClient, audit: AuditSink, *,
                  cluster: str = "default", owner: str | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-                 crash_after: str | None = None, claim_ttl_s: float = 30.0) -> None:
+                 crash_after: str | None = None, claim_ttl_s: float = 30.0, conflict_retries: int = 4) -> None:
         if crash_after is not None and crash_after not in CRASH_POINTS:
             raise ValueError(f"crash_after must be one of {CRASH_POINTS}")
         self.ledger, self.policy, self.write, self.audit = ledger, policy, write, audit
@@ -101,6 +101,7 @@ class Executor:
         # A claim older than this that never finished was abandoned (its process died); younger ones
         # may still be executing elsewhere and are left alone.
         self.claim_ttl_s = claim_ttl_s
+        self.conflict_retries = conflict_retries  # 409s retried after a re-read that finds the spec unchanged
         from tools.base import Risk
 
         self.runner = ToolRunner(WRITE_TOOLS, {"k8s_write": write}, audit, max_risk=Risk.DESTRUCTIVE, timeout_s=60)
@@ -310,24 +311,25 @@ class Executor:
         return await self._apply(ch, obj, actor)
 
     def _inherits_approval(self, ch: ChangeRequest) -> bool:
-        """The approval of a change includes undoing it: a rollback of an applied change on the same
-        target needs no new approval (policy must still allow it)."""
-        if ch.rollback_of is None or ch.spec.action != ActionKind.ROLLBACK:
+        """The approval of a change includes undoing it: the exact inverse of an applied change on the same
+        target (a rollback to the revision before it, or a scale back to the replicas before it) needs no
+        new approval. Policy must still allow it."""
+        if ch.rollback_of is None:
             return False
         original = self.ledger.get(ch.rollback_of)
         ex = self.ledger.execution(ch.rollback_of)
-        return (original is not None and ex is not None and ex.state == "applied"
-                and original.spec.target == ch.spec.target)
+        if original is None or ex is None or ex.state != "applied" or original.spec.target != ch.spec.target:
+            return False
+        inverse = _inverse(original)
+        return inverse is not None and inverse.action == ch.spec.action and inverse.params == ch.spec.params
 
     async def auto_rollback(self, original: ChangeRequest, why: str) -> ExecutionResult | None:
         """Undo an applied change whose verification failed, under the original's approval."""
-        before = original.fingerprint.revision
-        if original.spec.target.kind != "Deployment" or not before:
+        spec = _inverse(original)
+        if spec is None:
             self._audit(AuditKind.EXECUTION, "executor:auto-rollback", f"rollback {original.id}", "refused",
-                        "no revision to return to", original)
+                        "no known state to return to (not a Deployment template or replica change)", original)
             return None
-        spec = ChangeSpec(action=ActionKind.ROLLBACK, cluster=original.spec.cluster, target=original.spec.target,
-                          params={"to_revision": int(before)})
         rb = await self.propose(spec, reason=f"automatic rollback of {original.id}: {why}",
                                 requester="executor:auto-rollback", incident_id=original.incident_id,
                                 rollback_of=original.id)
@@ -346,17 +348,40 @@ class Executor:
         return updated
 
     async def _apply(self, ch: ChangeRequest, obj: dict[str, Any], actor: str) -> ExecutionResult:
-        rv = obj["metadata"]["resourceVersion"]
-        name, params = _tool_call(ch.spec, dry_run=True, expected_rv=rv)
-        dry = await self.runner.call(name, params, actor=actor, incident_id=ch.incident_id)
-        if dry.ok and dry.result is not None:
-            # The server's own answer for what the object will look like: kept so a restart can tell
-            # whether the write landed.
-            self.ledger.set_intended(ch.id, _intended_hash(dry.result))
-        name, params = _tool_call(ch.spec, dry_run=False, expected_rv=rv)
         ch = ch.model_copy(update={"status": ChangeStatus.EXECUTING})
         self.ledger.update(ch)
-        out = await self.runner.call(name, params, actor=actor, incident_id=ch.incident_id)
+        for attempt in range(1, self.conflict_retries + 2):
+            rv = obj["metadata"]["resourceVersion"]
+            name, params = _tool_call(ch.spec, dry_run=True, expected_rv=rv)
+            dry = await self.runner.call(name, params, actor=actor, incident_id=ch.incident_id)
+            if dry.ok and dry.result is not None:
+                # The server's own answer for what the object will look like: kept so a restart can tell
+                # whether the write landed.
+                self.ledger.set_intended(ch.id, _intended_hash(dry.result))
+                name, params = _tool_call(ch.spec, dry_run=False, expected_rv=rv)
+                out = await self.runner.call(name, params, actor=actor, incident_id=ch.incident_id)
+            else:
+                out = dry
+            if out.ok or out.error_type != "Conflict" or attempt > self.conflict_retries:
+                break
+            # 409: someone wrote the object between our read and our write (a controller's status
+            # update, another client). Re-read and re-check that the spec we were approved against is
+            # still the one there; only then retry with the new resourceVersion.
+            obj = await self._read(ch.spec)
+            fp_now = self.fingerprint_of(obj)
+            same = fp_now.same_as(ch.fingerprint)
+            self._audit(AuditKind.EXECUTION, actor, f"execute {ch.id}", "conflict",
+                        f"attempt {attempt}: {out.error}; re-read at resourceVersion "
+                        f"{obj['metadata']['resourceVersion']}: "
+                        + ("spec unchanged, retrying" if same else "the target's spec changed, not retrying"), ch)
+            if not same:
+                self.ledger.finish(ch.id, "failed", "the target changed during execution")
+                ch = ch.model_copy(update={"status": ChangeStatus.FAILED,
+                                           "result": {"error": "the target's spec changed between approval and "
+                                                               "write (409 on write, re-read differs)"}})
+                self.ledger.update(ch)
+                return ExecutionResult(ch.id, ch.status, False, ch.result)
+            await asyncio.sleep(min(0.05 * 2 ** attempt, 1.0))
         if not out.ok or out.result is None:
             self.ledger.finish(ch.id, "failed", out.error or "")
             ch = ch.model_copy(update={"status": ChangeStatus.FAILED, "result": {"error": out.error}})
@@ -412,6 +437,23 @@ class Executor:
         if self.crash_after == point:
             log.warning("chaos: SIGKILL at %s", point)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _inverse(ch: ChangeRequest) -> ChangeSpec | None:
+    """The change that undoes `ch`, from what was recorded before it ran; None when there is none."""
+    t = ch.spec.target
+    if t.kind != "Deployment":
+        return None
+    if ch.spec.action == ActionKind.SCALE:
+        before = (ch.result.get("detail") or {}).get("from_replicas")
+        if before is None:
+            return None
+        return ChangeSpec(action=ActionKind.SCALE, cluster=ch.spec.cluster, target=t, params={"replicas": int(before)})
+    # A rollback that does not help is not undone (that would restore the version it rolled back from).
+    if ch.spec.action in (ActionKind.DEPLOY, ActionKind.SET_GPU_RESOURCES) and ch.fingerprint.revision:
+        return ChangeSpec(action=ActionKind.ROLLBACK, cluster=ch.spec.cluster, target=t,
+                          params={"to_revision": int(ch.fingerprint.revision)})
+    return None
 
 
 def _fp_key(fp: TargetFingerprint) -> dict[str, Any]:

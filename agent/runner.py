@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.audit import AuditEvent, AuditKind, AuditSink, inputs_hash
 from tools.base import Risk, ToolError, ToolResult, ToolSpec
@@ -33,6 +33,8 @@ class ToolOutcome(BaseModel):
     result: ToolResult | None = None
     error: str | None = None
     refused: bool = False
+    error_type: str | None = Field(default=None, description="The tool error's class, e.g. Conflict (HTTP 409).")
+    retryable: bool = False
     duration_ms: float = 0.0
     started: dt.datetime
 
@@ -69,7 +71,7 @@ class ToolRunner:
         self.calls += 1
 
         def finish(ok: bool, *, result: ToolResult | None = None, error: str | None = None,
-                   refused: bool = False) -> ToolOutcome:
+                   refused: bool = False, error_type: str | None = None, retryable: bool = False) -> ToolOutcome:
             ms = (time.monotonic() - t0) * 1000
             decision = "allowed" if ok else ("refused" if refused else "error")
             self.audit.append(AuditEvent(
@@ -78,7 +80,7 @@ class ToolRunner:
                 result={"ok": ok},
             ))
             return ToolOutcome(tool=name, params=params, ok=ok, result=result, error=error, refused=refused,
-                               duration_ms=ms, started=started)
+                               error_type=error_type, retryable=retryable, duration_ms=ms, started=started)
 
         spec = self.tools.get(name)
         if spec is None:
@@ -102,7 +104,7 @@ class ToolRunner:
         except TimeoutError:
             return finish(False, error=f"{name} timed out after {self.timeout_s:.0f}s with params {params}")
         except ToolError as e:
-            return finish(False, error=str(e))
+            return finish(False, error=str(e), error_type=type(e).__name__, retryable=e.retryable)
         except Exception as e:  # a tool bug must not take the triage down; it is audited and reported
             log.exception("tool %s failed", name)
             return finish(False, error=f"{name} failed unexpectedly: {type(e).__name__}: {e}")

@@ -46,3 +46,29 @@ class TriageContext:
     lookback_s: int = 3 * 3600
     now: dt.datetime | None = None  # fixed "now" for replayed evals; None = wall clock
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- the change graph ------------------------------------------------------------------------------
+
+class ChangeState(TypedDict, total=False):
+    """One change request's path: awaiting approval → executing → verifying → done. Checkpointed per change."""
+
+    change_id: str
+    stage: str  # awaiting_approval | rejected | denied | refused | failed | verified | rolled_back | inconclusive ...
+    detail: str
+    verification: str
+    approvals_seen: int
+
+
+@dataclass
+class ChangeContext:
+    """What the change graph needs but never checkpoints: the executor and the verifier.
+
+    `verify` is None when no verifier is configured (no Prometheus or reader identity): the change is
+    then reported as applied but unverified — never as verified.
+    """
+
+    executor: Any  # agent.executor.Executor (typed loosely: nodes must not import the executor module's deps)
+    verify: Any = None  # async (ChangeRequest, applied_at) -> agent.verify.Verification
+    notify: Any = None  # async (change_id, stage, message) -> None
+    actor: str = "executor"

@@ -18,8 +18,10 @@ from agent.commands.common import (
     StateOpt,
     fail,
     open_app,
+    progress,
 )
 from agent.executor import ExecutionRefused
+from agent.flow import FlowEvent, FlowState
 
 changes_app = typer.Typer(help="Change requests proposed by the agent: review, approve, reject.", no_args_is_help=True)
 
@@ -107,7 +109,6 @@ def _decide(
     change_id: str,
     decision: str,
     who: str | None,
-    execute: bool,
     config: ConfigOpt,
     use_sandbox: bool,
     sandbox_dir: SandboxDirOpt,
@@ -115,33 +116,45 @@ def _decide(
 ) -> None:
     app = open_app(config, use_sandbox, sandbox_dir, state_dir)
     approver = who or app.settings.actor
+
+    async def show(ev: FlowEvent) -> None:
+        progress(f"{ev.stage}: {ev.message}")
+
+    async def run() -> FlowState:
+        try:
+            return await app.flow(on_event=show).decide(change_id, approver, decision, via="cli")
+        finally:
+            await app.aclose_clients()
+
     try:
-        ex = app.executor()
-        ch = ex.approve(change_id, approver, decision=decision, via="cli")
-        typer.echo(f"{decision}d {ch.id} as {approver}: now {ch.status.value}")
-        if execute and ch.status == ChangeStatus.APPROVED:
-            result = asyncio.run(ex.execute(ch.id, actor=f"user:{approver}"))
-            typer.echo(f"executed: {result.status.value}{'' if result.applied_now else ' (already applied)'}")
+        st = asyncio.run(run())
     except ExecutionRefused as e:
         fail(str(e), 4)
     except ValueError as e:
         fail(str(e), 2)
     finally:
         app.close()
+    typer.echo(f"{decision}d {st.change.id} as {approver}: {st.stage}"
+               + (f" — {st.verification}" if st.verification else (f" — {st.detail}" if st.detail else "")))
+    if st.stage in ("refused", "failed", "regression", "rolled_back"):
+        raise typer.Exit(5)
 
 
 @changes_app.command("approve")
 def approve(
     change_id: str,
     who: AsOpt = None,
-    execute: Annotated[bool, typer.Option(help="Execute once enough approvals are in.")] = True,
     config: ConfigOpt = None,
     use_sandbox: SandboxOpt = False,
     sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR,
     state_dir: StateOpt = None,
 ) -> None:
-    """Approve a change request (bound to its exact spec and the target's current state)."""
-    _decide(change_id, "approve", who, execute, config, use_sandbox, sandbox_dir, state_dir)
+    """Approve a change request (bound to its exact spec and the target's state when proposed).
+
+    When this approval completes the ones policy requires, the change's flow resumes here: the guarded
+    executor applies it, then it is verified (and rolled back automatically if it regresses).
+    """
+    _decide(change_id, "approve", who, config, use_sandbox, sandbox_dir, state_dir)
 
 
 @changes_app.command("reject")
@@ -154,4 +167,4 @@ def reject(
     state_dir: StateOpt = None,
 ) -> None:
     """Reject a change request; it will not run."""
-    _decide(change_id, "reject", who, False, config, use_sandbox, sandbox_dir, state_dir)
+    _decide(change_id, "reject", who, config, use_sandbox, sandbox_dir, state_dir)

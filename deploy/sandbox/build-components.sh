@@ -20,6 +20,14 @@ WORK="$CACHE/build"
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 mkdir -p "$BIN" "$WORK"
 
+# One build at a time per cache: a second run (another checkout, a parallel test job) waits for the
+# first and then finds its binaries cached, instead of deleting the build directory under it.
+exec 9>"$CACHE/build.lock"
+if ! flock -n 9; then
+  printf '[build %s] another build holds %s; waiting for it\n' "$(date +%H:%M:%S)" "$CACHE/build.lock"
+  flock 9
+fi
+
 step() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 have() { for f in "$@"; do [ -x "$f" ] || return 1; done; }
 

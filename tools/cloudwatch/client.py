@@ -44,19 +44,7 @@ class CloudWatchClient:
 
     def __init__(self, settings: CloudWatchSettings) -> None:
         self.settings = settings
-        session = boto3.session.Session(
-            aws_access_key_id=_secret(settings.access_key_id),
-            aws_secret_access_key=_secret(settings.secret_access_key),
-            aws_session_token=_secret(settings.session_token),
-            region_name=settings.region,
-            profile_name=settings.profile,
-        )
-        config = Config(
-            connect_timeout=settings.connect_timeout_s,
-            read_timeout=settings.read_timeout_s,
-            retries={"max_attempts": settings.max_attempts, "mode": "standard"},
-            user_agent_extra="opsagent",
-        )
+        session, config = aws_session(settings)
         self.metrics: BotoCloudWatch = session.client("cloudwatch", endpoint_url=settings.endpoint_url, config=config)
         self.logs: BotoLogs = session.client("logs", endpoint_url=settings.logs_endpoint_url or settings.endpoint_url,
                                              config=config)
@@ -101,3 +89,21 @@ class CloudWatchClient:
 
 def _secret(value: Any) -> str | None:
     return value.get_secret_value() if value is not None else None
+
+
+def aws_session(settings: CloudWatchSettings) -> tuple[boto3.session.Session, Config]:
+    """The boto3 session and client config these settings describe (shared with the audit's AWS sinks)."""
+    session = boto3.session.Session(
+        aws_access_key_id=_secret(settings.access_key_id),
+        aws_secret_access_key=_secret(settings.secret_access_key),
+        aws_session_token=_secret(settings.session_token),
+        region_name=settings.region,
+        profile_name=settings.profile,
+    )
+    config = Config(
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        user_agent_extra="opsagent",
+    )
+    return session, config
