@@ -75,25 +75,37 @@ def rightsize(
 
 
 def _propose(app: Any, result: RightsizeRun, only: set[str]) -> None:
+    """Each recommendation's change specs become change requests whose flows wait for approval."""
     try:
-        executor = app.executor()
+        flow = app.flow()
     except ValueError as e:
         fail(str(e), 2)
-    proposed = 0
+    work = []
     for rec in result.recommendations:
         if only and rec.id not in only and f"{rec.namespace}/{rec.name}" not in only:
             continue
         planned = change_specs(rec, app.settings.kubernetes.cluster)
         if planned.note and (planned.specs or only):
             typer.echo(f"{rec.namespace}/{rec.name}: {planned.note}", err=True)
-        for spec in planned.specs:
-            ch = asyncio.run(executor.propose(spec, reason=reason_for(rec, spec), requester=app.settings.actor,
-                                              evidence=[rec.id]))
-            proposed += 1
-            delta = f"{ch.cost_delta_per_month:+,.0f} USD/month" if ch.cost_delta_per_month is not None else "n/a"
-            typer.echo(f"proposed {ch.id}: {spec.action.value} {spec.target} {spec.params} — {ch.status.value} "
-                       f"({ch.policy_rule}: {ch.policy_reason}); cost change {delta}")
-    if not proposed:
+        work += [(rec, spec) for spec in planned.specs]
+
+    async def go() -> list[Any]:
+        states = []
+        try:
+            for rec, spec in work:
+                ch = await flow.executor.propose(spec, reason=reason_for(rec, spec),
+                                                 requester=f"user:{app.settings.actor}", evidence=[rec.id])
+                states.append(await flow.open(ch))
+        finally:
+            await app.aclose_clients()
+        return states
+
+    for st in asyncio.run(go()):
+        ch = st.change
+        delta = f"{ch.cost_delta_per_month:+,.0f} USD/month" if ch.cost_delta_per_month is not None else "n/a"
+        typer.echo(f"proposed {ch.id}: {ch.spec.action.value} {ch.spec.target} {ch.spec.params} — {st.stage} "
+                   f"({ch.policy_rule}: {ch.policy_reason}); cost change {delta}")
+    if not work:
         typer.echo("no change requests proposed", err=True)
 
 

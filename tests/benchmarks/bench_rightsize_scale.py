@@ -170,6 +170,7 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="Leave Prometheus running afterwards (prints its PID).")
     args = p.parse_args()
     work = args.dir or Path(tempfile.mkdtemp(prefix="rightsize-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
     data = work / "data"
     end = int(time.time()) // STEP * STEP
     start = end - int(args.days * 86400)
