@@ -48,6 +48,10 @@ def test_idle_overprovision_is_found_and_priced(sandbox: dict[str, Any], admin: 
     doc = json.loads(out.stdout)
     assert doc["queries"] <= 20
     rec = next(r for r in doc["recommendations"] if r["name"] == target)
+    print(f"[rightsize] {rec['reason']}; ${rec['monthly_cost_current']:,.2f} → ${rec['monthly_cost_recommended']:,.2f}"
+          f"/month, saves ${rec['monthly_savings']:,.2f} (windows {len(rec['scale_windows'])}); fleet node cost "
+          f"${doc['cost']['node_cost']:,.2f}, idle ${doc['cost']['idle_cost']:,.2f}, reconciliation error "
+          f"{doc['cost']['reconciliation_error']}; {doc['queries']} queries in {doc['query_seconds']}s")
     cur, new = rec["current"], rec["recommended"]
     assert cur["replicas"] == 6 and cur["gpus"] == w.gpus
     assert new["replicas"] < 6 or new["gpu_product"] != cur["gpu_product"]

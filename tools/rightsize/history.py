@@ -124,7 +124,7 @@ async def fleet_history(client: PrometheusClient, params: HistoryInput) -> Fleet
                 if f.kind == "range":
                     out = await client.query_range(f.expr.text, start_dt, end_dt, step_s=step)
                     return f.name, out.data
-                return f.name, await client.query(f.expr.text, at=end_dt)
+                return f.name, await client.query(f.expr.text, at=end)  # the state now, not at the last step
             except PrometheusError as e:
                 raise type(e)(f"rightsize history, family {f.name!r} ({f.what}): {e}") from e
 
