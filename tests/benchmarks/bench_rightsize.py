@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent.config import RightsizeConfig, SloConfig  # noqa: E402
-from agent.rightsize.engine import Confidence, Recommendation, Shape, recommend  # noqa: E402
-from deploy.sandbox.fleet import Fleet, Workload  # noqa: E402
-from deploy.sandbox.simulator import model  # noqa: E402
-from tests.rightsize_synth import workload_history  # noqa: E402
-from tools.rightsize.catalog import HOURS_PER_MONTH, PriceCatalog  # noqa: E402
+from agent.config import RightsizeConfig, SloConfig
+from agent.rightsize.engine import Confidence, Recommendation, Shape, recommend
+from deploy.sandbox.fleet import Fleet, Workload
+from deploy.sandbox.simulator import model
+from tests.rightsize_synth import workload_history
+from tools.rightsize.catalog import HOURS_PER_MONTH, PriceCatalog
 
 START = 1_780_012_800.0  # a UTC midnight (a Monday)
 

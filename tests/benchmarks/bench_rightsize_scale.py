@@ -31,16 +31,16 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent.audit import AuditEvent  # noqa: E402
-from agent.config import RightsizeConfig  # noqa: E402
-from agent.rightsize.cost import cost_report  # noqa: E402
-from agent.rightsize.engine import recommend_all  # noqa: E402
-from agent.runner import ToolRunner  # noqa: E402
-from tools.base import Risk  # noqa: E402
-from tools.prometheus.client import PrometheusClient  # noqa: E402
-from tools.prometheus.settings import PrometheusSettings  # noqa: E402
-from tools.rightsize.catalog import PriceCatalog  # noqa: E402
-from tools.rightsize.history import TOOLS, FleetHistory  # noqa: E402
+from agent.audit import AuditEvent
+from agent.config import RightsizeConfig
+from agent.rightsize.cost import cost_report
+from agent.rightsize.engine import recommend_all
+from agent.runner import ToolRunner
+from tools.base import Risk
+from tools.prometheus.client import PrometheusClient
+from tools.prometheus.settings import PrometheusSettings
+from tools.rightsize.catalog import PriceCatalog
+from tools.rightsize.history import TOOLS, FleetHistory
 
 STEP = 600
 BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, math.inf)
@@ -172,9 +172,11 @@ def main() -> None:
     work = args.dir or Path(tempfile.mkdtemp(prefix="rightsize-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     data = work / "data"
-    end = int(time.time()) // STEP * STEP
+    end_file = work / "end.txt"
+    end = int(end_file.read_text()) if end_file.exists() else int(time.time()) // STEP * STEP
     start = end - int(args.days * 86400)
     if not data.exists():
+        end_file.write_text(str(end))
         t0 = time.monotonic()
         chunk = 2 * 86400
         pieces = [(start + k, min(end, start + k + chunk)) for k in range(0, end - start, chunk)]
@@ -195,7 +197,7 @@ def main() -> None:
     prom = subprocess.Popen([shutil.which("prometheus") or "/usr/bin/prometheus",
                              f"--config.file={_config(work)}", f"--storage.tsdb.path={data}",
                              f"--web.listen-address=127.0.0.1:{args.port}", "--storage.tsdb.retention.time=60d",
-                             "--query.lookback-delta=15m", "--query.max-samples=200000000"],
+                             "--query.lookback-delta=15m", "--query.max-samples=200000000", "--query.timeout=5m"],
                             stdout=subprocess.DEVNULL, stderr=(work / "prometheus.log").open("w"))
     url = f"http://127.0.0.1:{args.port}"
     try:
@@ -206,13 +208,19 @@ def main() -> None:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
+        # promtool leaves 2-hour blocks; the first start compacts them (minutes of CPU), which would
+        # otherwise be timed as query latency. Wait until the block count stops changing.
+        blocks = -1
+        while blocks != (now := sum(1 for d in data.iterdir() if (d / "meta.json").exists())):
+            blocks = now
+            time.sleep(10)
         rss0 = peak_rss_mib(prom.pid)
         cfg = RightsizeConfig()
-        client = PrometheusClient(PrometheusSettings(url=url, timeout_s=300, scrape_interval_s=STEP))
+        client = PrometheusClient(PrometheusSettings(url=url, timeout_s=300, scrape_interval_s=STEP, gzip=False))
         runner = ToolRunner(TOOLS, {"prometheus": client}, _NoAudit(), max_risk=Risk.READ, timeout_s=900)
         t0 = time.monotonic()
-        out = asyncio.run(runner.call("rightsize_fleet_history", {"window_s": args.days * 86400,
-                                                                  "rate_window": "20m", "concurrency": 4},
+        out = asyncio.run(runner.call("rightsize_fleet_history", {"window_s": args.days * 86400, "end": end - STEP,
+                                                                  "rate_window": "20m"},
                                       actor="bench"))
         t_read = time.monotonic() - t0
         assert out.ok and isinstance(out.result, FleetHistory), out.error

@@ -152,11 +152,11 @@ def test_change_specs_and_predicted_cost_delta() -> None:
 
 
 def test_query_count_does_not_depend_on_the_fleet() -> None:
-    fams = families(WorkloadLabels(), step="30m", rate_window="5m")
+    fams = families(WorkloadLabels(), step="30m", rate_window="5m", window="14d")
     assert len(fams) <= 20
-    assert all("by (namespace, label_app_kubernetes_io_name" in f.expr.text or f.name in ("nodes", "spec_replicas")
+    assert all("by (namespace, pod" in f.expr.text or f.name in ("nodes", "node_types", "spec_replicas")
                for f in fams)
-    scoped = families(WorkloadLabels(), step="30m", rate_window="5m", namespaces=('we"ird',))
+    scoped = families(WorkloadLabels(), step="30m", rate_window="5m", window="14d", namespaces=('we"ird',))
     assert 'namespace=~"we\\"ird"' in scoped[0].expr.text
 
 

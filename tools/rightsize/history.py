@@ -14,14 +14,14 @@ import math
 import time
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.base import Risk, ToolInput, ToolResult, ToolSpec, UtcDatetime
 from tools.prometheus.client import PrometheusClient, QueryData, choose_step
 from tools.prometheus.errors import PrometheusError
-from tools.rightsize.queries import WorkloadLabels, families, ksm_label
+from tools.rightsize.queries import INSTANCE_TYPE, Family, WorkloadLabels, families, ksm_label
 
-NAN = math.nan
 MAX_WINDOW_S = 30 * 86400
 
 
@@ -45,7 +45,8 @@ class HistoryInput(ToolInput):
     team_label: str = Field(default="team", max_length=200, description="Pod label naming the owning team.")
     rate_window: str = Field(default="5m", pattern=r"^[0-9]+[smh]$",
                              description="Window of the short rates whose peak is kept within each step.")
-    concurrency: int = Field(default=4, ge=1, le=16, description="Queries in flight at once.")
+    concurrency: int = Field(default=2, ge=1, le=16, description="Queries in flight at once (Prometheus evaluates "
+                             "each on one core; more in flight than it has cores only adds contention).")
 
 
 class WorkloadHistory(BaseModel):
@@ -111,98 +112,127 @@ async def fleet_history(client: PrometheusClient, params: HistoryInput) -> Fleet
     start_ts = end_ts - (n - 1) * step
     times = [start_ts + k * step for k in range(n)]
     labels = WorkloadLabels(params.workload_label, params.model_label, params.team_label)
-    fams = families(labels, step=_duration(step), rate_window=params.rate_window,
+    fams = families(labels, step=_duration(step), rate_window=params.rate_window, window=_duration(range_s),
                     namespaces=tuple(params.namespaces))
     start_dt = dt.datetime.fromtimestamp(start_ts, dt.UTC)
     end_dt = dt.datetime.fromtimestamp(end_ts, dt.UTC)
     sem = asyncio.Semaphore(params.concurrency)
     t0 = time.monotonic()
 
-    async def run(f: Any) -> tuple[str, QueryData]:
+    async def run(f: Family) -> tuple[str, QueryData]:
         async with sem:
             try:
                 if f.kind == "range":
                     out = await client.query_range(f.expr.text, start_dt, end_dt, step_s=step)
                     return f.name, out.data
-                return f.name, await client.query(f.expr.text, at=end)  # the state now, not at the last step
+                # The state now (not at the last step), over the whole window for the look-up families.
+                return f.name, await client.query(f.expr.text, at=end)
             except PrometheusError as e:
                 raise type(e)(f"rightsize history, family {f.name!r} ({f.what}): {e}") from e
 
     answers = dict(await asyncio.gather(*(run(f) for f in fams)))
-    index = {t: i for i, t in enumerate(times)}
-    wl_label, model_l, team_l = labels.wl, ksm_label(labels.model), ksm_label(labels.team)
+    return _assemble(answers, fams, labels, times, start_ts, step, start_dt, end_dt,
+                     round(time.monotonic() - t0, 3))
+
+
+def _assemble(answers: dict[str, QueryData], fams: list[Family], labels: WorkloadLabels, times: list[float],
+              start_ts: float, step: float, start_dt: dt.datetime, end_dt: dt.datetime,
+              query_seconds: float) -> FleetHistory:
+    """Roll the per-pod answers up into one aligned row per workload."""
+    n = len(times)
+    model_l, team_l = ksm_label(labels.model), ksm_label(labels.team)
+    owner: dict[tuple[str, str], tuple[str, str]] = {}
     rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for s in answers["pods"].series:
+        ns, pod, wl = s.labels.get("namespace", ""), s.labels.get("pod", ""), s.labels.get(labels.wl, "")
+        if ns and pod and wl:
+            owner[(ns, pod)] = (ns, wl)
+            rows.setdefault((ns, wl), {"namespace": ns, "name": wl, "model": s.labels.get(model_l, ""),
+                                       "team": s.labels.get(team_l, ""), "gpus_by_instance": {},
+                                       "cpus_by_instance": {}})
 
-    def row(ns: str, name: str) -> dict[str, Any]:
-        r = rows.get((ns, name))
-        if r is None:
-            r = rows[(ns, name)] = {"namespace": ns, "name": name, "gpus_by_instance": {}, "cpus_by_instance": {},
-                                    **{f: [NAN] * n for f in _SERIES_FIELDS.values()}}
-        return r
-
-    def align(samples: list[tuple[float, float]]) -> list[float]:
-        out = [NAN] * n
-        for t, v in samples:
-            i = index.get(t)
-            if i is None:  # tolerate float drift in timestamps
-                i = round((t - start_ts) / step)
-                if not 0 <= i < n:
-                    continue
-            out[i] = v
+    def align(samples: list[tuple[float, float]]) -> np.ndarray:
+        out = np.full(n, np.nan)
+        if samples:
+            arr = np.asarray(samples, dtype=float)
+            idx = np.rint((arr[:, 0] - start_ts) / step).astype(int)
+            ok = (idx >= 0) & (idx < n)
+            out[idx[ok]] = arr[ok, 1]
         return out
 
-    for fam, fld in _SERIES_FIELDS.items():
-        for s in answers[fam].series:
-            ns, name = s.labels.get("namespace", ""), s.labels.get(wl_label, "")
-            if ns and name:
-                row(ns, name)[fld] = align(s.samples)
+    unmapped = 0
+    for f in fams:
+        field = _SERIES_FIELDS.get(f.name)
+        if field is None:
+            continue
+        groups: dict[tuple[str, str], list[np.ndarray]] = {}
+        for s in answers[f.name].series:
+            key = owner.get((s.labels.get("namespace", ""), s.labels.get("pod", "")))
+            if key is None:
+                unmapped += 1
+                continue
+            groups.setdefault(key, []).append(align(s.samples))
+        for key, arrays in groups.items():
+            rows[key][field] = _rollup(f.rollup, np.vstack(arrays)).tolist()
+    node_type = {s.labels.get("node", ""): s.labels.get(INSTANCE_TYPE, "") or "unknown"
+                 for s in answers["node_types"].series}
+    alloc: dict[tuple[tuple[str, str], str, str], np.ndarray] = {}
     for s in answers["allocation"].series:
-        ns, name = s.labels.get("namespace", ""), s.labels.get(wl_label, "")
-        it = s.labels.get("label_node_kubernetes_io_instance_type", "") or "unknown"
-        if not (ns and name):
+        key = owner.get((s.labels.get("namespace", ""), s.labels.get("pod", "")))
+        if key is None:
             continue
-        r = row(ns, name)
-        r["model"] = r.get("model") or s.labels.get(model_l, "")
-        r["team"] = r.get("team") or s.labels.get(team_l, "")
-        target = r["gpus_by_instance"] if s.labels.get("resource") == "nvidia_com_gpu" else r["cpus_by_instance"]
-        target[it] = _add(target.get(it), align(s.samples))
+        it = node_type.get(s.labels.get("node", ""), "unknown")
+        k = (key, it, s.labels.get("resource", ""))
+        v = np.nan_to_num(align(s.samples))
+        alloc[k] = alloc[k] + v if k in alloc else v
+    for (key, it, resource), v in alloc.items():
+        target = "gpus_by_instance" if resource == "nvidia_com_gpu" else "cpus_by_instance"
+        rows[key][target][it] = v.tolist()
     for s in answers["requests"].series:
-        ns, name = s.labels.get("namespace", ""), s.labels.get(wl_label, "")
-        if not (ns and name):
-            continue
-        r = row(ns, name)
-        r["model"] = s.labels.get(model_l) or r.get("model", "")
-        r["team"] = s.labels.get(team_l) or r.get("team", "")
-        v = s.samples[-1][1]
-        key = {"cpu": "cpu_request", "memory": "memory_request_bytes",
-               "nvidia_com_gpu": "gpus_per_replica"}.get(s.labels.get("resource", ""))
-        if key:
-            r[key] = v
+        key = owner.get((s.labels.get("namespace", ""), s.labels.get("pod", "")))
+        field = {"cpu": "cpu_request", "memory": "memory_request_bytes",
+                 "nvidia_com_gpu": "gpus_per_replica"}.get(s.labels.get("resource", ""))
+        if key is not None and field:
+            r = rows[key]
+            r[field] = max(r.get(field) or 0.0, s.samples[-1][1])
     spec = {(s.labels.get("namespace", ""), s.labels.get("deployment", "")): int(s.samples[-1][1])
             for s in answers["spec_replicas"].series}
-    for (ns, name), r in rows.items():
-        if (ns, name) in spec:
-            r["spec_replicas"] = spec[(ns, name)]
     for s in answers["oom_kills"].series:
-        ns, name = s.labels.get("namespace", ""), s.labels.get(wl_label, "")
-        if (ns, name) in rows:
-            rows[(ns, name)]["oom_kills"] = int(s.samples[-1][1])
-    nodes = {s.labels.get("label_node_kubernetes_io_instance_type", "unknown"): align(s.samples)
-             for s in answers["nodes"].series}
+        key = owner.get((s.labels.get("namespace", ""), s.labels.get("pod", "")))
+        if key is not None:
+            rows[key]["oom_kills"] = rows[key].get("oom_kills", 0) + int(s.samples[-1][1])
+    empty = [math.nan] * n
+    workloads = []
+    for key, r in sorted(rows.items()):
+        for field in _SERIES_FIELDS.values():
+            r.setdefault(field, empty)
+        if key in spec:
+            r["spec_replicas"] = spec[key]
+        workloads.append(WorkloadHistory.model_validate(r))
+    nodes = {s.labels.get(INSTANCE_TYPE, "unknown"): align(s.samples).tolist() for s in answers["nodes"].series}
     notes = []
     if not any(s.series for s in (answers["cpu_usage"], answers["memory_usage"])):
         notes.append("no container CPU/memory usage series (cAdvisor): CPU and memory requests are not sized")
-    return FleetHistory(start=start_dt, end=end_dt, step_s=step, times=times,
-                        workloads=[WorkloadHistory.model_validate(r) for _, r in sorted(rows.items())],
-                        nodes_by_instance=nodes, queries=len(fams), query_seconds=round(time.monotonic() - t0, 3),
-                        notes=notes)
+    if unmapped:
+        notes.append(f"{unmapped} pod series had no workload label in kube_pod_labels and were left out")
+    return FleetHistory(start=start_dt, end=end_dt, step_s=step, times=times, workloads=workloads,
+                        nodes_by_instance=nodes, queries=len(fams), query_seconds=query_seconds, notes=notes)
 
 
-def _add(a: list[float] | None, b: list[float]) -> list[float]:
-    if a is None:
-        return b
-    return [(0.0 if math.isnan(x) else x) + (0.0 if math.isnan(y) else y) if not (math.isnan(x) and math.isnan(y))
-            else NAN for x, y in zip(a, b, strict=True)]
+def _rollup(how: str, stack: np.ndarray) -> np.ndarray:
+    """Combine a workload's pods step by step; a step where no pod had data stays NaN."""
+    finite = np.isfinite(stack)
+    any_data = finite.any(axis=0)
+    if how == "count":
+        return np.where(any_data, finite.sum(axis=0).astype(float), np.nan)
+    filled = np.where(finite, stack, 0.0)
+    if how == "sum":
+        out = filled.sum(axis=0)
+    elif how == "avg":
+        out = filled.sum(axis=0) / np.maximum(finite.sum(axis=0), 1)
+    else:
+        out = np.where(finite, stack, -np.inf).max(axis=0)
+    return np.where(any_data, out, np.nan)
 
 
 TOOLS: list[ToolSpec[Any, Any]] = [
