@@ -39,6 +39,7 @@ from agent.policy.evaluate import load_policy
 from agent.policy.model import Policy
 from agent.reasoners.llm import LlmReasoner
 from agent.reasoners.rules import RulesReasoner
+from agent.rightsize.changes import predicted_cost_delta
 from agent.runbooks import Runbook, load_dir
 from agent.runner import ToolRunner
 from agent.state import Reasoner, TriageContext
@@ -52,6 +53,7 @@ from tools.k8s_read.settings import K8sReadSettings
 from tools.k8s_write.client import K8sWriteClient, K8sWriteSettings
 from tools.prometheus.client import PrometheusClient
 from tools.registry import default_tools
+from tools.rightsize.catalog import PriceCatalog
 from tools.serving_knowledge.knowledge import ServingKnowledge
 
 log = logging.getLogger(__name__)
@@ -129,8 +131,13 @@ class App:
             if kc is None:
                 raise ValueError("kubernetes.executor_kubeconfig is not set: changes cannot be executed")
             write = K8sWriteClient(K8sWriteSettings(kubeconfig=kc))
+            catalog = PriceCatalog.load(self.settings.rightsize.price_catalog)
+
+            def cost(spec: ChangeSpec, obj: dict[str, Any] | None) -> float | None:
+                return predicted_cost_delta(spec, obj, catalog)
+
             self._executor = Executor(self.ledger, self.policy, write, self.audit,
-                                      cluster=self.settings.kubernetes.cluster,
+                                      cluster=self.settings.kubernetes.cluster, cost_delta=cost,
                                       claim_ttl_s=self.settings.execution.claim_ttl_s,
                                       conflict_retries=self.settings.execution.conflict_retries)
         return self._executor

@@ -17,6 +17,8 @@ import typer
 from agent.commands.audit import audit_app
 from agent.commands.changes import changes_app
 from agent.commands.eval import eval_command
+from agent.commands.rightsize import report_app
+from agent.commands.rightsize import rightsize as rightsize_command
 from agent.commands.serve import serve as serve_command
 from agent.commands.triage import triage as triage_command
 from deploy.sandbox import faults as sandbox_faults
@@ -44,6 +46,8 @@ app.command("serve")(serve_command)
 app.add_typer(changes_app, name="changes")
 app.add_typer(audit_app, name="audit")
 app.command("eval")(eval_command)
+app.command("rightsize")(rightsize_command)
+app.add_typer(report_app, name="report")
 
 DEFAULT_SANDBOX_DIR = Path.home() / ".local" / "state" / "opsagent" / "sandbox"
 

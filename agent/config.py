@@ -107,6 +107,52 @@ class SlackConfig(_Group):
                                     description="Retries of a rate-limited (429) call, each after Retry-After.")
 
 
+class SloConfig(_Group):
+    """What "holding the SLO" means for a model when sizing it (the saturation defaults of the Gateway API
+    Inference Extension for queue and KV cache)."""
+
+    ttft_p95_s: float = Field(default=1.0, gt=0, description="Time to first token p95, seconds.")
+    queue_max: float = Field(default=5, ge=0, description="Requests waiting in any replica's queue.")
+    kv_cache_max: float = Field(default=0.8, gt=0, le=1, description="KV-cache usage of any replica (0..1).")
+
+
+class RightsizeConfig(_Group):
+    """Right-sizing recommendations and cost reports."""
+
+    price_catalog: Path = Field(default=Path(__file__).resolve().parents[1] / "deploy" / "sandbox" /
+                                "price-catalog.yaml", description="Node-hour prices and GPU products (YAML).")
+    window: str = Field(default="14d", pattern=r"^[0-9]+[hdw]$", description="History to size from.")
+    demand_percentile: float = Field(default=0.95, gt=0, le=1,
+                                     description="Percentile of peak demand the replicas are sized for.")
+    target_utilization: float = Field(default=0.85, gt=0, le=1,
+                                      description="Share of the observed capacity at SLO to plan on (headroom).")
+    min_replicas: int = Field(default=1, ge=0)
+    busy_max: float = Field(default=0.85, gt=0, le=1,
+                            description="GPU engine activity treated as full when extrapolating capacity.")
+    slo_default: SloConfig = Field(default_factory=SloConfig)
+    slo: dict[str, SloConfig] = Field(default_factory=dict, description="Per model name.")
+    model_memory_gib: dict[str, float] = Field(default_factory=dict,
+                                               description="GPU memory one replica of a model needs, by model name.")
+    consider_gpu_types: bool = Field(default=True, description="Recommend other GPU types, counts and MIG.")
+    min_shape_saving: float = Field(default=0.1, ge=0, lt=1,
+                                    description="A different GPU shape must save this share to be recommended.")
+    min_points: int = Field(default=100, ge=1, description="Fewer raw samples: no recommendation (KRR's rule).")
+    min_hours: float = Field(default=3.0, gt=0, description="Less history: no recommendation.")
+    window_min_hours: int = Field(default=4, ge=1, le=24, description="Shortest scale-down window worth a schedule.")
+    window_min_days: int = Field(default=2, ge=1, description="Days of each kind a window must be seen on.")
+    scale_to_zero: bool = Field(default=True, description="Allow windows with zero replicas.")
+    idle_rps: float = Field(default=0.01, ge=0, description="Peak demand below this is no traffic.")
+    resource_headroom: float = Field(default=1.15, ge=1, description="VPA's safety margin on CPU and memory.")
+    query_timeout_s: float = Field(default=120, gt=0, le=300, description="Per-query timeout for history.")
+    workload_label: str = "app.kubernetes.io/name"
+    model_label: str = "model"
+    team_label: str = "team"
+    schedule: str | None = Field(default=None, description="Cron expression (UTC) for the Slack cost report, "
+                                 "e.g. '0 9 * * MON'. None: no scheduled report.")
+    schedule_channel: str | None = Field(default=None, description="Slack channel (default: slack.channel).")
+    top: int = Field(default=5, ge=1, le=50, description="Savings listed in the Slack report.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPSAGENT_", env_nested_delimiter="__", extra="forbid")
 
@@ -124,6 +170,7 @@ class Settings(BaseSettings):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)
+    rightsize: RightsizeConfig = Field(default_factory=RightsizeConfig)
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 

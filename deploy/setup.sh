@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything opsagent's demo and tests need on a fresh Debian machine, idempotently:
-# Debian packages (Prometheus, Alertmanager, Postgres), uv, the Python environment, the LLM tests' protocol
+# Debian packages (Prometheus, Alertmanager, Postgres, Chromium for the report screenshot test), uv, the
+# Python environment, the LLM tests' protocol
 # stand-in (npm), and the sandbox's control plane built from the upstream Go modules into
 # ~/.cache/opsagent (outside the repo).
 set -euo pipefail
@@ -13,6 +14,8 @@ command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
 # Postgres: the production store; tests start a throwaway cluster from these binaries.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+# Headless Chromium: the HTML cost report's screenshot test opens the report in it.
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

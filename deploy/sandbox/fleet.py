@@ -50,6 +50,8 @@ class InstanceType(_Strict):
 class PriceCatalog(_Strict):
     currency: str = "USD"
     instance_types: dict[str, InstanceType]
+    # Read by the agent's right-sizing engine (tools.rightsize.catalog), not by the sandbox.
+    gpu_products: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path = DEFAULT_PRICES) -> PriceCatalog:

@@ -94,7 +94,7 @@ def test_every_refusal_is_refused_and_audited(executor: Executor, audit: MemoryA
     # The target changes after approval: the approval no longer covers it.
     client.AppsV1Api(admin).patch_namespaced_deployment(
         "summarizer", "research", {"spec": {"template": {"metadata": {"annotations": {"touched": "yes"}}}}})
-    with pytest.raises(ExecutionRefused, match="target changed"):
+    with pytest.raises(ExecutionRefused, match="spec changed since"):
         asyncio.run(executor.execute(ch.id))
 
     outside = asyncio.run(executor.propose(spec(ActionKind.SCALE, deployment("inference-gateway", "platform"),

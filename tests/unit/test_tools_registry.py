@@ -14,7 +14,7 @@ from tools.base import Risk, ToolInput, ToolResult
 from tools.registry import clients_needed, default_tools, get_tool
 
 RUNBOOKS = Path(__file__).resolve().parents[2] / "runbooks"
-PREFIXES = ("prometheus_", "cloudwatch_", "k8s_", "serving_")
+PREFIXES = ("prometheus_", "cloudwatch_", "k8s_", "serving_", "rightsize_")
 # Values a runbook placeholder could take, for checking parameters against the input models.
 SAMPLE_CONTEXT = {"namespace": "llm-prod", "deployment": "chat-lite", "model_name": "llama-3.1-8b-instruct",
                   "node": "ip-10-0-130-10.ec2.internal", "hpa": "chat-lite", "cluster": "prod"}

@@ -127,6 +127,8 @@ class PrometheusClient:
         client = self._clients.get(loop)
         if client is None:
             headers = {k: v.get_secret_value() for k, v in self.settings.headers.items()}
+            if not self.settings.gzip:
+                headers.setdefault("Accept-Encoding", "identity")
             client = httpx.AsyncClient(base_url=self.settings.url.rstrip("/"),
                                        timeout=httpx.Timeout(self.settings.timeout_s), headers=headers,
                                        verify=self.settings.verify_tls, transport=self._transport)

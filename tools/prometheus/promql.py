@@ -178,6 +178,18 @@ def over_time(func: Literal["avg", "min", "max", "sum", "count", "last", "stddev
     return Expr(f"{func}_over_time({_range(sel, window)})")
 
 
+def subquery_over_time(func: Literal["avg", "min", "max"], expr: Expr, window: str, resolution: str) -> Expr:
+    """`func_over_time((expr)[window:resolution])`: e.g. the peak of a 5-minute rate within each step."""
+    return Expr(f"{func}_over_time(({expr.text})[{check_duration(window)}:{check_duration(resolution)}])")
+
+
+def either(*exprs: Expr) -> Expr:
+    """`(a) or (b) ...`: the first expression's series, plus the others' where the first has none."""
+    if not exprs:
+        raise PromQLError("either() needs at least one expression")
+    return Expr(" or ".join(f"({e.text})" for e in exprs))
+
+
 def aggregate(op: Aggregation, expr: Expr, *, by: Iterable[str] = (), without: Iterable[str] = ()) -> Expr:
     by_l = [check_label_name(x) for x in by]
     without_l = [check_label_name(x) for x in without]
@@ -215,8 +227,12 @@ def number(x: float) -> Expr:
 
 
 def binary(left: Expr, op: BinaryOp, right: Expr, *, on: Iterable[str] | None = None,
-           ignoring: Iterable[str] | None = None, bool_: bool = False) -> Expr:
-    """`(left) op (right)`, operands parenthesized so precedence can never surprise."""
+           ignoring: Iterable[str] | None = None, bool_: bool = False,
+           group_left: Iterable[str] | None = None) -> Expr:
+    """`(left) op (right)`, operands parenthesized so precedence can never surprise.
+
+    `group_left` (many-to-one matching) copies the named labels of the right side onto the result.
+    """
     modifier = ""
     if bool_:
         if op not in _COMPARISONS:
@@ -228,6 +244,10 @@ def binary(left: Expr, op: BinaryOp, right: Expr, *, on: Iterable[str] | None = 
         modifier += f" on ({', '.join(check_label_name(x) for x in on)})"
     if ignoring is not None:
         modifier += f" ignoring ({', '.join(check_label_name(x) for x in ignoring)})"
+    if group_left is not None:
+        if on is None and ignoring is None:
+            raise PromQLError("group_left needs `on` or `ignoring`")
+        modifier += f" group_left ({', '.join(check_label_name(x) for x in group_left)})"
     return Expr(f"({left.text}) {op}{modifier} ({right.text})")
 
 

@@ -23,3 +23,5 @@ class PrometheusSettings(BaseModel):
     headers: dict[str, SecretStr] = Field(default_factory=dict,
                                           description="Extra request headers (e.g. Authorization); kept secret.")
     verify_tls: bool = True
+    gzip: bool = Field(default=True, description="Ask for gzip-compressed answers. Turn off for a Prometheus on "
+                       "the same host: large range answers (tens of MB) then cost neither side the compression.")

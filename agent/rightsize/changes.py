@@ -1,0 +1,139 @@
+"""From a recommendation to change requests, and the monthly cost a change would add or save.
+
+`change_specs` turns a recommendation into typed `ChangeSpec`s the guarded executor understands
+(`scale`, `set_gpu_resources`); the executor's `propose` then does the dry run, policy and approvals.
+A different GPU type or a MIG profile means moving to another node pool, which no executor action
+does: such a recommendation yields the replica change on the current GPU type, and says why.
+
+`predicted_cost_delta` is what the executor records as `ChangeRequest.cost_delta_per_month`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.changes import ChangeSpec
+from agent.models import ActionKind, ObjectRef
+from agent.rightsize.engine import Recommendation
+from tools.rightsize.catalog import HOURS_PER_MONTH, PriceCatalog
+
+GPU = "nvidia.com/gpu"
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+
+@dataclass(frozen=True)
+class PlannedChanges:
+    specs: list[ChangeSpec]
+    note: str  # what the specs do not cover, if anything
+
+
+def change_specs(rec: Recommendation, cluster: str, *, container: str | None = None) -> PlannedChanges:
+    """The change requests that carry out `rec` (possibly none, with the reason in `note`).
+
+    `container` names the container whose GPU request changes; without it a GPU-count change is left
+    out (and said so). The instance type is recorded in the params as the price the change was
+    sized at; the executor's tools ignore it.
+    """
+    if not rec.actionable or rec.current is None or rec.recommended is None:
+        return PlannedChanges([], f"{rec.namespace}/{rec.name}: nothing to change ({rec.reason})")
+    cur, new = rec.current, rec.recommended
+    target = ObjectRef(kind="Deployment", name=rec.name, namespace=rec.namespace)
+    hint = {"instance_type": cur.instance_type, "recommendation": rec.id} if cur.instance_type else {
+        "recommendation": rec.id}
+    specs: list[ChangeSpec] = []
+    note = ""
+    replicas, gpus = new.replicas, new.gpus
+    if new.gpu_product != cur.gpu_product or new.mig_profile:
+        same_type = rec.evidence.get("replicas_on_current_gpu")
+        note = (f"moving to {new.describe()} needs a node-pool change (not an executor action); "
+                f"proposing the replica change on the current {cur.gpu_product} instead")
+        replicas, gpus = int(same_type) if isinstance(same_type, int | float) else cur.replicas, cur.gpus
+    if gpus != cur.gpus:
+        if container is None:
+            note = (note + "; " if note else "") + f"GPU count {cur.gpus} → {gpus} needs the container name"
+        else:
+            specs.append(ChangeSpec(action=ActionKind.SET_GPU_RESOURCES, cluster=cluster, target=target,
+                                    params={"container": container, "gpus": gpus, **hint,
+                                            "change_cause": f"opsagent rightsize {rec.id}"}))
+    if replicas != cur.replicas:
+        specs.append(ChangeSpec(action=ActionKind.SCALE, cluster=cluster, target=target,
+                                params={"replicas": replicas, **hint}))
+    if not specs and not note:
+        note = "the recommendation changes nothing an executor action can set"
+    return PlannedChanges(specs, note)
+
+
+def reason_for(rec: Recommendation, spec: ChangeSpec) -> str:
+    return (f"right-sizing {rec.id}: {rec.reason}; saves ${rec.monthly_savings:,.0f}/month; SLO risk "
+            f"{rec.slo_risk.value} ({rec.slo_risk_reason}); confidence {rec.confidence.value}")
+
+
+def button_value(rec: Recommendation, spec: ChangeSpec) -> str:
+    """What a Slack "Create change request" button carries (Slack allows 2,000 characters)."""
+    value = json.dumps({"recommendation": rec.id, "spec": spec.model_dump(mode="json"),
+                        "savings_per_month": rec.monthly_savings}, separators=(",", ":"), sort_keys=True)
+    if len(value) > 2000:
+        raise ValueError(f"button value for {rec.id} is {len(value)} characters; Slack allows 2,000")
+    return value
+
+
+def spec_from_button(value: str) -> tuple[str, ChangeSpec]:
+    """Read a button value back: (recommendation id, spec). Raises ValueError on anything malformed."""
+    try:
+        doc = json.loads(value)
+        return str(doc["recommendation"]), ChangeSpec.model_validate(doc["spec"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"not a right-sizing button value: {e}") from e
+
+
+def _template_gpus(obj: Mapping[str, Any]) -> int:
+    containers = obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
+    total = 0
+    for c in containers:
+        res = c.get("resources") or {}
+        v = (res.get("limits") or {}).get(GPU) or (res.get("requests") or {}).get(GPU) or 0
+        total += int(v)
+    return total
+
+
+def _price_per_gpu_hour(spec: ChangeSpec, obj: Mapping[str, Any], catalog: PriceCatalog) -> float | None:
+    selector = obj.get("spec", {}).get("template", {}).get("spec", {}).get("nodeSelector") or {}
+    it_name = selector.get(INSTANCE_TYPE_LABEL) or spec.params.get("instance_type")
+    if it_name and it_name in catalog.instance_types:
+        it = catalog.instance_types[it_name]
+        return it.price_per_gpu_hour if it.gpus else None
+    product = selector.get(GPU_PRODUCT_LABEL)
+    return catalog.gpu_price(product) if product else None
+
+
+def predicted_cost_delta(spec: ChangeSpec, live_object: Mapping[str, Any] | None,
+                         catalog: PriceCatalog) -> float | None:
+    """USD per month the change adds (positive) or saves (negative); None when it cannot be priced.
+
+    Priced from the Deployment as it is (replicas, GPUs per replica) and the change's new figures, at
+    the per-GPU price of the node's instance type: the pod template's `node.kubernetes.io/instance-type`
+    or `nvidia.com/gpu.product` node selector, else the `instance_type` the change was sized at.
+    Actions that do not change the allocation (rollback, deploy, cordon...) return None.
+    """
+    if live_object is None or spec.target.kind != "Deployment":
+        return None
+    if spec.action not in (ActionKind.SCALE, ActionKind.SET_GPU_RESOURCES):
+        return None
+    price = _price_per_gpu_hour(spec, live_object, catalog)
+    if price is None:
+        return None
+    replicas = int(live_object.get("spec", {}).get("replicas") or 0)
+    gpus = _template_gpus(live_object)
+    new_replicas, new_gpus = replicas, gpus
+    try:
+        if spec.action == ActionKind.SCALE:
+            new_replicas = int(spec.params["replicas"])
+        elif "gpus" in spec.params and spec.params["gpus"] is not None:
+            new_gpus = int(spec.params["gpus"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return round((new_replicas * new_gpus - replicas * gpus) * price * HOURS_PER_MONTH, 2)

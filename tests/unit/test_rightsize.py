@@ -1,0 +1,165 @@
+"""Right-sizing engine, cost model and change specs on histories from the simulator's own model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from agent.config import RightsizeConfig
+from agent.models import ActionKind
+from agent.rightsize.changes import button_value, change_specs, predicted_cost_delta, spec_from_button
+from agent.rightsize.cost import cost_report
+from agent.rightsize.engine import Confidence, SloRisk, quantile, recommend
+from deploy.sandbox.fleet import Fleet
+from tests.rightsize_synth import fleet_history, workload_history
+from tools.rightsize.catalog import HOURS_PER_MONTH, PriceCatalog
+from tools.rightsize.queries import WorkloadLabels, families
+
+START = 1_780_012_800.0  # a UTC midnight
+CFG = RightsizeConfig()
+CATALOG = PriceCatalog.load(CFG.price_catalog)
+FLEET = Fleet.load()
+
+
+def _rec(name: str, cfg: RightsizeConfig = CFG, **kw: object):  # type: ignore[no-untyped-def]
+    times, h = workload_history(FLEET, FLEET.workload(name), start=START, days=kw.pop("days", 14), **kw)  # type: ignore[arg-type]
+    return h, recommend(h, times=times, step_s=1800.0, catalog=CATALOG, cfg=cfg)
+
+
+def test_overprovisioned_workload_gets_fewer_replicas_and_savings_match_the_catalog() -> None:
+    cfg = CFG.model_copy(update={"consider_gpu_types": False})
+    _, rec = _rec("completion", cfg, replicas=lambda t: 6, traffic=0.05)
+    assert rec.current is not None and rec.recommended is not None
+    assert rec.current.replicas == 6 and rec.recommended.replicas == 1
+    per_gpu = CATALOG.instance_types["p4d.24xlarge"].price_per_hour / 8
+    shape_saving = (6 - 1) * 2 * per_gpu * HOURS_PER_MONTH
+    assert rec.monthly_cost_current == pytest.approx(6 * 2 * per_gpu * HOURS_PER_MONTH, abs=0.01)
+    windows = sum(w.monthly_savings for w in rec.scale_windows)
+    assert rec.monthly_savings == pytest.approx(shape_saving + windows, abs=0.02)
+    # Six replicas at 5 % traffic never ran hot: the capacity comes from the KV-cache / busy trend.
+    assert rec.evidence["capacity_extrapolated_from"] and rec.slo_risk == SloRisk.MEDIUM
+    assert rec.confidence == Confidence.MEDIUM
+
+
+def test_workload_that_never_breached_is_not_scaled_up() -> None:
+    _, rec = _rec("summarizer", CFG.model_copy(update={"consider_gpu_types": False}))
+    assert rec.recommended is not None and rec.recommended.replicas == 1
+
+
+def test_saturated_workload_is_scaled_up_and_flagged() -> None:
+    # chat-lite at twice its traffic on its two L4s breaks its TTFT SLO at the daily peak.
+    _, rec = _rec("chat-lite", CFG.model_copy(update={"consider_gpu_types": False}), traffic=2.0)
+    assert rec.current is not None and rec.recommended is not None
+    assert rec.evidence["steps_breaching_slo"] > 0  # type: ignore[operator]
+    assert rec.recommended.replicas > rec.current.replicas
+    assert rec.monthly_savings < 0
+
+
+def test_insufficient_data_gives_no_recommendation_and_says_so() -> None:
+    _, rec = _rec("completion", days=2 / 24)
+    assert rec.confidence == Confidence.INSUFFICIENT
+    assert rec.recommended is None and "insufficient data" in rec.reason
+    assert not change_specs(rec, "c").specs
+
+
+def test_cheaper_gpu_type_is_recommended_with_extrapolation_risk() -> None:
+    _, rec = _rec("summarizer", traffic=0.3)  # a 7B model using a third of an A100: a MIG slice will do
+    assert rec.recommended is not None and rec.current is not None
+    assert rec.recommended.monthly_cost < rec.current.monthly_cost * 0.9
+    assert rec.recommended.mig_profile is not None
+    assert rec.slo_risk in (SloRisk.MEDIUM, SloRisk.HIGH)
+    planned = change_specs(rec, "sandbox")
+    assert "node-pool change" in planned.note
+
+
+def test_scale_to_zero_window_for_an_idle_night() -> None:
+    fleet = FLEET
+    w = fleet.workload("completion")
+    traffic = w.traffic.model_copy(update={"trough_ratio": 0.0})
+    w0 = w.model_copy(update={"traffic": traffic})
+    times, h = workload_history(fleet, w0, start=START, days=14)
+    # Zero the nights outright (a batch workload that only runs in office hours).
+    for i, t in enumerate(times):
+        if int(t % 86400 // 3600) < 6:
+            h.demand_peak_rps[i] = 0.0
+            h.demand_rps[i] = 0.0
+    rec = recommend(h, times=times, step_s=1800, catalog=CATALOG, cfg=CFG.model_copy(
+        update={"consider_gpu_types": False}))
+    zero = [x for x in rec.scale_windows if x.replicas == 0]
+    assert zero and zero[0].start_hour_utc == 0 and zero[0].end_hour_utc >= 6
+
+
+def test_cpu_and_memory_are_sized_the_vpa_way() -> None:
+    times, h = workload_history(FLEET, FLEET.workload("summarizer"), start=START, days=7)
+    h.cpu_usage_cores[:] = [1.0 + (i % 10) / 10 for i in range(len(times))]  # 1.0 .. 1.9 cores
+    h.memory_usage_bytes[:] = [8e9] * len(times)
+    h.memory_usage_bytes[5] = 10e9
+    h.oom_kills = 1
+    rec = recommend(h, times=times, step_s=1800, catalog=CATALOG, cfg=CFG)
+    assert rec.cpu is not None and rec.memory is not None
+    assert rec.cpu.target == pytest.approx(quantile(h.cpu_usage_cores, 0.9) * 1.15, rel=1e-3)
+    assert rec.cpu.lower < rec.cpu.target < rec.cpu.upper
+    assert rec.memory.target == pytest.approx(10e9 * 1.2, rel=1e-6)  # OOM bump beats peak × 1.15
+    assert "OOM" in rec.memory.note
+
+
+def test_cost_reconciles_to_node_pools_and_splits_idle() -> None:
+    fh = fleet_history(FLEET, start=START, days=3)
+    rep = cost_report(fh, CATALOG)
+    hours = 3 * 24
+    expected_nodes = sum(p.nodes * CATALOG.instance_types[p.instance_type].price_per_hour * hours for p in FLEET.pools)
+    assert rep.node_cost == pytest.approx(expected_nodes, rel=1e-6)
+    assert rep.workload_cost + rep.unallocated_cost == pytest.approx(rep.node_cost, abs=0.05)
+    assert abs(rep.reconciliation_error) < 0.05
+    cp = next(w for w in rep.workloads if w.name == "chat-primary")
+    assert cp.gpu_hours == pytest.approx(3 * 4 * hours)
+    assert cp.cost == pytest.approx(12 * 55.04 / 8 * hours, rel=1e-6)
+    assert 0 < cp.idle_cost < cp.cost
+    assert cp.cost_per_million_tokens and cp.cost_per_million_tokens > 0
+    assert {r.key for r in rep.by_team} == {w.team for w in FLEET.workloads}
+    assert sum(sum(v) for v in rep.daily_by_model.values()) == pytest.approx(rep.workload_cost, abs=0.5)
+
+
+def test_reconciliation_error_shows_allocations_without_nodes() -> None:
+    fh = fleet_history(FLEET, start=START, days=1)
+    fh.nodes_by_instance["p5.48xlarge"] = [1.0] * len(fh.times)  # 8 GPUs, but chat-primary holds 12
+    rep = cost_report(fh, CATALOG)
+    assert rep.reconciliation_error == pytest.approx(0.0, abs=0.05)
+    assert rep.unallocated_cost < 0  # over-allocation shows as negative unallocated, not silently dropped
+
+
+def test_change_specs_and_predicted_cost_delta() -> None:
+    _, rec = _rec("completion", CFG.model_copy(update={"consider_gpu_types": False}), replicas=lambda t: 6,
+                  traffic=0.05)
+    planned = change_specs(rec, "sandbox-gpu-1")
+    assert [s.action for s in planned.specs] == [ActionKind.SCALE]
+    spec = planned.specs[0]
+    assert spec.params["replicas"] == 1 and spec.target.name == "completion"
+    live = {"kind": "Deployment", "spec": {"replicas": 6, "template": {"spec": {
+        "nodeSelector": {"opsagent.dev/node-pool": "a100"},
+        "containers": [{"name": "server", "resources": {"limits": {"nvidia.com/gpu": "2"}}}]}}}}
+    delta = predicted_cost_delta(spec, live, CATALOG)
+    assert delta == pytest.approx(-(6 - 1) * 2 * 21.96 / 8 * HOURS_PER_MONTH, abs=0.01)
+    assert delta == pytest.approx(-(rec.monthly_cost_current - rec.monthly_cost_recommended), abs=0.02)
+    rid, back = spec_from_button(button_value(rec, spec))
+    assert rid == rec.id and back == spec
+    with pytest.raises(ValueError, match="not a right-sizing button"):
+        spec_from_button('{"spec": 1}')
+    assert predicted_cost_delta(spec.model_copy(update={"action": ActionKind.ROLLBACK}), live, CATALOG) is None
+    unknown = {"spec": {"replicas": 6, "template": {"spec": {"containers": []}}}}
+    assert predicted_cost_delta(spec.model_copy(update={"params": {"replicas": 1}}), unknown, CATALOG) is None
+
+
+def test_query_count_does_not_depend_on_the_fleet() -> None:
+    fams = families(WorkloadLabels(), step="30m", rate_window="5m", window="14d")
+    assert len(fams) <= 20
+    assert all("by (namespace, pod" in f.expr.text or f.name in ("nodes", "node_types", "spec_replicas")
+               for f in fams)
+    scoped = families(WorkloadLabels(), step="30m", rate_window="5m", window="14d", namespaces=('we"ird',))
+    assert 'namespace=~"we\\"ird"' in scoped[0].expr.text
+
+
+def test_quantile_ignores_missing() -> None:
+    assert quantile([math.nan, 1.0, 3.0], 0.5) == 2.0
+    assert math.isnan(quantile([math.nan], 0.5))

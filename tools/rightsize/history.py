@@ -1,0 +1,251 @@
+"""The `rightsize_fleet_history` read tool: weeks of per-workload history in a fixed number of queries.
+
+It runs the families of `tools.rightsize.queries` (each aggregated by workload at the source) over
+one time axis and returns, per workload, aligned series (NaN where there was no data). The
+engine that turns them into recommendations and costs is pure code in `agent.rightsize`; this module
+only reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from tools.base import Risk, ToolInput, ToolResult, ToolSpec, UtcDatetime
+from tools.prometheus.client import PrometheusClient, QueryData, choose_step
+from tools.prometheus.errors import PrometheusError
+from tools.rightsize.queries import INSTANCE_TYPE, Family, WorkloadLabels, families, ksm_label
+
+MAX_WINDOW_S = 30 * 86400
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 60}m" if s % 60 == 0 else f"{s}s"
+
+
+class HistoryInput(ToolInput):
+    window_s: float = Field(default=14 * 86400, ge=600, le=MAX_WINDOW_S,
+                            description="History to read, seconds before `end` (default 14 days).")
+    end: UtcDatetime | None = Field(default=None, description="End of the history (default now).")
+    step_s: float | None = Field(default=None, ge=60, le=86400,
+                                 description="Resolution; default: the window over at most max_points steps, "
+                                             "at least 5 minutes.")
+    namespaces: list[str] = Field(default_factory=list, max_length=200,
+                                  description="Only these namespaces (default: every namespace with workloads).")
+    workload_label: str = Field(default="app.kubernetes.io/name", max_length=200,
+                                description="Pod label naming the workload (its Deployment).")
+    model_label: str = Field(default="model", max_length=200, description="Pod label naming the served model.")
+    team_label: str = Field(default="team", max_length=200, description="Pod label naming the owning team.")
+    rate_window: str = Field(default="5m", pattern=r"^[0-9]+[smh]$",
+                             description="Window of the short rates whose peak is kept within each step.")
+    concurrency: int = Field(default=2, ge=1, le=16, description="Queries in flight at once (Prometheus evaluates "
+                             "each on one core; more in flight than it has cores only adds contention).")
+
+
+class WorkloadHistory(BaseModel):
+    """One workload's aligned series (one value per step of `FleetHistory.times`, NaN = no data)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str
+    name: str
+    model: str = ""
+    team: str = ""
+    demand_rps: list[float]
+    demand_peak_rps: list[float]
+    replicas: list[float]
+    latency_p95_s: list[float]
+    queue_max: list[float]
+    kv_cache_max: list[float]
+    gpu_busy: list[float]
+    gpu_memory_mib: list[float]
+    tokens: list[float]
+    points: list[float]
+    cpu_usage_cores: list[float]
+    memory_usage_bytes: list[float]
+    gpus_by_instance: dict[str, list[float]] = Field(default_factory=dict,
+                                                     description="GPUs requested per step, by node instance type.")
+    cpus_by_instance: dict[str, list[float]] = Field(default_factory=dict)
+    cpu_request: float | None = Field(default=None, description="Cores per replica now.")
+    memory_request_bytes: float | None = None
+    gpus_per_replica: float | None = None
+    spec_replicas: int | None = Field(default=None, description="Desired replicas of the Deployment now.")
+    oom_kills: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class FleetHistory(ToolResult):
+    start: dt.datetime
+    end: dt.datetime
+    step_s: float
+    times: list[float] = Field(description="Unix seconds of each step (the end of the interval it covers).")
+    workloads: list[WorkloadHistory]
+    nodes_by_instance: dict[str, list[float]] = Field(default_factory=dict)
+    queries: int = Field(description="Prometheus queries issued.")
+    query_seconds: float = 0.0
+    notes: list[str] = Field(default_factory=list)
+
+
+_SERIES_FIELDS = {"demand": "demand_rps", "demand_peak": "demand_peak_rps", "replicas": "replicas",
+                  "latency_p95": "latency_p95_s", "queue": "queue_max", "kv_cache": "kv_cache_max",
+                  "gpu_busy": "gpu_busy", "gpu_memory": "gpu_memory_mib", "tokens": "tokens", "points": "points",
+                  "cpu_usage": "cpu_usage_cores", "memory_usage": "memory_usage_bytes"}
+
+
+async def fleet_history(client: PrometheusClient, params: HistoryInput) -> FleetHistory:
+    end = params.end or dt.datetime.now(dt.UTC)
+    range_s = params.window_s
+    step = choose_step(range_s, requested_s=params.step_s, min_step_s=max(300.0, client.settings.scrape_interval_s),
+                       max_points=client.settings.max_points)
+    end_ts = math.floor(end.timestamp() / step) * step  # aligned, so repeated reports share steps
+    n = max(1, int(range_s // step))
+    start_ts = end_ts - (n - 1) * step
+    times = [start_ts + k * step for k in range(n)]
+    labels = WorkloadLabels(params.workload_label, params.model_label, params.team_label)
+    fams = families(labels, step=_duration(step), rate_window=params.rate_window, window=_duration(range_s),
+                    namespaces=tuple(params.namespaces))
+    start_dt = dt.datetime.fromtimestamp(start_ts, dt.UTC)
+    end_dt = dt.datetime.fromtimestamp(end_ts, dt.UTC)
+    sem = asyncio.Semaphore(params.concurrency)
+    t0 = time.monotonic()
+
+    async def run(f: Family) -> tuple[str, QueryData]:
+        async with sem:
+            try:
+                if f.kind == "range":
+                    out = await client.query_range(f.expr.text, start_dt, end_dt, step_s=step)
+                    return f.name, out.data
+                # The state now (not at the last step), over the whole window for the look-up families.
+                return f.name, await client.query(f.expr.text, at=end)
+            except PrometheusError as e:
+                raise type(e)(f"rightsize history, family {f.name!r} ({f.what}): {e}") from e
+
+    answers = dict(await asyncio.gather(*(run(f) for f in fams)))
+    return _assemble(answers, fams, labels, times, start_ts, step, start_dt, end_dt,
+                     round(time.monotonic() - t0, 3))
+
+
+def _assemble(answers: dict[str, QueryData], fams: list[Family], labels: WorkloadLabels, times: list[float],
+              start_ts: float, step: float, start_dt: dt.datetime, end_dt: dt.datetime,
+              query_seconds: float) -> FleetHistory:
+    """Roll the per-pod answers up into one aligned row per workload."""
+    n = len(times)
+    model_l, team_l = ksm_label(labels.model), ksm_label(labels.team)
+    owner: dict[tuple[str, str], tuple[str, str]] = {}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for s in answers["pods"].series:
+        ns, pod, wl = s.labels.get("namespace", ""), s.labels.get("pod", ""), s.labels.get(labels.wl, "")
+        if ns and pod and wl:
+            owner[(ns, pod)] = (ns, wl)
+            rows.setdefault((ns, wl), {"namespace": ns, "name": wl, "model": s.labels.get(model_l, ""),
+                                       "team": s.labels.get(team_l, ""), "gpus_by_instance": {},
+                                       "cpus_by_instance": {}})
+
+    def align(samples: list[tuple[float, float]]) -> np.ndarray:
+        out = np.full(n, np.nan)
+        if samples:
+            arr = np.asarray(samples, dtype=float)
+            idx = np.rint((arr[:, 0] - start_ts) / step).astype(int)
+            ok = (idx >= 0) & (idx < n)
+            out[idx[ok]] = arr[ok, 1]
+        return out
+
+    unmapped = 0
+    for f in fams:
+        field = _SERIES_FIELDS.get(f.name)
+        if field is None:
+            continue
+        groups: dict[tuple[str, str], list[np.ndarray]] = {}
+        for s in answers[f.name].series:
+            key = owner.get((s.labels.get("namespace", ""), s.labels.get("pod", "")))
+            if key is None:
+                unmapped += 1
+                continue
+            groups.setdefault(key, []).append(align(s.samples))
+        for key, arrays in groups.items():
+            rows[key][field] = _rollup(f.rollup, np.vstack(arrays)).tolist()
+    node_type = {s.labels.get("node", ""): s.labels.get(INSTANCE_TYPE, "") or "unknown"
+                 for s in answers["node_types"].series}
+    alloc: dict[tuple[tuple[str, str], str, str], np.ndarray] = {}
+    for s in answers["allocation"].series:
+        key = owner.get((s.labels.get("namespace", ""), s.labels.get("pod", "")))
+        if key is None:
+            continue
+        it = node_type.get(s.labels.get("node", ""), "unknown")
+        k = (key, it, s.labels.get("resource", ""))
+        v = np.nan_to_num(align(s.samples))
+        alloc[k] = alloc[k] + v if k in alloc else v
+    for (key, it, resource), v in alloc.items():
+        target = "gpus_by_instance" if resource == "nvidia_com_gpu" else "cpus_by_instance"
+        rows[key][target][it] = v.tolist()
+    for s in answers["requests"].series:
+        key = owner.get((s.labels.get("namespace", ""), s.labels.get("pod", "")))
+        field = {"cpu": "cpu_request", "memory": "memory_request_bytes",
+                 "nvidia_com_gpu": "gpus_per_replica"}.get(s.labels.get("resource", ""))
+        if key is not None and field:
+            r = rows[key]
+            r[field] = max(r.get(field) or 0.0, s.samples[-1][1])
+    spec = {(s.labels.get("namespace", ""), s.labels.get("deployment", "")): int(s.samples[-1][1])
+            for s in answers["spec_replicas"].series}
+    for s in answers["oom_kills"].series:
+        key = owner.get((s.labels.get("namespace", ""), s.labels.get("pod", "")))
+        if key is not None:
+            rows[key]["oom_kills"] = rows[key].get("oom_kills", 0) + int(s.samples[-1][1])
+    empty = [math.nan] * n
+    workloads = []
+    for key, r in sorted(rows.items()):
+        for field in _SERIES_FIELDS.values():
+            r.setdefault(field, empty)
+        if key in spec:
+            r["spec_replicas"] = spec[key]
+        workloads.append(WorkloadHistory.model_validate(r))
+    nodes = {s.labels.get(INSTANCE_TYPE, "unknown"): align(s.samples).tolist() for s in answers["nodes"].series}
+    notes = []
+    if not any(s.series for s in (answers["cpu_usage"], answers["memory_usage"])):
+        notes.append("no container CPU/memory usage series (cAdvisor): CPU and memory requests are not sized")
+    if unmapped:
+        notes.append(f"{unmapped} pod series had no workload label in kube_pod_labels and were left out")
+    return FleetHistory(start=start_dt, end=end_dt, step_s=step, times=times, workloads=workloads,
+                        nodes_by_instance=nodes, queries=len(fams), query_seconds=query_seconds, notes=notes)
+
+
+def _rollup(how: str, stack: np.ndarray) -> np.ndarray:
+    """Combine a workload's pods step by step; a step where no pod had data stays NaN."""
+    finite = np.isfinite(stack)
+    any_data = finite.any(axis=0)
+    if how == "count":
+        return np.where(any_data, finite.sum(axis=0).astype(float), np.nan)
+    filled = np.where(finite, stack, 0.0)
+    if how == "sum":
+        out = filled.sum(axis=0)
+    elif how == "avg":
+        out = filled.sum(axis=0) / np.maximum(finite.sum(axis=0), 1)
+    else:
+        out = np.where(finite, stack, -np.inf).max(axis=0)
+    return np.where(any_data, out, np.nan)
+
+
+TOOLS: list[ToolSpec[Any, Any]] = [
+    ToolSpec(
+        name="rightsize_fleet_history",
+        toolset="rightsize/history",
+        risk=Risk.READ,
+        description="Per-workload serving history for right-sizing and cost: demand, replicas, latency, queue, "
+                    "KV cache, GPU busy, GPU allocation by instance type, tokens, CPU/memory usage, aligned on one "
+                    "time axis. A fixed number of aggregated Prometheus queries whatever the fleet size.",
+        input=HistoryInput,
+        output=FleetHistory,
+        fn=fleet_history,
+        client="prometheus",
+    ),
+]
