@@ -195,7 +195,7 @@ def _drill(
     out(f"   approval → verified in {t_verified - t_approve:.0f}s")
     show("now")
 
-    out(f"\n8. Audit trail of {incident.id}")
+    out(f"\n7. Audit trail of {incident.id}")
     for e in app.audit.events(incident.id):
         out(
             f"   {e['seq']:>5} {e['at'][11:19]} {e['kind']:<15} {e['actor']:<24} {e['decision']:<16} {e['action'][:52]}"

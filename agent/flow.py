@@ -140,7 +140,7 @@ class ChangeFlow:
         waiting = bool(snap and _interrupted(snap))
         st = self._state(change_id, values, waiting, events)
         if not waiting:
-            await self._emit(FlowEvent(change_id, st.stage, st.detail or st.verification or st.stage), events)
+            await self._emit(FlowEvent(change_id, st.stage, st.verification or st.detail or st.stage), events)
         return st
 
     def _unfinished(self, change_id: str) -> bool:

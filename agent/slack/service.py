@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
 from starlette.applications import Starlette
 
 from agent.app import App
 from agent.models import Incident, TriageReport
 from agent.server import Metrics, Replica, create_app
 from agent.slack.app import SlackBot
+
+log = logging.getLogger("opsagent.serve")
+
+
+def _logged(incident: Incident, report: TriageReport) -> TriageReport:
+    top = report.top
+    log.warning("triaged %s: %s%s", incident.id, report.status,
+                f" — {top.title} ({top.confidence:.0%})" if top else "")
+    return report
 
 
 def build_server(app: App, *, metrics: Metrics | None = None,
@@ -21,10 +32,13 @@ def build_server(app: App, *, metrics: Metrics | None = None,
     if bot is None:
 
         async def triage_only(incident: Incident) -> TriageReport:
-            return await app.triage(incident)
+            return _logged(incident, await app.triage(incident))
 
         return create_app(app.store, triage_only, metrics, on_shutdown=[app.aclose_clients], replica=replica), None
     startup = [bot.start, *([bot.start_socket_mode] if app.settings.slack.socket_mode else [])]
     routes = [] if app.settings.slack.socket_mode else bot.routes()
-    return create_app(app.store, bot.triage, metrics, routes=routes, on_incident=bot.on_incident,
+    async def triage_with_bot(incident: Incident) -> TriageReport:
+        return _logged(incident, await bot.triage(incident))
+
+    return create_app(app.store, triage_with_bot, metrics, routes=routes, on_incident=bot.on_incident,
                       on_startup=startup, on_shutdown=[bot.stop, app.aclose_clients], replica=replica), bot

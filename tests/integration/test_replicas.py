@@ -184,10 +184,12 @@ def test_a_change_approved_from_two_replicas_at_once_executes_exactly_once(
              for who in ("alice", "bob")]
     outs = [p.communicate(timeout=120) for p in procs]
     text = [o.decode() + e.decode() for o, e in outs]
-    winners = [t for t in text if "executed: applied" in t and "already applied" not in t]
-    assert len(winners) == 1, text
-    loser = next(t for t in text if t not in winners)
-    assert "already applied" in loser or "takes no approvals" in loser, loser
+    # Each process either resumed the change's flow (one of them executed it; the other found it claimed
+    # or applied) or was told the change no longer takes approvals. Exactly-once is checked on the API
+    # and in the ledger and audit below.
+    decided = [t for t in text if f"approved {ch.id} as " in t]
+    refused = [t for t in text if "takes no approvals" in t]
+    assert decided and len(decided) + len(refused) == 2, text
     _wait(lambda: _rolled_out(apps, w.namespace, w.name), 120, "the rollback did not finish", every=1)
     assert _revision(apps, w.namespace, w.name) == start + 1, "exactly one new revision: applied once"
     with psycopg.connect(store_url) as pg:
