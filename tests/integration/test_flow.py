@@ -71,17 +71,27 @@ def _cli(sandbox: dict[str, Any], config: Path, state: Path, *args: str) -> Any:
 
 
 def _baseline(sandbox: dict[str, Any], namespace: str, model: str, seconds: float = 75) -> None:
-    """Verification compares with the minute before the change: wait until Prometheus has one."""
+    """Verification compares with the minute before the change: wait until Prometheus has one, and a
+    healthy one (an earlier test's fault may still show in the rate windows)."""
     prom = sandbox["endpoints"]["prometheus"]
-    q = signal_queries(namespace, model, 15)["ttft_p95"]
+    qs = signal_queries(namespace, model, 15)
+    floors = {"ttft_p95": 1.5, "error_share": 0.02}
 
-    def enough() -> bool:
+    def window(q: str) -> list[float]:
         end = time.time()
         r = httpx.get(f"{prom}/api/v1/query_range", params={"query": q, "start": end - seconds, "end": end,
                                                              "step": 2.5}, timeout=10).json()
-        return bool(r["data"]["result"]) and len(r["data"]["result"][0]["values"]) >= seconds / 2.5 - 2
+        res = r["data"]["result"]
+        return [float(v) for _, v in res[0]["values"]] if res else []
 
-    _wait(enough, 180)
+    def healthy() -> bool:
+        for name, floor in floors.items():
+            vals = window(qs[name])
+            if len(vals) < seconds / 2.5 - 2 or max(vals) >= floor:
+                return False
+        return True
+
+    _wait(healthy, 240)
 
 
 def _replicas(admin: client.ApiClient, ns: str, name: str) -> int:
