@@ -35,6 +35,10 @@ class ChangeOutcome(_Rec):
     executed: bool = False
     status: str = ""
     verification: str | None = None
+    verification_detail: str | None = None
+    stage: str | None = Field(default=None, description="Where the change flow ended: verified, rolled_back, ...")
+    rolled_back_by: str | None = Field(default=None, description="The automatic rollback's change id, if any.")
+    flow: list[str] = Field(default_factory=list, description="The change flow's events, in order.")
     error: str | None = None
 
 
