@@ -2,7 +2,9 @@
 
 The verifier reads with the read-only identity. Signals are the model's TTFT p95, error share and
 queue depth, sampled every `step_s` over the verification window after the rollout completed and
-over an equal baseline window before the change. `agent.verdict` judges each; missing data is
+over an equal baseline window before the change, and against the level it was applied at (the
+baseline's last rate window: a mitigation applied mid-incident is not blamed for the incident).
+`agent.verdict` judges each; missing data is
 inconclusive, never a pass. A stuck rollout (past its progress deadline) is a failure.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -122,7 +125,9 @@ async def verify(ch: ChangeRequest, applied_at: dt.datetime, prom: PrometheusCli
         except Exception as e:  # missing data is inconclusive, and says why
             verdicts.append(SignalVerdict(name, Outcome.INCONCLUSIVE, None, None, None, f"query failed: {e}"))
             continue
-        v = judge(name, before, after, floor=floors[name], min_points=6)
+        # The level the change was applied at: the last rate window of the baseline.
+        tail_n = max(3, math.ceil(s.rate_window_s / s.step_s))
+        v = judge(name, before, after, floor=floors[name], min_points=6, just_before=before[-tail_n:])
         if v.outcome == Outcome.PASS and v.after_median is not None and v.after_median > floors[name]:
             v = SignalVerdict(name, Outcome.INCONCLUSIVE, v.baseline_median, v.after_median, v.p_value,
                               f"not worse than before, but still above the SLO floor {floors[name]:g} "

@@ -275,6 +275,23 @@ class LiveRunner:
             time.sleep(5)
         self.opts.echo("   (the fleet did not settle to healthy before the deadline; continuing)")
 
+    def _quiet(self, s: Scenario) -> None:
+        """Wait until the scenario's own alerts no longer fire or pend for its namespace.
+
+        An alert still firing from the previous scenario keeps its old start and its Alertmanager group
+        sends no new notification, so the fault about to be injected would go undetected."""
+        if not s.detection.alerts:
+            return
+        ns = self.fleet.workload(s.workload).namespace
+        names = "|".join(s.detection.alerts)
+        q = f'count(ALERTS{{alertname=~"{names}", namespace="{ns}"}}) or vector(0)'
+        deadline = time.monotonic() + self.opts.settle_s
+        while time.monotonic() < deadline:
+            if not _prom_scalar(self.prom, q):
+                return
+            time.sleep(5)
+        self.opts.echo(f"   ({names} still active in {ns} before the injection; continuing)")
+
     def _inject(self, s: Scenario) -> tuple[str | None, threading.Event | None]:
         node: str | None = None
         stop: threading.Event | None = None
@@ -367,6 +384,7 @@ class LiveRunner:
         try:
             self.opts.echo(f"-- {s.id}: reset")
             self.reset()
+            self._quiet(s)
             t_inject = time.time()
             self.opts.echo(f"-- {s.id}: inject {[f.type for f in s.faults]} + {len(s.injections)} injection(s)")
             rec.fault_node, stop = self._inject(s)
