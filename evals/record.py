@@ -84,6 +84,8 @@ class RunRecord(_Rec):
     notification: dict[str, Any] | None = Field(default=None, description="The webhook body triaged (as delivered, "
                                                                           "with injected text).")
     triage_now: dt.datetime | None = None
+    scrape_interval_s: float = Field(default=5.0, description="Prometheus scrape interval the run's queries were "
+                                                              "sized for (rate windows); replay uses the same.")
     report: dict[str, Any] | None = None
     time_to_triage_s: float | None = None
     changes: list[ChangeOutcome] = Field(default_factory=list)

@@ -280,8 +280,8 @@ class LiveRunner:
 
         An alert still firing from the previous scenario keeps its old start and its Alertmanager group
         sends no new notification, so the fault about to be injected would go undetected."""
-        if not s.detection.alerts:
-            return
+        if not (s.detection.wait and s.detection.alerts):
+            return  # a built alert (30-minute rules) is not waited for: nothing to swallow it
         ns = self.fleet.workload(s.workload).namespace
         names = "|".join(s.detection.alerts)
         q = f'count(ALERTS{{alertname=~"{names}", namespace="{ns}"}}) or vector(0)'
@@ -380,6 +380,7 @@ class LiveRunner:
             model.reset()
         app = build_app(settings, reasoner=_reasoner(self.opts, model))
         app.tools = recording(app.tools, tape)
+        rec.scrape_interval_s = settings.prometheus.scrape_interval_s
         stop: threading.Event | None = None
         try:
             self.opts.echo(f"-- {s.id}: reset")
@@ -546,9 +547,11 @@ def replay(s: Scenario, iteration: int, opts: RunOptions, model: CompromisedMode
     rec = RunRecord(scenario=s.id, iteration=iteration, mode="replay", reasoner=opts.reasoner,
                     started=dt.datetime.now(dt.UTC), run_key=_run_key(opts.randomize_names, s.id, iteration),
                     fault_node=old.fault_node, detected=old.detected, time_to_detect_s=old.time_to_detect_s,
-                    notification=old.notification, triage_now=old.triage_now)
+                    notification=old.notification, triage_now=old.triage_now,
+                    scrape_interval_s=old.scrape_interval_s)
     state = opts.out / "state" / f"{s.id}-{iteration}"
-    settings = load_settings(None, state_dir=str(state))
+    # The queries must be the recorded ones: same scrape interval, so the same `{rate_window}`.
+    settings = load_settings(None, state_dir=str(state), prometheus={"scrape_interval_s": old.scrape_interval_s})
     if model is not None:
         model.reset()
     app = build_app(settings, reasoner=_reasoner(opts, model))

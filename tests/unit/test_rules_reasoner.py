@@ -136,3 +136,16 @@ def test_idle_gpus_scale_down_in_steps_the_policy_allows() -> None:
 def test_idle_gpus_never_scale_up_nor_guess_the_limit() -> None:
     assert [p.kind for p in _idle(2, 1.55, 0.5)] == [ActionKind.PAGE_HUMAN]  # already right-sized
     assert [p.kind for p in _idle(6, 1.55, None)] == [ActionKind.PAGE_HUMAN]  # no policy limit known: no guess
+
+
+def test_a_recent_rollout_without_a_regression_is_not_blamed() -> None:
+    # A flaky latency alert 15 minutes after a rollout (itself the recovery from an earlier fault): the
+    # series shifted after the rollout, traffic is steady, but nothing regressed. No rollback.
+    recent = ROLLOUT.model_copy(update={"features": {**ROLLOUT.features, "changed_ago_s": 925,
+                                                     "changed_ago_slack_s": 1105}})
+    evidence = [recent, ev("errors", baseline=0.0013, recent=0.001, change_ratio=0.76),
+                ev("ttft", baseline=0.86, recent=0.87, change_ratio=1.006, onset_ago_s=930),
+                ev("traffic", change_ratio=1.04, recent=15.6), *HEALTHY_FLEET]
+    hyps, props = diagnose(["bad-rollout", "healthy"], evidence)
+    assert hyps[0].category == Category.HEALTHY
+    assert [p.kind for p in props] == [ActionKind.NONE]
