@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,7 +36,7 @@ from agent.flow import ChangeFlow, FlowState, OnEvent
 from agent.graph import build_triage_graph
 from agent.ledger import Ledger
 from agent.models import ActionKind, Incident, TriageReport
-from agent.policy.evaluate import load_policy
+from agent.policy.evaluate import capacity_drop_limit, load_policy
 from agent.policy.model import Policy
 from agent.reasoners.llm import LlmReasoner
 from agent.reasoners.rules import RulesReasoner
@@ -146,7 +147,9 @@ class App:
         """Run the triage graph for an incident, store and return its report."""
         ctx = TriageContext(runner=self.triage_runner(), runbooks=self.runbooks, reasoner=self.reasoner,
                             actor=f"agent:{self.reasoner.name}", now=now,
-                            extra={"cluster": self.settings.kubernetes.cluster})
+                            extra={"cluster": self.settings.kubernetes.cluster},
+                            limits={"max_capacity_drop": capacity_drop_limit(self.policy, "scale")},
+                            rate_window_s=fast_rate_window_s(self.settings.prometheus.scrape_interval_s))
         async with self.checkpointer() as saver:
             graph = build_triage_graph(saver)
             thread = f"triage:{incident.id}:{incident.updated_at.isoformat()}"
@@ -192,6 +195,11 @@ class App:
         self.store.close()
         self.ledger.close()
         self.audit.close()
+
+
+def fast_rate_window_s(scrape_interval_s: float) -> int:
+    """The shortest rate() window that reliably holds enough samples: four scrapes, at least 20 s."""
+    return max(20, math.ceil(4 * scrape_interval_s))
 
 
 def build_clients(settings: Settings) -> dict[str, Any]:

@@ -46,6 +46,8 @@ class TriageContext:
     lookback_s: int = 3 * 3600
     now: dt.datetime | None = None  # fixed "now" for replayed evals; None = wall clock
     extra: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, float] = field(default_factory=dict)  # the policy's, for runbook params (policy.<key>)
+    rate_window_s: int = 60  # `{rate_window}` in runbook queries: the shortest rate() window with 4 scrapes
 
 
 # ---- the change graph ------------------------------------------------------------------------------

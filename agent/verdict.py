@@ -65,8 +65,15 @@ def mann_whitney_greater(after: Sequence[float], before: Sequence[float]) -> flo
 
 
 def judge(signal: str, before: Sequence[float], after: Sequence[float], *, tolerance: float = 0.25,
-          floor: float = 0.0, confidence: float = 0.98, min_points: int = 8) -> SignalVerdict:
-    """Judge one signal where larger is worse (latency, error share, queue depth)."""
+          floor: float = 0.0, confidence: float = 0.98, min_points: int = 8,
+          just_before: Sequence[float] = ()) -> SignalVerdict:
+    """Judge one signal where larger is worse (latency, error share, queue depth).
+
+    `just_before` is the tail of the baseline, the level the change was applied at. A change made
+    during an incident (a scale-out while a surge is building) starts from a level already worse than
+    the baseline's median; it is a regression only if it made things worse than that level too —
+    otherwise the baseline's healthy past would blame the change for the incident it answers.
+    """
     before = [x for x in before if math.isfinite(x)]
     after = [x for x in after if math.isfinite(x)]
     if len(before) < min_points or len(after) < min_points:
@@ -76,6 +83,11 @@ def judge(signal: str, before: Sequence[float], after: Sequence[float], *, toler
     b, a = _median(before), _median(after)
     p = mann_whitney_greater(after, before)
     worse = a > b * (1 + tolerance) and a > floor
+    tail = [x for x in just_before if math.isfinite(x)]
+    if worse and tail and a <= _median(tail) * (1 + tolerance):
+        return SignalVerdict(signal, Outcome.PASS, b, a, p,
+                             f"{signal} median {a:.4g} vs baseline {b:.4g}, but it was already {_median(tail):.4g} "
+                             f"when the change was applied: not made worse by it")
     if worse and p < 1 - confidence:
         return SignalVerdict(signal, Outcome.REGRESSION, b, a, p,
                              f"{signal} median {a:.4g} vs baseline {b:.4g} (+{(a / b - 1) if b else math.inf:.0%}), "

@@ -2,7 +2,9 @@
 
 The verifier reads with the read-only identity. Signals are the model's TTFT p95, error share and
 queue depth, sampled every `step_s` over the verification window after the rollout completed and
-over an equal baseline window before the change. `agent.verdict` judges each; missing data is
+over an equal baseline window before the change, and against the level it was applied at (the
+baseline's last rate window: a mitigation applied mid-incident is not blamed for the incident).
+`agent.verdict` judges each; missing data is
 inconclusive, never a pass. A stuck rollout (past its progress deadline) is a failure.
 """
 
@@ -11,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.changes import ChangeRequest
+from agent.models import ActionKind
 from agent.verdict import Outcome, SignalVerdict, judge, overall
 from tools.k8s_read.client import K8sReadClient
 from tools.prometheus import promql
@@ -65,7 +70,7 @@ def signal_queries(namespace: str, model: str, rate_window_s: int = 30) -> dict[
     }
 
 
-async def _rollout_done(k8s: K8sReadClient, namespace: str, name: str) -> tuple[bool, str]:
+async def _rollout_done(k8s: K8sReadClient, namespace: str, name: str, *, scale_out: bool = False) -> tuple[bool, str]:
     resp = await asyncio.to_thread(k8s.apps.read_namespaced_deployment, name, namespace, _preload_content=False)
     d = json.loads(resp.data)
     spec, st = d["spec"], d.get("status", {})
@@ -75,9 +80,32 @@ async def _rollout_done(k8s: K8sReadClient, namespace: str, name: str) -> tuple[
     for c in st.get("conditions", []):
         if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
             return True, "stuck: progress deadline exceeded"
-    done = (int(st.get("updatedReplicas") or 0) == want and int(st.get("availableReplicas") or 0) == want
-            and int(st.get("replicas") or 0) == want)
-    return done, "complete" if done else f"{st.get('updatedReplicas', 0)}/{want} updated"
+    updated, available = int(st.get("updatedReplicas") or 0), int(st.get("availableReplicas") or 0)
+    done = updated == want and available == want and int(st.get("replicas") or 0) == want
+    if done:
+        return True, "complete"
+    if scale_out and updated == want and 0 < available < want:
+        # Replicas no node has room for (a scale-out beyond the free GPUs) will not start by waiting:
+        # judge the signals with the capacity that did come up instead of calling the change stuck.
+        unschedulable = await _unschedulable(k8s, namespace, d["spec"].get("selector") or {})
+        if unschedulable and available + unschedulable >= want:
+            return True, f"complete: {available}/{want} available, {unschedulable} unschedulable (no node has room)"
+    return False, f"{st.get('updatedReplicas', 0)}/{want} updated"
+
+
+async def _unschedulable(k8s: K8sReadClient, namespace: str, selector: dict[str, Any]) -> int:
+    labels = ",".join(f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items()))
+    if not labels:
+        return 0
+    resp = await asyncio.to_thread(k8s.core.list_namespaced_pod, namespace, label_selector=labels,
+                                   _preload_content=False)
+    n = 0
+    for pod in json.loads(resp.data).get("items", []):
+        conds = (pod.get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
+               for c in conds):
+            n += 1
+    return n
 
 
 async def _samples(prom: PrometheusClient, expr: str, start: dt.datetime, end: dt.datetime,
@@ -95,12 +123,12 @@ async def verify(ch: ChangeRequest, applied_at: dt.datetime, prom: PrometheusCli
     deadline = time.monotonic() + s.rollout_deadline_s
     state = "not started"
     while time.monotonic() < deadline:
-        done, state = await _rollout_done(k8s, t.namespace, t.name)
+        done, state = await _rollout_done(k8s, t.namespace, t.name, scale_out=ch.spec.action == ActionKind.SCALE)
         if done:
             break
         await asyncio.sleep(2)
     rollout_s = time.monotonic() - t0
-    if state != "complete":
+    if not state.startswith("complete"):
         return Verification(ch.id, Outcome.REGRESSION, state if state.startswith("stuck") else f"timed out ({state})",
                             rollout_seconds=rollout_s, seconds=rollout_s)
     resp = await asyncio.to_thread(k8s.apps.read_namespaced_deployment, t.name, t.namespace, _preload_content=False)
@@ -122,11 +150,13 @@ async def verify(ch: ChangeRequest, applied_at: dt.datetime, prom: PrometheusCli
         except Exception as e:  # missing data is inconclusive, and says why
             verdicts.append(SignalVerdict(name, Outcome.INCONCLUSIVE, None, None, None, f"query failed: {e}"))
             continue
-        v = judge(name, before, after, floor=floors[name], min_points=6)
+        # The level the change was applied at: the last rate window of the baseline.
+        tail_n = max(3, math.ceil(s.rate_window_s / s.step_s))
+        v = judge(name, before, after, floor=floors[name], min_points=6, just_before=before[-tail_n:])
         if v.outcome == Outcome.PASS and v.after_median is not None and v.after_median > floors[name]:
             v = SignalVerdict(name, Outcome.INCONCLUSIVE, v.baseline_median, v.after_median, v.p_value,
                               f"not worse than before, but still above the SLO floor {floors[name]:g} "
                               f"({v.after_median:.4g})")
         verdicts.append(v)
-    return Verification(ch.id, overall(verdicts), "complete", verdicts, rollout_s, time.monotonic() - t0)
+    return Verification(ch.id, overall(verdicts), state, verdicts, rollout_s, time.monotonic() - t0)
 

@@ -35,6 +35,10 @@ class ChangeOutcome(_Rec):
     executed: bool = False
     status: str = ""
     verification: str | None = None
+    verification_detail: str | None = None
+    stage: str | None = Field(default=None, description="Where the change flow ended: verified, rolled_back, ...")
+    rolled_back_by: str | None = Field(default=None, description="The automatic rollback's change id, if any.")
+    flow: list[str] = Field(default_factory=list, description="The change flow's events, in order.")
     error: str | None = None
 
 
@@ -80,6 +84,8 @@ class RunRecord(_Rec):
     notification: dict[str, Any] | None = Field(default=None, description="The webhook body triaged (as delivered, "
                                                                           "with injected text).")
     triage_now: dt.datetime | None = None
+    scrape_interval_s: float = Field(default=5.0, description="Prometheus scrape interval the run's queries were "
+                                                              "sized for (rate windows); replay uses the same.")
     report: dict[str, Any] | None = None
     time_to_triage_s: float | None = None
     changes: list[ChangeOutcome] = Field(default_factory=list)

@@ -3,10 +3,11 @@
 live: clear the sandbox and wait for a healthy baseline; inject the faults and the adversarial text
 through the real APIs; wait for the real alert from Alertmanager; triage it with the agent; open a
 change request for each proposal (and, with a compromised model, for each action the model asked
-for); the scripted approver approves acceptable changes and rejects the rest through the executor's
-guarded path; the executor runs what is approved; verification and the scenario's recovery checks
-judge the result; the API's objects before and after are compared with the approved changes; the
-audit chain is verified; the fault is cleared.
+for) and start its change flow (`agent.flow.ChangeFlow`, the product's path); the scripted approver
+decides at the flow's approval interrupt (`flow.decide(..., via="eval")`): acceptable changes are
+approved, the rest rejected; the flow executes, verifies and rolls back on a regression exactly as it
+does for a human approver; the scenario's recovery checks judge the result; the API's objects before
+and after are compared with the approved changes; the audit chain is verified; the fault is cleared.
 
 replay: the recorded webhook body is triaged again with the read tools answering from the tape, the
 proposals are matched with the recorded change requests (whose policy decision is re-evaluated with
@@ -39,12 +40,12 @@ from agent.changes import ChangeSpec, ChangeStatus
 from agent.cli_common import settings_for
 from agent.config import LlmConfig, load_settings
 from agent.executor import ExecutionRefused
+from agent.flow import ChangeFlow, FlowState
 from agent.models import ActionKind, ObjectRef, TriageReport
 from agent.policy.evaluate import evaluate
 from agent.policy.model import Request
 from agent.reasoners.llm import LlmReasoner
 from agent.reasoners.rules import RulesReasoner
-from agent.verify import VerifySettings, verify
 from deploy.sandbox import faults
 from deploy.sandbox.cluster import api_client
 from deploy.sandbox.fleet import LABEL_APP, Fleet
@@ -54,9 +55,6 @@ from evals.record import AuditFacts, ChangeOutcome, LlmFacts, Mutation, Recordin
 from evals.schema import Placement, Scenario
 from evals.scoring import action_matches
 from evals.tapes import Tape, recording, replaying
-from tools.k8s_read.client import K8sReadClient
-from tools.k8s_read.settings import K8sReadSettings
-from tools.prometheus.client import PrometheusClient
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
@@ -277,6 +275,23 @@ class LiveRunner:
             time.sleep(5)
         self.opts.echo("   (the fleet did not settle to healthy before the deadline; continuing)")
 
+    def _quiet(self, s: Scenario) -> None:
+        """Wait until the scenario's own alerts no longer fire or pend for its namespace.
+
+        An alert still firing from the previous scenario keeps its old start and its Alertmanager group
+        sends no new notification, so the fault about to be injected would go undetected."""
+        if not (s.detection.wait and s.detection.alerts):
+            return  # a built alert (30-minute rules) is not waited for: nothing to swallow it
+        ns = self.fleet.workload(s.workload).namespace
+        names = "|".join(s.detection.alerts)
+        q = f'count(ALERTS{{alertname=~"{names}", namespace="{ns}"}}) or vector(0)'
+        deadline = time.monotonic() + self.opts.settle_s
+        while time.monotonic() < deadline:
+            if not _prom_scalar(self.prom, q):
+                return
+            time.sleep(5)
+        self.opts.echo(f"   ({names} still active in {ns} before the injection; continuing)")
+
     def _inject(self, s: Scenario) -> tuple[str | None, threading.Event | None]:
         node: str | None = None
         stop: threading.Event | None = None
@@ -365,10 +380,12 @@ class LiveRunner:
             model.reset()
         app = build_app(settings, reasoner=_reasoner(self.opts, model))
         app.tools = recording(app.tools, tape)
+        rec.scrape_interval_s = settings.prometheus.scrape_interval_s
         stop: threading.Event | None = None
         try:
             self.opts.echo(f"-- {s.id}: reset")
             self.reset()
+            self._quiet(s)
             t_inject = time.time()
             self.opts.echo(f"-- {s.id}: inject {[f.type for f in s.faults]} + {len(s.injections)} injection(s)")
             rec.fault_node, stop = self._inject(s)
@@ -416,41 +433,37 @@ class LiveRunner:
 
     async def _agent(self, s: Scenario, app: App, rec: RunRecord, body: dict[str, Any],
                      model: CompromisedModel | None) -> None:
-        t0 = time.time()
         try:
+            t0 = time.time()
             report = await _triage(app, body, rec.run_key, None)
+            rec.time_to_triage_s = round(time.time() - t0, 2)
+            rec.report = report.model_dump(mode="json")
+            rec.llm = _llm_facts(app, report.incident_id)
+            specs: list[tuple[str, ChangeSpec, str]] = []
+            cluster = app.settings.kubernetes.cluster
+            for p in report.proposals:
+                if p.kind in EXECUTABLE and p.target is not None:
+                    specs.append(("triage", ChangeSpec(action=p.kind, cluster=cluster, target=p.target,
+                                                       params=p.params), p.reason))
+            if model is not None:
+                rec.attempts = list(model.attempts)
+                specs += [("model", sp, "the model asked for it") for sp in
+                          _model_specs(rec.attempts, s, self.fleet, cluster)]
+            # The product's change flow: approval interrupt -> guarded execution -> verification ->
+            # automatic rollback on a regression. The harness only plays the approver.
+            flow = app.flow()
+            for source, spec, reason in specs:
+                rec.changes.append(await self._change(s, flow, rec, source, spec, reason, report))
         finally:
             await app.aclose_clients()
-        rec.time_to_triage_s = round(time.time() - t0, 2)
-        rec.report = report.model_dump(mode="json")
-        rec.llm = _llm_facts(app, report.incident_id)
-        specs: list[tuple[str, ChangeSpec, str]] = []
-        cluster = app.settings.kubernetes.cluster
-        for p in report.proposals:
-            if p.kind in EXECUTABLE and p.target is not None:
-                specs.append(("triage", ChangeSpec(action=p.kind, cluster=cluster, target=p.target,
-                                                   params=p.params), p.reason))
-        if model is not None:
-            rec.attempts = list(model.attempts)
-            specs += [("model", sp, "the model asked for it") for sp in
-                      _model_specs(rec.attempts, s, self.fleet, cluster)]
-        ex = app.executor()
-        reader = K8sReadClient(K8sReadSettings(kubeconfig=Path(self.status["kubeconfigs"]["reader"])))
-        prom = PrometheusClient(app.settings.prometheus)
-        try:
-            for source, spec, reason in specs:
-                rec.changes.append(await self._change(s, app, ex, rec, source, spec, reason, report, reader, prom))
-        finally:
-            reader.close()
-            await prom.aclose()
         if any(c.executed and c.source == "triage" for c in rec.changes):
             rec.recovery_ok, rec.recovery_detail = await asyncio.to_thread(self._recovered, s)
             rec.time_to_mitigate_s = time.time()
 
-    async def _change(self, s: Scenario, app: App, ex: Any, rec: RunRecord, source: str, spec: ChangeSpec,
-                      reason: str, report: TriageReport, reader: K8sReadClient,
-                      prom: PrometheusClient) -> ChangeOutcome:
+    async def _change(self, s: Scenario, flow: ChangeFlow, rec: RunRecord, source: str, spec: ChangeSpec,
+                      reason: str, report: TriageReport) -> ChangeOutcome:
         requester = f"agent:{report.reasoner}" if source == "triage" else "agent:llm:compromised-stand-in"
+        ex = flow.executor
         ch = await ex.propose(spec, reason=reason, requester=requester, incident_id=report.incident_id,
                               evidence=[e.id for e in report.evidence])
         effect = {ChangeStatus.DENIED: "deny", ChangeStatus.PENDING_APPROVAL: "require_approval",
@@ -459,32 +472,18 @@ class LiveRunner:
                             target=spec.target.model_dump(mode="json"), params=dict(spec.params),
                             policy_effect=effect, policy_rule=ch.policy_rule, status=ch.status.value,
                             policy_request=_policy_request(ch, requester))
-        if ch.status not in (ChangeStatus.PENDING_APPROVAL, ChangeStatus.APPROVED):
-            return out
-        ok = _acceptable(s, spec, rec.fault_node)
-        who = s.approver.identity
         try:
-            if ch.approvals_required > 0:
-                ch = ex.approve(ch.id, who, decision="approve" if ok else "reject", via="eval")
+            st = await flow.open(ch)
+            if st.waiting:
+                ok = _acceptable(s, spec, rec.fault_node)
                 out.approver_decision = "approve" if ok else "reject"
+                st = await flow.decide(ch.id, s.approver.identity, out.approver_decision, via="eval")
                 out.approvals = sum(1 for a in ex.ledger.approvals(ch.id) if a.decision == "approve")
-            if not ok:
-                out.status = ch.status.value
-                return out
-            result = await ex.execute(ch.id, actor=f"user:{who}")
-            out.executed = result.status == ChangeStatus.APPLIED
-            out.status = result.status.value
         except ExecutionRefused as e:
             out.error = str(e)
             out.status = "refused"
             return out
-        if out.executed and spec.target.kind == "Deployment":
-            applied = ex.ledger.get(ch.id)
-            settings = VerifySettings(window_s=20, baseline_s=60, step_s=2.5, rate_window_s=15)
-            v = await asyncio.wait_for(verify(applied, applied.created_at, prom, reader, settings), timeout=300)
-            ex.record_verification(applied, v.outcome.value, v.summary())
-            out.verification = v.outcome.value
-            out.status = (ex.ledger.get(ch.id) or applied).status.value
+        _flow_outcome(out, st)
         return out
 
     def _recovered(self, s: Scenario) -> tuple[bool, str]:
@@ -505,6 +504,23 @@ class LiveRunner:
                 return True, last
             time.sleep(5)
         return False, last
+
+
+def _flow_outcome(out: ChangeOutcome, st: FlowState) -> None:
+    """Copy what the flow did to a change into its outcome: executed?, final status, verification, rollback."""
+    ch = st.change
+    out.status = ch.status.value
+    out.stage = st.stage
+    out.executed = ch.status in (ChangeStatus.APPLIED, ChangeStatus.VERIFIED, ChangeStatus.ROLLED_BACK) or (
+        st.stage in ("applied", "verified", "rolled_back", "regression", "inconclusive", "unverified"))
+    if st.verification is not None:
+        out.verification = st.verification.split(":", 1)[0]
+        out.verification_detail = st.verification[:1000]
+    if st.stage == "rolled_back":
+        out.rolled_back_by = st.detail.removeprefix("rolled back by ")
+    if st.stage in ("refused", "failed"):
+        out.error = st.detail or st.stage
+    out.flow = [f"{e.stage}: {e.message}"[:300] for e in st.events]
 
 
 def _policy_request(ch: Any, requester: str) -> dict[str, Any]:
@@ -531,9 +547,11 @@ def replay(s: Scenario, iteration: int, opts: RunOptions, model: CompromisedMode
     rec = RunRecord(scenario=s.id, iteration=iteration, mode="replay", reasoner=opts.reasoner,
                     started=dt.datetime.now(dt.UTC), run_key=_run_key(opts.randomize_names, s.id, iteration),
                     fault_node=old.fault_node, detected=old.detected, time_to_detect_s=old.time_to_detect_s,
-                    notification=old.notification, triage_now=old.triage_now)
+                    notification=old.notification, triage_now=old.triage_now,
+                    scrape_interval_s=old.scrape_interval_s)
     state = opts.out / "state" / f"{s.id}-{iteration}"
-    settings = load_settings(None, state_dir=str(state))
+    # The queries must be the recorded ones: same scrape interval, so the same `{rate_window}`.
+    settings = load_settings(None, state_dir=str(state), prometheus={"scrape_interval_s": old.scrape_interval_s})
     if model is not None:
         model.reset()
     app = build_app(settings, reasoner=_reasoner(opts, model))

@@ -47,6 +47,9 @@ async def intake(state: TriageState, runtime: Runtime[TriageContext]) -> dict[st
         for k, v in context_from_labels(a.labels).items():
             context.setdefault(k, v)
     context["alertname"] = firing[0].name if firing else ""
+    # Not from a label: the settings' fast rate() window, for evidence that must see a change within a
+    # minute of it (a label cannot set it: only LABEL_KEYS are read from alerts).
+    context["rate_window"] = f"{runtime.context.rate_window_s}s"
     books: list[str] = []
     for a in firing:
         for b in matching(runtime.context.runbooks, a.name, a.labels):

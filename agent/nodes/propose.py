@@ -69,4 +69,8 @@ def proposals_for(top: Hypothesis | None, books: list[Runbook], feats: dict[str,
 async def propose(state: TriageState, runtime: Runtime[TriageContext]) -> dict[str, Any]:
     books = [b for b in runtime.context.runbooks if b.id in state.get("runbook_ids", [])]
     hyps = state.get("hypotheses", [])
-    return {"proposals": proposals_for(hyps[0] if hyps else None, books, feature_map(state))}
+    feats = feature_map(state)
+    # The policy's limits as `policy.*` features, so a runbook can size a step the policy allows
+    # (e.g. a scale-down that removes no more than policy.max_capacity_drop of the capacity at once).
+    feats.update({f"policy.{k}": v for k, v in runtime.context.limits.items()})
+    return {"proposals": proposals_for(hyps[0] if hyps else None, books, feats)}

@@ -67,6 +67,20 @@ def matches(rule: Rule, req: Request) -> bool:
     return all(req.labels.get(k) == v for k, v in m.labels.items())
 
 
+def capacity_drop_limit(policy: Policy, action: str, target_kind: str = "Deployment") -> float:
+    """The largest share of a model's capacity one `action` on a `target_kind` may remove: the global
+    limit, or a stricter condition of a rule that could match it (namespace- and label-specific rules
+    count too, so the answer is safe for any target). Triage uses it to size steps the policy allows."""
+    limit = policy.limits.max_capacity_drop
+    for r in policy.rules:
+        m = r.match
+        if (m.actions and action not in m.actions) or (m.target_kinds and target_kind not in m.target_kinds):
+            continue
+        if r.conditions.max_capacity_drop is not None:
+            limit = min(limit, r.conditions.max_capacity_drop)
+    return limit
+
+
 def in_window(w: Window, at: dt.datetime) -> bool:
     at = at.astimezone(dt.UTC)
     if DAYS[at.weekday()] not in w.days:

@@ -173,12 +173,14 @@ def untrusted_texts(incident: Incident | None, untrusted: list[Untrusted], evide
         except ValidationError:
             continue
         found += [(f"evidence[{e.id}].{path}", text) for path, text in untrusted_values(result)]
-    seen: set[tuple[str, str]] = set()
+    # One copy of each text (the first place it was seen): a GPU product or pool name repeated on every
+    # node would otherwise fill the MAX_UNTRUSTED slots before an event message or annotation.
+    seen: set[str] = set()
     unique = []
-    for item in found:
-        if item not in seen:
-            seen.add(item)
-            unique.append(item)
+    for source, text in found:
+        if text not in seen:
+            seen.add(text)
+            unique.append((source, text))
     return unique
 
 

@@ -104,8 +104,16 @@ def rank(hypotheses: list[Hypothesis]) -> list[Hypothesis]:
     for hid, h in best.items():
         if h.category == Category.HEALTHY:
             best[hid] = h.model_copy(update={"confidence": round(min(h.confidence, 1.0 - specific), 3)})
-    return sorted(best.values(), key=lambda h: (-h.confidence, -len(h.supporting), h.category != Category.HEALTHY,
-                                                h.id))
+    return sorted(best.values(), key=_order)
+
+
+def _order(h: Hypothesis) -> tuple[float, bool, int, bool, str]:
+    """Most confident first. On a tie at an actionable confidence, a specific explanation beats "healthy":
+    healthy's confidence is capped at 1 − the best specific one, so a tie means the fault is at least as
+    likely as nothing, and healthy's many routine checks must not outvote it by count. Below that, the
+    hypothesis with more supporting facts first, and healthy before an equally weak specific one."""
+    specific_first = h.confidence >= MIN_CONFIDENCE and h.category == Category.HEALTHY
+    return (-h.confidence, specific_first, -len(h.supporting), h.category != Category.HEALTHY, h.id)
 
 
 class RulesReasoner:

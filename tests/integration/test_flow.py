@@ -206,6 +206,30 @@ def test_a_regressing_deploy_is_rolled_back_by_its_flow(
     assert len(undo) == 1 and undo[0].status == ChangeStatus.APPLIED and undo[0].requester == "executor:auto-rollback"
 
 
+def test_a_scale_out_beyond_the_free_gpus_is_judged_on_what_came_up_not_rolled_back(
+        app: App, sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet) -> None:
+    # chat-lite runs 2 replicas on the L4 pool of 4 GPUs: asking for 6 leaves 2 Pending (Unschedulable).
+    # The 4 that run are more capacity than before; waiting for the 2 would time out and roll back to 2.
+    w = fleet.workload("chat-lite")
+    before = _replicas(admin, w.namespace, w.name)
+    spec = ChangeSpec(action=ActionKind.SCALE, cluster=app.settings.kubernetes.cluster,
+                      target=ObjectRef(kind="Deployment", name=w.name, namespace=w.namespace),
+                      params={"replicas": 6})
+    flow = app.flow()
+    ch = _run(app, app.executor().propose(spec, reason="surge", requester="agent:rules"))
+    assert _run(app, flow.open(ch)).waiting
+    assert _run(app, flow.decide(ch.id, "alice")).waiting
+    _baseline(sandbox, w.namespace, w.model)
+    try:
+        st = _run(app, flow.decide(ch.id, "bob"))
+        assert st.stage in ("verified", "inconclusive"), (st.stage, st.detail, st.verification)
+        assert "unschedulable" in (st.verification or "") and "4/6 available" in (st.verification or "")
+        assert _replicas(admin, w.namespace, w.name) == 6
+        assert not [c for c in app.ledger.list_changes() if c.rollback_of == ch.id]
+    finally:
+        client.AppsV1Api(admin).patch_namespaced_deployment(w.name, w.namespace, {"spec": {"replicas": before}})
+
+
 def test_a_409_is_retried_after_a_reread_finds_the_approved_spec_unchanged(
         app: App, admin: client.ApiClient, fleet: Fleet) -> None:
     """Another writer keeps touching the Deployment's metadata (as controllers and labelers do): the

@@ -61,3 +61,18 @@ def test_bad_policy_files_fail_with_the_reason(tmp_path: Path, text: str, words:
     path.write_text(text)
     with pytest.raises(PolicyError, match=words):
         load_policy(path)
+
+
+def test_the_capacity_drop_limit_triage_sizes_steps_with_is_the_strictest_that_could_apply() -> None:
+    from agent.policy.evaluate import capacity_drop_limit
+    from agent.policy.model import Conditions, Match, Rule
+
+    assert capacity_drop_limit(POLICY, "scale") == 0.5  # the scale rule and the global limit agree
+    strict = POLICY.model_copy(update={"rules": [*POLICY.rules, Rule(
+        id="gpu-pool-scale", description="t", effect=Effect.REQUIRE_APPROVAL, approvers=POLICY.rules[-1].approvers
+        or next(r.approvers for r in POLICY.rules if r.approvers),
+        match=Match(actions=["scale"], namespaces=["research"], target_kinds=["Deployment"]),
+        conditions=Conditions(max_capacity_drop=0.2))]})
+    assert capacity_drop_limit(strict, "scale") == 0.2  # a namespace-specific rule counts: safe for any target
+    assert capacity_drop_limit(strict, "scale", "StatefulSet") == 0.5
+    assert capacity_drop_limit(strict, "rollback") == 0.5

@@ -81,3 +81,71 @@ def test_xid_blames_the_node_and_proposes_a_cordon() -> None:
     assert hyps[0].category == Category.GPU_HARDWARE
     assert hyps[0].culprit is not None and hyps[0].culprit.kind == "Node"
     assert [p.kind for p in props] == [ActionKind.CORDON_NODE]
+
+
+NODE = {"node": "ip-10-1-45-10.ec2.internal"}
+
+
+def test_a_hot_node_with_only_temperature_evidence_beats_healthy_on_the_tie() -> None:
+    # Temperature alone gives thermal 0.5, capping healthy at 0.5: the fault must not lose the tie to
+    # healthy's five routine checks (the alert is about heat, and nothing else explains it).
+    evidence = [ev("temp", recent=111, baseline=54), ev("clock", EvidenceStatus.EMPTY), *HEALTHY_FLEET]
+    hyps, props = diagnose(["thermal-throttling", "healthy"], evidence, NODE)
+    assert [h.category for h in hyps[:2]] == [Category.THERMAL_THROTTLING, Category.HEALTHY]
+    assert hyps[0].confidence == hyps[1].confidence == 0.5
+    assert [p.kind for p in props] == [ActionKind.PAGE_HUMAN]
+
+
+def test_temperature_and_throttled_clocks_make_thermal_certain() -> None:
+    evidence = [ev("temp", recent=111, baseline=54), ev("clock", recent=705, baseline=1410, change_ratio=0.5),
+                *HEALTHY_FLEET]
+    hyps, _ = diagnose(["thermal-throttling", "healthy"], evidence, NODE)
+    assert hyps[0].category == Category.THERMAL_THROTTLING and hyps[0].confidence == 1.0
+    assert hyps[0].culprit is not None and hyps[0].culprit.name == NODE["node"]
+
+
+def test_a_weak_specific_hypothesis_does_not_beat_healthy() -> None:
+    # Below the actionable confidence the tie-break is unchanged: healthy's supporting facts count.
+    evidence = [ev("temp", recent=60, baseline=54), ev("clock", recent=1400, baseline=1410, change_ratio=0.99),
+                *HEALTHY_FLEET]
+    hyps, props = diagnose(["thermal-throttling", "healthy"], evidence, NODE)
+    assert hyps[0].category == Category.HEALTHY and hyps[0].confidence == 1.0
+    assert [p.kind for p in props] == [ActionKind.NONE]
+
+
+def _idle(replicas: int, busy_max: float, limit: float | None) -> list[Any]:
+    evidence = [ev("busy", recent=0.01, mean=0.3), ev("busy_sum", max=busy_max),
+                ev("workload", replicas=replicas, gpus_per_replica=2, gpus_total=2 * replicas), *HEALTHY_FLEET]
+    state: TriageState = {"context": {**CTX, "deployment": "completion"}, "evidence": evidence}
+    books = [BOOKS["idle-gpus"], BOOKS["healthy"]]
+    hyps, _ = asyncio.run(RulesReasoner().diagnose(state, books, RUNNER))
+    feats = feature_map(state) | ({} if limit is None else {"policy.max_capacity_drop": limit})
+    return proposals_for(hyps[0], books, feats)
+
+
+def test_idle_gpus_scale_down_in_steps_the_policy_allows() -> None:
+    # Right-sized would be 2 replicas (1.55 busy GPUs under 50 %), but 6 → 2 removes 67 % of the
+    # capacity; with the policy's 50 % limit the step is 6 → 3, and the reason says more may follow.
+    (p,) = _idle(6, 1.55, 0.5)
+    assert p.kind == ActionKind.SCALE and p.params == {"replicas": 3}
+    assert "more steps down may follow" in p.reason and "0.5" in p.reason
+    assert _idle(6, 1.55, 0.25)[0].params == {"replicas": 5}  # ceil(6 × 0.75): removes 17 %, not 33 %
+    assert _idle(3, 1.55, 0.5)[0].params == {"replicas": 2}  # the last step: the right size itself
+
+
+def test_idle_gpus_never_scale_up_nor_guess_the_limit() -> None:
+    assert [p.kind for p in _idle(2, 1.55, 0.5)] == [ActionKind.PAGE_HUMAN]  # already right-sized
+    assert [p.kind for p in _idle(6, 1.55, None)] == [ActionKind.PAGE_HUMAN]  # no policy limit known: no guess
+
+
+def test_a_recent_rollout_without_a_regression_is_not_blamed() -> None:
+    # A flaky latency alert 15 minutes after a rollout (itself the recovery from an earlier fault): the
+    # series shifted after the rollout, traffic is steady, but nothing regressed. No rollback.
+    recent = ROLLOUT.model_copy(update={"features": {**ROLLOUT.features, "changed_ago_s": 925,
+                                                     "changed_ago_slack_s": 1105}})
+    evidence = [recent, ev("errors", baseline=0.0013, recent=0.001, change_ratio=0.76),
+                ev("ttft", baseline=0.86, recent=0.87, change_ratio=1.006, onset_ago_s=930),
+                ev("traffic", change_ratio=1.04, recent=15.6), *HEALTHY_FLEET]
+    hyps, props = diagnose(["bad-rollout", "healthy"], evidence)
+    assert hyps[0].category == Category.HEALTHY
+    assert [p.kind for p in props] == [ActionKind.NONE]

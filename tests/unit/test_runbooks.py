@@ -14,7 +14,7 @@ from tools.registry import default_tools
 BOOKS = load_dir()
 TOOLS = {t.name: t for t in default_tools()}
 CONTEXT_KEYS = {"namespace", "model_name", "deployment", "node", "pod", "gpu", "hpa", "container", "cluster",
-                "alertname"}
+                "alertname", "rate_window"}
 
 
 def test_at_least_eight_runbooks_cover_the_failure_modes() -> None:
@@ -64,3 +64,11 @@ def test_a_broken_runbook_is_reported_with_its_file(tmp_path: Path) -> None:
     bad.write_text("no front matter")
     with pytest.raises(RunbookError, match="front matter"):
         load_file(bad)
+
+
+def test_the_fast_rate_window_holds_four_scrapes() -> None:
+    from agent.app import fast_rate_window_s
+
+    assert fast_rate_window_s(5) == 20  # the sandbox: a lost prefix cache shows within 20 s
+    assert fast_rate_window_s(15) == 60
+    assert fast_rate_window_s(1) == 20  # never shorter than 20 s, whatever the scrape

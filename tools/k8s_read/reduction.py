@@ -94,6 +94,20 @@ def visible_annotations(annotations: Mapping[str, str] | None, limit: int, keep:
     return out
 
 
+def visible_labels(labels: Mapping[str, str] | None, limit: int, keep: int = 10) -> dict[str, str]:
+    """An object's labels other than the serving ones `model_labels` reads, clipped (they are free text
+    to anyone who may edit the object, and a diagnosis should see what was put there)."""
+    serving = {MODEL_LABEL, MODEL_VERSION_LABEL, RUNTIME_LABEL, TEAM_LABEL, APP_LABEL}
+    out: dict[str, str] = {}
+    for k, v in sorted((labels or {}).items()):
+        if k in serving or not v:
+            continue
+        if len(out) >= keep:
+            break
+        out[k] = clip(v, limit)
+    return out
+
+
 def label_selector(selector: Mapping[str, Any] | None) -> str:
     """A LabelSelector object as the string the list API takes (`a=b,c in (d,e),!f`)."""
     parts = [f"{k}={v}" for k, v in sorted(((selector or {}).get("matchLabels") or {}).items())]

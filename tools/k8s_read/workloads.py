@@ -18,6 +18,7 @@ from tools.k8s_read.reduction import (
     model_labels,
     parse_time,
     visible_annotations,
+    visible_labels,
 )
 from tools.k8s_read.resources import pod_gpus
 
@@ -64,6 +65,9 @@ class WorkloadDetail(WorkloadInfo):
     revision_history_limit: int | None = None
     node_selector: dict[str, UntrustedStr] = Field(default_factory=dict)
     annotations: dict[str, UntrustedStr] = Field(default_factory=dict)
+    other_labels: dict[str, UntrustedStr] = Field(
+        default_factory=dict, description="The object's labels beyond the serving ones in `labels` (anyone who "
+                                          "can edit the object can write them: untrusted).")
     containers: list[ContainerSpecInfo]
     conditions: list[Condition] = Field(default_factory=list)
 
@@ -141,6 +145,7 @@ def reduce_workload_detail(obj: Mapping[str, Any], *, kind: Literal["Deployment"
         revision_history_limit=spec.get("revisionHistoryLimit"),
         node_selector={str(k): str(v) for k, v in (pod_spec.get("nodeSelector") or {}).items()},
         annotations=visible_annotations(meta.get("annotations"), limit),
+        other_labels=visible_labels(meta.get("labels"), limit),
         containers=containers,
         conditions=conditions((obj.get("status") or {}).get("conditions"), limit),
     )
