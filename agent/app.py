@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from agent.auditlog import (
@@ -169,7 +171,7 @@ class App:
         if is_postgres(url):
             from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
-            async with AsyncPostgresSaver.from_conn_string(url) as pg:
+            async with AsyncPostgresSaver.from_conn_string(url, serde=checkpoint_serde()) as pg:
                 if not self._checkpoints_ready:
                     await _setup_once(pg)
                     self._checkpoints_ready = True
@@ -177,8 +179,8 @@ class App:
             return
         db = self.settings.state_dir / "checkpoints.db"
         db.parent.mkdir(parents=True, exist_ok=True)
-        async with AsyncSqliteSaver.from_conn_string(str(db)) as saver:
-            yield saver
+        async with aiosqlite.connect(str(db)) as conn:
+            yield AsyncSqliteSaver(conn, serde=checkpoint_serde())
 
     async def aclose_clients(self) -> None:
         """Close connection pools bound to the running event loop (call before that loop ends)."""
@@ -275,3 +277,20 @@ def _policy_file(directory: Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"no policy at {path}")
     return path
+
+
+def checkpoint_serde() -> JsonPlusSerializer:
+    """LangGraph's serializer restricted to the types our graphs checkpoint (our models and enums, plus
+    LangGraph's own safe set). A checkpoint row naming any other class is not revived: the checkpoint
+    store is not trusted to choose what gets imported."""
+    import enum
+    import inspect
+
+    from pydantic import BaseModel
+
+    import agent.changes
+    import agent.models
+
+    ours = [obj for mod in (agent.models, agent.changes) for obj in vars(mod).values()
+            if inspect.isclass(obj) and obj.__module__ == mod.__name__ and issubclass(obj, BaseModel | enum.Enum)]
+    return JsonPlusSerializer(allowed_msgpack_modules=ours)

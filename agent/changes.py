@@ -125,7 +125,16 @@ class ChangeRequest(_Model):
     result: dict[str, Any] = Field(default_factory=dict)
 
 
-def change_id(spec: ChangeSpec, fingerprint: TargetFingerprint, incident_id: str | None) -> str:
-    """Stable: proposing the same change on the same target state for the same incident gives the same id."""
-    h = hashlib.sha256(f"{spec.digest()}|{fingerprint.spec_hash}|{incident_id or ''}".encode()).hexdigest()
+def change_id(spec: ChangeSpec, fingerprint: TargetFingerprint, incident_id: str | None, attempt: int = 0) -> str:
+    """Stable: proposing the same change on the same object (uid) in the same spec state for the same
+    incident gives the same id, so a repeated proposal is the same request. `attempt` > 0 names a new
+    request for a situation that recurred after an earlier one with this id had run its course."""
+    key = f"{spec.digest()}|{fingerprint.uid}|{fingerprint.spec_hash}|{incident_id or ''}"
+    h = hashlib.sha256((key + (f"|{attempt}" if attempt else "")).encode()).hexdigest()
     return f"chg-{h[:12]}"
+
+
+# A proposal whose id matches one of these starts a new request: the earlier one was carried out (the
+# target came back to the same state since), failed, or its approval lapsed. A pending, approved,
+# rejected or denied one is returned as it is — the same question is not asked twice.
+FINISHED = frozenset({ChangeStatus.VERIFIED, ChangeStatus.ROLLED_BACK, ChangeStatus.FAILED, ChangeStatus.EXPIRED})

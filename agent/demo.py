@@ -176,6 +176,9 @@ def _drill(
     if ch.cost_delta_per_month is not None:
         out(f"   predicted cost change: {ch.cost_delta_per_month:+,.0f} USD/month")
     out("   " + (ch.diff or "(no diff)").replace("\n", "\n   ").rstrip())
+    if not st.waiting:
+        out(f"   the change's flow did not wait for an approval: {st.stage} — {st.verification or st.detail}")
+        return st.stage == "verified"
     out(f"   the change's flow is held at its approval interrupt: {st.stage}")
 
     who = approver or next(iter(app.policy.roles.get("oncall", [])), "alice")

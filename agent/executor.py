@@ -27,6 +27,7 @@ from typing import Any
 from agent.audit import AuditEvent, AuditKind, AuditSink, inputs_hash
 from agent.changes import (
     ACTION_RISK,
+    FINISHED,
     Approval,
     BlastRadius,
     ChangeRequest,
@@ -178,9 +179,13 @@ class Executor:
                   Effect.ALLOW: ChangeStatus.APPROVED}[decision.effect]
         if error and status != ChangeStatus.DENIED:
             status = ChangeStatus.FAILED
+        attempt = 0
+        while (prior := self.ledger.get(change_id(spec, fp, incident_id, attempt))) is not None \
+                and prior.status in FINISHED:
+            attempt += 1
         ch = ChangeRequest(
-            id=change_id(spec, fp, incident_id), spec=spec, spec_digest=spec.digest(), fingerprint=fp, risk=risk,
-            blast_radius=blast, diff=diff, reason=reason, incident_id=incident_id, evidence=evidence or [],
+            id=change_id(spec, fp, incident_id, attempt), spec=spec, spec_digest=spec.digest(), fingerprint=fp,
+            risk=risk, blast_radius=blast, diff=diff, reason=reason, incident_id=incident_id, evidence=evidence or [],
             requester=requester, created_at=now, status=status, policy_rule=decision.rule,
             policy_reason=decision.reason if not error else f"{decision.reason} ({error})",
             approvals_required=decision.approvers.count if decision.approvers else 0,

@@ -231,3 +231,30 @@ def _wait_rollout(apps: client.AppsV1Api, ns: str, name: str, timeout: float = 1
             return
         time.sleep(1)
     raise AssertionError(f"{ns}/{name} did not finish rolling out")
+
+
+def test_a_change_that_recurs_after_it_ran_is_a_new_request(executor: Executor, admin: client.ApiClient,
+                                                            fleet: Fleet) -> None:
+    """The same proposal twice is one request; once it has run, the same situation again is a new one that
+    asks for approval again (it must not inherit the finished request and its old approval)."""
+    apps = client.AppsV1Api(admin)
+    w = fleet.workload("summarizer")
+    replicas = apps.read_namespaced_deployment(w.name, w.namespace).spec.replicas
+    sp = spec(ActionKind.SCALE, deployment(w.name, w.namespace), replicas=replicas + 1)
+    first = asyncio.run(executor.propose(sp, reason="t", requester="agent:rules", incident_id="inc-recur"))
+    same = asyncio.run(executor.propose(sp, reason="t", requester="agent:rules", incident_id="inc-recur"))
+    assert same.id == first.id and first.status == ChangeStatus.PENDING_APPROVAL
+    executor.approve(first.id, "alice")
+    assert asyncio.run(executor.execute(first.id)).status == ChangeStatus.APPLIED
+    executor.record_verification(executor.ledger.get(first.id), "pass", "test")  # type: ignore[arg-type]
+    try:
+        # The workload drifts back to the state the first request was made in: same spec, same incident.
+        apps.patch_namespaced_deployment_scale(w.name, w.namespace, {"spec": {"replicas": replicas}})
+        again = asyncio.run(executor.propose(sp, reason="t", requester="agent:rules", incident_id="inc-recur"))
+        assert again.fingerprint.spec_hash == first.fingerprint.spec_hash
+        assert again.id != first.id, "a finished request is not handed back as if it were the new one"
+        assert again.status == ChangeStatus.PENDING_APPROVAL and not executor.ledger.approvals(again.id)
+        with pytest.raises(ExecutionRefused, match="approval"):
+            asyncio.run(executor.execute(again.id))
+    finally:
+        apps.patch_namespaced_deployment_scale(w.name, w.namespace, {"spec": {"replicas": replicas}})

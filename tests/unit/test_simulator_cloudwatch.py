@@ -128,3 +128,26 @@ def test_bad_and_crashing_versions_show_in_5xx_counts_and_logs(endpoint: str) ->
     assert failing and all(
         m["kubernetes"]["labels"]["model-version"] == "2025.07.0" for m in failing
     )
+
+
+def test_live_log_lines_are_searchable_seconds_after_they_are_written_and_shipped_once(endpoint: str) -> None:
+    fleet, catalog = Fleet.load(), PriceCatalog.load()
+    fleet = fleet.model_copy(update={"cluster": "live-logs"})
+    placement = Placement(fleet, fleet_snapshot(fleet, catalog, versions={"chat-primary": "2025.07.1-longctx"}))
+    pub = CloudWatchPublisher(fleet, endpoint)
+    logs = _client("logs", endpoint)
+    m = (int(time.time()) // 60) * 60 - 300  # a minute boundary in the recent past
+    crash_at = (m + 38.5) * 1000  # the engine dies 38.5 s into each start
+
+    def crash_lines() -> list[int]:
+        evs = logs.filter_log_events(logGroupName=log_group(fleet.cluster), filterPattern='"CUDA out of memory"')
+        return [e["timestamp"] for e in evs["events"] if e["timestamp"] == crash_at]
+
+    pub.publish_logs(placement, m + 30)
+    assert crash_lines() == [], "a line is not shipped before it is written"
+    pub.publish_logs(placement, m + 40)
+    shipped = crash_lines()
+    assert shipped, "the crash line written at :38.5 is searchable by :40"
+    pub.publish_logs(placement, m + 45)
+    pub.publish(placement, m + 61)
+    assert crash_lines() == shipped, "each line is shipped once"

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -32,6 +33,8 @@ from deploy.sandbox.simulator.cloudwatch import CloudWatchPublisher
 from deploy.sandbox.simulator.exporter import LiveFleet, MetricsServer
 from deploy.sandbox.simulator.ksm import DEFAULT_ALLOWLIST
 from deploy.sandbox.simulator.placement import Placement
+
+LOG_FLUSH_S = 5.0  # how often live log lines are shipped to CloudWatch Logs (Fluent Bit's default flush is 1-5 s)
 
 log = logging.getLogger("deploy.sandbox.simulator")
 
@@ -201,11 +204,19 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
     if publisher is not None:
 
         def publish_loop() -> None:
-            while not stop.wait(60.0 - time.time() % 60.0 + 1.0):
+            # Datums once a minute (just after the minute closes); log lines every few seconds, as
+            # Fluent Bit ships them.
+            next_minute = math.floor(time.time() / 60) * 60 + 61.0
+            while not stop.wait(LOG_FLUSH_S):
+                now = time.time()
                 try:
-                    publisher.publish(live.placement, time.time())
+                    if now >= next_minute:
+                        publisher.publish(live.placement, now)
+                        next_minute = math.floor(now / 60) * 60 + 61.0
+                    else:
+                        publisher.publish_logs(live.placement, now)
                 except Exception:
-                    log.exception("CloudWatch publish failed; retrying next minute")
+                    log.exception("CloudWatch publish failed; retrying at the next flush")
 
         cw_thread = threading.Thread(target=publish_loop, name="cloudwatch", daemon=True)
         cw_thread.start()

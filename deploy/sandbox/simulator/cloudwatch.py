@@ -343,7 +343,8 @@ class CloudWatchPublisher:
         self.logs = client_factory("logs", **kw)
         self.group = log_group(fleet.cluster)
         self._streams: set[str] = set()
-        self.next_minute: float | None = None
+        self.next_minute: float | None = None  # metrics are published up to here
+        self.logs_until: float | None = None  # log lines are shipped up to here
 
     # metrics
     def put_metrics(self, by_namespace: dict[str, list[dict[str, Any]]]) -> int:
@@ -407,6 +408,7 @@ class CloudWatchPublisher:
         datums += self.put_metrics(batch)
         n_events = self.put_logs(events)
         self.next_minute = last
+        self.logs_until = last
         took = time.monotonic() - t0
         progress(
             f"cloudwatch: {datums} datums over {days:g} days and {n_events} log events "
@@ -419,25 +421,43 @@ class CloudWatchPublisher:
         }
 
     def publish(self, placement: Placement, now: float, max_catch_up_minutes: int = 30) -> int:
-        """Publish every whole minute since the last one published (1-minute datums and logs)."""
+        """Publish every whole minute since the last one published (1-minute datums), and the log lines
+        written up to `now`."""
         current = math.floor(now / 60) * 60
         start = self.next_minute if self.next_minute is not None else current - 60
         start = max(start, current - 60 * max_catch_up_minutes)
         if self.next_minute is None:
             self._ensure_group()
-        minutes = list(_frange(start, current, 60))
         batch: dict[str, list[dict[str, Any]]] = {}
-        events: dict[str, list[dict[str, Any]]] = {}
-        for m in minutes:
+        for m in _frange(start, current, 60):
             sig = placement.evaluate(m + 30)
             for ns, ds in metric_data(placement, sig, m, 60).items():
                 batch.setdefault(ns, []).extend(ds)
-            for stream, evs in log_events(placement, sig, m, 60).items():
-                events.setdefault(stream, []).extend(evs)
         sent = self.put_metrics(batch)
-        self.put_logs(events)
         self.next_minute = current
+        self.publish_logs(placement, now, max_catch_up_minutes)
         return sent
+
+    def publish_logs(self, placement: Placement, now: float, max_catch_up_minutes: int = 30) -> int:
+        """Ship the log lines written since the last call, up to `now`, each once.
+
+        Fluent Bit flushes every few seconds, so a crash line is searchable within seconds of being
+        written; the simulator's live loop calls this every few seconds, not once a minute.
+        """
+        since = self.logs_until if self.logs_until is not None else math.floor(now / 60) * 60 - 60
+        since = max(since, now - 60 * max_catch_up_minutes)
+        if self.logs_until is None and self.next_minute is None:
+            self._ensure_group()
+        events: dict[str, list[dict[str, Any]]] = {}
+        lo, hi = int(since * 1000), int(now * 1000)
+        for m in _frange(math.floor(since / 60) * 60, now, 60):
+            sig = placement.evaluate(m + 30)
+            for stream, evs in log_events(placement, sig, m, 60).items():
+                fresh = [e for e in evs if lo < e["timestamp"] <= hi]
+                if fresh:
+                    events.setdefault(stream, []).extend(fresh)
+        self.logs_until = now
+        return self.put_logs(events)
 
 
 def _frange(start: float, stop: float, step: float) -> Iterable[float]:
