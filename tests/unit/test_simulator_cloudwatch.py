@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
-from deploy.sandbox.fleet import Fleet, PriceCatalog
+from deploy.sandbox.fleet import Fleet, load_prices
 from deploy.sandbox.simulator.cloudwatch import (
     ALB_NAMESPACE,
     CI_NAMESPACE,
@@ -66,7 +66,7 @@ def _sum(cw: Any, name: str, dims: list[dict[str, str]], start: float, end: floa
 
 
 def test_history_and_live_minutes_reach_cloudwatch(endpoint: str) -> None:
-    fleet, catalog = Fleet.load(), PriceCatalog.load()
+    fleet, catalog = Fleet.load(), load_prices()
     placement = Placement(fleet, fleet_snapshot(fleet, catalog))
     pub = CloudWatchPublisher(fleet, endpoint)
     now = time.time()
@@ -97,7 +97,7 @@ def test_history_and_live_minutes_reach_cloudwatch(endpoint: str) -> None:
 
 
 def test_bad_and_crashing_versions_show_in_5xx_counts_and_logs(endpoint: str) -> None:
-    fleet, catalog = Fleet.load(), PriceCatalog.load()
+    fleet, catalog = Fleet.load(), load_prices()
     fleet = fleet.model_copy(update={"cluster": "bad-day"})  # its own dimensions and log group
     snap = fleet_snapshot(fleet, catalog, versions={"chat-primary": "2025.07.0"})
     pub = CloudWatchPublisher(fleet, endpoint)
