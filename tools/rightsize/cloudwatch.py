@@ -56,7 +56,8 @@ class CloudWatchHistoryInput(ToolInput):
     step_s: int = Field(ge=60, le=86400, description="Step (= CloudWatch period), a multiple of 60 seconds.")
     steps: int = Field(ge=1, le=20_000, description="Number of steps ending at `end`.")
     cluster_name: str = Field(min_length=1, max_length=255, description="Container Insights `ClusterName`.")
-    workloads: list[CloudWatchTarget] = Field(min_length=1, max_length=MAX_WORKLOADS)
+    workloads: list[CloudWatchTarget] = Field(min_length=1, max_length=MAX_WORKLOADS,
+                                              description="The workloads to read and where their series live.")
 
     @field_validator("step_s")
     @classmethod
