@@ -54,11 +54,21 @@ class AuditConfig(_Group):
                                          "it on storage the agent cannot rewrite. Default: state_dir.")
     checkpoint_log_group: str | None = Field(default=None, description="Also export to this CloudWatch Logs group "
                                              "(AWS credentials and endpoint from the `cloudwatch` section).")
+    checkpoint_log_stream: str | None = Field(default=None, description="Log stream in that group (default: "
+                                              "checkpoints-<kubernetes.cluster>).")
     checkpoint_s3_bucket: str | None = Field(default=None, description="Also export to this S3 bucket (AWS settings "
                                              "from `cloudwatch`); enable Object Lock on it and set retain days.")
     checkpoint_s3_prefix: str = "opsagent/audit-checkpoints/"
     checkpoint_s3_retain_days: int | None = Field(default=None, ge=1, le=3650,
-                                                  description="Write checkpoints under Object Lock (compliance).")
+                                                  description="Write checkpoints under Object Lock for this long.")
+    checkpoint_s3_lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] = Field(
+        default="COMPLIANCE", description="Object Lock mode: COMPLIANCE (nobody, not even the account root, can "
+        "shorten or remove it) or GOVERNANCE (principals with s3:BypassGovernanceRetention can).")
+    checkpoint_region: str | None = Field(default=None, description="AWS region of the sinks (default: the "
+                                          "`cloudwatch` section's); enough on its own, with IRSA or instance "
+                                          "credentials, when CloudWatch evidence is off.")
+    checkpoint_endpoint_url: str | None = Field(default=None, description="Endpoint override for the sinks' S3 and "
+                                                "CloudWatch Logs (a VPC endpoint, LocalStack, moto).")
     checkpoint_every: int = Field(default=1000, ge=1)
 
 
