@@ -51,6 +51,7 @@ from agent.verdict import Outcome
 from agent.verify import Verification, VerifySettings, verify
 from tools.base import Risk, ToolSpec
 from tools.cloudwatch.client import CloudWatchClient, aws_session
+from tools.cloudwatch.settings import CloudWatchSettings
 from tools.k8s_read.client import K8sReadClient
 from tools.k8s_read.settings import K8sReadSettings
 from tools.k8s_write.client import K8sWriteClient, K8sWriteSettings
@@ -236,23 +237,32 @@ def build_app(settings: Settings, *, reasoner: Reasoner | None = None) -> App:
 
 
 def checkpoint_sinks(settings: Settings) -> list[CheckpointSink]:
-    """Where signed audit checkpoints go: always a file, plus CloudWatch Logs and/or S3 when configured."""
+    """Where signed audit checkpoints go: always a file, plus CloudWatch Logs and/or S3 when configured.
+
+    AWS credentials and options come from the `cloudwatch` section; `audit.checkpoint_region` and
+    `audit.checkpoint_endpoint_url` override its region and endpoint for the sinks (or stand alone, with
+    the default credential chain: IRSA, instance profile).
+    """
     sinks: list[CheckpointSink] = [FileCheckpointSink(settings.checkpoint_file)]
     a = settings.audit
     if a.checkpoint_log_group is None and a.checkpoint_s3_bucket is None:
         return sinks
-    if settings.cloudwatch is None:
-        raise ValueError("audit.checkpoint_log_group / checkpoint_s3_bucket need AWS settings in the `cloudwatch` "
-                         "section (region, endpoint, credentials)")
-    session, config = aws_session(settings.cloudwatch)
-    cw = settings.cloudwatch
+    base = settings.cloudwatch
+    if base is None and a.checkpoint_region is None:
+        raise ValueError("audit.checkpoint_log_group / checkpoint_s3_bucket need an AWS region: set "
+                         "audit.checkpoint_region or the `cloudwatch` section (region, endpoint, credentials)")
+    cw = (base or CloudWatchSettings()).model_copy(update={
+        k: v for k, v in (("region", a.checkpoint_region), ("endpoint_url", a.checkpoint_endpoint_url),
+                          ("logs_endpoint_url", a.checkpoint_endpoint_url)) if v is not None})
+    session, config = aws_session(cw)
     if a.checkpoint_log_group is not None:
         logs = session.client("logs", endpoint_url=cw.logs_endpoint_url or cw.endpoint_url, config=config)
-        stream = f"checkpoints-{settings.kubernetes.cluster}"
+        stream = a.checkpoint_log_stream or f"checkpoints-{settings.kubernetes.cluster}"
         sinks.append(CloudWatchLogsCheckpointSink(logs, a.checkpoint_log_group, stream))
     if a.checkpoint_s3_bucket is not None:
         s3 = session.client("s3", endpoint_url=cw.endpoint_url, config=config)
-        sinks.append(S3CheckpointSink(s3, a.checkpoint_s3_bucket, a.checkpoint_s3_prefix, a.checkpoint_s3_retain_days))
+        sinks.append(S3CheckpointSink(s3, a.checkpoint_s3_bucket, a.checkpoint_s3_prefix, a.checkpoint_s3_retain_days,
+                                      lock_mode=a.checkpoint_s3_lock_mode))
     return sinks
 
 

@@ -159,14 +159,16 @@ class CloudWatchLogsCheckpointSink:
 class S3CheckpointSink:
     """Exports each checkpoint as its own object, keyed by sequence number, to a bucket outside the host.
 
-    With `retain_days` the objects are written under S3 Object Lock (compliance mode): not even the
-    bucket's owner can overwrite or delete them before then, so an attacker holding the database and
-    the host's files still cannot hide a truncation. The bucket must have Object Lock enabled.
+    With `retain_days` the objects are written under S3 Object Lock (compliance mode by default): not
+    even the bucket's owner can overwrite or delete them before then, so an attacker holding the
+    database and the host's files still cannot hide a truncation. Governance mode lets principals with
+    s3:BypassGovernanceRetention lift it. The bucket must have Object Lock enabled.
     """
 
     def __init__(self, client: Any, bucket: str, prefix: str = "opsagent/audit-checkpoints/",
-                 retain_days: int | None = None) -> None:
+                 retain_days: int | None = None, *, lock_mode: str = "COMPLIANCE") -> None:
         self.client, self.bucket, self.prefix, self.retain_days = client, bucket, prefix, retain_days
+        self.lock_mode = lock_mode
 
     def key(self, cp: Checkpoint) -> str:
         return f"{self.prefix}{cp.seq:020d}-{cp.hash[:16]}.json"
@@ -174,7 +176,7 @@ class S3CheckpointSink:
     def export(self, cp: Checkpoint) -> None:
         kw: dict[str, Any] = {}
         if self.retain_days:
-            kw = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate":
+            kw = {"ObjectLockMode": self.lock_mode, "ObjectLockRetainUntilDate":
                   dt.datetime.now(dt.UTC) + dt.timedelta(days=self.retain_days)}
         self.client.put_object(Bucket=self.bucket, Key=self.key(cp), Body=cp.to_json().encode(),
                                ContentType="application/json", **kw)

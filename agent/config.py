@@ -54,11 +54,21 @@ class AuditConfig(_Group):
                                          "it on storage the agent cannot rewrite. Default: state_dir.")
     checkpoint_log_group: str | None = Field(default=None, description="Also export to this CloudWatch Logs group "
                                              "(AWS credentials and endpoint from the `cloudwatch` section).")
+    checkpoint_log_stream: str | None = Field(default=None, description="Log stream in that group (default: "
+                                              "checkpoints-<kubernetes.cluster>).")
     checkpoint_s3_bucket: str | None = Field(default=None, description="Also export to this S3 bucket (AWS settings "
                                              "from `cloudwatch`); enable Object Lock on it and set retain days.")
     checkpoint_s3_prefix: str = "opsagent/audit-checkpoints/"
     checkpoint_s3_retain_days: int | None = Field(default=None, ge=1, le=3650,
-                                                  description="Write checkpoints under Object Lock (compliance).")
+                                                  description="Write checkpoints under Object Lock for this long.")
+    checkpoint_s3_lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] = Field(
+        default="COMPLIANCE", description="Object Lock mode: COMPLIANCE (nobody, not even the account root, can "
+        "shorten or remove it) or GOVERNANCE (principals with s3:BypassGovernanceRetention can).")
+    checkpoint_region: str | None = Field(default=None, description="AWS region of the sinks (default: the "
+                                          "`cloudwatch` section's); enough on its own, with IRSA or instance "
+                                          "credentials, when CloudWatch evidence is off.")
+    checkpoint_endpoint_url: str | None = Field(default=None, description="Endpoint override for the sinks' S3 and "
+                                                "CloudWatch Logs (a VPC endpoint, LocalStack, moto).")
     checkpoint_every: int = Field(default=1000, ge=1)
 
 
@@ -116,6 +126,37 @@ class SloConfig(_Group):
     kv_cache_max: float = Field(default=0.8, gt=0, le=1, description="KV-cache usage of any replica (0..1).")
 
 
+class CloudWatchWorkloadConfig(_Group):
+    """A workload measured in CloudWatch: where its GPU utilisation and request counts are published."""
+
+    namespace: str = Field(min_length=1, description="Kubernetes namespace of the workload.")
+    name: str = Field(min_length=1, description="Workload (Deployment) name, as the workload label gives it.")
+    gpu: bool = Field(default=True, description="Read Container Insights' `pod_gpu_utilization` with PodName = "
+                      "the workload's name (how Container Insights aggregates a Deployment's pods).")
+    load_balancer: str | None = Field(default=None, description="ALB `LoadBalancer` dimension (the ARN's suffix "
+                                      "app/<name>/<id>) whose RequestCount counts its requests.")
+    target_group: str | None = Field(default=None, description="ALB `TargetGroup` dimension (the ARN's suffix "
+                                     "targetgroup/<name>/<id>) of the workload's Service.")
+    prefer: Literal["prometheus", "cloudwatch"] = Field(
+        default="prometheus", description="Which source wins when both have a series: `prometheus` uses "
+        "CloudWatch only where Prometheus has none; `cloudwatch` makes CloudWatch the source of record.")
+
+    @model_validator(mode="after")
+    def _alb_pair(self) -> CloudWatchWorkloadConfig:
+        if (self.load_balancer is None) != (self.target_group is None):
+            raise ValueError(f"{self.namespace}/{self.name}: ALB request counts need both load_balancer and "
+                             "target_group")
+        return self
+
+
+class RightsizeCloudWatchConfig(_Group):
+    """Workloads whose right-sizing and cost history is (also) read from CloudWatch."""
+
+    cluster_name: str | None = Field(default=None, description="Container Insights `ClusterName` (default: "
+                                     "kubernetes.cluster).")
+    workloads: list[CloudWatchWorkloadConfig] = Field(default_factory=list, max_length=2000)
+
+
 class RightsizeConfig(_Group):
     """Right-sizing recommendations and cost reports."""
 
@@ -151,6 +192,9 @@ class RightsizeConfig(_Group):
                                  "e.g. '0 9 * * MON'. None: no scheduled report.")
     schedule_channel: str | None = Field(default=None, description="Slack channel (default: slack.channel).")
     top: int = Field(default=5, ge=1, le=50, description="Savings listed in the Slack report.")
+    cloudwatch: RightsizeCloudWatchConfig = Field(
+        default_factory=RightsizeCloudWatchConfig, description="Workloads measured in CloudWatch (needs the "
+        "`cloudwatch` section for region, endpoint and credentials).")
 
 
 class Settings(BaseSettings):

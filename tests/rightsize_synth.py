@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from deploy.sandbox.fleet import Fleet, Workload
+from deploy.sandbox.fleet import Fleet, Workload, load_prices
 from deploy.sandbox.simulator import model
 from tools.rightsize.history import FleetHistory, WorkloadHistory
 
@@ -25,9 +25,7 @@ def workload_history(fleet: Fleet, w: Workload, *, start: float, days: float, st
     assert mv is not None
     pool = fleet.pool(w.pool)
     it = instance_type or pool.instance_type
-    from deploy.sandbox.fleet import PriceCatalog
-
-    product = PriceCatalog.load().instance_types[it].gpu_product or ""
+    product = load_prices().instance_types[it].gpu_product or ""
     spd = speed if speed is not None else fleet.gpu_speed.get(product, 1.0)
     g = gpus if gpus is not None else w.gpus
     n = int(days * 86400 // step)

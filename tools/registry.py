@@ -13,13 +13,15 @@ from tools.base import ToolSpec
 from tools.cloudwatch.tools import TOOLS as CLOUDWATCH_TOOLS
 from tools.k8s_read.tools import TOOLS as K8S_READ_TOOLS
 from tools.prometheus.tools import TOOLS as PROMETHEUS_TOOLS
+from tools.rightsize.cloudwatch import TOOLS as RIGHTSIZE_CLOUDWATCH_TOOLS
 from tools.rightsize.history import TOOLS as RIGHTSIZE_TOOLS
 from tools.serving_knowledge.tools import TOOLS as SERVING_TOOLS
 
 
 def default_tools() -> list[ToolSpec[Any, Any]]:
     """Every read tool, in a stable order (Prometheus, CloudWatch, Kubernetes, serving knowledge, right-sizing)."""
-    tools = [*PROMETHEUS_TOOLS, *CLOUDWATCH_TOOLS, *K8S_READ_TOOLS, *SERVING_TOOLS, *RIGHTSIZE_TOOLS]
+    tools = [*PROMETHEUS_TOOLS, *CLOUDWATCH_TOOLS, *K8S_READ_TOOLS, *SERVING_TOOLS, *RIGHTSIZE_TOOLS,
+             *RIGHTSIZE_CLOUDWATCH_TOOLS]
     names = [t.name for t in tools]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -3,9 +3,11 @@
 Allocation × node-pool price (OpenCost's split): a GPU node's price is divided by its GPUs and each
 workload pays for the GPUs it requested, every step; a CPU-only node's price is divided by its
 cores. What no workload requested is *unallocated*; of what was allocated, the share whose GPU
-engines were not busy is *idle* (allocated but not busy). The per-workload costs plus unallocated
-reconcile to the node pools' cost; `reconciliation_error` is the difference, computed from the node
-inventory independently, so it shows when allocations and nodes disagree. Pure functions, no I/O.
+engines were not busy is *idle* (allocated but not busy). GPU busy and requests come from the source
+the history took them from (Prometheus, or CloudWatch for workloads measured there), and each
+workload says which. The per-workload costs plus unallocated reconcile to the node pools' cost;
+`reconciliation_error` is the difference, computed from the node inventory independently, so it
+shows when allocations and nodes disagree. Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +38,12 @@ class WorkloadCost(_Model):
     gpu_busy_mean: float | None
     tokens: float
     cost_per_million_tokens: float | None
+    requests: float = Field(default=0.0, description="Requests served over the window.")
+    cost_per_million_requests: float | None = None
+    source: Literal["prometheus", "cloudwatch"] = Field(
+        default="prometheus", description="cloudwatch when any of its series came from CloudWatch.")
+    sources: dict[str, str] = Field(default_factory=dict, description="Signal → source, for signals not from "
+                                    "Prometheus (gpu_busy, requests).")
 
 
 class Rollup(_Model):
@@ -44,6 +53,8 @@ class Rollup(_Model):
     idle_cost: float
     tokens: float
     cost_per_million_tokens: float | None
+    requests: float = 0.0
+    cost_per_million_requests: float | None = None
 
 
 class CostReport(_Model):
@@ -114,11 +125,16 @@ def workload_cost(h: WorkloadHistory, catalog: PriceCatalog, step_h: float) -> t
             per_step[i] += c
             cost += c
     tokens = sum(_v(x) for x in h.tokens)
+    requests = sum(_v(x) for x in h.demand_rps) * step_h * 3600.0  # mean requests/s per step × its seconds
     busy = [b for b in h.gpu_busy if not math.isnan(b)]
     return (WorkloadCost(namespace=h.namespace, name=h.name, model=h.model or "unknown", team=h.team or "unknown",
                          gpu_hours=round(gpu_hours, 3), cost=round(cost, 4), idle_cost=round(idle, 4),
                          gpu_busy_mean=round(sum(busy) / len(busy), 4) if busy else None, tokens=tokens,
-                         cost_per_million_tokens=round(cost / tokens * 1e6, 4) if tokens else None),
+                         cost_per_million_tokens=round(cost / tokens * 1e6, 4) if tokens else None,
+                         requests=round(requests, 1),
+                         cost_per_million_requests=round(cost / requests * 1e6, 4) if requests >= 1 else None,
+                         source="cloudwatch" if h.source == "cloudwatch" else "prometheus",
+                         sources=dict(h.sources)),
             per_step, busy_gpus, missing)
 
 
@@ -192,13 +208,16 @@ def cost_report(history: FleetHistory, catalog: PriceCatalog) -> CostReport:
 
 
 def _rollup(rows: Sequence[WorkloadCost], attr: str) -> list[Rollup]:
-    acc: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
+    acc: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0, 0.0])
     for r in rows:
         a = acc[str(getattr(r, attr))]
         a[0] += r.gpu_hours
         a[1] += r.cost
         a[2] += r.idle_cost
         a[3] += r.tokens
+        a[4] += r.requests
     return sorted((Rollup(key=k, gpu_hours=round(v[0], 2), cost=round(v[1], 2), idle_cost=round(v[2], 2),
-                          tokens=v[3], cost_per_million_tokens=round(v[1] / v[3] * 1e6, 4) if v[3] else None)
+                          tokens=v[3], cost_per_million_tokens=round(v[1] / v[3] * 1e6, 4) if v[3] else None,
+                          requests=round(v[4], 1),
+                          cost_per_million_requests=round(v[1] / v[4] * 1e6, 4) if v[4] >= 1 else None)
                    for k, v in acc.items()), key=lambda r: -r.cost)

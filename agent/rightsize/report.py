@@ -40,13 +40,21 @@ def to_markdown(run: RightsizeRun) -> str:
            f"| … of which idle (allocated, GPUs not busy) | {c.idle_cost:,.2f} |",
            f"| unallocated node capacity | {c.unallocated_cost:,.2f} |",
            f"| reconciliation error (nodes − workloads − unallocated) | {c.reconciliation_error:,.2f} |", "",
-           "| model | GPU-hours | cost | idle | $/M tokens |", "|---|---:|---:|---:|---:|"]
+           "| model | GPU-hours | cost | idle | $/M tokens | $/M requests |", "|---|---:|---:|---:|---:|---:|"]
     for m in c.by_model:
-        per_m = f"{m.cost_per_million_tokens:,.3f}" if m.cost_per_million_tokens else "—"
-        out.append(f"| {m.key} | {m.gpu_hours:,.1f} | {m.cost:,.2f} | {m.idle_cost:,.2f} | {per_m} |")
+        out.append(f"| {m.key} | {m.gpu_hours:,.1f} | {m.cost:,.2f} | {m.idle_cost:,.2f} | "
+                   f"{_per_m(m.cost_per_million_tokens)} | {_per_m(m.cost_per_million_requests)} |")
     for title, rows in (("team", c.by_team), ("namespace", c.by_namespace)):
         out += ["", f"| {title} | GPU-hours | cost | idle |", "|---|---:|---:|---:|"]
         out += [f"| {x.key} | {x.gpu_hours:,.1f} | {x.cost:,.2f} | {x.idle_cost:,.2f} |" for x in rows]
+    out += ["", "| workload | source | GPU-hours | cost | idle | GPU busy | $/M tokens | $/M requests |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for wc in c.workloads:
+        busy = f"{wc.gpu_busy_mean:.0%}" if wc.gpu_busy_mean is not None else "—"
+        src = wc.source + (f" ({', '.join(sorted(wc.sources))})" if wc.sources else "")
+        out.append(f"| {wc.namespace}/{wc.name} | {src} | {wc.gpu_hours:,.1f} | {wc.cost:,.2f} | "
+                   f"{wc.idle_cost:,.2f} | {busy} | {_per_m(wc.cost_per_million_tokens)} | "
+                   f"{_per_m(wc.cost_per_million_requests)} |")
     out += ["", f"## Recommendations (total savings {money(run.total_savings)}/month)", "",
             "| workload | current | recommended | $/mo now | $/mo after | saves | SLO risk | confidence |",
             "|---|---|---|---:|---:|---:|---|---|"]
@@ -72,9 +80,13 @@ def to_markdown(run: RightsizeRun) -> str:
                 out.append(f"  - {res.resource} request {cur} → {_amount(res.resource, res.target)} (range "
                            f"{_amount(res.resource, res.lower)}–{_amount(res.resource, res.upper)})"
                            f"{' — ' + res.note if res.note else ''}")
-    for n in run.notes + c.notes:
+    for n in dict.fromkeys(run.notes + c.notes):  # the cost report repeats the history's notes
         out.append(f"> note: {n}")
     return "\n".join(out) + "\n"
+
+
+def _per_m(x: float | None) -> str:
+    return f"{x:,.3f}" if x else "—"
 
 
 def _amount(resource: str, v: float) -> str:

@@ -1,6 +1,7 @@
 """One right-sizing run: read the fleet's history through the guarded runner, then recommend and cost.
 
-The history tool is called like every other tool (validation, READ ceiling, timeout, audit), with
+Prometheus first; then CloudWatch for the workloads measured there (`agent.rightsize.cloudwatch`).
+The history tools are called like every other tool (validation, READ ceiling, timeout, audit), with
 a Prometheus client whose timeout suits weeks of history. Everything after the read is pure.
 """
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agent.audit import AuditSink
 from agent.config import Settings
+from agent.rightsize.cloudwatch import with_cloudwatch
 from agent.rightsize.cost import CostReport, cost_report
 from agent.rightsize.engine import Recommendation, recommend_all
 from agent.runner import ToolRunner
@@ -93,4 +95,5 @@ async def run(settings: Settings, tools: list[ToolSpec[Any, Any]], audit: AuditS
         await prom.aclose()
     if not out.ok or not isinstance(out.result, FleetHistory):
         raise RightsizeError(out.error or "the history tool returned nothing")
-    return analyse(out.result, catalog, settings, window=window, started=t0)
+    history = await with_cloudwatch(out.result, settings, tools, audit, actor=actor, timeout_s=cfg.query_timeout_s)
+    return analyse(history, catalog, settings, window=window, started=t0)

@@ -18,7 +18,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from deploy.sandbox import pki
-from deploy.sandbox.fleet import Fleet, PriceCatalog, deployment_manifest, node_manifest
+from deploy.sandbox.fleet import Fleet, deployment_manifest, node_manifest
+from tools.rightsize.catalog import PriceCatalog
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from deploy.sandbox.fleet import (
     GPU_RESOURCE,
     LABEL_APP,
     Fleet,
-    PriceCatalog,
     Workload,
     deployment_manifest,
+    load_prices,
     pod_template,
 )
 from deploy.sandbox.simulator import model
@@ -166,7 +166,7 @@ def surge_multiplier(fleet: Fleet, w: Workload, at_least: float, target_utilizat
     """A surge that saturates at any hour: traffic rises by `at_least`x, or more if that is what it takes
     to load the replicas to `target_utilization` of their capacity (a 3x surge at 4 a.m. may fit)."""
     mv = fleet.version(w.model, w.version)
-    product = PriceCatalog.load().instance_types[fleet.pool(w.pool).instance_type].gpu_product or ""
+    product = load_prices().instance_types[fleet.pool(w.pool).instance_type].gpu_product or ""
     capacity = w.replicas * (mv.max_rps if mv else 1.0) * fleet.gpu_speed.get(product, 1.0)
     demand = model.demand_rps(w.traffic, now, seed=f"{w.namespace}/{w.name}")
     return max(at_least, target_utilization * capacity / demand) if demand > 0 else at_least

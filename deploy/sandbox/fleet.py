@@ -1,7 +1,9 @@
-"""Typed view of `fleet.yaml` and `price-catalog.yaml`: the GPU fleet the sandbox builds.
+"""Typed view of `fleet.yaml`: the GPU fleet the sandbox builds.
 
 The fleet file is data users edit; this module validates it (unknown keys are errors) and derives
-the Kubernetes objects (nodes, namespaces, Deployments) from it. It must not talk to any API.
+the Kubernetes objects (nodes, namespaces, Deployments) from it. It must not talk to any API. The
+price catalog is parsed by the agent's own model of it (`tools.rightsize.catalog.PriceCatalog`), so
+the sandbox prices its nodes exactly as cost reports read them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tools.rightsize.catalog import PriceCatalog
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_FLEET = HERE / "fleet.yaml"
@@ -38,24 +42,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class InstanceType(_Strict):
-    gpu_product: str | None
-    gpus: int = Field(ge=0)
-    gpu_memory_gib: int = Field(ge=0)
-    cpu: int = Field(gt=0)
-    memory_gib: int = Field(gt=0)
-    price_per_hour: float = Field(ge=0, description="USD per node-hour.")
-
-
-class PriceCatalog(_Strict):
-    currency: str = "USD"
-    instance_types: dict[str, InstanceType]
-    # Read by the agent's right-sizing engine (tools.rightsize.catalog), not by the sandbox.
-    gpu_products: dict[str, dict[str, Any]] = Field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: Path = DEFAULT_PRICES) -> PriceCatalog:
-        return cls.model_validate(_read_yaml(path))
+def load_prices(path: Path = DEFAULT_PRICES) -> PriceCatalog:
+    """The price catalog the sandbox's nodes are labelled and priced from (the agent's own model of it)."""
+    return PriceCatalog.load(path)
 
 
 class Pool(_Strict):

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from deploy.sandbox import cluster, components, kwok, monitoring, pki
-from deploy.sandbox.fleet import DEFAULT_FLEET, DEFAULT_PRICES, Fleet, PriceCatalog
+from deploy.sandbox.fleet import DEFAULT_FLEET, DEFAULT_PRICES, Fleet, load_prices
 from deploy.sandbox.processes import Proc, StartError, Supervisor
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class Sandbox:
         t_all = time.monotonic()
         tm = Timings()
         fleet = Fleet.load(self.s.fleet_file).scaled(self.s.nodes)
-        catalog = PriceCatalog.load(self.s.price_file)
+        catalog = load_prices(self.s.price_file)
 
         t0 = time.monotonic()
         self.progress("checking components (builds the control plane from Go modules on first use)")

@@ -7,6 +7,7 @@ may do, so these tests prove the least-privilege claims of the chart, not its te
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import time
@@ -15,11 +16,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+import yaml
 from kubernetes import client
 
+from agent.app import checkpoint_sinks
+from agent.audit import AuditEvent, AuditKind
+from agent.auditlog import AuditLog, CloudWatchLogsCheckpointSink, FileCheckpointSink, S3CheckpointSink
+from agent.config import load_settings
 from deploy.sandbox import components
 from deploy.sandbox.sandbox import Sandbox
+
+pytest_plugins = ("tests.conftest_tools",)
 
 CHART = Path(__file__).parents[2] / "deploy" / "helm" / "opsagent"
 SERVING = ["llm-prod", "search"]  # the executor's namespaces in these tests
@@ -164,3 +173,103 @@ def test_the_executor_is_confined_to_its_namespaces_and_verbs(release: tuple[str
                 "namespaces"):
         for verb in ("create", "update", "patch", "delete"):
             assert not can(kubectl, sa, verb, res), f"executor can {verb} {res}"
+
+
+# ---- audit checkpoint sinks from chart values (helm template only: no cluster needed) ----------------
+@pytest.fixture(scope="module")
+def helm_template() -> Any:
+    binary = components.locate(components.default_cache_dir()).helm
+    if not binary.exists():
+        pytest.fail(f"helm is not built at {binary}: run deploy/sandbox/build-components.sh")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(binary), "template", "t", str(CHART), "--kube-version", "1.34.0", *args],
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    return run
+
+
+def _rendered(out: subprocess.CompletedProcess[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    assert out.returncode == 0, out.stderr
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out.stdout) if d}
+
+
+SINK_VALUES = ["--set", "config.cluster=prod-eu", "--set", "auditCheckpoints.region=eu-west-1",
+               "--set", "auditCheckpoints.cloudwatchLogs.logGroup=/opsagent/audit-checkpoints",
+               "--set", "auditCheckpoints.cloudwatchLogs.logStream=prod-eu-serve",
+               "--set", "auditCheckpoints.s3.bucket=opsagent-audit", "--set", "auditCheckpoints.s3.prefix=prod-eu/",
+               "--set", "auditCheckpoints.s3.objectLock.mode=GOVERNANCE",
+               "--set", "auditCheckpoints.s3.objectLock.retainDays=400",
+               "--set", "secrets.awsAccessKeyIdKey=aws-access-key-id",
+               "--set", "secrets.awsSecretAccessKeyKey=aws-secret-access-key"]
+
+
+def test_checkpoint_sink_values_render_into_settings_that_build_those_sinks(
+        helm_template: Any, moto_reset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = _rendered(helm_template(*SINK_VALUES, "--set", f"auditCheckpoints.endpointUrl={moto_reset}"))
+    config = tmp_path / "config.yaml"
+    config.write_text(docs[("ConfigMap", "t-opsagent-config")]["data"]["config.yaml"])
+    env = {e["name"]: e for e in docs[("Deployment", "t-opsagent")]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    for name, key in (("AWS_ACCESS_KEY_ID", "aws-access-key-id"), ("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key")):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "opsagent", "key": key}
+        monkeypatch.setenv(name, "from-the-secret")  # what the pod's environment holds
+
+    # The pod's settings: the rendered file, plus the secrets its environment supplies; a writable state dir.
+    settings = load_settings(config, audit={"key": "k" * 32}, state_dir=str(tmp_path / "state"))
+    a = settings.audit
+    assert (a.checkpoint_region, a.checkpoint_endpoint_url) == ("eu-west-1", moto_reset)
+    assert (a.checkpoint_s3_bucket, a.checkpoint_s3_prefix, a.checkpoint_s3_lock_mode,
+            a.checkpoint_s3_retain_days) == ("opsagent-audit", "prod-eu/", "GOVERNANCE", 400)
+    assert settings.cloudwatch is None  # the sinks do not switch CloudWatch evidence on
+
+    s3 = boto3.client("s3", endpoint_url=moto_reset, region_name="eu-west-1", aws_access_key_id="t",
+                      aws_secret_access_key="t")
+    s3.create_bucket(Bucket="opsagent-audit", ObjectLockEnabledForBucket=True,
+                     CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    sinks = checkpoint_sinks(settings)
+    assert [type(x) for x in sinks] == [FileCheckpointSink, CloudWatchLogsCheckpointSink, S3CheckpointSink]
+    log = AuditLog(tmp_path / "audit.db", b"k" * 32, sinks, checkpoint_every=2)
+    log.append_many([AuditEvent(at=dt.datetime.now(dt.UTC), kind=AuditKind.EXECUTION, actor="executor",
+                                action=f"execute chg-{i}", inputs_hash=f"{i:064x}", decision="applied")
+                     for i in range(2)])
+    log.close()
+    key = s3.list_objects_v2(Bucket="opsagent-audit", Prefix="prod-eu/")["Contents"][0]["Key"]
+    head = s3.head_object(Bucket="opsagent-audit", Key=key)
+    assert head["ObjectLockMode"] == "GOVERNANCE"
+    assert head["ObjectLockRetainUntilDate"] > dt.datetime.now(dt.UTC) + dt.timedelta(days=399)
+    logs = boto3.client("logs", endpoint_url=moto_reset, region_name="eu-west-1", aws_access_key_id="t",
+                        aws_secret_access_key="t")
+    events = logs.get_log_events(logGroupName="/opsagent/audit-checkpoints", logStreamName="prod-eu-serve")["events"]
+    assert len(events) == 1 and '"seq": 2' in events[0]["message"]
+    assert all(x.latest() is not None and x.latest().seq == 2 for x in sinks)
+
+
+def test_irsa_role_annotates_the_pods_service_account_and_no_sink_values_leave_the_file_alone(
+        helm_template: Any, tmp_path: Path) -> None:
+    role = "arn:aws:iam::123456789012:role/opsagent-audit"
+    docs = _rendered(helm_template("--set", f"aws.roleArn={role}",
+                                   "--set", "serviceAccounts.reader.annotations.team=platform"))
+    reader = docs[("ServiceAccount", "t-opsagent-reader")]
+    assert reader["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": role, "team": "platform"}
+    assert docs[("Deployment", "t-opsagent")]["spec"]["template"]["spec"]["serviceAccountName"] == "t-opsagent-reader"
+    assert "annotations" not in docs[("ServiceAccount", "t-opsagent-executor")]["metadata"]
+    config = tmp_path / "config.yaml"
+    config.write_text(docs[("ConfigMap", "t-opsagent-config")]["data"]["config.yaml"])
+    settings = load_settings(config, audit={"key": "k" * 32}, state_dir=str(tmp_path / "state"))
+    assert [type(x) for x in checkpoint_sinks(settings)] == [FileCheckpointSink]
+
+
+@pytest.mark.parametrize(("values", "complaint"), [
+    (["auditCheckpoints.s3.bucket=Audit_Bucket", "auditCheckpoints.region=eu-west-1"], "/auditCheckpoints/s3/bucket"),
+    (["auditCheckpoints.s3.bucket=opsagent-audit"], "/auditCheckpoints/region"),
+    (["auditCheckpoints.cloudwatchLogs.logGroup=/opsagent/cp", "auditCheckpoints.region=Ireland"],
+     "/auditCheckpoints/region"),
+    (["auditCheckpoints.s3.objectLock.mode=STRICT"], "/auditCheckpoints/s3/objectLock/mode"),
+    (["auditCheckpoints.s3.objectLock.retainDays=-1"], "/auditCheckpoints/s3/objectLock/retainDays"),
+    (["auditCheckpoints.endpointUrl=s3.internal"], "/auditCheckpoints/endpointUrl"),
+    (["aws.roleArn=opsagent-role"], "/aws/roleArn"),
+    (["auditCheckpoints.s3.retention=30"], "retention"),
+])
+def test_the_schema_refuses_bad_sink_values(helm_template: Any, values: list[str], complaint: str) -> None:
+    out = helm_template(*(a for v in values for a in ("--set", v)))
+    assert out.returncode != 0 and complaint in out.stderr, out.stderr

@@ -80,3 +80,34 @@ def test_idle_overprovision_is_found_and_priced(sandbox: dict[str, Any], admin: 
     assert out.returncode == 0, out.stderr
     proposed = [line for line in out.stdout.splitlines() if line.startswith("proposed chg-")]
     assert len(proposed) == 1 and "scale" in proposed[0], out.stdout + out.stderr
+
+
+def test_a_workload_declared_in_cloudwatch_is_costed_from_the_sandboxs_cloudwatch(
+        sandbox: dict[str, Any], fleet: Fleet, tmp_path: Path) -> None:
+    """chat-lite declared as measured in CloudWatch (Container Insights + its ALB target group), preferred there."""
+    from deploy.sandbox.simulator.cloudwatch import load_balancer, target_group
+
+    w = fleet.workload("chat-lite")
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"rightsize": {"cloudwatch": {"cluster_name": fleet.cluster, "workloads": [
+        {"namespace": w.namespace, "name": w.name, "load_balancer": load_balancer(fleet.cluster),
+         "target_group": target_group(w.namespace, w.name), "prefer": "cloudwatch"}]}}}))
+    plain = _cli(sandbox, tmp_path / "a", "report", "cost", "--window", "1d", "--format", "json")
+    assert plain.returncode == 0, plain.stderr
+    out = _cli(sandbox, tmp_path / "b", "report", "cost", "--window", "1d", "--format", "json", "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    before = {x["name"]: x for x in json.loads(plain.stdout)["cost"]["workloads"]}
+    doc = json.loads(out.stdout)
+    after = {x["name"]: x for x in doc["cost"]["workloads"]}
+    assert not [n for n in doc["notes"] if "CloudWatch" in n], doc["notes"]
+    lite = after[w.name]
+    print(f"[rightsize/cloudwatch] {w.name}: {lite['requests']:.0f} requests from the ALB vs "
+          f"{before[w.name]['requests']:.0f} from Prometheus; GPU busy {lite['gpu_busy_mean']} (Container Insights "
+          f"utilisation) vs {before[w.name]['gpu_busy_mean']} (DCGM engine active); "
+          f"${lite['cost_per_million_requests']}/M requests")
+    assert lite["source"] == "cloudwatch" and lite["sources"] == {"gpu_busy": "cloudwatch", "requests": "cloudwatch"}
+    assert {x["source"] for n, x in after.items() if n != w.name} == {"prometheus"}
+    # The same traffic, counted by the load balancer and by the runtime's own counters.
+    assert lite["requests"] == pytest.approx(before[w.name]["requests"], rel=0.1)
+    assert 0 < lite["gpu_busy_mean"] <= 1
+    assert lite["cost"] == pytest.approx(before[w.name]["cost"], rel=1e-6)  # allocation is Prometheus' either way

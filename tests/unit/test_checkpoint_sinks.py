@@ -136,5 +136,5 @@ def test_settings_wire_both_sinks_and_a_missing_aws_section_is_a_clear_error(mot
 
     del cfg["cloudwatch"]
     f.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ValueError, match="need AWS settings in the `cloudwatch` section"):
+    with pytest.raises(ValueError, match=r"need an AWS region: set audit\.checkpoint_region or the `cloudwatch`"):
         build_app(load_settings(f))

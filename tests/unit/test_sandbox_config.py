@@ -9,11 +9,11 @@ import pytest
 import yaml
 
 from deploy.sandbox import kwok, monitoring
-from deploy.sandbox.fleet import DEFAULT_FLEET, Fleet, PriceCatalog, deployment_manifest, node_manifest
+from deploy.sandbox.fleet import DEFAULT_FLEET, Fleet, deployment_manifest, load_prices, node_manifest
 
 
 def test_shipped_fleet_and_prices_load() -> None:
-    fleet, catalog = Fleet.load(), PriceCatalog.load()
+    fleet, catalog = Fleet.load(), load_prices()
     for pool in fleet.pools:
         assert pool.instance_type in catalog.instance_types
     assert {w.runtime for w in fleet.workloads} == {"vllm", "triton"}
@@ -45,7 +45,7 @@ def test_scaling_the_fleet_resizes_gpu_pools_only() -> None:
 
 
 def test_gpu_nodes_and_workloads_request_gpus() -> None:
-    fleet, catalog = Fleet.load(), PriceCatalog.load()
+    fleet, catalog = Fleet.load(), load_prices()
     h100 = fleet.pool("h100")
     node = node_manifest(fleet, catalog, h100, 0)
     assert node["status"]["capacity"]["nvidia.com/gpu"] == "8"

@@ -16,7 +16,7 @@ from typing import IO
 import httpx
 import pytest
 
-from deploy.sandbox.fleet import Fleet, PriceCatalog
+from deploy.sandbox.fleet import Fleet, load_prices
 from deploy.sandbox.simulator.backfill import BackfillCancelled, backfill, timeline
 from deploy.sandbox.simulator.exporter import LiveFleet
 from deploy.sandbox.simulator.exposition import series_text
@@ -64,7 +64,7 @@ def _read_om(directory: Path) -> dict[str, list[tuple[float, int]]]:
 
 
 def test_history_ends_where_the_live_exporter_continues(small_fleet: Fleet, tmp_path: Path) -> None:
-    catalog = PriceCatalog.load()
+    catalog = load_prices()
     snap = fleet_snapshot(small_fleet, catalog)
     placement = Placement(small_fleet, snap)
     result = backfill(
@@ -185,7 +185,7 @@ def test_promtool_imports_history_and_prometheus_answers_range_queries(
     small_fleet: Fleet, prometheus_on: tuple[Path, Callable[[Path], str]]
 ) -> None:
     tmp_path, start = prometheus_on
-    catalog = PriceCatalog.load()
+    catalog = load_prices()
     snap = fleet_snapshot(small_fleet, catalog)
     end = time.time()
     data = tmp_path / "data"
@@ -239,7 +239,7 @@ def test_promtool_imports_history_and_prometheus_answers_range_queries(
 def test_a_huge_fleet_keeps_its_days_with_a_coarser_step(
     small_fleet: Fleet, tmp_path: Path
 ) -> None:
-    catalog = PriceCatalog.load()
+    catalog = load_prices()
     snap = fleet_snapshot(small_fleet, catalog)
     result = backfill(
         Placement(small_fleet, snap),
@@ -258,7 +258,7 @@ def test_a_huge_fleet_keeps_its_days_with_a_coarser_step(
 
 
 def test_a_stop_request_ends_the_backfill(small_fleet: Fleet, tmp_path: Path) -> None:
-    snap = fleet_snapshot(small_fleet, PriceCatalog.load())
+    snap = fleet_snapshot(small_fleet, load_prices())
     stop = threading.Event()
     stop.set()
     with pytest.raises(BackfillCancelled):

@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
-from deploy.sandbox.fleet import Fleet, PriceCatalog
+from deploy.sandbox.fleet import Fleet, load_prices
 from deploy.sandbox.simulator.cloudwatch import (
     ALB_NAMESPACE,
     CI_NAMESPACE,
@@ -66,7 +66,7 @@ def _sum(cw: Any, name: str, dims: list[dict[str, str]], start: float, end: floa
 
 
 def test_history_and_live_minutes_reach_cloudwatch(endpoint: str) -> None:
-    fleet, catalog = Fleet.load(), PriceCatalog.load()
+    fleet, catalog = Fleet.load(), load_prices()
     placement = Placement(fleet, fleet_snapshot(fleet, catalog))
     pub = CloudWatchPublisher(fleet, endpoint)
     now = time.time()
@@ -85,6 +85,13 @@ def test_history_and_live_minutes_reach_cloudwatch(endpoint: str) -> None:
     assert _sum(cw, "RequestCount", dims, now - 6 * 3600, now + 300) > 1000
     ci = cw.list_metrics(Namespace=CI_NAMESPACE, MetricName="node_gpu_utilization")["Metrics"]
     assert {d["Name"] for d in ci[0]["Dimensions"]} == {"ClusterName", "NodeName", "InstanceId"}
+    # Container Insights' per-workload aggregate: PodName is the workload, one metric per GPU workload.
+    owners = cw.list_metrics(Namespace=CI_NAMESPACE, MetricName="pod_gpu_utilization")["Metrics"]
+    assert {tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"])) for m in owners} == {
+        (("ClusterName", fleet.cluster), ("Namespace", w.namespace), ("PodName", w.name))
+        for w in fleet.workloads
+        if w.gpus and w.replicas
+    }
     pods = cw.list_metrics(Namespace=CI_NAMESPACE, MetricName="container_gpu_utilization")[
         "Metrics"
     ]
@@ -97,7 +104,7 @@ def test_history_and_live_minutes_reach_cloudwatch(endpoint: str) -> None:
 
 
 def test_bad_and_crashing_versions_show_in_5xx_counts_and_logs(endpoint: str) -> None:
-    fleet, catalog = Fleet.load(), PriceCatalog.load()
+    fleet, catalog = Fleet.load(), load_prices()
     fleet = fleet.model_copy(update={"cluster": "bad-day"})  # its own dimensions and log group
     snap = fleet_snapshot(fleet, catalog, versions={"chat-primary": "2025.07.0"})
     pub = CloudWatchPublisher(fleet, endpoint)

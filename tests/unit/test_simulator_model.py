@@ -7,10 +7,11 @@ import itertools
 
 import pytest
 
-from deploy.sandbox.fleet import Fleet, PriceCatalog
+from deploy.sandbox.fleet import Fleet, load_prices
 from deploy.sandbox.simulator import model
 from deploy.sandbox.simulator.placement import Placement
 from deploy.sandbox.simulator.synthetic import fleet_snapshot
+from tools.rightsize.catalog import PriceCatalog
 
 # A Wednesday and a Sunday, at 15:00 UTC (chat-lite's peak hour).
 WEDNESDAY_3PM = dt.datetime(2026, 11, 18, 15, tzinfo=dt.UTC).timestamp()
@@ -24,7 +25,7 @@ def fleet() -> Fleet:
 
 @pytest.fixture(scope="module")
 def catalog() -> PriceCatalog:
-    return PriceCatalog.load()
+    return load_prices()
 
 
 def test_demand_is_the_same_for_the_same_instant(fleet: Fleet) -> None:

@@ -8,11 +8,12 @@ from collections import defaultdict
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.sandbox.fleet import Fleet, PriceCatalog
+from deploy.sandbox.fleet import Fleet, load_prices
 from deploy.sandbox.simulator.exporter import LiveFleet, MetricsServer
 from deploy.sandbox.simulator.placement import Placement
 from deploy.sandbox.simulator.series import SeriesSet
 from deploy.sandbox.simulator.synthetic import fleet_snapshot
+from tools.rightsize.catalog import PriceCatalog
 
 T0 = 1_795_000_000.0
 SCRAPE = {"namespace", "pod", "container", "job", "instance"}
@@ -25,7 +26,7 @@ def fleet() -> Fleet:
 
 @pytest.fixture(scope="module")
 def catalog() -> PriceCatalog:
-    return PriceCatalog.load()
+    return load_prices()
 
 
 def _labels_by_name(ss: SeriesSet) -> dict[str, list[dict[str, str]]]:

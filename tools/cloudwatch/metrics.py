@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,8 +106,12 @@ def _query(i: int, spec: MetricSpec, period_s: int) -> dict[str, Any]:
 
 
 async def get_metric_data(client: CloudWatchClient, specs: Sequence[MetricSpec], start: dt.datetime,
-                          end: dt.datetime, period_s: int, *, max_pages: int = 50) -> list[MetricSeries]:
-    """Read every spec over [start, end]: ≤500 queries per call, following NextToken page by page."""
+                          end: dt.datetime, period_s: int, *, max_pages: int = 50,
+                          on_call: Callable[[], None] | None = None) -> list[MetricSeries]:
+    """Read every spec over [start, end]: ≤500 queries per call, following NextToken page by page.
+
+    `on_call` is told of each GetMetricData call made (callers that promise a bounded number count them).
+    """
     out: list[MetricSeries] = []
     window = f"from {start:%Y-%m-%dT%H:%MZ} to {end:%Y-%m-%dT%H:%MZ} (period {period_s}s)"
     for offset in range(0, len(specs), MAX_QUERIES_PER_CALL):
@@ -123,6 +127,8 @@ async def get_metric_data(client: CloudWatchClient, specs: Sequence[MetricSpec],
                                       "ScanBy": "TimestampAscending", "MaxDatapoints": MAX_POINTS_PER_CALL}
             if token:
                 kwargs["NextToken"] = token
+            if on_call is not None:
+                on_call()
             page = await client.call(what, client.metrics.get_metric_data, **kwargs)
             for r in page.get("MetricDataResults", []):
                 rid = r.get("Id", "")

@@ -78,6 +78,13 @@ class WorkloadHistory(BaseModel):
     gpus_per_replica: float | None = None
     spec_replicas: int | None = Field(default=None, description="Desired replicas of the Deployment now.")
     oom_kills: int = 0
+    sources: dict[str, str] = Field(default_factory=dict, description="Signals read from somewhere other than "
+                                    "Prometheus, e.g. {'gpu_busy': 'cloudwatch'}; absent = Prometheus.")
+
+    @property
+    def source(self) -> str:
+        """`cloudwatch` when any signal came from CloudWatch, else `prometheus`."""
+        return "cloudwatch" if "cloudwatch" in self.sources.values() else "prometheus"
 
     @property
     def key(self) -> str:

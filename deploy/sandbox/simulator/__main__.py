@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deploy.sandbox.fleet import Fleet, PriceCatalog
+from deploy.sandbox.fleet import Fleet, load_prices
 from deploy.sandbox.simulator import cluster
 from deploy.sandbox.simulator.backfill import (
     MAX_SAMPLES,
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
     t_start = time.monotonic()
     timings: dict[str, Any] = {}
     fleet = Fleet.load(args.fleet)
-    PriceCatalog.load(args.prices)  # validated so a broken catalog fails here, not in a report
+    load_prices(args.prices)  # validated so a broken catalog fails here, not in a report
     api = cluster.api_client(args.kubeconfig)
 
     t0 = time.monotonic()

@@ -15,10 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from deploy.sandbox.fleet import Fleet, PriceCatalog
+from deploy.sandbox.fleet import Fleet, load_prices
 from deploy.sandbox.simulator.backfill import backfill
 from deploy.sandbox.simulator.placement import Placement
 from deploy.sandbox.simulator.synthetic import fleet_snapshot
+from tools.rightsize.catalog import PriceCatalog
 
 
 def _prometheus(args: argparse.Namespace, fleet: Fleet, catalog: PriceCatalog) -> None:
@@ -92,7 +93,7 @@ def main() -> None:
     )
     p.add_argument("--promtool", default=shutil.which("promtool") or "/usr/bin/promtool")
     args = p.parse_args()
-    fleet, catalog = Fleet.load(), PriceCatalog.load()
+    fleet, catalog = Fleet.load(), load_prices()
     _prometheus(args, fleet, catalog)
     if args.cloudwatch_days > 0:
         _cloudwatch(args, fleet, catalog)

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 ALB_NAMESPACE = "AWS/ApplicationELB"
 CI_NAMESPACE = "ContainerInsights"
+POD_GPU_UTILIZATION = "pod_gpu_utilization"
 MAX_DATUMS = 1000  # PutMetricData limit per call
 MAX_LOG_EVENTS = 10000  # PutLogEvents limit per call
 LOG_BACKFILL_HOURS = 2.0
@@ -168,6 +169,23 @@ def metric_data(
                 "Dimensions": dims,
                 "Timestamp": stamp,
                 "Value": round(mem, 2),
+                "Unit": "Percent",
+            }
+        )
+    # Container Insights also aggregates pods by their owner: `PodName` is then the workload's name
+    # (`FullPodName` would name one pod), which is what a workload's history reads.
+    per_workload: dict[tuple[str, str], list[model.GpuSignals]] = {}
+    for r in placement.roles:
+        held = per_pod.get(r.key)
+        if held and r.workload is not None:
+            per_workload.setdefault((r.pod.namespace, r.workload.name), []).extend(held)
+    for (namespace, workload), gs in sorted(per_workload.items()):
+        ci.append(
+            {
+                "MetricName": POD_GPU_UTILIZATION,
+                "Dimensions": _dims(ClusterName=fleet.cluster, Namespace=namespace, PodName=workload),
+                "Timestamp": stamp,
+                "Value": round(sum(g.util_pct for g in gs) / len(gs), 2),
                 "Unit": "Percent",
             }
         )

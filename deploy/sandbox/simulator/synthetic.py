@@ -14,12 +14,12 @@ from typing import Any
 from deploy.sandbox.fleet import (
     GPU_RESOURCE,
     Fleet,
-    PriceCatalog,
     deployment_manifest,
     node_manifest,
     pod_template,
 )
 from deploy.sandbox.simulator.cluster import ClusterSnapshot
+from tools.rightsize.catalog import PriceCatalog
 
 
 def _h(text: str, n: int) -> str:
