@@ -186,13 +186,18 @@ class CreateChangeButton:
             ch = await flow.executor.propose(posted.spec, reason=posted.reason, requester=f"user:{user}",
                                              evidence=[rec_id])
             self.metrics.changes.labels(status=ch.status.value).inc()
-            ch = (await flow.open(ch)).change
-            await asyncio.to_thread(self.posts.done, channel, ts, rec_id, ch.id)
         except Exception as e:
             await asyncio.to_thread(self.posts.release, channel, ts, rec_id)
             log.exception("creating a change request for %s (clicked by %s) failed", rec_id, user)
             return f":warning: The change request could not be created: {type(e).__name__}: {blocks.esc(str(e))}"
+        await asyncio.to_thread(self.posts.done, channel, ts, rec_id, ch.id)
+        # The block goes in the report's thread first; the flow's progress then edits it there.
         await self.notifier.show_change(ch.id, thread=(channel, ts))
+        try:
+            ch = (await flow.open(ch)).change
+        except Exception as e:
+            log.exception("opening the flow of %s failed", ch.id)
+            return f":warning: Change request `{ch.id}` was created but its flow did not start: {type(e).__name__}: {e}"
         if ch.status == ChangeStatus.PENDING_APPROVAL:
             return (f":memo: Opened change request `{ch.id}` ({ch.spec.action.value} {ch.spec.target}) in this "
                     f"message's thread; policy `{ch.policy_rule}` needs {ch.approvals_required} approval(s) from "
