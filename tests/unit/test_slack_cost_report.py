@@ -23,8 +23,8 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from agent.app import App, build_app
-from agent.cli import app as cli
 from agent.changes import ChangeSpec
+from agent.cli import app as cli
 from agent.config import load_settings
 from agent.models import ActionKind, ObjectRef
 from agent.rightsize.posts import ButtonForPost, ReportPosts
