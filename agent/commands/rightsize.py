@@ -17,6 +17,7 @@ from agent.commands.common import (
     fail,
     open_app,
 )
+from agent.policy.evaluate import capacity_drop_limit
 from agent.rightsize import report
 from agent.rightsize.changes import change_specs, reason_for
 from agent.rightsize.service import RightsizeError, RightsizeRun, parse_window, run
@@ -84,7 +85,8 @@ def _propose(app: Any, result: RightsizeRun, only: set[str]) -> None:
     for rec in result.recommendations:
         if only and rec.id not in only and f"{rec.namespace}/{rec.name}" not in only:
             continue
-        planned = change_specs(rec, app.settings.kubernetes.cluster)
+        planned = change_specs(rec, app.settings.kubernetes.cluster,
+                               max_capacity_drop=capacity_drop_limit(app.policy, "scale"))
         if planned.note and (planned.specs or only):
             typer.echo(f"{rec.namespace}/{rec.name}: {planned.note}", err=True)
         work += [(rec, spec) for spec in planned.specs]
@@ -149,7 +151,10 @@ def report_cost(
         elif fmt == "slack":
             import json
 
-            text = json.dumps({"blocks": report.slack_blocks(result, top=app.settings.rightsize.top)}, indent=2)
+            text = json.dumps({"blocks": report.slack_blocks(result, top=app.settings.rightsize.top,
+                                                             max_capacity_drop=capacity_drop_limit(app.policy,
+                                                                                                   "scale"))},
+                              indent=2)
         elif fmt == "json":
             text = report.to_json(result)
         else:

@@ -88,25 +88,28 @@ def to_json(run: RightsizeRun) -> str:
     return json.dumps(doc, indent=2)
 
 
-def top_savings(run: RightsizeRun, top: int) -> list[tuple[Recommendation, PlannedChanges]]:
+def top_savings(run: RightsizeRun, top: int,
+                max_capacity_drop: float | None = None) -> list[tuple[Recommendation, PlannedChanges]]:
     """The recommendations the Slack report lists (the first `top` with savings), with the changes each makes."""
     out: list[tuple[Recommendation, PlannedChanges]] = []
     for r in run.recommendations:
         if len(out) >= top:
             break
         if r.monthly_savings > 0 and r.confidence != Confidence.INSUFFICIENT:
-            out.append((r, change_specs(r, run.cluster)))
+            out.append((r, change_specs(r, run.cluster, max_capacity_drop=max_capacity_drop)))
     return out
 
 
-def slack_buttons(run: RightsizeRun, *, top: int = 5) -> list[ButtonForPost]:
+def slack_buttons(run: RightsizeRun, *, top: int = 5, max_capacity_drop: float | None = None) -> list[ButtonForPost]:
     """What each "Create change request" button of `slack_blocks(run, top=top)` may propose."""
     return [ButtonForPost(r.id, planned.specs[0], reason_for(r, planned.specs[0]))
-            for r, planned in top_savings(run, top) if planned.specs]
+            for r, planned in top_savings(run, top, max_capacity_drop) if planned.specs]
 
 
-def slack_blocks(run: RightsizeRun, *, top: int = 5, report_url: str | None = None) -> list[dict[str, Any]]:
-    """Block Kit: the spend summary and the top savings, each with a "Create change request" button."""
+def slack_blocks(run: RightsizeRun, *, top: int = 5, report_url: str | None = None,
+                 max_capacity_drop: float | None = None) -> list[dict[str, Any]]:
+    """Block Kit: the spend summary and the top savings, each with a "Create change request" button
+    (for a scale-down, the first step `max_capacity_drop` allows)."""
     c = run.cost
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": f"GPU cost report — {run.cluster}"[:150]}},
@@ -116,7 +119,7 @@ def slack_blocks(run: RightsizeRun, *, top: int = 5, report_url: str | None = No
             f"Right-sizing could save *{money(run.total_savings)}/month*.")}},
     ]
     shown = 0
-    for r, planned in top_savings(run, top):
+    for r, planned in top_savings(run, top, max_capacity_drop):
         shown += 1
         block: dict[str, Any] = {"type": "section", "text": {"type": "mrkdwn", "text": (
             f"*{r.namespace}/{r.name}* — saves *{money(r.monthly_savings)}/mo*\n{r.reason}\n"

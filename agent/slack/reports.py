@@ -27,6 +27,7 @@ from agent.app import App
 from agent.audit import AuditEvent, AuditKind, inputs_hash
 from agent.changes import ChangeStatus
 from agent.flow import ChangeFlow
+from agent.policy.evaluate import capacity_drop_limit
 from agent.rightsize import report
 from agent.rightsize.changes import spec_from_button
 from agent.rightsize.posts import ButtonForPost, ReportPosts
@@ -72,10 +73,11 @@ class CostReportPoster:
 
         async def build() -> list[dict[str, Any]]:
             result = await rightsize_run(self.app.settings, self.app.tools, self.app.audit, actor="agent:cost-report")
-            buttons.extend(report.slack_buttons(result, top=cfg.top))
+            limit = capacity_drop_limit(self.app.policy, "scale")
+            buttons.extend(report.slack_buttons(result, top=cfg.top, max_capacity_drop=limit))
             fallback.append(f"GPU cost report — {result.cluster}: right-sizing could save "
                             f"{report.money(result.total_savings)}/month")
-            return report.slack_blocks(result, top=cfg.top)
+            return report.slack_blocks(result, top=cfg.top, max_capacity_drop=limit)
 
         async def post(message: list[dict[str, Any]]) -> None:
             try:

@@ -1,10 +1,11 @@
 """Two `opsagent serve` replicas with the Slack bot on one Postgres, against the real sandbox.
 
 - issue 6: with `rightsize.schedule` every minute, the cost report is posted to the channel exactly
-  once per tick although both replicas check (the first post meets a 429 and is retried); a signed
-  click on its **Create change request** button, delivered to either replica, opens one change
-  request (also when clicked again) whose block, with Approve / Reject, is in the report's thread,
-  and which its requester cannot approve;
+  once per tick although both replicas check (the first post meets a 429 and is retried); with
+  `idle-overprovision` injected, a signed click on its **Create change request** button, delivered
+  to either replica, opens one change request (also when clicked again) for the first scale-down
+  step the policy allows, whose block, with Approve / Reject, is in the report's thread, and which
+  its requester cannot approve;
 - issue 8: an alert delivered to replica A opens the incident and its change block; the signed
   **Approve** click delivered to replica B (and a second one to A) executes the change exactly once
   (one new Deployment revision, one execution row, one "applied" audit event), and the incident's
@@ -140,13 +141,25 @@ def _posted_ticks(logs: str) -> list[str]:
     return re.findall(r"posted the cost report for (\S+) to", logs)
 
 
-def test_the_scheduled_report_is_posted_once_per_tick_and_its_button_opens_one_change_request(pair: Pair) -> None:
+def _completion_button(call: Call, name: str) -> str | None:
+    return next((v for v in _create_buttons(call) if spec_from_button(v)[1].target.name == name), None)
+
+
+def test_the_scheduled_report_is_posted_once_per_tick_and_its_button_opens_one_change_request(
+        pair: Pair, sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, clean_faults: None) -> None:
     api = pair.api
-    first = _wait(lambda: _reports(api), 150, lambda: f"no cost report posted: {pair.logs()[-3000:]}", every=1)[0]
+    # Six replicas of a model at 5 % of its traffic: the next report recommends fewer, with a button.
+    target = fleet.workload(fleet.faults["idle-overprovision"]["workload"])
+    faults.inject(admin, fleet, "idle-overprovision")
+    prom = sandbox["endpoints"]["prometheus"]
+    query = f'kube_deployment_spec_replicas{{namespace="{target.namespace}",deployment="{target.name}"}}'
+    _wait(lambda: _prom_value(prom, query) == 6.0, 120, "Prometheus never saw the 6 replicas", every=2)
+    assert _wait(lambda: _reports(api), 150, lambda: f"no cost report posted: {pair.logs()[-3000:]}", every=1)
     assert [c.status for c in api.of("chat.postMessage", ok_only=False)][:1] == [429], "the first post met a 429"
-    # Both replicas check every 2 s: wait for the next tick's report, then a few checks more, well before
-    # the tick after it, and count.
-    _wait(lambda: len(_reports(api)) >= 2, 90, lambda: f"no second tick posted: {pair.logs()[-3000:]}", every=1)
+    first = _wait(lambda: [c for c in _reports(api) if _completion_button(c, target.name)], 130,
+                  lambda: f"no report with a button for {target.name}: "
+                          f"{[render(c.args) for c in _reports(api)]}", every=1)[0]
+    # Both replicas check every 2 s: a few checks more, well before the next tick, then count.
     time.sleep(6)
     ticks = _posted_ticks(pair.logs())
     reports = _reports(api)
@@ -164,11 +177,12 @@ def test_the_scheduled_report_is_posted_once_per_tick_and_its_button_opens_one_c
 
     text = render(first.args)
     assert "GPU cost report" in text and "could save" in text
-    values = _create_buttons(first)
-    assert values, f"the report has no Create change request button: {text}"
-    # A scale the policy takes to approval (a drop of more than half the capacity would be denied).
-    value = next((v for v in values if spec_from_button(v)[1].action.value == "scale"), values[0])
+    value = _completion_button(first, target.name)
+    assert value is not None
     rec_id, spec = spec_from_button(value)
+    # 6 → 2 would remove two thirds of the capacity, which policy denies: the button carries the first step.
+    assert spec.action.value == "scale" and spec.params["replicas"] == 3, spec
+    assert "at most 50% of capacity" in text
     report_ts = first.args["_ts"]
     click = pair.sim(pair.b).click(ONCALL, CREATE_ACTION_ID, value, REPORTS, report_ts)
     assert click.status_code == 200
@@ -199,6 +213,11 @@ def test_the_scheduled_report_is_posted_once_per_tick_and_its_button_opens_one_c
     assert change_id in refusal.args["text"]
     pair.sim(pair.b).click(PLATFORM, "change_reject", change_id, REPORTS, block.args["_ts"], report_ts)
     _wait(lambda: "rejected" in api.message_text(block.args["_ts"]).lower(), 30, "the block never said rejected")
+
+
+def _prom_value(url: str, query: str) -> float | None:
+    res = httpx.get(f"{url}/api/v1/query", params={"query": query}, timeout=10).json()["data"]["result"]
+    return float(res[0]["value"][1]) if res else None
 
 
 def _metric(r: Replica, name: str) -> float:
