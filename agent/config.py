@@ -191,6 +191,13 @@ class RightsizeConfig(_Group):
     schedule: str | None = Field(default=None, description="Cron expression (UTC) for the Slack cost report, "
                                  "e.g. '0 9 * * MON'. None: no scheduled report.")
     schedule_channel: str | None = Field(default=None, description="Slack channel (default: slack.channel).")
+    schedule_check_s: float = Field(default=30, gt=0, le=3600, description="How often `opsagent serve` checks "
+                                    "whether a tick of the schedule is due (a tick is posted within this long).")
+    schedule_lease_s: float = Field(default=600, gt=0, le=86400, description="How long a replica's claim on a tick "
+                                    "lasts while it builds and posts; a replica that dies leaves it to another "
+                                    "after this long.")
+    button_max_age_h: float = Field(default=168, gt=0, le=24 * 90, description="A \"Create change request\" "
+                                    "click on a report older than this is refused (its figures are stale).")
     top: int = Field(default=5, ge=1, le=50, description="Savings listed in the Slack report.")
     cloudwatch: RightsizeCloudWatchConfig = Field(
         default_factory=RightsizeCloudWatchConfig, description="Workloads measured in CloudWatch (needs the "

@@ -61,6 +61,10 @@ class Metrics:
                                   registry=r)
         self.chat_requests = Counter("opsagent_slack_requests_total", "Slack deliveries by kind and outcome.",
                                      ["kind", "outcome"], registry=r)
+        self.cost_reports = Counter("opsagent_cost_reports_total",
+                                    "Scheduled cost reports by outcome (posted, failed).", ["outcome"], registry=r)
+        for outcome in ("posted", "failed"):
+            self.cost_reports.labels(outcome=outcome)  # exported as 0 before the first tick
         self.chat_errors = Counter("opsagent_slack_api_errors_total",
                                    "Slack Web API calls that failed after retries.", ["method"], registry=r)
 

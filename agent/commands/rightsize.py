@@ -17,6 +17,7 @@ from agent.commands.common import (
     fail,
     open_app,
 )
+from agent.policy.evaluate import capacity_drop_limit
 from agent.rightsize import report
 from agent.rightsize.changes import change_specs, reason_for
 from agent.rightsize.service import RightsizeError, RightsizeRun, parse_window, run
@@ -84,7 +85,8 @@ def _propose(app: Any, result: RightsizeRun, only: set[str]) -> None:
     for rec in result.recommendations:
         if only and rec.id not in only and f"{rec.namespace}/{rec.name}" not in only:
             continue
-        planned = change_specs(rec, app.settings.kubernetes.cluster)
+        planned = change_specs(rec, app.settings.kubernetes.cluster,
+                               max_capacity_drop=capacity_drop_limit(app.policy, "scale"))
         if planned.note and (planned.specs or only):
             typer.echo(f"{rec.namespace}/{rec.name}: {planned.note}", err=True)
         work += [(rec, spec) for spec in planned.specs]
@@ -116,6 +118,10 @@ def report_cost(
     fmt: Annotated[str, typer.Option("--format", help="md, html, json or slack (Block Kit JSON).")] = "md",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")]
         = None,
+    post: Annotated[bool, typer.Option("--post", help="Post the Slack report (over rightsize.window) to "
+                                                      "rightsize.schedule_channel or slack.channel, once per tick of "
+                                                      "rightsize.schedule shared with `opsagent serve` replicas "
+                                                      "(without a schedule: once a minute).")] = False,
     config: ConfigOpt = None,
     use_sandbox: SandboxOpt = False,
     sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR,
@@ -124,7 +130,18 @@ def report_cost(
     """GPU-hours and cost per model, team and namespace, idle and unallocated cost, and the savings found."""
     if fmt not in ("md", "html", "json", "slack"):
         fail("--format must be md, html, json or slack", 2)
+    if post and output is not None:
+        fail("--post posts the Slack report; run without --post to write a file with --output", 2)
+    if post and (namespace or window != "14d"):
+        fail("--post posts the report serve posts (the whole fleet over rightsize.window); drop --namespace and "
+             "--window", 2)
     app = open_app(config, use_sandbox, sandbox_dir, state_dir)
+    if post:
+        try:
+            _post(app)
+        finally:
+            app.close()
+        return
     try:
         result = _run(app, window, namespace)
         if fmt == "html":
@@ -134,7 +151,10 @@ def report_cost(
         elif fmt == "slack":
             import json
 
-            text = json.dumps({"blocks": report.slack_blocks(result, top=app.settings.rightsize.top)}, indent=2)
+            text = json.dumps({"blocks": report.slack_blocks(result, top=app.settings.rightsize.top,
+                                                             max_capacity_drop=capacity_drop_limit(app.policy,
+                                                                                                   "scale"))},
+                              indent=2)
         elif fmt == "json":
             text = report.to_json(result)
         else:
@@ -149,3 +169,51 @@ def report_cost(
     except OSError as e:
         fail(f"cannot write {output}: {e.strerror}")
     typer.echo(f"wrote {output} ({len(text):,} bytes)", err=True)
+
+
+def _post(app: Any) -> None:
+    """Post the Slack report for the schedule's latest tick, unless another process already did."""
+    import datetime as dt
+
+    from agent.rightsize.schedule import CronSchedule
+    from agent.slack.app import web_client
+    from agent.slack.reports import JOB, CostReportPoster
+
+    s = app.settings
+    if s.slack.bot_token is None:
+        fail("--post needs slack.bot_token (OPSAGENT_SLACK__BOT_TOKEN): the bot token the report is posted with", 2)
+    channel = s.rightsize.schedule_channel or s.slack.channel
+    if not channel:
+        fail("--post needs a channel: set rightsize.schedule_channel or slack.channel", 2)
+    try:
+        schedule = CronSchedule(s.rightsize.schedule or "* * * * *")
+    except ValueError as e:
+        fail(str(e), 2)
+    now = dt.datetime.now(dt.UTC)
+    tick = schedule.last_tick(now)
+    if (now - tick).total_seconds() > 3600:
+        fail(f"nothing posted: the latest tick of rightsize.schedule {s.rightsize.schedule!r} was "
+             f"{tick.isoformat()}, more than an hour ago (run --post on that schedule, in UTC)")
+    poster = CostReportPoster(app, web_client(s.slack), channel, schedule)
+
+    async def go() -> dt.datetime | None:
+        try:
+            return await poster.post_due(now)
+        finally:
+            await app.aclose_clients()
+
+    try:
+        posted = asyncio.run(go())
+        owners = [o for t, o, _ in poster.leases.runs(JOB) if t == tick.isoformat()]
+    except RightsizeError as e:
+        fail(f"nothing posted: cannot read the fleet's history: {e}")
+    except Exception as e:
+        fail(f"nothing posted to {channel}: {type(e).__name__}: {e} (the tick is released for a retry)")
+    finally:
+        poster.leases.close()
+        poster.posts.close()
+    if posted is not None:
+        typer.echo(f"posted the cost report for {posted.isoformat()} to {channel}", err=True)
+    else:
+        typer.echo(f"the cost report for {tick.isoformat()} was already posted (or is being posted) by "
+                   f"{owners[0] if owners else 'another process'}; nothing to do", err=True)

@@ -11,6 +11,7 @@ does: such a recommendation yields the replica change on the current GPU type, a
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,12 +32,15 @@ class PlannedChanges:
     note: str  # what the specs do not cover, if anything
 
 
-def change_specs(rec: Recommendation, cluster: str, *, container: str | None = None) -> PlannedChanges:
+def change_specs(rec: Recommendation, cluster: str, *, container: str | None = None,
+                 max_capacity_drop: float | None = None) -> PlannedChanges:
     """The change requests that carry out `rec` (possibly none, with the reason in `note`).
 
     `container` names the container whose GPU request changes; without it a GPU-count change is left
     out (and said so). The instance type is recorded in the params as the price the change was
-    sized at; the executor's tools ignore it.
+    sized at; the executor's tools ignore it. With `max_capacity_drop` (the policy's limit on the
+    share of capacity one scale may remove), a larger scale-down is proposed as the first step the
+    policy allows, and the note says so: a change the policy would deny helps nobody.
     """
     if not rec.actionable or rec.current is None or rec.recommended is None:
         return PlannedChanges([], f"{rec.namespace}/{rec.name}: nothing to change ({rec.reason})")
@@ -59,6 +63,13 @@ def change_specs(rec: Recommendation, cluster: str, *, container: str | None = N
             specs.append(ChangeSpec(action=ActionKind.SET_GPU_RESOURCES, cluster=cluster, target=target,
                                     params={"container": container, "gpus": gpus, **hint,
                                             "change_cause": f"opsagent rightsize {rec.id}"}))
+    if max_capacity_drop is not None and replicas < cur.replicas:
+        step = max(replicas, math.ceil(cur.replicas * (1 - max_capacity_drop) - 1e-9))
+        if step > replicas:
+            note = (note + "; " if note else "") + (
+                f"policy allows removing at most {max_capacity_drop:.0%} of capacity per change: proposing "
+                f"{cur.replicas} → {step} replicas now, the rest ({step} → {replicas}) in a later change")
+            replicas = step
     if replicas != cur.replicas:
         specs.append(ChangeSpec(action=ActionKind.SCALE, cluster=cluster, target=target,
                                 params={"replicas": replicas, **hint}))

@@ -6,8 +6,9 @@ import datetime as dt
 import json
 from typing import Any
 
-from agent.rightsize.changes import button_value, change_specs
+from agent.rightsize.changes import PlannedChanges, button_value, change_specs, reason_for
 from agent.rightsize.engine import Confidence, Recommendation
+from agent.rightsize.posts import ButtonForPost
 from agent.rightsize.service import RightsizeRun
 
 CREATE_ACTION_ID = "rightsize_create_change"
@@ -99,8 +100,28 @@ def to_json(run: RightsizeRun) -> str:
     return json.dumps(doc, indent=2)
 
 
-def slack_blocks(run: RightsizeRun, *, top: int = 5, report_url: str | None = None) -> list[dict[str, Any]]:
-    """Block Kit: the spend summary and the top savings, each with a "Create change request" button."""
+def top_savings(run: RightsizeRun, top: int,
+                max_capacity_drop: float | None = None) -> list[tuple[Recommendation, PlannedChanges]]:
+    """The recommendations the Slack report lists (the first `top` with savings), with the changes each makes."""
+    out: list[tuple[Recommendation, PlannedChanges]] = []
+    for r in run.recommendations:
+        if len(out) >= top:
+            break
+        if r.monthly_savings > 0 and r.confidence != Confidence.INSUFFICIENT:
+            out.append((r, change_specs(r, run.cluster, max_capacity_drop=max_capacity_drop)))
+    return out
+
+
+def slack_buttons(run: RightsizeRun, *, top: int = 5, max_capacity_drop: float | None = None) -> list[ButtonForPost]:
+    """What each "Create change request" button of `slack_blocks(run, top=top)` may propose."""
+    return [ButtonForPost(r.id, planned.specs[0], reason_for(r, planned.specs[0]))
+            for r, planned in top_savings(run, top, max_capacity_drop) if planned.specs]
+
+
+def slack_blocks(run: RightsizeRun, *, top: int = 5, report_url: str | None = None,
+                 max_capacity_drop: float | None = None) -> list[dict[str, Any]]:
+    """Block Kit: the spend summary and the top savings, each with a "Create change request" button
+    (for a scale-down, the first step `max_capacity_drop` allows)."""
     c = run.cost
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": f"GPU cost report — {run.cluster}"[:150]}},
@@ -110,14 +131,11 @@ def slack_blocks(run: RightsizeRun, *, top: int = 5, report_url: str | None = No
             f"Right-sizing could save *{money(run.total_savings)}/month*.")}},
     ]
     shown = 0
-    for r in run.recommendations:
-        if shown >= top or r.monthly_savings <= 0 or r.confidence == Confidence.INSUFFICIENT:
-            continue
+    for r, planned in top_savings(run, top, max_capacity_drop):
         shown += 1
         block: dict[str, Any] = {"type": "section", "text": {"type": "mrkdwn", "text": (
             f"*{r.namespace}/{r.name}* — saves *{money(r.monthly_savings)}/mo*\n{r.reason}\n"
             f"SLO risk {r.slo_risk.value}, confidence {r.confidence.value}")[:3000]}}
-        planned = change_specs(r, run.cluster)
         if planned.specs:
             block["accessory"] = {"type": "button", "action_id": CREATE_ACTION_ID,
                                   "text": {"type": "plain_text", "text": "Create change request"},

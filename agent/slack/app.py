@@ -38,11 +38,13 @@ from agent.config import SlackConfig
 from agent.executor import ExecutionRefused
 from agent.flow import ChangeFlow, FlowEvent
 from agent.models import ActionKind, Incident, IncidentStatus, TriageReport
+from agent.rightsize.report import CREATE_ACTION_ID
 from agent.server import Metrics
 from agent.slack import blocks
 from agent.slack.blocks import ACTION_APPROVE, ACTION_REJECT, Stage
 from agent.slack.chat import ThreadChat
 from agent.slack.incidents import SlackNotifier
+from agent.slack.reports import CreateChangeButton
 from agent.store import Store
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,7 @@ class SlackBot:
         self._jobs: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self._socket: Any = None
+        self.create_change = CreateChangeButton(app, self.notifier, self.flow, metrics, clock)
         self._register()
 
     # ---- HTTP endpoints -------------------------------------------------------------------------
@@ -262,6 +265,7 @@ class SlackBot:
             t.cancel()
         await asyncio.gather(*self._tasks, *self._workers, return_exceptions=True)
         await self.seen.close()
+        self.create_change.close()
 
     def flow(self) -> ChangeFlow:
         """The change flow, built on first use (it needs the executor identity: ValueError without one)."""
@@ -327,6 +331,7 @@ class SlackBot:
         bolt = self.bolt
         bolt.action(ACTION_APPROVE)(self._on_button)
         bolt.action(ACTION_REJECT)(self._on_button)
+        bolt.action(CREATE_ACTION_ID)(self._on_create_change)
         bolt.command("/ops")(self._on_ops)
         bolt.event("app_mention")(self._on_mention)
         bolt.event("message")(self._on_message)
@@ -335,6 +340,11 @@ class SlackBot:
                          action: dict[str, Any]) -> None:
         await ack()
         self.later(lambda: self._click(body, action))
+
+    async def _on_create_change(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any],
+                                action: dict[str, Any]) -> None:
+        await ack()
+        self.later(lambda: self.create_change.click(body, action))
 
     async def _click(self, body: dict[str, Any], action: dict[str, Any]) -> None:
         decision = "approve" if action["action_id"] == ACTION_APPROVE else "reject"

@@ -89,8 +89,10 @@ class SlackNotifier:
         return str(resp["ts"]) if resp else None
 
     # ---- change requests ------------------------------------------------------------------------
-    async def show_change(self, change_id: str, outcome: str = "") -> ChatMessage | None:
-        """Post or edit a change request's block (in its incident's thread when it has one)."""
+    async def show_change(self, change_id: str, outcome: str = "", *,
+                          thread: tuple[str, str] | None = None) -> ChatMessage | None:
+        """Post or edit a change request's block: in its incident's thread when it has one, else in `thread`
+        (channel, ts: the cost report a recommendation's change came from), else in the channel."""
         key = f"change:{change_id}"
         async with self._lock(key):
             ch = await asyncio.to_thread(self.ledger.get, change_id)
@@ -110,6 +112,8 @@ class SlackNotifier:
                     top = await self.show_incident(ch.incident_id)
                 if top is not None:
                     thread_ts, channel = top.ts, top.channel
+            elif thread is not None:
+                channel, thread_ts = thread
             resp = await self.call("chat.postMessage", channel=channel, thread_ts=thread_ts, **body)
             if resp is None:
                 return None

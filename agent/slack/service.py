@@ -8,8 +8,10 @@ from starlette.applications import Starlette
 
 from agent.app import App
 from agent.models import Incident, TriageReport
+from agent.rightsize.schedule import CronSchedule
 from agent.server import Metrics, Replica, create_app
 from agent.slack.app import SlackBot
+from agent.slack.reports import CostReportPoster
 
 log = logging.getLogger("opsagent.serve")
 
@@ -30,15 +32,25 @@ def build_server(app: App, *, metrics: Metrics | None = None,
     if bot is None and app.settings.slack.enabled:
         bot = SlackBot(app, metrics)
     if bot is None:
+        if app.settings.rightsize.schedule:
+            log.warning("rightsize.schedule is set but slack.enabled is false: no scheduled cost report is posted")
 
         async def triage_only(incident: Incident) -> TriageReport:
             return _logged(incident, await app.triage(incident))
 
         return create_app(app.store, triage_only, metrics, on_shutdown=[app.aclose_clients], replica=replica), None
     startup = [bot.start, *([bot.start_socket_mode] if app.settings.slack.socket_mode else [])]
+    shutdown = [bot.stop, app.aclose_clients]
+    rs = app.settings.rightsize
+    if rs.schedule:
+        # The scheduled cost report: every replica checks, the schedule lease lets one post each tick.
+        poster = CostReportPoster(app, bot.client, rs.schedule_channel or bot.cfg.channel, CronSchedule(rs.schedule),
+                                  metrics=metrics)
+        startup.append(poster.start)
+        shutdown.insert(0, poster.stop)
     routes = [] if app.settings.slack.socket_mode else bot.routes()
     async def triage_with_bot(incident: Incident) -> TriageReport:
         return _logged(incident, await bot.triage(incident))
 
     return create_app(app.store, triage_with_bot, metrics, routes=routes, on_incident=bot.on_incident,
-                      on_startup=startup, on_shutdown=[bot.stop, app.aclose_clients], replica=replica), bot
+                      on_startup=startup, on_shutdown=shutdown, replica=replica), bot

@@ -109,10 +109,13 @@ def test_helm_install_creates_everything_and_the_serve_pods_run(release: tuple[s
     assert dep.spec.template.spec.security_context.run_as_non_root is True
     cron = batch.read_namespaced_cron_job(f"{name}-opsagent-cost-report", ns)
     assert cron.spec.concurrency_policy == "Forbid"
-    assert cron.spec.job_template.spec.template.spec.containers[0].args == ["report", "cost", "--format", "slack"]
+    assert cron.spec.job_template.spec.template.spec.containers[0].args == ["report", "cost", "--post"]
     cms = {c.metadata.name: c for c in core.list_namespaced_config_map(ns).items}
     assert "default.yaml" in cms[f"{name}-opsagent-policies"].data
     assert "bad-rollout.md" in cms[f"{name}-opsagent-runbooks"].data
+    # the CronJob and the serve replicas post on one schedule (the ticks they share a lease on)
+    settings = yaml.safe_load(cms[f"{name}-opsagent-config"].data["config.yaml"])
+    assert settings["rightsize"]["schedule"] == cron.spec.schedule
     env = {e.name: e for e in dep.spec.template.spec.containers[0].env}
     assert env["OPSAGENT_STORE__URL"].value_from.secret_key_ref.name == "opsagent", "secrets by reference only"
     for sn in SERVING:

@@ -151,6 +151,15 @@ def test_change_specs_and_predicted_cost_delta() -> None:
     assert predicted_cost_delta(spec.model_copy(update={"params": {"replicas": 1}}), unknown, CATALOG) is None
 
 
+def test_a_scale_down_larger_than_the_policy_allows_is_proposed_as_its_first_step() -> None:
+    _, rec = _rec("completion", CFG.model_copy(update={"consider_gpu_types": False}), replicas=lambda t: 6,
+                  traffic=0.05)
+    planned = change_specs(rec, "sandbox-gpu-1", max_capacity_drop=0.5)
+    assert [s.params["replicas"] for s in planned.specs] == [3]  # 6 → 3 removes exactly half
+    assert "at most 50% of capacity" in planned.note and "3 → 1" in planned.note
+    assert change_specs(rec, "sandbox-gpu-1", max_capacity_drop=0.9).specs[0].params["replicas"] == 1
+
+
 def test_query_count_does_not_depend_on_the_fleet() -> None:
     fams = families(WorkloadLabels(), step="30m", rate_window="5m", window="14d")
     assert len(fams) <= 20
