@@ -138,7 +138,7 @@ def test_bad_and_crashing_versions_show_in_5xx_counts_and_logs(endpoint: str) ->
 
 
 def test_live_log_lines_are_searchable_seconds_after_they_are_written_and_shipped_once(endpoint: str) -> None:
-    fleet, catalog = Fleet.load(), PriceCatalog.load()
+    fleet, catalog = Fleet.load(), load_prices()
     fleet = fleet.model_copy(update={"cluster": "live-logs"})
     placement = Placement(fleet, fleet_snapshot(fleet, catalog, versions={"chat-primary": "2025.07.1-longctx"}))
     pub = CloudWatchPublisher(fleet, endpoint)
