@@ -144,7 +144,7 @@ def test_live_log_lines_are_searchable_seconds_after_they_are_written_and_shippe
     pub = CloudWatchPublisher(fleet, endpoint)
     logs = _client("logs", endpoint)
     m = (int(time.time()) // 60) * 60 - 300  # a minute boundary in the recent past
-    crash_at = (m + 38.5) * 1000  # the engine dies 38.5 s into each start
+    crash_at = (m + 38.5) * 1000  # the engine dies 8.5 s into each 15-s start → crash cycle: :08.5, :23.5, :38.5
 
     def crash_lines() -> list[int]:
         evs = logs.filter_log_events(logGroupName=log_group(fleet.cluster), filterPattern='"CUDA out of memory"')

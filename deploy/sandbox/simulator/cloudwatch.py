@@ -39,6 +39,7 @@ CI_NAMESPACE = "ContainerInsights"
 POD_GPU_UTILIZATION = "pod_gpu_utilization"
 MAX_DATUMS = 1000  # PutMetricData limit per call
 MAX_LOG_EVENTS = 10000  # PutLogEvents limit per call
+CRASH_CYCLE_S = 15.0  # a crash-looping server's start → crash cycle in the logs
 LOG_BACKFILL_HOURS = 2.0
 
 
@@ -223,31 +224,27 @@ def log_lines(
     out: list[tuple[float, str, str]] = []
     mv = r.version
     if mv is not None and mv.crash:
-        out += [
-            (
-                t + 1,
-                "stdout",
-                f"INFO {_vllm_time(t + 1)} [api_server.py:1805] vLLM API server version "
-                f"{r.pod.image.rsplit(':v', 1)[-1]}",
-            ),
-            (
-                t + 2,
-                "stdout",
-                f"INFO {_vllm_time(t + 2)} [model.py:1650] Using max model len 131072",
-            ),
-            (
-                t + 38,
-                "stderr",
-                f"ERROR {_vllm_time(t + 38)} [core.py:700] EngineCore failed to start.",
-            ),
-            (t + 38.5, "stderr", mv.crash),
-            (
-                t + 39,
-                "stderr",
-                "RuntimeError: Engine core initialization failed. "
-                "See root cause above. Failed core proc(s): {}",
-            ),
-        ]
+        # A crash-looping server starts, loads for a few seconds and dies: one cycle every
+        # CRASH_CYCLE_S, as fast as the kubelet restarts it, so each restart leaves its lines.
+        for k in range(max(1, int(period // CRASH_CYCLE_S))):
+            c = t + k * CRASH_CYCLE_S
+            out += [
+                (
+                    c + 1,
+                    "stdout",
+                    f"INFO {_vllm_time(c + 1)} [api_server.py:1805] vLLM API server version "
+                    f"{r.pod.image.rsplit(':v', 1)[-1]}",
+                ),
+                (c + 2, "stdout", f"INFO {_vllm_time(c + 2)} [model.py:1650] Using max model len 131072"),
+                (c + 8, "stderr", f"ERROR {_vllm_time(c + 8)} [core.py:700] EngineCore failed to start."),
+                (c + 8.5, "stderr", mv.crash),
+                (
+                    c + 9,
+                    "stderr",
+                    "RuntimeError: Engine core initialization failed. "
+                    "See root cause above. Failed core proc(s): {}",
+                ),
+            ]
         return out
     if isinstance(s, model.VllmSignals):
         n_ok = s.success_rps * period
