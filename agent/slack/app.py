@@ -38,7 +38,9 @@ from agent.config import SlackConfig
 from agent.executor import ExecutionRefused
 from agent.flow import ChangeFlow, FlowEvent
 from agent.models import ActionKind, Incident, IncidentStatus, TriageReport
+from agent.rightsize import report
 from agent.rightsize.report import CREATE_ACTION_ID
+from agent.rightsize.service import run as rightsize_run
 from agent.server import Metrics
 from agent.slack import blocks
 from agent.slack.blocks import ACTION_APPROVE, ACTION_REJECT, Stage
@@ -407,11 +409,33 @@ class SlackBot:
         elif sub == "approve":
             text = "Usage: `/ops approve CHANGE_ID`"
         elif sub == "rightsize":
-            text = ("`/ops rightsize` is not available in this build: right-sizing recommendations are not part "
-                    "of this version of opsagent yet.")
+            text = await self._rightsize(words[1] if len(words) > 1 else None)
         else:
             text = blocks.HELP if sub == "help" else f"Unknown command `{blocks.esc(sub)}`.\n{blocks.HELP}"
         await respond(text=text, response_type="ephemeral", replace_original=False)
+
+    async def _rightsize(self, which: str | None) -> str:
+        """Recommendations for a model, a Deployment (`NAME` or `NAMESPACE/NAME`), or the top savings."""
+        try:
+            result = await rightsize_run(self.app.settings, self.app.tools, self.app.audit, actor="agent:slack")
+        except Exception as e:
+            log.warning("/ops rightsize failed: %s", e)
+            return f":warning: Right-sizing could not read the history: {blocks.esc(str(e))}"
+        recs = result.recommendations
+        if which is None:
+            picked = sorted((r for r in recs if r.monthly_savings > 0), key=lambda r: -r.monthly_savings)[:5]
+            head = f"*Top right-sizing savings over {result.window}* ({len(recs)} workloads analysed)"
+        else:
+            picked = [r for r in recs if which in (r.model, r.name, f"{r.namespace}/{r.name}")]
+            head = f"*Right-sizing for `{blocks.esc(which)}` over {result.window}*"
+            if not picked:
+                known = sorted({r.model for r in recs})
+                return (f"No workload serves or is named `{blocks.esc(which)}`. Models seen: "
+                        + ", ".join(f"`{m}`" for m in known[:20]))
+        if not picked:
+            return f"{head}\nNothing to save: every workload is sized to its demand."
+        return head + "\n" + "\n".join(f"• {blocks.esc(report.rec_line(r))}" for r in picked) + \
+            "\nThe scheduled cost report carries a *Create change request* button for each of these."
 
     async def _on_mention(self, event: dict[str, Any]) -> None:
         self.later(lambda: self._question(event))

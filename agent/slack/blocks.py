@@ -207,7 +207,7 @@ HELP = ("*`/ops` commands*\n"
         "• `/ops incidents` — recent incidents\n"
         "• `/ops changes` — recent change requests\n"
         "• `/ops approve CHANGE_ID` — approve a change (same checks as the button)\n"
-        "• `/ops rightsize MODEL` — right-sizing recommendation for a model\n"
+        "• `/ops rightsize [MODEL | NAMESPACE/NAME]` — right-sizing recommendations (top savings without one)\n"
         "• `/ops help` — this text\n"
         "In an incident thread, mention me: `why?`, `what changed in the last hour?`, `show me TTFT for MODEL`, "
         "`roll back DEPLOYMENT to revision N`, `scale DEPLOYMENT to N`.")

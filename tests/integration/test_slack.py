@@ -148,3 +148,18 @@ def test_bad_rollout_incident_thread_to_approved_verified_and_resolved(
     assert apps.read_namespaced_deployment(w.name, w.namespace).spec.replicas == replicas
     scale = app.ledger.get(scale_id)
     assert scale is not None and scale.status == ChangeStatus.PENDING_APPROVAL and scale.requester == f"user:{ONCALL}"
+
+
+def test_ops_rightsize_answers_from_the_sandbox_history(
+        bot_env: tuple[str, Any, SlackStandIn, SlackClientSim], fleet: Fleet) -> None:
+    _, _, api, slack = bot_env
+    w = fleet.workload("completion")
+    for text in (f"rightsize {w.namespace}/{w.name}", f"rightsize {w.model}", "rightsize no-such-model"):
+        assert slack.command(ONCALL, text).status_code == 200
+    replies = api.wait(lambda: len(api.responses) >= 3 and api.responses, what="three replies", timeout=120)
+    by_cmd = {int(r["key"].removeprefix("cmd")): r["text"] for r in replies}
+    by_name, by_model, unknown = (by_cmd[k] for k in sorted(by_cmd))
+    assert f"{w.namespace}/{w.name}:" in by_name and "/mo" in by_name, by_name
+    assert f"{w.namespace}/{w.name}:" in by_model, by_model
+    assert "No workload serves" in unknown and w.model in unknown, unknown
+    assert all(r["response_type"] == "ephemeral" for r in replies)
