@@ -8,8 +8,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 
@@ -46,3 +49,33 @@ def serve(app: Any, port: int | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def ready(url: str) -> bool:
+    """The server at `url` answers its readiness probe."""
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_until(cond: Any, timeout: float, message: Any, every: float = 0.2) -> Any:
+    """Poll `cond` until it returns something truthy (returned); AssertionError with `message` (or its
+    result, when callable) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(message() if callable(message) else message)
+
+
+@dataclass
+class Replica:
+    """An `opsagent serve` process started by a test: its name, base URL, process and log file."""
+
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path

@@ -119,6 +119,16 @@ class SlackStandIn:
         return Starlette(routes=[Route("/api/{method}", api, methods=["POST"]),
                                  Route("/respond/{key}", response_url, methods=["POST"])])
 
+# Slack users in policies/default.yaml's roles, and a kubeconfig whose apiserver is unreachable (unit tests).
+ONCALL, PLATFORM = "U024BE7LH", "U0G9QF9C6"
+UNREACHABLE_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+"""
+
 
 def render(args: dict[str, Any]) -> str:
     """What a person reads in a message: its blocks' text (buttons as [Label]), or its fallback text."""

@@ -17,7 +17,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +31,12 @@ from agent.cli_common import settings_for
 from agent.models import ActionKind, ObjectRef
 from deploy.sandbox.fleet import Fleet
 from tests.postgres import LocalPostgres
-from tests.serving import free_port, stop_process
+from tests.serving import Replica, free_port, ready, stop_process, wait_until
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "alertmanager_bad_rollout.json"
 OPSAGENT = Path(sys.executable).parent / "opsagent"
 AUDIT_KEY = "replica-test-audit-key-0123456789"
 
-
-@dataclass
-class Replica:
-    name: str
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
 
 
 @pytest.fixture
@@ -71,27 +63,14 @@ def replicas(sandbox: dict[str, Any], store_url: str, tmp_path: Path) -> Iterato
                     env=_env(store_url), stdout=subprocess.DEVNULL, stderr=err)
             started.append(Replica(name, f"http://127.0.0.1:{port}", proc, log))
         for r in started:
-            _wait(lambda r=r: _ready(r), 240, f"replica {r.name} did not become ready: {r.log.read_text()[-2000:]}")
+            wait_until(lambda r=r: _ready_replica(r), 240,
+                       f"replica {r.name} did not become ready: {r.log.read_text()[-2000:]}")
         yield started
     finally:
         for r in started:
             stop_process(r.proc)
 
 
-def _ready(r: Replica) -> bool:
-    try:
-        return httpx.get(f"{r.url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _wait(cond: Any, timeout: float, message: str, every: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(every)
-    raise AssertionError(message)
 
 
 def _alert(group: str) -> bytes:
@@ -114,7 +93,7 @@ def test_an_alert_to_one_replica_is_triaged_once_and_served_by_both(replicas: li
     r = httpx.post(f"{a.url}/alertmanager", content=_alert(uuid.uuid4().hex[:8]), timeout=10)
     assert r.status_code == 200 and r.json()["changed"] is True
     iid = r.json()["incident"]
-    _wait(lambda: httpx.get(f"{b.url}/incidents/{iid}", timeout=5).json()["report"] is not None, 90,
+    wait_until(lambda: httpx.get(f"{b.url}/incidents/{iid}", timeout=5).json()["report"] is not None, 90,
           "no triage report reached the other replica")
     seen = httpx.get(f"{b.url}/incidents/{iid}", timeout=5).json()
     assert seen["incident"]["id"] == iid and seen["report"]["incident_id"] == iid
@@ -147,7 +126,7 @@ def test_a_replica_killed_mid_triage_leaves_the_incident_to_the_other(replicas: 
     victim.proc.wait(timeout=10)
     assert _reports(store_url, iid) == 0, "triage finished before the kill landed: nothing was interrupted"
     survivor = next(x for x in replicas if x is not victim)
-    _wait(lambda: _reports(store_url, iid) == 1, 60,
+    wait_until(lambda: _reports(store_url, iid) == 1, 60,
           f"the surviving replica did not finish {iid}: {survivor.log.read_text()[-2000:]}")
     assert f"triaged {iid}" in survivor.log.read_text()
     assert f"triaged {iid}" not in victim.log.read_text()
@@ -163,7 +142,7 @@ def test_a_change_approved_from_two_replicas_at_once_executes_exactly_once(
     w = fleet.workload("completion")
     apps.patch_namespaced_deployment(w.name, w.namespace, {"spec": {"template": {"metadata": {
         "annotations": {"opsagent.dev/test-rollout": uuid.uuid4().hex[:6]}}}}})
-    _wait(lambda: _rolled_out(apps, w.namespace, w.name), 120, "the test rollout did not finish", every=1)
+    wait_until(lambda: _rolled_out(apps, w.namespace, w.name), 120, "the test rollout did not finish", every=1)
     start = _revision(apps, w.namespace, w.name)
 
     settings = settings_for(None, sandbox, state_dir=str(tmp_path / "proposer"),
@@ -190,7 +169,7 @@ def test_a_change_approved_from_two_replicas_at_once_executes_exactly_once(
     decided = [t for t in text if f"approved {ch.id} as " in t]
     refused = [t for t in text if "takes no approvals" in t]
     assert decided and len(decided) + len(refused) == 2, text
-    _wait(lambda: _rolled_out(apps, w.namespace, w.name), 120, "the rollback did not finish", every=1)
+    wait_until(lambda: _rolled_out(apps, w.namespace, w.name), 120, "the rollback did not finish", every=1)
     assert _revision(apps, w.namespace, w.name) == start + 1, "exactly one new revision: applied once"
     with psycopg.connect(store_url) as pg:
         applied = pg.execute("SELECT count(*) FROM audit WHERE action = %s AND decision = 'applied'",
@@ -209,3 +188,7 @@ def _rolled_out(apps: client.AppsV1Api, ns: str, name: str) -> bool:
     s = d.status
     return bool((s.observed_generation or 0) >= d.metadata.generation and s.updated_replicas == d.spec.replicas
                 and s.available_replicas == d.spec.replicas and (s.replicas or 0) == d.spec.replicas)
+
+
+def _ready_replica(r: Replica) -> bool:
+    return ready(r.url)

@@ -40,8 +40,8 @@ from deploy.sandbox import faults
 from deploy.sandbox.fleet import Fleet
 from deploy.sandbox.receiver import WebhookReceiver
 from tests.postgres import LocalPostgres
-from tests.serving import free_port, serve, stop_process
-from tests.slack_standin import Call, SlackClientSim, SlackStandIn, buttons, render
+from tests.serving import Replica, free_port, ready, serve, stop_process, wait_until
+from tests.slack_standin import ONCALL, PLATFORM, Call, SlackClientSim, SlackStandIn, buttons, render
 
 pytestmark = [pytest.mark.sandbox]
 
@@ -49,15 +49,7 @@ OPSAGENT = Path(sys.executable).parent / "opsagent"
 AUDIT_KEY = "replica-slack-audit-key-0123456789"
 SECRET = "replica-signing-secret"
 INCIDENTS, REPORTS = "C0INCIDENT", "C0COSTREPORT"
-ONCALL, PLATFORM = "U024BE7LH", "U0G9QF9C6"  # oncall and ml-platform in policies/default.yaml
 
-
-@dataclass
-class Replica:
-    name: str
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
 
 
 @dataclass
@@ -74,21 +66,6 @@ class Pair:
         return self.a.log.read_text() + self.b.log.read_text()
 
 
-def _ready(r: Replica) -> bool:
-    try:
-        return httpx.get(f"{r.url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _wait(cond: Any, timeout: float, message: Any, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(message() if callable(message) else message)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +97,7 @@ def pair(sandbox: dict[str, Any], postgres: LocalPostgres,
                          "--state-dir", str(tmp / name)], env=env, stdout=subprocess.DEVNULL, stderr=err)
                 started.append(Replica(name, f"http://127.0.0.1:{port}", proc, log))
             for r in started:
-                _wait(lambda r=r: _ready(r), 240,
+                wait_until(lambda r=r: _ready_replica(r), 240,
                       lambda r=r: f"replica {r.name} not ready: {r.log.read_text()[-2000:]}")
             yield Pair(started[0], started[1], api, store_url)
         finally:
@@ -153,10 +130,10 @@ def test_the_scheduled_report_is_posted_once_per_tick_and_its_button_opens_one_c
     faults.inject(admin, fleet, "idle-overprovision")
     prom = sandbox["endpoints"]["prometheus"]
     query = f'kube_deployment_spec_replicas{{namespace="{target.namespace}",deployment="{target.name}"}}'
-    _wait(lambda: _prom_value(prom, query) == 6.0, 120, "Prometheus never saw the 6 replicas", every=2)
-    assert _wait(lambda: _reports(api), 150, lambda: f"no cost report posted: {pair.logs()[-3000:]}", every=1)
+    wait_until(lambda: _prom_value(prom, query) == 6.0, 120, "Prometheus never saw the 6 replicas", every=2)
+    assert wait_until(lambda: _reports(api), 150, lambda: f"no cost report posted: {pair.logs()[-3000:]}", every=1)
     assert [c.status for c in api.of("chat.postMessage", ok_only=False)][:1] == [429], "the first post met a 429"
-    first = _wait(lambda: [c for c in _reports(api) if _completion_button(c, target.name)], 130,
+    first = wait_until(lambda: [c for c in _reports(api) if _completion_button(c, target.name)], 130,
                   lambda: f"no report with a button for {target.name}: "
                           f"{[render(c.args) for c in _reports(api)]}", every=1)[0]
     # Both replicas check every 2 s: a few checks more, well before the next tick, then count.
@@ -186,13 +163,13 @@ def test_the_scheduled_report_is_posted_once_per_tick_and_its_button_opens_one_c
     report_ts = first.args["_ts"]
     click = pair.sim(pair.b).click(ONCALL, CREATE_ACTION_ID, value, REPORTS, report_ts)
     assert click.status_code == 200
-    block = _wait(lambda: [c for c in api.of("chat.postMessage") if c.args.get("thread_ts") == report_ts],
+    block = wait_until(lambda: [c for c in api.of("chat.postMessage") if c.args.get("thread_ts") == report_ts],
                   60, lambda: f"no change block in the report's thread: {pair.logs()[-3000:]}")[0]
     change_id = buttons(block.args)[0][1] if buttons(block.args) else re.findall(r"chg-[0-9a-f]{12}",
                                                                                     render(block.args))[0]
     # the same button clicked again, on the other replica: no second change request
     pair.sim(pair.a).click(PLATFORM, CREATE_ACTION_ID, value, REPORTS, report_ts)
-    again = _wait(lambda: [c for c in api.of("chat.postEphemeral") if c.args.get("user") == PLATFORM], 30,
+    again = wait_until(lambda: [c for c in api.of("chat.postEphemeral") if c.args.get("user") == PLATFORM], 30,
                   "no reply to the second click")[0]
     assert f"already change request `{change_id}`" in again.args["text"]
     time.sleep(1)
@@ -208,11 +185,11 @@ def test_the_scheduled_report_is_posted_once_per_tick_and_its_button_opens_one_c
     assert "[Approve]" in render(block.args) and "[Reject]" in render(block.args)
     # the clicker cannot approve their own request; someone else rejects it (nothing changes in the cluster)
     pair.sim(pair.a).click(ONCALL, "change_approve", change_id, REPORTS, block.args["_ts"], report_ts)
-    refusal = _wait(lambda: [c for c in api.of("chat.postEphemeral") if c.args.get("user") == ONCALL
+    refusal = wait_until(lambda: [c for c in api.of("chat.postEphemeral") if c.args.get("user") == ONCALL
                              and "may not approve" in str(c.args.get("text"))], 30, "no self-approval refusal")[0]
     assert change_id in refusal.args["text"]
     pair.sim(pair.b).click(PLATFORM, "change_reject", change_id, REPORTS, block.args["_ts"], report_ts)
-    _wait(lambda: "rejected" in api.message_text(block.args["_ts"]).lower(), 30, "the block never said rejected")
+    wait_until(lambda: "rejected" in api.message_text(block.args["_ts"]).lower(), 30, "the block never said rejected")
 
 
 def _prom_value(url: str, query: str) -> float | None:
@@ -246,9 +223,9 @@ def test_an_incident_received_by_one_replica_is_approved_through_the_other_and_e
     assert r.status_code == 200
     incident_id = r.json()["incident"]
 
-    top = _wait(lambda: [c for c in api.of("chat.postMessage") if c.args.get("channel") == INCIDENTS
+    top = wait_until(lambda: [c for c in api.of("chat.postMessage") if c.args.get("channel") == INCIDENTS
                          and not c.args.get("thread_ts")], 60, "no incident message")[0].args["_ts"]
-    change_post = _wait(lambda: [c for c in api.of("chat.postMessage") if c.args.get("thread_ts") == top
+    change_post = wait_until(lambda: [c for c in api.of("chat.postMessage") if c.args.get("thread_ts") == top
                                  and buttons(c.args)], 120,
                         lambda: f"no change request block: {pair.logs()[-3000:]}")[0]
     change_id = buttons(change_post.args)[0][1]
@@ -261,7 +238,7 @@ def test_an_incident_received_by_one_replica_is_approved_through_the_other_and_e
     assert pair.sim(pair.a).click(PLATFORM, "change_approve", change_id, INCIDENTS, change_post.args["_ts"],
                                   top).status_code == 200
 
-    _wait(lambda: "*resolved*" in api.message_text(top), 420,
+    wait_until(lambda: "*resolved*" in api.message_text(top), 420,
           lambda: f"the incident message never said resolved: {api.message_text(top)}\n{pair.logs()[-3000:]}",
           every=1)
     d = apps.read_namespaced_deployment(w.name, w.namespace)
@@ -277,3 +254,7 @@ def test_an_incident_received_by_one_replica_is_approved_through_the_other_and_e
     assert status == (ChangeStatus.VERIFIED.value,)
     final = api.message_text(change_post.args["_ts"])
     assert "applied and verified" in final and "[Approve]" not in final
+
+
+def _ready_replica(r: Replica) -> bool:
+    return ready(r.url)

@@ -28,13 +28,12 @@ from deploy.sandbox import faults
 from deploy.sandbox.fleet import Fleet
 from deploy.sandbox.receiver import Notification, WebhookReceiver
 from tests.serving import serve
-from tests.slack_standin import SlackClientSim, SlackStandIn, buttons, render
+from tests.slack_standin import ONCALL, PLATFORM, SlackClientSim, SlackStandIn, buttons, render
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.usefixtures("clean_faults")]
 
 SECRET = "integration-signing-secret"
 CHANNEL = "C0SANDBOX"
-ONCALL, PLATFORM = "U024BE7LH", "U0G9QF9C6"  # oncall and ml-platform in policies/default.yaml
 
 
 @pytest.fixture

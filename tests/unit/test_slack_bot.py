@@ -28,23 +28,15 @@ from agent.server import Metrics
 from agent.slack.app import SlackBot
 from agent.slack.service import build_server
 from tests.serving import serve
-from tests.slack_standin import SlackClientSim, SlackStandIn, buttons, render, sign
+from tests.slack_standin import ONCALL, UNREACHABLE_KUBECONFIG, SlackClientSim, SlackStandIn, buttons, render, sign
 
 pytest_plugins = ("tests.llm.aimock",)
 
 SECRET = "unit-test-signing-secret"
 CHANNEL = "C0INCIDENT"
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "alertmanager_bad_rollout.json"
-ONCALL = "U024BE7LH"  # in the default policy's oncall role
 NOBODY = "U0NOROLE1"
 
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}]
-users: [{name: u, user: {token: t}}]
-contexts: [{name: c, context: {cluster: c, user: u}}]
-current-context: c
-"""
 
 
 @dataclass
@@ -71,7 +63,7 @@ class Env:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     api = SlackStandIn()
-    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
+    (tmp_path / "kubeconfig").write_text(UNREACHABLE_KUBECONFIG)
     with serve(api.app()) as api_url:
         api.base_url = api_url
         settings = load_settings(None, state_dir=str(tmp_path / "state"),

@@ -34,21 +34,12 @@ from agent.server import Metrics
 from agent.slack.service import build_server
 from agent.store import db_target
 from tests.serving import serve
-from tests.slack_standin import SlackClientSim, SlackStandIn, render
+from tests.slack_standin import ONCALL, PLATFORM, UNREACHABLE_KUBECONFIG, SlackClientSim, SlackStandIn, render
 
 SECRET = "unit-test-signing-secret"
 CHANNEL = "C0REPORTS"
 REPORT_TS = "1700000999.000100"
-ONCALL = "U024BE7LH"
-PLATFORM = "U0G9QF9C6"
 
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}]
-users: [{name: u, user: {token: t}}]
-contexts: [{name: c, context: {cluster: c, user: u}}]
-current-context: c
-"""
 
 SPEC = ChangeSpec(action=ActionKind.SCALE, cluster="default",
                   target=ObjectRef(kind="Deployment", name="completion", namespace="code"),
@@ -76,7 +67,7 @@ def scheduled_env(tmp_path: Path) -> Iterator[Env]:
 
 def _env(tmp_path: Path, schedule: str | None) -> Iterator[Env]:
     api = SlackStandIn()
-    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
+    (tmp_path / "kubeconfig").write_text(UNREACHABLE_KUBECONFIG)
     with serve(api.app()) as api_url:
         api.base_url = api_url
         settings = load_settings(None, state_dir=str(tmp_path / "state"),
