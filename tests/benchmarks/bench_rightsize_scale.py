@@ -35,6 +35,7 @@ from agent.audit import AuditEvent
 from agent.config import RightsizeConfig
 from agent.rightsize.cost import cost_report
 from agent.rightsize.engine import recommend_all
+from agent.rightsize.service import ttft_thresholds
 from agent.runner import ToolRunner
 from tools.base import Risk
 from tools.prometheus.client import PrometheusClient
@@ -220,7 +221,8 @@ def main() -> None:
         runner = ToolRunner(TOOLS, {"prometheus": client}, _NoAudit(), max_risk=Risk.READ, timeout_s=900)
         t0 = time.monotonic()
         out = asyncio.run(runner.call("rightsize_fleet_history", {"window_s": args.days * 86400, "end": end - STEP,
-                                                                  "rate_window": "20m"},
+                                                                  "rate_window": "20m",
+                                                                  "ttft_slo_s": ttft_thresholds(cfg)},
                                       actor="bench"))
         t_read = time.monotonic() - t0
         assert out.ok and isinstance(out.result, FleetHistory), out.error
