@@ -67,8 +67,12 @@ def _lbl(**kv: str) -> str:
     return "{" + ",".join(f'{k}="{v}"' for k, v in kv.items()) + "}"
 
 
-def generate(path: Path, n: int, t0: int, t1: int) -> int:
-    """One OpenMetrics file covering [t0, t1) for `n` workloads; returns the sample count."""
+def generate(path: Path, n: int, t0: int, t1: int, carry: dict[tuple[str, int, float], float]) -> int:
+    """One OpenMetrics file covering [t0, t1) for `n` workloads; returns the sample count.
+
+    `carry` holds every counter's value at the end of the previous piece, so counters run on across
+    the pieces of one history (no jump or reset at piece boundaries).
+    """
     stamps = list(range(t0, t1, STEP))
     written = 0
     with path.open("w", buffering=1 << 22) as out:
@@ -96,10 +100,11 @@ def generate(path: Path, n: int, t0: int, t1: int) -> int:
 
         fam("vllm:request_success", "counter")
         for i in range(n):
-            acc, vals = float(t0), []
+            acc, vals = carry.get(("requests", i, 0.0), 0.0), []
             for d in dem[i]:
                 acc += d * STEP
                 vals.append(acc)
+            carry[("requests", i, 0.0)] = acc
             series("vllm:request_success_total", pod(i, container="server", model_name=f"m-{i % 40}-7b"), vals)
         for name, f in (("vllm:num_requests_running", lambda r: 40 * r), ("vllm:num_requests_waiting",
                          lambda r: max(0.0, (r - 0.9) * 50)), ("vllm:kv_cache_usage_perc", lambda r: 0.1 + 0.75 * r)):
@@ -109,21 +114,23 @@ def generate(path: Path, n: int, t0: int, t1: int) -> int:
         fam("vllm:time_to_first_token_seconds", "histogram")
         for i in range(n):
             for le in BUCKETS:
-                acc, vals = 0.0, []
+                acc, vals = carry.get(("ttft", i, le), 0.0), []
                 for d in dem[i]:
                     median = 0.08 * (1 + (d / cap[i]) ** 8)
                     share = 1.0 if math.isinf(le) else 0.5 * math.erfc(-math.log(le / median) / (0.4 * math.sqrt(2)))
                     acc += d * STEP * share
                     vals.append(acc)
+                carry[("ttft", i, le)] = acc
                 le_s = "+Inf" if math.isinf(le) else repr(le)
                 series("vllm:time_to_first_token_seconds_bucket", pod(i, container="server", le=le_s), vals)
         for name, per in (("vllm:prompt_tokens", 700.0), ("vllm:generation_tokens", 180.0)):
             fam(name, "counter")
             for i in range(n):
-                acc, vals = 0.0, []
+                acc, vals = carry.get((name, i, 0.0), 0.0), []
                 for d in dem[i]:
                     acc += d * per * STEP
                     vals.append(acc)
+                carry[(name, i, 0.0)] = acc
                 series(name + "_total", pod(i, container="server"), vals)
         for name, f in (("DCGM_FI_PROF_GR_ENGINE_ACTIVE", lambda r: min(1.0, 0.004 + 0.93 * r)),
                         ("DCGM_FI_DEV_FB_USED", lambda r: 36000.0)):
@@ -132,10 +139,11 @@ def generate(path: Path, n: int, t0: int, t1: int) -> int:
                 series(name, pod(i, container="server", gpu="0", Hostname=node[i]), [f(d / cap[i]) for d in dem[i]])
         fam("container_cpu_usage_seconds", "counter")
         for i in range(n):
-            acc, vals = 0.0, []
+            acc, vals = carry.get(("cpu", i, 0.0), 0.0), []
             for d in dem[i]:
                 acc += (0.5 + 0.3 * d / cap[i]) * STEP
                 vals.append(acc)
+            carry[("cpu", i, 0.0)] = acc
             series("container_cpu_usage_seconds_total", pod(i, container="server"), vals)
         fam("container_memory_working_set_bytes", "gauge")
         for i in range(n):
@@ -372,11 +380,12 @@ def main() -> None:
         chunk = 2 * 86400
         pieces = [(start + k, min(end, start + k + chunk)) for k in range(0, end - start, chunk)]
         samples = 0
+        carry: dict[tuple[str, int, float], float] = {}
         with ThreadPoolExecutor(max_workers=1) as pool:
             futures = []
             for j, (a, b) in enumerate(pieces):
                 f = work / f"piece-{j}.om"
-                samples += generate(f, args.workloads, a, b)
+                samples += generate(f, args.workloads, a, b, carry)
                 futures.append((f, pool.submit(subprocess.run, [promtool, "tsdb", "create-blocks-from", "openmetrics",
                                                                  str(f), str(data)], capture_output=True, check=True)))
             for f, fut in futures:
