@@ -422,20 +422,25 @@ def main() -> None:
                 pass
             time.sleep(0.5)
         # promtool leaves 2-hour blocks; the first start compacts them (minutes of CPU), which would
-        # otherwise be timed as query latency. Wait until the block count stops changing.
-        blocks = -1
-        while blocks != (now := sum(1 for d in data.iterdir() if (d / "meta.json").exists())):
-            blocks = now
+        # otherwise be timed as query latency. Wait until the block count holds and Prometheus idles.
+        blocks, cpu = -1, prometheus_cpu_s(prom.pid)
+        while True:
             time.sleep(10)
+            now, cpu_now = sum(1 for d in data.iterdir() if (d / "meta.json").exists()), prometheus_cpu_s(prom.pid)
+            if now == blocks and cpu_now - cpu < 1.0:
+                break
+            blocks, cpu = now, cpu_now
         rss0 = peak_rss_mib(prom.pid)
         cfg = RightsizeConfig()
         catalog = PriceCatalog.load(cfg.price_catalog)
-        for run in range(1, args.runs + 1):
+        for run in range(1, args.runs + 2):
+            # The timed runs talk to Prometheus directly; one more goes through the counting proxy.
+            counted = run > args.runs
             reset_peak_rss(prom.pid)
             proxy.take()
             load = os.getloadavg()
-            client = PrometheusClient(PrometheusSettings(url=proxy.url, timeout_s=300, scrape_interval_s=STEP,
-                                                         gzip=False))
+            client = PrometheusClient(PrometheusSettings(url=proxy.url if counted else url, timeout_s=300,
+                                                         scrape_interval_s=STEP, gzip=False))
             runner = ToolRunner(TOOLS, {"prometheus": client}, _NoAudit(), max_risk=Risk.READ, timeout_s=900)
             cpu0, own0, t0 = prometheus_cpu_s(prom.pid), time.process_time(), time.monotonic()
             out = asyncio.run(runner.call("rightsize_fleet_history", {"window_s": args.days * 86400,
@@ -451,8 +456,10 @@ def main() -> None:
             total = time.monotonic() - t0
             counts = proxy.take()
             sized = sum(1 for r in recs if r.recommended is not None)
-            print(f"rightsize run {run}: {len(h.workloads)} workloads, {h.queries} Prometheus queries (proxy counted "
-                  f"{sum(counts.values())}), read {t_read:.1f}s (queries {h.query_seconds:.1f}s), total with "
+            print(f"rightsize run {run}{' (through the counting proxy)' if counted else ''}: {len(h.workloads)} "
+                  f"workloads, {h.queries} Prometheus queries"
+                  f"{f' (proxy counted {sum(counts.values())})' if counted else ''}, "
+                  f"read {t_read:.1f}s (queries {h.query_seconds:.1f}s), total with "
                   f"recommendations and costs {total:.1f}s; CPU during the read: Prometheus {cpu_read:.1f}s, "
                   f"ours {own_read:.1f}s; load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
                   f"{sized} sized, savings {sum(max(r.monthly_savings, 0) for r in recs):,.0f} USD/mo; "

@@ -99,6 +99,11 @@ class WorkloadHistory(BaseModel):
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    def __repr__(self) -> str:
+        # Short on purpose: asyncio formats the result a finished task holds (Python 3.11's
+        # asyncio.run does on exit), and the full series of a fleet take seconds to print.
+        return f"WorkloadHistory({self.key!r}, {len(self.demand_rps)} steps)"
+
 
 class FleetHistory(ToolResult):
     start: dt.datetime
@@ -110,6 +115,10 @@ class FleetHistory(ToolResult):
     queries: int = Field(description="Prometheus queries issued.")
     query_seconds: float = 0.0
     notes: list[str] = Field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return (f"FleetHistory({len(self.workloads)} workloads, {len(self.times)} steps of {self.step_s:g}s, "
+                f"{self.queries} queries)")
 
 
 _SERIES_FIELDS = {"demand": "demand_rps", "demand_peak": "demand_peak_rps", "replicas": "replicas",
