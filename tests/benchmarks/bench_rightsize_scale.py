@@ -465,6 +465,11 @@ def main() -> None:
                   f"{sized} sized, savings {sum(max(r.monthly_savings, 0) for r in recs):,.0f} USD/mo; "
                   f"node cost {cost.node_cost:,.0f}, reconciliation error {cost.reconciliation_error:,.2f}; "
                   f"Prometheus peak RSS {peak_rss_mib(prom.pid):.0f} MiB")
+            cpus = [r.cpu.target for r in recs if r.cpu is not None]
+            mems = [r.memory.target for r in recs if r.memory is not None]
+            print(f"rightsize run {run}: {len(cpus)} CPU and {len(mems)} memory recommendations; CPU target median "
+                  f"{statistics.median(cpus) if cpus else math.nan:.3f} cores, memory target median "
+                  f"{statistics.median(mems) / 2**30 if mems else math.nan:.2f} GiB; replicas/GPU shape for {sized}")
         print(f"prometheus: after start-up {rss0:.0f} MiB")
         if args.krr:
             create_deployments(args.kubeconfig, args.workloads)
