@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from agent.audit import AuditSink
-from agent.config import Settings
+from agent.config import RightsizeConfig, Settings
 from agent.rightsize.cloudwatch import with_cloudwatch
 from agent.rightsize.cost import CostReport, cost_report
 from agent.rightsize.engine import Recommendation, recommend_all
@@ -74,6 +74,11 @@ def analyse(history: FleetHistory, catalog: PriceCatalog, settings: Settings, *,
                         recommendations=recs, cost=cost, notes=history.notes)
 
 
+def ttft_thresholds(cfg: RightsizeConfig) -> list[float]:
+    """Every TTFT p95 threshold the SLOs use (the history reads the histogram only around these)."""
+    return sorted({cfg.slo_default.ttft_p95_s, *(s.ttft_p95_s for s in cfg.slo.values())})
+
+
 async def run(settings: Settings, tools: list[ToolSpec[Any, Any]], audit: AuditSink, *, window: str | None = None,
               end: dt.datetime | None = None, namespaces: list[str] | None = None,
               actor: str = "agent:rightsize") -> RightsizeRun:
@@ -86,7 +91,7 @@ async def run(settings: Settings, tools: list[ToolSpec[Any, Any]], audit: AuditS
     runner = ToolRunner(tools, {"prometheus": prom}, audit, max_risk=Risk.READ, timeout_s=cfg.query_timeout_s * 3)
     params: dict[str, Any] = {"window_s": parse_window(window), "namespaces": namespaces or [],
                               "workload_label": cfg.workload_label, "model_label": cfg.model_label,
-                              "team_label": cfg.team_label}
+                              "team_label": cfg.team_label, "ttft_slo_s": ttft_thresholds(cfg)}
     if end is not None:
         params["end"] = end.isoformat()
     try:

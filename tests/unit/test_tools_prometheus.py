@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ from tools.prometheus.tools import (
     query_range,
     series_labels,
 )
+from tools.rightsize.queries import slo_buckets
 
 if TYPE_CHECKING:
     from tests.conftest_tools import PromHistory
@@ -264,3 +266,60 @@ def test_choose_step(range_s: float, requested: float | None, expected: float) -
     step = choose_step(range_s, requested_s=requested, min_step_s=15, max_points=720)
     assert step == expected
     assert range_s / step + 1 <= 720
+
+
+async def test_grid_answer_holds_the_same_samples_as_the_listed_one(
+        prom: PrometheusClient, prom_history: PromHistory) -> None:
+    start, end = at(prom_history.t0), at(prom_history.t_end)
+    for q in ("test_nonfinite", "test_escape", 'test_fanout{shard=~"0[0-4]"}'):
+        listed = await prom.query_range(q, start, end, step_s=STEP_S)
+        grid = await prom.query_range_grid(q, start, end, STEP_S)
+        assert grid.n == (prom_history.t_end - prom_history.t0) // STEP_S + 1
+        by_labels = {json.dumps(g.labels, sort_keys=True): g.values for g in grid.series}
+        assert len(by_labels) == len(listed.data.series) > 0
+        for s in listed.data.series:
+            values = by_labels[json.dumps(s.labels, sort_keys=True)]
+            expected = [math.nan] * grid.n
+            for t, v in s.samples:
+                expected[round((t - prom_history.t0) / STEP_S)] = v
+            assert values.tolist() == pytest.approx(expected, nan_ok=True)
+    escaped = await prom.query_range_grid(f'test_escape{{path="{promql.escape_string(prom_history.escape_value)}"}}',
+                                          start, end, STEP_S)
+    assert [g.labels["path"] for g in escaped.series] == [prom_history.escape_value]
+
+
+async def test_grid_answer_in_another_layout_keeps_its_warnings() -> None:
+    body = {"status": "success", "warnings": ["partial answer"],
+            "data": {"resultType": "matrix", "result": [{"metric": {"pod": "a"}, "values": [[10, "1"], [30, "+Inf"]]}]}}
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
+    async with PrometheusClient(PrometheusSettings(url="http://prometheus.test"), transport=transport) as client:
+        grid = await client.query_range_grid("x", at(10), at(40), 10)
+    assert grid.warnings == ["partial answer"]
+    assert grid.series[0].values.tolist() == [1.0, pytest.approx(math.nan, nan_ok=True), math.inf,
+                                              pytest.approx(math.nan, nan_ok=True)]
+
+
+async def test_slo_buckets_give_the_full_histograms_verdict_and_value_near_the_threshold(
+        prom: PrometheusClient, prom_history: PromHistory) -> None:
+    # 60 % of tokens under 50 ms, 90 % under 100 ms, all under 500 ms: the p95 is 0.3 s.
+    metric = "vllm:time_per_output_token_seconds_bucket"
+    les = await prom.label_values("le", metric, at(prom_history.t0), at(prom_history.t_end))
+    assert sorted(les) == ["+Inf", "0.05", "0.1", "0.5"]
+
+    async def p95(buckets: tuple[str, ...] | None) -> float:
+        sel = promql.selector(metric, *((promql.any_of("le", buckets),) if buckets else ()))
+        expr = promql.histogram_quantile(0.95, promql.aggregate("sum", promql.rate(sel, "5m"), by=["le"]))
+        [s] = (await prom.query(expr.text, at=at(prom_history.t_end))).series
+        return s.samples[0][1]
+
+    full = await p95(None)
+    assert full == pytest.approx(0.3)
+    for threshold in (0.04, 0.07, 0.1, 0.3, 0.45, 0.6, 1.0):
+        buckets = slo_buckets(les, [threshold])
+        assert buckets is not None and len(buckets) < len(les) and buckets[-1] == "+Inf"
+        narrow = await p95(buckets)
+        assert (narrow > threshold) == (full > threshold), (threshold, buckets, narrow)
+        if 0.1 <= threshold < 0.5:  # the p95 lies in the bracket around the threshold: exact
+            assert narrow == pytest.approx(full)
+    assert slo_buckets(les, []) is None
+    assert slo_buckets(["0.1", "0.5"], [0.3]) is None  # no +Inf bucket: not a histogram to narrow

@@ -18,9 +18,18 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.base import Risk, ToolInput, ToolResult, ToolSpec, UtcDatetime
-from tools.prometheus.client import PrometheusClient, QueryData, choose_step
+from tools.prometheus import promql
+from tools.prometheus.client import GridData, PrometheusClient, QueryData, choose_step
 from tools.prometheus.errors import PrometheusError
-from tools.rightsize.queries import INSTANCE_TYPE, Family, WorkloadLabels, families, ksm_label
+from tools.rightsize.queries import (
+    INSTANCE_TYPE,
+    TTFT_BUCKET,
+    Family,
+    WorkloadLabels,
+    families,
+    ksm_label,
+    slo_buckets,
+)
 
 MAX_WINDOW_S = 30 * 86400
 
@@ -45,6 +54,12 @@ class HistoryInput(ToolInput):
     team_label: str = Field(default="team", max_length=200, description="Pod label naming the owning team.")
     rate_window: str = Field(default="5m", pattern=r"^[0-9]+[smh]$",
                              description="Window of the short rates whose peak is kept within each step.")
+    ttft_slo_s: list[float] = Field(default_factory=list, max_length=100,
+                                    description="TTFT p95 thresholds of the models' SLOs. Given, the TTFT histogram is "
+                                                "read only at the buckets around them: the p95 is exact near each "
+                                                "threshold and clamped to the nearest bucket bound away from it, so "
+                                                "every SLO verdict is the full histogram's at a fraction of the cost. "
+                                                "Empty: every bucket, exact p95 everywhere.")
     concurrency: int = Field(default=2, ge=1, le=16, description="Queries in flight at once (Prometheus evaluates "
                              "each on one core; more in flight than it has cores only adds contention).")
 
@@ -61,7 +76,8 @@ class WorkloadHistory(BaseModel):
     demand_rps: list[float]
     demand_peak_rps: list[float]
     replicas: list[float]
-    latency_p95_s: list[float]
+    latency_p95_s: list[float] = Field(description="TTFT p95 (exact within the bucket bracket of each SLO threshold "
+                                                   "when the history was read with `ttft_slo_s`, else everywhere).")
     queue_max: list[float]
     kv_cache_max: list[float]
     gpu_busy: list[float]
@@ -90,6 +106,11 @@ class WorkloadHistory(BaseModel):
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    def __repr__(self) -> str:
+        # Short on purpose: asyncio formats the result a finished task holds (Python 3.11's
+        # asyncio.run does on exit), and the full series of a fleet take seconds to print.
+        return f"WorkloadHistory({self.key!r}, {len(self.demand_rps)} steps)"
+
 
 class FleetHistory(ToolResult):
     start: dt.datetime
@@ -101,6 +122,10 @@ class FleetHistory(ToolResult):
     queries: int = Field(description="Prometheus queries issued.")
     query_seconds: float = 0.0
     notes: list[str] = Field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return (f"FleetHistory({len(self.workloads)} workloads, {len(self.times)} steps of {self.step_s:g}s, "
+                f"{self.queries} queries)")
 
 
 _SERIES_FIELDS = {"demand": "demand_rps", "demand_peak": "demand_peak_rps", "replicas": "replicas",
@@ -119,38 +144,64 @@ async def fleet_history(client: PrometheusClient, params: HistoryInput) -> Fleet
     start_ts = end_ts - (n - 1) * step
     times = [start_ts + k * step for k in range(n)]
     labels = WorkloadLabels(params.workload_label, params.model_label, params.team_label)
-    fams = families(labels, step=_duration(step), rate_window=params.rate_window, window=_duration(range_s),
-                    namespaces=tuple(params.namespaces))
     start_dt = dt.datetime.fromtimestamp(start_ts, dt.UTC)
     end_dt = dt.datetime.fromtimestamp(end_ts, dt.UTC)
-    sem = asyncio.Semaphore(params.concurrency)
     t0 = time.monotonic()
+    queries = 0
+    buckets: tuple[str, ...] | None = None
+    notes: list[str] = []
+    if params.ttft_slo_s:
+        scope = (promql.any_of("namespace", params.namespaces),) if params.namespaces else ()
+        try:
+            les = await client.label_values("le", promql.selector(TTFT_BUCKET, *scope).text,
+                                            start_dt - dt.timedelta(seconds=step), end_dt)
+        except PrometheusError as e:
+            raise type(e)(f"rightsize history, TTFT histogram buckets: {e}") from e
+        queries += 1
+        buckets = slo_buckets(les, params.ttft_slo_s)
+        if buckets:
+            notes.append(f"TTFT p95 read from the buckets le={','.join(buckets)} around the SLO thresholds "
+                         f"({', '.join(f'{t:g}' for t in sorted(set(params.ttft_slo_s)))} s): exact near each "
+                         "threshold, clamped to the bracket outside it")
+    fams = families(labels, step=_duration(step), rate_window=params.rate_window, window=_duration(range_s),
+                    namespaces=tuple(params.namespaces), ttft_buckets=buckets)
+    sem = asyncio.Semaphore(params.concurrency)
 
-    async def run(f: Family) -> tuple[str, QueryData]:
+    async def run(f: Family) -> tuple[str, GridData | QueryData]:
         async with sem:
             try:
                 if f.kind == "range":
-                    out = await client.query_range(f.expr.text, start_dt, end_dt, step_s=step)
-                    return f.name, out.data
+                    return f.name, await client.query_range_grid(f.expr.text, start_dt, end_dt, step)
                 # The state now (not at the last step), over the whole window for the look-up families.
                 return f.name, await client.query(f.expr.text, at=end)
             except PrometheusError as e:
                 raise type(e)(f"rightsize history, family {f.name!r} ({f.what}): {e}") from e
 
     answers = dict(await asyncio.gather(*(run(f) for f in fams)))
-    return _assemble(answers, fams, labels, times, start_ts, step, start_dt, end_dt,
-                     round(time.monotonic() - t0, 3))
+    queries += len(fams)
+    return _assemble(answers, fams, labels, times, step, start_dt, end_dt, round(time.monotonic() - t0, 3),
+                     queries, notes)
 
 
-def _assemble(answers: dict[str, QueryData], fams: list[Family], labels: WorkloadLabels, times: list[float],
-              start_ts: float, step: float, start_dt: dt.datetime, end_dt: dt.datetime,
-              query_seconds: float) -> FleetHistory:
+def _grid(answer: GridData | QueryData) -> GridData:
+    assert isinstance(answer, GridData)
+    return answer
+
+
+def _instant(answer: GridData | QueryData) -> QueryData:
+    assert isinstance(answer, QueryData)
+    return answer
+
+
+def _assemble(answers: dict[str, GridData | QueryData], fams: list[Family], labels: WorkloadLabels,
+              times: list[float], step: float, start_dt: dt.datetime, end_dt: dt.datetime, query_seconds: float,
+              queries: int, notes: list[str]) -> FleetHistory:
     """Roll the per-pod answers up into one aligned row per workload."""
     n = len(times)
     model_l, team_l = ksm_label(labels.model), ksm_label(labels.team)
     owner: dict[tuple[str, str], tuple[str, str]] = {}
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for s in answers["pods"].series:
+    for s in _instant(answers["pods"]).series:
         ns, pod, wl = s.labels.get("namespace", ""), s.labels.get("pod", ""), s.labels.get(labels.wl, "")
         if ns and pod and wl:
             owner[(ns, pod)] = (ns, wl)
@@ -158,44 +209,36 @@ def _assemble(answers: dict[str, QueryData], fams: list[Family], labels: Workloa
                                        "team": s.labels.get(team_l, ""), "gpus_by_instance": {},
                                        "cpus_by_instance": {}})
 
-    def align(samples: list[tuple[float, float]]) -> np.ndarray:
-        out = np.full(n, np.nan)
-        if samples:
-            arr = np.asarray(samples, dtype=float)
-            idx = np.rint((arr[:, 0] - start_ts) / step).astype(int)
-            ok = (idx >= 0) & (idx < n)
-            out[idx[ok]] = arr[ok, 1]
-        return out
-
     unmapped = 0
     for f in fams:
         field = _SERIES_FIELDS.get(f.name)
         if field is None:
             continue
         groups: dict[tuple[str, str], list[np.ndarray]] = {}
-        for s in answers[f.name].series:
-            key = owner.get((s.labels.get("namespace", ""), s.labels.get("pod", "")))
+        for g in _grid(answers[f.name]).series:
+            key = owner.get((g.labels.get("namespace", ""), g.labels.get("pod", "")))
             if key is None:
                 unmapped += 1
                 continue
-            groups.setdefault(key, []).append(align(s.samples))
+            groups.setdefault(key, []).append(g.values)
         for key, arrays in groups.items():
-            rows[key][field] = _rollup(f.rollup, np.vstack(arrays)).tolist()
+            rows[key][field] = (arrays[0] if len(arrays) == 1 and f.rollup != "count"
+                                else _rollup(f.rollup, np.vstack(arrays))).tolist()
     node_type = {s.labels.get("node", ""): s.labels.get(INSTANCE_TYPE, "") or "unknown"
-                 for s in answers["node_types"].series}
+                 for s in _instant(answers["node_types"]).series}
     alloc: dict[tuple[tuple[str, str], str, str], np.ndarray] = {}
-    for s in answers["allocation"].series:
-        key = owner.get((s.labels.get("namespace", ""), s.labels.get("pod", "")))
+    for g in _grid(answers["allocation"]).series:
+        key = owner.get((g.labels.get("namespace", ""), g.labels.get("pod", "")))
         if key is None:
             continue
-        it = node_type.get(s.labels.get("node", ""), "unknown")
-        k = (key, it, s.labels.get("resource", ""))
-        v = np.nan_to_num(align(s.samples))
+        it = node_type.get(g.labels.get("node", ""), "unknown")
+        k = (key, it, g.labels.get("resource", ""))
+        v = np.nan_to_num(g.values)
         alloc[k] = alloc[k] + v if k in alloc else v
     for (key, it, resource), v in alloc.items():
         target = "gpus_by_instance" if resource == "nvidia_com_gpu" else "cpus_by_instance"
         rows[key][target][it] = v.tolist()
-    for s in answers["requests"].series:
+    for s in _instant(answers["requests"]).series:
         key = owner.get((s.labels.get("namespace", ""), s.labels.get("pod", "")))
         field = {"cpu": "cpu_request", "memory": "memory_request_bytes",
                  "nvidia_com_gpu": "gpus_per_replica"}.get(s.labels.get("resource", ""))
@@ -203,8 +246,8 @@ def _assemble(answers: dict[str, QueryData], fams: list[Family], labels: Workloa
             r = rows[key]
             r[field] = max(r.get(field) or 0.0, s.samples[-1][1])
     spec = {(s.labels.get("namespace", ""), s.labels.get("deployment", "")): int(s.samples[-1][1])
-            for s in answers["spec_replicas"].series}
-    for s in answers["oom_kills"].series:
+            for s in _instant(answers["spec_replicas"]).series}
+    for s in _instant(answers["oom_kills"]).series:
         key = owner.get((s.labels.get("namespace", ""), s.labels.get("pod", "")))
         if key is not None:
             rows[key]["oom_kills"] = rows[key].get("oom_kills", 0) + int(s.samples[-1][1])
@@ -216,14 +259,13 @@ def _assemble(answers: dict[str, QueryData], fams: list[Family], labels: Workloa
         if key in spec:
             r["spec_replicas"] = spec[key]
         workloads.append(WorkloadHistory.model_validate(r))
-    nodes = {s.labels.get(INSTANCE_TYPE, "unknown"): align(s.samples).tolist() for s in answers["nodes"].series}
-    notes = []
-    if not any(s.series for s in (answers["cpu_usage"], answers["memory_usage"])):
+    nodes = {g.labels.get(INSTANCE_TYPE, "unknown"): g.values.tolist() for g in _grid(answers["nodes"]).series}
+    if not any(_grid(answers[f]).series for f in ("cpu_usage", "memory_usage")):
         notes.append("no container CPU/memory usage series (cAdvisor): CPU and memory requests are not sized")
     if unmapped:
         notes.append(f"{unmapped} pod series had no workload label in kube_pod_labels and were left out")
     return FleetHistory(start=start_dt, end=end_dt, step_s=step, times=times, workloads=workloads,
-                        nodes_by_instance=nodes, queries=len(fams), query_seconds=query_seconds, notes=notes)
+                        nodes_by_instance=nodes, queries=queries, query_seconds=query_seconds, notes=notes)
 
 
 def _rollup(how: str, stack: np.ndarray) -> np.ndarray:
