@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -140,9 +141,7 @@ class Db:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._sqlite = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._sqlite.execute("PRAGMA journal_mode=WAL")
-            self._sqlite.execute("PRAGMA foreign_keys=ON")
-            self._sqlite.executescript(schema)
+            _sqlite_init(self._sqlite, schema)
             self._conn = _SqliteReader(self._sqlite, self._lock)
 
     @contextmanager
@@ -183,3 +182,26 @@ class Db:
             self._pool.close()
         else:
             self._sqlite.close()
+
+
+def _sqlite_init(conn: sqlite3.Connection, schema: str, timeout_s: float = 30.0) -> None:
+    """WAL mode, foreign keys and the schema, safe when several processes open a new file at once.
+
+    Switching to WAL needs the file to itself and SQLite answers "database is locked" at once rather
+    than waiting for it (as it does for a deferred transaction that would deadlock), so both are retried
+    until `timeout_s`; the DDL runs in an IMMEDIATE transaction, which does wait its turn.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            time.sleep(0.05)
