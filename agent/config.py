@@ -177,6 +177,10 @@ class RightsizeConfig(_Group):
     consider_gpu_types: bool = Field(default=True, description="Recommend other GPU types, counts and MIG.")
     min_shape_saving: float = Field(default=0.1, ge=0, lt=1,
                                     description="A different GPU shape must save this share to be recommended.")
+    shape_headroom: float = Field(default=0.85, gt=0, le=1,
+                                  description="Capacity on a GPU shape never observed is the observed capacity scaled "
+                                              "by relative throughput, times this (below 1: keep headroom for the "
+                                              "extrapolation).")
     min_points: int = Field(default=100, ge=1, description="Fewer raw samples: no recommendation (KRR's rule).")
     min_hours: float = Field(default=3.0, gt=0, description="Less history: no recommendation.")
     window_min_hours: int = Field(default=4, ge=1, le=24, description="Shortest scale-down window worth a schedule.")

@@ -318,13 +318,16 @@ def recommend(h: WorkloadHistory, *, times: Sequence[float], step_s: float, cata
     if need_gib is not None and cfg.consider_gpu_types:
         for cand in _candidates(catalog, need_gib):
             scale = _scale(cand.speed, cand.compute_share, speed_now, gpus)
+            if (cand.product, cand.gpus, cand.mig) != (it.gpu_product, gpus, None):
+                scale *= cfg.shape_headroom  # not observed: extrapolated, so leave room for the error
             n = replicas_for(cap.per_replica_rps * scale)
             shape = Shape(replicas=n, gpus=cand.gpus, gpu_product=cand.product, instance_type=cand.instance_type,
                           mig_profile=cand.mig, price_per_replica_hour=cand.price_per_hour)
             # A different shape must save enough to be worth a migration and the risk of extrapolating.
             if shape.monthly_cost < best.monthly_cost * (1 - cfg.min_shape_saving) - 1e-6:
                 best, extrapolated = shape, True
-    per_replica_best = cap.per_replica_rps * _scale(_speed(catalog, best), _compute(best), speed_now, gpus)
+    per_replica_best = cap.per_replica_rps * _scale(_speed(catalog, best), _compute(best), speed_now, gpus) * \
+        (cfg.shape_headroom if extrapolated else 1.0)
     windows = scale_windows(h, times, best, per_replica_best, cfg)
     over = [d for d in h.demand_peak_rps if not math.isnan(d)]
     cap_best = per_replica_best * best.replicas
@@ -434,15 +437,19 @@ def scale_windows(h: WorkloadHistory, times: Sequence[float], shape: Shape, per_
     for days, weekdays in (("weekdays", True), ("weekends", False)):
         peak: dict[int, float] = {}
         seen: dict[int, set[int]] = {}
+        step = times[1] - times[0] if len(times) > 1 else 3600.0
         for t, d in zip(times, h.demand_peak_rps, strict=True):
             if math.isnan(d):
                 continue
-            day = int(t // 86400)
-            if ((day + 3) % 7 < 5) != weekdays:
-                continue
-            hour = int(t % 86400 // 3600)
-            peak[hour] = max(peak.get(hour, 0.0), d)
-            seen.setdefault(hour, set()).add(day)
+            # A point is the step ending at `t`: its demand counts for every hour the step overlaps, so a
+            # morning ramp inside a step is not credited to the hour after the one it happened in.
+            for at in (t - step, t - 1e-6):
+                day = int(at // 86400)
+                if ((day + 3) % 7 < 5) != weekdays:
+                    continue
+                hour = int(at % 86400 // 3600)
+                peak[hour] = max(peak.get(hour, 0.0), d)
+                seen.setdefault(hour, set()).add(day)
         if len(peak) < 24 or min(len(v) for v in seen.values()) < cfg.window_min_days:
             continue  # too few days of this kind to call the pattern predictable
         need = []

@@ -77,10 +77,13 @@ def main() -> None:
     p.add_argument("--days", type=float, default=14)
     p.add_argument("--scenario", choices=["shipped", "idle-overprovision"], default="shipped")
     p.add_argument("--no-windows", action="store_true", help="Recommend shapes only, no scale-down windows.")
+    p.add_argument("--shape-headroom", type=float, default=None,
+                   help="rightsize.shape_headroom (default: the setting's default).")
     args = p.parse_args()
     fleet = Fleet.load()
     cfg = RightsizeConfig(slo={w.model: SloConfig(ttft_p95_s=w.slo.ttft_p95_s) for w in fleet.workloads},
-                          **({"window_min_hours": 24, "scale_to_zero": False} if args.no_windows else {}))
+                          **({"window_min_hours": 24, "scale_to_zero": False} if args.no_windows else {}),
+                          **({"shape_headroom": args.shape_headroom} if args.shape_headroom else {}))
     catalog = PriceCatalog.load(cfg.price_catalog)
     half = args.days / 2
     t0 = time.monotonic()

@@ -79,15 +79,32 @@ def test_scale_to_zero_window_for_an_idle_night() -> None:
     traffic = w.traffic.model_copy(update={"trough_ratio": 0.0})
     w0 = w.model_copy(update={"traffic": traffic})
     times, h = workload_history(fleet, w0, start=START, days=14)
-    # Zero the nights outright (a batch workload that only runs in office hours).
+    # Zero the nights outright (a batch workload that only runs in office hours): every step that lies
+    # in 00:00–06:00 (a point is the step ending at its time).
     for i, t in enumerate(times):
-        if int(t % 86400 // 3600) < 6:
+        if 0 < t % 86400 <= 6 * 3600:
             h.demand_peak_rps[i] = 0.0
             h.demand_rps[i] = 0.0
     rec = recommend(h, times=times, step_s=1800, catalog=CATALOG, cfg=CFG.model_copy(
         update={"consider_gpu_types": False}))
     zero = [x for x in rec.scale_windows if x.replicas == 0]
     assert zero and zero[0].start_hour_utc == 0 and zero[0].end_hour_utc >= 6
+
+
+def test_a_ramp_inside_a_step_keeps_its_hour_out_of_the_window() -> None:
+    """Traffic that starts at 05:30 is in the step ending 06:00: hour 5 must not be scaled to zero."""
+    w = FLEET.workload("completion")
+    w0 = w.model_copy(update={"traffic": w.traffic.model_copy(update={"trough_ratio": 0.0})})
+    times, h = workload_history(FLEET, w0, start=START, days=14)
+    busy = max(x for x in h.demand_peak_rps if not math.isnan(x))
+    for i, t in enumerate(times):
+        if 0 < t % 86400 <= 6 * 3600:
+            early = t % 86400 == 6 * 3600  # the step 05:30–06:00
+            h.demand_peak_rps[i] = h.demand_rps[i] = busy if early else 0.0
+    rec = recommend(h, times=times, step_s=1800, catalog=CATALOG, cfg=CFG.model_copy(
+        update={"consider_gpu_types": False}))
+    zero = [x for x in rec.scale_windows if x.replicas == 0]
+    assert zero and all(x.start_hour_utc == 0 and x.end_hour_utc <= 5 for x in zero), zero
 
 
 def test_cpu_and_memory_are_sized_the_vpa_way() -> None:
