@@ -465,6 +465,10 @@ def main() -> None:
                   f"{sized} sized, savings {sum(max(r.monthly_savings, 0) for r in recs):,.0f} USD/mo; "
                   f"node cost {cost.node_cost:,.0f}, reconciliation error {cost.reconciliation_error:,.2f}; "
                   f"Prometheus peak RSS {peak_rss_mib(prom.pid):.0f} MiB")
+            unsized = Counter(r.reason.split(":")[0][:60] for r in recs if r.recommended is None)
+            if unsized:
+                print(f"rightsize run {run}: no replica/GPU recommendation for {sum(unsized.values())}: "
+                      + "; ".join(f"{n} × {why}" for why, n in unsized.most_common(5)))
             cpus = [r.cpu.target for r in recs if r.cpu is not None]
             mems = [r.memory.target for r in recs if r.memory is not None]
             print(f"rightsize run {run}: {len(cpus)} CPU and {len(mems)} memory recommendations; CPU target median "
