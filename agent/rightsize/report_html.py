@@ -92,6 +92,14 @@ def to_html(run: RightsizeRun) -> str:
         f"<tr><td>{e(r.key)}</td><td class=n>{r.gpu_hours:,.1f}</td><td class=n>{r.cost:,.2f}</td>"
         f"<td class=n>{r.idle_cost:,.2f}</td><td class=n>"
         f"{f'{r.cost_per_million_tokens:,.3f}' if r.cost_per_million_tokens else '—'}</td></tr>" for r in c.by_model)
+    per_m = "—"
+    workloads = "".join(
+        f"<tr><td>{e(w.namespace)}/{e(w.name)}</td><td>{e(w.source)}"
+        f"{e(' (' + ', '.join(sorted(w.sources)) + ')') if w.sources else ''}</td>"
+        f"<td class=n>{w.gpu_hours:,.1f}</td><td class=n>{w.cost:,.2f}</td><td class=n>{w.idle_cost:,.2f}</td>"
+        f"<td class=n>{f'{w.cost_per_million_tokens:,.3f}' if w.cost_per_million_tokens else per_m}</td>"
+        f"<td class=n>{f'{w.cost_per_million_requests:,.3f}' if w.cost_per_million_requests else per_m}</td></tr>"
+        for w in c.workloads)
     recs = []
     for r in run.recommendations:
         cur = e(r.current.describe()) if r.current else "—"
@@ -113,6 +121,8 @@ def to_html(run: RightsizeRun) -> str:
 <h2>Spend</h2><img id="chart-spend" alt="GPU spend per day by model" src="{spend_chart(run)}">
 <h2>Utilization</h2><img id="chart-utilization" alt="GPU utilization vs allocation" src="{utilization_chart(run)}">
 <table><tr><th>model</th><th>GPU-hours</th><th>cost</th><th>idle</th><th>$/M tokens</th></tr>{rows}</table>
+<table><tr><th>workload</th><th>data from</th><th>GPU-hours</th><th>cost</th><th>idle</th><th>$/M tokens</th>
+<th>$/M requests</th></tr>{workloads}</table>
 <h2>Recommendations</h2>
 <img id="chart-recommendations" alt="current vs recommended monthly cost" src="{recommendation_chart(run)}">
 <table><tr><th>workload</th><th>current</th><th>recommended</th><th>saves /mo</th><th>SLO risk</th>

@@ -48,6 +48,7 @@ def test_html_report_renders_its_charts_in_chromium(run, tmp_path: Path) -> None
     page = to_html(run)
     images = re.findall(r'<img id="(chart-[a-z]+)"[^>]*src="data:image/png;base64,([^"]+)"', page)
     assert [i for i, _ in images] == ["chart-spend", "chart-utilization", "chart-recommendations"]
+    assert re.search(r"<tr><td>code/completion</td><td>prometheus", page), "each workload's cost says its source"
     for _, data in images:
         w, h = Image.open(io.BytesIO(base64.b64decode(data))).size
         assert w > 300 and h > 150
