@@ -126,15 +126,19 @@ class ChangeFlow:
                 inp = Command(resume=resume) if resume is not None else None
             elif snap.next:
                 inp = None  # stopped part-way (a crash): continue from the last checkpoint
-            elif snap.values.get("stage") == "executing_elsewhere" and self._unfinished(change_id):
-                # Another executor held the claim when this thread last ran; try again from execute
-                # (the executor reconciles: it applies once, or finds the write already made).
+            elif snap.values.get("stage") in ("executing_elsewhere", "approved") and self._unfinished(change_id):
+                # Another executor held the claim when this thread last ran, or the thread ended approved
+                # without reaching execute (a process killed between the two steps); try again from
+                # execute (the executor reconciles: it applies once, or finds the write already made).
                 await graph.aupdate_state(config, {"stage": "approved"}, as_node="await_approval")
                 inp = None
             else:
                 inp = False  # finished: nothing to run
             if inp is not False and not (inp is None and _interrupted(snap)):
-                await graph.ainvoke(inp, config=config, context=ctx)
+                # "sync": each step's checkpoint is on disk before the next step starts. With LangGraph's
+                # default ("async") a process killed inside `execute` could leave the approval step's
+                # checkpoint unwritten, and a restart would find the thread still at its interrupt.
+                await graph.ainvoke(inp, config=config, context=ctx, durability="sync")
             snap = await graph.aget_state(config)
         values = snap.values if snap else {}
         waiting = bool(snap and _interrupted(snap))
