@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import math
 import secrets
@@ -289,6 +290,7 @@ def _policy_file(directory: Path) -> Path:
     return path
 
 
+@functools.cache
 def checkpoint_serde() -> JsonPlusSerializer:
     """LangGraph's serializer restricted to the types our graphs checkpoint (our models and enums, plus
     LangGraph's own safe set). A checkpoint row naming any other class is not revived: the checkpoint

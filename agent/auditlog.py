@@ -26,9 +26,9 @@ from agent.db import Db
 GENESIS = "0" * 64
 SEP = "\x1f"
 
-SCHEMA = """
+_TABLE = """
 CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY,
+    seq {int} PRIMARY KEY,
     at TEXT NOT NULL,
     kind TEXT NOT NULL,
     actor TEXT NOT NULL,
@@ -38,11 +38,14 @@ CREATE TABLE IF NOT EXISTS audit (
     decision TEXT NOT NULL,
     reason TEXT NOT NULL,
     result TEXT NOT NULL,
-    duration_ms REAL NOT NULL,
+    duration_ms {float} NOT NULL,
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_incident ON audit(incident_id, seq);
+"""
+
+SCHEMA = _TABLE.format(int="INTEGER", float="REAL") + """
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -51,23 +54,7 @@ BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 
 # The same table on Postgres: 8-byte floats (the hash covers repr(duration_ms)) and triggers that
 # refuse UPDATE, DELETE and TRUNCATE for every role that does not own the table.
-PG_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-    seq BIGINT PRIMARY KEY,
-    at TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    incident_id TEXT,
-    inputs_hash TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    result TEXT NOT NULL,
-    duration_ms DOUBLE PRECISION NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_incident ON audit(incident_id, seq);
+PG_SCHEMA = _TABLE.format(int="BIGINT", float="DOUBLE PRECISION") + """
 CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN RAISE EXCEPTION 'audit records are append-only'; END $$;
 CREATE OR REPLACE TRIGGER audit_no_update BEFORE UPDATE ON audit

@@ -17,6 +17,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -204,3 +205,16 @@ class SlackClientSim:
                 "response_url": f"{self.standin.base_url}/respond/cmd{n}"}
         return self.post("/slack/commands", urllib.parse.urlencode(form).encode(),
                          "application/x-www-form-urlencoded", **kw)
+
+
+def offline_settings(tmp_path: Path, api_url: str, secret: str, channel: str, **overrides: Any) -> Any:
+    """Settings for a bot whose Prometheus and apiserver are unreachable and whose Slack is the stand-in at
+    `api_url` (unit tests)."""
+    from agent.config import load_settings
+
+    (tmp_path / "kubeconfig").write_text(UNREACHABLE_KUBECONFIG)
+    return load_settings(None, state_dir=str(tmp_path / "state"),
+                         prometheus={"url": "http://127.0.0.1:1", "timeout_s": 2},
+                         kubernetes={"executor_kubeconfig": str(tmp_path / "kubeconfig")},
+                         slack={"enabled": True, "bot_token": "xoxb-unit", "signing_secret": secret,
+                                "channel": channel, "api_url": f"{api_url}/api/"}, **overrides)

@@ -44,7 +44,7 @@ def to_markdown(run: RightsizeRun) -> str:
            "| model | GPU-hours | cost | idle | $/M tokens | $/M requests |", "|---|---:|---:|---:|---:|---:|"]
     for m in c.by_model:
         out.append(f"| {m.key} | {m.gpu_hours:,.1f} | {m.cost:,.2f} | {m.idle_cost:,.2f} | "
-                   f"{_per_m(m.cost_per_million_tokens)} | {_per_m(m.cost_per_million_requests)} |")
+                   f"{per_million(m.cost_per_million_tokens)} | {per_million(m.cost_per_million_requests)} |")
     for title, rows in (("team", c.by_team), ("namespace", c.by_namespace)):
         out += ["", f"| {title} | GPU-hours | cost | idle |", "|---|---:|---:|---:|"]
         out += [f"| {x.key} | {x.gpu_hours:,.1f} | {x.cost:,.2f} | {x.idle_cost:,.2f} |" for x in rows]
@@ -54,8 +54,8 @@ def to_markdown(run: RightsizeRun) -> str:
         busy = f"{wc.gpu_busy_mean:.0%}" if wc.gpu_busy_mean is not None else "—"
         src = wc.source + (f" ({', '.join(sorted(wc.sources))})" if wc.sources else "")
         out.append(f"| {wc.namespace}/{wc.name} | {src} | {wc.gpu_hours:,.1f} | {wc.cost:,.2f} | "
-                   f"{wc.idle_cost:,.2f} | {busy} | {_per_m(wc.cost_per_million_tokens)} | "
-                   f"{_per_m(wc.cost_per_million_requests)} |")
+                   f"{wc.idle_cost:,.2f} | {busy} | {per_million(wc.cost_per_million_tokens)} | "
+                   f"{per_million(wc.cost_per_million_requests)} |")
     out += ["", f"## Recommendations (total savings {money(run.total_savings)}/month)", "",
             "| workload | current | recommended | $/mo now | $/mo after | saves | SLO risk | confidence |",
             "|---|---|---|---:|---:|---:|---|---|"]
@@ -86,7 +86,7 @@ def to_markdown(run: RightsizeRun) -> str:
     return "\n".join(out) + "\n"
 
 
-def _per_m(x: float | None) -> str:
+def per_million(x: float | None) -> str:
     return f"{x:,.3f}" if x else "—"
 
 

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from agent.rightsize.engine import Confidence
-from agent.rightsize.report import money
+from agent.rightsize.report import money, per_million
 from agent.rightsize.service import RightsizeRun
 
 
@@ -90,15 +90,14 @@ def to_html(run: RightsizeRun) -> str:
     e = html.escape
     rows = "".join(
         f"<tr><td>{e(r.key)}</td><td class=n>{r.gpu_hours:,.1f}</td><td class=n>{r.cost:,.2f}</td>"
-        f"<td class=n>{r.idle_cost:,.2f}</td><td class=n>"
-        f"{f'{r.cost_per_million_tokens:,.3f}' if r.cost_per_million_tokens else '—'}</td></tr>" for r in c.by_model)
-    per_m = "—"
+        f"<td class=n>{r.idle_cost:,.2f}</td><td class=n>{per_million(r.cost_per_million_tokens)}</td></tr>"
+        for r in c.by_model)
     workloads = "".join(
         f"<tr><td>{e(w.namespace)}/{e(w.name)}</td><td>{e(w.source)}"
         f"{e(' (' + ', '.join(sorted(w.sources)) + ')') if w.sources else ''}</td>"
         f"<td class=n>{w.gpu_hours:,.1f}</td><td class=n>{w.cost:,.2f}</td><td class=n>{w.idle_cost:,.2f}</td>"
-        f"<td class=n>{f'{w.cost_per_million_tokens:,.3f}' if w.cost_per_million_tokens else per_m}</td>"
-        f"<td class=n>{f'{w.cost_per_million_requests:,.3f}' if w.cost_per_million_requests else per_m}</td></tr>"
+        f"<td class=n>{per_million(w.cost_per_million_tokens)}</td>"
+        f"<td class=n>{per_million(w.cost_per_million_requests)}</td></tr>"
         for w in c.workloads)
     recs = []
     for r in run.recommendations:

@@ -28,7 +28,7 @@ from agent.server import Metrics
 from agent.slack.app import SlackBot
 from agent.slack.service import build_server
 from tests.serving import serve
-from tests.slack_standin import ONCALL, UNREACHABLE_KUBECONFIG, SlackClientSim, SlackStandIn, buttons, render, sign
+from tests.slack_standin import ONCALL, SlackClientSim, SlackStandIn, buttons, offline_settings, render, sign
 
 pytest_plugins = ("tests.llm.aimock",)
 
@@ -63,14 +63,9 @@ class Env:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     api = SlackStandIn()
-    (tmp_path / "kubeconfig").write_text(UNREACHABLE_KUBECONFIG)
     with serve(api.app()) as api_url:
         api.base_url = api_url
-        settings = load_settings(None, state_dir=str(tmp_path / "state"),
-                                 prometheus={"url": "http://127.0.0.1:1", "timeout_s": 2},
-                                 kubernetes={"executor_kubeconfig": str(tmp_path / "kubeconfig")},
-                                 slack={"enabled": True, "bot_token": "xoxb-unit", "signing_secret": SECRET,
-                                        "channel": CHANNEL, "api_url": f"{api_url}/api/"})
+        settings = offline_settings(tmp_path, api_url, SECRET, CHANNEL)
         app = build_app(settings)
         metrics = Metrics()
         asgi, bot = build_server(app, metrics=metrics)

@@ -25,7 +25,6 @@ from typer.testing import CliRunner
 from agent.app import App, build_app
 from agent.changes import ChangeSpec
 from agent.cli import app as cli
-from agent.config import load_settings
 from agent.models import ActionKind, ObjectRef
 from agent.rightsize.posts import ButtonForPost, ReportPosts
 from agent.rightsize.report import CREATE_ACTION_ID
@@ -34,7 +33,7 @@ from agent.server import Metrics
 from agent.slack.service import build_server
 from agent.store import db_target
 from tests.serving import serve
-from tests.slack_standin import ONCALL, PLATFORM, UNREACHABLE_KUBECONFIG, SlackClientSim, SlackStandIn, render
+from tests.slack_standin import ONCALL, PLATFORM, SlackClientSim, SlackStandIn, offline_settings, render
 
 SECRET = "unit-test-signing-secret"
 CHANNEL = "C0REPORTS"
@@ -67,16 +66,11 @@ def scheduled_env(tmp_path: Path) -> Iterator[Env]:
 
 def _env(tmp_path: Path, schedule: str | None) -> Iterator[Env]:
     api = SlackStandIn()
-    (tmp_path / "kubeconfig").write_text(UNREACHABLE_KUBECONFIG)
     with serve(api.app()) as api_url:
         api.base_url = api_url
-        settings = load_settings(None, state_dir=str(tmp_path / "state"),
-                                 prometheus={"url": "http://127.0.0.1:1", "timeout_s": 2},
-                                 kubernetes={"executor_kubeconfig": str(tmp_path / "kubeconfig")},
-                                 rightsize={"schedule": schedule, "schedule_check_s": 0.2,
-                                            "schedule_channel": CHANNEL},
-                                 slack={"enabled": True, "bot_token": "xoxb-unit", "signing_secret": SECRET,
-                                        "channel": "C0INCIDENT", "api_url": f"{api_url}/api/"})
+        settings = offline_settings(tmp_path, api_url, SECRET, "C0INCIDENT",
+                                    rightsize={"schedule": schedule, "schedule_check_s": 0.2,
+                                               "schedule_channel": CHANNEL})
         app = build_app(settings)
         metrics = Metrics()
         asgi, bot = build_server(app, metrics=metrics)
