@@ -68,6 +68,12 @@ class ScheduleLeases(Db):
 
     def claim(self, job: str, tick: dt.datetime, now: dt.datetime, lease_s: float) -> bool:
         """Take `tick` of `job` unless it is done or another owner's lease is still running."""
+        # Most checks find the tick already done or held: answer those with a read, not a write transaction
+        # (serve checks every `schedule_check_s` on every replica, and on SQLite a write takes the file lock).
+        row = self._conn.execute("SELECT done_at, lease_until FROM schedule_runs WHERE job = ? AND tick = ?",
+                                 (job, tick.isoformat())).fetchone()
+        if row is not None and (row[0] is not None or float(row[1]) >= now.timestamp()):
+            return False
         with self._tx() as c:
             cur = c.execute(
                 "INSERT INTO schedule_runs (job, tick, owner, lease_until) VALUES (?, ?, ?, ?) "
