@@ -1,30 +1,32 @@
 # The two commands of the README are `make demo` and `make test`; each does its own set-up.
 .PHONY: setup demo test lint unit eval-replay eval-live
 
-# uv may land in ~/.local/bin when setup installs it with `pip --user`.
+# uv may land in ~/.local/bin when setup installs it with `pip --user`, or beside a pyenv Python whose
+# shim is not made yet; `python3 -m uv` reaches it there. Expanded when a recipe runs, after setup.
 export PATH := $(HOME)/.local/bin:$(PATH)
+UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
 setup:
 	@bash deploy/setup.sh
 
 demo: setup
-	uv run opsagent demo
+	$(UV) run opsagent demo
 
 lint:
-	uv run ruff check .
-	uv run mypy
-	uv run lint-imports
+	$(UV) run ruff check .
+	$(UV) run mypy
+	$(UV) run lint-imports
 
 unit:
-	uv run pytest tests/unit
+	$(UV) run pytest tests/unit
 
 test: setup lint
-	uv run pytest
+	$(UV) run pytest
 
 # The regression scenarios replayed from evals/recordings (also part of `make test` via tests/evals).
 eval-replay:
-	uv run opsagent eval --mode replay --tags regression --out .eval/replay
+	$(UV) run opsagent eval --mode replay --tags regression --out .eval/replay
 
 # The whole suite live on a running sandbox (`opsagent sandbox up` first): about a minute or two per scenario.
 eval-live:
-	uv run opsagent eval --mode live --out .eval/live
+	$(UV) run opsagent eval --mode live --out .eval/live

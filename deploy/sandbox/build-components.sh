@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the sandbox's control plane from the upstream Go modules into a version-keyed cache.
+# Build the sandbox's Go components from their upstream modules into a version-keyed cache:
+# the Kubernetes control plane and kubectl, etcd, KWOK, kube-state-metrics and Helm.
 #
 # Why a script and not `go install`: k8s.io/kubernetes and etcd's server module carry `replace`
 # directives, which `go install pkg@version` refuses. So each is built inside a small throwaway
@@ -7,15 +8,66 @@
 #
 # Idempotent: a component whose binaries already sit in the cache is skipped. The cache lives
 # outside the repository (default ~/.cache/opsagent) so a fresh clone reuses it.
+#
+# Two lanes: Kubernetes (most of the work) builds in one, the smaller components one after another
+# in the other. On two cores this overlaps module downloads and single-threaded links with compiles.
+#
+#   build-components.sh           build what is missing
+#   build-components.sh --plan    print, one line per component, what a build would produce
+#                                 (`build NAME VERSION PATH...` or `cached NAME VERSION PATH...`)
+#                                 and build nothing; tests compare it with components.locate()
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
 KSM_VERSION="${KSM_VERSION:-v2.15.0}"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 CACHE="${OPSAGENT_CACHE_DIR:-$HOME/.cache/opsagent}"
 BIN="$CACHE/bin"
 WORK="$CACHE/build"
+
+PLAN=0
+case "${1:-}" in
+  --plan) PLAN=1 ;;
+  "") ;;
+  -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "build-components.sh: unknown argument '$1' (try --plan or --help)" >&2; exit 2 ;;
+esac
+
+# Every component: name, version, install directory and the binaries it must leave there.
+# components.py's locate() names the same paths; tests/unit/test_setup_plan.py keeps the two equal.
+k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+COMPONENTS=(
+  "kubernetes|$K8S_VERSION|$BIN/kubernetes-$K8S_VERSION|${k8s_bins[*]}"
+  "etcd|$ETCD_VERSION|$BIN/etcd-$ETCD_VERSION|etcd"
+  "kwok|$KWOK_VERSION|$BIN/kwok-$KWOK_VERSION|kwok"
+  "kube-state-metrics|$KSM_VERSION|$BIN/kube-state-metrics-$KSM_VERSION|kube-state-metrics"
+  "helm|$HELM_VERSION|$BIN/helm-$HELM_VERSION|helm"
+)
+
+component() {  # component NAME -> sets c_version c_dir c_bins
+  local entry
+  for entry in "${COMPONENTS[@]}"; do
+    IFS='|' read -r c_name c_version c_dir c_bins <<<"$entry"
+    [ "$c_name" = "$1" ] && return 0
+  done
+  echo "build-components.sh: no component '$1'" >&2; return 1
+}
+cached() {  # cached NAME: all of the component's binaries are executable in the cache
+  component "$1"
+  local b; for b in $c_bins; do [ -x "$c_dir/$b" ] || return 1; done
+}
+
+if [ "$PLAN" = 1 ]; then
+  for entry in "${COMPONENTS[@]}"; do
+    IFS='|' read -r name version dir bins <<<"$entry"
+    paths=(); for b in $bins; do paths+=("$dir/$b"); done
+    if cached "$name"; then verb=cached; else verb=build; fi
+    echo "$verb $name $version ${paths[*]}"
+  done
+  exit 0
+fi
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 mkdir -p "$BIN" "$WORK"
@@ -29,17 +81,19 @@ if ! flock -n 9; then
 fi
 
 step() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
-have() { for f in "$@"; do [ -x "$f" ] || return 1; done; }
+finish() {  # finish NAME START_SECONDS: move NAME.tmp into place and say how long it took
+  component "$1"
+  rm -rf "$c_dir"; mv "$c_dir.tmp" "$c_dir"
+  step "$1 $c_version: built in $(( $(date +%s) - $2 )) s"
+}
 
-# ---- Kubernetes: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl -------------
-k8s_dir="$BIN/kubernetes-$K8S_VERSION"
-k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-if have "${k8s_bins[@]/#/$k8s_dir/}"; then
-  step "kubernetes $K8S_VERSION: cached in $k8s_dir"
-else
+build_kubernetes() {
+  local t0; t0=$(date +%s)
+  component kubernetes
   step "kubernetes $K8S_VERSION: preparing build module (staging replaces from its go.mod)"
-  mod="$WORK/kubernetes-$K8S_VERSION"
+  local mod="$WORK/kubernetes-$K8S_VERSION"
   rm -rf "$mod"; mkdir -p "$mod"; cd "$mod"
+  local gomod staging_v
   gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
   staging_v="v0.${K8S_VERSION#v1.}"
   {
@@ -54,29 +108,27 @@ else
   } > go.mod
   step "kubernetes: $(grep -c '^replace' go.mod) staging modules pinned to $staging_v; resolving dependencies"
   go get "k8s.io/kubernetes@$K8S_VERSION" >/dev/null
+  local c
   for c in "${k8s_bins[@]}"; do go get "k8s.io/kubernetes/cmd/$c@$K8S_VERSION" >/dev/null 2>&1 || true; done
-  minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
-  ld="-s -w"
+  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  local ld="-s -w" pkg
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld="$ld -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ld="$ld -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  mkdir -p "$k8s_dir.tmp"
-  for c in "${k8s_bins[@]}"; do
-    step "kubernetes: go build $c (slow on a cold cache)"
-    go build -trimpath -ldflags "$ld" -o "$k8s_dir.tmp/$c" "k8s.io/kubernetes/cmd/$c"
-  done
-  rm -rf "$k8s_dir"; mv "$k8s_dir.tmp" "$k8s_dir"
-  step "kubernetes: $("$k8s_dir/kube-apiserver" --version)"
-fi
+  rm -rf "$c_dir.tmp"; mkdir -p "$c_dir.tmp"
+  # One `go build` for the four commands: their shared packages compile once and the links overlap.
+  step "kubernetes: go build ${k8s_bins[*]} (the slow part of a cold cache: ~6 min on 2 cores)"
+  go build -trimpath -ldflags "$ld" -o "$c_dir.tmp/" "${k8s_bins[@]/#/k8s.io/kubernetes/cmd/}"
+  finish kubernetes "$t0"
+  step "kubernetes: $("$c_dir/kube-apiserver" --version)"
+}
 
-# ---- etcd -------------------------------------------------------------------------------------
-etcd_dir="$BIN/etcd-$ETCD_VERSION"
-if have "$etcd_dir/etcd"; then
-  step "etcd $ETCD_VERSION: cached"
-else
+build_etcd() {
+  local t0; t0=$(date +%s)
+  component etcd
   step "etcd $ETCD_VERSION: building"
-  mod="$WORK/etcd-$ETCD_VERSION"; rm -rf "$mod"; mkdir -p "$mod"; cd "$mod"
+  local mod="$WORK/etcd-$ETCD_VERSION"; rm -rf "$mod"; mkdir -p "$mod"; cd "$mod"
   cat > main.go <<'GO'
 // Command etcd runs the upstream etcd server; it exists only because `go install` refuses
 // etcd's server module (it carries replace directives).
@@ -93,36 +145,63 @@ GO
   printf 'module opsagent.local/etcdbuild\n\ngo 1.24.0\n' > go.mod
   go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null
   go mod tidy >/dev/null
-  mkdir -p "$etcd_dir.tmp"
-  go build -trimpath -ldflags "-s -w" -o "$etcd_dir.tmp/etcd" .
-  rm -rf "$etcd_dir"; mv "$etcd_dir.tmp" "$etcd_dir"
-  step "etcd: $("$etcd_dir/etcd" --version | head -1)"
-fi
+  rm -rf "$c_dir.tmp"; mkdir -p "$c_dir.tmp"
+  go build -trimpath -ldflags "-s -w" -o "$c_dir.tmp/etcd" .
+  finish etcd "$t0"
+  step "etcd: $("$c_dir/etcd" --version | head -1)"
+}
 
-# ---- KWOK -------------------------------------------------------------------------------------
-kwok_dir="$BIN/kwok-$KWOK_VERSION"
-if have "$kwok_dir/kwok"; then
-  step "kwok $KWOK_VERSION: cached"
-else
+build_kwok() {
+  local t0; t0=$(date +%s)
+  component kwok
   step "kwok $KWOK_VERSION: go install"
-  GOBIN="$kwok_dir.tmp" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-  rm -rf "$kwok_dir"; mv "$kwok_dir.tmp" "$kwok_dir"
+  rm -rf "$c_dir.tmp"
+  GOBIN="$c_dir.tmp" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  finish kwok "$t0"
+}
+
+# `go install pkg@version` asks the proxy for the module's version list (deprecation check), which
+# is not served for every module here; building inside a main module that requires it exactly needs
+# only the pinned version, verified against the checksum database.
+build_in_module() {  # build_in_module NAME MODULE PACKAGE BINARY LDFLAGS
+  local t0; t0=$(date +%s)
+  component "$1"
+  step "$1 $c_version: building $3"
+  local mod="$WORK/$1-$c_version"; rm -rf "$mod"; mkdir -p "$mod"; cd "$mod"
+  printf 'module opsagent.local/%sbuild\n\ngo 1.24.0\n\nrequire %s %s\n' "$1" "$2" "$c_version" > go.mod
+  rm -rf "$c_dir.tmp"; mkdir -p "$c_dir.tmp"
+  go build -trimpath -ldflags "$5" -o "$c_dir.tmp/$4" "$3"
+  finish "$1" "$t0"
+}
+
+build_kube_state_metrics() {
+  build_in_module kube-state-metrics k8s.io/kube-state-metrics/v2 k8s.io/kube-state-metrics/v2 \
+    kube-state-metrics "-s -w"
+}
+
+build_helm() {
+  # Helm reads its version from these variables (its Makefile sets the same ones).
+  build_in_module helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm helm \
+    "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  step "helm: $("$BIN/helm-$HELM_VERSION/helm" version --short)"
+}
+
+lane() {  # lane NAME... : build each missing component in turn, say which were cached
+  local name
+  for name in "$@"; do
+    if cached "$name"; then step "$name $c_version: cached in $c_dir"; else "build_${name//-/_}"; fi
+  done
+}
+
+t_all=$(date +%s)
+( lane kubernetes ) & lane_a=$!
+( lane etcd kwok kube-state-metrics helm ) & lane_b=$!
+status=0
+wait "$lane_a" || status=$?
+wait "$lane_b" || status=$?
+if [ "$status" -ne 0 ]; then
+  step "a component failed to build (exit $status); see the lines above. Re-running builds only what is missing."
+  exit "$status"
 fi
 
-# ---- kube-state-metrics -----------------------------------------------------------------------
-ksm_dir="$BIN/kube-state-metrics-$KSM_VERSION"
-if have "$ksm_dir/kube-state-metrics"; then
-  step "kube-state-metrics $KSM_VERSION: cached"
-else
-  # `go install pkg@version` asks the proxy for the module's version list (deprecation check),
-  # which is not served for this module here; building inside a main module that requires it
-  # exactly needs only the pinned version, verified against the checksum database.
-  step "kube-state-metrics $KSM_VERSION: building"
-  mod="$WORK/kube-state-metrics-$KSM_VERSION"; rm -rf "$mod"; mkdir -p "$mod"; cd "$mod"
-  printf 'module opsagent.local/ksmbuild\n\ngo 1.24.0\n\nrequire k8s.io/kube-state-metrics/v2 %s\n' "$KSM_VERSION" > go.mod
-  mkdir -p "$ksm_dir.tmp"
-  go build -trimpath -ldflags "-s -w" -o "$ksm_dir.tmp/kube-state-metrics" k8s.io/kube-state-metrics/v2
-  rm -rf "$ksm_dir"; mv "$ksm_dir.tmp" "$ksm_dir"
-fi
-
-step "all components in $BIN ($(du -sh "$BIN" | cut -f1) binaries; build cache $(du -sh "$(go env GOCACHE)" 2>/dev/null | cut -f1), modules $(du -sh "$(go env GOMODCACHE)" 2>/dev/null | cut -f1))"
+step "all components in $BIN after $(( $(date +%s) - t_all )) s ($(du -sh "$BIN" | cut -f1) binaries; build cache $(du -sh "$(go env GOCACHE)" 2>/dev/null | cut -f1), modules $(du -sh "$(go env GOMODCACHE)" 2>/dev/null | cut -f1))"
