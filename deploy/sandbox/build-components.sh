@@ -59,27 +59,6 @@ cached() {  # cached NAME: all of the component's binaries are executable in the
   local b; for b in $c_bins; do [ -x "$c_dir/$b" ] || return 1; done
 }
 
-if [ "$PLAN" = 1 ]; then
-  for entry in "${COMPONENTS[@]}"; do
-    IFS='|' read -r name version dir bins <<<"$entry"
-    paths=(); for b in $bins; do paths+=("$dir/$b"); done
-    if cached "$name"; then verb=cached; else verb=build; fi
-    echo "$verb $name $version ${paths[*]}"
-  done
-  exit 0
-fi
-
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
-mkdir -p "$BIN" "$WORK"
-
-# One build at a time per cache: a second run (another checkout, a parallel test job) waits for the
-# first and then finds its binaries cached, instead of deleting the build directory under it.
-exec 9>"$CACHE/build.lock"
-if ! flock -n 9; then
-  printf '[build %s] another build holds %s; waiting for it\n' "$(date +%H:%M:%S)" "$CACHE/build.lock"
-  flock 9
-fi
-
 step() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 finish() {  # finish NAME START_SECONDS: move NAME.tmp into place and say how long it took
   component "$1"
@@ -192,6 +171,28 @@ lane() {  # lane NAME... : build each missing component in turn, say which were 
     if cached "$name"; then step "$name $c_version: cached in $c_dir"; else "build_${name//-/_}"; fi
   done
 }
+
+if [ "$PLAN" = 1 ]; then
+  for entry in "${COMPONENTS[@]}"; do
+    IFS='|' read -r name version dir bins <<<"$entry"
+    declare -F "build_${name//-/_}" >/dev/null || { echo "build-components.sh: no build step for $name" >&2; exit 3; }
+    paths=(); for b in $bins; do paths+=("$dir/$b"); done
+    if cached "$name"; then verb=cached; else verb=build; fi
+    echo "$verb $name $version ${paths[*]}"
+  done
+  exit 0
+fi
+
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+mkdir -p "$BIN" "$WORK"
+
+# One build at a time per cache: a second run (another checkout, a parallel test job) waits for the
+# first and then finds its binaries cached, instead of deleting the build directory under it.
+exec 9>"$CACHE/build.lock"
+if ! flock -n 9; then
+  printf '[build %s] another build holds %s; waiting for it\n' "$(date +%H:%M:%S)" "$CACHE/build.lock"
+  flock 9
+fi
 
 t_all=$(date +%s)
 ( lane kubernetes ) & lane_a=$!

@@ -43,8 +43,9 @@ def test_markdown_and_slack_carry_the_savings(run) -> None:  # type: ignore[no-u
     assert len([b for b in blocks if b["type"] == "section"]) <= 1 + 3
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (deploy/setup.sh installs it)")
 def test_html_report_renders_its_charts_in_chromium(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # A missing browser fails rather than skips: set-up installs it, so its absence is a set-up defect.
+    assert CHROMIUM, "chromium is not installed: `make setup` (deploy/setup.sh) installs Debian's chromium"
     page = to_html(run)
     images = re.findall(r'<img id="(chart-[a-z]+)"[^>]*src="data:image/png;base64,([^"]+)"', page)
     assert [i for i, _ in images] == ["chart-spend", "chart-utilization", "chart-recommendations"]

@@ -26,9 +26,15 @@ from deploy.sandbox.simulator.synthetic import fleet_snapshot
 
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
-needs_prometheus = pytest.mark.skipif(
-    not (PROMTOOL and PROMETHEUS), reason="Debian's prometheus package is not installed"
-)
+
+
+@pytest.fixture
+def prometheus_installed() -> None:
+    # Fails rather than skips: set-up installs the package, so its absence is a set-up defect.
+    assert PROMTOOL and PROMETHEUS, "Debian's prometheus is not installed: `make setup` (deploy/setup.sh) installs it"
+
+
+needs_prometheus = pytest.mark.usefixtures("prometheus_installed")
 END = 1_795_000_000.0
 KSM = "127.0.0.1:17081"
 _LINE = re.compile(r"^(\S+?(?:\{.*\})?) (\S+) (\d+)$")

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import moto.server as moto_server  # the sandbox extra; `uv sync --all-extras` installs it
 import pytest
 
 from deploy.sandbox.fleet import Fleet, load_prices
@@ -22,10 +23,6 @@ from deploy.sandbox.simulator.cloudwatch import (
 )
 from deploy.sandbox.simulator.placement import Placement
 from deploy.sandbox.simulator.synthetic import fleet_snapshot
-
-moto_server = pytest.importorskip(
-    "moto.server", reason="moto[server] (the sandbox extra) is not installed"
-)
 
 
 @pytest.fixture(scope="module")
