@@ -8,21 +8,29 @@
 # The Go builds take most of a cold run, so they start first, in the background, while the Debian
 # packages, uv and npm install; setup waits for them at the end.
 #
-#   setup.sh                          install what is missing
+#   setup.sh [--for demo|test]        install what is missing: everything (test, the default), or
+#                                     what `make demo` runs first (no Helm: only the chart tests use it)
 #   setup.sh --plan [--assume-empty]  print each step it would take (one line each) and do nothing;
 #                                     --assume-empty plans for a machine with nothing installed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PLAN=0 EMPTY=0
-for arg in "$@"; do
+PLAN=0 EMPTY=0 FOR=test
+while [ $# -gt 0 ]; do
+  arg=$1; shift
   case "$arg" in
     --plan) PLAN=1 ;;
     --assume-empty) EMPTY=1 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --for) FOR=${1:-}; shift || true ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (try --plan, --assume-empty or --help)" >&2; exit 2 ;;
   esac
 done
+case "$FOR" in
+  test) GO_PARTS=() ;;                                        # every component
+  demo) GO_PARTS=(kubernetes etcd kwok kube-state-metrics) ;; # components.SANDBOX_PARTS
+  *) echo "setup.sh: --for takes demo or test, not '$FOR'" >&2; exit 2 ;;
+esac
 [ "$EMPTY" = 0 ] || [ "$PLAN" = 1 ] || { echo "setup.sh: --assume-empty only goes with --plan" >&2; exit 2; }
 
 # What the project runs from Debian: the command it looks for, and the package that provides it.
@@ -62,10 +70,10 @@ if [ "$PLAN" = 1 ]; then
   echo "uv sync --all-extras --frozen"
   [ "$need_npm" = 1 ] && echo "npm ci tests/llm" || echo "present tests/llm/node_modules"
   if [ "$EMPTY" = 1 ]; then
-    empty=$(mktemp -d); OPSAGENT_CACHE_DIR="$empty" bash deploy/sandbox/build-components.sh --plan | sed 's/^/go /'
+    empty=$(mktemp -d); OPSAGENT_CACHE_DIR="$empty" bash deploy/sandbox/build-components.sh --plan ${GO_PARTS[@]+"${GO_PARTS[@]}"} | sed 's/^/go /'
     rmdir "$empty"
   else
-    bash deploy/sandbox/build-components.sh --plan | sed 's/^/go /'
+    bash deploy/sandbox/build-components.sh --plan ${GO_PARTS[@]+"${GO_PARTS[@]}"} | sed 's/^/go /'
   fi
   exit 0
 fi
@@ -80,7 +88,7 @@ timed() {  # timed LABEL START: remember how long a step took, for the summary
 command -v go >/dev/null || { echo "go is required to build the sandbox (Go 1.24+): https://go.dev/dl/" >&2; exit 1; }
 say "building the sandbox's Go components in the background (control plane, etcd, KWOK, kube-state-metrics, Helm; cached after the first run)"
 t_go=$(date +%s)
-bash deploy/sandbox/build-components.sh &
+bash deploy/sandbox/build-components.sh ${GO_PARTS[@]+"${GO_PARTS[@]}"} &
 go_pid=$!
 # If setup fails before it waits for the build, stop the build too (by its PID) rather than leave it.
 trap 'kill "$go_pid" 2>/dev/null || true' EXIT

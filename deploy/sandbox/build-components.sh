@@ -12,10 +12,11 @@
 # Two lanes: Kubernetes (most of the work) builds in one, the smaller components one after another
 # in the other. On two cores this overlaps module downloads and single-threaded links with compiles.
 #
-#   build-components.sh           build what is missing
-#   build-components.sh --plan    print, one line per component, what a build would produce
-#                                 (`build NAME VERSION PATH...` or `cached NAME VERSION PATH...`)
-#                                 and build nothing; tests compare it with components.locate()
+#   build-components.sh [NAME...]         build what is missing (all components, or the NAMEs:
+#                                         kubernetes etcd kwok kube-state-metrics helm)
+#   build-components.sh --plan [NAME...]  print, one line per component, what a build would produce
+#                                         (`build NAME VERSION PATH...` or `cached NAME VERSION PATH...`)
+#                                         and build nothing; tests compare it with components.locate()
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"
@@ -27,13 +28,15 @@ CACHE="${OPSAGENT_CACHE_DIR:-$HOME/.cache/opsagent}"
 BIN="$CACHE/bin"
 WORK="$CACHE/build"
 
-PLAN=0
-case "${1:-}" in
-  --plan) PLAN=1 ;;
-  "") ;;
-  -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-  *) echo "build-components.sh: unknown argument '$1' (try --plan or --help)" >&2; exit 2 ;;
-esac
+PLAN=0 WANT=()
+for arg in "$@"; do
+  case "$arg" in
+    --plan) PLAN=1 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "build-components.sh: unknown argument '$arg' (try --plan or --help)" >&2; exit 2 ;;
+    *) WANT+=("$arg") ;;
+  esac
+done
 
 # Every component: name, version, install directory and the binaries it must leave there.
 # components.py's locate() names the same paths; tests/unit/test_setup_plan.py keeps the two equal.
@@ -53,6 +56,10 @@ component() {  # component NAME -> sets c_version c_dir c_bins
     [ "$c_name" = "$1" ] && return 0
   done
   echo "build-components.sh: no component '$1'" >&2; return 1
+}
+wanted() {  # wanted NAME: asked for by name, or no names given
+  [ ${#WANT[@]} -eq 0 ] && return 0
+  local w; for w in "${WANT[@]}"; do [ "$w" = "$1" ] && return 0; done; return 1
 }
 cached() {  # cached NAME: all of the component's binaries are executable in the cache
   component "$1"
@@ -168,13 +175,16 @@ build_helm() {
 lane() {  # lane NAME... : build each missing component in turn, say which were cached
   local name
   for name in "$@"; do
+    wanted "$name" || continue
     if cached "$name"; then step "$name $c_version: cached in $c_dir"; else "build_${name//-/_}"; fi
   done
 }
 
+for w in "${WANT[@]}"; do component "$w" >/dev/null || exit 2; done
 if [ "$PLAN" = 1 ]; then
   for entry in "${COMPONENTS[@]}"; do
     IFS='|' read -r name version dir bins <<<"$entry"
+    wanted "$name" || continue
     declare -F "build_${name//-/_}" >/dev/null || { echo "build-components.sh: no build step for $name" >&2; exit 3; }
     paths=(); for b in $bins; do paths+=("$dir/$b"); done
     if cached "$name"; then verb=cached; else verb=build; fi

@@ -41,7 +41,7 @@ VALUES = ["--set", "rbac.executor.namespaces={" + ",".join(SERVING) + "}",
 @pytest.fixture(scope="module")
 def helm(sandbox: dict[str, Any]) -> Any:
     sb: Sandbox = sandbox["_sandbox"]
-    binary = components.ensure(sb.s.cache_dir).helm
+    binary = components.ensure(sb.s.cache_dir, ("helm",)).helm
     kubeconfig = sandbox["kubeconfigs"]["admin"]
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

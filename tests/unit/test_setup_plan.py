@@ -69,6 +69,23 @@ def test_the_build_script_builds_every_component_locate_requires(tmp_path: Path)
     assert {verb for verb, _ in plan.values()} == {"build"}, f"an empty cache has nothing cached: {plan}"
 
 
+def test_each_part_is_built_by_the_component_ensure_asks_for(tmp_path: Path) -> None:
+    # ensure() builds missing parts by naming their component to the script: the names must agree.
+    plan = _build_plan(tmp_path)
+    for field, path in _cache_fields(tmp_path).items():
+        name = components.build_component(field)
+        assert name in plan and path in plan[name][1], f"{field}: the script's {name!r} does not build {path}"
+
+
+def test_the_demos_setup_builds_everything_the_sandbox_runs(tmp_path: Path) -> None:
+    plan = _run(["bash", str(SETUP), "--plan", "--assume-empty", "--for", "demo"], tmp_path)
+    go = {line.split()[2] for line in plan if line.startswith("go ")}
+    in_cache = _cache_fields(tmp_path)
+    needed = {components.build_component(p) for p in components.SANDBOX_PARTS if p in in_cache}
+    assert needed <= go, f"`make demo` would start the sandbox without {sorted(needed - go)}"
+    assert "helm" not in go, "the demo does not wait for what only the chart tests use"
+
+
 def test_a_component_counts_as_cached_only_when_every_binary_is_there(tmp_path: Path) -> None:
     required = _cache_fields(tmp_path)
     for field in ("helm", "kube_apiserver", "kube_controller_manager", "kube_scheduler"):  # not kubectl
