@@ -1,6 +1,6 @@
 """Wire the change graph. Wiring only.
 
-await_approval (interrupt until approved) → execute → verify_change (auto-rollback on regression).
+- change: await_approval (interrupt until approved) → execute → verify_change (auto-rollback on regression).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Wire the triage graph. Wiring only.
 
-intake → gather → diagnose → propose → report.
+- triage: intake → gather → diagnose → propose → report.
 """
 
 from __future__ import annotations
