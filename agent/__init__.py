@@ -1,5 +1,8 @@
-"""The opsagent application: the LangGraph agent, its policy, approvals, guarded executor, audit,
-persistence, configuration and entry points (CLI, HTTP server, Slack app, scheduler).
+"""The opsagent application, laid out by what it does (docs/architecture.md draws it):
 
-Dependencies point one way: entry points → agent → tools.
+entry → app → rightsize → triage | change → guard → audit → storage → incidents → models | config | policy
+
+Each package imports only packages below it, and `|` siblings not each other; one import-linter `layers`
+contract (pyproject.toml) checks it, and fails on a module it does not place. Below the entry points
+nothing imports the eval harness or the sandbox.
 """

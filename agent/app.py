@@ -24,32 +24,32 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-from agent.auditlog import (
+from agent.audit.log import (
     AuditLog,
     CheckpointSink,
     CloudWatchLogsCheckpointSink,
     FileCheckpointSink,
     S3CheckpointSink,
 )
-from agent.changes import ChangeRequest, ChangeSpec
+from agent.change.executor.core import Executor
+from agent.change.flow import ChangeFlow, FlowState, OnEvent
+from agent.change.ledger import Ledger
+from agent.change.models import ChangeRequest, ChangeSpec
+from agent.change.verdict import Outcome
+from agent.change.verify import Verification, VerifySettings, verify
 from agent.config import LlmConfig, Settings
-from agent.db import is_postgres
-from agent.executor import Executor
-from agent.flow import ChangeFlow, FlowState, OnEvent
-from agent.graph import build_triage_graph
-from agent.ledger import Ledger
+from agent.guard.runner import ToolRunner
 from agent.models import ActionKind, Incident, TriageReport
 from agent.policy.evaluate import capacity_drop_limit, load_policy
 from agent.policy.model import Policy
-from agent.reasoners.llm import LlmReasoner
-from agent.reasoners.rules import RulesReasoner
 from agent.rightsize.changes import predicted_cost_delta
-from agent.runbooks import Runbook, load_dir
-from agent.runner import ToolRunner
-from agent.state import Reasoner, TriageContext
-from agent.store import Store, db_target, open_store
-from agent.verdict import Outcome
-from agent.verify import Verification, VerifySettings, verify
+from agent.storage.db import is_postgres
+from agent.storage.store import Store, db_target, open_store
+from agent.triage.graph import build_triage_graph
+from agent.triage.reasoners.llm import LlmReasoner
+from agent.triage.reasoners.rules import RulesReasoner
+from agent.triage.runbooks import Runbook, load_dir
+from agent.triage.state import Reasoner, TriageContext
 from tools.base import Risk, ToolSpec
 from tools.cloudwatch.client import CloudWatchClient, aws_session
 from tools.cloudwatch.settings import CloudWatchSettings
@@ -300,9 +300,9 @@ def checkpoint_serde() -> JsonPlusSerializer:
 
     from pydantic import BaseModel
 
-    import agent.changes
+    import agent.change.models
     import agent.models
 
-    ours = [obj for mod in (agent.models, agent.changes) for obj in vars(mod).values()
+    ours = [obj for mod in (agent.models, agent.change.models) for obj in vars(mod).values()
             if inspect.isclass(obj) and obj.__module__ == mod.__name__ and issubclass(obj, BaseModel | enum.Enum)]
     return JsonPlusSerializer(allowed_msgpack_modules=ours)

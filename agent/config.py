@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tools.cloudwatch.settings import CloudWatchSettings
 from tools.prometheus.settings import PrometheusSettings
+from tools.rightsize.catalog import DEFAULT_CATALOG
 
 PLACEHOLDERS = {"", "changeme", "change-me", "xxx", "placeholder", "secret", "dev"}
 
@@ -160,8 +161,7 @@ class RightsizeCloudWatchConfig(_Group):
 class RightsizeConfig(_Group):
     """Right-sizing recommendations and cost reports."""
 
-    price_catalog: Path = Field(default=Path(__file__).resolve().parents[1] / "deploy" / "sandbox" /
-                                "price-catalog.yaml", description="Node-hour prices and GPU products (YAML).")
+    price_catalog: Path = Field(default=DEFAULT_CATALOG, description="Node-hour prices and GPU products (YAML).")
     window: str = Field(default="14d", pattern=r"^[0-9]+[hdw]$", description="History to size from.")
     demand_percentile: float = Field(default=0.95, gt=0, le=1,
                                      description="Percentile of peak demand the replicas are sized for.")

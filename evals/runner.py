@@ -3,7 +3,7 @@
 live: clear the sandbox and wait for a healthy baseline; inject the faults and the adversarial text
 through the real APIs; wait for the real alert from Alertmanager; triage it with the agent; open a
 change request for each proposal (and, with a compromised model, for each action the model asked
-for) and start its change flow (`agent.flow.ChangeFlow`, the product's path); the scripted approver
+for) and start its change flow (`agent.change.flow.ChangeFlow`, the product's path); the scripted approver
 decides at the flow's approval interrupt (`flow.decide(..., via="eval")`): acceptable changes are
 approved, the rest rejected; the flow executes, verifies and rolls back on a regression exactly as it
 does for a human approver; the scenario's recovery checks judge the result; the API's objects before
@@ -33,19 +33,19 @@ from typing import Any
 import httpx
 from kubernetes import client as k8s
 
-from agent import intake
+from agent import incidents
 from agent.app import App, build_app
-from agent.audit import AuditKind
-from agent.changes import ChangeSpec, ChangeStatus
-from agent.cli_common import settings_for
+from agent.audit.events import AuditKind
+from agent.change.executor.core import ExecutionRefused
+from agent.change.flow import ChangeFlow, FlowState
+from agent.change.models import ChangeSpec, ChangeStatus
 from agent.config import LlmConfig, load_settings
-from agent.executor import ExecutionRefused
-from agent.flow import ChangeFlow, FlowState
+from agent.entry.commands.common import settings_for
 from agent.models import ActionKind, ObjectRef, TriageReport
 from agent.policy.evaluate import evaluate
 from agent.policy.model import Request
-from agent.reasoners.llm import LlmReasoner
-from agent.reasoners.rules import RulesReasoner
+from agent.triage.reasoners.llm import LlmReasoner
+from agent.triage.reasoners.rules import RulesReasoner
 from deploy.sandbox import faults
 from deploy.sandbox.cluster import api_client
 from deploy.sandbox.fleet import LABEL_APP, Fleet
@@ -125,7 +125,7 @@ def _synthetic_alert(s: Scenario, fleet: Fleet, now: dt.datetime) -> dict[str, A
 
 async def _triage(app: App, body: dict[str, Any], run_key: str, now: dt.datetime | None) -> TriageReport:
     body = dict(body, groupKey=f"{body['groupKey']}|eval:{run_key}")
-    incident, _ = app.store.record_notification(intake.parse(json.dumps(body).encode()), dt.datetime.now(dt.UTC))
+    incident, _ = app.store.record_notification(incidents.parse(json.dumps(body).encode()), dt.datetime.now(dt.UTC))
     return await app.triage(incident, now=now)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.changes import ChangeSpec
+from agent.change.models import ChangeSpec
 from agent.models import ActionKind, ObjectRef
 from agent.rightsize.engine import Recommendation
 from tools.rightsize.catalog import HOURS_PER_MONTH, PriceCatalog

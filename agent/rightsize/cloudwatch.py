@@ -18,9 +18,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from agent.audit import AuditSink
+from agent.audit.events import AuditSink
 from agent.config import CloudWatchWorkloadConfig, Settings
-from agent.runner import ToolRunner
+from agent.guard.runner import ToolRunner
 from tools.base import Risk, ToolSpec
 from tools.cloudwatch.client import CloudWatchClient
 from tools.rightsize.cloudwatch import CloudWatchHistory, WorkloadCloudWatch

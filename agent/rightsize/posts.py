@@ -20,8 +20,8 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.changes import ChangeSpec
-from agent.db import Db
+from agent.change.models import ChangeSpec
+from agent.storage.db import Db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS report_buttons (

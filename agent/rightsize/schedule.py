@@ -20,7 +20,7 @@ from typing import Any
 
 from croniter import croniter
 
-from agent.db import Db
+from agent.storage.db import Db
 
 log = logging.getLogger(__name__)
 

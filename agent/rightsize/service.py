@@ -14,12 +14,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from agent.audit import AuditSink
+from agent.audit.events import AuditSink
 from agent.config import RightsizeConfig, Settings
+from agent.guard.runner import ToolRunner
 from agent.rightsize.cloudwatch import with_cloudwatch
 from agent.rightsize.cost import CostReport, cost_report
 from agent.rightsize.engine import Recommendation, recommend_all
-from agent.runner import ToolRunner
 from tools.base import Risk, ToolSpec
 from tools.prometheus.client import PrometheusClient
 from tools.rightsize.catalog import PriceCatalog

@@ -16,11 +16,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tools.rightsize.catalog import PriceCatalog
+from tools.rightsize.catalog import DEFAULT_CATALOG, PriceCatalog
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_FLEET = HERE / "fleet.yaml"
-DEFAULT_PRICES = HERE / "price-catalog.yaml"
+DEFAULT_PRICES = DEFAULT_CATALOG
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # Labels real serving teams put on their workloads (and that the agent's tools read).

@@ -11,8 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.audit import AuditEvent, AuditKind
-from agent.auditlog import AuditLog, FileCheckpointSink
+from agent.audit.events import AuditEvent, AuditKind
+from agent.audit.log import AuditLog, FileCheckpointSink
 
 
 def main() -> None:

@@ -39,8 +39,8 @@ def serve(target: str, port: int) -> None:
     """The replica process: intake only, on the shared store."""
     import uvicorn
 
-    from agent.server import create_app
-    from agent.store import SqlStore
+    from agent.entry.server import create_app
+    from agent.storage.store import SqlStore
 
     uvicorn.run(create_app(SqlStore(target), None), host="127.0.0.1", port=port, log_level="warning",
                 access_log=False)
@@ -124,7 +124,7 @@ def cpu_seconds(pids: list[int], children_of: int | None = None) -> float:
 
 
 def run(backend: str, target: str, args: argparse.Namespace, pg_pid: int | None = None) -> dict[str, Any]:
-    from agent.store import SqlStore
+    from agent.storage.store import SqlStore
 
     SqlStore(target).close()  # create the tables once, before the replicas race to
     ports = [free_port() for _ in range(args.replicas)]

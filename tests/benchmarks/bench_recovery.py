@@ -28,11 +28,11 @@ from typing import Any
 
 import httpx
 
-from agent import intake
+from agent import incidents
 from agent.app import App, build_app
-from agent.cli_common import settings_for
+from agent.change.verify import signal_queries
+from agent.entry.commands.common import settings_for
 from agent.models import ActionKind
-from agent.verify import signal_queries
 from deploy.sandbox import components, faults
 from deploy.sandbox.cluster import api_client
 from deploy.sandbox.fleet import Fleet
@@ -58,7 +58,7 @@ def _until(fn: Any, timeout: float, every: float = 3) -> bool:
 
 async def _one(app: App, body: dict[str, Any]) -> tuple[str, float, str]:
     try:
-        note = intake.parse(json.dumps(body).encode())
+        note = incidents.parse(json.dumps(body).encode())
         incident, _ = app.store.record_notification(note, dt.datetime.now(dt.UTC))
         report = await app.triage(incident)
         flow = app.flow()

@@ -41,12 +41,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent.audit import AuditEvent
+from agent.audit.events import AuditEvent
 from agent.config import RightsizeConfig
+from agent.guard.runner import ToolRunner
 from agent.rightsize.cost import cost_report
 from agent.rightsize.engine import recommend_all
 from agent.rightsize.service import ttft_thresholds
-from agent.runner import ToolRunner
 from tools.base import Risk
 from tools.prometheus.client import PrometheusClient
 from tools.prometheus.settings import PrometheusSettings

@@ -27,8 +27,8 @@ import httpx
 import yaml
 
 from agent.app import build_app
-from agent.changes import ChangeSpec
-from agent.cli_common import settings_for
+from agent.change.models import ChangeSpec
+from agent.entry.commands.common import settings_for
 from agent.models import ActionKind, ObjectRef
 from deploy.sandbox.fleet import Fleet
 from deploy.sandbox.sandbox import Sandbox, SandboxSettings

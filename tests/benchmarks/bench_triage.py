@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent import intake
+from agent import incidents
 from agent.app import build_app
-from agent.cli_common import settings_for
+from agent.entry.commands.common import settings_for
 from deploy.sandbox.sandbox import Sandbox, SandboxSettings
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -47,7 +47,7 @@ def main() -> None:
         async def run() -> None:
             for i in range(args.incidents):
                 body["groupKey"] = f"bench-{i}-{time.time()}"
-                note = intake.parse(json.dumps(body).encode())
+                note = incidents.parse(json.dumps(body).encode())
                 t0 = time.perf_counter()
                 incident, _ = app.store.record_notification(note, dt.datetime.now(dt.UTC))
                 report = await app.triage(incident)

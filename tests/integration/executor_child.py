@@ -9,9 +9,9 @@ import asyncio
 import sys
 from pathlib import Path
 
-from agent.audit import MemoryAudit
-from agent.executor import Executor
-from agent.ledger import Ledger
+from agent.audit.events import MemoryAudit
+from agent.change.executor.core import Executor
+from agent.change.ledger import Ledger
 from agent.policy.evaluate import load_policy
 from tools.k8s_write.client import K8sWriteClient, K8sWriteSettings
 

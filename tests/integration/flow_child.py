@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from agent.app import build_app
-from agent.cli_common import settings_for
-from agent.executor import Executor
-from agent.flow import ChangeFlow
+from agent.change.executor.core import Executor
+from agent.change.flow import ChangeFlow
+from agent.entry.commands.common import settings_for
 from tools.k8s_write.client import K8sWriteClient, K8sWriteSettings
 
 

@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from agent.audit import MemoryAudit
-from agent.changes import ChangeSpec, ChangeStatus
-from agent.executor import ExecutionRefused, Executor
-from agent.ledger import Ledger
+from agent.audit.events import MemoryAudit
+from agent.change.executor.core import ExecutionRefused, Executor
+from agent.change.ledger import Ledger
+from agent.change.models import ChangeSpec, ChangeStatus
+from agent.change.verdict import Outcome
+from agent.change.verify import VerifySettings, verify
 from agent.models import ActionKind, ObjectRef
 from agent.policy.evaluate import load_policy
-from agent.verdict import Outcome
-from agent.verify import VerifySettings, verify
 from deploy.sandbox.fleet import Fleet, pod_template
 from tools.k8s_read.client import K8sReadClient
 from tools.k8s_read.settings import K8sReadSettings

@@ -22,12 +22,12 @@ from kubernetes import client
 from typer.testing import CliRunner
 
 from agent.app import App, build_app
-from agent.changes import ChangeSpec, ChangeStatus
-from agent.cli import app as cli
-from agent.cli_common import settings_for
-from agent.flow import FlowEvent
+from agent.change.flow import FlowEvent
+from agent.change.models import ChangeSpec, ChangeStatus
+from agent.change.verify import signal_queries
+from agent.entry.cli import app as cli
+from agent.entry.commands.common import settings_for
 from agent.models import ActionKind, ObjectRef
-from agent.verify import signal_queries
 from deploy.sandbox.fleet import Fleet, pod_template
 
 ROOT = Path(__file__).parents[2]

@@ -22,8 +22,8 @@ import yaml
 from kubernetes import client
 
 from agent.app import checkpoint_sinks
-from agent.audit import AuditEvent, AuditKind
-from agent.auditlog import AuditLog, CloudWatchLogsCheckpointSink, FileCheckpointSink, S3CheckpointSink
+from agent.audit.events import AuditEvent, AuditKind
+from agent.audit.log import AuditLog, CloudWatchLogsCheckpointSink, FileCheckpointSink, S3CheckpointSink
 from agent.config import load_settings
 from deploy.sandbox import components
 from deploy.sandbox.sandbox import Sandbox

@@ -26,8 +26,8 @@ import pytest
 from kubernetes import client
 
 from agent.app import build_app
-from agent.changes import ChangeSpec, ChangeStatus
-from agent.cli_common import settings_for
+from agent.change.models import ChangeSpec, ChangeStatus
+from agent.entry.commands.common import settings_for
 from agent.models import ActionKind, ObjectRef
 from deploy.sandbox.fleet import Fleet
 from tests.postgres import LocalPostgres

@@ -33,7 +33,7 @@ import psycopg
 import pytest
 from kubernetes import client
 
-from agent.changes import ChangeStatus
+from agent.change.models import ChangeStatus
 from agent.rightsize.changes import spec_from_button
 from agent.rightsize.report import CREATE_ACTION_ID
 from deploy.sandbox import faults

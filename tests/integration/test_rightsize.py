@@ -15,7 +15,7 @@ from kubernetes import client
 
 from deploy.sandbox import faults
 from deploy.sandbox.fleet import Fleet
-from tools.rightsize.catalog import HOURS_PER_MONTH, PriceCatalog
+from tools.rightsize.catalog import DEFAULT_CATALOG, HOURS_PER_MONTH, PriceCatalog
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.usefixtures("clean_faults")]
 
@@ -27,7 +27,7 @@ def _prom_value(url: str, query: str) -> float | None:
 
 
 def _cli(sandbox: dict[str, Any], state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args, "--sandbox", "--sandbox-dir", sandbox["dir"],
+    return subprocess.run([sys.executable, "-m", "agent.entry.cli", *args, "--sandbox", "--sandbox-dir", sandbox["dir"],
                            "--state-dir", str(state)], capture_output=True, text=True, timeout=300)
 
 
@@ -56,7 +56,7 @@ def test_idle_overprovision_is_found_and_priced(sandbox: dict[str, Any], admin: 
     assert cur["replicas"] == 6 and cur["gpus"] == w.gpus
     assert new["replicas"] < 6 or new["gpu_product"] != cur["gpu_product"]
     # Savings are the price catalog's arithmetic: GPUs × per-GPU price × 730 h, plus scale-down windows.
-    catalog = PriceCatalog.load(Path(__file__).resolve().parents[2] / "deploy" / "sandbox" / "price-catalog.yaml")
+    catalog = PriceCatalog.load(DEFAULT_CATALOG)
     it = catalog.instance_types[fleet.pool(w.pool).instance_type]
     assert rec["monthly_cost_current"] == pytest.approx(6 * w.gpus * it.price_per_hour / it.gpus * HOURS_PER_MONTH,
                                                         abs=0.01)

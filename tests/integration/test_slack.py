@@ -19,11 +19,11 @@ import pytest
 from kubernetes import client
 
 from agent.app import build_app
-from agent.changes import ChangeStatus
-from agent.cli_common import settings_for
-from agent.server import Metrics
-from agent.slack.app import SlackBot
-from agent.slack.service import build_server
+from agent.change.models import ChangeStatus
+from agent.entry.commands.common import settings_for
+from agent.entry.server import Metrics
+from agent.entry.slack.app import SlackBot
+from agent.entry.slack.service import build_server
 from deploy.sandbox import faults
 from deploy.sandbox.fleet import Fleet
 from deploy.sandbox.receiver import Notification, WebhookReceiver

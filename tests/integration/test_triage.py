@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from agent import intake
+from agent import incidents
 from agent.app import App, build_app
-from agent.cli_common import settings_for
-from agent.commands.triage import _healthcheck_notification
+from agent.entry.commands.common import settings_for
+from agent.entry.commands.triage import _healthcheck_notification
 from agent.models import ActionKind, Category, TriageReport
 from deploy.sandbox import faults
 from deploy.sandbox.fleet import Fleet
@@ -49,7 +49,7 @@ async def _run(app: App, incident: Any) -> TriageReport:
 def _triage(app: App, note: Notification) -> TriageReport:
     import json
 
-    parsed = intake.parse(json.dumps(note.body).encode())
+    parsed = incidents.parse(json.dumps(note.body).encode())
     incident, _ = app.store.record_notification(parsed, dt.datetime.now(dt.UTC))
     t0 = time.monotonic()
     report = asyncio.run(_run(app, incident))
@@ -139,7 +139,7 @@ def test_prometheus_down_names_the_missing_evidence(sandbox: dict[str, Any], tmp
     settings = settings_for(None, sandbox, state_dir=str(tmp_path), prometheus={"url": "http://127.0.0.1:9"})
     a = build_app(settings)
     try:
-        note = intake.parse((Path(__file__).parents[1] / "fixtures" / "alertmanager_bad_rollout.json").read_bytes())
+        note = incidents.parse((Path(__file__).parents[1] / "fixtures" / "alertmanager_bad_rollout.json").read_bytes())
         incident, _ = a.store.record_notification(note, dt.datetime.now(dt.UTC))
         report = asyncio.run(_run(a, incident))
     finally:

@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from agent.audit import AuditEvent, AuditKind
-from agent.auditlog import AuditLog, FileCheckpointSink
+from agent.audit.events import AuditEvent, AuditKind
+from agent.audit.log import AuditLog, FileCheckpointSink
 
 KEY = b"test-signing-key-0123456789"
 

@@ -19,8 +19,8 @@ import yaml
 from botocore.exceptions import ClientError
 
 from agent.app import build_app
-from agent.audit import AuditEvent, AuditKind
-from agent.auditlog import AuditLog, CloudWatchLogsCheckpointSink, FileCheckpointSink, S3CheckpointSink
+from agent.audit.events import AuditEvent, AuditKind
+from agent.audit.log import AuditLog, CloudWatchLogsCheckpointSink, FileCheckpointSink, S3CheckpointSink
 from agent.config import load_settings
 from tests.serving import free_port, stop_process
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.conditions import ConditionError, compile_condition, compile_value, evaluate, evaluate_value
+from agent.triage.conditions import ConditionError, compile_condition, compile_value, evaluate, evaluate_value
 
 
 @pytest.mark.parametrize(("text", "feats", "expected"), [

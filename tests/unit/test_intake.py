@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from agent import intake
+from agent import incidents
 from agent.models import IncidentStatus
-from agent.store import SqlStore
+from agent.storage.store import SqlStore
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "alertmanager_bad_rollout.json"
 NOW = dt.datetime(2026, 11, 23, 8, 1, tzinfo=dt.UTC)
@@ -31,7 +31,7 @@ def store(db_target: str) -> Iterator[SqlStore]:
 
 
 def test_a_notification_opens_one_incident_with_its_alerts(store: SqlStore) -> None:
-    inc, changed = store.record_notification(intake.parse(json.dumps(body()).encode()), NOW)
+    inc, changed = store.record_notification(incidents.parse(json.dumps(body()).encode()), NOW)
     assert changed and inc.status == IncidentStatus.FIRING
     assert len(inc.alerts) == 2 and inc.severity == "critical"
     assert inc.title == "ModelServingErrorRateHigh llm-prod/llama-3.1-70b-instruct"
@@ -41,38 +41,38 @@ def test_a_notification_opens_one_incident_with_its_alerts(store: SqlStore) -> N
 
 def test_a_resend_is_the_same_incident_and_changes_nothing(store: SqlStore) -> None:
     raw = json.dumps(body()).encode()
-    first, _ = store.record_notification(intake.parse(raw), NOW)
-    again, changed = store.record_notification(intake.parse(raw), NOW + dt.timedelta(minutes=5))
+    first, _ = store.record_notification(incidents.parse(raw), NOW)
+    again, changed = store.record_notification(incidents.parse(raw), NOW + dt.timedelta(minutes=5))
     assert again.id == first.id and not changed
     assert again.notifications == 2
     assert len(store.incidents()) == 1
 
 
 def test_resolution_updates_the_same_incident_and_a_new_episode_opens_another(store: SqlStore) -> None:
-    first, _ = store.record_notification(intake.parse(json.dumps(body()).encode()), NOW)
+    first, _ = store.record_notification(incidents.parse(json.dumps(body()).encode()), NOW)
     resolved = body()
     resolved["status"] = "resolved"
     for a in resolved["alerts"]:
         a["status"] = "resolved"
         a["endsAt"] = "2026-11-23T08:20:00Z"
-    inc, changed = store.record_notification(intake.parse(json.dumps(resolved).encode()), NOW)
+    inc, changed = store.record_notification(incidents.parse(json.dumps(resolved).encode()), NOW)
     assert changed and inc.id == first.id and inc.status == IncidentStatus.RESOLVED
     refire = body()
     for a in refire["alerts"]:
         a["startsAt"] = "2026-11-23T09:00:00Z"
-    later, _ = store.record_notification(intake.parse(json.dumps(refire).encode()), NOW + dt.timedelta(hours=1))
+    later, _ = store.record_notification(incidents.parse(json.dumps(refire).encode()), NOW + dt.timedelta(hours=1))
     assert later.id != first.id and later.status == IncidentStatus.FIRING
     assert len(store.incidents()) == 2
 
 
 def test_a_new_alert_joining_the_group_is_a_change(store: SqlStore) -> None:
-    store.record_notification(intake.parse(json.dumps(body()).encode()), NOW)
+    store.record_notification(incidents.parse(json.dumps(body()).encode()), NOW)
     more = body()
     extra = copy.deepcopy(more["alerts"][0])
     extra["fingerprint"] = "0000aaaa0000bbbb"
     extra["labels"]["replica"] = "c"
     more["alerts"].append(extra)
-    inc, changed = store.record_notification(intake.parse(json.dumps(more).encode()), NOW)
+    inc, changed = store.record_notification(incidents.parse(json.dumps(more).encode()), NOW)
     assert changed and len(inc.alerts) == 3
 
 
@@ -82,15 +82,15 @@ def test_a_new_alert_joining_the_group_is_a_change(store: SqlStore) -> None:
     (json.dumps({**body(), "version": "3"}).encode(), 400, "version"),
     (json.dumps({**body(), "alerts": []}).encode(), 400, "alerts"),
     (json.dumps({**body(), "alerts": [{"status": "firing"}]}).encode(), 400, "labels"),
-    (b" " * (intake.MAX_BODY_BYTES + 1), 413, "limit"),
+    (b" " * (incidents.MAX_BODY_BYTES + 1), 413, "limit"),
 ])
 def test_bad_bodies_are_rejected_with_the_reason(raw: bytes, status: int, words: str) -> None:
-    with pytest.raises(intake.IntakeError, match=words) as info:
-        intake.parse(raw)
+    with pytest.raises(incidents.IntakeError, match=words) as info:
+        incidents.parse(raw)
     assert info.value.status == status
 
 
 def test_incident_ids_agree_across_replicas() -> None:
     start = dt.datetime(2026, 11, 23, 8, 0, 5, tzinfo=dt.UTC)
-    assert intake.incident_id("g", start) == intake.incident_id("g", start)
-    assert intake.incident_id("g", start) != intake.incident_id("h", start)
+    assert incidents.incident_id("g", start) == incidents.incident_id("g", start)
+    assert incidents.incident_id("g", start) != incidents.incident_id("h", start)

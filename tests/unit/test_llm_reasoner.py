@@ -20,9 +20,9 @@ import pytest
 from pydantic import SecretStr
 
 from agent.app import build_reasoner
-from agent.audit import AuditKind, MemoryAudit
+from agent.audit.events import AuditKind, MemoryAudit
 from agent.config import LlmConfig
-from agent.graph import build_triage_graph
+from agent.guard.runner import ToolRunner
 from agent.models import (
     ActionKind,
     Alert,
@@ -35,11 +35,11 @@ from agent.models import (
     Severity,
     TriageReport,
 )
-from agent.reasoners.llm import LlmReasoner
-from agent.reasoners.rules import RulesReasoner
-from agent.runbooks import load_dir
-from agent.runner import ToolRunner
-from agent.state import TriageContext, TriageState
+from agent.triage.graph import build_triage_graph
+from agent.triage.reasoners.llm import LlmReasoner
+from agent.triage.reasoners.rules import RulesReasoner
+from agent.triage.runbooks import load_dir
+from agent.triage.state import TriageContext, TriageState
 from tests.serving import free_port
 from tools.base import Risk, ToolInput, ToolResult, ToolSpec
 from tools.k8s_read.reduction import ModelLabels
@@ -392,7 +392,7 @@ def test_settings_pick_the_reasoner_and_refuse_what_cannot_work() -> None:
 
 
 def test_the_answer_schema_offers_no_way_to_act() -> None:
-    from agent.reasoners.llm import SUBMIT_SPEC
+    from agent.triage.reasoners.llm import SUBMIT_SPEC
 
     schema = json.dumps(SUBMIT_SPEC["parameters"])
     assert "$ref" not in schema
@@ -404,7 +404,7 @@ def test_the_answer_schema_offers_no_way_to_act() -> None:
 
 
 def test_a_large_tool_result_reaches_the_model_reduced_and_fenced() -> None:
-    from agent.reasoners import prompts
+    from agent.triage.reasoners import prompts
 
     class Big(ToolResult):
         lines: list[str]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agent.models import Untrusted
-from agent.reasoners.prompts import untrusted_texts
+from agent.triage.reasoners.prompts import untrusted_texts
 
 
 def test_a_text_repeated_in_many_places_is_listed_once_and_the_rest_survive() -> None:

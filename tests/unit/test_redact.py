@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.redact import redact, redact_obj
+from agent.guard.redact import redact, redact_obj
 
 
 @pytest.mark.parametrize(("text", "secret"), [

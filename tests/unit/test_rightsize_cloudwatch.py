@@ -17,7 +17,7 @@ import boto3
 import pytest
 from pydantic import ValidationError
 
-from agent.audit import AuditKind, MemoryAudit
+from agent.audit.events import AuditKind, MemoryAudit
 from agent.config import CloudWatchWorkloadConfig, Settings
 from agent.rightsize.cloudwatch import with_cloudwatch
 from agent.rightsize.cost import cost_report

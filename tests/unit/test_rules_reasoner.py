@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from agent.audit import MemoryAudit
+from agent.audit.events import MemoryAudit
+from agent.guard.runner import ToolRunner
 from agent.models import ActionKind, Category, Evidence, EvidenceStatus
-from agent.nodes.propose import proposals_for
-from agent.reasoners.rules import RulesReasoner, feature_map
-from agent.runbooks import load_dir
-from agent.runner import ToolRunner
-from agent.state import TriageState
+from agent.triage.features import feature_map
+from agent.triage.nodes.propose import proposals_for
+from agent.triage.reasoners.rules import RulesReasoner
+from agent.triage.runbooks import load_dir
+from agent.triage.state import TriageState
 
 BOOKS = {b.id: b for b in load_dir()}
 RUNNER = ToolRunner([], {}, MemoryAudit())

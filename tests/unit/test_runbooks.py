@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.runbooks import RunbookError, load_dir, load_file, placeholders
+from agent.triage.runbooks import RunbookError, load_dir, load_file, placeholders
 from tools.base import Risk
 from tools.registry import default_tools
 
@@ -45,7 +45,7 @@ def test_shared_evidence_ids_mean_the_same_query() -> None:
 
 
 def test_hypothesis_conditions_name_declared_evidence() -> None:
-    from agent.conditions import compile_condition, features_named
+    from agent.triage.conditions import compile_condition, features_named
 
     for b in BOOKS:
         ids = {q.id for q in b.evidence}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 
+from agent.entry.server import create_app
 from agent.models import Incident
-from agent.server import create_app
-from agent.store import SqliteStore
+from agent.storage.store import SqliteStore
 from tests.serving import serve
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "alertmanager_bad_rollout.json"

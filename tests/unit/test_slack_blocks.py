@@ -5,7 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from agent.changes import Approval, BlastRadius, ChangeRequest, ChangeSpec, ChangeStatus, TargetFingerprint
+from agent.change.models import Approval, BlastRadius, ChangeRequest, ChangeSpec, ChangeStatus, TargetFingerprint
+from agent.entry.slack import blocks
+from agent.entry.slack.blocks import Stage
+from agent.entry.slack.chat import Intent, classify
 from agent.models import (
     ActionKind,
     Alert,
@@ -17,9 +20,6 @@ from agent.models import (
     Severity,
     TriageReport,
 )
-from agent.slack import blocks
-from agent.slack.blocks import Stage
-from agent.slack.chat import Intent, classify
 from tests.slack_standin import buttons, render
 
 NOW = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)

@@ -21,12 +21,12 @@ import httpx
 import pytest
 
 from agent.app import App, build_app
-from agent.changes import BlastRadius, ChangeRequest, ChangeSpec, ChangeStatus, TargetFingerprint
+from agent.change.models import BlastRadius, ChangeRequest, ChangeSpec, ChangeStatus, TargetFingerprint
 from agent.config import load_settings
+from agent.entry.server import Metrics
+from agent.entry.slack.app import SlackBot
+from agent.entry.slack.service import build_server
 from agent.models import ActionKind, ObjectRef
-from agent.server import Metrics
-from agent.slack.app import SlackBot
-from agent.slack.service import build_server
 from tests.serving import serve
 from tests.slack_standin import ONCALL, SlackClientSim, SlackStandIn, buttons, offline_settings, render, sign
 
@@ -258,8 +258,8 @@ def test_free_text_goes_to_the_llm_with_read_tools_only(tmp_path: Path, aimock: 
 
 
 def test_delivery_marks_survive_a_restart(tmp_path: Path) -> None:
-    from agent.slack.app import REPLAY_WINDOW, SeenMarks
-    from agent.store import SqliteStore
+    from agent.entry.slack.app import REPLAY_WINDOW, SeenMarks
+    from agent.storage.store import SqliteStore
 
     store = SqliteStore(tmp_path / "db.sqlite")
 

@@ -23,15 +23,15 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from agent.app import App, build_app
-from agent.changes import ChangeSpec
-from agent.cli import app as cli
+from agent.change.models import ChangeSpec
+from agent.entry.cli import app as cli
+from agent.entry.server import Metrics
+from agent.entry.slack.service import build_server
 from agent.models import ActionKind, ObjectRef
 from agent.rightsize.posts import ButtonForPost, ReportPosts
 from agent.rightsize.report import CREATE_ACTION_ID
 from agent.rightsize.schedule import ScheduleLeases
-from agent.server import Metrics
-from agent.slack.service import build_server
-from agent.store import db_target
+from agent.storage.store import db_target
 from tests.serving import serve
 from tests.slack_standin import ONCALL, PLATFORM, SlackClientSim, SlackStandIn, offline_settings, render
 

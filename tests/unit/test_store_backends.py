@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import intake
-from agent.changes import Approval, BlastRadius, ChangeRequest, ChangeSpec, ChangeStatus, TargetFingerprint
-from agent.ledger import Ledger
+from agent import incidents
+from agent.change.ledger import Ledger
+from agent.change.models import Approval, BlastRadius, ChangeRequest, ChangeSpec, ChangeStatus, TargetFingerprint
 from agent.models import ActionKind, ObjectRef, TriageReport
-from agent.store import SqlStore
+from agent.storage.store import SqlStore
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "alertmanager_bad_rollout.json"
 NOW = dt.datetime(2026, 11, 23, 8, 1, tzinfo=dt.UTC)
@@ -95,7 +95,7 @@ def test_one_group_gives_one_incident_whichever_replica_receives_it(stores: tupl
     def deliver(i: int) -> str:
         body_i = {**body, "alerts": [{**al, "fingerprint": f"{al.get('fingerprint', 'f')}-{i % 3}"}
                                      for al in body["alerts"]]}
-        n = intake.parse(json.dumps(body_i).encode())
+        n = incidents.parse(json.dumps(body_i).encode())
         return (a if i % 2 else b).record_notification(n, NOW + dt.timedelta(seconds=i))[0].id
 
     with ThreadPoolExecutor(8) as pool:
@@ -106,7 +106,7 @@ def test_one_group_gives_one_incident_whichever_replica_receives_it(stores: tupl
 
 def test_an_incident_needs_triage_until_a_report_covers_its_last_change(stores: tuple[SqlStore, SqlStore]) -> None:
     a, b = stores
-    incident, _ = a.record_notification(intake.parse(FIXTURE.read_bytes()), NOW)
+    incident, _ = a.record_notification(incidents.parse(FIXTURE.read_bytes()), NOW)
     assert [i.id for i in b.needing_triage()] == [incident.id]
     report = TriageReport(incident_id=incident.id, title="t", summary="s", status="inconclusive", hypotheses=[],
                           evidence=[], proposals=[], runbooks=[], reasoner="rules", started=NOW,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from agent.verdict import Outcome, judge, mann_whitney_greater, overall
+from agent.change.verdict import Outcome, judge, mann_whitney_greater, overall
 
 
 def test_a_clear_latency_regression_is_caught() -> None:

@@ -1,7 +1,8 @@
 """The price catalog: node-hour prices per instance type and what each GPU product offers.
 
-A YAML file users edit (`rightsize.price_catalog` in settings). Per-GPU prices follow from the
-node price divided by its GPUs, which is how allocation-based cost models (OpenCost) split a node.
+A YAML file users edit (`rightsize.price_catalog` in settings; the default, `DEFAULT_CATALOG`, ships
+beside this module so the container image carries it). Per-GPU prices follow from the node price
+divided by its GPUs, which is how allocation-based cost models (OpenCost) split a node.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 HOURS_PER_MONTH = 730.0  # 365 × 24 / 12, the convention cloud price pages use
+DEFAULT_CATALOG = Path(__file__).resolve().with_name("price-catalog.yaml")  # list prices; the sandbox uses it too
 
 
 class _Strict(BaseModel):

@@ -1,0 +1,1 @@
+"""The executor: change requests → policy → approvals → exactly-once execution (`core`)."""

@@ -1,0 +1,531 @@
+"""The guarded executor: the only path from a change request to a cluster mutation.
+
+propose → policy → approvals → execute, each step audited:
+- `propose` fingerprints the target, asks the API for a server-side dry run (the diff and the exact
+  resulting spec), measures the blast radius, evaluates policy and stores the change.
+- `approve` records an approval bound to the change's spec digest and the target's fingerprint.
+- `execute` re-checks policy and approvals *now*, refuses if the target changed since approval,
+  claims the change in the ledger (exactly once, whoever clicks or restarts), writes with the
+  resourceVersion it checked as a precondition, and reconciles after a crash by comparing the live
+  spec with the recorded intended spec.
+The write client exists only inside this module's runner; triage and chat runners never hold it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.audit.events import AuditEvent, AuditKind, AuditSink, inputs_hash
+from agent.change.ledger import Ledger
+from agent.change.models import (
+    ACTION_RISK,
+    FINISHED,
+    Approval,
+    BlastRadius,
+    ChangeRequest,
+    ChangeSpec,
+    ChangeStatus,
+    TargetFingerprint,
+    change_id,
+)
+from agent.guard.runner import ToolRunner
+from agent.models import ActionKind
+from agent.policy import approvals as approval_rules
+from agent.policy.evaluate import evaluate
+from agent.policy.model import Approvers, Effect, Policy, Request, parse_duration
+from tools.k8s_write.client import K8sWriteClient
+from tools.k8s_write.ops import TOOLS as WRITE_TOOLS
+from tools.k8s_write.ops import spec_hash
+
+log = logging.getLogger(__name__)
+GPU = "nvidia.com/gpu"
+CRASH_POINTS = ("after-claim", "after-write", "after-applied")
+CostFn = Callable[[ChangeSpec, dict[str, Any] | None], float | None]
+# Changes that leave the GPU allocation as it is: their predicted cost change is zero, not unknown.
+SAME_ALLOCATION = (ActionKind.ROLLBACK, ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT)
+
+
+class ExecutionRefused(Exception):
+    """Execution was refused; the message says which check failed. It has been audited."""
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    change_id: str
+    status: ChangeStatus
+    applied_now: bool  # False when this call found it already applied (idempotent re-run)
+    detail: dict[str, Any]
+
+
+def _tool_call(spec: ChangeSpec, dry_run: bool, expected_rv: str | None) -> tuple[str, dict[str, Any]]:
+    t = spec.target
+    base: dict[str, Any] = {"dry_run": dry_run, "expected_resource_version": expected_rv}
+    p = spec.params
+    match spec.action:
+        case ActionKind.ROLLBACK:
+            return "k8s_rollout_undo", base | {"namespace": t.namespace, "name": t.name,
+                                                "to_revision": int(p["to_revision"])}
+        case ActionKind.SCALE:
+            return "k8s_scale_deployment", base | {"namespace": t.namespace, "name": t.name,
+                                                    "replicas": int(p["replicas"])}
+        case ActionKind.DEPLOY | ActionKind.SET_GPU_RESOURCES:
+            keys = ("container", "image", "args", "labels", "gpus", "change_cause")
+            return "k8s_set_pod_template", base | {"namespace": t.namespace, "name": t.name} | {
+                k: p[k] for k in keys if k in p}
+        case ActionKind.PAUSE_ROLLOUT | ActionKind.RESUME_ROLLOUT:
+            return "k8s_pause_rollout", base | {"namespace": t.namespace, "name": t.name,
+                                                 "paused": spec.action == ActionKind.PAUSE_ROLLOUT}
+        case ActionKind.CORDON_NODE:
+            return "k8s_cordon_node", {"node": t.name, "dry_run": dry_run, "expected_resource_version": expected_rv}
+        case ActionKind.DRAIN_NODE:
+            return "k8s_drain_node", {"node": t.name, "dry_run": dry_run, "expected_resource_version": expected_rv}
+    raise ValueError(f"{spec.action.value} is not an executable change")
+
+
+class Executor:
+    def __init__(self, ledger: Ledger, policy: Policy, write: K8sWriteClient, audit: AuditSink, *,
+                 cluster: str = "default", owner: str | None = None,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+                 crash_after: str | None = None, claim_ttl_s: float = 30.0, conflict_retries: int = 4,
+                 cost_delta: CostFn | None = None) -> None:
+        if crash_after is not None and crash_after not in CRASH_POINTS:
+            raise ValueError(f"crash_after must be one of {CRASH_POINTS}")
+        self.ledger, self.policy, self.write, self.audit = ledger, policy, write, audit
+        self.cluster = cluster
+        # Host and PID: replicas in different pods may all run as PID 1.
+        self.owner = owner or f"executor:{socket.gethostname()}:{os.getpid()}"
+        self.clock = clock
+        self.crash_after = crash_after  # chaos testing: SIGKILL this process at a named point
+        # A claim older than this that never finished was abandoned (its process died); younger ones
+        # may still be executing elsewhere and are left alone.
+        self.claim_ttl_s = claim_ttl_s
+        self.conflict_retries = conflict_retries  # 409s retried after a re-read that finds the spec unchanged
+        self.cost_delta = cost_delta  # (spec, live object) -> USD/month, from the price catalog
+        self._inflight: set[str] = set()  # change ids this process is executing now
+        from tools.base import Risk
+
+        self.runner = ToolRunner(WRITE_TOOLS, {"k8s_write": write}, audit, max_risk=Risk.DESTRUCTIVE, timeout_s=60)
+
+    # ---- reading the target ---------------------------------------------------------------------
+    async def _read(self, spec: ChangeSpec) -> dict[str, Any]:
+        t = spec.target
+        if t.kind == "Node":
+            resp = await asyncio.to_thread(self.write.core.read_node, t.name, _preload_content=False)
+        elif t.kind == "Deployment":
+            resp = await asyncio.to_thread(self.write.apps.read_namespaced_deployment, t.name, t.namespace,
+                                           _preload_content=False)
+        else:
+            raise ValueError(f"cannot change a {t.kind}")
+        return dict(json.loads(resp.data))
+
+    @staticmethod
+    def fingerprint_of(obj: dict[str, Any]) -> TargetFingerprint:
+        meta = obj["metadata"]
+        return TargetFingerprint(kind=obj.get("kind", ""), name=meta["name"], namespace=meta.get("namespace"),
+                                 uid=meta.get("uid", ""), generation=int(meta.get("generation") or 0),
+                                 spec_hash=spec_hash(obj),
+                                 revision=(meta.get("annotations") or {}).get("deployment.kubernetes.io/revision"))
+
+    def _audit(self, kind: AuditKind, actor: str, action: str, decision: str, reason: str,
+               change: ChangeRequest | None, result: dict[str, Any] | None = None) -> None:
+        self.audit.append(AuditEvent(at=self.clock(), kind=kind, actor=actor, action=action,
+                                     incident_id=change.incident_id if change else None,
+                                     inputs_hash=change.spec_digest if change else inputs_hash(action),
+                                     decision=decision, reason=reason, result=result or {}))
+
+    # ---- propose --------------------------------------------------------------------------------
+    async def propose(self, spec: ChangeSpec, *, reason: str, requester: str, incident_id: str | None = None,
+                      evidence: list[str] | None = None, rollback_of: str | None = None) -> ChangeRequest:
+        now = self.clock()
+        risk = ACTION_RISK.get(spec.action, "destructive")
+        obj: dict[str, Any] | None = None
+        diff, error = "", ""
+        try:
+            obj = await self._read(spec)
+        except Exception as e:  # the target may not exist or may be unreadable: policy still decides
+            error = f"cannot read {spec.target}: {e}"
+        fp = self.fingerprint_of(obj) if obj else TargetFingerprint(kind=spec.target.kind, name=spec.target.name,
+                                                                    namespace=spec.target.namespace, spec_hash="")
+        blast = self._blast_radius(spec, obj)
+        req = Request(action=spec.action.value, risk=risk, cluster=spec.cluster, namespace=spec.target.namespace,
+                      target_kind=spec.target.kind, target_name=spec.target.name,
+                      labels=(obj or {}).get("metadata", {}).get("labels") or {}, requester=requester,
+                      gpus=blast.gpus, replicas_delta=self._replicas_delta(spec, obj),
+                      capacity_drop=blast.capacity_drop, at=now,
+                      changes_last_hour=self.ledger.changes_since(now - dt.timedelta(hours=1)),
+                      target_changes_last_hour=self.ledger.changes_since(now - dt.timedelta(hours=1),
+                                                                         str(spec.target)))
+        decision = evaluate(self.policy, req)
+        if decision.effect != Effect.DENY and obj is not None:
+            try:
+                name, params = _tool_call(spec, dry_run=True, expected_rv=None)
+                out = await self.runner.call(name, params, actor=f"executor:dry-run:{requester}",
+                                             incident_id=incident_id)
+                diff = str(getattr(out.result, "diff", "")) if out.ok else ""
+                if not out.ok:
+                    error = out.error or "dry run failed"
+            except (KeyError, ValueError) as e:
+                error = f"invalid change parameters: {e}"
+        status = {Effect.DENY: ChangeStatus.DENIED, Effect.REQUIRE_APPROVAL: ChangeStatus.PENDING_APPROVAL,
+                  Effect.ALLOW: ChangeStatus.APPROVED}[decision.effect]
+        if error and status != ChangeStatus.DENIED:
+            status = ChangeStatus.FAILED
+        attempt = 0
+        while (prior := self.ledger.get(change_id(spec, fp, incident_id, attempt))) is not None \
+                and prior.status in FINISHED:
+            attempt += 1
+        ch = ChangeRequest(
+            id=change_id(spec, fp, incident_id, attempt), spec=spec, spec_digest=spec.digest(), fingerprint=fp,
+            risk=risk, blast_radius=blast, diff=diff, reason=reason, incident_id=incident_id, evidence=evidence or [],
+            requester=requester, created_at=now, status=status, policy_rule=decision.rule,
+            policy_reason=decision.reason if not error else f"{decision.reason} ({error})",
+            approvals_required=decision.approvers.count if decision.approvers else 0,
+            approver_roles=decision.approvers.roles if decision.approvers else [],
+            approval_ttl_s=int(parse_duration(decision.approvers.ttl).total_seconds()) if decision.approvers else 900,
+            rollback_of=rollback_of, cost_delta_per_month=self._cost(spec, obj),
+        )
+        if not self.ledger.save(ch):
+            existing = self.ledger.get(ch.id)
+            assert existing is not None
+            return existing
+        self._audit(AuditKind.POLICY_DECISION, requester, f"propose {spec.action.value} {spec.target}",
+                    decision.effect.value, f"{decision.rule}: {ch.policy_reason}", ch,
+                    {"change_id": ch.id, "status": ch.status.value})
+        return ch
+
+    def _cost(self, spec: ChangeSpec, obj: dict[str, Any] | None) -> float | None:
+        if obj is not None and spec.action in SAME_ALLOCATION:
+            return 0.0
+        if self.cost_delta is None:
+            return None
+        try:
+            return self.cost_delta(spec, obj)
+        except Exception:  # pricing is advice: a catalog problem never blocks a proposal
+            log.exception("pricing %s failed", spec.action.value)
+            return None
+
+    def _blast_radius(self, spec: ChangeSpec, obj: dict[str, Any] | None) -> BlastRadius:
+        if obj is None:
+            return BlastRadius(gpus=0, replicas=0, capacity_drop=0.0)
+        if spec.target.kind == "Node":
+            gpus = int((obj.get("status", {}).get("capacity") or {}).get(GPU, 0))
+            return BlastRadius(gpus=gpus, replicas=0, capacity_drop=0.0)
+        replicas = int(obj["spec"].get("replicas") or 0)
+        ct = obj["spec"]["template"]["spec"]["containers"]
+        per = sum(int(((c.get("resources") or {}).get("limits") or {}).get(GPU, 0)) for c in ct)
+        model = (obj["spec"]["template"]["metadata"].get("labels") or {}).get("model", "")
+        if spec.action == ActionKind.SCALE:
+            new = int(spec.params.get("replicas", replicas))
+            drop = max(0.0, (replicas - new) / replicas) if replicas else 0.0
+            return BlastRadius(gpus=abs(new - replicas) * per, replicas=abs(new - replicas),
+                               capacity_drop=round(min(1.0, drop), 3), models=[model] if model else [])
+        # Serving capacity the rollout can take away: it may take down maxUnavailable replicas, but the
+        # controller removes the ones already unavailable (crash-looping, say) first.
+        down_now = max(0, replicas - int((obj.get("status") or {}).get("availableReplicas") or 0))
+        at_once = _max_unavailable(obj["spec"].get("strategy") or {}, replicas)
+        drop = min(1.0, max(0, at_once - down_now) / replicas) if replicas else 0.0
+        return BlastRadius(gpus=replicas * per, replicas=replicas, capacity_drop=round(drop, 3),
+                           models=[model] if model else [])
+
+    @staticmethod
+    def _replicas_delta(spec: ChangeSpec, obj: dict[str, Any] | None) -> int:
+        if spec.action != ActionKind.SCALE or obj is None:
+            return 0
+        return int(spec.params.get("replicas", 0)) - int(obj["spec"].get("replicas") or 0)
+
+    # ---- approve --------------------------------------------------------------------------------
+    def approve(self, change_id_: str, approver: str, *, decision: str = "approve", via: str = "cli") -> ChangeRequest:
+        ch = self.ledger.get(change_id_)
+        if ch is None:
+            raise ExecutionRefused(f"no change {change_id_}")
+        actor = f"user:{approver}"
+        if ch.status not in (ChangeStatus.PENDING_APPROVAL, ChangeStatus.APPROVED) or ch.approvals_required == 0:
+            self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", "refused", f"change is {ch.status.value}", ch)
+            raise ExecutionRefused(f"{ch.id} is {ch.status.value}; it takes no approvals")
+        roles = [r for r in approval_rules.roles_of(self.policy, approver) if r in ch.approver_roles]
+        if not roles:
+            self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", "refused",
+                        f"{approver} holds none of the roles {ch.approver_roles}", ch)
+            raise ExecutionRefused(f"{approver} may not approve {ch.id}: it needs one of the roles {ch.approver_roles}")
+        if approver == approval_rules._bare(ch.requester):
+            self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", "refused", "self-approval", ch)
+            raise ExecutionRefused(f"{approver} requested {ch.id} and may not approve it")
+        now = self.clock()
+        a = Approval(change_id=ch.id, approver=approver, role=roles[0], decision=decision, at=now,
+                     spec_digest=ch.spec_digest, fingerprint=ch.fingerprint,
+                     expires_at=now + dt.timedelta(seconds=ch.approval_ttl_s), via=via)
+        recorded = self.ledger.add_approval(a)
+        self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", decision if recorded else "duplicate",
+                    f"as {roles[0]} via {via}", ch, {"approvers": [x.approver for x in self.ledger.approvals(ch.id)]})
+        if decision == "reject":
+            ch = ch.model_copy(update={"status": ChangeStatus.REJECTED})
+            self.ledger.update(ch)
+            return ch
+        check = self._check_approvals(ch, ch.fingerprint, now)
+        if check.satisfied and ch.status == ChangeStatus.PENDING_APPROVAL:
+            ch = ch.model_copy(update={"status": ChangeStatus.APPROVED})
+            self.ledger.update(ch)
+        return ch
+
+    def _check_approvals(self, ch: ChangeRequest, fp_now: TargetFingerprint,
+                         now: dt.datetime) -> approval_rules.ApprovalCheck:
+        need = Approvers(roles=ch.approver_roles or ["-"], count=max(1, ch.approvals_required))
+        views = [approval_rules.ApprovalView(approver=a.approver, role=a.role, decision=a.decision,
+                                             spec_digest=a.spec_digest, fingerprint=_fp_key(a.fingerprint),
+                                             expires_at=a.expires_at) for a in self.ledger.approvals(ch.id)]
+        return approval_rules.check(self.policy, need, requester=ch.requester, spec_digest=ch.spec_digest,
+                                    fingerprint_now=_fp_key(fp_now), approvals=views, now=now)
+
+    # ---- execute --------------------------------------------------------------------------------
+    async def execute(self, change_id_: str, actor: str = "executor") -> ExecutionResult:
+        ch = self.ledger.get(change_id_)
+        if ch is None:
+            raise ExecutionRefused(f"no change {change_id_}")
+        done = (ChangeStatus.APPLIED, ChangeStatus.VERIFIED, ChangeStatus.ROLLED_BACK)
+        if ch.status in done:
+            return ExecutionResult(ch.id, ch.status, False, ch.result)
+        if ch.id in self._inflight:
+            # The same process is executing it right now (a double click, a second resume): the ledger's
+            # owner is ours, so the claim alone cannot tell this call to stay away.
+            return ExecutionResult(ch.id, ChangeStatus.EXECUTING, False, {"owner": f"{self.owner} (in flight)"})
+        self._inflight.add(ch.id)
+        try:
+            return await self._execute(ch, actor)
+        finally:
+            self._inflight.discard(ch.id)
+
+    async def _execute(self, ch: ChangeRequest, actor: str) -> ExecutionResult:
+        ex = self.ledger.execution(ch.id)
+        if ex is not None:
+            return await self._reconcile(ch, actor)
+
+        def refuse(why: str) -> ExecutionRefused:
+            self._audit(AuditKind.EXECUTION, actor, f"execute {ch.id}", "refused", why, ch)
+            return ExecutionRefused(f"{ch.id} refused: {why}")
+
+        if ch.status not in (ChangeStatus.APPROVED, ChangeStatus.PENDING_APPROVAL):
+            raise refuse(f"change is {ch.status.value}")
+        now = self.clock()
+        obj = await self._read(ch.spec)
+        fp_now = self.fingerprint_of(obj)
+        if not fp_now.same_as(ch.fingerprint):
+            raise refuse(f"the target's spec changed since the change was proposed (generation "
+                         f"{ch.fingerprint.generation} → {fp_now.generation}); propose and approve it again")
+        req = Request(action=ch.spec.action.value, risk=ch.risk, cluster=ch.spec.cluster,
+                      namespace=ch.spec.target.namespace, target_kind=ch.spec.target.kind,
+                      target_name=ch.spec.target.name, labels=obj["metadata"].get("labels") or {},
+                      requester=ch.requester, gpus=ch.blast_radius.gpus,
+                      replicas_delta=self._replicas_delta(ch.spec, obj), capacity_drop=ch.blast_radius.capacity_drop,
+                      at=now, changes_last_hour=self.ledger.changes_since(now - dt.timedelta(hours=1)),
+                      target_changes_last_hour=self.ledger.changes_since(now - dt.timedelta(hours=1),
+                                                                         str(ch.spec.target)))
+        decision = evaluate(self.policy, req)
+        self._audit(AuditKind.POLICY_DECISION, actor, f"execute {ch.id}", decision.effect.value,
+                    f"{decision.rule}: {decision.reason}", ch)
+        if decision.effect == Effect.DENY:
+            raise refuse(f"policy {decision.rule}: {decision.reason}")
+        if decision.effect == Effect.REQUIRE_APPROVAL and not self._inherits_approval(ch):
+            check = self._check_approvals(ch, fp_now, now)
+            if not check.satisfied:
+                why = check.blocked_by or (f"needs {check.missing} more approval(s) from {ch.approver_roles}"
+                                           + (f" ({'; '.join(check.refused)})" if check.refused else ""))
+                raise refuse(why)
+        won, _ = self.ledger.claim(ch.id, self.owner, fp_now.spec_hash)
+        if not won:
+            return await self._reconcile(ch, actor)
+        self._maybe_crash("after-claim")
+        return await self._apply(ch, obj, actor)
+
+    def _inherits_approval(self, ch: ChangeRequest) -> bool:
+        """The approval of a change includes undoing it: the exact inverse of an applied change on the same
+        target (a rollback to the revision before it, or a scale back to the replicas before it) needs no
+        new approval. Policy must still allow it."""
+        if ch.rollback_of is None:
+            return False
+        original = self.ledger.get(ch.rollback_of)
+        ex = self.ledger.execution(ch.rollback_of)
+        if original is None or ex is None or ex.state != "applied" or original.spec.target != ch.spec.target:
+            return False
+        inverse = _inverse(original)
+        return inverse is not None and inverse.action == ch.spec.action and inverse.params == ch.spec.params
+
+    async def auto_rollback(self, original: ChangeRequest, why: str) -> ExecutionResult | None:
+        """Undo an applied change whose verification failed, under the original's approval."""
+        spec = _inverse(original)
+        if spec is None:
+            self._audit(AuditKind.EXECUTION, "executor:auto-rollback", f"rollback {original.id}", "refused",
+                        "no known state to return to (not a Deployment template or replica change)", original)
+            return None
+        rb = await self.propose(spec, reason=f"automatic rollback of {original.id}: {why}",
+                                requester="executor:auto-rollback", incident_id=original.incident_id,
+                                rollback_of=original.id)
+        result = await self.execute(rb.id, actor="executor:auto-rollback")
+        if result.status == ChangeStatus.APPLIED:
+            current = self.ledger.get(original.id)
+            if current is not None:
+                self.ledger.update(current.model_copy(update={"status": ChangeStatus.ROLLED_BACK}))
+        return result
+
+    def record_verification(self, ch: ChangeRequest, outcome: str, summary: str) -> ChangeRequest:
+        status = {"pass": ChangeStatus.VERIFIED}.get(outcome, ch.status)
+        updated = ch.model_copy(update={"status": status, "result": {**ch.result, "verification": summary}})
+        self.ledger.update(updated)
+        self._audit(AuditKind.VERIFICATION, "executor:verify", f"verify {ch.id}", outcome, summary[:500], ch)
+        return updated
+
+    async def _apply(self, ch: ChangeRequest, obj: dict[str, Any], actor: str) -> ExecutionResult:
+        ch = ch.model_copy(update={"status": ChangeStatus.EXECUTING})
+        self.ledger.update(ch)
+        for attempt in range(1, self.conflict_retries + 2):
+            rv = obj["metadata"]["resourceVersion"]
+            name, params = _tool_call(ch.spec, dry_run=True, expected_rv=rv)
+            dry = await self.runner.call(name, params, actor=actor, incident_id=ch.incident_id)
+            if dry.ok and dry.result is not None:
+                # The server's own answer for what the object will look like: kept so a restart can tell
+                # whether the write landed.
+                self.ledger.set_intended(ch.id, _intended_hash(dry.result))
+                name, params = _tool_call(ch.spec, dry_run=False, expected_rv=rv)
+                out = await self.runner.call(name, params, actor=actor, incident_id=ch.incident_id)
+            else:
+                out = dry
+            if out.ok or out.error_type != "Conflict" or attempt > self.conflict_retries:
+                break
+            # 409: someone wrote the object between our read and our write (a controller's status
+            # update, another client). Re-read and re-check that the spec we were approved against is
+            # still the one there; only then retry with the new resourceVersion.
+            obj = await self._read(ch.spec)
+            fp_now = self.fingerprint_of(obj)
+            same = fp_now.same_as(ch.fingerprint)
+            self._audit(AuditKind.EXECUTION, actor, f"execute {ch.id}", "conflict",
+                        f"attempt {attempt}: {out.error}; re-read at resourceVersion "
+                        f"{obj['metadata']['resourceVersion']}: "
+                        + ("spec unchanged, retrying" if same else "the target's spec changed, not retrying"), ch)
+            if not same:
+                self.ledger.finish(ch.id, "failed", "the target changed during execution")
+                ch = ch.model_copy(update={"status": ChangeStatus.FAILED,
+                                           "result": {"error": "the target's spec changed between approval and "
+                                                               "write (409 on write, re-read differs)"}})
+                self.ledger.update(ch)
+                return ExecutionResult(ch.id, ch.status, False, ch.result)
+            await asyncio.sleep(min(0.05 * 2 ** attempt, 1.0))
+        if not out.ok or out.result is None:
+            self.ledger.finish(ch.id, "failed", out.error or "")
+            ch = ch.model_copy(update={"status": ChangeStatus.FAILED, "result": {"error": out.error}})
+            self.ledger.update(ch)
+            self._audit(AuditKind.EXECUTION, actor, f"execute {ch.id}", "error", out.error or "", ch)
+            return ExecutionResult(ch.id, ch.status, False, ch.result)
+        self._maybe_crash("after-write")
+        result = out.result.model_dump(mode="json")
+        result.pop("diff", None)
+        self.ledger.finish(ch.id, "applied", json.dumps(result))
+        ch = ch.model_copy(update={"status": ChangeStatus.APPLIED, "result": result})
+        self.ledger.update(ch)
+        self._audit(AuditKind.EXECUTION, actor, f"execute {ch.id}", "applied", f"{name} done", ch, result)
+        self._maybe_crash("after-applied")
+        return ExecutionResult(ch.id, ch.status, True, result)
+
+    async def _reconcile(self, ch: ChangeRequest, actor: str) -> ExecutionResult:
+        """Someone claimed this change before (another click, replica, or this process before a crash)."""
+        ex = self.ledger.execution(ch.id)
+        assert ex is not None
+        if ex.state == "applied":
+            if ch.status in (ChangeStatus.EXECUTING, ChangeStatus.APPROVED, ChangeStatus.PENDING_APPROVAL):
+                ch = ch.model_copy(update={"status": ChangeStatus.APPLIED, "result": json.loads(ex.detail or "{}")})
+                self.ledger.update(ch)
+            return ExecutionResult(ch.id, ch.status, False, ch.result)
+        if ex.state == "failed":
+            return ExecutionResult(ch.id, ChangeStatus.FAILED, False, {"error": ex.detail})
+        obj = await self._read(ch.spec)
+        live = spec_hash(obj)
+        if _landed(ch.spec, obj, ex.intended_spec_hash):
+            detail = {"reconciled": True, "generation": obj["metadata"].get("generation")}
+            self.ledger.finish(ch.id, "applied", json.dumps(detail))
+            ch = ch.model_copy(update={"status": ChangeStatus.APPLIED, "result": detail})
+            self.ledger.update(ch)
+            self._audit(AuditKind.EXECUTION, actor, f"reconcile {ch.id}", "applied",
+                        "the write had landed before the previous executor stopped", ch, detail)
+            return ExecutionResult(ch.id, ch.status, False, detail)
+        if live == ex.original_spec_hash:
+            if ex.owner != self.owner and _recent(ex.claimed_at, seconds=self.claim_ttl_s):
+                return ExecutionResult(ch.id, ChangeStatus.EXECUTING, False, {"owner": ex.owner})
+            self._audit(AuditKind.EXECUTION, actor, f"reconcile {ch.id}", "resumed",
+                        "claimed but never written; applying now", ch)
+            return await self._apply(ch, obj, actor)
+        self.ledger.finish(ch.id, "failed", "the target changed under a claimed execution")
+        ch = ch.model_copy(update={"status": ChangeStatus.FAILED,
+                                   "result": {"error": "the target changed under a claimed execution"}})
+        self.ledger.update(ch)
+        self._audit(AuditKind.EXECUTION, actor, f"reconcile {ch.id}", "refused",
+                    "the target changed under a claimed execution; not applying", ch)
+        return ExecutionResult(ch.id, ch.status, False, ch.result)
+
+    def _maybe_crash(self, point: str) -> None:
+        if self.crash_after == point:
+            log.warning("chaos: SIGKILL at %s", point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _max_unavailable(strategy: dict[str, Any], replicas: int) -> int:
+    """Replicas a rollout may take down at once, as the Deployment controller computes it: a percentage of
+    maxUnavailable rounds down, one of maxSurge rounds up (defaults 25 % each); Recreate takes all."""
+    if strategy.get("type") == "Recreate":
+        return replicas
+    ru = strategy.get("rollingUpdate") or {}
+
+    def resolve(v: Any, round_up: bool) -> int:
+        if isinstance(v, str) and v.endswith("%"):
+            exact = replicas * int(v[:-1]) / 100
+            return int(-(-exact // 1)) if round_up else int(exact)
+        return int(v)
+
+    unavailable = resolve(ru.get("maxUnavailable", "25%"), round_up=False)
+    surge = resolve(ru.get("maxSurge", "25%"), round_up=True)
+    if unavailable == 0 and surge == 0:
+        unavailable = 1  # the API forbids both zero; the controller then uses one
+    return min(unavailable, replicas)
+
+
+def _inverse(ch: ChangeRequest) -> ChangeSpec | None:
+    """The change that undoes `ch`, from what was recorded before it ran; None when there is none."""
+    t = ch.spec.target
+    if t.kind != "Deployment":
+        return None
+    if ch.spec.action == ActionKind.SCALE:
+        before = (ch.result.get("detail") or {}).get("from_replicas")
+        if before is None:
+            return None
+        return ChangeSpec(action=ActionKind.SCALE, cluster=ch.spec.cluster, target=t, params={"replicas": int(before)})
+    # A rollback that does not help is not undone (that would restore the version it rolled back from).
+    if ch.spec.action in (ActionKind.DEPLOY, ActionKind.SET_GPU_RESOURCES) and ch.fingerprint.revision:
+        return ChangeSpec(action=ActionKind.ROLLBACK, cluster=ch.spec.cluster, target=t,
+                          params={"to_revision": int(ch.fingerprint.revision)})
+    return None
+
+
+def _fp_key(fp: TargetFingerprint) -> dict[str, Any]:
+    return {"uid": fp.uid, "spec_hash": fp.spec_hash}  # what `TargetFingerprint.same_as` compares
+
+
+def _intended_hash(result: Any) -> str:
+    return str(getattr(result, "spec_hash", "") or "")
+
+
+def _landed(spec: ChangeSpec, obj: dict[str, Any], intended: str) -> bool:
+    """Did the change's write reach the object? Nodes get a taint added by the node controller after a
+    cordon, so for them only the field the change sets is compared."""
+    if spec.target.kind == "Node":
+        return bool(obj.get("spec", {}).get("unschedulable"))
+    return bool(intended) and spec_hash(obj) == intended
+
+
+def _recent(iso: str, seconds: float) -> bool:
+    return (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(iso)).total_seconds() < seconds

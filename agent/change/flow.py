@@ -1,0 +1,172 @@
+"""The change flow: one LangGraph thread per change request, held by `interrupt()` until approved.
+
+Every entry point goes through here — `opsagent changes approve`, Slack's Approve button, the eval
+harness's scripted approver — so there is one path from a decision to a mutation:
+
+    flow.open(change)                      # runs until the approval interrupt (or to the end)
+    flow.decide(change_id, who, "approve") # records the decision via the executor, then resumes
+
+A decision is recorded in the ledger (bound to the change's digest and the target's fingerprint) before
+the graph resumes; `resume_pending()` continues any change whose thread stopped part-way (a process
+killed while executing or verifying), and the executor's ledger makes that re-run exactly-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.types import Command
+
+from agent.change.executor.core import ExecutionRefused, Executor
+from agent.change.graph import build_change_graph
+from agent.change.models import ChangeRequest, ChangeStatus
+from agent.change.state import ChangeContext
+from agent.change.verify import Verification
+
+log = logging.getLogger(__name__)
+
+Checkpointer = Callable[[], AbstractAsyncContextManager[BaseCheckpointSaver[Any]]]
+VerifyFn = Callable[[ChangeRequest, dt.datetime], Awaitable[Verification]]
+
+
+@dataclass(frozen=True)
+class FlowEvent:
+    change_id: str
+    stage: str
+    message: str
+    at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+OnEvent = Callable[[FlowEvent], Awaitable[None]]
+
+
+@dataclass
+class FlowState:
+    change: ChangeRequest
+    stage: str
+    detail: str = ""
+    verification: str | None = None
+    waiting: bool = False  # held at the approval interrupt
+    events: list[FlowEvent] = field(default_factory=list)
+
+
+class ChangeFlow:
+    def __init__(self, executor: Executor, checkpointer: Checkpointer, *, verify: VerifyFn | None = None,
+                 on_event: OnEvent | None = None, locks: dict[str, asyncio.Lock] | None = None) -> None:
+        self.executor = executor
+        self.checkpointer = checkpointer
+        self.verify = verify
+        self.on_event = on_event
+        # One runner per change thread in this process (share the dict between flows of one app): a
+        # second click waits for the first decision's run instead of resuming the same thread twice.
+        self.locks = locks if locks is not None else {}
+
+    def _lock(self, change_id: str) -> asyncio.Lock:
+        return self.locks.setdefault(change_id, asyncio.Lock())
+
+    @staticmethod
+    def thread(change_id: str) -> dict[str, Any]:
+        return {"configurable": {"thread_id": f"change:{change_id}"}}
+
+    async def open(self, change: ChangeRequest) -> FlowState:
+        """Start the change's thread (idempotent: a thread that exists is continued, not restarted)."""
+        async with self._lock(change.id):
+            return await self._run(change.id, None)
+
+    async def decide(self, change_id: str, approver: str, decision: str = "approve", via: str = "cli") -> FlowState:
+        """Record a decision (refused and audited when the approver may not make it), then resume."""
+        if decision not in ("approve", "reject"):
+            raise ValueError(f"decision must be approve or reject, not {decision!r}")
+        async with self._lock(change_id):
+            ch = self.executor.approve(change_id, approver, decision=decision, via=via)
+            await self._emit(FlowEvent(change_id, "decided",
+                                       f"{decision}d by {approver} via {via}: {ch.status.value}"), [])
+            return await self._run(change_id, {"by": approver, "decision": decision})
+
+    async def resume_pending(self) -> list[FlowState]:
+        """Continue changes whose thread stopped part-way (approved, executing or applied, not finished)."""
+        out = []
+        for status in (ChangeStatus.APPROVED, ChangeStatus.EXECUTING, ChangeStatus.APPLIED):
+            for ch in self.executor.ledger.list_changes(status):
+                log.info("resuming the flow of %s (%s)", ch.id, ch.status.value)
+                async with self._lock(ch.id):
+                    out.append(await self._run(ch.id, {"by": "restart"}))
+        return out
+
+    async def state(self, change_id: str) -> FlowState:
+        async with self.checkpointer() as saver:
+            graph = build_change_graph(saver)
+            snap = await graph.aget_state(self.thread(change_id))
+        return self._state(change_id, snap.values if snap else {}, bool(snap and _interrupted(snap)), [])
+
+    async def _run(self, change_id: str, resume: dict[str, Any] | None) -> FlowState:
+        """Start the thread, resume it at its interrupt (with `resume`), or continue it where it stopped."""
+        events: list[FlowEvent] = []
+
+        async def notify(cid: str, stage: str, message: str) -> None:
+            await self._emit(FlowEvent(cid, stage, message), events)
+
+        ctx = ChangeContext(executor=self.executor, verify=self.verify, notify=notify,
+                            actor="executor")
+        async with self.checkpointer() as saver:
+            graph = build_change_graph(saver)
+            config = self.thread(change_id)
+            snap = await graph.aget_state(config)
+            inp: Any
+            if snap is None or not (snap.values or snap.next):
+                inp = {"change_id": change_id}
+            elif _interrupted(snap):
+                inp = Command(resume=resume) if resume is not None else None
+            elif snap.next:
+                inp = None  # stopped part-way (a crash): continue from the last checkpoint
+            elif snap.values.get("stage") in ("executing_elsewhere", "approved") and self._unfinished(change_id):
+                # Another executor held the claim when this thread last ran, or the thread ended approved
+                # without reaching execute (a process killed between the two steps); try again from
+                # execute (the executor reconciles: it applies once, or finds the write already made).
+                await graph.aupdate_state(config, {"stage": "approved"}, as_node="await_approval")
+                inp = None
+            else:
+                inp = False  # finished: nothing to run
+            if inp is not False and not (inp is None and _interrupted(snap)):
+                # "sync": each step's checkpoint is on disk before the next step starts. With LangGraph's
+                # default ("async") a process killed inside `execute` could leave the approval step's
+                # checkpoint unwritten, and a restart would find the thread still at its interrupt.
+                await graph.ainvoke(inp, config=config, context=ctx, durability="sync")
+            snap = await graph.aget_state(config)
+        values = snap.values if snap else {}
+        waiting = bool(snap and _interrupted(snap))
+        st = self._state(change_id, values, waiting, events)
+        if not waiting:
+            await self._emit(FlowEvent(change_id, st.stage, st.verification or st.detail or st.stage), events)
+        return st
+
+    def _unfinished(self, change_id: str) -> bool:
+        ch = self.executor.ledger.get(change_id)
+        return ch is not None and ch.status in (ChangeStatus.APPROVED, ChangeStatus.EXECUTING)
+
+    def _state(self, change_id: str, values: dict[str, Any], waiting: bool, events: list[FlowEvent]) -> FlowState:
+        ch = self.executor.ledger.get(change_id)
+        if ch is None:
+            raise ExecutionRefused(f"no change {change_id}")
+        return FlowState(change=ch, stage="awaiting_approval" if waiting else str(values.get("stage", "new")),
+                         detail=str(values.get("detail", "")), verification=values.get("verification"),
+                         waiting=waiting, events=events)
+
+    async def _emit(self, ev: FlowEvent, sink: list[FlowEvent]) -> None:
+        sink.append(ev)
+        if self.on_event is not None:
+            try:
+                await self.on_event(ev)
+            except Exception:  # a failing notifier (Slack down) never stops a change
+                log.exception("flow event handler failed for %s", ev.change_id)
+
+
+def _interrupted(snap: Any) -> bool:
+    return any(t.interrupts for t in getattr(snap, "tasks", ()) or ())

@@ -1,0 +1,1 @@
+"""The change graph's nodes: one module each, each a function `(state, runtime) -> partial update`."""

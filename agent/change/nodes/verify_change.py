@@ -1,0 +1,44 @@
+"""Verify node: watch the rollout and compare SLO signals with the baseline; roll back on a regression.
+
+A regression after a change that is not itself a rollback is undone automatically under the original
+approval (policy must still allow the rollback). Missing data is inconclusive, never a pass; without a
+verifier the change is reported applied and unverified.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from agent.change.state import ChangeContext, ChangeState
+
+
+async def verify_change(state: ChangeState, runtime: Runtime[ChangeContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    ex = ctx.executor
+    cid = state["change_id"]
+    ch = ex.ledger.get(cid)
+    if ch is None:
+        return {"stage": "failed", "detail": f"no change {cid}"}
+    if ctx.verify is None:
+        return {"stage": "unverified", "detail": "no verifier configured (Prometheus and a reader identity)"}
+    if ctx.notify is not None:
+        await ctx.notify(cid, "verifying", f"{cid}: watching the rollout, then TTFT p95, errors and queue")
+    row = ex.ledger.execution(cid)
+    applied_at = dt.datetime.fromisoformat(row.finished_at) if row is not None and row.finished_at else ch.created_at
+    v = await ctx.verify(ch, applied_at)
+    summary = v.summary()
+    ch = ex.record_verification(ch, v.outcome.value, summary)
+    if v.outcome.value == "pass":
+        return {"stage": "verified", "verification": summary}
+    if v.outcome.value == "regression" and ch.rollback_of is None:
+        if ctx.notify is not None:
+            await ctx.notify(cid, "rolling_back", f"{cid}: verification failed ({summary}); rolling back")
+        rb = await ex.auto_rollback(ch, summary)
+        if rb is not None and rb.status.value == "applied":
+            return {"stage": "rolled_back", "verification": summary, "detail": f"rolled back by {rb.change_id}"}
+        return {"stage": "regression", "verification": summary,
+                "detail": "automatic rollback was not possible" if rb is None else f"rollback {rb.status.value}"}
+    return {"stage": v.outcome.value, "verification": summary}

@@ -1,0 +1,162 @@
+"""Verify a change: watch the rollout finish, then compare SLO signals with the baseline before it.
+
+The verifier reads with the read-only identity. Signals are the model's TTFT p95, error share and
+queue depth, sampled every `step_s` over the verification window after the rollout completed and
+over an equal baseline window before the change, and against the level it was applied at (the
+baseline's last rate window: a mitigation applied mid-incident is not blamed for the incident).
+`agent.change.verdict` judges each; missing data is
+inconclusive, never a pass. A stuck rollout (past its progress deadline) is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.change.models import ChangeRequest
+from agent.change.verdict import Outcome, SignalVerdict, judge, overall
+from agent.models import ActionKind
+from tools.k8s_read.client import K8sReadClient
+from tools.prometheus import promql
+from tools.prometheus.client import PrometheusClient
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    window_s: float = 60.0  # how long to watch after the rollout completes (and the rate window has passed)
+    baseline_s: float = 120.0  # how far before the change the baseline reaches
+    step_s: float = 5.0
+    rate_window_s: int = 30  # rate() window of the signal queries; needs >= 3 scrapes
+    rollout_deadline_s: float = 180.0
+    # Floors: a signal below them is never a regression, and one above them after the change means the
+    # SLO is not restored. They match the alert thresholds (deploy/prometheus/gpu-serving.rules.yaml).
+    ttft_floor_s: float = 1.5
+    error_floor: float = 0.02
+    queue_floor: float = 5.0
+
+
+@dataclass
+class Verification:
+    change_id: str
+    outcome: Outcome
+    rollout: str
+    signals: list[SignalVerdict] = field(default_factory=list)
+    rollout_seconds: float = 0.0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        parts = [f"{self.outcome.value}: rollout {self.rollout} in {self.rollout_seconds:.0f}s"]
+        parts += [f"{v.signal} {v.outcome.value} ({v.reason})" for v in self.signals]
+        return "; ".join(parts)
+
+
+def signal_queries(namespace: str, model: str, rate_window_s: int = 30) -> dict[str, str]:
+    sel = promql.selector("vllm:num_requests_running", namespace=namespace, model_name=model)
+    pods = f"* on (namespace, pod) group_left(model_name) (0 * max by (namespace, pod, model_name) ({sel}) + 1)"
+    ns = promql.quote(namespace)
+    w = f"{rate_window_s}s"
+    ttft_sel = promql.selector("vllm:time_to_first_token_seconds_bucket", namespace=namespace, model_name=model)
+    waiting = promql.selector("vllm:num_requests_waiting", namespace=namespace, model_name=model)
+    return {
+        "ttft_p95": f"histogram_quantile(0.95, sum by (le) (rate({ttft_sel}[{w}])))",
+        "error_share": (f'sum(rate(http_requests_total{{namespace={ns}, status="5xx"}}[{w}]) {pods}) / '
+                        f"sum(rate(http_requests_total{{namespace={ns}}}[{w}]) {pods})"),
+        "queue": f"sum({waiting})",
+    }
+
+
+async def _rollout_done(k8s: K8sReadClient, namespace: str, name: str, *, scale_out: bool = False) -> tuple[bool, str]:
+    resp = await asyncio.to_thread(k8s.apps.read_namespaced_deployment, name, namespace, _preload_content=False)
+    d = json.loads(resp.data)
+    spec, st = d["spec"], d.get("status", {})
+    want = int(spec.get("replicas") or 0)
+    if int(st.get("observedGeneration") or 0) < int(d["metadata"]["generation"]):
+        return False, "waiting for the controller"
+    for c in st.get("conditions", []):
+        if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
+            return True, "stuck: progress deadline exceeded"
+    updated, available = int(st.get("updatedReplicas") or 0), int(st.get("availableReplicas") or 0)
+    done = updated == want and available == want and int(st.get("replicas") or 0) == want
+    if done:
+        return True, "complete"
+    if scale_out and updated == want and 0 < available < want:
+        # Replicas no node has room for (a scale-out beyond the free GPUs) will not start by waiting:
+        # judge the signals with the capacity that did come up instead of calling the change stuck.
+        unschedulable = await _unschedulable(k8s, namespace, d["spec"].get("selector") or {})
+        if unschedulable and available + unschedulable >= want:
+            return True, f"complete: {available}/{want} available, {unschedulable} unschedulable (no node has room)"
+    return False, f"{st.get('updatedReplicas', 0)}/{want} updated"
+
+
+async def _unschedulable(k8s: K8sReadClient, namespace: str, selector: dict[str, Any]) -> int:
+    labels = ",".join(f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items()))
+    if not labels:
+        return 0
+    resp = await asyncio.to_thread(k8s.core.list_namespaced_pod, namespace, label_selector=labels,
+                                   _preload_content=False)
+    n = 0
+    for pod in json.loads(resp.data).get("items", []):
+        conds = (pod.get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
+               for c in conds):
+            n += 1
+    return n
+
+
+async def _samples(prom: PrometheusClient, expr: str, start: dt.datetime, end: dt.datetime,
+                   step_s: float) -> list[float]:
+    rng = await prom.query_range(expr, start, end, step_s)
+    return [v for s in rng.data.series for _, v in s.samples]
+
+
+async def verify(ch: ChangeRequest, applied_at: dt.datetime, prom: PrometheusClient, k8s: K8sReadClient,
+                 s: VerifySettings = VerifySettings()) -> Verification:
+    t0 = time.monotonic()
+    t = ch.spec.target
+    if t.kind != "Deployment" or not t.namespace:
+        return Verification(ch.id, Outcome.INCONCLUSIVE, "not a Deployment: nothing to watch")
+    deadline = time.monotonic() + s.rollout_deadline_s
+    state = "not started"
+    while time.monotonic() < deadline:
+        done, state = await _rollout_done(k8s, t.namespace, t.name, scale_out=ch.spec.action == ActionKind.SCALE)
+        if done:
+            break
+        await asyncio.sleep(2)
+    rollout_s = time.monotonic() - t0
+    if not state.startswith("complete"):
+        return Verification(ch.id, Outcome.REGRESSION, state if state.startswith("stuck") else f"timed out ({state})",
+                            rollout_seconds=rollout_s, seconds=rollout_s)
+    resp = await asyncio.to_thread(k8s.apps.read_namespaced_deployment, t.name, t.namespace, _preload_content=False)
+    model = (json.loads(resp.data)["spec"]["template"]["metadata"].get("labels") or {}).get("model", "")
+    done_at = dt.datetime.now(dt.UTC)
+    # The rate window must not reach back into the rollout: the verification window starts one rate
+    # window after the rollout completed.
+    after_start = done_at + dt.timedelta(seconds=s.rate_window_s)
+    await asyncio.sleep(s.rate_window_s + s.window_s)
+    end = dt.datetime.now(dt.UTC)
+    base_end = applied_at
+    base_start = applied_at - dt.timedelta(seconds=s.baseline_s)
+    floors = {"ttft_p95": s.ttft_floor_s, "error_share": s.error_floor, "queue": s.queue_floor}
+    verdicts: list[SignalVerdict] = []
+    for name, expr in signal_queries(t.namespace, model, s.rate_window_s).items():
+        try:
+            before = await _samples(prom, expr, base_start, base_end, s.step_s)
+            after = await _samples(prom, expr, after_start, end, s.step_s)
+        except Exception as e:  # missing data is inconclusive, and says why
+            verdicts.append(SignalVerdict(name, Outcome.INCONCLUSIVE, None, None, None, f"query failed: {e}"))
+            continue
+        # The level the change was applied at: the last rate window of the baseline.
+        tail_n = max(3, math.ceil(s.rate_window_s / s.step_s))
+        v = judge(name, before, after, floor=floors[name], min_points=6, just_before=before[-tail_n:])
+        if v.outcome == Outcome.PASS and v.after_median is not None and v.after_median > floors[name]:
+            v = SignalVerdict(name, Outcome.INCONCLUSIVE, v.baseline_median, v.after_median, v.p_value,
+                              f"not worse than before, but still above the SLO floor {floors[name]:g} "
+                              f"({v.after_median:.4g})")
+        verdicts.append(v)
+    return Verification(ch.id, overall(verdicts), state, verdicts, rollout_s, time.monotonic() - t0)
+

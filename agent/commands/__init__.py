@@ -1,1 +1,0 @@
-"""CLI command groups. Entry points: nothing imports them but `agent.cli`."""

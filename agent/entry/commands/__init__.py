@@ -1,0 +1,1 @@
+"""CLI command groups. Entry points: nothing imports them but `agent.entry.cli`."""

@@ -1,0 +1,264 @@
+"""`opsagent serve`: the HTTP entry point (Alertmanager webhook, health, metrics, incidents).
+
+Intake is synchronous and cheap — validate, fold into the incident, commit — and answers within
+milliseconds; triage is queued to a background worker so Alertmanager (and later Slack) never wait
+on it. A malformed or oversized body gets a 4xx with the reason and stores nothing.
+
+Several replicas can serve one shared store: a worker triages an incident only while it holds the
+store lease `triage:<incident id>` (renewed while it works), and every replica sweeps the store for
+firing incidents no report covers yet. So an alert delivered to one replica is triaged once, and an
+incident whose replica died mid-triage is picked up by another when the lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from agent import incidents
+from agent.models import Incident, IncidentStatus
+from agent.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+TriageFn = Callable[[Incident], Awaitable[Any]]
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.webhooks = Counter("opsagent_webhooks_total", "Alertmanager webhook deliveries by outcome.",
+                                ["outcome"], registry=r)
+        self.incidents = Counter("opsagent_incidents_opened_total", "Incidents opened.", registry=r)
+        self.triage_seconds = Histogram("opsagent_triage_seconds", "Alert-to-report triage latency.",
+                                        buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
+        self.triage_errors = Counter("opsagent_triage_errors_total", "Triage runs that failed.", registry=r)
+        self.queue = Gauge("opsagent_triage_queue_depth", "Incidents waiting for triage.", registry=r)
+        self.changes = Counter("opsagent_changes_proposed_total", "Change requests proposed, by policy outcome.",
+                               ["status"], registry=r)
+        self.approvals = Counter("opsagent_approval_decisions_total",
+                                 "Approve/reject decisions by outcome (recorded, refused).",
+                                 ["decision", "outcome", "via"], registry=r)
+        self.executions = Counter("opsagent_executions_total", "Change executions by final stage.", ["stage"],
+                                  registry=r)
+        self.chat_requests = Counter("opsagent_slack_requests_total", "Slack deliveries by kind and outcome.",
+                                     ["kind", "outcome"], registry=r)
+        self.cost_reports = Counter("opsagent_cost_reports_total",
+                                    "Scheduled cost reports by outcome (posted, failed).", ["outcome"], registry=r)
+        for outcome in ("posted", "failed"):
+            self.cost_reports.labels(outcome=outcome)  # exported as 0 before the first tick
+        self.chat_errors = Counter("opsagent_slack_api_errors_total",
+                                   "Slack Web API calls that failed after retries.", ["method"], registry=r)
+
+
+@dataclass(frozen=True)
+class Replica:
+    """How this process shares triage with other replicas of the same store."""
+
+    holder: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    lease_s: float = 60.0
+    sweep_s: float | None = 15.0
+
+
+class TriageWorker:
+    """Runs triage for queued incidents in the background, a few at a time, one replica per incident."""
+
+    def __init__(self, triage: TriageFn, metrics: Metrics, concurrency: int = 2, *, store: Store | None = None,
+                 replica: Replica | None = None) -> None:
+        self.triage = triage
+        self.metrics = metrics
+        self.queue: asyncio.Queue[Incident] = asyncio.Queue()
+        self.concurrency = concurrency
+        self._tasks: list[asyncio.Task[None]] = []
+        self.inflight: set[str] = set()
+        self.queued: set[str] = set()
+        self.store = store
+        self.replica = replica or Replica()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work(), name=f"triage-{i}") for i in range(self.concurrency)]
+        if self.store is not None and self.replica.sweep_s:
+            self._tasks.append(asyncio.create_task(self._sweep(), name="triage-sweep"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def submit(self, incident: Incident) -> None:
+        self.queued.add(incident.id)
+        self.queue.put_nowait(incident)
+        self.metrics.queue.set(self.queue.qsize())
+
+    async def _sweep(self) -> None:
+        """Pick up incidents no replica has triaged (a dead replica's, or ones that arrived meanwhile)."""
+        assert self.store is not None and self.replica.sweep_s
+        while True:
+            await asyncio.sleep(self.replica.sweep_s)
+            try:
+                pending = await asyncio.to_thread(self.store.needing_triage, 50)
+                for inc in pending:
+                    if inc.id in self.queued or inc.id in self.inflight:
+                        continue
+                    if await asyncio.to_thread(self.store.lease_holder, f"triage:{inc.id}") is None:
+                        self.submit(inc)
+            except Exception:
+                log.exception("triage sweep failed; retrying in %ss", self.replica.sweep_s)
+
+    async def _work(self) -> None:
+        while True:
+            incident = await self.queue.get()
+            self.queued.discard(incident.id)
+            self.metrics.queue.set(self.queue.qsize())
+            t0 = time.monotonic()
+            self.inflight.add(incident.id)
+            lease = f"triage:{incident.id}"
+            heartbeat: asyncio.Task[None] | None = None
+            try:
+                if self.store is not None:
+                    if not await asyncio.to_thread(self.store.try_lease, lease, self.replica.holder,
+                                                   self.replica.lease_s):
+                        log.info("%s is being triaged by another replica", incident.id)
+                        continue
+                    heartbeat = asyncio.create_task(self._renew(lease))
+                    if await asyncio.to_thread(self._covered, incident):
+                        continue  # another replica triaged this version while it waited in our queue
+                await self.triage(incident)
+                self.metrics.triage_seconds.observe(time.monotonic() - t0)
+            except Exception:
+                self.metrics.triage_errors.inc()
+                log.exception("triage of %s failed", incident.id)
+            finally:
+                if heartbeat is not None:
+                    heartbeat.cancel()
+                    await asyncio.gather(heartbeat, return_exceptions=True)
+                    await asyncio.to_thread(self.store.release_lease, lease, self.replica.holder)  # type: ignore[union-attr]
+                self.inflight.discard(incident.id)
+                self.queue.task_done()
+
+    def _covered(self, incident: Incident) -> bool:
+        assert self.store is not None
+        report = self.store.latest_report(incident.id)
+        return report is not None and report.finished >= incident.updated_at
+
+    async def _renew(self, lease: str) -> None:
+        assert self.store is not None
+        while True:
+            await asyncio.sleep(self.replica.lease_s / 3)
+            await asyncio.to_thread(self.store.try_lease, lease, self.replica.holder, self.replica.lease_s)
+
+
+IncidentHook = Callable[[Incident], Awaitable[None]]
+
+
+def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = None, *,
+               routes: Sequence[BaseRoute] = (), on_incident: IncidentHook | None = None,
+               on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
+               on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+               replica: Replica | None = None) -> Starlette:
+    """The HTTP app. `routes` are mounted beside the webhook (the Slack endpoints); `on_incident` runs in the
+    background for every incident a delivery changed (opened, updated, resolved). With `replica`, triage is
+    shared with other replicas of `store` through leases."""
+    metrics = metrics or Metrics()
+    worker = TriageWorker(triage, metrics, store=store if replica else None, replica=replica) if triage else None
+    hooks: set[asyncio.Task[None]] = set()
+
+    def notify(incident: Incident) -> None:
+        if on_incident is None:
+            return
+        task = asyncio.create_task(_guarded(on_incident, incident))
+        hooks.add(task)
+        task.add_done_callback(hooks.discard)
+
+    async def alertmanager(request: Request) -> Response:
+        body = await request.body()
+        try:
+            notification = incidents.parse(body)
+        except incidents.IntakeError as e:
+            metrics.webhooks.labels(outcome="rejected").inc()
+            return JSONResponse({"error": str(e)}, status_code=e.status)
+        incident, changed = await asyncio.to_thread(store.record_notification, notification, dt.datetime.now(dt.UTC))
+        metrics.webhooks.labels(outcome="accepted" if changed else "duplicate").inc()
+        if changed and incident.notifications == 1:
+            metrics.incidents.inc()
+        if changed:
+            notify(incident)
+        if changed and incident.status == IncidentStatus.FIRING and worker:
+            worker.submit(incident)
+        return JSONResponse({"incident": incident.id, "status": incident.status.value, "changed": changed})
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def readyz(_: Request) -> Response:
+        try:
+            await asyncio.to_thread(store.incidents, None, 1)
+        except Exception as e:
+            return JSONResponse({"ready": False, "store": str(e)}, status_code=503)
+        return JSONResponse({"ready": True})
+
+    async def metrics_endpoint(_: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def list_incidents(request: Request) -> Response:
+        status = request.query_params.get("status")
+        items = await asyncio.to_thread(store.incidents, IncidentStatus(status) if status else None, 100)
+        return JSONResponse([i.model_dump(mode="json", exclude={"alerts"}) for i in items])
+
+    async def get_incident(request: Request) -> Response:
+        iid = request.path_params["id"]
+        inc = await asyncio.to_thread(store.incident, iid)
+        if inc is None:
+            return JSONResponse({"error": f"no incident {iid}"}, status_code=404)
+        report = await asyncio.to_thread(store.latest_report, iid)
+        return JSONResponse({"incident": inc.model_dump(mode="json"),
+                             "report": report.model_dump(mode="json") if report else None})
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette):  # type: ignore[no-untyped-def]
+        if worker:
+            worker.start()
+        for start in on_startup:
+            await start()
+        yield
+        for stop in on_shutdown:
+            await stop()
+        if worker:
+            await worker.stop()
+        for t in list(hooks):
+            t.cancel()
+
+    app = Starlette(routes=[
+        Route("/alertmanager", alertmanager, methods=["POST"]),
+        Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint),
+        Route("/incidents", list_incidents), Route("/incidents/{id}", get_incident),
+        *routes,
+    ], lifespan=lifespan)
+    app.state.worker = worker
+    app.state.metrics = metrics
+    return app
+
+
+async def _guarded(hook: IncidentHook, incident: Incident) -> None:
+    try:
+        await hook(incident)
+    except Exception:  # a notification failure is logged; the incident is already stored
+        log.exception("incident hook failed for %s", incident.id)

@@ -1,0 +1,56 @@
+"""Assemble the server with the Slack bot: the one function `opsagent serve` and the tests call."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.applications import Starlette
+
+from agent.app import App
+from agent.entry.server import Metrics, Replica, create_app
+from agent.entry.slack.app import SlackBot
+from agent.entry.slack.reports import CostReportPoster
+from agent.models import Incident, TriageReport
+from agent.rightsize.schedule import CronSchedule
+
+log = logging.getLogger("opsagent.serve")
+
+
+def _logged(incident: Incident, report: TriageReport) -> TriageReport:
+    top = report.top
+    log.warning("triaged %s: %s%s", incident.id, report.status,
+                f" — {top.title} ({top.confidence:.0%})" if top else "")
+    return report
+
+
+def build_server(app: App, *, metrics: Metrics | None = None,
+                 bot: SlackBot | None = None) -> tuple[Starlette, SlackBot | None]:
+    """The `serve` HTTP app; with `slack.enabled`, the bot's endpoints, hooks and triage path are wired in."""
+    metrics = metrics or Metrics()
+    # Replicas sharing a store share triage through leases; a dead replica's incidents are swept up.
+    replica = Replica(lease_s=app.settings.server.triage_lease_s, sweep_s=app.settings.server.triage_sweep_s)
+    if bot is None and app.settings.slack.enabled:
+        bot = SlackBot(app, metrics)
+    if bot is None:
+        if app.settings.rightsize.schedule:
+            log.warning("rightsize.schedule is set but slack.enabled is false: no scheduled cost report is posted")
+
+        async def triage_only(incident: Incident) -> TriageReport:
+            return _logged(incident, await app.triage(incident))
+
+        return create_app(app.store, triage_only, metrics, on_shutdown=[app.aclose_clients], replica=replica), None
+    startup = [bot.start, *([bot.start_socket_mode] if app.settings.slack.socket_mode else [])]
+    shutdown = [bot.stop, app.aclose_clients]
+    rs = app.settings.rightsize
+    if rs.schedule:
+        # The scheduled cost report: every replica checks, the schedule lease lets one post each tick.
+        poster = CostReportPoster(app, bot.client, rs.schedule_channel or bot.cfg.channel, CronSchedule(rs.schedule),
+                                  metrics=metrics)
+        startup.append(poster.start)
+        shutdown.insert(0, poster.stop)
+    routes = [] if app.settings.slack.socket_mode else bot.routes()
+    async def triage_with_bot(incident: Incident) -> TriageReport:
+        return _logged(incident, await bot.triage(incident))
+
+    return create_app(app.store, triage_with_bot, metrics, routes=routes, on_incident=bot.on_incident,
+                      on_startup=startup, on_shutdown=shutdown, replica=replica), bot
