@@ -17,6 +17,7 @@ import typer
 
 from agent.entry.commands.audit import audit_app
 from agent.entry.commands.changes import changes_app
+from agent.entry.commands.common import DEFAULT_SANDBOX_DIR, JsonOpt, fail, progress
 from agent.entry.commands.eval import eval_command
 from agent.entry.commands.rightsize import report_app
 from agent.entry.commands.rightsize import rightsize as rightsize_command
@@ -48,27 +49,15 @@ app.command("eval")(eval_command)
 app.command("rightsize")(rightsize_command)
 app.add_typer(report_app, name="report")
 
-DEFAULT_SANDBOX_DIR = Path.home() / ".local" / "state" / "opsagent" / "sandbox"
-
 DirOpt = Annotated[Path, typer.Option("--dir", envvar="OPSAGENT_SANDBOX_DIR", help="Sandbox state directory.")]
 PortOpt = Annotated[int, typer.Option("--port-base", envvar="OPSAGENT_SANDBOX_PORT_BASE",
                                       help="Endpoints listen on 127.0.0.1 at this base + fixed offsets.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
 def _settings(dir_: Path, port_base: int, **kw: object) -> SandboxSettings:
     from deploy.sandbox.sandbox import SandboxSettings
 
     return SandboxSettings(dir=dir_, port_base=port_base, **kw)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code)
-
-
-def _progress(msg: str) -> None:
-    typer.secho(f"• {msg}", fg=typer.colors.CYAN, err=True)
 
 
 @sandbox_app.command("up")
@@ -86,11 +75,11 @@ def sandbox_up(
     from deploy.sandbox.sandbox import Sandbox
 
     sb = Sandbox(_settings(dir_, port_base, nodes=nodes, history_days=history_days, webhook_url=webhook_url),
-                 progress=_progress)
+                 progress=progress)
     try:
         status = sb.up()
     except (StartError, TimeoutError, FileNotFoundError) as e:
-        raise _fail(str(e)) from e
+        fail(str(e))
     _print_status(status, as_json)
 
 
@@ -99,7 +88,7 @@ def sandbox_down(dir_: DirOpt = DEFAULT_SANDBOX_DIR, port_base: PortOpt = 17000)
     """Stop every sandbox process (by the PIDs it recorded)."""
     from deploy.sandbox.sandbox import Sandbox
 
-    stopped = Sandbox(_settings(dir_, port_base), progress=_progress).down()
+    stopped = Sandbox(_settings(dir_, port_base), progress=progress).down()
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
@@ -131,7 +120,7 @@ def sandbox_inject(
     try:
         record = sandbox_faults.inject(api, Fleet.load(sb.s.fleet_file), fault, target)
     except sandbox_faults.FaultError as e:
-        raise _fail(str(e), 2) from e
+        fail(str(e), 2)
     typer.echo(json.dumps(record))
 
 
@@ -166,10 +155,10 @@ def demo(
         typer.echo("(no terminal to ask for approval: running --unattended)", err=True)
         unattended = True
     try:
-        ok = run_demo(settings, out=typer.echo, progress=_progress, keep=keep, unattended=unattended,
+        ok = run_demo(settings, out=typer.echo, progress=progress, keep=keep, unattended=unattended,
                       approver=approver, confirm=lambda q: typer.confirm(q, default=True))
     except (StartError, TimeoutError, FileNotFoundError) as e:
-        raise _fail(str(e)) from e
+        fail(str(e))
     raise typer.Exit(0 if ok else 1)
 
 
@@ -178,7 +167,7 @@ def _admin_api(sb: Sandbox):  # type: ignore[no-untyped-def]
 
     status = sb.status()
     if status["state"] != "up":
-        raise _fail(f"the sandbox in {sb.dir} is {status['state']}; run `opsagent sandbox up` first", 3)
+        fail(f"the sandbox in {sb.dir} is {status['state']}; run `opsagent sandbox up` first", 3)
     return api_client(Path(status["kubeconfigs"]["admin"]))
 
 
