@@ -68,13 +68,16 @@ def sandbox_up(
     history_days: Annotated[float, typer.Option(help="Days of history to backfill into Prometheus.")] = 14,
     webhook_url: Annotated[str, typer.Option(help="Where Alertmanager posts notifications.")] =
         "http://127.0.0.1:8080/alertmanager",
+    with_rollouts: Annotated[bool, typer.Option(
+        "--rollouts", help="Also run Argo Rollouts and the Rollout-managed models (builds the controller on first use).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start the sandbox (builds the control plane from Go modules on first use) and wait until ready."""
     from deploy.sandbox.processes import StartError
     from deploy.sandbox.sandbox import Sandbox
 
-    sb = Sandbox(_settings(dir_, port_base, nodes=nodes, history_days=history_days, webhook_url=webhook_url),
+    sb = Sandbox(_settings(dir_, port_base, nodes=nodes, history_days=history_days, webhook_url=webhook_url,
+                           rollouts=with_rollouts),
                  progress=progress)
     try:
         status = sb.up()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the sandbox's Go components from their upstream modules into a version-keyed cache:
-# the Kubernetes control plane and kubectl, etcd, KWOK, kube-state-metrics and Helm.
+# the Kubernetes control plane and kubectl, etcd, KWOK, kube-state-metrics, Helm and the Argo Rollouts
+# controller (with its CRDs, copied from the same module).
 #
 # Why a script and not `go install`: k8s.io/kubernetes and etcd's server module carry `replace`
 # directives, which `go install pkg@version` refuses. So each is built inside a small throwaway
@@ -13,7 +14,7 @@
 # in the other. On two cores this overlaps module downloads and single-threaded links with compiles.
 #
 #   build-components.sh [NAME...]         build what is missing (all components, or the NAMEs:
-#                                         kubernetes etcd kwok kube-state-metrics helm)
+#                                         kubernetes etcd kwok kube-state-metrics helm argo-rollouts)
 #   build-components.sh --plan [NAME...]  print, one line per component, what a build would produce
 #                                         (`build NAME VERSION PATH...` or `cached NAME VERSION PATH...`)
 #                                         and build nothing; tests compare it with components.locate()
@@ -24,6 +25,8 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
 KSM_VERSION="${KSM_VERSION:-v2.15.0}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# v1.10.2 asks for go >= 1.26.10; v1.10.1 builds with the toolchain setup installs.
+ROLLOUTS_VERSION="${ROLLOUTS_VERSION:-v1.10.1}"
 CACHE="${OPSAGENT_CACHE_DIR:-$HOME/.cache/opsagent}"
 BIN="$CACHE/bin"
 WORK="$CACHE/build"
@@ -47,6 +50,7 @@ COMPONENTS=(
   "kwok|$KWOK_VERSION|$BIN/kwok-$KWOK_VERSION|kwok"
   "kube-state-metrics|$KSM_VERSION|$BIN/kube-state-metrics-$KSM_VERSION|kube-state-metrics"
   "helm|$HELM_VERSION|$BIN/helm-$HELM_VERSION|helm"
+  "argo-rollouts|$ROLLOUTS_VERSION|$BIN/argo-rollouts-$ROLLOUTS_VERSION|rollouts-controller"
 )
 
 component() {  # component NAME -> sets c_version c_dir c_bins
@@ -172,6 +176,45 @@ build_helm() {
   step "helm: $("$BIN/helm-$HELM_VERSION/helm" version --short)"
 }
 
+build_argo_rollouts() {
+  # The module carries replace directives (k8s.io staging pins), so `go install` is refused: build it
+  # inside a throwaway main module that repeats them. Its controller binds metrics and healthz to
+  # "0.0.0.0:%d", a constant no flag or -X can change, so the build compiles a copy of the module
+  # whose one listen address reads 127.0.0.1; the build fails if that line is not found.
+  local t0; t0=$(date +%s)
+  component argo-rollouts
+  step "argo-rollouts $ROLLOUTS_VERSION: preparing build module (its replaces, loopback listen address)"
+  local mod="$WORK/argo-rollouts-$ROLLOUTS_VERSION" src
+  rm -rf "$mod"; mkdir -p "$mod"; cd "$mod"
+  src=$(go mod download -json "github.com/argoproj/argo-rollouts@$ROLLOUTS_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -d "$src" ] || { echo "build-components.sh: argo-rollouts $ROLLOUTS_VERSION not downloaded" >&2; return 1; }
+  cp -r "$src" upstream; chmod -R u+w upstream
+  grep -q 'listenAddr *= "0.0.0.0:%d"' upstream/controller/controller.go \
+    || { echo "build-components.sh: argo-rollouts' listen address moved; update build_argo_rollouts" >&2; return 1; }
+  sed -i 's/listenAddr *= "0.0.0.0:%d"/listenAddr = "127.0.0.1:%d"/' upstream/controller/controller.go
+  {
+    echo "module opsagent.local/rolloutsbuild"
+    echo
+    echo "go $(sed -n 's/^go //p' upstream/go.mod)"
+    echo
+    echo "require github.com/argoproj/argo-rollouts $ROLLOUTS_VERSION"
+    echo
+    echo "replace github.com/argoproj/argo-rollouts => ./upstream"
+    sed -n '/^replace (/,/^)/p' upstream/go.mod
+  } > go.mod
+  cp upstream/go.sum go.sum
+  go get "github.com/argoproj/argo-rollouts/cmd/rollouts-controller" >/dev/null 2>&1 || true
+  rm -rf "$c_dir.tmp"; mkdir -p "$c_dir.tmp/crds"
+  step "argo-rollouts: go build rollouts-controller"
+  go build -trimpath -o "$c_dir.tmp/rollouts-controller" \
+    -ldflags "-s -w -X github.com/argoproj/argo-rollouts/utils/version.version=${ROLLOUTS_VERSION#v} -X github.com/argoproj/argo-rollouts/utils/version.gitTag=$ROLLOUTS_VERSION -X github.com/argoproj/argo-rollouts/utils/version.gitTreeState=clean" \
+    github.com/argoproj/argo-rollouts/cmd/rollouts-controller
+  # The CRDs the controller serves, from the same module version (applied by `opsagent sandbox up`).
+  cp upstream/manifests/crds/*-crd.yaml "$c_dir.tmp/crds/"
+  finish argo-rollouts "$t0"
+  step "argo-rollouts: $("$c_dir/rollouts-controller" --version 2>&1 | head -1)"
+}
+
 lane() {  # lane NAME... : build each missing component in turn, say which were cached
   local name
   for name in "$@"; do
@@ -206,7 +249,7 @@ fi
 
 t_all=$(date +%s)
 ( lane kubernetes ) & lane_a=$!
-( lane etcd kwok kube-state-metrics helm ) & lane_b=$!
+( lane etcd kwok kube-state-metrics helm argo-rollouts ) & lane_b=$!
 status=0
 wait "$lane_a" || status=$?
 wait "$lane_b" || status=$?

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from deploy.sandbox import cluster, components, kwok, monitoring, pki
+from deploy.sandbox import cluster, components, kwok, monitoring, pki, rollouts
 from deploy.sandbox.fleet import DEFAULT_FLEET, DEFAULT_PRICES, Fleet, load_prices
 from deploy.sandbox.processes import Proc, StartError, Supervisor
 
@@ -47,6 +48,9 @@ class SandboxSettings(BaseModel):
                              description="Where Alertmanager sends notifications (opsagent serve's default).")
     fleet_file: Path = DEFAULT_FLEET
     price_file: Path = DEFAULT_PRICES
+    rollouts: bool = Field(default=False,
+                           description="Also run the Argo Rollouts controller and the Rollout-managed models of "
+                                       "fleet-rollouts.yaml (off by default: the demo does not need them).")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,11 @@ class Endpoints:
             cloudwatch=f"http://{h}:{base + 50}", simulator=f"http://{h}:{base + 400}",
             kube_state_metrics=f"http://{h}:{base + 81}",
         )
+
+
+# Argo Rollouts' controller (only in a sandbox started with rollouts); its listen address is loopback.
+ROLLOUTS_METRICS_OFFSET = 290
+ROLLOUTS_HEALTHZ_OFFSET = 291
 
 
 def _hostport(url: str) -> str:
@@ -161,10 +170,19 @@ class Sandbox:
         tm = Timings()
         fleet = Fleet.load(self.s.fleet_file).scaled(self.s.nodes)
         catalog = load_prices(self.s.price_file)
+        # With rollouts the fleet gains the overlay's pool and Rollout workloads; the simulator and KWOK
+        # read it from the state directory, while bootstrap still creates Deployments for the rest only.
+        rollout_names: tuple[str, ...] = ()
+        deployments_fleet = fleet
+        if self.s.rollouts:
+            fleet, rollout_names = rollouts.merged_fleet(fleet)
+            deployments_fleet = fleet.model_copy(
+                update={"workloads": [w for w in fleet.workloads if w.name not in rollout_names]})
 
         t0 = time.monotonic()
         self.progress("checking components (builds the control plane from Go modules on first use)")
-        bins = components.ensure(self.s.cache_dir)
+        bins = components.ensure(self.s.cache_dir,
+                                 components.ROLLOUTS_PARTS if self.s.rollouts else components.SANDBOX_PARTS)
         tm.record("components", t0)
 
         # A sandbox always starts clean: old data would confuse history and faults.
@@ -175,23 +193,33 @@ class Sandbox:
         admin_token = _token(p.kubeconfig(pki.ADMIN))
         admin_kc = p.kubeconfig(pki.ADMIN)
         self._write_status(fleet, tm, ready=False)
+        fleet_file = self.s.fleet_file
+        if self.s.rollouts:
+            fleet_file = self.dir / "fleet.yaml"
+            fleet_file.write_text(yaml.safe_dump(fleet.model_dump(), sort_keys=False))
 
         try:
-            self._start_control_plane(bins, p, admin_token, tm)
+            self._start_control_plane(bins, p, admin_token, tm, fleet_file)
+            if self.s.rollouts:
+                self._start_rollouts(bins, admin_kc, tm)
             t0 = time.monotonic()
             self.progress("creating namespaces, RBAC, GPU nodes and serving Deployments")
             api = cluster.api_client(admin_kc)
             try:
-                cluster.bootstrap(api, fleet, catalog)
+                cluster.bootstrap(api, deployments_fleet, catalog)
                 names = [n for pool in fleet.pools for n in _node_names(fleet, pool)]
                 cluster.wait_for(lambda: cluster.nodes_ready(api, names), 120, "KWOK to mark the GPU nodes Ready")
-                cluster.wait_for(lambda: not cluster.unavailable_deployments(api, fleet), 180,
+                cluster.wait_for(lambda: not cluster.unavailable_deployments(api, deployments_fleet), 180,
                                  "serving Deployments to become Available")
+                if rollout_names:
+                    rollouts.install(api, fleet, rollout_names, self.ep.prometheus)
+                    cluster.wait_for(lambda: not rollouts.unhealthy_rollouts(api, fleet, rollout_names), 180,
+                                     "Argo Rollouts to report the Rollouts Healthy")
             finally:
                 api.close()
             tm.record("cluster_objects", t0)
 
-            self._start_monitoring(bins, fleet, admin_kc, tm)
+            self._start_monitoring(bins, fleet, admin_kc, tm, fleet_file)
         except Exception:
             self.progress("start-up failed; stopping what was started")
             self.down()
@@ -201,7 +229,19 @@ class Sandbox:
         self.progress(f"sandbox up in {tm.phases['total']:.1f}s")
         return self.status()
 
-    def _start_control_plane(self, bins: components.Binaries, p: pki.Pki, token: str, tm: Timings) -> None:
+    def _start_rollouts(self, bins: components.Binaries, admin_kc: Path, tm: Timings) -> None:
+        t0 = time.monotonic()
+        self.progress("applying Argo Rollouts' CRDs and starting its controller")
+        rollouts.apply_crds(bins.kubectl, admin_kc, components.rollouts_crds(bins))
+        base = self.s.port_base
+        ctl = self.sup.start("argo-rollouts", rollouts.controller_argv(
+            bins.rollouts_controller, admin_kc, metrics_port=base + ROLLOUTS_METRICS_OFFSET,
+            healthz_port=base + ROLLOUTS_HEALTHZ_OFFSET))
+        self.sup.wait_ready(ctl, lambda: _http_ok(f"http://127.0.0.1:{base + ROLLOUTS_HEALTHZ_OFFSET}/healthz"), 60)
+        tm.record("argo_rollouts", t0)
+
+    def _start_control_plane(self, bins: components.Binaries, p: pki.Pki, token: str, tm: Timings,
+                             fleet_file: Path) -> None:
         ep, d = self.ep, self.dir
         base = self.s.port_base
         t0 = time.monotonic()
@@ -261,7 +301,7 @@ class Sandbox:
 
         t0 = time.monotonic()
         self.progress("starting KWOK (GPU nodes) and kube-state-metrics")
-        kwok_cfg = kwok.write_config(d / "kwok" / "kwok.yaml", Fleet.load(self.s.fleet_file))
+        kwok_cfg = kwok.write_config(d / "kwok" / "kwok.yaml", Fleet.load(fleet_file))
         kw = self.sup.start("kwok", [
             str(bins.kwok), f"--kubeconfig={kc}", f"--config={kwok_cfg}",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
@@ -280,7 +320,8 @@ class Sandbox:
         self.sup.wait_ready(ksm, lambda: _http_ok(f"{self.ep.kube_state_metrics}/healthz"), 30)
         tm.record("kwok_ksm", t0)
 
-    def _start_monitoring(self, bins: components.Binaries, fleet: Fleet, admin_kc: Path, tm: Timings) -> None:
+    def _start_monitoring(self, bins: components.Binaries, fleet: Fleet, admin_kc: Path, tm: Timings,
+                          fleet_file: Path) -> None:
         d, ep = self.dir, self.ep
         t0 = time.monotonic()
         self.progress("starting moto (CloudWatch) on loopback")
@@ -297,7 +338,7 @@ class Sandbox:
         sim_state.mkdir(parents=True, exist_ok=True)
         sim = self.sup.start("fleet-simulator", [
             str(bins.python), "-m", "deploy.sandbox.simulator",
-            f"--kubeconfig={admin_kc}", f"--fleet={self.s.fleet_file}", f"--prices={self.s.price_file}",
+            f"--kubeconfig={admin_kc}", f"--fleet={fleet_file}", f"--prices={self.s.price_file}",
             f"--listen={_hostport(ep.simulator)}", f"--ksm-instance={_hostport(ep.kube_state_metrics)}",
             f"--backfill-days={self.s.history_days}", f"--backfill-data-dir={prom_data}",
             f"--promtool={bins.promtool}", f"--cloudwatch-endpoint={ep.cloudwatch}",

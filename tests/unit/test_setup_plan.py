@@ -19,7 +19,7 @@ from deploy.sandbox import components
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "deploy" / "sandbox" / "build-components.sh"
 SETUP = ROOT / "deploy" / "setup.sh"
-VERSION_VARS = ("K8S_VERSION", "ETCD_VERSION", "KWOK_VERSION", "KSM_VERSION", "HELM_VERSION")
+VERSION_VARS = ("K8S_VERSION", "ETCD_VERSION", "KWOK_VERSION", "KSM_VERSION", "HELM_VERSION", "ROLLOUTS_VERSION")
 
 # Commands the code runs from Debian packages outside components.Binaries, and who runs them.
 OTHER_SYSTEM_COMMANDS = {
@@ -84,6 +84,7 @@ def test_the_demos_setup_builds_everything_the_sandbox_runs(tmp_path: Path) -> N
     needed = {components.build_component(p) for p in components.SANDBOX_PARTS if p in in_cache}
     assert needed <= go, f"`make demo` would start the sandbox without {sorted(needed - go)}"
     assert "helm" not in go, "the demo does not wait for what only the chart tests use"
+    assert "argo-rollouts" not in go, "the demo's sandbox runs without Argo Rollouts: it must not wait for its build"
 
 
 def test_a_component_counts_as_cached_only_when_every_binary_is_there(tmp_path: Path) -> None:

@@ -314,15 +314,26 @@ FAMILIES: tuple[Family, ...] = tuple(
 )
 
 
+ROLLOUT_HASH_LABEL = "rollouts-pod-template-hash"  # set by Argo Rollouts on the pods of each revision
+
+
 def _scrape_labels(r: PodRole, job: str, port: int) -> Labels:
-    """What Prometheus' pod discovery and relabelling add to every series of a pod's exporter."""
-    return (
+    """What Prometheus' pod discovery and relabelling add to every series of a pod's exporter.
+
+    A pod of an Argo Rollouts ReplicaSet also carries its pod-template hash (kept by the usual
+    `labelmap` of `__meta_kubernetes_pod_label_(.+)`), which is how an analysis tells canary from stable.
+    """
+    labels: Labels = (
         ("namespace", r.pod.namespace),
         ("pod", r.pod.name),
         ("container", r.pod.container),
         ("job", job),
         ("instance", f"{r.pod.ip}:{port}"),
     )
+    rollout_hash = r.pod.labels.get(ROLLOUT_HASH_LABEL)
+    if rollout_hash:
+        labels += (("rollouts_pod_template_hash", rollout_hash),)
+    return labels
 
 
 def dcgm_labels(slot: GpuSlot) -> Labels:
