@@ -69,7 +69,8 @@ def sandbox_up(
     webhook_url: Annotated[str, typer.Option(help="Where Alertmanager posts notifications.")] =
         "http://127.0.0.1:8080/alertmanager",
     with_rollouts: Annotated[bool, typer.Option(
-        "--rollouts", help="Also run Argo Rollouts and the Rollout-managed models (builds the controller on first use).")] = False,
+        "--rollouts",
+        help="Also run Argo Rollouts and the Rollout-managed models (builds the controller on first use).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start the sandbox (builds the control plane from Go modules on first use) and wait until ready."""
