@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from tools.prometheus import promql as q
 from tools.rightsize.catalog import PriceCatalog
 from tools.serving_knowledge.model_shapes import GIB, PRECISION_BYTES, ModelShape
 
@@ -238,6 +239,29 @@ def cost_change(catalog: PriceCatalog, *, before_instance: str, before_gpus: int
 
 
 # ---- staging soak ----------------------------------------------------------------------------------
+def staging_soak_queries(namespace: str, app: str, version: str, window: str = "5m") -> tuple[str, str]:
+    """PromQL for the TTFT p95 and the error share of `app`'s pods running `version` in `namespace`.
+
+    Serving exporters do not label their series with the model version; kube-state-metrics'
+    `kube_pod_labels` does (its allowlist keeps `model-version`), so each rate is joined on the pod.
+    Run them as range queries (one sample per step) and feed the result to `staging_soak`.
+    """
+    pods = q.max_by(["namespace", "pod"], q.selector(
+        "kube_pod_labels", namespace=namespace, label_app_kubernetes_io_name=app, label_model_version=version))
+
+    def of_version(expr: q.Expr) -> q.Expr:
+        return q.binary(expr, "*", pods, on=["namespace", "pod"], group_left=[])
+
+    ttft = q.histogram_quantile(0.95, q.sum_by(["le"], of_version(q.sum_by(["namespace", "pod", "le"], q.rate(
+        q.selector("vllm:time_to_first_token_seconds_bucket", namespace=namespace), window)))))
+    requests = q.selector("http_requests_total", namespace=namespace)
+    errors = q.selector("http_requests_total", namespace=namespace, status="5xx")
+    share = q.ratio(
+        q.aggregate("sum", of_version(q.sum_by(["namespace", "pod"], q.rate(errors, window)))),
+        q.aggregate("sum", of_version(q.sum_by(["namespace", "pod"], q.rate(requests, window)))))
+    return str(ttft), str(share)
+
+
 def staging_soak(samples: Sequence[tuple[float, float | None, float | None]], *, ttft_p95_max_s: float,
                  error_share_max: float, required_s: float, now: float, step_s: float) -> Check:
     """How long the version has served in staging within SLO, up to `now`, from (t, ttft_p95, error_share) samples.
@@ -272,4 +296,4 @@ def staging_soak(samples: Sequence[tuple[float, float | None, float | None]], *,
 
 
 __all__ = ["Check", "NodeView", "PodShape", "PodView", "Preflight", "Taint", "Toleration", "capacity",
-           "cost_change", "max_surge_that_fits", "memory_fit", "staging_soak", "surge_pods"]
+           "cost_change", "max_surge_that_fits", "memory_fit", "staging_soak", "staging_soak_queries", "surge_pods"]

@@ -16,6 +16,7 @@ from agent.change.preflight import (
     max_surge_that_fits,
     memory_fit,
     staging_soak,
+    staging_soak_queries,
     surge_pods,
 )
 from tools.rightsize.catalog import DEFAULT_CATALOG, PriceCatalog
@@ -158,3 +159,12 @@ def test_a_preflight_with_one_failed_check_is_a_refusal_with_reasons() -> None:
     assert not pf.ok
     assert [r.split(":")[0] for r in pf.reasons()] == ["GPU memory"]
     assert "❌ **GPU memory**" in pf.markdown() and "✅ **GPU capacity**" in pf.markdown()
+
+
+def test_staging_soak_queries_select_the_version_through_kube_pod_labels() -> None:
+    ttft, share = staging_soak_queries("llm-staging", "chat-lite", '2025.09.0"} or vector(1) #')
+    assert ttft.startswith("histogram_quantile(0.95, ")
+    assert 'label_model_version="2025.09.0\\"} or vector(1) #"' in ttft, "label values are escaped"
+    for text in (ttft, share):
+        assert "kube_pod_labels" in text and "on (namespace, pod) group_left ()" in text
+    assert 'status="5xx"' in share
