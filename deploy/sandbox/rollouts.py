@@ -99,10 +99,18 @@ def apply_crds(kubectl: Path, kubeconfig: Path, crd_dir: Path) -> None:
     files = sorted(crd_dir.glob("*-crd.yaml"))
     if not files:
         raise FileNotFoundError(f"no Argo Rollouts CRDs in {crd_dir} (build-components.sh argo-rollouts copies them)")
-    base = [str(kubectl), f"--kubeconfig={kubeconfig}"]
-    _run([*base, "apply", "--server-side", "--force-conflicts", *(f"-f={f}" for f in files)])
-    _run([*base, "wait", "--for=condition=Established", "--timeout=60s",
-          *(f"crd/{name}.{GROUP}" for name in CRDS)])
+    _run([str(kubectl), f"--kubeconfig={kubeconfig}", "apply", "--server-side", "--force-conflicts",
+          *(f"-f={f}" for f in files)])
+
+
+def crds_established(api: client.ApiClient) -> bool:
+    """Whether the API server serves every Argo Rollouts CRD (`kubectl wait` errs while status is empty)."""
+    ext = client.ApiextensionsV1Api(api)
+    for name in CRDS:
+        conditions = ext.read_custom_resource_definition(f"{name}.{GROUP}").status.conditions or []
+        if not any(c.type == "Established" and c.status == "True" for c in conditions):
+            return False
+    return True
 
 
 def controller_argv(binary: Path, kubeconfig: Path, metrics_port: int, healthz_port: int) -> list[str]:

@@ -233,6 +233,11 @@ class Sandbox:
         t0 = time.monotonic()
         self.progress("applying Argo Rollouts' CRDs and starting its controller")
         rollouts.apply_crds(bins.kubectl, admin_kc, components.rollouts_crds(bins))
+        api = cluster.api_client(admin_kc)
+        try:
+            cluster.wait_for(lambda: rollouts.crds_established(api), 60, "Argo Rollouts' CRDs to be Established")
+        finally:
+            api.close()
         base = self.s.port_base
         ctl = self.sup.start("argo-rollouts", rollouts.controller_argv(
             bins.rollouts_controller, admin_kc, metrics_port=base + ROLLOUTS_METRICS_OFFSET,
