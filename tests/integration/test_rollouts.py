@@ -104,13 +104,15 @@ def _observe(api: client.ApiClient, ns: str, version: str, w: Watch, stable_hash
     stable_ready = sum(1 for p in live if (p.metadata.labels or {}).get("rollouts-pod-template-hash") == stable_hash
                        and any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or [])))
     w.min_stable_ready = min(w.min_stable_ready, stable_ready)
+    if st.get("stableRS"):
+        w.stable_hashes.add(str(st["stableRS"]))
+    if not st.get("currentPodHash") or st["currentPodHash"] == stable_hash:
+        return ro  # the controller has not taken up the new template yet: its step index is the old one's
     weight = ((st.get("canary") or {}).get("weights") or {}).get("canary", {}).get("weight")
     if weight is None and st.get("currentStepIndex") is not None:
         weight = _weight_at(ro, int(st["currentStepIndex"]))
     if weight is not None and (not w.weights or w.weights[-1] != weight):
         w.weights.append(int(weight))
-    if st.get("stableRS"):
-        w.stable_hashes.add(str(st["stableRS"]))
     return ro
 
 
