@@ -213,3 +213,35 @@ def test_a_bad_version_is_aborted_by_analysis_at_the_first_step(
           f"{bad:.0f} of {total:.0f} requests ({share:.1%}) while exposed")
     assert bad > 0, "the canary did serve (so the analysis had evidence)"
     assert share <= 0.10 * 1.1, f"the bad version served {share:.1%}, more than the first step's 10 %"
+
+
+def test_the_staging_soak_query_reads_how_long_a_version_served_within_slo(
+        rsandbox: dict[str, Any], radmin: client.ApiClient, rfleet: Fleet) -> None:
+    from agent.change.preflight import staging_soak, staging_soak_queries
+    from tests.integration.promql import query_range
+
+    w = rfleet.workload(WORKLOAD)
+    ro = _rollout(radmin, w.namespace)
+    version = ro["spec"]["template"]["metadata"]["labels"][LABEL_MODEL_VERSION]
+    pods = client.CoreV1Api(radmin).list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={WORKLOAD}")
+    serving = {(p.metadata.labels or {}).get(LABEL_MODEL_VERSION) for p in pods.items}
+    stable = next(v for v in serving if v)  # after the tests above: the promoted version, the abort undone
+    ttft_q, err_q = staging_soak_queries(w.namespace, WORKLOAD, stable, window="1m")
+    prom = rsandbox["endpoints"]["prometheus"]
+    end = time.time()
+    start = end - 120
+
+    def series(promql: str) -> dict[float, float]:
+        res = query_range(prom, promql, start, end, 10)
+        assert res, f"no data for {promql}"
+        return {float(t): float(v) for t, v in res[0]["values"]}
+
+    ttft, err = series(ttft_q), series(err_q)
+    samples = [(t, ttft.get(t), err.get(t)) for t in sorted(ttft)]
+    c = staging_soak(samples, ttft_p95_max_s=w.slo.ttft_p95_s, error_share_max=w.slo.error_rate,
+                     required_s=60, now=end, step_s=10)
+    assert c.ok, (c, version, serving)
+    # The same query for a version nobody runs has no data, and no data is never soak.
+    ttft_none, _ = staging_soak_queries(w.namespace, WORKLOAD, "1999.01.0", window="1m")
+    assert not query_range(prom, ttft_none, start, end, 10)
+    assert not staging_soak([], ttft_p95_max_s=1, error_share_max=1, required_s=60, now=end, step_s=10).ok
