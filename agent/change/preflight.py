@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tools.prometheus import promql as q
 from tools.rightsize.catalog import PriceCatalog
@@ -198,6 +199,47 @@ def capacity(pod: PodShape, extra_pods: int, nodes: Sequence[NodeView], pods: Se
                  details)
 
 
+def node_view(obj: Mapping[str, Any]) -> NodeView:
+    """A Node in its JSON shape (camelCase, as `sanitize_for_serialization` gives it) as the check sees it."""
+    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return NodeView(
+        name=str(meta.get("name", "")), labels=dict(meta.get("labels") or {}),
+        allocatable_gpus=_count((status.get("allocatable") or {}).get(GPU_RESOURCE)),
+        taints=tuple(Taint(str(t.get("key", "")), str(t.get("effect", "")), str(t.get("value") or ""))
+                     for t in spec.get("taints") or []),
+        unschedulable=bool(spec.get("unschedulable")), ready=ready)
+
+
+def pod_view(obj: Mapping[str, Any]) -> PodView:
+    """A Pod in its JSON shape: where it runs, what GPUs it holds, its phase."""
+    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    return PodView(name=str(meta.get("name", "")), namespace=str(meta.get("namespace", "")),
+                   node=str(spec.get("nodeName") or ""), gpus=pod_shape(spec).gpus,
+                   phase=str(status.get("phase") or "Unknown"))
+
+
+def pod_shape(pod_spec: Mapping[str, Any]) -> PodShape:
+    """What a pod spec (or a template's `spec`) asks of a node: selector, tolerations, GPUs."""
+    gpus = sum(_count(((c.get("resources") or {}).get("requests") or {}).get(GPU_RESOURCE)
+                      or ((c.get("resources") or {}).get("limits") or {}).get(GPU_RESOURCE))
+               for c in pod_spec.get("containers") or [])
+    tolerations = tuple(Toleration(str(t.get("key") or ""), str(t.get("operator") or "Equal"),
+                                   str(t.get("value") or ""), str(t.get("effect") or ""))
+                        for t in pod_spec.get("tolerations") or [])
+    return PodShape(gpus=gpus, node_selector=dict(pod_spec.get("nodeSelector") or {}), tolerations=tolerations)
+
+
+def _count(raw: object) -> int:
+    """A GPU quantity ("4", 4, None) as a count; GPUs are whole devices."""
+    if raw is None or raw == "":
+        return 0
+    try:
+        return int(str(raw))
+    except ValueError as e:
+        raise ValueError(f"GPU quantity {raw!r} is not a whole number") from e
+
+
 def surge_pods(replicas: int, *, strategy: str, canary_weight: int = 10, max_surge: int = 1) -> int:
     """Pods a deployment adds on top of today's: the first canary step, or a rolling update's surge."""
     if strategy == "canary":
@@ -296,4 +338,5 @@ def staging_soak(samples: Sequence[tuple[float, float | None, float | None]], *,
 
 
 __all__ = ["Check", "NodeView", "PodShape", "PodView", "Preflight", "Taint", "Toleration", "capacity",
-           "cost_change", "max_surge_that_fits", "memory_fit", "staging_soak", "staging_soak_queries", "surge_pods"]
+           "cost_change", "max_surge_that_fits", "memory_fit", "node_view", "pod_shape", "pod_view",
+           "staging_soak", "staging_soak_queries", "surge_pods"]

@@ -168,3 +168,28 @@ def test_staging_soak_queries_select_the_version_through_kube_pod_labels() -> No
     for text in (ttft, share):
         assert "kube_pod_labels" in text and "on (namespace, pod) group_left ()" in text
     assert 'status="5xx"' in share
+
+
+def test_nodes_and_pods_are_read_from_their_api_shape() -> None:
+    from agent.change.preflight import node_view, pod_shape, pod_view
+
+    node = node_view({"metadata": {"name": "l4-0", "labels": {"opsagent.dev/node-pool": "l4"}},
+                      "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+                      "status": {"allocatable": {"nvidia.com/gpu": "1"},
+                                 "conditions": [{"type": "Ready", "status": "True"}]}})
+    cordoned = node_view({"metadata": {"name": "l4-1", "labels": {"opsagent.dev/node-pool": "l4"}},
+                          "spec": {"unschedulable": True},
+                          "status": {"allocatable": {"nvidia.com/gpu": "1"},
+                                     "conditions": [{"type": "Ready", "status": "True"}]}})
+    template = {"nodeSelector": {"opsagent.dev/node-pool": "l4"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "containers": [{"name": "server", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}
+    shape_ = pod_shape(template)
+    assert shape_.gpus == 1
+    running = pod_view({"metadata": {"name": "a", "namespace": "llm-prod"},
+                        "spec": {"nodeName": "l4-0", **template}, "status": {"phase": "Running"}})
+    assert capacity(shape_, 1, [node, cordoned], []).ok
+    refused = capacity(shape_, 1, [node, cordoned], [running])
+    assert not refused.ok and "room for 0 pod(s)" in refused.summary
+    with pytest.raises(ValueError, match="not a whole number"):
+        pod_shape({"containers": [{"resources": {"requests": {"nvidia.com/gpu": "500m"}}}]})
