@@ -273,10 +273,17 @@ def _shared_or(settings: Settings, local: Path) -> Path | str:
     return target if is_postgres(target) else local
 
 
-async def _setup_once(saver: Any) -> None:
-    """Create LangGraph's checkpoint tables; replicas starting together take turns (a session advisory lock)."""
-    key = "SELECT {}(hashtextextended('opsagent:checkpoints', 0))"
-    await saver.conn.execute(key.format("pg_advisory_lock"))
+async def _setup_once(saver: Any, *, poll_s: float = 0.05) -> None:
+    """Create LangGraph's checkpoint tables; replicas starting together take turns.
+
+    LangGraph's migrations include `CREATE INDEX CONCURRENTLY`, which waits for every transaction holding
+    an older snapshot. A replica blocked inside `pg_advisory_lock` holds such a snapshot while it waits for
+    the replica running the migration, so a blocking lock deadlocks the two ("waits for ShareLock on
+    virtual transaction"). Polling `pg_try_advisory_lock` holds no snapshot between tries.
+    """
+    key = "SELECT {}(hashtextextended('opsagent:checkpoints', 0)) AS held"
+    while not (await (await saver.conn.execute(key.format("pg_try_advisory_lock"))).fetchone())["held"]:
+        await asyncio.sleep(poll_s)
     try:
         await saver.setup()
     finally:
