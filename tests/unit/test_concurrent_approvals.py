@@ -17,7 +17,9 @@ import traceback
 from typing import Any
 
 import pytest
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
+from agent.app import _setup_once  # imported before the fork, so the approver processes start at once
 from agent.change.ledger import Ledger
 from agent.change.models import Approval, ChangeStatus
 from agent.storage.db import is_postgres
@@ -29,10 +31,6 @@ NOW = dt.datetime.now(dt.UTC)
 
 
 async def _open_checkpointer(url: str) -> None:
-    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-
-    from agent.app import _setup_once
-
     async with AsyncPostgresSaver.from_conn_string(url) as saver:
         await _setup_once(saver)
 

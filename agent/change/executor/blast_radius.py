@@ -27,7 +27,10 @@ def blast_radius(spec: ChangeSpec, obj: dict[str, Any] | None) -> BlastRadius:
     model = (obj["spec"]["template"]["metadata"].get("labels") or {}).get("model", "")
     if spec.action == ActionKind.SCALE:
         new = int(spec.params.get("replicas", replicas))
-        drop = max(0.0, (replicas - new) / replicas) if replicas else 0.0
+        # Only healthy replicas count: the controller removes unavailable ones first, so scaling away a
+        # replica that is already failing takes no serving capacity (ticket-105).
+        healthy = min(replicas, int((obj.get("status") or {}).get("availableReplicas") or 0))
+        drop = max(0.0, (healthy - new) / replicas) if replicas else 0.0
         return BlastRadius(gpus=abs(new - replicas) * per, replicas=abs(new - replicas),
                            capacity_drop=round(min(1.0, drop), 3), models=[model] if model else [])
     # Serving capacity the rollout can take away: it may take down maxUnavailable replicas, but the
