@@ -124,10 +124,8 @@ class App:
                 continue
             spec = ChangeSpec(action=p.kind, cluster=self.settings.kubernetes.cluster, target=p.target,
                               params=p.params)
-            ch = await flow.executor.propose(spec, reason=p.reason, requester=f"agent:{report.reasoner}",
-                                             incident_id=report.incident_id,
-                                             evidence=[e.id for e in report.evidence])
-            out.append(await flow.open(ch))
+            out.append(await flow.propose(spec, reason=p.reason, requester=f"agent:{report.reasoner}",
+                                          incident_id=report.incident_id, evidence=[e.id for e in report.evidence]))
         return out
 
     def executor(self) -> Executor:
@@ -282,8 +280,8 @@ async def _setup_once(saver: Any, *, poll_s: float = 0.05) -> None:
     virtual transaction"). Polling `pg_try_advisory_lock` holds no snapshot between tries.
     """
     key = "SELECT {}(hashtextextended('opsagent:checkpoints', 0)) AS held"
-    while not (await (await saver.conn.execute(key.format("pg_try_advisory_lock"))).fetchone())["held"]:
-        await asyncio.sleep(poll_s)
+    while not (await (await saver.conn.execute(key.format("pg_try_advisory_lock"))).fetchone())["held"]:  # noqa: ASYNC110
+        await asyncio.sleep(poll_s)  # another process's lock: nothing in this one to wait on
     try:
         await saver.setup()
     finally:

@@ -1,10 +1,12 @@
 """The change flow: one LangGraph thread per change request, held by `interrupt()` until approved.
 
-Every entry point goes through here — `opsagent changes approve`, Slack's Approve button, the eval
-harness's scripted approver — so there is one path from a decision to a mutation:
+Every entry point goes through here — triage proposals, Slack's chat and cost-report buttons,
+`opsagent rightsize apply`, `opsagent changes approve`, Slack's Approve button, the eval harness — so
+there is one path from a proposal to a mutation, with two doors:
 
-    flow.open(change)                      # runs until the approval interrupt (or to the end)
-    flow.decide(change_id, who, "approve") # records the decision via the executor, then resumes
+    flow.propose(spec, reason=..., requester=...)  # executor proposal (dry run, policy), then the thread
+                                                   # runs until the approval interrupt (or to the end)
+    flow.decide(change_id, who, "approve")         # records the decision via the executor, then resumes
 
 A decision is recorded in the ledger (bound to the change's digest and the target's fingerprint) before
 the graph resumes; `resume_pending()` continues any change whose thread stopped part-way (a process
@@ -26,7 +28,7 @@ from langgraph.types import Command
 
 from agent.change.executor.core import ExecutionRefused, Executor
 from agent.change.graph import build_change_graph
-from agent.change.models import ChangeRequest, ChangeStatus
+from agent.change.models import ChangeRequest, ChangeSpec, ChangeStatus
 from agent.change.state import ChangeContext
 from agent.change.verify import Verification
 
@@ -75,16 +77,44 @@ class ChangeFlow:
     def thread(change_id: str) -> dict[str, Any]:
         return {"configurable": {"thread_id": f"change:{change_id}"}}
 
+    async def propose(self, spec: ChangeSpec, *, reason: str, requester: str, incident_id: str | None = None,
+                      evidence: list[str] | None = None,
+                      on_proposed: Callable[[ChangeRequest], Awaitable[None]] | None = None) -> FlowState:
+        """Propose a change (fingerprint, dry run, blast radius, policy; stored and audited) and start its thread.
+
+        `on_proposed` runs between the two, for a caller that must record or show the change request
+        before its flow moves (the Slack cost report posts the change block into its thread first).
+        """
+        ch = await self.executor.propose(spec, reason=reason, requester=requester, incident_id=incident_id,
+                                         evidence=evidence)
+        if on_proposed is not None:
+            await on_proposed(ch)
+        return await self.open(ch)
+
     async def open(self, change: ChangeRequest) -> FlowState:
         """Start the change's thread (idempotent: a thread that exists is continued, not restarted)."""
         async with self._lock(change.id):
             return await self._run(change.id, None)
 
-    async def decide(self, change_id: str, approver: str, decision: str = "approve", via: str = "cli") -> FlowState:
-        """Record a decision (refused and audited when the approver may not make it), then resume."""
+    async def decide(self, change_id: str, approver: str, decision: str = "approve", via: str = "cli", *,
+                     wait: bool = True) -> FlowState:
+        """Record a decision (refused and audited when the approver may not make it), then resume.
+
+        With `wait=False`, a decision arriving while an earlier one is running this change's thread in this
+        process (executing, verifying) is recorded without waiting or resuming the thread a second time;
+        the returned state is then not `waiting` and its detail says so.
+        """
         if decision not in ("approve", "reject"):
             raise ValueError(f"decision must be approve or reject, not {decision!r}")
-        async with self._lock(change_id):
+        lock = self._lock(change_id)
+        if not wait and lock.locked():
+            ch = await asyncio.to_thread(self.executor.approve, change_id, approver, decision=decision, via=via)
+            events: list[FlowEvent] = []
+            await self._emit(FlowEvent(change_id, "decided", f"{decision}d by {approver} via {via}: "
+                                                             f"{ch.status.value}"), events)
+            return FlowState(change=ch, stage="decided", detail="an earlier decision is carrying it forward",
+                             events=events)
+        async with lock:
             ch = self.executor.approve(change_id, approver, decision=decision, via=via)
             await self._emit(FlowEvent(change_id, "decided",
                                        f"{decision}d by {approver} via {via}: {ch.status.value}"), [])

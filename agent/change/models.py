@@ -121,6 +121,7 @@ class ChangeRequest(_Model):
     approvals_required: int = 0
     approver_roles: list[str] = Field(default_factory=list)
     approval_ttl_s: int = 900
+    allow_self_approval: bool = Field(default=False, description="The policy rule lets the requester approve.")
     rollback_of: str | None = Field(default=None, description="Id of the change this one undoes, if any.")
     result: dict[str, Any] = Field(default_factory=dict)
 

@@ -179,7 +179,7 @@ class Db:
             except Exception as e:
                 if getattr(e, "sqlstate", None) not in RETRYABLE_SQLSTATES or attempt == attempts - 1:
                     raise
-                time.sleep(min(base_delay_s * 2 ** attempt, 0.5) * random.uniform(0.5, 1.5))
+                time.sleep(min(base_delay_s * 2 ** attempt, 0.5) * random.uniform(0.5, 1.5))  # noqa: S311 (jitter)
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _serialize(self, c: Conn, key: str) -> None:

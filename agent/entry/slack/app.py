@@ -35,7 +35,7 @@ from starlette.routing import Route
 from agent.app import App
 from agent.change.executor.core import ExecutionRefused
 from agent.change.flow import ChangeFlow, FlowEvent
-from agent.change.models import ChangeSpec, ChangeStatus
+from agent.change.models import ChangeRequest, ChangeSpec, ChangeStatus
 from agent.config import SlackConfig
 from agent.entry.server import Metrics
 from agent.entry.slack import blocks
@@ -151,7 +151,6 @@ class SlackBot:
         self.client = client or web_client(cfg)
         self.notifier = SlackNotifier(self.client, app.store, app.ledger, cfg.channel, metrics)
         self._flow: ChangeFlow | None = None
-        self._deciding: dict[str, asyncio.Lock] = {}
         self.chat = ThreadChat(app.triage_runner(), app.settings.kubernetes.cluster, app.settings.llm)
         self.signatures = SignatureVerifier(cfg.signing_secret.get_secret_value())
         self._auth: AuthorizeResult | None = None
@@ -360,20 +359,16 @@ class SlackBot:
     async def _decide(self, change_id: str, user: str, decision: str) -> str | None:
         """Run a decision; a private note for the person (why it was refused, or that another decision is
         already executing it), or None when the thread and the change block say it all."""
-        lock = self._deciding.setdefault(change_id, asyncio.Lock())
         try:
-            if lock.locked():
-                # A decision on this change is running in this process (executing, verifying): record or
-                # refuse this one (audited either way) without resuming the change's graph a second time.
-                ch = await asyncio.to_thread(self.app.executor().approve, change_id, user, decision=decision,
-                                             via="slack")
+            # A decision on this change already running in this process (executing, verifying) is not
+            # waited for: this one is recorded or refused (audited either way) and the thread left to it.
+            state = await self.flow().decide(change_id, user, decision, via="slack", wait=False)
+            if state.stage == "decided":
                 self.metrics.approvals.labels(decision=decision, outcome="recorded", via="slack").inc()
                 await self.notifier.show_change(change_id)
-                return (f":information_source: Your {decision} of `{change_id}` was recorded ({ch.status.value}); "
-                        f"an earlier decision is already carrying it forward — follow the thread.")
-            else:
-                async with lock:
-                    state = await self.flow().decide(change_id, user, decision, via="slack")
+                return (f":information_source: Your {decision} of `{change_id}` was recorded "
+                        f"({state.change.status.value}); an earlier decision is already carrying it forward — "
+                        f"follow the thread.")
         except ExecutionRefused as e:
             self.metrics.approvals.labels(decision=decision, outcome="refused", via="slack").inc()
             return f":no_entry: Your {decision} of `{change_id}` was refused: {e}"
@@ -484,9 +479,12 @@ class SlackBot:
             flow = self.flow()
         except ValueError as e:
             return f"I can't propose changes here: {e}"
-        ch = await flow.executor.propose(spec, reason=reason, requester=f"user:{user}", incident_id=incident.id)
-        self.metrics.changes.labels(status=ch.status.value).inc()
-        ch = (await flow.open(ch)).change  # waits at the approval interrupt, like any other change
+        async def count(proposed: ChangeRequest) -> None:
+            self.metrics.changes.labels(status=proposed.status.value).inc()
+
+        # Waits at the approval interrupt, like any other change.
+        ch = (await flow.propose(spec, reason=reason, requester=f"user:{user}", incident_id=incident.id,
+                                 on_proposed=count)).change
         await self.notifier.show_change(ch.id)
         if ch.status == ChangeStatus.PENDING_APPROVAL:
             await self.notifier.show_incident(incident.id, Stage.CHANGE_PROPOSED)
