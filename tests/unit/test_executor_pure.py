@@ -17,7 +17,8 @@ NOW = dt.datetime(2026, 12, 6, 8, 0, tzinfo=dt.UTC)
 DEPLOY = ObjectRef(kind="Deployment", name="chat", namespace="serving")
 
 
-def deployment(replicas: int, available: int, *, gpus: int = 1, strategy: dict[str, Any] | None = None) -> dict[str, Any]:
+def deployment(replicas: int, available: int, *, gpus: int = 1,
+               strategy: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"kind": "Deployment",
             "metadata": {"name": "chat", "namespace": "serving", "labels": {"team": "llm"}},
             "spec": {"replicas": replicas, "strategy": strategy or {},

@@ -162,6 +162,7 @@ class Executor:
             policy_reason=decision.reason if not error else f"{decision.reason} ({error})",
             approvals_required=decision.approvers.count if decision.approvers else 0,
             approver_roles=decision.approvers.roles if decision.approvers else [],
+            allow_self_approval=decision.approvers.allow_self_approval if decision.approvers else False,
             approval_ttl_s=int(parse_duration(decision.approvers.ttl).total_seconds()) if decision.approvers else 900,
             rollback_of=rollback_of, cost_delta_per_month=self._cost(spec, obj),
         )
@@ -206,7 +207,7 @@ class Executor:
             self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", "refused",
                         f"{approver} holds none of the roles {ch.approver_roles}", ch)
             raise ExecutionRefused(f"{approver} may not approve {ch.id}: it needs one of the roles {ch.approver_roles}")
-        if approver == approval_rules._bare(ch.requester):
+        if approval_rules.is_forbidden_self_approval(self._approvers(ch), requester=ch.requester, approver=approver):
             self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", "refused", "self-approval", ch)
             raise ExecutionRefused(f"{approver} requested {ch.id} and may not approve it")
         now = self.clock()
@@ -226,9 +227,15 @@ class Executor:
             self.ledger.update(ch)
         return ch
 
+    @staticmethod
+    def _approvers(ch: ChangeRequest) -> Approvers:
+        """The approval rule the change was proposed under, as recorded on it."""
+        return Approvers(roles=ch.approver_roles or ["-"], count=max(1, ch.approvals_required),
+                         allow_self_approval=ch.allow_self_approval)
+
     def _check_approvals(self, ch: ChangeRequest, fp_now: TargetFingerprint,
                          now: dt.datetime) -> approval_rules.ApprovalCheck:
-        need = Approvers(roles=ch.approver_roles or ["-"], count=max(1, ch.approvals_required))
+        need = self._approvers(ch)
         views = [approval_rules.ApprovalView(approver=a.approver, role=a.role, decision=a.decision,
                                              spec_digest=a.spec_digest, fingerprint=fp_key(a.fingerprint),
                                              expires_at=a.expires_at) for a in self.ledger.approvals(ch.id)]
