@@ -28,7 +28,7 @@ from langgraph.types import Command
 
 from agent.change.executor.core import ExecutionRefused, Executor
 from agent.change.graph import build_change_graph
-from agent.change.models import ChangeRequest, ChangeSpec, ChangeStatus
+from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage, ChangeStatus
 from agent.change.state import ChangeContext
 from agent.change.verify import Verification
 
@@ -41,7 +41,7 @@ VerifyFn = Callable[[ChangeRequest, dt.datetime], Awaitable[Verification]]
 @dataclass(frozen=True)
 class FlowEvent:
     change_id: str
-    stage: str
+    stage: ChangeStage
     message: str
     at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
@@ -52,7 +52,7 @@ OnEvent = Callable[[FlowEvent], Awaitable[None]]
 @dataclass
 class FlowState:
     change: ChangeRequest
-    stage: str
+    stage: ChangeStage
     detail: str = ""
     verification: str | None = None
     waiting: bool = False  # held at the approval interrupt
@@ -110,13 +110,13 @@ class ChangeFlow:
         if not wait and lock.locked():
             ch = await asyncio.to_thread(self.executor.approve, change_id, approver, decision=decision, via=via)
             events: list[FlowEvent] = []
-            await self._emit(FlowEvent(change_id, "decided", f"{decision}d by {approver} via {via}: "
+            await self._emit(FlowEvent(change_id, ChangeStage.DECIDED, f"{decision}d by {approver} via {via}: "
                                                              f"{ch.status.value}"), events)
-            return FlowState(change=ch, stage="decided", detail="an earlier decision is carrying it forward",
+            return FlowState(change=ch, stage=ChangeStage.DECIDED, detail="an earlier decision is carrying it forward",
                              events=events)
         async with lock:
             ch = self.executor.approve(change_id, approver, decision=decision, via=via)
-            await self._emit(FlowEvent(change_id, "decided",
+            await self._emit(FlowEvent(change_id, ChangeStage.DECIDED,
                                        f"{decision}d by {approver} via {via}: {ch.status.value}"), [])
             return await self._run(change_id, {"by": approver, "decision": decision})
 
@@ -140,7 +140,7 @@ class ChangeFlow:
         """Start the thread, resume it at its interrupt (with `resume`), or continue it where it stopped."""
         events: list[FlowEvent] = []
 
-        async def notify(cid: str, stage: str, message: str) -> None:
+        async def notify(cid: str, stage: ChangeStage, message: str) -> None:
             await self._emit(FlowEvent(cid, stage, message), events)
 
         ctx = ChangeContext(executor=self.executor, verify=self.verify, notify=notify,
@@ -156,11 +156,12 @@ class ChangeFlow:
                 inp = Command(resume=resume) if resume is not None else None
             elif snap.next:
                 inp = None  # stopped part-way (a crash): continue from the last checkpoint
-            elif snap.values.get("stage") in ("executing_elsewhere", "approved") and self._unfinished(change_id):
+            elif snap.values.get("stage") in (ChangeStage.EXECUTING_ELSEWHERE, ChangeStage.APPROVED) \
+                    and self._unfinished(change_id):
                 # Another executor held the claim when this thread last ran, or the thread ended approved
                 # without reaching execute (a process killed between the two steps); try again from
                 # execute (the executor reconciles: it applies once, or finds the write already made).
-                await graph.aupdate_state(config, {"stage": "approved"}, as_node="await_approval")
+                await graph.aupdate_state(config, {"stage": ChangeStage.APPROVED}, as_node="await_approval")
                 inp = None
             else:
                 inp = False  # finished: nothing to run
@@ -185,7 +186,8 @@ class ChangeFlow:
         ch = self.executor.ledger.get(change_id)
         if ch is None:
             raise ExecutionRefused(f"no change {change_id}")
-        return FlowState(change=ch, stage="awaiting_approval" if waiting else str(values.get("stage", "new")),
+        return FlowState(change=ch, stage=ChangeStage.AWAITING_APPROVAL if waiting
+                         else ChangeStage(values.get("stage", ChangeStage.NEW)),
                          detail=str(values.get("detail", "")), verification=values.get("verification"),
                          waiting=waiting, events=events)
 

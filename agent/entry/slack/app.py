@@ -35,7 +35,7 @@ from starlette.routing import Route
 from agent.app import App
 from agent.change.executor.core import ExecutionRefused
 from agent.change.flow import ChangeFlow, FlowEvent
-from agent.change.models import ChangeRequest, ChangeSpec, ChangeStatus
+from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage, ChangeStatus
 from agent.config import SlackConfig
 from agent.entry.server import Metrics
 from agent.entry.slack import blocks
@@ -54,19 +54,20 @@ log = logging.getLogger(__name__)
 REPLAY_WINDOW = dt.timedelta(minutes=6)  # Slack signatures older than 5 minutes are rejected anyway
 EXECUTABLE = {ActionKind.ROLLBACK, ActionKind.SCALE, ActionKind.DEPLOY, ActionKind.SET_GPU_RESOURCES,
               ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT, ActionKind.CORDON_NODE, ActionKind.DRAIN_NODE}
+C = ChangeStage
 # ChangeFlow stages → what the incident's top message says.
-FLOW_STAGE = {"executing": Stage.EXECUTING, "verifying": Stage.EXECUTING, "verified": Stage.RESOLVED,
-              "rolling_back": Stage.ROLLED_BACK, "rolled_back": Stage.ROLLED_BACK, "regression": Stage.FAILED,
-              "failed": Stage.FAILED, "refused": Stage.FAILED, "rejected": Stage.REJECTED,
-              "unverified": Stage.APPLIED, "inconclusive": Stage.APPLIED, "executing_elsewhere": Stage.EXECUTING}
-FLOW_ICON = {"decided": ":ballot_box_with_check:", "executing": ":gear:", "verifying": ":stopwatch:",
-             "verified": ":white_check_mark:", "rolling_back": ":leftwards_arrow_with_hook:",
-             "rolled_back": ":leftwards_arrow_with_hook:", "regression": ":x:", "failed": ":x:",
-             "refused": ":no_entry:", "rejected": ":no_entry_sign:", "denied": ":no_entry:",
-             "unverified": ":grey_question:", "inconclusive": ":grey_question:",
-             "awaiting_approval": ":hourglass_flowing_sand:"}
-OUTCOMES = {"verified", "rolled_back", "regression", "failed", "refused", "unverified", "inconclusive"}
-QUIET = {"awaiting_approval", "approved", "new"}  # the change block shows these; no thread post
+FLOW_STAGE = {C.EXECUTING: Stage.EXECUTING, C.VERIFYING: Stage.EXECUTING, C.VERIFIED: Stage.RESOLVED,
+              C.ROLLING_BACK: Stage.ROLLED_BACK, C.ROLLED_BACK: Stage.ROLLED_BACK, C.REGRESSION: Stage.FAILED,
+              C.FAILED: Stage.FAILED, C.REFUSED: Stage.FAILED, C.REJECTED: Stage.REJECTED,
+              C.UNVERIFIED: Stage.APPLIED, C.INCONCLUSIVE: Stage.APPLIED, C.EXECUTING_ELSEWHERE: Stage.EXECUTING}
+FLOW_ICON = {C.DECIDED: ":ballot_box_with_check:", C.EXECUTING: ":gear:", C.VERIFYING: ":stopwatch:",
+             C.VERIFIED: ":white_check_mark:", C.ROLLING_BACK: ":leftwards_arrow_with_hook:",
+             C.ROLLED_BACK: ":leftwards_arrow_with_hook:", C.REGRESSION: ":x:", C.FAILED: ":x:",
+             C.REFUSED: ":no_entry:", C.REJECTED: ":no_entry_sign:", C.DENIED: ":no_entry:",
+             C.UNVERIFIED: ":grey_question:", C.INCONCLUSIVE: ":grey_question:",
+             C.AWAITING_APPROVAL: ":hourglass_flowing_sand:"}
+OUTCOMES = {C.VERIFIED, C.ROLLED_BACK, C.REGRESSION, C.FAILED, C.REFUSED, C.UNVERIFIED, C.INCONCLUSIVE}
+QUIET = {C.AWAITING_APPROVAL, C.APPROVED, C.NEW}  # the change block shows these; no thread post
 
 
 def web_client(cfg: SlackConfig) -> AsyncWebClient:
@@ -318,7 +319,7 @@ class SlackBot:
             message = f"{message}; verification {ch.result['verification']}"
         text = f"{icon} `{ev.change_id}` *{ev.stage.replace('_', ' ')}*: {blocks.esc(message)}"
         await self.notifier.show_change(ev.change_id, outcome="" if ev.stage in QUIET else text)
-        if ev.stage == "executing" or ev.stage in OUTCOMES:
+        if ev.stage == ChangeStage.EXECUTING or ev.stage in OUTCOMES:
             self.metrics.executions.labels(stage=ev.stage).inc()
         if ch is None or ch.incident_id is None or ev.stage in QUIET:
             return
@@ -363,7 +364,7 @@ class SlackBot:
             # A decision on this change already running in this process (executing, verifying) is not
             # waited for: this one is recorded or refused (audited either way) and the thread left to it.
             state = await self.flow().decide(change_id, user, decision, via="slack", wait=False)
-            if state.stage == "decided":
+            if state.stage == ChangeStage.DECIDED:
                 self.metrics.approvals.labels(decision=decision, outcome="recorded", via="slack").inc()
                 await self.notifier.show_change(change_id)
                 return (f":information_source: Your {decision} of `{change_id}` was recorded "
