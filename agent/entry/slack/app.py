@@ -87,45 +87,52 @@ WORKERS = 8  # post-acknowledgement jobs run at once (a decision holds one throu
 class SeenMarks:
     """Deliveries already handled: request signatures (replays), event ids (retries), answered messages.
 
-    The check on the acknowledgement path is a dictionary lookup in this process; marks are written to
-    the store in batches (one transaction per flush, so a burst costs one disk sync, not one per
-    request) and loaded back at start, so a restarted process still refuses a replay. Replicas share
-    marks through the store with a flush interval of delay.
+    A delivery counts as first only once the store says so: every replica on the same store inserts its
+    mark with an atomic insert-if-absent, so a signed request replayed to another replica is refused
+    there too. To keep the acknowledgement fast under a burst, marks arriving while one transaction is
+    in flight wait for the next, which carries them all (group commit: one disk sync per batch, not per
+    request). A key already seen by this process is refused from memory without a round trip.
+    If the store cannot be reached the process's own marks still decide (logged), so Slack gets its
+    acknowledgement; replicas then guard only their own deliveries until the store is back.
     """
 
-    def __init__(self, store: Store, clock: Callable[[], dt.datetime], flush_s: float = 0.05) -> None:
+    def __init__(self, store: Store, clock: Callable[[], dt.datetime]) -> None:
         self.store = store
         self.clock = clock
-        self.flush_s = flush_s
         self._mem: dict[str, dt.datetime] = {}
-        self._pending: list[str] = []
+        self._pending: list[tuple[str, dt.datetime, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
         for key, at in await asyncio.to_thread(self.store.seen_since, self.clock() - SEEN_KEEP):
             self._mem[key] = at
 
-    def first(self, key: str, keep: dt.timedelta) -> bool:
-        """True the first time `key` is offered within `keep`; records it."""
+    async def first(self, key: str, keep: dt.timedelta) -> bool:
+        """True the first time `key` is offered within `keep` by any replica on the store; records it."""
         now = self.clock()
         at = self._mem.get(key)
         if at is not None and now - at < keep:
             return False
         self._mem[key] = now
-        self._pending.append(key)
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((key, now - keep, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        return True
+        return await fut
 
     async def _flush(self) -> None:
         while self._pending:
-            await asyncio.sleep(self.flush_s)
-            keys, self._pending = self._pending, []
+            batch, self._pending = self._pending, []
             now = self.clock()
             try:
-                await asyncio.to_thread(self.store.mark_seen, keys, now, now - SEEN_KEEP)
-            except Exception:  # the in-memory marks still hold in this process
-                log.exception("could not persist %d delivery marks", len(keys))
+                won = await asyncio.to_thread(self.store.claim_seen, [(k, before) for k, before, _ in batch], now,
+                                              now - SEEN_KEEP)
+            except Exception:
+                log.exception("could not record %d delivery marks in the store; deciding from memory", len(batch))
+                won = {k for k, _, _ in batch}
+            for key, _, fut in batch:
+                if not fut.done():
+                    fut.set_result(key in won)
             old = [k for k, at in self._mem.items() if now - at > SEEN_KEEP]
             for k in old:
                 del self._mem[k]
@@ -191,10 +198,10 @@ class SlackBot:
         # Slack may retry an event within the same second (same body, same signature): a retry carries a new
         # X-Slack-Retry-Num, and the event id below makes it a no-op. Anything else seen before is a replay.
         retry = request.headers.get("x-slack-retry-num", "") if event_id else ""
-        if not self.seen.first(f"sig:{sig}:{retry}", REPLAY_WINDOW):
+        if not await self.seen.first(f"sig:{sig}:{retry}", REPLAY_WINDOW):
             self.metrics.chat_requests.labels(kind=kind, outcome="replayed").inc()
             return JSONResponse({"error": "this signed request was already received (replay)"}, status_code=401)
-        if event_id and not self.seen.first(f"event:{event_id}", SEEN_KEEP):
+        if event_id and not await self.seen.first(f"event:{event_id}", SEEN_KEEP):
             self.metrics.chat_requests.labels(kind=kind, outcome="duplicate").inc()
             return JSONResponse({"ok": True, "duplicate": event_id})
         self.metrics.chat_requests.labels(kind=kind, outcome="accepted").inc()
@@ -447,7 +454,7 @@ class SlackBot:
     async def _question(self, event: dict[str, Any]) -> None:
         channel, ts = str(event.get("channel", "")), str(event.get("ts", ""))
         # app_mention and message events both arrive for one message that mentions the bot: answer once
-        if not self.seen.first(f"msg:{channel}:{ts}", SEEN_KEEP):
+        if not await self.seen.first(f"msg:{channel}:{ts}", SEEN_KEEP):
             return
         thread = str(event.get("thread_ts") or ts)
         user = str(event.get("user", ""))
