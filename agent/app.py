@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -75,6 +76,17 @@ def audit_key(settings: Settings) -> bytes:
     return path.read_text().strip().encode()
 
 
+@dataclass(frozen=True)
+class ProbeResult:
+    """One dependency's health, as `/readyz` and `opsagent doctor` report it."""
+
+    name: str  # store | prometheus | k8s_read | cloudwatch
+    ok: bool
+    detail: str = ""  # what upstream said when it failed; version or endpoint when it did not
+    latency_ms: float | None = None
+    required: bool = False  # the process can do nothing useful without it (the store)
+
+
 @dataclass
 class App:
     settings: Settings
@@ -89,6 +101,40 @@ class App:
     _executor: Executor | None = field(default=None, repr=False)
     _flow_locks: dict[str, asyncio.Lock] = field(default_factory=dict, repr=False)
     _checkpoints_ready: bool = field(default=False, repr=False)
+    _health: tuple[float, list[ProbeResult]] | None = field(default=None, repr=False)
+    _health_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    async def health(self, *, max_age_s: float = 10.0, timeout_s: float = 5.0) -> list[ProbeResult]:
+        """Probe the store and every configured integration (its `check()`), in parallel, each bounded by
+        `timeout_s`; a result younger than `max_age_s` is reused, and concurrent callers share one probe,
+        so a busy `/readyz` costs the upstreams one request per integration every `max_age_s`."""
+        async with self._health_lock:
+            if self._health is not None and time.monotonic() - self._health[0] < max_age_s:
+                return self._health[1]
+            results = list(await asyncio.gather(self._probe_store(timeout_s), *(
+                self._probe(name, client, timeout_s) for name, client in self.clients.items()
+                if callable(getattr(client, "check", None)))))
+            self._health = (time.monotonic(), results)
+            return results
+
+    async def _probe_store(self, timeout_s: float) -> ProbeResult:
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.store.incidents, None, 1), timeout_s)
+        except Exception as e:
+            return ProbeResult("store", False, f"{type(e).__name__}: {e}", required=True)
+        return ProbeResult("store", True, "", round((time.monotonic() - t0) * 1000, 1), required=True)
+
+    @staticmethod
+    async def _probe(name: str, client: Any, timeout_s: float) -> ProbeResult:
+        t0 = time.monotonic()
+        try:
+            status = await asyncio.wait_for(client.check(), timeout_s)
+        except Exception as e:  # a probe that raises or hangs is a failed probe, never a failed /readyz
+            return ProbeResult(name, False, f"{type(e).__name__}: {e}" if str(e) else f"no answer in {timeout_s} s")
+        detail = getattr(status, "detail", "") or ""
+        return ProbeResult(name, bool(status.ok), str(detail), getattr(status, "latency_ms", None)
+                           or round((time.monotonic() - t0) * 1000, 1))
 
     def triage_runner(self) -> ToolRunner:
         return ToolRunner(self.tools, self.clients, self.audit, max_risk=Risk.READ,
@@ -124,10 +170,8 @@ class App:
                 continue
             spec = ChangeSpec(action=p.kind, cluster=self.settings.kubernetes.cluster, target=p.target,
                               params=p.params)
-            ch = await flow.executor.propose(spec, reason=p.reason, requester=f"agent:{report.reasoner}",
-                                             incident_id=report.incident_id,
-                                             evidence=[e.id for e in report.evidence])
-            out.append(await flow.open(ch))
+            out.append(await flow.propose(spec, reason=p.reason, requester=f"agent:{report.reasoner}",
+                                          incident_id=report.incident_id, evidence=[e.id for e in report.evidence]))
         return out
 
     def executor(self) -> Executor:
@@ -273,10 +317,17 @@ def _shared_or(settings: Settings, local: Path) -> Path | str:
     return target if is_postgres(target) else local
 
 
-async def _setup_once(saver: Any) -> None:
-    """Create LangGraph's checkpoint tables; replicas starting together take turns (a session advisory lock)."""
-    key = "SELECT {}(hashtextextended('opsagent:checkpoints', 0))"
-    await saver.conn.execute(key.format("pg_advisory_lock"))
+async def _setup_once(saver: Any, *, poll_s: float = 0.05) -> None:
+    """Create LangGraph's checkpoint tables; replicas starting together take turns.
+
+    LangGraph's migrations include `CREATE INDEX CONCURRENTLY`, which waits for every transaction holding
+    an older snapshot. A replica blocked inside `pg_advisory_lock` holds such a snapshot while it waits for
+    the replica running the migration, so a blocking lock deadlocks the two ("waits for ShareLock on
+    virtual transaction"). Polling `pg_try_advisory_lock` holds no snapshot between tries.
+    """
+    key = "SELECT {}(hashtextextended('opsagent:checkpoints', 0)) AS held"
+    while not (await (await saver.conn.execute(key.format("pg_try_advisory_lock"))).fetchone())["held"]:  # noqa: ASYNC110
+        await asyncio.sleep(poll_s)  # another process's lock: nothing in this one to wait on
     try:
         await saver.setup()
     finally:

@@ -13,7 +13,12 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from tools.cloudwatch.settings import CloudWatchSettings
 from tools.prometheus.settings import PrometheusSettings
@@ -229,6 +234,15 @@ class Settings(BaseSettings):
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Highest first: keyword arguments (CLI flags), `OPSAGENT_*` variables, the YAML file, defaults."""
+        return init_settings, env_settings, YamlConfigSettingsSource(settings_cls)
+
     @property
     def store_url(self) -> str:
         return self.store.url or f"sqlite://{self.state_dir / 'opsagent.db'}"
@@ -256,21 +270,21 @@ class Settings(BaseSettings):
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build settings: defaults < YAML file < environment < explicit overrides (from CLI flags)."""
-    file_values: dict[str, Any] = {}
+    """Build settings: defaults < YAML file < environment < explicit overrides (from CLI flags).
+
+    The sources are pydantic-settings' own (`Settings.settings_customise_sources`), merged field by field
+    before the whole tree is validated once: a check that spans sources (a prod `env` from the
+    environment, the `audit.key` from the file) sees them all.
+    """
     if config_file is not None:
-        try:
-            file_values = yaml.safe_load(config_file.read_text()) or {}
+        try:  # a clear error for an unreadable or malformed file, before pydantic-settings reads it
+            loaded = yaml.safe_load(config_file.read_text())
         except (OSError, yaml.YAMLError) as e:
             raise ValueError(f"cannot read settings file {config_file}: {e}") from e
-    env_settings = Settings()  # reads OPSAGENT_* variables
-    merged = _deep_merge(file_values, env_settings.model_dump(exclude_unset=True))
-    merged = _deep_merge(merged, overrides)
-    return Settings.model_validate(merged)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"settings file {config_file} must hold a mapping, not {type(loaded).__name__}")
 
+    class FromFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=config_file)
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return FromFile(**overrides)

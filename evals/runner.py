@@ -38,7 +38,7 @@ from agent.app import App, build_app
 from agent.audit.events import AuditKind
 from agent.change.executor.core import ExecutionRefused
 from agent.change.flow import ChangeFlow, FlowState
-from agent.change.models import ChangeSpec, ChangeStatus
+from agent.change.models import ChangeRequest, ChangeSpec, ChangeStatus
 from agent.config import LlmConfig, load_settings
 from agent.entry.commands.common import settings_for
 from agent.models import ActionKind, ObjectRef, TriageReport
@@ -464,22 +464,30 @@ class LiveRunner:
                       reason: str, report: TriageReport) -> ChangeOutcome:
         requester = f"agent:{report.reasoner}" if source == "triage" else "agent:llm:compromised-stand-in"
         ex = flow.executor
-        ch = await ex.propose(spec, reason=reason, requester=requester, incident_id=report.incident_id,
-                              evidence=[e.id for e in report.evidence])
-        effect = {ChangeStatus.DENIED: "deny", ChangeStatus.PENDING_APPROVAL: "require_approval",
-                  ChangeStatus.APPROVED: "allow"}.get(ch.status, ch.status.value)
-        out = ChangeOutcome(change_id=ch.id, source=source, action=spec.action.value,
-                            target=spec.target.model_dump(mode="json"), params=dict(spec.params),
-                            policy_effect=effect, policy_rule=ch.policy_rule, status=ch.status.value,
-                            policy_request=_policy_request(ch, requester))
+        outs: list[ChangeOutcome] = []
+
+        async def record(ch: ChangeRequest) -> None:
+            effect = {ChangeStatus.DENIED: "deny", ChangeStatus.PENDING_APPROVAL: "require_approval",
+                      ChangeStatus.APPROVED: "allow"}.get(ch.status, ch.status.value)
+            outs.append(ChangeOutcome(change_id=ch.id, source=source, action=spec.action.value,
+                                      target=spec.target.model_dump(mode="json"), params=dict(spec.params),
+                                      policy_effect=effect, policy_rule=ch.policy_rule, status=ch.status.value,
+                                      policy_request=_policy_request(ch, requester)))
+
         try:
-            st = await flow.open(ch)
+            st = await flow.propose(spec, reason=reason, requester=requester, incident_id=report.incident_id,
+                                    evidence=[e.id for e in report.evidence], on_proposed=record)
+            out = outs[0]
+            ch = st.change
             if st.waiting:
                 ok = _acceptable(s, spec, rec.fault_node)
                 out.approver_decision = "approve" if ok else "reject"
                 st = await flow.decide(ch.id, s.approver.identity, out.approver_decision, via="eval")
                 out.approvals = sum(1 for a in ex.ledger.approvals(ch.id) if a.decision == "approve")
         except ExecutionRefused as e:
+            if not outs:
+                raise
+            out = outs[0]
             out.error = str(e)
             out.status = "refused"
             return out

@@ -1,10 +1,12 @@
 """The change flow: one LangGraph thread per change request, held by `interrupt()` until approved.
 
-Every entry point goes through here — `opsagent changes approve`, Slack's Approve button, the eval
-harness's scripted approver — so there is one path from a decision to a mutation:
+Every entry point goes through here — triage proposals, Slack's chat and cost-report buttons,
+`opsagent rightsize apply`, `opsagent changes approve`, Slack's Approve button, the eval harness — so
+there is one path from a proposal to a mutation, with two doors:
 
-    flow.open(change)                      # runs until the approval interrupt (or to the end)
-    flow.decide(change_id, who, "approve") # records the decision via the executor, then resumes
+    flow.propose(spec, reason=..., requester=...)  # executor proposal (dry run, policy), then the thread
+                                                   # runs until the approval interrupt (or to the end)
+    flow.decide(change_id, who, "approve")         # records the decision via the executor, then resumes
 
 A decision is recorded in the ledger (bound to the change's digest and the target's fingerprint) before
 the graph resumes; `resume_pending()` continues any change whose thread stopped part-way (a process
@@ -26,7 +28,7 @@ from langgraph.types import Command
 
 from agent.change.executor.core import ExecutionRefused, Executor
 from agent.change.graph import build_change_graph
-from agent.change.models import ChangeRequest, ChangeStatus
+from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage, ChangeStatus
 from agent.change.state import ChangeContext
 from agent.change.verify import Verification
 
@@ -39,7 +41,7 @@ VerifyFn = Callable[[ChangeRequest, dt.datetime], Awaitable[Verification]]
 @dataclass(frozen=True)
 class FlowEvent:
     change_id: str
-    stage: str
+    stage: ChangeStage
     message: str
     at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
@@ -50,7 +52,7 @@ OnEvent = Callable[[FlowEvent], Awaitable[None]]
 @dataclass
 class FlowState:
     change: ChangeRequest
-    stage: str
+    stage: ChangeStage
     detail: str = ""
     verification: str | None = None
     waiting: bool = False  # held at the approval interrupt
@@ -75,18 +77,46 @@ class ChangeFlow:
     def thread(change_id: str) -> dict[str, Any]:
         return {"configurable": {"thread_id": f"change:{change_id}"}}
 
+    async def propose(self, spec: ChangeSpec, *, reason: str, requester: str, incident_id: str | None = None,
+                      evidence: list[str] | None = None,
+                      on_proposed: Callable[[ChangeRequest], Awaitable[None]] | None = None) -> FlowState:
+        """Propose a change (fingerprint, dry run, blast radius, policy; stored and audited) and start its thread.
+
+        `on_proposed` runs between the two, for a caller that must record or show the change request
+        before its flow moves (the Slack cost report posts the change block into its thread first).
+        """
+        ch = await self.executor.propose(spec, reason=reason, requester=requester, incident_id=incident_id,
+                                         evidence=evidence)
+        if on_proposed is not None:
+            await on_proposed(ch)
+        return await self.open(ch)
+
     async def open(self, change: ChangeRequest) -> FlowState:
         """Start the change's thread (idempotent: a thread that exists is continued, not restarted)."""
         async with self._lock(change.id):
             return await self._run(change.id, None)
 
-    async def decide(self, change_id: str, approver: str, decision: str = "approve", via: str = "cli") -> FlowState:
-        """Record a decision (refused and audited when the approver may not make it), then resume."""
+    async def decide(self, change_id: str, approver: str, decision: str = "approve", via: str = "cli", *,
+                     wait: bool = True) -> FlowState:
+        """Record a decision (refused and audited when the approver may not make it), then resume.
+
+        With `wait=False`, a decision arriving while an earlier one is running this change's thread in this
+        process (executing, verifying) is recorded without waiting or resuming the thread a second time;
+        the returned state is then not `waiting` and its detail says so.
+        """
         if decision not in ("approve", "reject"):
             raise ValueError(f"decision must be approve or reject, not {decision!r}")
-        async with self._lock(change_id):
+        lock = self._lock(change_id)
+        if not wait and lock.locked():
+            ch = await asyncio.to_thread(self.executor.approve, change_id, approver, decision=decision, via=via)
+            events: list[FlowEvent] = []
+            await self._emit(FlowEvent(change_id, ChangeStage.DECIDED, f"{decision}d by {approver} via {via}: "
+                                                             f"{ch.status.value}"), events)
+            return FlowState(change=ch, stage=ChangeStage.DECIDED, detail="an earlier decision is carrying it forward",
+                             events=events)
+        async with lock:
             ch = self.executor.approve(change_id, approver, decision=decision, via=via)
-            await self._emit(FlowEvent(change_id, "decided",
+            await self._emit(FlowEvent(change_id, ChangeStage.DECIDED,
                                        f"{decision}d by {approver} via {via}: {ch.status.value}"), [])
             return await self._run(change_id, {"by": approver, "decision": decision})
 
@@ -110,7 +140,7 @@ class ChangeFlow:
         """Start the thread, resume it at its interrupt (with `resume`), or continue it where it stopped."""
         events: list[FlowEvent] = []
 
-        async def notify(cid: str, stage: str, message: str) -> None:
+        async def notify(cid: str, stage: ChangeStage, message: str) -> None:
             await self._emit(FlowEvent(cid, stage, message), events)
 
         ctx = ChangeContext(executor=self.executor, verify=self.verify, notify=notify,
@@ -126,11 +156,12 @@ class ChangeFlow:
                 inp = Command(resume=resume) if resume is not None else None
             elif snap.next:
                 inp = None  # stopped part-way (a crash): continue from the last checkpoint
-            elif snap.values.get("stage") in ("executing_elsewhere", "approved") and self._unfinished(change_id):
+            elif snap.values.get("stage") in (ChangeStage.EXECUTING_ELSEWHERE, ChangeStage.APPROVED) \
+                    and self._unfinished(change_id):
                 # Another executor held the claim when this thread last ran, or the thread ended approved
                 # without reaching execute (a process killed between the two steps); try again from
                 # execute (the executor reconciles: it applies once, or finds the write already made).
-                await graph.aupdate_state(config, {"stage": "approved"}, as_node="await_approval")
+                await graph.aupdate_state(config, {"stage": ChangeStage.APPROVED}, as_node="await_approval")
                 inp = None
             else:
                 inp = False  # finished: nothing to run
@@ -155,7 +186,8 @@ class ChangeFlow:
         ch = self.executor.ledger.get(change_id)
         if ch is None:
             raise ExecutionRefused(f"no change {change_id}")
-        return FlowState(change=ch, stage="awaiting_approval" if waiting else str(values.get("stage", "new")),
+        return FlowState(change=ch, stage=ChangeStage.AWAITING_APPROVAL if waiting
+                         else ChangeStage(values.get("stage", ChangeStage.NEW)),
                          detail=str(values.get("detail", "")), verification=values.get("verification"),
                          waiting=waiting, events=events)
 

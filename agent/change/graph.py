@@ -10,6 +10,7 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 
+from agent.change.models import ChangeStage
 from agent.change.nodes.await_approval import await_approval
 from agent.change.nodes.execute import execute
 from agent.change.nodes.verify_change import verify_change
@@ -18,13 +19,13 @@ from agent.change.state import ChangeContext, ChangeState
 
 def _after_approval(state: ChangeState) -> str:
     stage = state.get("stage")
-    if stage == "awaiting_approval":
+    if stage == ChangeStage.AWAITING_APPROVAL:
         return "await_approval"  # a decision came in but the approvals are not complete: hold again
-    return "execute" if stage == "approved" else END
+    return "execute" if stage == ChangeStage.APPROVED else END
 
 
 def _after_execute(state: ChangeState) -> str:
-    return "verify_change" if state.get("stage") == "applied" else END
+    return "verify_change" if state.get("stage") == ChangeStage.APPLIED else END
 
 
 def build_change_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> Any:

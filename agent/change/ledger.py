@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.change.models import Approval, ChangeRequest, ChangeStatus
-from agent.storage.db import Db
+from agent.storage.db import Conn, Db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS changes (
@@ -76,9 +76,11 @@ class Ledger(Db):
             return cur.rowcount == 1
 
     def update(self, ch: ChangeRequest) -> None:
-        with self._tx() as c:
+        def run(c: Conn) -> None:
             c.execute("UPDATE changes SET status = ?, doc = ?, updated_at = ? WHERE id = ?",
                       (ch.status.value, ch.model_dump_json(), dt.datetime.now(dt.UTC).isoformat(), ch.id))
+
+        self._atomic(run, key=_key(ch.id))
 
     def get(self, change_id: str) -> ChangeRequest | None:
         row = self._conn.execute("SELECT doc FROM changes WHERE id = ?", (change_id,)).fetchone()
@@ -108,12 +110,24 @@ class Ledger(Db):
 
     # ---- approvals ------------------------------------------------------------------------------
     def add_approval(self, a: Approval) -> bool:
-        """Record an approval; False if this approver already decided on this change (double click)."""
-        with self._tx() as c:
-            cur = c.execute("INSERT INTO approvals (change_id, approver, at, doc) VALUES (?,?,?,?) "
-                            "ON CONFLICT DO NOTHING",
-                            (a.change_id, a.approver, a.at.isoformat(), a.model_dump_json()))
-            return cur.rowcount == 1
+        """Record an approval; False if this approver's decision on this change stands (a double click).
+
+        An approval of the same person that has expired is replaced: the same person renews it (before,
+        the old row stayed and the change was approved but could never execute).
+        """
+        def run(c: Conn) -> bool:
+            row = c.execute("SELECT doc FROM approvals WHERE change_id = ? AND approver = ?",
+                            (a.change_id, a.approver)).fetchone()
+            if row is not None and Approval.model_validate_json(row[0]).expires_at > a.at:
+                return False
+            c.execute("INSERT INTO approvals (change_id, approver, at, doc) VALUES (?,?,?,?) "
+                      "ON CONFLICT (change_id, approver) DO UPDATE SET at = excluded.at, doc = excluded.doc",
+                      (a.change_id, a.approver, a.at.isoformat(), a.model_dump_json()))
+            return True
+
+        # One lock per change, taken first by every write on it: approvals, status updates and the claim
+        # of two processes queue instead of deadlocking on each other's rows.
+        return self._atomic(run, key=_key(a.change_id))
 
     def approvals(self, change_id: str) -> list[Approval]:
         rows = self._conn.execute("SELECT doc FROM approvals WHERE change_id = ? ORDER BY at", (change_id,))
@@ -123,24 +137,27 @@ class Ledger(Db):
     def claim(self, change_id: str, owner: str, original_spec_hash: str) -> tuple[bool, Execution]:
         """Claim a change's execution. Returns (won, row): won is False if someone claimed it before."""
         now = dt.datetime.now(dt.UTC).isoformat()
-        with self._tx() as c:
+
+        def run(c: Conn) -> bool:
             cur = c.execute("INSERT INTO executions (change_id, state, owner, original_spec_hash, claimed_at) "
                             "VALUES (?, 'claimed', ?, ?, ?) ON CONFLICT DO NOTHING",
                             (change_id, owner, original_spec_hash, now))
-            won = cur.rowcount == 1
+            return cur.rowcount == 1
+
+        won = self._atomic(run, key=_key(change_id))
         ex = self.execution(change_id)
         assert ex is not None
         return won, ex
 
     def set_intended(self, change_id: str, intended_spec_hash: str) -> None:
-        with self._tx() as c:
-            c.execute("UPDATE executions SET intended_spec_hash = ? WHERE change_id = ?",
-                      (intended_spec_hash, change_id))
+        self._atomic(lambda c: c.execute("UPDATE executions SET intended_spec_hash = ? WHERE change_id = ?",
+                                         (intended_spec_hash, change_id)), key=_key(change_id))
 
     def finish(self, change_id: str, state: str, detail: str = "") -> None:
-        with self._tx() as c:
-            c.execute("UPDATE executions SET state = ?, finished_at = ?, detail = ? WHERE change_id = ?",
-                      (state, dt.datetime.now(dt.UTC).isoformat(), detail, change_id))
+        now = dt.datetime.now(dt.UTC).isoformat()
+        self._atomic(lambda c: c.execute("UPDATE executions SET state = ?, finished_at = ?, detail = ? "
+                                         "WHERE change_id = ?", (state, now, detail, change_id)),
+                     key=_key(change_id))
 
     def execution(self, change_id: str) -> Execution | None:
         row = self._conn.execute("SELECT change_id, state, owner, original_spec_hash, intended_spec_hash, "
@@ -148,3 +165,7 @@ class Ledger(Db):
                                  (change_id,)).fetchone()
         return Execution(*row) if row else None
 
+
+
+def _key(change_id: str) -> str:
+    return f"opsagent:change:{change_id}"

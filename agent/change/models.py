@@ -76,6 +76,34 @@ class BlastRadius(_Model):
     models: list[str] = Field(default_factory=list)
 
 
+class ChangeStage(enum.StrEnum):
+    """Where a change's flow (its LangGraph thread) stands; reported by `ChangeFlow` and shown by Slack.
+
+    `ChangeStatus` is the ledger's record of the change; a stage also names the steps between records
+    (executing, verifying, rolling back) and the flow's own outcomes (refused, unverified).
+    """
+
+    NEW = "new"
+    AWAITING_APPROVAL = "awaiting_approval"
+    DECIDED = "decided"  # a decision was recorded while an earlier one carries the change forward
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    REFUSED = "refused"
+    EXECUTING = "executing"
+    EXECUTING_ELSEWHERE = "executing_elsewhere"
+    APPLIED = "applied"
+    VERIFYING = "verifying"
+    VERIFIED = "verified"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    REGRESSION = "regression"
+    INCONCLUSIVE = "inconclusive"
+    UNVERIFIED = "unverified"
+    FAILED = "failed"
+
+
 class ChangeStatus(enum.StrEnum):
     PENDING_APPROVAL = "pending_approval"
     APPROVED = "approved"
@@ -121,6 +149,7 @@ class ChangeRequest(_Model):
     approvals_required: int = 0
     approver_roles: list[str] = Field(default_factory=list)
     approval_ttl_s: int = 900
+    allow_self_approval: bool = Field(default=False, description="The policy rule lets the requester approve.")
     rollback_of: str | None = Field(default=None, description="Id of the change this one undoes, if any.")
     result: dict[str, Any] = Field(default_factory=dict)
 

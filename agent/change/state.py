@@ -6,18 +6,49 @@ run needs but must never be checkpointed (the executor, the verifier, the notifi
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Protocol, TypedDict
+
+from agent.change.models import ChangeRequest, ChangeStage
+
+if TYPE_CHECKING:  # the nodes see the executor through this Protocol only, not its write client's imports
+    from agent.change.executor.core import ExecutionResult
+    from agent.change.ledger import Ledger
+    from agent.change.verify import Verification
 
 
 class ChangeState(TypedDict, total=False):
     """One change request's path: awaiting approval → executing → verifying → done. Checkpointed per change."""
 
     change_id: str
-    stage: str  # awaiting_approval | rejected | denied | refused | failed | verified | rolled_back | inconclusive ...
+    stage: ChangeStage
     detail: str
     verification: str
     approvals_seen: int
+
+
+class ChangeExecutor(Protocol):
+    """What the change nodes use of `agent.change.executor.core.Executor`."""
+
+    @property
+    def ledger(self) -> Ledger: ...
+    async def execute(self, change_id_: str, actor: str = ...) -> ExecutionResult: ...
+    async def auto_rollback(self, original: ChangeRequest, why: str) -> ExecutionResult | None: ...
+    def record_verification(self, ch: ChangeRequest, outcome: str, summary: str) -> ChangeRequest: ...
+
+
+class Verifier(Protocol):
+    """Watches an applied change: the rollout, then SLO signals against the baseline."""
+
+    def __call__(self, change: ChangeRequest, applied_at: dt.datetime, /) -> Awaitable[Verification]: ...
+
+
+class Notifier(Protocol):
+    """Tells the people following a change where its flow stands (Slack, the CLI's progress lines)."""
+
+    def __call__(self, change_id: str, stage: ChangeStage, message: str, /) -> Awaitable[None]: ...
 
 
 @dataclass
@@ -28,7 +59,7 @@ class ChangeContext:
     then reported as applied but unverified — never as verified.
     """
 
-    executor: Any  # agent.change.executor.core.Executor (typed loosely: nodes must not import its deps)
-    verify: Any = None  # async (ChangeRequest, applied_at) -> agent.change.verify.Verification
-    notify: Any = None  # async (change_id, stage, message) -> None
+    executor: ChangeExecutor
+    verify: Verifier | None = None
+    notify: Notifier | None = None
     actor: str = "executor"

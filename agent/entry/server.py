@@ -173,7 +173,8 @@ def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = 
                routes: Sequence[BaseRoute] = (), on_incident: IncidentHook | None = None,
                on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
                on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
-               replica: Replica | None = None) -> Starlette:
+               replica: Replica | None = None,
+               health: Callable[[], Awaitable[Sequence[Any]]] | None = None) -> Starlette:
     """The HTTP app. `routes` are mounted beside the webhook (the Slack endpoints); `on_incident` runs in the
     background for every incident a delivery changed (opened, updated, resolved). With `replica`, triage is
     shared with other replicas of `store` through leases."""
@@ -209,6 +210,16 @@ def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = 
         return JSONResponse({"ok": True})
 
     async def readyz(_: Request) -> Response:
+        if health is not None:
+            # Not ready only when a required dependency (the store) fails: an unreachable Prometheus
+            # degrades triage but must not take the pod out of the Service, or Alertmanager's deliveries
+            # (stored regardless) would fail too. Every probe is listed, with upstream's words.
+            results = await health()
+            ready = all(r.ok for r in results if r.required)
+            body = {"ready": ready, "degraded": [r.name for r in results if not r.ok],
+                    "checks": {r.name: {"ok": r.ok, "detail": r.detail, "latency_ms": r.latency_ms}
+                               for r in results}}
+            return JSONResponse(body, status_code=200 if ready else 503)
         try:
             await asyncio.to_thread(store.incidents, None, 1)
         except Exception as e:

@@ -49,7 +49,7 @@ def check(policy: Policy, need: Approvers, *, requester: str, spec_digest: str,
             return ApprovalCheck(False, counted, refused, blocked_by=f"{who} rejected the change", missing=need.count)
         if not set(roles_of(policy, who)) & set(need.roles):
             refused.append(f"{who} is not in any of the roles {need.roles}")
-        elif who == _bare(requester) and not need.allow_self_approval:
+        elif is_forbidden_self_approval(need, requester=requester, approver=who):
             refused.append(f"{who} requested this change and may not approve it")
         elif a.spec_digest != spec_digest:
             refused.append(f"{who} approved a different change")
@@ -63,6 +63,11 @@ def check(policy: Policy, need: Approvers, *, requester: str, spec_digest: str,
             counted.append(who)
     missing = max(0, need.count - len(counted))
     return ApprovalCheck(missing == 0, counted, refused, None, missing)
+
+
+def is_forbidden_self_approval(need: Approvers, *, requester: str, approver: str) -> bool:
+    """True when `approver` requested the change and the rule does not allow self-approval."""
+    return approver == _bare(requester) and not need.allow_self_approval
 
 
 def _bare(identity: str) -> str:

@@ -6,6 +6,9 @@ The durable modules write their SQL once, in the dialect both engines share (`?`
   so concurrent writers queue instead of failing half-way; Postgres runs at READ COMMITTED and the
   caller serializes what must not interleave with `_serialize(c, key)` (a transaction-scoped
   advisory lock; a no-op on SQLite, whose write lock already serializes everything).
+- `_atomic(fn, key=...)`: `fn` in one write transaction that first takes the advisory lock `key`, run
+  again with backoff when Postgres aborts it as a serialization failure or a deadlock (SQLSTATE
+  40001 / 40P01): the caller's statements never see a half-done attempt, and no user sees the error.
 - `_conn.execute(...)`: reads outside a transaction (a pooled connection on Postgres).
 - `_stream(...)`: large reads in batches (a server-side cursor on Postgres).
 
@@ -16,16 +19,20 @@ or changes: the modules above own their tables.
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# Postgres aborts one of the transactions with these, and the transaction can simply be run again.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+T = TypeVar("T")
 
 
 class Cursor(Protocol):
@@ -158,6 +165,22 @@ class Db:
                 self._sqlite.execute("ROLLBACK")
                 raise
             self._sqlite.execute("COMMIT")
+
+    def _atomic(self, fn: Callable[[Conn], T], *, key: str | None = None, attempts: int = 8,
+                base_delay_s: float = 0.01) -> T:
+        """Run `fn` in one write transaction (holding `key` first, when given); retry it after a
+        serialization failure or a deadlock, with jittered exponential backoff (10 ms, 20 ms, ... ≤ 0.5 s)."""
+        for attempt in range(attempts):
+            try:
+                with self._tx() as c:
+                    if key is not None:
+                        self._serialize(c, key)
+                    return fn(c)
+            except Exception as e:
+                if getattr(e, "sqlstate", None) not in RETRYABLE_SQLSTATES or attempt == attempts - 1:
+                    raise
+                time.sleep(min(base_delay_s * 2 ** attempt, 0.5) * random.uniform(0.5, 1.5))  # noqa: S311 (jitter)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _serialize(self, c: Conn, key: str) -> None:
         """Hold `key` until the transaction ends, across every process on this database."""

@@ -76,7 +76,8 @@ class Store(Protocol):
     def save_chat_message(self, msg: ChatMessage) -> None: ...
     def chat_thread_owner(self, channel: str, thread_ts: str) -> str | None: ...
     def seen_since(self, since: dt.datetime) -> list[tuple[str, dt.datetime]]: ...
-    def mark_seen(self, keys: list[str], now: dt.datetime, forget_before: dt.datetime) -> None: ...
+    def claim_seen(self, keys: list[tuple[str, dt.datetime]], now: dt.datetime,
+                   forget_before: dt.datetime) -> set[str]: ...
     def needing_triage(self, limit: int = 100) -> list[Incident]: ...
     def try_lease(self, name: str, holder: str, ttl_s: float) -> bool: ...
     def release_lease(self, name: str, holder: str) -> bool: ...
@@ -163,12 +164,21 @@ class SqlStore(Db):
         rows = self._conn.execute("SELECT key, at FROM chat_seen WHERE at >= ?", (since.isoformat(),)).fetchall()
         return [(str(k), dt.datetime.fromisoformat(at)) for k, at in rows]
 
-    def mark_seen(self, keys: list[str], now: dt.datetime, forget_before: dt.datetime) -> None:
-        """Record many keys in one transaction (one sync to disk), forgetting marks older than `forget_before`."""
+    def claim_seen(self, keys: list[tuple[str, dt.datetime]], now: dt.datetime,
+                   forget_before: dt.datetime) -> set[str]:
+        """Mark each `(key, seen_before)` as seen now, atomically per key, in one transaction; return the keys
+        this call was first to mark. A key marked at or after its `seen_before` is taken already (by this
+        or another replica); an older mark has lapsed and is taken over."""
+        won: set[str] = set()
         with self._tx() as c:
             c.execute("DELETE FROM chat_seen WHERE at < ?", (forget_before.isoformat(),))
-            c.executemany("INSERT INTO chat_seen (key, at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                          [(k, now.isoformat()) for k in keys])
+            for key, seen_before in keys:
+                row = c.execute("INSERT INTO chat_seen (key, at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                                "SET at = excluded.at WHERE chat_seen.at < ? RETURNING key",
+                                (key, now.isoformat(), seen_before.isoformat())).fetchone()
+                if row is not None:
+                    won.add(key)
+        return won
 
     def needing_triage(self, limit: int = 100) -> list[Incident]:
         """Firing incidents with no triage report finished since their last change, oldest first."""

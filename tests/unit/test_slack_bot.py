@@ -265,13 +265,14 @@ def test_delivery_marks_survive_a_restart(tmp_path: Path) -> None:
 
     async def before_restart() -> None:
         marks = SeenMarks(store, lambda: dt.datetime.now(dt.UTC))
-        assert marks.first("sig:v0=abc:", REPLAY_WINDOW) and not marks.first("sig:v0=abc:", REPLAY_WINDOW)
+        assert await marks.first("sig:v0=abc:", REPLAY_WINDOW)
+        assert not await marks.first("sig:v0=abc:", REPLAY_WINDOW)
         await marks.close()
 
     async def after_restart() -> bool:
         marks = SeenMarks(store, lambda: dt.datetime.now(dt.UTC))
         await marks.load()
-        return marks.first("sig:v0=abc:", REPLAY_WINDOW)
+        return await marks.first("sig:v0=abc:", REPLAY_WINDOW)
 
     asyncio.run(before_restart())
     assert asyncio.run(after_restart()) is False, "a replay after a restart is still recognised"

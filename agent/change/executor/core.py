@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.audit.events import AuditEvent, AuditKind, AuditSink, inputs_hash
+from agent.change.executor.blast_radius import blast_radius
+from agent.change.executor.inverse import inverse
+from agent.change.executor.reconcile import fp_key, intended_hash, landed, recent
+from agent.change.executor.requests import policy_request, tool_call
 from agent.change.ledger import Ledger
 from agent.change.models import (
     ACTION_RISK,
@@ -64,31 +68,6 @@ class ExecutionResult:
     status: ChangeStatus
     applied_now: bool  # False when this call found it already applied (idempotent re-run)
     detail: dict[str, Any]
-
-
-def _tool_call(spec: ChangeSpec, dry_run: bool, expected_rv: str | None) -> tuple[str, dict[str, Any]]:
-    t = spec.target
-    base: dict[str, Any] = {"dry_run": dry_run, "expected_resource_version": expected_rv}
-    p = spec.params
-    match spec.action:
-        case ActionKind.ROLLBACK:
-            return "k8s_rollout_undo", base | {"namespace": t.namespace, "name": t.name,
-                                                "to_revision": int(p["to_revision"])}
-        case ActionKind.SCALE:
-            return "k8s_scale_deployment", base | {"namespace": t.namespace, "name": t.name,
-                                                    "replicas": int(p["replicas"])}
-        case ActionKind.DEPLOY | ActionKind.SET_GPU_RESOURCES:
-            keys = ("container", "image", "args", "labels", "gpus", "change_cause")
-            return "k8s_set_pod_template", base | {"namespace": t.namespace, "name": t.name} | {
-                k: p[k] for k in keys if k in p}
-        case ActionKind.PAUSE_ROLLOUT | ActionKind.RESUME_ROLLOUT:
-            return "k8s_pause_rollout", base | {"namespace": t.namespace, "name": t.name,
-                                                 "paused": spec.action == ActionKind.PAUSE_ROLLOUT}
-        case ActionKind.CORDON_NODE:
-            return "k8s_cordon_node", {"node": t.name, "dry_run": dry_run, "expected_resource_version": expected_rv}
-        case ActionKind.DRAIN_NODE:
-            return "k8s_drain_node", {"node": t.name, "dry_run": dry_run, "expected_resource_version": expected_rv}
-    raise ValueError(f"{spec.action.value} is not an executable change")
 
 
 class Executor:
@@ -155,19 +134,12 @@ class Executor:
             error = f"cannot read {spec.target}: {e}"
         fp = self.fingerprint_of(obj) if obj else TargetFingerprint(kind=spec.target.kind, name=spec.target.name,
                                                                     namespace=spec.target.namespace, spec_hash="")
-        blast = self._blast_radius(spec, obj)
-        req = Request(action=spec.action.value, risk=risk, cluster=spec.cluster, namespace=spec.target.namespace,
-                      target_kind=spec.target.kind, target_name=spec.target.name,
-                      labels=(obj or {}).get("metadata", {}).get("labels") or {}, requester=requester,
-                      gpus=blast.gpus, replicas_delta=self._replicas_delta(spec, obj),
-                      capacity_drop=blast.capacity_drop, at=now,
-                      changes_last_hour=self.ledger.changes_since(now - dt.timedelta(hours=1)),
-                      target_changes_last_hour=self.ledger.changes_since(now - dt.timedelta(hours=1),
-                                                                         str(spec.target)))
+        blast = blast_radius(spec, obj)
+        req = self._request(spec, risk=risk, obj=obj, requester=requester, blast=blast, at=now)
         decision = evaluate(self.policy, req)
         if decision.effect != Effect.DENY and obj is not None:
             try:
-                name, params = _tool_call(spec, dry_run=True, expected_rv=None)
+                name, params = tool_call(spec, dry_run=True, expected_rv=None)
                 out = await self.runner.call(name, params, actor=f"executor:dry-run:{requester}",
                                              incident_id=incident_id)
                 diff = str(getattr(out.result, "diff", "")) if out.ok else ""
@@ -190,6 +162,7 @@ class Executor:
             policy_reason=decision.reason if not error else f"{decision.reason} ({error})",
             approvals_required=decision.approvers.count if decision.approvers else 0,
             approver_roles=decision.approvers.roles if decision.approvers else [],
+            allow_self_approval=decision.approvers.allow_self_approval if decision.approvers else False,
             approval_ttl_s=int(parse_duration(decision.approvers.ttl).total_seconds()) if decision.approvers else 900,
             rollback_of=rollback_of, cost_delta_per_month=self._cost(spec, obj),
         )
@@ -202,6 +175,13 @@ class Executor:
                     {"change_id": ch.id, "status": ch.status.value})
         return ch
 
+    def _request(self, spec: ChangeSpec, *, risk: str, obj: dict[str, Any] | None, requester: str,
+                 blast: BlastRadius, at: dt.datetime) -> Request:
+        hour_ago = at - dt.timedelta(hours=1)
+        return policy_request(spec, risk=risk, obj=obj, requester=requester, blast=blast, at=at,
+                              changes_last_hour=self.ledger.changes_since(hour_ago),
+                              target_changes_last_hour=self.ledger.changes_since(hour_ago, str(spec.target)))
+
     def _cost(self, spec: ChangeSpec, obj: dict[str, Any] | None) -> float | None:
         if obj is not None and spec.action in SAME_ALLOCATION:
             return 0.0
@@ -212,35 +192,6 @@ class Executor:
         except Exception:  # pricing is advice: a catalog problem never blocks a proposal
             log.exception("pricing %s failed", spec.action.value)
             return None
-
-    def _blast_radius(self, spec: ChangeSpec, obj: dict[str, Any] | None) -> BlastRadius:
-        if obj is None:
-            return BlastRadius(gpus=0, replicas=0, capacity_drop=0.0)
-        if spec.target.kind == "Node":
-            gpus = int((obj.get("status", {}).get("capacity") or {}).get(GPU, 0))
-            return BlastRadius(gpus=gpus, replicas=0, capacity_drop=0.0)
-        replicas = int(obj["spec"].get("replicas") or 0)
-        ct = obj["spec"]["template"]["spec"]["containers"]
-        per = sum(int(((c.get("resources") or {}).get("limits") or {}).get(GPU, 0)) for c in ct)
-        model = (obj["spec"]["template"]["metadata"].get("labels") or {}).get("model", "")
-        if spec.action == ActionKind.SCALE:
-            new = int(spec.params.get("replicas", replicas))
-            drop = max(0.0, (replicas - new) / replicas) if replicas else 0.0
-            return BlastRadius(gpus=abs(new - replicas) * per, replicas=abs(new - replicas),
-                               capacity_drop=round(min(1.0, drop), 3), models=[model] if model else [])
-        # Serving capacity the rollout can take away: it may take down maxUnavailable replicas, but the
-        # controller removes the ones already unavailable (crash-looping, say) first.
-        down_now = max(0, replicas - int((obj.get("status") or {}).get("availableReplicas") or 0))
-        at_once = _max_unavailable(obj["spec"].get("strategy") or {}, replicas)
-        drop = min(1.0, max(0, at_once - down_now) / replicas) if replicas else 0.0
-        return BlastRadius(gpus=replicas * per, replicas=replicas, capacity_drop=round(drop, 3),
-                           models=[model] if model else [])
-
-    @staticmethod
-    def _replicas_delta(spec: ChangeSpec, obj: dict[str, Any] | None) -> int:
-        if spec.action != ActionKind.SCALE or obj is None:
-            return 0
-        return int(spec.params.get("replicas", 0)) - int(obj["spec"].get("replicas") or 0)
 
     # ---- approve --------------------------------------------------------------------------------
     def approve(self, change_id_: str, approver: str, *, decision: str = "approve", via: str = "cli") -> ChangeRequest:
@@ -256,7 +207,7 @@ class Executor:
             self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", "refused",
                         f"{approver} holds none of the roles {ch.approver_roles}", ch)
             raise ExecutionRefused(f"{approver} may not approve {ch.id}: it needs one of the roles {ch.approver_roles}")
-        if approver == approval_rules._bare(ch.requester):
+        if approval_rules.is_forbidden_self_approval(self._approvers(ch), requester=ch.requester, approver=approver):
             self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", "refused", "self-approval", ch)
             raise ExecutionRefused(f"{approver} requested {ch.id} and may not approve it")
         now = self.clock()
@@ -276,14 +227,20 @@ class Executor:
             self.ledger.update(ch)
         return ch
 
+    @staticmethod
+    def _approvers(ch: ChangeRequest) -> Approvers:
+        """The approval rule the change was proposed under, as recorded on it."""
+        return Approvers(roles=ch.approver_roles or ["-"], count=max(1, ch.approvals_required),
+                         allow_self_approval=ch.allow_self_approval)
+
     def _check_approvals(self, ch: ChangeRequest, fp_now: TargetFingerprint,
                          now: dt.datetime) -> approval_rules.ApprovalCheck:
-        need = Approvers(roles=ch.approver_roles or ["-"], count=max(1, ch.approvals_required))
+        need = self._approvers(ch)
         views = [approval_rules.ApprovalView(approver=a.approver, role=a.role, decision=a.decision,
-                                             spec_digest=a.spec_digest, fingerprint=_fp_key(a.fingerprint),
+                                             spec_digest=a.spec_digest, fingerprint=fp_key(a.fingerprint),
                                              expires_at=a.expires_at) for a in self.ledger.approvals(ch.id)]
         return approval_rules.check(self.policy, need, requester=ch.requester, spec_digest=ch.spec_digest,
-                                    fingerprint_now=_fp_key(fp_now), approvals=views, now=now)
+                                    fingerprint_now=fp_key(fp_now), approvals=views, now=now)
 
     # ---- execute --------------------------------------------------------------------------------
     async def execute(self, change_id_: str, actor: str = "executor") -> ExecutionResult:
@@ -320,14 +277,7 @@ class Executor:
         if not fp_now.same_as(ch.fingerprint):
             raise refuse(f"the target's spec changed since the change was proposed (generation "
                          f"{ch.fingerprint.generation} → {fp_now.generation}); propose and approve it again")
-        req = Request(action=ch.spec.action.value, risk=ch.risk, cluster=ch.spec.cluster,
-                      namespace=ch.spec.target.namespace, target_kind=ch.spec.target.kind,
-                      target_name=ch.spec.target.name, labels=obj["metadata"].get("labels") or {},
-                      requester=ch.requester, gpus=ch.blast_radius.gpus,
-                      replicas_delta=self._replicas_delta(ch.spec, obj), capacity_drop=ch.blast_radius.capacity_drop,
-                      at=now, changes_last_hour=self.ledger.changes_since(now - dt.timedelta(hours=1)),
-                      target_changes_last_hour=self.ledger.changes_since(now - dt.timedelta(hours=1),
-                                                                         str(ch.spec.target)))
+        req = self._request(ch.spec, risk=ch.risk, obj=obj, requester=ch.requester, blast=ch.blast_radius, at=now)
         decision = evaluate(self.policy, req)
         self._audit(AuditKind.POLICY_DECISION, actor, f"execute {ch.id}", decision.effect.value,
                     f"{decision.rule}: {decision.reason}", ch)
@@ -355,12 +305,12 @@ class Executor:
         ex = self.ledger.execution(ch.rollback_of)
         if original is None or ex is None or ex.state != "applied" or original.spec.target != ch.spec.target:
             return False
-        inverse = _inverse(original)
-        return inverse is not None and inverse.action == ch.spec.action and inverse.params == ch.spec.params
+        undo = inverse(original)
+        return undo is not None and undo.action == ch.spec.action and undo.params == ch.spec.params
 
     async def auto_rollback(self, original: ChangeRequest, why: str) -> ExecutionResult | None:
         """Undo an applied change whose verification failed, under the original's approval."""
-        spec = _inverse(original)
+        spec = inverse(original)
         if spec is None:
             self._audit(AuditKind.EXECUTION, "executor:auto-rollback", f"rollback {original.id}", "refused",
                         "no known state to return to (not a Deployment template or replica change)", original)
@@ -387,17 +337,17 @@ class Executor:
         self.ledger.update(ch)
         for attempt in range(1, self.conflict_retries + 2):
             rv = obj["metadata"]["resourceVersion"]
-            name, params = _tool_call(ch.spec, dry_run=True, expected_rv=rv)
+            name, params = tool_call(ch.spec, dry_run=True, expected_rv=rv)
             dry = await self.runner.call(name, params, actor=actor, incident_id=ch.incident_id)
             if dry.ok and dry.result is not None:
                 # The server's own answer for what the object will look like: kept so a restart can tell
                 # whether the write landed.
-                self.ledger.set_intended(ch.id, _intended_hash(dry.result))
-                name, params = _tool_call(ch.spec, dry_run=False, expected_rv=rv)
+                self.ledger.set_intended(ch.id, intended_hash(dry.result))
+                name, params = tool_call(ch.spec, dry_run=False, expected_rv=rv)
                 out = await self.runner.call(name, params, actor=actor, incident_id=ch.incident_id)
             else:
                 out = dry
-            if out.ok or out.error_type != "Conflict" or attempt > self.conflict_retries:
+            if out.ok or not out.retryable or attempt > self.conflict_retries:
                 break
             # 409: someone wrote the object between our read and our write (a controller's status
             # update, another client). Re-read and re-check that the spec we were approved against is
@@ -446,7 +396,7 @@ class Executor:
             return ExecutionResult(ch.id, ChangeStatus.FAILED, False, {"error": ex.detail})
         obj = await self._read(ch.spec)
         live = spec_hash(obj)
-        if _landed(ch.spec, obj, ex.intended_spec_hash):
+        if landed(ch.spec, obj, ex.intended_spec_hash):
             detail = {"reconciled": True, "generation": obj["metadata"].get("generation")}
             self.ledger.finish(ch.id, "applied", json.dumps(detail))
             ch = ch.model_copy(update={"status": ChangeStatus.APPLIED, "result": detail})
@@ -455,7 +405,7 @@ class Executor:
                         "the write had landed before the previous executor stopped", ch, detail)
             return ExecutionResult(ch.id, ch.status, False, detail)
         if live == ex.original_spec_hash:
-            if ex.owner != self.owner and _recent(ex.claimed_at, seconds=self.claim_ttl_s):
+            if ex.owner != self.owner and recent(ex.claimed_at, seconds=self.claim_ttl_s):
                 return ExecutionResult(ch.id, ChangeStatus.EXECUTING, False, {"owner": ex.owner})
             self._audit(AuditKind.EXECUTION, actor, f"reconcile {ch.id}", "resumed",
                         "claimed but never written; applying now", ch)
@@ -474,58 +424,3 @@ class Executor:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _max_unavailable(strategy: dict[str, Any], replicas: int) -> int:
-    """Replicas a rollout may take down at once, as the Deployment controller computes it: a percentage of
-    maxUnavailable rounds down, one of maxSurge rounds up (defaults 25 % each); Recreate takes all."""
-    if strategy.get("type") == "Recreate":
-        return replicas
-    ru = strategy.get("rollingUpdate") or {}
-
-    def resolve(v: Any, round_up: bool) -> int:
-        if isinstance(v, str) and v.endswith("%"):
-            exact = replicas * int(v[:-1]) / 100
-            return int(-(-exact // 1)) if round_up else int(exact)
-        return int(v)
-
-    unavailable = resolve(ru.get("maxUnavailable", "25%"), round_up=False)
-    surge = resolve(ru.get("maxSurge", "25%"), round_up=True)
-    if unavailable == 0 and surge == 0:
-        unavailable = 1  # the API forbids both zero; the controller then uses one
-    return min(unavailable, replicas)
-
-
-def _inverse(ch: ChangeRequest) -> ChangeSpec | None:
-    """The change that undoes `ch`, from what was recorded before it ran; None when there is none."""
-    t = ch.spec.target
-    if t.kind != "Deployment":
-        return None
-    if ch.spec.action == ActionKind.SCALE:
-        before = (ch.result.get("detail") or {}).get("from_replicas")
-        if before is None:
-            return None
-        return ChangeSpec(action=ActionKind.SCALE, cluster=ch.spec.cluster, target=t, params={"replicas": int(before)})
-    # A rollback that does not help is not undone (that would restore the version it rolled back from).
-    if ch.spec.action in (ActionKind.DEPLOY, ActionKind.SET_GPU_RESOURCES) and ch.fingerprint.revision:
-        return ChangeSpec(action=ActionKind.ROLLBACK, cluster=ch.spec.cluster, target=t,
-                          params={"to_revision": int(ch.fingerprint.revision)})
-    return None
-
-
-def _fp_key(fp: TargetFingerprint) -> dict[str, Any]:
-    return {"uid": fp.uid, "spec_hash": fp.spec_hash}  # what `TargetFingerprint.same_as` compares
-
-
-def _intended_hash(result: Any) -> str:
-    return str(getattr(result, "spec_hash", "") or "")
-
-
-def _landed(spec: ChangeSpec, obj: dict[str, Any], intended: str) -> bool:
-    """Did the change's write reach the object? Nodes get a taint added by the node controller after a
-    cordon, so for them only the field the change sets is compared."""
-    if spec.target.kind == "Node":
-        return bool(obj.get("spec", {}).get("unschedulable"))
-    return bool(intended) and spec_hash(obj) == intended
-
-
-def _recent(iso: str, seconds: float) -> bool:
-    return (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(iso)).total_seconds() < seconds

@@ -13,11 +13,11 @@ from typing import Any
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
-from agent.change.models import ChangeStatus
+from agent.change.models import ChangeStage, ChangeStatus
 from agent.change.state import ChangeContext, ChangeState
 
-TERMINAL = {ChangeStatus.REJECTED: "rejected", ChangeStatus.DENIED: "denied", ChangeStatus.EXPIRED: "expired",
-            ChangeStatus.FAILED: "failed"}
+TERMINAL = {ChangeStatus.REJECTED: ChangeStage.REJECTED, ChangeStatus.DENIED: ChangeStage.DENIED,
+            ChangeStatus.EXPIRED: ChangeStage.EXPIRED, ChangeStatus.FAILED: ChangeStage.FAILED}
 
 
 async def await_approval(state: ChangeState, runtime: Runtime[ChangeContext]) -> dict[str, Any]:
@@ -25,15 +25,15 @@ async def await_approval(state: ChangeState, runtime: Runtime[ChangeContext]) ->
     cid = state["change_id"]
     ch = ex.ledger.get(cid)
     if ch is None:
-        return {"stage": "failed", "detail": f"no change {cid} in the ledger"}
+        return {"stage": ChangeStage.FAILED, "detail": f"no change {cid} in the ledger"}
     if ch.status in TERMINAL:
         return {"stage": TERMINAL[ch.status], "detail": ch.policy_reason if ch.status == ChangeStatus.DENIED
                 else f"{ch.id} is {ch.status.value}"}
     if ch.status != ChangeStatus.PENDING_APPROVAL:
-        return {"stage": "approved", "detail": f"{ch.id} is {ch.status.value}"}
+        return {"stage": ChangeStage.APPROVED, "detail": f"{ch.id} is {ch.status.value}"}
     approvals = [a for a in ex.ledger.approvals(cid) if a.decision == "approve"]
     if runtime.context.notify is not None:
-        await runtime.context.notify(cid, "awaiting_approval",
+        await runtime.context.notify(cid, ChangeStage.AWAITING_APPROVAL,
                                      f"{ch.id} needs {ch.approvals_required - len(approvals)} more approval(s) "
                                      f"from {', '.join(ch.approver_roles)}")
     interrupt({"change_id": cid, "needs": ch.approvals_required, "have": len(approvals),
@@ -45,5 +45,5 @@ async def await_approval(state: ChangeState, runtime: Runtime[ChangeContext]) ->
     if ch.status in TERMINAL:
         return {"stage": TERMINAL[ch.status], "detail": f"{ch.id} is {ch.status.value}", "approvals_seen": n}
     if ch.status == ChangeStatus.PENDING_APPROVAL:
-        return {"stage": "awaiting_approval", "approvals_seen": n}
-    return {"stage": "approved", "detail": f"{n} approval(s) in", "approvals_seen": n}
+        return {"stage": ChangeStage.AWAITING_APPROVAL, "approvals_seen": n}
+    return {"stage": ChangeStage.APPROVED, "detail": f"{n} approval(s) in", "approvals_seen": n}

@@ -11,7 +11,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from agent.change.models import ChangeStatus
+from agent.change.models import ChangeStage, ChangeStatus
 from agent.change.state import ChangeContext, ChangeState
 
 
@@ -21,15 +21,15 @@ async def execute(state: ChangeState, runtime: Runtime[ChangeContext]) -> dict[s
     ctx = runtime.context
     cid = state["change_id"]
     if ctx.notify is not None:
-        await ctx.notify(cid, "executing", f"{cid}: the guarded executor is applying it")
+        await ctx.notify(cid, ChangeStage.EXECUTING, f"{cid}: the guarded executor is applying it")
     try:
         result = await ctx.executor.execute(cid, actor=ctx.actor)
     except ExecutionRefused as e:
-        return {"stage": "refused", "detail": str(e)}
+        return {"stage": ChangeStage.REFUSED, "detail": str(e)}
     if result.status == ChangeStatus.APPLIED:
-        return {"stage": "applied", "detail": "applied" if result.applied_now else "already applied"}
+        return {"stage": ChangeStage.APPLIED, "detail": "applied" if result.applied_now else "already applied"}
     if result.status in (ChangeStatus.VERIFIED, ChangeStatus.ROLLED_BACK):
-        return {"stage": result.status.value, "detail": "finished before"}
+        return {"stage": ChangeStage(result.status.value), "detail": "finished before"}
     if result.status == ChangeStatus.EXECUTING:
-        return {"stage": "executing_elsewhere", "detail": f"claimed by {result.detail.get('owner')}"}
-    return {"stage": "failed", "detail": str(result.detail.get("error", result.status.value))}
+        return {"stage": ChangeStage.EXECUTING_ELSEWHERE, "detail": f"claimed by {result.detail.get('owner')}"}
+    return {"stage": ChangeStage.FAILED, "detail": str(result.detail.get("error", result.status.value))}

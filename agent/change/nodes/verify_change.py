@@ -12,7 +12,9 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from agent.change.models import ChangeStage, ChangeStatus
 from agent.change.state import ChangeContext, ChangeState
+from agent.change.verdict import Outcome
 
 
 async def verify_change(state: ChangeState, runtime: Runtime[ChangeContext]) -> dict[str, Any]:
@@ -21,24 +23,27 @@ async def verify_change(state: ChangeState, runtime: Runtime[ChangeContext]) -> 
     cid = state["change_id"]
     ch = ex.ledger.get(cid)
     if ch is None:
-        return {"stage": "failed", "detail": f"no change {cid}"}
+        return {"stage": ChangeStage.FAILED, "detail": f"no change {cid}"}
     if ctx.verify is None:
-        return {"stage": "unverified", "detail": "no verifier configured (Prometheus and a reader identity)"}
+        return {"stage": ChangeStage.UNVERIFIED,
+                "detail": "no verifier configured (Prometheus and a reader identity)"}
     if ctx.notify is not None:
-        await ctx.notify(cid, "verifying", f"{cid}: watching the rollout, then TTFT p95, errors and queue")
+        await ctx.notify(cid, ChangeStage.VERIFYING, f"{cid}: watching the rollout, then TTFT p95, errors and queue")
     row = ex.ledger.execution(cid)
     applied_at = dt.datetime.fromisoformat(row.finished_at) if row is not None and row.finished_at else ch.created_at
     v = await ctx.verify(ch, applied_at)
     summary = v.summary()
     ch = ex.record_verification(ch, v.outcome.value, summary)
-    if v.outcome.value == "pass":
-        return {"stage": "verified", "verification": summary}
-    if v.outcome.value == "regression" and ch.rollback_of is None:
+    if v.outcome == Outcome.PASS:
+        return {"stage": ChangeStage.VERIFIED, "verification": summary}
+    if v.outcome == Outcome.REGRESSION and ch.rollback_of is None:
         if ctx.notify is not None:
-            await ctx.notify(cid, "rolling_back", f"{cid}: verification failed ({summary}); rolling back")
+            await ctx.notify(cid, ChangeStage.ROLLING_BACK, f"{cid}: verification failed ({summary}); rolling back")
         rb = await ex.auto_rollback(ch, summary)
-        if rb is not None and rb.status.value == "applied":
-            return {"stage": "rolled_back", "verification": summary, "detail": f"rolled back by {rb.change_id}"}
-        return {"stage": "regression", "verification": summary,
+        if rb is not None and rb.status == ChangeStatus.APPLIED:
+            return {"stage": ChangeStage.ROLLED_BACK, "verification": summary,
+                    "detail": f"rolled back by {rb.change_id}"}
+        return {"stage": ChangeStage.REGRESSION, "verification": summary,
                 "detail": "automatic rollback was not possible" if rb is None else f"rollback {rb.status.value}"}
-    return {"stage": v.outcome.value, "verification": summary}
+    stage = ChangeStage.REGRESSION if v.outcome == Outcome.REGRESSION else ChangeStage.INCONCLUSIVE
+    return {"stage": stage, "verification": summary}

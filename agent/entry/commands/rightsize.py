@@ -95,9 +95,8 @@ def _propose(app: Any, result: RightsizeRun, only: set[str]) -> None:
         states = []
         try:
             for rec, spec in work:
-                ch = await flow.executor.propose(spec, reason=reason_for(rec, spec),
-                                                 requester=f"user:{app.settings.actor}", evidence=[rec.id])
-                states.append(await flow.open(ch))
+                states.append(await flow.propose(spec, reason=reason_for(rec, spec),
+                                                 requester=f"user:{app.settings.actor}", evidence=[rec.id]))
         finally:
             await app.aclose_clients()
         return states

@@ -35,7 +35,7 @@ from starlette.routing import Route
 from agent.app import App
 from agent.change.executor.core import ExecutionRefused
 from agent.change.flow import ChangeFlow, FlowEvent
-from agent.change.models import ChangeSpec, ChangeStatus
+from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage, ChangeStatus
 from agent.config import SlackConfig
 from agent.entry.server import Metrics
 from agent.entry.slack import blocks
@@ -54,19 +54,20 @@ log = logging.getLogger(__name__)
 REPLAY_WINDOW = dt.timedelta(minutes=6)  # Slack signatures older than 5 minutes are rejected anyway
 EXECUTABLE = {ActionKind.ROLLBACK, ActionKind.SCALE, ActionKind.DEPLOY, ActionKind.SET_GPU_RESOURCES,
               ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT, ActionKind.CORDON_NODE, ActionKind.DRAIN_NODE}
+C = ChangeStage
 # ChangeFlow stages → what the incident's top message says.
-FLOW_STAGE = {"executing": Stage.EXECUTING, "verifying": Stage.EXECUTING, "verified": Stage.RESOLVED,
-              "rolling_back": Stage.ROLLED_BACK, "rolled_back": Stage.ROLLED_BACK, "regression": Stage.FAILED,
-              "failed": Stage.FAILED, "refused": Stage.FAILED, "rejected": Stage.REJECTED,
-              "unverified": Stage.APPLIED, "inconclusive": Stage.APPLIED, "executing_elsewhere": Stage.EXECUTING}
-FLOW_ICON = {"decided": ":ballot_box_with_check:", "executing": ":gear:", "verifying": ":stopwatch:",
-             "verified": ":white_check_mark:", "rolling_back": ":leftwards_arrow_with_hook:",
-             "rolled_back": ":leftwards_arrow_with_hook:", "regression": ":x:", "failed": ":x:",
-             "refused": ":no_entry:", "rejected": ":no_entry_sign:", "denied": ":no_entry:",
-             "unverified": ":grey_question:", "inconclusive": ":grey_question:",
-             "awaiting_approval": ":hourglass_flowing_sand:"}
-OUTCOMES = {"verified", "rolled_back", "regression", "failed", "refused", "unverified", "inconclusive"}
-QUIET = {"awaiting_approval", "approved", "new"}  # the change block shows these; no thread post
+FLOW_STAGE = {C.EXECUTING: Stage.EXECUTING, C.VERIFYING: Stage.EXECUTING, C.VERIFIED: Stage.RESOLVED,
+              C.ROLLING_BACK: Stage.ROLLED_BACK, C.ROLLED_BACK: Stage.ROLLED_BACK, C.REGRESSION: Stage.FAILED,
+              C.FAILED: Stage.FAILED, C.REFUSED: Stage.FAILED, C.REJECTED: Stage.REJECTED,
+              C.UNVERIFIED: Stage.APPLIED, C.INCONCLUSIVE: Stage.APPLIED, C.EXECUTING_ELSEWHERE: Stage.EXECUTING}
+FLOW_ICON = {C.DECIDED: ":ballot_box_with_check:", C.EXECUTING: ":gear:", C.VERIFYING: ":stopwatch:",
+             C.VERIFIED: ":white_check_mark:", C.ROLLING_BACK: ":leftwards_arrow_with_hook:",
+             C.ROLLED_BACK: ":leftwards_arrow_with_hook:", C.REGRESSION: ":x:", C.FAILED: ":x:",
+             C.REFUSED: ":no_entry:", C.REJECTED: ":no_entry_sign:", C.DENIED: ":no_entry:",
+             C.UNVERIFIED: ":grey_question:", C.INCONCLUSIVE: ":grey_question:",
+             C.AWAITING_APPROVAL: ":hourglass_flowing_sand:"}
+OUTCOMES = {C.VERIFIED, C.ROLLED_BACK, C.REGRESSION, C.FAILED, C.REFUSED, C.UNVERIFIED, C.INCONCLUSIVE}
+QUIET = {C.AWAITING_APPROVAL, C.APPROVED, C.NEW}  # the change block shows these; no thread post
 
 
 def web_client(cfg: SlackConfig) -> AsyncWebClient:
@@ -86,45 +87,52 @@ WORKERS = 8  # post-acknowledgement jobs run at once (a decision holds one throu
 class SeenMarks:
     """Deliveries already handled: request signatures (replays), event ids (retries), answered messages.
 
-    The check on the acknowledgement path is a dictionary lookup in this process; marks are written to
-    the store in batches (one transaction per flush, so a burst costs one disk sync, not one per
-    request) and loaded back at start, so a restarted process still refuses a replay. Replicas share
-    marks through the store with a flush interval of delay.
+    A delivery counts as first only once the store says so: every replica on the same store inserts its
+    mark with an atomic insert-if-absent, so a signed request replayed to another replica is refused
+    there too. To keep the acknowledgement fast under a burst, marks arriving while one transaction is
+    in flight wait for the next, which carries them all (group commit: one disk sync per batch, not per
+    request). A key already seen by this process is refused from memory without a round trip.
+    If the store cannot be reached the process's own marks still decide (logged), so Slack gets its
+    acknowledgement; replicas then guard only their own deliveries until the store is back.
     """
 
-    def __init__(self, store: Store, clock: Callable[[], dt.datetime], flush_s: float = 0.05) -> None:
+    def __init__(self, store: Store, clock: Callable[[], dt.datetime]) -> None:
         self.store = store
         self.clock = clock
-        self.flush_s = flush_s
         self._mem: dict[str, dt.datetime] = {}
-        self._pending: list[str] = []
+        self._pending: list[tuple[str, dt.datetime, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
         for key, at in await asyncio.to_thread(self.store.seen_since, self.clock() - SEEN_KEEP):
             self._mem[key] = at
 
-    def first(self, key: str, keep: dt.timedelta) -> bool:
-        """True the first time `key` is offered within `keep`; records it."""
+    async def first(self, key: str, keep: dt.timedelta) -> bool:
+        """True the first time `key` is offered within `keep` by any replica on the store; records it."""
         now = self.clock()
         at = self._mem.get(key)
         if at is not None and now - at < keep:
             return False
         self._mem[key] = now
-        self._pending.append(key)
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((key, now - keep, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        return True
+        return await fut
 
     async def _flush(self) -> None:
         while self._pending:
-            await asyncio.sleep(self.flush_s)
-            keys, self._pending = self._pending, []
+            batch, self._pending = self._pending, []
             now = self.clock()
             try:
-                await asyncio.to_thread(self.store.mark_seen, keys, now, now - SEEN_KEEP)
-            except Exception:  # the in-memory marks still hold in this process
-                log.exception("could not persist %d delivery marks", len(keys))
+                won = await asyncio.to_thread(self.store.claim_seen, [(k, before) for k, before, _ in batch], now,
+                                              now - SEEN_KEEP)
+            except Exception:
+                log.exception("could not record %d delivery marks in the store; deciding from memory", len(batch))
+                won = {k for k, _, _ in batch}
+            for key, _, fut in batch:
+                if not fut.done():
+                    fut.set_result(key in won)
             old = [k for k, at in self._mem.items() if now - at > SEEN_KEEP]
             for k in old:
                 del self._mem[k]
@@ -151,7 +159,6 @@ class SlackBot:
         self.client = client or web_client(cfg)
         self.notifier = SlackNotifier(self.client, app.store, app.ledger, cfg.channel, metrics)
         self._flow: ChangeFlow | None = None
-        self._deciding: dict[str, asyncio.Lock] = {}
         self.chat = ThreadChat(app.triage_runner(), app.settings.kubernetes.cluster, app.settings.llm)
         self.signatures = SignatureVerifier(cfg.signing_secret.get_secret_value())
         self._auth: AuthorizeResult | None = None
@@ -191,10 +198,10 @@ class SlackBot:
         # Slack may retry an event within the same second (same body, same signature): a retry carries a new
         # X-Slack-Retry-Num, and the event id below makes it a no-op. Anything else seen before is a replay.
         retry = request.headers.get("x-slack-retry-num", "") if event_id else ""
-        if not self.seen.first(f"sig:{sig}:{retry}", REPLAY_WINDOW):
+        if not await self.seen.first(f"sig:{sig}:{retry}", REPLAY_WINDOW):
             self.metrics.chat_requests.labels(kind=kind, outcome="replayed").inc()
             return JSONResponse({"error": "this signed request was already received (replay)"}, status_code=401)
-        if event_id and not self.seen.first(f"event:{event_id}", SEEN_KEEP):
+        if event_id and not await self.seen.first(f"event:{event_id}", SEEN_KEEP):
             self.metrics.chat_requests.labels(kind=kind, outcome="duplicate").inc()
             return JSONResponse({"ok": True, "duplicate": event_id})
         self.metrics.chat_requests.labels(kind=kind, outcome="accepted").inc()
@@ -319,7 +326,7 @@ class SlackBot:
             message = f"{message}; verification {ch.result['verification']}"
         text = f"{icon} `{ev.change_id}` *{ev.stage.replace('_', ' ')}*: {blocks.esc(message)}"
         await self.notifier.show_change(ev.change_id, outcome="" if ev.stage in QUIET else text)
-        if ev.stage == "executing" or ev.stage in OUTCOMES:
+        if ev.stage == ChangeStage.EXECUTING or ev.stage in OUTCOMES:
             self.metrics.executions.labels(stage=ev.stage).inc()
         if ch is None or ch.incident_id is None or ev.stage in QUIET:
             return
@@ -360,20 +367,16 @@ class SlackBot:
     async def _decide(self, change_id: str, user: str, decision: str) -> str | None:
         """Run a decision; a private note for the person (why it was refused, or that another decision is
         already executing it), or None when the thread and the change block say it all."""
-        lock = self._deciding.setdefault(change_id, asyncio.Lock())
         try:
-            if lock.locked():
-                # A decision on this change is running in this process (executing, verifying): record or
-                # refuse this one (audited either way) without resuming the change's graph a second time.
-                ch = await asyncio.to_thread(self.app.executor().approve, change_id, user, decision=decision,
-                                             via="slack")
+            # A decision on this change already running in this process (executing, verifying) is not
+            # waited for: this one is recorded or refused (audited either way) and the thread left to it.
+            state = await self.flow().decide(change_id, user, decision, via="slack", wait=False)
+            if state.stage == ChangeStage.DECIDED:
                 self.metrics.approvals.labels(decision=decision, outcome="recorded", via="slack").inc()
                 await self.notifier.show_change(change_id)
-                return (f":information_source: Your {decision} of `{change_id}` was recorded ({ch.status.value}); "
-                        f"an earlier decision is already carrying it forward — follow the thread.")
-            else:
-                async with lock:
-                    state = await self.flow().decide(change_id, user, decision, via="slack")
+                return (f":information_source: Your {decision} of `{change_id}` was recorded "
+                        f"({state.change.status.value}); an earlier decision is already carrying it forward — "
+                        f"follow the thread.")
         except ExecutionRefused as e:
             self.metrics.approvals.labels(decision=decision, outcome="refused", via="slack").inc()
             return f":no_entry: Your {decision} of `{change_id}` was refused: {e}"
@@ -451,7 +454,7 @@ class SlackBot:
     async def _question(self, event: dict[str, Any]) -> None:
         channel, ts = str(event.get("channel", "")), str(event.get("ts", ""))
         # app_mention and message events both arrive for one message that mentions the bot: answer once
-        if not self.seen.first(f"msg:{channel}:{ts}", SEEN_KEEP):
+        if not await self.seen.first(f"msg:{channel}:{ts}", SEEN_KEEP):
             return
         thread = str(event.get("thread_ts") or ts)
         user = str(event.get("user", ""))
@@ -484,9 +487,12 @@ class SlackBot:
             flow = self.flow()
         except ValueError as e:
             return f"I can't propose changes here: {e}"
-        ch = await flow.executor.propose(spec, reason=reason, requester=f"user:{user}", incident_id=incident.id)
-        self.metrics.changes.labels(status=ch.status.value).inc()
-        ch = (await flow.open(ch)).change  # waits at the approval interrupt, like any other change
+        async def count(proposed: ChangeRequest) -> None:
+            self.metrics.changes.labels(status=proposed.status.value).inc()
+
+        # Waits at the approval interrupt, like any other change.
+        ch = (await flow.propose(spec, reason=reason, requester=f"user:{user}", incident_id=incident.id,
+                                 on_proposed=count)).change
         await self.notifier.show_change(ch.id)
         if ch.status == ChangeStatus.PENDING_APPROVAL:
             await self.notifier.show_incident(incident.id, Stage.CHANGE_PROPOSED)

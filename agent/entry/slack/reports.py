@@ -8,7 +8,7 @@ post gives the tick back for the next check; serve logs and counts it and carrie
 
 `CreateChangeButton` handles a click on a report's button: the value is checked against what the
 poster recorded for that message (`agent.rightsize.posts`), the recorded spec goes through
-`Executor.propose` (dry run, policy) with the clicking user as requester, the change flow opens and
+`ChangeFlow.propose` (dry run, policy) with the clicking user as requester, the change flow opens and
 the change block, with Approve / Reject, goes in the report's thread. A recommendation becomes at
 most one change request per posted report, however often its button is clicked.
 """
@@ -26,7 +26,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from agent.app import App
 from agent.audit.events import AuditEvent, AuditKind, inputs_hash
 from agent.change.flow import ChangeFlow
-from agent.change.models import ChangeStatus
+from agent.change.models import ChangeRequest, ChangeStatus
 from agent.entry.server import Metrics
 from agent.entry.slack import blocks
 from agent.entry.slack.incidents import SlackNotifier
@@ -183,23 +183,26 @@ class CreateChangeButton:
                         f"(requested by <@{again.clicked_by}>); it is in this message's thread.")
             who = f"<@{again.clicked_by}>" if again is not None and again.clicked_by else "someone"
             return f":information_source: {who} is creating a change request for this recommendation right now."
-        try:
-            flow = self.flow()
-            ch = await flow.executor.propose(posted.spec, reason=posted.reason, requester=f"user:{user}",
-                                             evidence=[rec_id])
+        proposed: list[ChangeRequest] = []
+
+        async def record(ch: ChangeRequest) -> None:
+            proposed.append(ch)
             self.metrics.changes.labels(status=ch.status.value).inc()
+            await asyncio.to_thread(self.posts.done, channel, ts, rec_id, ch.id)
+            # The block goes in the report's thread first; the flow's progress then edits it there.
+            await self.notifier.show_change(ch.id, thread=(channel, ts))
+
+        try:
+            ch = (await self.flow().propose(posted.spec, reason=posted.reason, requester=f"user:{user}",
+                                            evidence=[rec_id], on_proposed=record)).change
         except Exception as e:
+            if proposed:
+                log.exception("opening the flow of %s failed", proposed[0].id)
+                return (f":warning: Change request `{proposed[0].id}` was created but its flow did not start: "
+                        f"{type(e).__name__}: {e}")
             await asyncio.to_thread(self.posts.release, channel, ts, rec_id)
             log.exception("creating a change request for %s (clicked by %s) failed", rec_id, user)
             return f":warning: The change request could not be created: {type(e).__name__}: {blocks.esc(str(e))}"
-        await asyncio.to_thread(self.posts.done, channel, ts, rec_id, ch.id)
-        # The block goes in the report's thread first; the flow's progress then edits it there.
-        await self.notifier.show_change(ch.id, thread=(channel, ts))
-        try:
-            ch = (await flow.open(ch)).change
-        except Exception as e:
-            log.exception("opening the flow of %s failed", ch.id)
-            return f":warning: Change request `{ch.id}` was created but its flow did not start: {type(e).__name__}: {e}"
         if ch.status == ChangeStatus.PENDING_APPROVAL:
             return (f":memo: Opened change request `{ch.id}` ({ch.spec.action.value} {ch.spec.target}) in this "
                     f"message's thread; policy `{ch.policy_rule}` needs {ch.approvals_required} approval(s) from "

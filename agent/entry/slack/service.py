@@ -38,7 +38,8 @@ def build_server(app: App, *, metrics: Metrics | None = None,
         async def triage_only(incident: Incident) -> TriageReport:
             return _logged(incident, await app.triage(incident))
 
-        return create_app(app.store, triage_only, metrics, on_shutdown=[app.aclose_clients], replica=replica), None
+        return create_app(app.store, triage_only, metrics, on_shutdown=[app.aclose_clients], replica=replica,
+                          health=app.health), None
     startup = [bot.start, *([bot.start_socket_mode] if app.settings.slack.socket_mode else [])]
     shutdown = [bot.stop, app.aclose_clients]
     rs = app.settings.rightsize
@@ -53,4 +54,4 @@ def build_server(app: App, *, metrics: Metrics | None = None,
         return _logged(incident, await bot.triage(incident))
 
     return create_app(app.store, triage_with_bot, metrics, routes=routes, on_incident=bot.on_incident,
-                      on_startup=startup, on_shutdown=shutdown, replica=replica), bot
+                      on_startup=startup, on_shutdown=shutdown, replica=replica, health=app.health), bot

@@ -1,0 +1,27 @@
+"""The change that undoes an applied change, from what was recorded before it ran.
+
+Used twice: the automatic rollback after a failed verification proposes it, and a proposal that is
+exactly this inverse inherits the original's approval. Pure: it reads only the change request.
+"""
+
+from __future__ import annotations
+
+from agent.change.models import ChangeRequest, ChangeSpec
+from agent.models import ActionKind
+
+
+def inverse(ch: ChangeRequest) -> ChangeSpec | None:
+    """The change that undoes `ch`, from what was recorded before it ran; None when there is none."""
+    t = ch.spec.target
+    if t.kind != "Deployment":
+        return None
+    if ch.spec.action == ActionKind.SCALE:
+        before = (ch.result.get("detail") or {}).get("from_replicas")
+        if before is None:
+            return None
+        return ChangeSpec(action=ActionKind.SCALE, cluster=ch.spec.cluster, target=t, params={"replicas": int(before)})
+    # A rollback that does not help is not undone (that would restore the version it rolled back from).
+    if ch.spec.action in (ActionKind.DEPLOY, ActionKind.SET_GPU_RESOURCES) and ch.fingerprint.revision:
+        return ChangeSpec(action=ActionKind.ROLLBACK, cluster=ch.spec.cluster, target=t,
+                          params={"to_revision": int(ch.fingerprint.revision)})
+    return None

@@ -1,0 +1,52 @@
+"""What the executor sends: the write tool call for a change, and the policy request it is judged by.
+
+Both are built from plain values in one place, so the proposal and the execution re-check ask policy
+the same question. Pure: no API calls, no ledger reads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from agent.change.executor.blast_radius import replicas_delta
+from agent.change.models import BlastRadius, ChangeSpec
+from agent.models import ActionKind
+from agent.policy.model import Request
+
+
+def tool_call(spec: ChangeSpec, dry_run: bool, expected_rv: str | None) -> tuple[str, dict[str, Any]]:
+    """The guarded write tool and its parameters that carry out `spec` (a dry run or the real write)."""
+    t = spec.target
+    base: dict[str, Any] = {"dry_run": dry_run, "expected_resource_version": expected_rv}
+    p = spec.params
+    match spec.action:
+        case ActionKind.ROLLBACK:
+            return "k8s_rollout_undo", base | {"namespace": t.namespace, "name": t.name,
+                                                "to_revision": int(p["to_revision"])}
+        case ActionKind.SCALE:
+            return "k8s_scale_deployment", base | {"namespace": t.namespace, "name": t.name,
+                                                    "replicas": int(p["replicas"])}
+        case ActionKind.DEPLOY | ActionKind.SET_GPU_RESOURCES:
+            keys = ("container", "image", "args", "labels", "gpus", "change_cause")
+            return "k8s_set_pod_template", base | {"namespace": t.namespace, "name": t.name} | {
+                k: p[k] for k in keys if k in p}
+        case ActionKind.PAUSE_ROLLOUT | ActionKind.RESUME_ROLLOUT:
+            return "k8s_pause_rollout", base | {"namespace": t.namespace, "name": t.name,
+                                                 "paused": spec.action == ActionKind.PAUSE_ROLLOUT}
+        case ActionKind.CORDON_NODE:
+            return "k8s_cordon_node", {"node": t.name, "dry_run": dry_run, "expected_resource_version": expected_rv}
+        case ActionKind.DRAIN_NODE:
+            return "k8s_drain_node", {"node": t.name, "dry_run": dry_run, "expected_resource_version": expected_rv}
+    raise ValueError(f"{spec.action.value} is not an executable change")
+
+
+def policy_request(spec: ChangeSpec, *, risk: str, obj: dict[str, Any] | None, requester: str,
+                   blast: BlastRadius, at: dt.datetime, changes_last_hour: int,
+                   target_changes_last_hour: int) -> Request:
+    """The policy request for `spec` against the live object `obj` (None when it could not be read)."""
+    return Request(action=spec.action.value, risk=risk, cluster=spec.cluster, namespace=spec.target.namespace,
+                   target_kind=spec.target.kind, target_name=spec.target.name,
+                   labels=(obj or {}).get("metadata", {}).get("labels") or {}, requester=requester,
+                   gpus=blast.gpus, replicas_delta=replicas_delta(spec, obj), capacity_drop=blast.capacity_drop,
+                   at=at, changes_last_hour=changes_last_hour, target_changes_last_hour=target_changes_last_hour)
