@@ -19,6 +19,7 @@ from agent.guard.runner import ToolRunner
 from agent.models import Evidence, EvidenceStatus
 from agent.triage.conditions import compile_value, evaluate_value
 from agent.triage.features import extract, feature_map, summarize
+from agent.triage.history import earlier_incidents, exclusion_param
 from agent.triage.nodes.resolve import resolve_context
 from agent.triage.runbooks import EvidenceQuery, placeholders
 from agent.triage.state import TriageContext, TriageState
@@ -43,13 +44,15 @@ def fill(value: Any, context: dict[str, str], *, promql: bool = False) -> Any:
 
 
 async def run_query(q: EvidenceQuery, context: dict[str, str], runner: ToolRunner, actor: str,
-                    incident_id: str) -> Evidence:
+                    incident_id: str, exclude: list[dict[str, str]] | None = None) -> Evidence:
     needed = placeholders(q.params) | set(q.requires)
     absent = sorted(k for k in needed if not context.get(k))
     if absent:
         return Evidence(id=q.id, tool=q.tool, title=q.title, params=q.params, status=EvidenceStatus.SKIPPED,
                         summary=f"skipped: the alert and the cluster did not tell {', '.join(absent)}")
     params = fill(q.params, context)
+    if exclude and q.tool == "prometheus_query_range":
+        params = {**params, "exclude": exclude}
     outcome = await runner.call(q.tool, params, actor=actor, incident_id=incident_id)
     ended = outcome.started + dt.timedelta(milliseconds=outcome.duration_ms)
     if not outcome.ok or outcome.result is None:
@@ -75,8 +78,13 @@ async def gather(state: TriageState, runtime: Runtime[TriageContext]) -> dict[st
     for b in books:
         for q in b.evidence:
             seen.setdefault(q.id, q)  # runbooks share evidence ids on purpose: one query, many readers
-    evidence = list(await asyncio.gather(*(run_query(q, context, ctx.runner, ctx.actor, incident.id)
+    # Earlier incidents in the window would become the baselines the current one is measured against.
+    windows, history = await earlier_incidents(ctx.runner, ctx.actor, incident, ctx.now or dt.datetime.now(dt.UTC),
+                                               ctx.lookback_s)
+    exclude = exclusion_param(windows) or None
+    evidence = list(await asyncio.gather(*(run_query(q, context, ctx.runner, ctx.actor, incident.id, exclude)
                                            for q in seen.values())))
+    evidence.append(history)
     # Context the alert did not carry but the evidence reveals (e.g. which node reports the XID).
     feats = feature_map({"context": context, "evidence": evidence})
     for b in books:
