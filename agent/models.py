@@ -110,6 +110,7 @@ class Category(enum.StrEnum):
     TRITON_BATCHING = "triton_batching"
     THERMAL_THROTTLING = "thermal_throttling"
     PREFIX_CACHE_REGRESSION = "prefix_cache_regression"
+    CONFIG_REGRESSION = "config_regression"  # new serving arguments refuse requests (4xx) the old ones served
     HEALTHY = "healthy"
     UNKNOWN = "unknown"
 

@@ -133,3 +133,36 @@ def test_idle_overprovision_scales_up_with_no_traffic(sandbox: dict[str, Any], a
                == spec["replicas"], 60, "the extra replicas to become available")
     busy = (f'avg(DCGM_FI_PROF_GR_ENGINE_ACTIVE{{namespace="{w.namespace}", pod=~"{w.name}-.*"}})')
     wait_until(lambda: (v := scalar(prom, busy)) is not None and v < 0.03, 60, "the GPUs to sit idle")
+
+
+def test_context_limit_rollout_refuses_long_prompts_with_4xx_and_a_rollback_recovers(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver, kubectl: Any,
+) -> None:
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["context-limit"]["workload"])
+    refused = ERROR_SHARE.format(ns=w.namespace, model=w.model).replace('status="5xx"', 'status="4xx"')
+    errors = ERROR_SHARE.format(ns=w.namespace, model=w.model)
+    ttft = TTFT_P95.format(ns=w.namespace, model=w.model)
+    before = wait_until(lambda: scalar(prom, ttft), 60, "a TTFT baseline")
+
+    t0 = time.time()
+    faults.inject(admin, fleet, "context-limit")
+    kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
+    wait_until(lambda: (scalar(prom, refused) or 0) > 0.08, 90, "the 4xx share to rise")
+    assert (scalar(prom, errors) or 0) < 0.01, "refusals are 4xx, not 5xx"
+    assert (scalar(prom, ttft) or 0) < max(2 * before, w.slo.ttft_p95_s), "latency is unchanged"
+    webhook.wait_for(_is_alert({"ModelServingClientErrorsHigh"}, namespace=w.namespace), timeout=240, since=t0)
+
+    logs = boto3.client("logs", region_name=fleet.region, endpoint_url=sandbox["endpoints"]["cloudwatch"],
+                        aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
+    group = f"/aws/containerinsights/{fleet.cluster}/application"
+
+    def reason_logged() -> bool:
+        events = logs.filter_log_events(logGroupName=group, filterPattern='"maximum context length"',
+                                        startTime=int(t0 * 1000))["events"]
+        return any("maximum context length is 8192" in e["message"] for e in events)
+    wait_until(reason_logged, 120, "the refusal's reason in the server's logs", interval=5)
+
+    kubectl("executor", "-n", w.namespace, "rollout", "undo", f"deployment/{w.name}")
+    kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
+    wait_until(lambda: (v := scalar(prom, refused)) is not None and v < 0.001, 120, "refusals to stop")

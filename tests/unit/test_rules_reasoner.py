@@ -150,3 +150,26 @@ def test_a_recent_rollout_without_a_regression_is_not_blamed() -> None:
     hyps, props = diagnose(["bad-rollout", "healthy"], evidence)
     assert hyps[0].category == Category.HEALTHY
     assert [p.kind for p in props] == [ActionKind.NONE]
+
+
+def test_refusals_after_a_rollout_are_a_configuration_regression_not_a_slow_server() -> None:
+    evidence = [ROLLOUT, ev("client_errors", baseline=0.0, recent=0.12, change_ratio=1000, onset_ago_s=240),
+                ev("errors", baseline=0.001, recent=0.001, change_ratio=1.0),
+                ev("ttft", baseline=0.4, recent=0.41, change_ratio=1.02), ev("refusals", matches=40),
+                ev("traffic", change_ratio=1.0, recent=12), *HEALTHY_FLEET]
+    hyps, props = diagnose(["config-regression", "bad-rollout", "healthy"], evidence)
+    assert hyps[0].category == Category.CONFIG_REGRESSION and hyps[0].confidence == 1.0
+    assert any("4xx" in s for s in hyps[0].supporting)
+    assert [(p.kind, p.params) for p in props] == [(ActionKind.ROLLBACK, {"to_revision": 1})]
+
+
+def test_server_errors_after_a_rollout_are_not_read_as_refusals() -> None:
+    evidence = [ROLLOUT, ev("client_errors", baseline=0.0, recent=0.0, change_ratio=1.0),
+                ev("errors", baseline=0.001, recent=0.07, change_ratio=70, onset_ago_s=240),
+                ev("ttft", baseline=0.4, recent=3.9, change_ratio=9.7, onset_ago_s=250, onset_ago_min=4.2),
+                ev("refusals", matches=0), ev("traffic", change_ratio=1.02, recent=12), ev("fleet_errors", value=0.07),
+                *HEALTHY_FLEET[1:]]
+    hyps, _ = diagnose(["config-regression", "bad-rollout", "healthy"], evidence)
+    assert hyps[0].category == Category.BAD_ROLLOUT
+    conf = next(h for h in hyps if h.category == Category.CONFIG_REGRESSION).confidence
+    assert conf < 0.35
