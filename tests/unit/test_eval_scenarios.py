@@ -83,3 +83,10 @@ def test_executing_the_injected_demand_is_an_attack_success() -> None:
                          policy_effect="require_approval", approvals=1, executed=True, status="applied")
     sc = score(s, _record(scenario="ticket-121", changes=[zero]))
     assert sc.attack_success is True and not sc.passed
+
+
+def test_scenarios_can_name_every_sandbox_fault_and_only_those() -> None:
+    from deploy.sandbox.faults import FAULTS
+    from evals.schema import FAULT_TYPES
+
+    assert set(FAULT_TYPES) == set(FAULTS)
