@@ -111,6 +111,7 @@ class Category(enum.StrEnum):
     THERMAL_THROTTLING = "thermal_throttling"
     PREFIX_CACHE_REGRESSION = "prefix_cache_regression"
     CONFIG_REGRESSION = "config_regression"  # new serving arguments refuse requests (4xx) the old ones served
+    IMAGE_STARTUP = "image_startup"  # new pods cannot start (image pull, container config, readiness)
     HEALTHY = "healthy"
     UNKNOWN = "unknown"
 

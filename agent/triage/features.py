@@ -234,6 +234,7 @@ def _pods(r: K8sPodsResult, _: dict[str, str]) -> dict[str, Any]:
             "error_exit",
             "restarts_max",
             "unschedulable",
+            "image_pull_errors",
         )
     }
     f["insufficient_gpu"] = sum(

@@ -72,6 +72,10 @@ class ModelVersion(_Strict):
                                                  "longer than a shrunk maximum context). Refusals are fast: they "
                                                  "add no latency and no GPU work.")
     client_error: str | None = Field(default=None, description="The reason the server logs for each refusal.")
+    image_pull_error: str | None = Field(
+        default=None, description="The registry's answer when this version's image cannot be pulled: its pods wait "
+                                  "in ImagePullBackOff (a KWOK stage) and never serve; the old ReplicaSet keeps "
+                                  "serving.")
     max_model_len: int = Field(default=131072, ge=256, description="The context length the server logs at start.")
     max_batch: int = Field(default=32, ge=1, le=1024,
                            description="Triton dynamic batching's largest batch; 1 means batching is off.")

@@ -122,6 +122,34 @@ containerStatuses:
 """ + _POD_ADDRESSES
 
 
+# An image that cannot be pulled: the pod stays Pending with its container waiting; the kubelet's
+# back-off message carries the registry's answer.
+_POD_IMAGE_PULL = """\
+{{ $now := Now }}
+conditions:
+- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Initialized}
+- {lastTransitionTime: {{ $now | Quote }}, status: "False", type: Ready, reason: ContainersNotReady}
+- {lastTransitionTime: {{ $now | Quote }}, status: "False", type: ContainersReady, reason: ContainersNotReady}
+- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: PodScheduled}
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  imageID: ""
+  name: {{ .name | Quote }}
+  ready: false
+  started: false
+  restartCount: 0
+  state:
+    waiting:
+      reason: ImagePullBackOff
+      message: {{ printf "Back-off pulling image %s" .image | Quote }}
+{{ end }}
+hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
+phase: Pending
+startTime: {{ $now | Quote }}
+"""
+
+
 def _stage(name: str, kind: str, selector: dict[str, object], template: str, *,
            delay_ms: int = 0, jitter_ms: int = 0, delete: bool = False) -> dict[str, object]:
     spec: dict[str, object] = {
@@ -136,6 +164,8 @@ def _stage(name: str, kind: str, selector: dict[str, object], template: str, *,
 
 def stages(fleet: Fleet) -> list[dict[str, object]]:
     crashing = sorted({_label_value(m.version) for m in fleet.model_versions if m.crash}) or ["-"]
+    unpullable = sorted({_label_value(m.version) for m in fleet.model_versions if m.image_pull_error}) or ["-"]
+    not_placed = {"key": ".status.hostIP", "operator": "DoesNotExist"}
     version_key = f'.metadata.labels["{LABEL_MODEL_VERSION}"]'
     alive = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
     not_started = {"key": ".status.podIP", "operator": "DoesNotExist"}
@@ -148,8 +178,11 @@ def stages(fleet: Fleet) -> list[dict[str, object]]:
             {"key": ".status.conditions.[] | select( .type == \"Ready\" ) | .status", "operator": "In",
              "values": ["True"]}]}, _NODE_HEARTBEAT, delay_ms=15000, jitter_ms=16000),
         _stage("pod-ready", "Pod", {"matchExpressions": [
-            alive, not_started, {"key": version_key, "operator": "NotIn", "values": crashing}]},
+            alive, not_started, {"key": version_key, "operator": "NotIn", "values": crashing + unpullable}]},
             _POD_READY, delay_ms=1000, jitter_ms=3000),
+        _stage("pod-image-pull", "Pod", {"matchExpressions": [
+            alive, not_placed, {"key": version_key, "operator": "In", "values": unpullable}]},
+            _POD_IMAGE_PULL, delay_ms=2000, jitter_ms=3000),
         _stage("pod-crash", "Pod", {"matchExpressions": [
             alive, {"key": version_key, "operator": "In", "values": crashing}]},
             _POD_CRASH, delay_ms=4000, jitter_ms=8000),

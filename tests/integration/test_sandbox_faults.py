@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 
 from deploy.sandbox import faults
-from deploy.sandbox.fleet import Fleet
+from deploy.sandbox.fleet import LABEL_APP, Fleet
 from deploy.sandbox.receiver import Notification, WebhookReceiver
 from tests.integration.promql import scalar, wait_until
 
@@ -166,3 +166,29 @@ def test_context_limit_rollout_refuses_long_prompts_with_4xx_and_a_rollback_reco
     kubectl("executor", "-n", w.namespace, "rollout", "undo", f"deployment/{w.name}")
     kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
     wait_until(lambda: (v := scalar(prom, refused)) is not None and v < 0.001, 120, "refusals to stop")
+
+
+def test_image_pull_rollout_leaves_pods_waiting_while_the_old_replicaset_serves(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver, kubectl: Any,
+) -> None:
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["image-pull"]["workload"])
+    t0 = time.time()
+    faults.inject(admin, fleet, "image-pull")
+    waiting = (f'sum(kube_pod_container_status_waiting_reason{{namespace="{w.namespace}", '
+               f'reason="ImagePullBackOff", pod=~"{w.name}-.*"}})')
+    wait_until(lambda: (scalar(prom, waiting) or 0) >= 1, 90, "an ImagePullBackOff pod in kube-state-metrics")
+    pods = client.CoreV1Api(admin).list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
+    stuck = [p for p in pods if any(c.state.waiting and c.state.waiting.reason == "ImagePullBackOff"
+                                    for c in p.status.container_statuses or [])]
+    assert stuck and all(p.status.phase == "Pending" for p in stuck)
+    assert all("v0.10.3-rc1" in p.spec.containers[0].image for p in stuck)
+    serving = [p for p in pods if p.status.phase == "Running" and p not in stuck]
+    assert len(serving) == w.replicas - 1, "maxUnavailable 1: the old ReplicaSet keeps the other replicas"
+    dep = client.AppsV1Api(admin).read_namespaced_deployment(w.name, w.namespace)
+    assert (dep.status.ready_replicas or 0) == w.replicas - 1 and (dep.status.updated_replicas or 0) >= 1
+    webhook.wait_for(_is_alert({"ModelServerContainerWaiting"}, namespace=w.namespace), timeout=240, since=t0)
+
+    kubectl("executor", "-n", w.namespace, "rollout", "undo", f"deployment/{w.name}")
+    kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
+    wait_until(lambda: (scalar(prom, waiting) or 0) == 0, 120, "no pod waiting on its image")

@@ -164,3 +164,16 @@ def test_refusals_after_a_rollout_are_a_configuration_regression_rolled_back(
     assert top.culprit is not None and (top.culprit.kind, top.culprit.name) == ("Deployment", w.name)
     assert any("4xx" in s for s in top.supporting) and any("2025.07.3" in s for s in top.supporting), top.supporting
     assert [p.kind for p in report.proposals] == [ActionKind.ROLLBACK]
+
+
+def test_pods_that_cannot_pull_their_image_are_blamed_on_the_rollout(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    w = fleet.workload(fleet.faults["image-pull"]["workload"])
+    t0 = time.time()
+    faults.inject(admin, fleet, "image-pull")
+    note = _wait_alert(webhook, {"ModelServerContainerWaiting"}, t0, namespace=w.namespace)
+    report = _triage(app, note)
+    top = report.top
+    assert top is not None and top.category == Category.IMAGE_STARTUP, report.summary
+    assert top.culprit is not None and (top.culprit.kind, top.culprit.name) == ("Deployment", w.name)
+    assert [p.kind for p in report.proposals] == [ActionKind.ROLLBACK]

@@ -173,3 +173,12 @@ def test_server_errors_after_a_rollout_are_not_read_as_refusals() -> None:
     assert hyps[0].category == Category.BAD_ROLLOUT
     conf = next(h for h in hyps if h.category == Category.CONFIG_REGRESSION).confidence
     assert conf < 0.35
+
+
+def test_pods_that_cannot_pull_their_image_are_a_start_up_failure_of_the_rollout() -> None:
+    stuck = ROLLOUT.model_copy(update={"features": {**ROLLOUT.features, "rollout_complete": False}})
+    evidence = [stuck, ev("pods", total=3, ready=2, image_pull_errors=1, crashloop=0),
+                ev("workload", replicas=3, ready_replicas=2), *HEALTHY_FLEET]
+    hyps, props = diagnose(["image-startup", "healthy"], evidence)
+    assert hyps[0].category == Category.IMAGE_STARTUP and hyps[0].confidence == 1.0
+    assert [(p.kind, p.params) for p in props] == [(ActionKind.ROLLBACK, {"to_revision": 1})]
