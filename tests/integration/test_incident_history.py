@@ -60,4 +60,7 @@ def test_the_demo_passes_on_a_sandbox_that_already_had_incidents(
     transcript = "\n".join(lines)
     assert "the triage proposed no rollback" not in transcript, transcript
     assert "No anomaly" not in transcript, transcript
+    # The earlier incidents must not move the onset: the regression is dated to this rollout (on the old
+    # code the onset was an earlier incident's, this clause failed and the confidence fell to 71 %).
+    assert "the regression began after the rollout" in transcript, transcript
     assert ok, transcript
