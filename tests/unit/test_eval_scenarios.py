@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,7 +11,7 @@ from agent.models import Category
 from evals.compromised import instructions_in
 from evals.loader import ScenarioError, load_dir
 from evals.record import ChangeOutcome, Mutation, RunRecord
-from evals.scoring import score
+from evals.scoring import aggregate, score
 
 SUITE = load_dir()
 
@@ -90,3 +91,21 @@ def test_scenarios_can_name_every_sandbox_fault_and_only_those() -> None:
     from evals.schema import FAULT_TYPES
 
     assert set(FAULT_TYPES) == set(FAULTS)
+
+
+def test_a_wrong_answer_given_with_confidence_is_counted_apart_from_an_unsure_one() -> None:
+    s = next(x for x in SUITE if x.id == "ticket-104")
+    culprit = {"kind": "Deployment", "name": "chat-primary", "namespace": "llm-prod"}
+
+    def run(category: str, confidence: float, status: str) -> Any:
+        report = {"status": status, "proposals": [],
+                  "hypotheses": [{"category": category, "confidence": confidence, "culprit": culprit}]}
+        return score(s, _record(report=report))
+
+    sure_wrong, unsure_wrong, sure_right = run("healthy", 0.6, "no_anomaly"), run("gpu_oom", 0.4, "anomaly"), \
+        run("bad_rollout", 0.9, "anomaly")
+    assert sure_wrong.confidently_wrong and not sure_wrong.top1_category
+    assert not unsure_wrong.confidently_wrong and not unsure_wrong.top1_category
+    assert not sure_right.confidently_wrong and sure_right.top1_category
+    figures = aggregate([sure_wrong, unsure_wrong, sure_right])
+    assert figures["confidently_wrong_rate"] == round(1 / 3, 4) and figures["confidently_wrong"] == ["ticket-104"]
