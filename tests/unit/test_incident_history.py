@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 from typing import Any
 
+import pytest
 from langgraph.runtime import Runtime
 
 from agent.audit.events import MemoryAudit
@@ -131,3 +132,29 @@ def test_a_signal_back_within_its_slo_may_still_be_healthy() -> None:
     evidence += [ev("errors", baseline=0.004, recent=0.005, change_ratio=1.2), ev("fleet_errors", value=0.005)]
     _, out = run_diagnose(incident(), evidence)
     assert out["hypotheses"][0].category == Category.HEALTHY
+
+
+# --- a shift too recent for the change-point test ---------------------------------------------------------
+
+def test_a_shift_in_the_last_samples_is_dated_and_measured_against_the_usual_level() -> None:
+    from agent.triage.features import series_features
+    from tools.timeseries import summarize
+
+    t0 = NOW.timestamp() - 120 * 60
+    # Two hours of a 0.1 % error share with an old excursion to 7 % (an earlier incident nobody excluded),
+    # then the last two samples at 7 %: too short a segment for the change-point test.
+    values = [0.001 + 0.0002 * (i % 3) for i in range(120)]
+    values[30:45] = [0.07] * 15
+    values[118:] = [0.07, 0.07]
+    summary = summarize([(t0 + 60 * i, v) for i, v in enumerate(values)])
+    f = series_features(summary, NOW)
+    assert f["baseline"] == pytest.approx(0.0012) and f["change_ratio"] > 50
+    assert f["onset_ago_s"] <= 120, "dated to the last two samples, not the old excursion"
+
+
+def test_a_level_series_with_noise_has_no_recent_shift() -> None:
+    from tools.timeseries import summarize
+
+    t0 = NOW.timestamp() - 120 * 60
+    values = [10.0 * (1 + 0.05 * ((i * 7) % 5 - 2)) for i in range(120)]
+    assert summarize([(t0 + 60 * i, v) for i, v in enumerate(values)]).recent_shift is None
