@@ -112,6 +112,7 @@ class Category(enum.StrEnum):
     PREFIX_CACHE_REGRESSION = "prefix_cache_regression"
     CONFIG_REGRESSION = "config_regression"  # new serving arguments refuse requests (4xx) the old ones served
     IMAGE_STARTUP = "image_startup"  # new pods cannot start (image pull, container config, readiness)
+    HOST_MEMORY = "host_memory"  # the kernel kills the container at its memory limit (OOMKilled)
     HEALTHY = "healthy"
     UNKNOWN = "unknown"
 

@@ -32,7 +32,7 @@ from deploy.sandbox.simulator import model
 
 # Faults that are a rollout of another model version (its performance profile is the fault).
 ROLLOUT_FAULTS = ("bad-rollout", "gpu-oom", "prefix-cache-regression", "triton-batching", "tensor-cores-idle",
-                  "context-limit", "image-pull")
+                  "context-limit", "image-pull", "host-oom")
 FAULTS = (*ROLLOUT_FAULTS, "traffic-surge", "gpu-xid", "idle-overprovision", "gpu-thermal", "autoscaler-thrash")
 FAULT_LABEL = "opsagent.dev/fault"  # on objects a fault created, so `clear` can find them
 CONFIGMAP = "faults"

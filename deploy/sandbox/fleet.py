@@ -67,6 +67,10 @@ class ModelVersion(_Strict):
     output_tokens: int = Field(ge=0)
     prefix_hit: float = Field(ge=0, le=1, description="Prefix-cache hit ratio.")
     crash: str | None = Field(default=None, description="Log line of a version whose pods crash-loop.")
+    crash_reason: str = Field(default="Error", pattern=r"^[A-Za-z]{1,40}$",
+                              description="The crashed container's termination reason: Error (the process "
+                                          "exited), OOMKilled (the kernel killed it at its memory limit).")
+    exit_code: int = Field(default=1, ge=1, le=255, description="The crashed container's exit code (137 = SIGKILL).")
     client_error_rate: float = Field(default=0.0, ge=0, le=1,
                                      description="Share of requests the server refuses with a 4xx (e.g. prompts "
                                                  "longer than a shrunk maximum context). Refusals are fast: they "

@@ -110,8 +110,8 @@ containerStatuses:
   restartCount: {{ add1 $restarts }}
   lastState:
     terminated:
-      exitCode: 1
-      reason: Error
+      exitCode: __EXIT__
+      reason: __REASON__
       startedAt: {{ $now | Quote }}
       finishedAt: {{ $now | Quote }}
   state:
@@ -164,6 +164,11 @@ def _stage(name: str, kind: str, selector: dict[str, object], template: str, *,
 
 def stages(fleet: Fleet) -> list[dict[str, object]]:
     crashing = sorted({_label_value(m.version) for m in fleet.model_versions if m.crash}) or ["-"]
+    # One crash stage per way of dying, so each pod shows its own version's termination reason and code.
+    deaths: dict[tuple[str, int], list[str]] = {}
+    for m in fleet.model_versions:
+        if m.crash:
+            deaths.setdefault((m.crash_reason, m.exit_code), []).append(_label_value(m.version))
     unpullable = sorted({_label_value(m.version) for m in fleet.model_versions if m.image_pull_error}) or ["-"]
     not_placed = {"key": ".status.hostIP", "operator": "DoesNotExist"}
     version_key = f'.metadata.labels["{LABEL_MODEL_VERSION}"]'
@@ -183,9 +188,11 @@ def stages(fleet: Fleet) -> list[dict[str, object]]:
         _stage("pod-image-pull", "Pod", {"matchExpressions": [
             alive, not_placed, {"key": version_key, "operator": "In", "values": unpullable}]},
             _POD_IMAGE_PULL, delay_ms=2000, jitter_ms=3000),
-        _stage("pod-crash", "Pod", {"matchExpressions": [
-            alive, {"key": version_key, "operator": "In", "values": crashing}]},
-            _POD_CRASH, delay_ms=4000, jitter_ms=8000),
+        *(_stage("pod-crash" if (reason, code) == ("Error", 1) else f"pod-crash-{reason.lower()}-{code}", "Pod",
+                 {"matchExpressions": [alive, {"key": version_key, "operator": "In", "values": sorted(versions)}]},
+                 _POD_CRASH.replace("__EXIT__", str(code)).replace("__REASON__", reason),
+                 delay_ms=4000, jitter_ms=8000)
+          for (reason, code), versions in sorted(deaths.items())),
         _stage("pod-delete", "Pod", {"matchExpressions": [
             {"key": ".metadata.deletionTimestamp", "operator": "Exists"}]}, "", delete=True),
     ]

@@ -192,3 +192,24 @@ def test_image_pull_rollout_leaves_pods_waiting_while_the_old_replicaset_serves(
     kubectl("executor", "-n", w.namespace, "rollout", "undo", f"deployment/{w.name}")
     kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
     wait_until(lambda: (scalar(prom, waiting) or 0) == 0, 120, "no pod waiting on its image")
+
+
+def test_host_oom_rollout_is_oomkilled_with_restarts_climbing(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, kubectl: Any) -> None:
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["host-oom"]["workload"])
+    faults.inject(admin, fleet, "host-oom")
+    killed = (f'sum(kube_pod_container_status_last_terminated_reason{{namespace="{w.namespace}", '
+              f'reason="OOMKilled", pod=~"{w.name}-.*"}})')
+    wait_until(lambda: (scalar(prom, killed) or 0) >= 1, 90, "an OOMKilled container in kube-state-metrics")
+    restarts = f'max(kube_pod_container_status_restarts_total{{namespace="{w.namespace}", pod=~"{w.name}-.*"}})'
+    first = scalar(prom, restarts) or 0
+    wait_until(lambda: (scalar(prom, restarts) or 0) > first, 90, "the restart count to climb")
+    pods = client.CoreV1Api(admin).list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
+    terms = [c.last_state.terminated for p in pods for c in p.status.container_statuses or []
+             if c.last_state and c.last_state.terminated]
+    assert terms and all((t.reason, t.exit_code) == ("OOMKilled", 137) for t in terms)
+    kubectl("executor", "-n", w.namespace, "rollout", "undo", f"deployment/{w.name}")
+    kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
+    crash = f'sum(kube_pod_container_status_waiting_reason{{namespace="{w.namespace}", reason="CrashLoopBackOff"}})'
+    wait_until(lambda: (scalar(prom, crash) or 0) == 0, 120, "no pod crash-looping after the rollback")

@@ -177,3 +177,17 @@ def test_pods_that_cannot_pull_their_image_are_blamed_on_the_rollout(
     assert top is not None and top.category == Category.IMAGE_STARTUP, report.summary
     assert top.culprit is not None and (top.culprit.kind, top.culprit.name) == ("Deployment", w.name)
     assert [p.kind for p in report.proposals] == [ActionKind.ROLLBACK]
+
+
+def test_containers_killed_at_their_memory_limit_are_told_apart_from_gpu_oom(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    w = fleet.workload(fleet.faults["host-oom"]["workload"])
+    t0 = time.time()
+    faults.inject(admin, fleet, "host-oom")
+    note = _wait_alert(webhook, {"ModelServerCrashLooping"}, t0, namespace=w.namespace)
+    report = _triage(app, note)
+    top = report.top
+    assert top is not None and top.category == Category.HOST_MEMORY, report.summary
+    assert top.culprit is not None and top.culprit.name == w.name
+    assert any("OOMKilled" in s for s in top.supporting), top.supporting
+    assert [p.kind for p in report.proposals] == [ActionKind.ROLLBACK]

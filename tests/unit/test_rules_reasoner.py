@@ -182,3 +182,13 @@ def test_pods_that_cannot_pull_their_image_are_a_start_up_failure_of_the_rollout
     hyps, props = diagnose(["image-startup", "healthy"], evidence)
     assert hyps[0].category == Category.IMAGE_STARTUP and hyps[0].confidence == 1.0
     assert [(p.kind, p.params) for p in props] == [(ActionKind.ROLLBACK, {"to_revision": 1})]
+
+
+def test_containers_killed_by_the_kernel_are_host_memory_not_gpu_memory() -> None:
+    evidence = [ROLLOUT, ev("pods", total=3, ready=2, crashloop=1, oom_killed=1, gpu_oom=0, error_exit=0,
+                            restarts_max=4), ev("oom_logs", matches=0), *HEALTHY_FLEET]
+    hyps, props = diagnose(["host-memory", "gpu-oom", "healthy"], evidence)
+    assert hyps[0].category == Category.HOST_MEMORY and hyps[0].confidence == 1.0
+    gpu = next(h for h in hyps if h.category == Category.GPU_OOM)
+    assert gpu.confidence < 0.35
+    assert [(p.kind, p.params) for p in props] == [(ActionKind.ROLLBACK, {"to_revision": 1})]

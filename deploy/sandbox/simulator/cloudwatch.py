@@ -228,6 +228,12 @@ def log_lines(
         # CRASH_CYCLE_S, as fast as the kubelet restarts it, so each restart leaves its lines.
         for k in range(max(1, int(period // CRASH_CYCLE_S))):
             c = t + k * CRASH_CYCLE_S
+            if mv.crash_reason == "OOMKilled":
+                # The kernel kills the process: no error of its own, the log just stops after its last line.
+                out += [(c + 1, "stdout", f"INFO {_vllm_time(c + 1)} [api_server.py:1805] vLLM API server version "
+                                          f"{r.pod.image.rsplit(':v', 1)[-1]}"),
+                        (c + 3, "stdout", mv.crash)]
+                continue
             out += [
                 (
                     c + 1,
