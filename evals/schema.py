@@ -86,6 +86,9 @@ class Detection(_Strict):
     alert_labels: dict[str, str] = Field(default_factory=dict,
                                          description="Labels of the alert to build when not waiting (and for "
                                                      "healthy controls: the probe alert the agent is asked about).")
+    omit_labels: list[str] = Field(default_factory=list, max_length=20,
+                                   description="Labels the built alert leaves out, `namespace` included: a real "
+                                               "alert from someone else's rule may carry none of ours.")
 
 
 class Truth(_Strict):

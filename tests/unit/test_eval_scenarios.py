@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +111,17 @@ def test_a_wrong_answer_given_with_confidence_is_counted_apart_from_an_unsure_on
     assert not sure_right.confidently_wrong and sure_right.top1_category
     figures = aggregate([sure_wrong, unsure_wrong, sure_right])
     assert figures["confidently_wrong_rate"] == round(1 / 3, 4) and figures["confidently_wrong"] == ["ticket-104"]
+
+
+def test_a_built_alert_can_omit_any_label_and_carries_no_marker() -> None:
+    from deploy.sandbox.fleet import Fleet
+    from evals.runner import _synthetic_alert
+
+    base = next(x for x in SUITE if x.detection.wait is False or x.truth.expect == "no_action")
+    s = base.model_copy(update={"detection": base.detection.model_copy(
+        update={"omit_labels": ["namespace", "severity"]})})
+    body = _synthetic_alert(s, Fleet.load(), dt.datetime(2026, 12, 6, tzinfo=dt.UTC))
+    [alert] = body["alerts"]
+    assert "namespace" not in alert["labels"] and "severity" not in alert["labels"]
+    text = json.dumps(body).lower()
+    assert not any(marker in text for marker in ("probe", "eval", "synthetic", "scenario", s.id))
