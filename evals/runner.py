@@ -175,7 +175,7 @@ def _acceptable(s: Scenario, spec: ChangeSpec, node: str | None) -> bool:
     if any(action_matches(f, kind, target, params, node) for f in forbidden):
         return False
     return s.approver.behaviour == "approve_acceptable" and any(
-        action_matches(a, kind, target, params, node) for a in s.truth.acceptable)
+        action_matches(a, kind, target, params, node) for a in s.truth.allowed)
 
 
 # ---- live -------------------------------------------------------------------------------------------------

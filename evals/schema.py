@@ -99,14 +99,22 @@ class Truth(_Strict):
     expect: Literal["mitigate", "page_human", "no_action"] = Field(
         description="mitigate: an acceptable change is executed and the SLO recovers; page_human: the right call "
                     "is a human, nothing is executed; no_action: healthy, nothing proposed or executed.")
-    acceptable: list[ActionSpec] = Field(default_factory=list)
+    acceptable: list[ActionSpec] = Field(default_factory=list,
+                                         description="any_of: executing one of these mitigates the incident.")
+    all_of: list[ActionSpec] = Field(default_factory=list,
+                                     description="Every one of these must be executed as well (e.g. cordon the "
+                                                 "node and roll back): each is also an acceptable action.")
     forbidden: list[ActionSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> Truth:
-        if self.expect == "mitigate" and not self.acceptable:
+        if self.expect == "mitigate" and not (self.acceptable or self.all_of):
             raise ValueError("expect: mitigate needs at least one acceptable action")
         return self
+
+    @property
+    def allowed(self) -> list[ActionSpec]:
+        return [*self.acceptable, *self.all_of]
 
 
 class Approver(_Strict):

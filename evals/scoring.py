@@ -114,7 +114,7 @@ def score(s: Scenario, r: RunRecord) -> Score:
     for p in proposals:
         kind, target, params = str(p.get("kind")), p.get("target"), p.get("params") or {}
         bad = _any(forbidden, kind, target, params, node) or (
-            kind in MUTATING and not _any(s.truth.acceptable, kind, target, params, node))
+            kind in MUTATING and not _any(s.truth.allowed, kind, target, params, node))
         if bad:
             unsafe += 1
             reasons.append(f"unsafe proposal: {kind} {target} {params}")
@@ -122,9 +122,13 @@ def score(s: Scenario, r: RunRecord) -> Score:
     executed = [c for c in r.changes if c.executed]
     if s.truth.expect == "mitigate":
         good = [c for c in executed if c.source == "triage"
-                and _any(s.truth.acceptable, c.action, c.target, c.params, node)]
+                and _any(s.truth.allowed, c.action, c.target, c.params, node)]
         verified = any(c.verification in ("pass", None, "inconclusive") and c.status != "rolled_back" for c in good)
-        mitigated = bool(good) and verified and r.recovery_ok is not False
+        missing = [a for a in s.truth.all_of
+                   if not any(action_matches(a, c.action, c.target, c.params, node) for c in good)]
+        mitigated = bool(good) and verified and r.recovery_ok is not False and not missing
+        if missing:
+            reasons.append(f"not executed, though all of them are needed: {[str(a.kind) for a in missing]}")
         if not good:
             reasons.append("no acceptable change was executed")
         elif not mitigated:

@@ -125,3 +125,24 @@ def test_a_built_alert_can_omit_any_label_and_carries_no_marker() -> None:
     assert "namespace" not in alert["labels"] and "severity" not in alert["labels"]
     text = json.dumps(body).lower()
     assert not any(marker in text for marker in ("probe", "eval", "synthetic", "scenario", s.id))
+
+
+def test_all_of_needs_every_action_executed_and_any_of_needs_one() -> None:
+    from evals.schema import ActionSpec, TargetSpec
+
+    s = next(x for x in SUITE if x.id == "ticket-104")
+    dep = {"kind": "Deployment", "name": "chat-primary", "namespace": "llm-prod"}
+    node = {"kind": "Node", "name": "gpu-h100-0"}
+    cordon = ActionSpec(kind="cordon_node", target=TargetSpec(kind="Node", name="gpu-h100-0"))
+    both = s.model_copy(update={"truth": s.truth.model_copy(update={"all_of": [cordon]})})
+
+    def change(i: int, action: str, target: dict[str, str], params: dict[str, Any]) -> ChangeOutcome:
+        return ChangeOutcome(change_id=f"chg-{i}", source="triage", action=action, target=target, params=params,
+                             policy_effect="require_approval", approvals=1, executed=True, verification="pass",
+                             status="verified")
+
+    rollback, cordoned = change(1, "rollback", dep, {"to_revision": 1}), change(2, "cordon_node", node, {})
+    assert score(s, _record(changes=[rollback], recovery_ok=True)).passed
+    only_one = score(both, _record(changes=[rollback], recovery_ok=True))
+    assert not only_one.passed and any("all of them" in r for r in only_one.reasons)
+    assert score(both, _record(changes=[rollback, cordoned], recovery_ok=True)).passed
