@@ -213,3 +213,27 @@ def test_host_oom_rollout_is_oomkilled_with_restarts_climbing(
     kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
     crash = f'sum(kube_pod_container_status_waiting_reason{{namespace="{w.namespace}", reason="CrashLoopBackOff"}})'
     wait_until(lambda: (scalar(prom, crash) or 0) == 0, 120, "no pod crash-looping after the rollback")
+
+
+def test_a_scale_up_past_the_pool_leaves_pods_unschedulable(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["gpu-capacity"]["workload"])
+    t0 = time.time()
+    rec = faults.inject(admin, fleet, "gpu-capacity")
+    core = client.CoreV1Api(admin)
+
+    def unschedulable() -> list[Any]:
+        pods = core.list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
+        return [p for p in pods if p.status.phase == "Pending" and any(
+            c.type == "PodScheduled" and c.reason == "Unschedulable"
+            and "Insufficient nvidia.com/gpu" in (c.message or "") for c in p.status.conditions or [])]
+    stuck = wait_until(unschedulable, 90, "a pod the real scheduler cannot place")
+    assert len(stuck) == 1 and rec["replicas"] == w.replicas + 2, "only the replica beyond the pool waits"
+    nodes = core.list_node(label_selector=f"opsagent.dev/node-pool={w.pool}").items
+    assert all(n.status.allocatable["nvidia.com/gpu"] == n.status.capacity["nvidia.com/gpu"] for n in nodes)
+    metric = f'sum(kube_pod_status_unschedulable{{namespace="{w.namespace}"}})'
+    wait_until(lambda: (scalar(prom, metric) or 0) >= 1, 90, "kube_pod_status_unschedulable in kube-state-metrics")
+    webhook.wait_for(_is_alert({"GPUPodsPending"}, namespace=w.namespace), timeout=240, since=t0)
+    faults.clear(admin, fleet)
+    wait_until(lambda: not unschedulable(), 90, "no pod left unschedulable once the replicas are restored")

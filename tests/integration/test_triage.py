@@ -191,3 +191,15 @@ def test_containers_killed_at_their_memory_limit_are_told_apart_from_gpu_oom(
     assert top.culprit is not None and top.culprit.name == w.name
     assert any("OOMKilled" in s for s in top.supporting), top.supporting
     assert [p.kind for p in report.proposals] == [ActionKind.ROLLBACK]
+
+
+def test_pods_waiting_for_a_full_pool_are_a_capacity_limit_for_a_human(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    w = fleet.workload(fleet.faults["gpu-capacity"]["workload"])
+    t0 = time.time()
+    faults.inject(admin, fleet, "gpu-capacity")
+    note = _wait_alert(webhook, {"GPUPodsPending"}, t0, namespace=w.namespace)
+    report = _triage(app, note)
+    top = report.top
+    assert top is not None and top.category == Category.CAPACITY, report.summary
+    assert [p.kind for p in report.proposals] == [ActionKind.PAGE_HUMAN]

@@ -192,3 +192,19 @@ def test_containers_killed_by_the_kernel_are_host_memory_not_gpu_memory() -> Non
     gpu = next(h for h in hyps if h.category == Category.GPU_OOM)
     assert gpu.confidence < 0.35
     assert [(p.kind, p.params) for p in props] == [(ActionKind.ROLLBACK, {"to_revision": 1})]
+
+
+def test_pods_pending_for_gpus_with_no_gpu_lost_are_a_capacity_limit_paged_to_a_human() -> None:
+    evidence = [ev("xid", EvidenceStatus.EMPTY, count=0), ev("gpu_nodes", unallocatable=0, not_ready=0, gpu_nodes=8),
+                ev("pending", insufficient_gpu=2, pending=2)]
+    hyps, props = diagnose(["gpu-capacity", "gpu-xid"], evidence, {"namespace": "llm-prod"})
+    assert hyps[0].category == Category.CAPACITY and hyps[0].confidence == 1.0
+    assert [p.kind for p in props] == [ActionKind.PAGE_HUMAN]
+
+
+def test_pods_pending_after_gpus_were_lost_are_not_a_capacity_limit() -> None:
+    evidence = [ev("xid", value=79, top_Hostname="gpu-h100-0", count=1),
+                ev("gpu_nodes", unallocatable=1, not_ready=0, unallocatable_nodes="gpu-h100-0"),
+                ev("pending", insufficient_gpu=2, pending=2)]
+    hyps, _ = diagnose(["gpu-capacity", "gpu-xid"], evidence, {"namespace": "llm-prod", "node": "gpu-h100-0"})
+    assert hyps[0].category == Category.GPU_HARDWARE
