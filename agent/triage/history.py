@@ -21,7 +21,9 @@ from agent.models import Evidence, EvidenceStatus, Incident
 from tools.prometheus.tools import PrometheusRangeResult
 
 EVIDENCE_ID = "incident_history"
-QUERY = "count by (alertname) (ALERTS)"
+# One series per alert identity (its labels, pending and firing merged): two pods' alerts of the same
+# name are two incidents, not one that never ended.
+QUERY = "max without (alertstate) (ALERTS)"
 STEP_S = 60
 # A fault shows in the signals before its alert goes pending (the alert's own rate window), and the
 # evidence queries' 5-minute rates keep an excursion visible for up to 5 minutes after it ends.
@@ -54,7 +56,7 @@ def windows_from(result: PrometheusRangeResult, since: dt.datetime, now: dt.date
             if t is not None and prev is not None and t - prev <= 2 * step:
                 prev = t
                 continue
-            if first is not None and prev is not None and prev < since - 2 * step and prev < now - 2 * step:
+            if first is not None and prev is not None and prev < since and prev < now - 2 * step:
                 end = min(prev + dt.timedelta(seconds=TAIL_S), since - dt.timedelta(seconds=GUARD_S))
                 start = first - dt.timedelta(seconds=LEAD_S)
                 if end > start:
@@ -75,7 +77,7 @@ async def earlier_incidents(runner: ToolRunner, actor: str, incident: Incident, 
                             lookback_s: int) -> tuple[list[Window], Evidence]:
     """Query `ALERTS` over the lookback; return the earlier windows and the evidence that shows them."""
     params = {"query": QUERY, "lookback_s": lookback_s, "step_s": STEP_S, "include_points": True,
-              "points": 200, "max_series": 50}
+              "points": 200, "max_series": 200}
     title = "Earlier alerts in the window (left out of the baselines)"
     outcome = await runner.call("prometheus_query_range", params, actor=actor, incident_id=incident.id)
     ended = outcome.started + dt.timedelta(milliseconds=outcome.duration_ms)

@@ -158,3 +158,13 @@ def test_a_level_series_with_noise_has_no_recent_shift() -> None:
     t0 = NOW.timestamp() - 120 * 60
     values = [10.0 * (1 + 0.05 * ((i * 7) % 5 - 2)) for i in range(120)]
     assert summarize([(t0 + 60 * i, v) for i, v in enumerate(values)]).recent_shift is None
+
+
+def test_an_alert_of_another_pod_that_ended_just_before_is_an_earlier_incident() -> None:
+    # Same alert name, two pods: the crash loop of the rolled-back pod ended a minute before this one began.
+    r = alerts_result({"ModelServerCrashLooping": [(-12, -3)]})
+    r.series.append(SeriesResult(labels={"alertname": "ModelServerCrashLooping", "pod": "b"},
+                                 summary=SeriesSummary(points=3), points=[Point(at=minutes(m), value=1.0)
+                                                                          for m in (-2, -1, 0)]))
+    [w] = windows_from(r, since=minutes(-2), now=NOW)
+    assert w.end == minutes(-3)

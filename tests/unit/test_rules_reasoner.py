@@ -208,3 +208,10 @@ def test_pods_pending_after_gpus_were_lost_are_not_a_capacity_limit() -> None:
                 ev("pending", insufficient_gpu=2, pending=2)]
     hyps, _ = diagnose(["gpu-capacity", "gpu-xid"], evidence, {"namespace": "llm-prod", "node": "gpu-h100-0"})
     assert hyps[0].category == Category.GPU_HARDWARE
+
+
+def test_an_earlier_incidents_cuda_lines_do_not_outweigh_the_pods_own_oomkilled() -> None:
+    evidence = [ROLLOUT, ev("pods", total=3, ready=2, crashloop=1, oom_killed=1, gpu_oom=0, error_exit=0,
+                            restarts_max=4), ev("oom_logs", matches=4), *HEALTHY_FLEET]
+    hyps, _ = diagnose(["host-memory", "gpu-oom", "healthy"], evidence)
+    assert hyps[0].category == Category.HOST_MEMORY and hyps[0].confidence >= 0.35
