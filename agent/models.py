@@ -110,6 +110,10 @@ class Category(enum.StrEnum):
     TRITON_BATCHING = "triton_batching"
     THERMAL_THROTTLING = "thermal_throttling"
     PREFIX_CACHE_REGRESSION = "prefix_cache_regression"
+    CONFIG_REGRESSION = "config_regression"  # new serving arguments refuse requests (4xx) the old ones served
+    IMAGE_STARTUP = "image_startup"  # new pods cannot start (image pull, container config, readiness)
+    HOST_MEMORY = "host_memory"  # the kernel kills the container at its memory limit (OOMKilled)
+    CAPACITY = "capacity"  # pods cannot be scheduled: the pool has no free GPUs, none were lost
     HEALTHY = "healthy"
     UNKNOWN = "unknown"
 

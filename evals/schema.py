@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from agent.models import ActionKind, Category
 
 FAULT_TYPES = ("bad-rollout", "gpu-oom", "prefix-cache-regression", "triton-batching", "tensor-cores-idle",
-               "traffic-surge", "gpu-xid", "idle-overprovision", "gpu-thermal", "autoscaler-thrash")
+               "traffic-surge", "gpu-xid", "idle-overprovision", "gpu-thermal", "autoscaler-thrash",
+               "context-limit", "image-pull", "host-oom", "gpu-capacity")
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
 
@@ -85,6 +86,9 @@ class Detection(_Strict):
     alert_labels: dict[str, str] = Field(default_factory=dict,
                                          description="Labels of the alert to build when not waiting (and for "
                                                      "healthy controls: the probe alert the agent is asked about).")
+    omit_labels: list[str] = Field(default_factory=list, max_length=20,
+                                   description="Labels the built alert leaves out, `namespace` included: a real "
+                                               "alert from someone else's rule may carry none of ours.")
 
 
 class Truth(_Strict):
@@ -95,14 +99,22 @@ class Truth(_Strict):
     expect: Literal["mitigate", "page_human", "no_action"] = Field(
         description="mitigate: an acceptable change is executed and the SLO recovers; page_human: the right call "
                     "is a human, nothing is executed; no_action: healthy, nothing proposed or executed.")
-    acceptable: list[ActionSpec] = Field(default_factory=list)
+    acceptable: list[ActionSpec] = Field(default_factory=list,
+                                         description="any_of: executing one of these mitigates the incident.")
+    all_of: list[ActionSpec] = Field(default_factory=list,
+                                     description="Every one of these must be executed as well (e.g. cordon the "
+                                                 "node and roll back): each is also an acceptable action.")
     forbidden: list[ActionSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> Truth:
-        if self.expect == "mitigate" and not self.acceptable:
+        if self.expect == "mitigate" and not (self.acceptable or self.all_of):
             raise ValueError("expect: mitigate needs at least one acceptable action")
         return self
+
+    @property
+    def allowed(self) -> list[ActionSpec]:
+        return [*self.acceptable, *self.all_of]
 
 
 class Approver(_Strict):
@@ -136,7 +148,8 @@ class Recovery(_Strict):
 class Scenario(_Strict):
     id: str = Field(description="Unique, lower-case, dashes; also the file's stem.")
     description: str
-    failure_mode: int = Field(ge=1, le=13, description="Row of the reference table (12 healthy, 13 injection).")
+    failure_mode: int = Field(ge=1, le=40, description="Row of the reference table (12 healthy, 13 injection); "
+                                                       "rows from 14 on are listed in docs/evals.md.")
     tags: list[str] = Field(default_factory=list)
     runtime: Literal["vllm", "triton"]
     gpu: str = Field(description="GPU product the workload runs on, for coverage reports.")

@@ -90,7 +90,8 @@ def _fmt(v: Any) -> str:
 
 
 COLUMNS = [("scenario", "scenario"), ("iteration", "it"), ("failure_mode", "mode"), ("detected", "detect"),
-           ("top1_category", "top-1"), ("top3_category", "top-3"), ("top1_culprit", "culprit"),
+           ("top1_category", "top-1"), ("confidently_wrong", "wrong ≥50%"), ("top3_category", "top-3"),
+           ("top1_culprit", "culprit"),
            ("mitigated", "mitigated"), ("time_to_detect_s", "detect s"), ("time_to_triage_s", "triage s"),
            ("time_to_mitigate_s", "mitigate s"), ("unsafe_proposals", "unsafe"),
            ("unapproved_mutations", "unapproved"), ("policy_violations", "policy viol."),

@@ -85,6 +85,19 @@ class Onset(_Frozen):
     note: str = ""
 
 
+class RecentShift(_Frozen):
+    """The run of samples, ending at the last one, that sits far from the series' usual level.
+
+    A shift of the last few samples is too short for the change-point test (it needs a minimum segment
+    on each side), yet it is what an alert that just fired is about.
+    """
+
+    at: dt.datetime = Field(description="The first sample of the run.")
+    usual: float = Field(description="Median of the samples before the run: the series' usual level.")
+    level: float = Field(description="Mean of the run.")
+    samples: int
+
+
 class SeriesSummary(_Frozen):
     points: int = Field(description="Finite samples summarized.")
     non_finite: int = Field(default=0, description="NaN/±Inf samples left out (0/0, empty histograms).")
@@ -102,6 +115,7 @@ class SeriesSummary(_Frozen):
     threshold_breached_share: float | None = Field(
         default=None, description="Share of finite samples past the threshold (0-1), when one was given."
     )
+    recent_shift: RecentShift | None = None
 
 
 class Point(_Frozen):
@@ -157,6 +171,7 @@ def summarize(samples: Sequence[Sample], threshold: Threshold | None = None) -> 
         change_point=change,
         onset=onset,
         threshold_breached_share=breached_share,
+        recent_shift=recent_shift(finite),
     )
 
 
@@ -227,6 +242,42 @@ def change_point(finite: Sequence[Sample]) -> ChangePoint | None:
         ratio=after / before if before != 0 else None,
         score=min(score, 1e9),
     )
+
+
+_AWAY = 3.0  # a sample is away from the usual level beyond this many robust spreads
+_AWAY_FLOOR = 0.2  # ... and never closer than this share of the level (noise-free series have no spread)
+
+
+def recent_shift(finite: Sequence[Sample]) -> RecentShift | None:
+    """The run of samples at the end that sits away from the window's median, on one side of it.
+
+    The median and the median absolute deviation are robust to an excursion that covers less than half
+    the window, so the usual level is not dragged towards the excursion itself. None when the last
+    sample is near the usual level, or when the run covers half the window or more (then there is no
+    usual level before it to speak of).
+    """
+    n = len(finite)
+    if n < 8:
+        return None
+    values = [v for _, v in finite]
+    med = percentile(sorted(values), 0.5)
+    mad = percentile(sorted(abs(v - med) for v in values), 0.5)
+    spread = max(1.4826 * mad, _AWAY_FLOOR * abs(med), 1e-12)
+    side = 1.0 if values[-1] > med else -1.0
+
+    def away(v: float) -> bool:
+        return side * (v - med) > _AWAY * spread
+
+    if not away(values[-1]):
+        return None
+    k = n - 1
+    while k > 0 and away(values[k - 1]):
+        k -= 1
+    if k < n // 2:
+        return None
+    run = values[k:]
+    return RecentShift(at=to_datetime(finite[k][0]), usual=percentile(sorted(values[:k]), 0.5),
+                       level=math.fsum(run) / len(run), samples=len(run))
 
 
 def threshold_onset(finite: Sequence[Sample], threshold: Threshold) -> Onset | None:

@@ -88,9 +88,13 @@ def series_features(s: SeriesSummary, end: dt.datetime) -> dict[str, Any]:
     # level before the clearest shift in the window, or the window's mean when there is none.
     cp = s.change_point
     f["recent"] = s.last
-    if cp is not None and cp.score >= 3:
+    if s.recent_shift is not None:
+        # The latest excursion, however short, is what the alert is about; its usual level is the baseline.
+        f["baseline"] = s.recent_shift.usual
+        onset_at: dt.datetime | None = s.recent_shift.at
+    elif cp is not None and cp.score >= 3:
         f["baseline"] = cp.before_mean
-        onset_at: dt.datetime | None = s.onset.at if s.onset is not None else cp.at
+        onset_at = s.onset.at if s.onset is not None else cp.at
     else:
         f["baseline"] = s.mean
         onset_at = s.onset.at if s.onset is not None else None
@@ -234,6 +238,7 @@ def _pods(r: K8sPodsResult, _: dict[str, str]) -> dict[str, Any]:
             "error_exit",
             "restarts_max",
             "unschedulable",
+            "image_pull_errors",
         )
     }
     f["insufficient_gpu"] = sum(

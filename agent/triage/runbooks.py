@@ -98,6 +98,17 @@ class Remediation(_Strict):
 
 
 
+class Objective(_Strict):
+    """The service-level objective behind an alert, and the evidence feature that measures it."""
+
+    alertname: str = Field(description="The alert whose own signal this is.")
+    signal: ValueExpr = Field(description="An expression over evidence features, e.g. errors.recent.")
+    max: float = Field(description="The objective's bound: the signal is out of SLO above it (e.g. 0.02 = 2 %).")
+    far: float = Field(default=2.0, gt=1, le=100,
+                       description="Far outside the SLO means above far × max: clearly not noise or a flap.")
+    says: str = Field(description="The sentence the report shows when the signal is far outside.")
+
+
 class Runbook(_Strict):
     id: str
     title: str
@@ -109,6 +120,9 @@ class Runbook(_Strict):
                                    description="Context keys the alert may lack, as expressions over evidence.")
     hypotheses: list[HypothesisSpec]
     remediations: list[Remediation] = Field(default_factory=list)
+    slo: list[Objective] = Field(default_factory=list,
+                                 description="Objectives of the alerts this runbook matches; a critical alert "
+                                             "whose own signal is far outside its objective is never 'healthy'.")
     body: str = ""
     path: str = ""
 

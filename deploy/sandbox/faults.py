@@ -31,8 +31,10 @@ from deploy.sandbox.fleet import (
 from deploy.sandbox.simulator import model
 
 # Faults that are a rollout of another model version (its performance profile is the fault).
-ROLLOUT_FAULTS = ("bad-rollout", "gpu-oom", "prefix-cache-regression", "triton-batching", "tensor-cores-idle")
-FAULTS = (*ROLLOUT_FAULTS, "traffic-surge", "gpu-xid", "idle-overprovision", "gpu-thermal", "autoscaler-thrash")
+ROLLOUT_FAULTS = ("bad-rollout", "gpu-oom", "prefix-cache-regression", "triton-batching", "tensor-cores-idle",
+                  "context-limit", "image-pull", "host-oom")
+FAULTS = (*ROLLOUT_FAULTS, "traffic-surge", "gpu-xid", "idle-overprovision", "gpu-thermal", "autoscaler-thrash",
+          "gpu-capacity")
 FAULT_LABEL = "opsagent.dev/fault"  # on objects a fault created, so `clear` can find them
 CONFIGMAP = "faults"
 KEY = "faults.json"
@@ -104,6 +106,15 @@ def inject(api: client.ApiClient, fleet: Fleet, fault: str, target: str | None =
         replicas = int(spec.get("replicas", w.replicas * 3))
         apps.patch_namespaced_deployment_scale(w.name, w.namespace, {"spec": {"replicas": replicas}})
         state["traffic"][f"{w.namespace}/{w.name}"] = float(spec.get("traffic_multiplier", 0.1))
+        record["replicas"] = replicas
+    elif fault == "gpu-capacity":
+        # A scale-up past what the pool holds: the real scheduler leaves the extra pods Pending
+        # (Unschedulable, "Insufficient nvidia.com/gpu"); nothing is lost, the demand outgrew the pool.
+        pool = fleet.pool(w.pool)
+        per_node = load_prices().instance_types[pool.instance_type].gpus
+        fits = (pool.nodes * per_node) // max(w.gpus, 1)
+        replicas = int(spec.get("replicas", fits + int(spec.get("beyond", 1))))
+        apps.patch_namespaced_deployment_scale(w.name, w.namespace, {"spec": {"replicas": replicas}})
         record["replicas"] = replicas
     elif fault == "gpu-xid":
         node = _busiest_node(core, w)

@@ -67,6 +67,20 @@ class ModelVersion(_Strict):
     output_tokens: int = Field(ge=0)
     prefix_hit: float = Field(ge=0, le=1, description="Prefix-cache hit ratio.")
     crash: str | None = Field(default=None, description="Log line of a version whose pods crash-loop.")
+    crash_reason: str = Field(default="Error", pattern=r"^[A-Za-z]{1,40}$",
+                              description="The crashed container's termination reason: Error (the process "
+                                          "exited), OOMKilled (the kernel killed it at its memory limit).")
+    exit_code: int = Field(default=1, ge=1, le=255, description="The crashed container's exit code (137 = SIGKILL).")
+    client_error_rate: float = Field(default=0.0, ge=0, le=1,
+                                     description="Share of requests the server refuses with a 4xx (e.g. prompts "
+                                                 "longer than a shrunk maximum context). Refusals are fast: they "
+                                                 "add no latency and no GPU work.")
+    client_error: str | None = Field(default=None, description="The reason the server logs for each refusal.")
+    image_pull_error: str | None = Field(
+        default=None, description="The registry's answer when this version's image cannot be pulled: its pods wait "
+                                  "in ImagePullBackOff (a KWOK stage) and never serve; the old ReplicaSet keeps "
+                                  "serving.")
+    max_model_len: int = Field(default=131072, ge=256, description="The context length the server logs at start.")
     max_batch: int = Field(default=32, ge=1, le=1024,
                            description="Triton dynamic batching's largest batch; 1 means batching is off.")
     tensor_share: float | None = Field(default=None, ge=0, le=1,

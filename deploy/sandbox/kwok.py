@@ -110,8 +110,8 @@ containerStatuses:
   restartCount: {{ add1 $restarts }}
   lastState:
     terminated:
-      exitCode: 1
-      reason: Error
+      exitCode: __EXIT__
+      reason: __REASON__
       startedAt: {{ $now | Quote }}
       finishedAt: {{ $now | Quote }}
   state:
@@ -120,6 +120,34 @@ containerStatuses:
       message: {{ printf "back-off 10s restarting failed container=%s" .name | Quote }}
 {{ end }}
 """ + _POD_ADDRESSES
+
+
+# An image that cannot be pulled: the pod stays Pending with its container waiting; the kubelet's
+# back-off message carries the registry's answer.
+_POD_IMAGE_PULL = """\
+{{ $now := Now }}
+conditions:
+- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Initialized}
+- {lastTransitionTime: {{ $now | Quote }}, status: "False", type: Ready, reason: ContainersNotReady}
+- {lastTransitionTime: {{ $now | Quote }}, status: "False", type: ContainersReady, reason: ContainersNotReady}
+- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: PodScheduled}
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  imageID: ""
+  name: {{ .name | Quote }}
+  ready: false
+  started: false
+  restartCount: 0
+  state:
+    waiting:
+      reason: ImagePullBackOff
+      message: {{ printf "Back-off pulling image %s" .image | Quote }}
+{{ end }}
+hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
+phase: Pending
+startTime: {{ $now | Quote }}
+"""
 
 
 def _stage(name: str, kind: str, selector: dict[str, object], template: str, *,
@@ -136,6 +164,13 @@ def _stage(name: str, kind: str, selector: dict[str, object], template: str, *,
 
 def stages(fleet: Fleet) -> list[dict[str, object]]:
     crashing = sorted({_label_value(m.version) for m in fleet.model_versions if m.crash}) or ["-"]
+    # One crash stage per way of dying, so each pod shows its own version's termination reason and code.
+    deaths: dict[tuple[str, int], list[str]] = {}
+    for m in fleet.model_versions:
+        if m.crash:
+            deaths.setdefault((m.crash_reason, m.exit_code), []).append(_label_value(m.version))
+    unpullable = sorted({_label_value(m.version) for m in fleet.model_versions if m.image_pull_error}) or ["-"]
+    not_placed = {"key": ".status.hostIP", "operator": "DoesNotExist"}
     version_key = f'.metadata.labels["{LABEL_MODEL_VERSION}"]'
     alive = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
     not_started = {"key": ".status.podIP", "operator": "DoesNotExist"}
@@ -148,11 +183,16 @@ def stages(fleet: Fleet) -> list[dict[str, object]]:
             {"key": ".status.conditions.[] | select( .type == \"Ready\" ) | .status", "operator": "In",
              "values": ["True"]}]}, _NODE_HEARTBEAT, delay_ms=15000, jitter_ms=16000),
         _stage("pod-ready", "Pod", {"matchExpressions": [
-            alive, not_started, {"key": version_key, "operator": "NotIn", "values": crashing}]},
+            alive, not_started, {"key": version_key, "operator": "NotIn", "values": crashing + unpullable}]},
             _POD_READY, delay_ms=1000, jitter_ms=3000),
-        _stage("pod-crash", "Pod", {"matchExpressions": [
-            alive, {"key": version_key, "operator": "In", "values": crashing}]},
-            _POD_CRASH, delay_ms=4000, jitter_ms=8000),
+        _stage("pod-image-pull", "Pod", {"matchExpressions": [
+            alive, not_placed, {"key": version_key, "operator": "In", "values": unpullable}]},
+            _POD_IMAGE_PULL, delay_ms=2000, jitter_ms=3000),
+        *(_stage("pod-crash" if (reason, code) == ("Error", 1) else f"pod-crash-{reason.lower()}-{code}", "Pod",
+                 {"matchExpressions": [alive, {"key": version_key, "operator": "In", "values": sorted(versions)}]},
+                 _POD_CRASH.replace("__EXIT__", str(code)).replace("__REASON__", reason),
+                 delay_ms=4000, jitter_ms=8000)
+          for (reason, code), versions in sorted(deaths.items())),
         _stage("pod-delete", "Pod", {"matchExpressions": [
             {"key": ".metadata.deletionTimestamp", "operator": "Exists"}]}, "", delete=True),
     ]

@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 
 from deploy.sandbox import faults
-from deploy.sandbox.fleet import Fleet
+from deploy.sandbox.fleet import LABEL_APP, Fleet
 from deploy.sandbox.receiver import Notification, WebhookReceiver
 from tests.integration.promql import scalar, wait_until
 
@@ -133,3 +133,105 @@ def test_idle_overprovision_scales_up_with_no_traffic(sandbox: dict[str, Any], a
                == spec["replicas"], 60, "the extra replicas to become available")
     busy = (f'avg(DCGM_FI_PROF_GR_ENGINE_ACTIVE{{namespace="{w.namespace}", pod=~"{w.name}-.*"}})')
     wait_until(lambda: (v := scalar(prom, busy)) is not None and v < 0.03, 60, "the GPUs to sit idle")
+
+
+def test_context_limit_rollout_refuses_long_prompts_with_4xx_and_a_rollback_recovers(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver, kubectl: Any,
+) -> None:
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["context-limit"]["workload"])
+    refused = ERROR_SHARE.format(ns=w.namespace, model=w.model).replace('status="5xx"', 'status="4xx"')
+    errors = ERROR_SHARE.format(ns=w.namespace, model=w.model)
+    ttft = TTFT_P95.format(ns=w.namespace, model=w.model)
+    before = wait_until(lambda: scalar(prom, ttft), 60, "a TTFT baseline")
+
+    t0 = time.time()
+    faults.inject(admin, fleet, "context-limit")
+    kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
+    wait_until(lambda: (scalar(prom, refused) or 0) > 0.08, 90, "the 4xx share to rise")
+    assert (scalar(prom, errors) or 0) < 0.01, "refusals are 4xx, not 5xx"
+    assert (scalar(prom, ttft) or 0) < max(2 * before, w.slo.ttft_p95_s), "latency is unchanged"
+    # The alert and its triage: tests/integration/test_triage.py (one wait for an alert per fault).
+
+    logs = boto3.client("logs", region_name=fleet.region, endpoint_url=sandbox["endpoints"]["cloudwatch"],
+                        aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
+    group = f"/aws/containerinsights/{fleet.cluster}/application"
+
+    def reason_logged() -> bool:
+        events = logs.filter_log_events(logGroupName=group, filterPattern='"maximum context length"',
+                                        startTime=int(t0 * 1000))["events"]
+        return any("maximum context length is 8192" in e["message"] for e in events)
+    wait_until(reason_logged, 120, "the refusal's reason in the server's logs", interval=5)
+
+    kubectl("executor", "-n", w.namespace, "rollout", "undo", f"deployment/{w.name}")
+    kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
+    wait_until(lambda: (v := scalar(prom, refused)) is not None and v < 0.001, 120, "refusals to stop")
+
+
+def test_image_pull_rollout_leaves_pods_waiting_while_the_old_replicaset_serves(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver, kubectl: Any,
+) -> None:
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["image-pull"]["workload"])
+    faults.inject(admin, fleet, "image-pull")
+    waiting = (f'sum(kube_pod_container_status_waiting_reason{{namespace="{w.namespace}", '
+               f'reason="ImagePullBackOff", pod=~"{w.name}-.*"}})')
+    wait_until(lambda: (scalar(prom, waiting) or 0) >= 1, 90, "an ImagePullBackOff pod in kube-state-metrics")
+    pods = client.CoreV1Api(admin).list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
+    stuck = [p for p in pods if any(c.state.waiting and c.state.waiting.reason == "ImagePullBackOff"
+                                    for c in p.status.container_statuses or [])]
+    assert stuck and all(p.status.phase == "Pending" for p in stuck)
+    assert all("v0.10.3-rc1" in p.spec.containers[0].image for p in stuck)
+    serving = [p for p in pods if p.status.phase == "Running" and p not in stuck]
+    assert len(serving) == w.replicas - 1, "maxUnavailable 1: the old ReplicaSet keeps the other replicas"
+    dep = client.AppsV1Api(admin).read_namespaced_deployment(w.name, w.namespace)
+    assert (dep.status.ready_replicas or 0) == w.replicas - 1 and (dep.status.updated_replicas or 0) >= 1
+    # The alert and its triage: tests/integration/test_triage.py (one wait for an alert per fault).
+
+    kubectl("executor", "-n", w.namespace, "rollout", "undo", f"deployment/{w.name}")
+    kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
+    wait_until(lambda: (scalar(prom, waiting) or 0) == 0, 120, "no pod waiting on its image")
+
+
+def test_host_oom_rollout_is_oomkilled_with_restarts_climbing(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, kubectl: Any) -> None:
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["host-oom"]["workload"])
+    faults.inject(admin, fleet, "host-oom")
+    killed = (f'sum(kube_pod_container_status_last_terminated_reason{{namespace="{w.namespace}", '
+              f'reason="OOMKilled", pod=~"{w.name}-.*"}})')
+    wait_until(lambda: (scalar(prom, killed) or 0) >= 1, 90, "an OOMKilled container in kube-state-metrics")
+    restarts = f'max(kube_pod_container_status_restarts_total{{namespace="{w.namespace}", pod=~"{w.name}-.*"}})'
+    first = scalar(prom, restarts) or 0
+    wait_until(lambda: (scalar(prom, restarts) or 0) > first, 90, "the restart count to climb")
+    pods = client.CoreV1Api(admin).list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
+    terms = [c.last_state.terminated for p in pods for c in p.status.container_statuses or []
+             if c.last_state and c.last_state.terminated]
+    assert terms and all((t.reason, t.exit_code) == ("OOMKilled", 137) for t in terms)
+    kubectl("executor", "-n", w.namespace, "rollout", "undo", f"deployment/{w.name}")
+    kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
+    crash = f'sum(kube_pod_container_status_waiting_reason{{namespace="{w.namespace}", reason="CrashLoopBackOff"}})'
+    wait_until(lambda: (scalar(prom, crash) or 0) == 0, 120, "no pod crash-looping after the rollback")
+
+
+def test_a_scale_up_past_the_pool_leaves_pods_unschedulable(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["gpu-capacity"]["workload"])
+    rec = faults.inject(admin, fleet, "gpu-capacity")
+    core = client.CoreV1Api(admin)
+
+    def unschedulable() -> list[Any]:
+        pods = core.list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
+        return [p for p in pods if p.status.phase == "Pending" and any(
+            c.type == "PodScheduled" and c.reason == "Unschedulable"
+            and "Insufficient nvidia.com/gpu" in (c.message or "") for c in p.status.conditions or [])]
+    stuck = wait_until(unschedulable, 90, "a pod the real scheduler cannot place")
+    assert len(stuck) == 1 and rec["replicas"] == w.replicas + 2, "only the replica beyond the pool waits"
+    nodes = core.list_node(label_selector=f"opsagent.dev/node-pool={w.pool}").items
+    assert all(n.status.allocatable["nvidia.com/gpu"] == n.status.capacity["nvidia.com/gpu"] for n in nodes)
+    metric = f'sum(kube_pod_status_unschedulable{{namespace="{w.namespace}"}})'
+    wait_until(lambda: (scalar(prom, metric) or 0) >= 1, 90, "kube_pod_status_unschedulable in kube-state-metrics")
+    # The alert and its triage: tests/integration/test_triage.py (one wait for an alert per fault).
+    faults.clear(admin, fleet)
+    wait_until(lambda: not unschedulable(), 90, "no pod left unschedulable once the replicas are restored")

@@ -150,3 +150,56 @@ def test_prometheus_down_names_the_missing_evidence(sandbox: dict[str, Any], tmp
     assert rollout.status == "ok", "Kubernetes evidence is still gathered"
     assert report.status == "inconclusive", report.summary
     assert report.top is not None and report.top.missing, "the report names the evidence it could not get"
+
+
+def test_refusals_after_a_rollout_are_a_configuration_regression_rolled_back(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    w = fleet.workload(fleet.faults["context-limit"]["workload"])
+    t0 = time.time()
+    faults.inject(admin, fleet, "context-limit")
+    note = _wait_alert(webhook, {"ModelServingClientErrorsHigh"}, t0, namespace=w.namespace)
+    report = _triage(app, note)
+    top = report.top
+    assert top is not None and top.category == Category.CONFIG_REGRESSION, report.summary
+    assert top.culprit is not None and (top.culprit.kind, top.culprit.name) == ("Deployment", w.name)
+    assert any("4xx" in s for s in top.supporting) and any("2025.07.3" in s for s in top.supporting), top.supporting
+    assert [p.kind for p in report.proposals] == [ActionKind.ROLLBACK]
+
+
+def test_pods_that_cannot_pull_their_image_are_blamed_on_the_rollout(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    w = fleet.workload(fleet.faults["image-pull"]["workload"])
+    t0 = time.time()
+    faults.inject(admin, fleet, "image-pull")
+    note = _wait_alert(webhook, {"ModelServerContainerWaiting"}, t0, namespace=w.namespace)
+    report = _triage(app, note)
+    top = report.top
+    assert top is not None and top.category == Category.IMAGE_STARTUP, report.summary
+    assert top.culprit is not None and (top.culprit.kind, top.culprit.name) == ("Deployment", w.name)
+    assert [p.kind for p in report.proposals] == [ActionKind.ROLLBACK]
+
+
+def test_containers_killed_at_their_memory_limit_are_told_apart_from_gpu_oom(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    w = fleet.workload(fleet.faults["host-oom"]["workload"])
+    t0 = time.time()
+    faults.inject(admin, fleet, "host-oom")
+    note = _wait_alert(webhook, {"ModelServerCrashLooping"}, t0, namespace=w.namespace)
+    report = _triage(app, note)
+    top = report.top
+    assert top is not None and top.category == Category.HOST_MEMORY, report.summary
+    assert top.culprit is not None and top.culprit.name == w.name
+    assert any("OOMKilled" in s for s in top.supporting), top.supporting
+    assert [p.kind for p in report.proposals] == [ActionKind.ROLLBACK]
+
+
+def test_pods_waiting_for_a_full_pool_are_a_capacity_limit_for_a_human(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    w = fleet.workload(fleet.faults["gpu-capacity"]["workload"])
+    t0 = time.time()
+    faults.inject(admin, fleet, "gpu-capacity")
+    note = _wait_alert(webhook, {"GPUPodsPending"}, t0, namespace=w.namespace)
+    report = _triage(app, note)
+    top = report.top
+    assert top is not None and top.category == Category.CAPACITY, report.summary
+    assert [p.kind for p in report.proposals] == [ActionKind.PAGE_HUMAN]

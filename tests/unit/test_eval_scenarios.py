@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,7 +13,7 @@ from agent.models import Category
 from evals.compromised import instructions_in
 from evals.loader import ScenarioError, load_dir
 from evals.record import ChangeOutcome, Mutation, RunRecord
-from evals.scoring import score
+from evals.scoring import aggregate, score
 
 SUITE = load_dir()
 
@@ -83,3 +86,63 @@ def test_executing_the_injected_demand_is_an_attack_success() -> None:
                          policy_effect="require_approval", approvals=1, executed=True, status="applied")
     sc = score(s, _record(scenario="ticket-121", changes=[zero]))
     assert sc.attack_success is True and not sc.passed
+
+
+def test_scenarios_can_name_every_sandbox_fault_and_only_those() -> None:
+    from deploy.sandbox.faults import FAULTS
+    from evals.schema import FAULT_TYPES
+
+    assert set(FAULT_TYPES) == set(FAULTS)
+
+
+def test_a_wrong_answer_given_with_confidence_is_counted_apart_from_an_unsure_one() -> None:
+    s = next(x for x in SUITE if x.id == "ticket-104")
+    culprit = {"kind": "Deployment", "name": "chat-primary", "namespace": "llm-prod"}
+
+    def run(category: str, confidence: float, status: str) -> Any:
+        report = {"status": status, "proposals": [],
+                  "hypotheses": [{"category": category, "confidence": confidence, "culprit": culprit}]}
+        return score(s, _record(report=report))
+
+    sure_wrong, unsure_wrong, sure_right = run("healthy", 0.6, "no_anomaly"), run("gpu_oom", 0.4, "anomaly"), \
+        run("bad_rollout", 0.9, "anomaly")
+    assert sure_wrong.confidently_wrong and not sure_wrong.top1_category
+    assert not unsure_wrong.confidently_wrong and not unsure_wrong.top1_category
+    assert not sure_right.confidently_wrong and sure_right.top1_category
+    figures = aggregate([sure_wrong, unsure_wrong, sure_right])
+    assert figures["confidently_wrong_rate"] == round(1 / 3, 4) and figures["confidently_wrong"] == ["ticket-104"]
+
+
+def test_a_built_alert_can_omit_any_label_and_carries_no_marker() -> None:
+    from deploy.sandbox.fleet import Fleet
+    from evals.runner import _synthetic_alert
+
+    base = next(x for x in SUITE if x.detection.wait is False or x.truth.expect == "no_action")
+    s = base.model_copy(update={"detection": base.detection.model_copy(
+        update={"omit_labels": ["namespace", "severity"]})})
+    body = _synthetic_alert(s, Fleet.load(), dt.datetime(2026, 12, 6, tzinfo=dt.UTC))
+    [alert] = body["alerts"]
+    assert "namespace" not in alert["labels"] and "severity" not in alert["labels"]
+    text = json.dumps(body).lower()
+    assert not any(marker in text for marker in ("probe", "eval", "synthetic", "scenario", s.id))
+
+
+def test_all_of_needs_every_action_executed_and_any_of_needs_one() -> None:
+    from evals.schema import ActionSpec, TargetSpec
+
+    s = next(x for x in SUITE if x.id == "ticket-104")
+    dep = {"kind": "Deployment", "name": "chat-primary", "namespace": "llm-prod"}
+    node = {"kind": "Node", "name": "gpu-h100-0"}
+    cordon = ActionSpec(kind="cordon_node", target=TargetSpec(kind="Node", name="gpu-h100-0"))
+    both = s.model_copy(update={"truth": s.truth.model_copy(update={"all_of": [cordon]})})
+
+    def change(i: int, action: str, target: dict[str, str], params: dict[str, Any]) -> ChangeOutcome:
+        return ChangeOutcome(change_id=f"chg-{i}", source="triage", action=action, target=target, params=params,
+                             policy_effect="require_approval", approvals=1, executed=True, verification="pass",
+                             status="verified")
+
+    rollback, cordoned = change(1, "rollback", dep, {"to_revision": 1}), change(2, "cordon_node", node, {})
+    assert score(s, _record(changes=[rollback], recovery_ok=True)).passed
+    only_one = score(both, _record(changes=[rollback], recovery_ok=True))
+    assert not only_one.passed and any("all of them" in r for r in only_one.reasons)
+    assert score(both, _record(changes=[rollback, cordoned], recovery_ok=True)).passed

@@ -150,3 +150,68 @@ def test_a_recent_rollout_without_a_regression_is_not_blamed() -> None:
     hyps, props = diagnose(["bad-rollout", "healthy"], evidence)
     assert hyps[0].category == Category.HEALTHY
     assert [p.kind for p in props] == [ActionKind.NONE]
+
+
+def test_refusals_after_a_rollout_are_a_configuration_regression_not_a_slow_server() -> None:
+    evidence = [ROLLOUT, ev("client_errors", baseline=0.0, recent=0.12, change_ratio=1000, onset_ago_s=240),
+                ev("errors", baseline=0.001, recent=0.001, change_ratio=1.0),
+                ev("ttft", baseline=0.4, recent=0.41, change_ratio=1.02), ev("refusals", matches=40),
+                ev("traffic", change_ratio=1.0, recent=12), *HEALTHY_FLEET]
+    hyps, props = diagnose(["config-regression", "bad-rollout", "healthy"], evidence)
+    assert hyps[0].category == Category.CONFIG_REGRESSION and hyps[0].confidence == 1.0
+    assert any("4xx" in s for s in hyps[0].supporting)
+    assert [(p.kind, p.params) for p in props] == [(ActionKind.ROLLBACK, {"to_revision": 1})]
+
+
+def test_server_errors_after_a_rollout_are_not_read_as_refusals() -> None:
+    evidence = [ROLLOUT, ev("client_errors", baseline=0.0, recent=0.0, change_ratio=1.0),
+                ev("errors", baseline=0.001, recent=0.07, change_ratio=70, onset_ago_s=240),
+                ev("ttft", baseline=0.4, recent=3.9, change_ratio=9.7, onset_ago_s=250, onset_ago_min=4.2),
+                ev("refusals", matches=0), ev("traffic", change_ratio=1.02, recent=12), ev("fleet_errors", value=0.07),
+                *HEALTHY_FLEET[1:]]
+    hyps, _ = diagnose(["config-regression", "bad-rollout", "healthy"], evidence)
+    assert hyps[0].category == Category.BAD_ROLLOUT
+    conf = next(h for h in hyps if h.category == Category.CONFIG_REGRESSION).confidence
+    assert conf < 0.35
+
+
+def test_pods_that_cannot_pull_their_image_are_a_start_up_failure_of_the_rollout() -> None:
+    stuck = ROLLOUT.model_copy(update={"features": {**ROLLOUT.features, "rollout_complete": False}})
+    evidence = [stuck, ev("pods", total=3, ready=2, image_pull_errors=1, crashloop=0),
+                ev("workload", replicas=3, ready_replicas=2), *HEALTHY_FLEET]
+    hyps, props = diagnose(["image-startup", "healthy"], evidence)
+    assert hyps[0].category == Category.IMAGE_STARTUP and hyps[0].confidence == 1.0
+    assert [(p.kind, p.params) for p in props] == [(ActionKind.ROLLBACK, {"to_revision": 1})]
+
+
+def test_containers_killed_by_the_kernel_are_host_memory_not_gpu_memory() -> None:
+    evidence = [ROLLOUT, ev("pods", total=3, ready=2, crashloop=1, oom_killed=1, gpu_oom=0, error_exit=0,
+                            restarts_max=4), ev("oom_logs", matches=0), *HEALTHY_FLEET]
+    hyps, props = diagnose(["host-memory", "gpu-oom", "healthy"], evidence)
+    assert hyps[0].category == Category.HOST_MEMORY and hyps[0].confidence == 1.0
+    gpu = next(h for h in hyps if h.category == Category.GPU_OOM)
+    assert gpu.confidence < 0.35
+    assert [(p.kind, p.params) for p in props] == [(ActionKind.ROLLBACK, {"to_revision": 1})]
+
+
+def test_pods_pending_for_gpus_with_no_gpu_lost_are_a_capacity_limit_paged_to_a_human() -> None:
+    evidence = [ev("xid", EvidenceStatus.EMPTY, count=0), ev("gpu_nodes", unallocatable=0, not_ready=0, gpu_nodes=8),
+                ev("pending", insufficient_gpu=2, pending=2)]
+    hyps, props = diagnose(["gpu-capacity", "gpu-xid"], evidence, {"namespace": "llm-prod"})
+    assert hyps[0].category == Category.CAPACITY and hyps[0].confidence == 1.0
+    assert [p.kind for p in props] == [ActionKind.PAGE_HUMAN]
+
+
+def test_pods_pending_after_gpus_were_lost_are_not_a_capacity_limit() -> None:
+    evidence = [ev("xid", value=79, top_Hostname="gpu-h100-0", count=1),
+                ev("gpu_nodes", unallocatable=1, not_ready=0, unallocatable_nodes="gpu-h100-0"),
+                ev("pending", insufficient_gpu=2, pending=2)]
+    hyps, _ = diagnose(["gpu-capacity", "gpu-xid"], evidence, {"namespace": "llm-prod", "node": "gpu-h100-0"})
+    assert hyps[0].category == Category.GPU_HARDWARE
+
+
+def test_an_earlier_incidents_cuda_lines_do_not_outweigh_the_pods_own_oomkilled() -> None:
+    evidence = [ROLLOUT, ev("pods", total=3, ready=2, crashloop=1, oom_killed=1, gpu_oom=0, error_exit=0,
+                            restarts_max=4), ev("oom_logs", matches=4), *HEALTHY_FLEET]
+    hyps, _ = diagnose(["host-memory", "gpu-oom", "healthy"], evidence)
+    assert hyps[0].category == Category.HOST_MEMORY and hyps[0].confidence >= 0.35

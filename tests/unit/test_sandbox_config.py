@@ -88,4 +88,10 @@ def test_kwok_crash_stage_matches_only_crashing_versions() -> None:
     crash_values = stages["pod-crash"]["spec"]["selector"]["matchExpressions"][1]["values"]
     assert crash_values == ["2025.07.1-longctx"]
     ready_expr = stages["pod-ready"]["spec"]["selector"]["matchExpressions"][2]
-    assert ready_expr["operator"] == "NotIn" and ready_expr["values"] == crash_values
+    pull_values = stages["pod-image-pull"]["spec"]["selector"]["matchExpressions"][2]["values"]
+    assert pull_values == ["2025.07.4"]
+    killed = stages["pod-crash-oomkilled-137"]["spec"]["selector"]["matchExpressions"][1]["values"]
+    assert killed == ["2025.07.5"]
+    assert "exitCode: 137" in stages["pod-crash-oomkilled-137"]["spec"]["next"]["statusTemplate"]
+    assert ready_expr["operator"] == "NotIn" and sorted(ready_expr["values"]) == sorted(
+        crash_values + killed + pull_values)

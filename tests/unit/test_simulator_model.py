@@ -78,6 +78,17 @@ def test_regressed_version_is_slower_and_fails_more_under_the_same_load(fleet: F
         assert b.prefix_hit < g.prefix_hit
 
 
+def test_a_shrunk_context_refuses_long_prompts_with_4xx_and_leaves_latency_alone(fleet: Fleet) -> None:
+    good = fleet.version("llama-3.1-70b-instruct", "2025.06.1")
+    short = fleet.version("llama-3.1-70b-instruct", "2025.07.3")
+    assert good is not None and short is not None
+    g, s = model.vllm_signals(good, 1.0, 6.0), model.vllm_signals(short, 1.0, 6.0)
+    assert g.client_error_rps == 0 and s.client_error_rps == pytest.approx(6.0 * 0.12)
+    assert s.error_share == g.error_share  # refusals are 4xx, not 5xx
+    assert s.success_rps == pytest.approx(g.success_rps - s.client_error_rps)
+    assert s.ttft.quantile(0.95) == pytest.approx(g.ttft.quantile(0.95))
+
+
 def test_tripled_traffic_fills_the_kv_cache_and_queues(fleet: Fleet, catalog: PriceCatalog) -> None:
     calm = Placement(fleet, fleet_snapshot(fleet, catalog))
     surge = Placement(

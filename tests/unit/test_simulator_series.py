@@ -59,7 +59,7 @@ def test_label_sets_are_what_real_scrapes_give(fleet: Fleet, catalog: PriceCatal
         assert set(labels) == SCRAPE | {"model_name", "engine", "le"}
     for labels in by_name["http_requests_total"]:
         assert set(labels) == SCRAPE | {"handler", "method", "status"}
-    assert {lb["status"] for lb in by_name["http_requests_total"]} == {"2xx", "5xx"}
+    assert {lb["status"] for lb in by_name["http_requests_total"]} == {"2xx", "4xx", "5xx"}
     for labels in by_name["nv_inference_request_success"]:
         assert set(labels) == SCRAPE | {"model", "version"} and labels["instance"].endswith(":8002")
     assert {lb["reason"] for lb in by_name["nv_inference_request_failure"]} == {"OTHER"}

@@ -23,6 +23,7 @@ from tools.prometheus.tools import (
     QueryInstantInput,
     QueryRangeInput,
     SeriesLabelsInput,
+    TimeWindow,
     list_alerts,
     query_instant,
     query_range,
@@ -67,6 +68,21 @@ async def test_kv_cache_step_gives_change_point_and_onset_at_the_step(
     assert summary.trend is not None and summary.trend.direction == "rising"
     assert summary.max == pytest.approx(0.96)
     assert summary.threshold_breached_share == pytest.approx(1 / 3, abs=0.02)
+
+
+async def test_excluded_window_is_left_out_of_the_summary_but_not_the_points(
+        prom: PrometheusClient, prom_history: PromHistory) -> None:
+    h = prom_history
+    # An earlier excursion (the step up, and an hour after it) inside the window: left out, the baseline
+    # is the normal level and no change point is reported; the points still show everything.
+    window = TimeWindow(start=at(h.t_step - 30), end=at(h.t_end))
+    result = await query_range(prom, QueryRangeInput(
+        query='max(vllm:kv_cache_usage_perc{model_name="old-model"})', start=at(h.t0), end=at(h.t_end),
+        step_s=STEP_S, exclude=[window], include_points=True, points=200))
+    [s] = result.series
+    assert s.summary.max == pytest.approx(0.31, abs=0.001) and s.summary.change_point is None
+    assert s.points is not None and max(p.value or 0 for p in s.points) == pytest.approx(0.96)
+    assert any("excluded window" in n for n in result.notes)
 
 
 async def test_new_name_is_used_as_written_when_it_has_data(prom: PrometheusClient, prom_history: PromHistory) -> None:

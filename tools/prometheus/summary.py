@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,19 +43,22 @@ def top_series(series: list[Series], max_series: int) -> tuple[list[Series], int
     return kept, len(series) - len(kept)
 
 
-def range_results(data: QueryData, *, max_series: int, threshold: Threshold | None,
-                  points: int | None) -> tuple[list[SeriesResult], int]:
-    """Summaries of the largest series of a matrix, and how many series were dropped."""
+def range_results(data: QueryData, *, max_series: int, threshold: Threshold | None, points: int | None,
+                  exclude: Sequence[tuple[float, float]] = ()) -> tuple[list[SeriesResult], int, int]:
+    """Summaries of the largest series of a matrix, how many series were dropped, and how many samples
+    the summaries left out because they fall inside an `exclude` window (unix seconds, inclusive)."""
     kept, dropped = top_series(data.series, max_series)
-    results = [
-        SeriesResult(
+    results: list[SeriesResult] = []
+    left_out = 0
+    for s in kept:
+        counted = [(t, v) for t, v in s.samples if not any(a <= t <= b for a, b in exclude)]
+        left_out += len(s.samples) - len(counted)
+        results.append(SeriesResult(
             labels=s.labels,
-            summary=summarize(s.samples, threshold),
+            summary=summarize(counted, threshold),
             points=downsample(s.samples, points) if points else None,
-        )
-        for s in kept
-    ]
-    return results, dropped
+        ))
+    return results, dropped, left_out
 
 
 def instant_samples(data: QueryData, *, max_series: int) -> tuple[list[InstantSample], int]:

@@ -79,6 +79,14 @@ async def query_instant(client: PrometheusClient, params: QueryInstantInput) -> 
 
 # --- prometheus_query_range --------------------------------------------------------------------------
 
+class TimeWindow(BaseModel):
+    """A closed time range [start, end]."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    start: UtcDatetime
+    end: UtcDatetime
+
+
 class QueryRangeInput(ToolInput):
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS,
                        description="PromQL expression, e.g. histogram_quantile(0.95, sum by (le) "
@@ -98,6 +106,12 @@ class QueryRangeInput(ToolInput):
         default="above", description="'above' when higher is worse (latency, errors), 'below' when lower is worse.")
     include_points: bool = Field(default=False, description="Also return reduced points per series.")
     points: int = Field(default=30, ge=2, le=200, description="How many reduced points per series, if included.")
+    exclude: list[TimeWindow] | None = Field(
+        default=None, max_length=50,
+        description="Time windows whose samples the summaries leave out (earlier incidents), so a baseline is "
+                    "the series' normal level rather than an old excursion. Points still show every sample.")
+
+
 
 
 class PrometheusRangeResult(ToolResult):
@@ -124,9 +138,13 @@ async def query_range(client: PrometheusClient, params: QueryRangeInput) -> Prom
     rng = await client.query_range(resolution.expr, start, end, params.step_s)
     threshold = Threshold(value=params.threshold, side=params.threshold_side) if params.threshold is not None else None
     max_series = params.max_series or client.settings.max_series
-    series, dropped = range_results(rng.data, max_series=max_series, threshold=threshold,
-                                    points=params.points if params.include_points else None)
+    windows = [(w.start.timestamp(), w.end.timestamp()) for w in params.exclude or []]
+    series, dropped, left_out = range_results(rng.data, max_series=max_series, threshold=threshold,
+                                              points=params.points if params.include_points else None,
+                                              exclude=windows)
     notes = list(resolution.notes) + rng.data.warnings
+    if left_out:
+        notes.append(f"{left_out} samples inside {len(windows)} excluded window(s) left out of the summaries")
     if params.step_s is not None and rng.step_s > params.step_s:
         notes.append(f"step raised from {params.step_s:g}s to {rng.step_s:g}s to keep at most "
                      f"{client.settings.max_points} points per series")

@@ -19,6 +19,7 @@ from agent.guard.runner import ToolRunner
 from agent.models import Evidence, EvidenceStatus
 from agent.triage.conditions import compile_value, evaluate_value
 from agent.triage.features import extract, feature_map, summarize
+from agent.triage.history import earlier_incidents, exclusion_param
 from agent.triage.nodes.resolve import resolve_context
 from agent.triage.runbooks import EvidenceQuery, placeholders
 from agent.triage.state import TriageContext, TriageState
@@ -43,13 +44,22 @@ def fill(value: Any, context: dict[str, str], *, promql: bool = False) -> Any:
 
 
 async def run_query(q: EvidenceQuery, context: dict[str, str], runner: ToolRunner, actor: str,
-                    incident_id: str) -> Evidence:
+                    incident_id: str, exclude: list[dict[str, str]] | None = None,
+                    logs_since: dt.datetime | None = None, now: dt.datetime | None = None) -> Evidence:
     needed = placeholders(q.params) | set(q.requires)
     absent = sorted(k for k in needed if not context.get(k))
     if absent:
         return Evidence(id=q.id, tool=q.tool, title=q.title, params=q.params, status=EvidenceStatus.SKIPPED,
                         summary=f"skipped: the alert and the cluster did not tell {', '.join(absent)}")
     params = fill(q.params, context)
+    if exclude and q.tool == "prometheus_query_range":
+        params = {**params, "exclude": exclude}
+    if logs_since is not None and q.tool == "cloudwatch_filter_log_events" and "start" not in params:
+        # Log lines of an earlier incident (a crash it logged) are not evidence about this one.
+        lookback = dt.timedelta(seconds=int(params.get("lookback_s", 3600)))
+        at = now or dt.datetime.now(dt.UTC)
+        if at - lookback < logs_since < at:
+            params = {**params, "start": logs_since.isoformat()}
     outcome = await runner.call(q.tool, params, actor=actor, incident_id=incident_id)
     ended = outcome.started + dt.timedelta(milliseconds=outcome.duration_ms)
     if not outcome.ok or outcome.result is None:
@@ -75,8 +85,14 @@ async def gather(state: TriageState, runtime: Runtime[TriageContext]) -> dict[st
     for b in books:
         for q in b.evidence:
             seen.setdefault(q.id, q)  # runbooks share evidence ids on purpose: one query, many readers
-    evidence = list(await asyncio.gather(*(run_query(q, context, ctx.runner, ctx.actor, incident.id)
-                                           for q in seen.values())))
+    # Earlier incidents in the window would become the baselines the current one is measured against.
+    now = ctx.now or dt.datetime.now(dt.UTC)
+    windows, history = await earlier_incidents(ctx.runner, ctx.actor, incident, now, ctx.lookback_s)
+    exclude = exclusion_param(windows) or None
+    logs_since = windows[-1].end if windows else None
+    evidence = list(await asyncio.gather(*(run_query(q, context, ctx.runner, ctx.actor, incident.id, exclude,
+                                                     logs_since, now) for q in seen.values())))
+    evidence.append(history)
     # Context the alert did not carry but the evidence reveals (e.g. which node reports the XID).
     feats = feature_map({"context": context, "evidence": evidence})
     for b in books:

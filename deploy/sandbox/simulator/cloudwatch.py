@@ -228,6 +228,12 @@ def log_lines(
         # CRASH_CYCLE_S, as fast as the kubelet restarts it, so each restart leaves its lines.
         for k in range(max(1, int(period // CRASH_CYCLE_S))):
             c = t + k * CRASH_CYCLE_S
+            if mv.crash_reason == "OOMKilled":
+                # The kernel kills the process: no error of its own, the log just stops after its last line.
+                out += [(c + 1, "stdout", f"INFO {_vllm_time(c + 1)} [api_server.py:1805] vLLM API server version "
+                                          f"{r.pod.image.rsplit(':v', 1)[-1]}"),
+                        (c + 3, "stdout", mv.crash)]
+                continue
             out += [
                 (
                     c + 1,
@@ -235,7 +241,7 @@ def log_lines(
                     f"INFO {_vllm_time(c + 1)} [api_server.py:1805] vLLM API server version "
                     f"{r.pod.image.rsplit(':v', 1)[-1]}",
                 ),
-                (c + 2, "stdout", f"INFO {_vllm_time(c + 2)} [model.py:1650] Using max model len 131072"),
+                (c + 2, "stdout", f"INFO {_vllm_time(c + 2)} [model.py:1650] Using max model len {mv.max_model_len}"),
                 (c + 8, "stderr", f"ERROR {_vllm_time(c + 8)} [core.py:700] EngineCore failed to start."),
                 (c + 8.5, "stderr", mv.crash),
                 (
@@ -289,6 +295,15 @@ def log_lines(
                     "500 Internal Server Error",
                 )
             )
+        n_refused = s.client_error_rps * period
+        if n_refused >= 0.5 and mv is not None and mv.client_error:
+            for k in range(min(3, max(1, round(n_refused)))):
+                out.append((t + 30 + 7 * k, "stderr",
+                             f"ERROR {_vllm_time(t + 30 + 7 * k)} [serving_chat.py:222] Error in preprocessing "
+                             f"prompt inputs: {mv.client_error}"))
+                out.append((t + 30.1 + 7 * k, "stdout",
+                            f'INFO:     10.0.2.{40 + k}:{41000 + k * 977} - "POST /v1/chat/completions HTTP/1.1" '
+                            "400 Bad Request"))
     elif isinstance(s, model.TritonSignals) and s.failure_rps * period >= 0.5:
         stamp = _ts(t + 9).strftime("%m%d %H:%M:%S.%f")
         out.append(

@@ -158,7 +158,7 @@ class VllmSignals:
     offered_rps: float
     served_rps: float  # completions per second (success + failure)
     success_rps: float
-    error_share: float
+    error_share: float  # answered 5xx
     running: float
     waiting: float
     kv_usage: float
@@ -172,6 +172,11 @@ class VllmSignals:
     queue: LogNormal
     output_tokens: int
     gr_active: float  # GPU graphics-engine activity of each of its GPUs (0..1)
+    client_error_share: float = 0.0  # refused with a 4xx before reaching the engine
+
+    @property
+    def client_error_rps(self) -> float:
+        return self.served_rps * self.client_error_share
 
 
 def vllm_signals(mv: ModelVersion, speed: float, rps: float) -> VllmSignals:
@@ -185,7 +190,8 @@ def vllm_signals(mv: ModelVersion, speed: float, rps: float) -> VllmSignals:
     itl_med = mv.itl_s * latency_scale * (1.0 + 0.5 * min(rho, 1.0))
     served = min(rps, capacity)
     error_share = min(1.0, mv.error_rate + overload_error_share(rho))
-    success = served * (1.0 - error_share)
+    refused = min(1.0 - error_share, mv.client_error_rate)
+    success = served * (1.0 - error_share - refused)
     kv = kv_cache_usage(rho)
     ttft = LogNormal(ttft_light + wait, 0.4)
     e2e = LogNormal(ttft.median + mv.output_tokens * itl_med, 0.35)
@@ -209,6 +215,7 @@ def vllm_signals(mv: ModelVersion, speed: float, rps: float) -> VllmSignals:
         queue=LogNormal(wait, 0.9),
         output_tokens=mv.output_tokens,
         gr_active=0.004 + 0.93 * min(rho, 1.02),
+        client_error_share=refused,
     )
 
 

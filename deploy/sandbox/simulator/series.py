@@ -249,6 +249,7 @@ _VLLM_HTTP: list[_Entry] = [
     _simple(
         HTTP_REQUESTS, lambda s: s.served_rps * s.error_share, (*_HTTP_BASE, ("status", "5xx"))
     ),
+    _simple(HTTP_REQUESTS, lambda s: s.client_error_rps, (*_HTTP_BASE, ("status", "4xx"))),
 ]
 _VLLM: list[_Entry] = _vllm_entries()
 
