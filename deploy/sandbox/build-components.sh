@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the sandbox's Go components from their upstream modules into a version-keyed cache:
-# the Kubernetes control plane and kubectl, etcd, KWOK, kube-state-metrics and Helm.
+# the Kubernetes control plane and kubectl, etcd, KWOK, kube-state-metrics, Helm and Jaeger.
 #
 # Why a script and not `go install`: k8s.io/kubernetes and etcd's server module carry `replace`
 # directives, which `go install pkg@version` refuses. So each is built inside a small throwaway
@@ -13,7 +13,7 @@
 # in the other. On two cores this overlaps module downloads and single-threaded links with compiles.
 #
 #   build-components.sh [NAME...]         build what is missing (all components, or the NAMEs:
-#                                         kubernetes etcd kwok kube-state-metrics helm)
+#                                         kubernetes etcd kwok kube-state-metrics helm jaeger)
 #   build-components.sh --plan [NAME...]  print, one line per component, what a build would produce
 #                                         (`build NAME VERSION PATH...` or `cached NAME VERSION PATH...`)
 #                                         and build nothing; tests compare it with components.locate()
@@ -24,6 +24,7 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
 KSM_VERSION="${KSM_VERSION:-v2.15.0}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+JAEGER_VERSION="${JAEGER_VERSION:-v1.75.0}"
 CACHE="${OPSAGENT_CACHE_DIR:-$HOME/.cache/opsagent}"
 BIN="$CACHE/bin"
 WORK="$CACHE/build"
@@ -47,6 +48,7 @@ COMPONENTS=(
   "kwok|$KWOK_VERSION|$BIN/kwok-$KWOK_VERSION|kwok"
   "kube-state-metrics|$KSM_VERSION|$BIN/kube-state-metrics-$KSM_VERSION|kube-state-metrics"
   "helm|$HELM_VERSION|$BIN/helm-$HELM_VERSION|helm"
+  "jaeger|$JAEGER_VERSION|$BIN/jaeger-$JAEGER_VERSION|jaeger-all-in-one"
 )
 
 component() {  # component NAME -> sets c_version c_dir c_bins
@@ -172,6 +174,25 @@ build_helm() {
   step "helm: $("$BIN/helm-$HELM_VERSION/helm" version --short)"
 }
 
+build_jaeger() {
+  # Jaeger's all-in-one (collector with OTLP in, query API, in-memory store) for the trace tests.
+  # Its go.mod pins sarama with a replace directive, which a requiring module must repeat.
+  local t0; t0=$(date +%s)
+  component jaeger
+  step "jaeger $JAEGER_VERSION: building cmd/all-in-one (~5 min on 2 cores)"
+  local mod="$WORK/jaeger-$JAEGER_VERSION"; rm -rf "$mod"; mkdir -p "$mod"; cd "$mod"
+  local gomod
+  gomod=$(go mod download -json "github.com/jaegertracing/jaeger@$JAEGER_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  {
+    printf 'module opsagent.local/jaegerbuild\n\ngo 1.24.6\n\nrequire github.com/jaegertracing/jaeger %s\n\n' "$JAEGER_VERSION"
+    grep -E '^replace ' "$gomod"
+  } > go.mod
+  go get "github.com/jaegertracing/jaeger/cmd/all-in-one@$JAEGER_VERSION" >/dev/null 2>&1 || true
+  rm -rf "$c_dir.tmp"; mkdir -p "$c_dir.tmp"
+  go build -trimpath -ldflags "-s -w" -o "$c_dir.tmp/jaeger-all-in-one" github.com/jaegertracing/jaeger/cmd/all-in-one
+  finish jaeger "$t0"
+}
+
 lane() {  # lane NAME... : build each missing component in turn, say which were cached
   local name
   for name in "$@"; do
@@ -206,7 +227,7 @@ fi
 
 t_all=$(date +%s)
 ( lane kubernetes ) & lane_a=$!
-( lane etcd kwok kube-state-metrics helm ) & lane_b=$!
+( lane etcd kwok kube-state-metrics helm jaeger ) & lane_b=$!
 status=0
 wait "$lane_a" || status=$?
 wait "$lane_b" || status=$?

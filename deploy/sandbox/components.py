@@ -22,6 +22,7 @@ ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.7.0"
 KSM_VERSION = "v2.15.0"
 HELM_VERSION = "v3.22.0"
+JAEGER_VERSION = "v1.75.0"
 
 
 def default_cache_dir() -> Path:
@@ -38,6 +39,7 @@ class Binaries:
     kwok: Path
     kube_state_metrics: Path
     helm: Path
+    jaeger: Path
     prometheus: Path
     promtool: Path
     alertmanager: Path
@@ -56,6 +58,7 @@ def locate(cache_dir: Path) -> Binaries:
         kwok=b / f"kwok-{KWOK_VERSION}" / "kwok",
         kube_state_metrics=b / f"kube-state-metrics-{KSM_VERSION}" / "kube-state-metrics",
         helm=b / f"helm-{HELM_VERSION}" / "helm",
+        jaeger=b / f"jaeger-{JAEGER_VERSION}" / "jaeger-all-in-one",
         prometheus=Path(shutil.which("prometheus") or "/usr/bin/prometheus"),
         promtool=Path(shutil.which("promtool") or "/usr/bin/promtool"),
         alertmanager=Path(shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"),
@@ -63,8 +66,8 @@ def locate(cache_dir: Path) -> Binaries:
     )
 
 
-# What `opsagent sandbox up` (and so the demo) runs. Helm is the chart tests' alone, so a first
-# `make demo` does not wait for it.
+# What `opsagent sandbox up` (and so the demo) runs. Helm is the chart tests' alone and Jaeger the
+# trace tests' alone, so a first `make demo` waits for neither.
 SANDBOX_PARTS = ("etcd", "kube_apiserver", "kube_controller_manager", "kube_scheduler", "kubectl", "kwok",
                  "kube_state_metrics", "prometheus", "promtool", "alertmanager", "python")
 DEBIAN_PARTS = ("prometheus", "promtool", "alertmanager")
@@ -82,7 +85,7 @@ def ensure(cache_dir: Path, parts: tuple[str, ...] = SANDBOX_PARTS) -> Binaries:
     if go_absent:
         env = dict(os.environ, OPSAGENT_CACHE_DIR=str(cache_dir), K8S_VERSION=K8S_VERSION,
                    ETCD_VERSION=ETCD_VERSION, KWOK_VERSION=KWOK_VERSION, KSM_VERSION=KSM_VERSION,
-                   HELM_VERSION=HELM_VERSION)
+                   HELM_VERSION=HELM_VERSION, JAEGER_VERSION=JAEGER_VERSION)
         names = sorted({build_component(p) for p in go_absent})
         subprocess.run(["bash", str(BUILD_SCRIPT), *names], check=True, env=env)
         bins = locate(cache_dir)
