@@ -45,6 +45,7 @@ from agent.policy.model import Policy
 from agent.rightsize.changes import predicted_cost_delta
 from agent.storage.db import is_postgres
 from agent.storage.store import Store, db_target, open_store
+from agent.telemetry import trace_id, tracer
 from agent.triage.graph import build_triage_graph
 from agent.triage.reasoners.llm import LlmReasoner
 from agent.triage.reasoners.rules import RulesReasoner
@@ -124,9 +125,14 @@ class App:
                 continue
             spec = ChangeSpec(action=p.kind, cluster=self.settings.kubernetes.cluster, target=p.target,
                               params=p.params)
-            ch = await flow.executor.propose(spec, reason=p.reason, requester=f"agent:{report.reasoner}",
-                                             incident_id=report.incident_id,
-                                             evidence=[e.id for e in report.evidence])
+            with tracer().start_as_current_span("policy decision", attributes={
+                    "incident.id": report.incident_id, "change.action": p.kind.value}) as span:
+                ch = await flow.executor.propose(spec, reason=p.reason, requester=f"agent:{report.reasoner}",
+                                                 incident_id=report.incident_id,
+                                                 evidence=[e.id for e in report.evidence])
+                span.set_attributes({"change.id": ch.id, "policy.rule": ch.policy_rule,
+                                     "policy.reason": ch.policy_reason[:500], "change.status": ch.status.value,
+                                     "policy.approvals_required": ch.approvals_required, "change.risk": ch.risk})
             out.append(await flow.open(ch))
         return out
 
@@ -154,15 +160,26 @@ class App:
                             extra={"cluster": self.settings.kubernetes.cluster},
                             limits={"max_capacity_drop": capacity_drop_limit(self.policy, "scale")},
                             rate_window_s=fast_rate_window_s(self.settings.prometheus.scrape_interval_s))
-        async with self.checkpointer() as saver:
-            graph = build_triage_graph(saver)
-            thread = f"triage:{incident.id}:{incident.updated_at.isoformat()}"
-            config: Any = {"configurable": {"thread_id": thread}}
-            # A replica killed mid-triage left this thread's last checkpoint behind (on a shared
-            # store): resume from it rather than start over.
-            resume = bool((await graph.aget_state(config)).next)
-            out = await graph.ainvoke(None if resume else {"incident": incident}, config=config, context=ctx)
-        report: TriageReport = out["report"]
+        with tracer().start_as_current_span("triage", attributes={
+                "incident.id": incident.id, "incident.title": incident.title[:300],
+                "incident.severity": incident.severity.value, "triage.reasoner": self.reasoner.name}) as span:
+            async with self.checkpointer() as saver:
+                graph = build_triage_graph(saver)
+                thread = f"triage:{incident.id}:{incident.updated_at.isoformat()}"
+                config: Any = {"configurable": {"thread_id": thread}}
+                # A replica killed mid-triage left this thread's last checkpoint behind (on a shared
+                # store): resume from it rather than start over.
+                resume = bool((await graph.aget_state(config)).next)
+                out = await graph.ainvoke(None if resume else {"incident": incident}, config=config, context=ctx)
+            report: TriageReport = out["report"]
+            if span.is_recording():
+                top = report.top
+                span.set_attributes({"triage.status": report.status, "triage.resumed": resume,
+                                     "triage.hypotheses": len(report.hypotheses),
+                                     "triage.proposals": len(report.proposals),
+                                     "triage.tool_calls": report.tool_calls,
+                                     "triage.top": top.title[:300] if top else ""})
+                report = report.model_copy(update={"trace_id": trace_id(span)})
         self.store.save_report(report)
         return report
 

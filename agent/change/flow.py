@@ -29,6 +29,7 @@ from agent.change.graph import build_change_graph
 from agent.change.models import ChangeRequest, ChangeStatus
 from agent.change.state import ChangeContext
 from agent.change.verify import Verification
+from agent.telemetry import tracer
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,13 @@ class ChangeFlow:
         if decision not in ("approve", "reject"):
             raise ValueError(f"decision must be approve or reject, not {decision!r}")
         async with self._lock(change_id):
-            ch = self.executor.approve(change_id, approver, decision=decision, via=via)
+            with tracer().start_as_current_span("approval", attributes={
+                    "change.id": change_id, "approval.by": approver, "approval.decision": decision,
+                    "approval.via": via}) as span:
+                ch = self.executor.approve(change_id, approver, decision=decision, via=via)
+                span.set_attribute("change.status", ch.status.value)
+                if ch.incident_id:
+                    span.set_attribute("incident.id", ch.incident_id)
             await self._emit(FlowEvent(change_id, "decided",
                                        f"{decision}d by {approver} via {via}: {ch.status.value}"), [])
             return await self._run(change_id, {"by": approver, "decision": decision})
@@ -108,6 +115,20 @@ class ChangeFlow:
 
     async def _run(self, change_id: str, resume: dict[str, Any] | None) -> FlowState:
         """Start the thread, resume it at its interrupt (with `resume`), or continue it where it stopped."""
+        with tracer().start_as_current_span("change", attributes={"change.id": change_id}) as span:
+            st = await self._run_graph(change_id, resume)
+            if span.is_recording():
+                span.set_attributes({"change.stage": st.stage, "change.status": st.change.status.value,
+                                     "change.action": st.change.spec.action.value,
+                                     "change.policy_rule": st.change.policy_rule,
+                                     "change.resumed_by": str((resume or {}).get("by", ""))})
+                if st.change.incident_id:
+                    span.set_attribute("incident.id", st.change.incident_id)
+                if st.verification:
+                    span.set_attribute("change.verification", st.verification)
+            return st
+
+    async def _run_graph(self, change_id: str, resume: dict[str, Any] | None) -> FlowState:
         events: list[FlowEvent] = []
 
         async def notify(cid: str, stage: str, message: str) -> None:
