@@ -245,13 +245,18 @@ def build_reasoner(llm: LlmConfig) -> Reasoner:
 def build_app(settings: Settings, *, reasoner: Reasoner | None = None) -> App:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     sinks = checkpoint_sinks(settings)
-    audit_target = settings.audit.path or _shared_or(settings, settings.audit_path)
-    audit = AuditLog(audit_target, audit_key(settings), sinks, checkpoint_every=settings.audit.checkpoint_every)
+    audit = AuditLog(audit_target(settings), audit_key(settings), sinks,
+                     checkpoint_every=settings.audit.checkpoint_every)
     policy = load_policy(_policy_file(settings.policies_dir))
     return App(settings=settings, store=open_store(settings.store_url), runbooks=load_dir(settings.runbooks_dir),
                policy=policy, ledger=Ledger(_shared_or(settings, settings.state_dir / "ledger.db")), audit=audit,
                tools=default_tools(), clients=build_clients(settings),
                reasoner=reasoner or build_reasoner(settings.llm))
+
+
+def audit_target(settings: Settings) -> Path | str:
+    """The audit log's database: `audit.path`, else the shared Postgres store, else state_dir/audit.db."""
+    return settings.audit.path or _shared_or(settings, settings.audit_path)
 
 
 def checkpoint_sinks(settings: Settings) -> list[CheckpointSink]:

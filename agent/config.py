@@ -208,6 +208,15 @@ class RightsizeConfig(_Group):
         "`cloudwatch` section for region, endpoint and credentials).")
 
 
+class AlertmanagerConfig(_Group):
+    """Where Alertmanager is, so `opsagent doctor` can check that its routes reach this agent."""
+
+    url: str | None = Field(default=None, description="Alertmanager base URL (e.g. http://alertmanager:9093). "
+                            "None: the route check is skipped.")
+    webhook_url: str | None = Field(default=None, description="The URL Alertmanager must post to (this agent's "
+                                    "/alertmanager as Alertmanager reaches it). None: any URL ending in /alertmanager.")
+
+
 class TracingConfig(_Group):
     """OpenTelemetry traces of triages and changes (docs/observability.md). Off by default: with
     `enabled: false` no exporter, processor or thread exists and spans are the API's no-ops."""
@@ -246,6 +255,7 @@ class Settings(BaseSettings):
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    alertmanager: AlertmanagerConfig = Field(default_factory=AlertmanagerConfig)
 
     @property
     def store_url(self) -> str:

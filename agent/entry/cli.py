@@ -17,6 +17,7 @@ import typer
 
 from agent.entry.commands.audit import audit_app
 from agent.entry.commands.changes import changes_app
+from agent.entry.commands.doctor import doctor as doctor_command
 from agent.entry.commands.eval import eval_command
 from agent.entry.commands.rightsize import report_app
 from agent.entry.commands.rightsize import rightsize as rightsize_command
@@ -42,6 +43,7 @@ sandbox_app = typer.Typer(
 app.add_typer(sandbox_app, name="sandbox")
 app.command("triage")(triage_command)
 app.command("serve")(serve_command)
+app.command("doctor")(doctor_command)
 app.add_typer(changes_app, name="changes")
 app.add_typer(audit_app, name="audit")
 app.command("eval")(eval_command)
