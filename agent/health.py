@@ -50,28 +50,33 @@ class Check(BaseModel):
     latency_ms: float | None = None
 
 
-# What each Kubernetes identity must and must not be allowed: (verb, group, resource, subresource).
-# The reader reads everything triage needs and writes nothing; the executor patches Deployments and
-# their scale, evicts pods and cordons nodes, and can neither delete nor read Secrets.
-Access = tuple[str, str, str, str]
+# What each Kubernetes identity must and must not be allowed: (verb, group, resource, subresource,
+# namespace). Namespace "" asks cluster-wide, SERVING asks in each of kubernetes.serving_namespaces,
+# any other name asks there. The reader reads everything triage needs and writes nothing; the
+# executor patches Deployments and their scale and evicts pods in the serving namespaces only,
+# cordons nodes, and can neither delete nor read Secrets nor touch any other namespace.
+SERVING = "<serving>"
+OTHER_NAMESPACE = "kube-system"
+Access = tuple[str, str, str, str, str]
 READER_MUST: tuple[Access, ...] = (
-    ("list", "", "pods", ""), ("get", "", "pods", "log"), ("list", "", "events", ""), ("list", "", "nodes", ""),
-    ("list", "apps", "deployments", ""), ("list", "apps", "replicasets", ""),
-    ("list", "autoscaling", "horizontalpodautoscalers", ""),
+    ("list", "", "pods", "", ""), ("get", "", "pods", "log", ""), ("list", "", "events", "", ""),
+    ("list", "", "nodes", "", ""), ("list", "apps", "deployments", "", ""), ("list", "apps", "replicasets", "", ""),
+    ("list", "autoscaling", "horizontalpodautoscalers", "", ""),
 )
 READER_MUST_NOT: tuple[Access, ...] = (
-    ("patch", "apps", "deployments", ""), ("update", "apps", "deployments", "scale"), ("delete", "", "pods", ""),
-    ("create", "", "pods", "eviction"), ("patch", "", "nodes", ""), ("get", "", "secrets", ""),
+    ("patch", "apps", "deployments", "", SERVING), ("update", "apps", "deployments", "scale", SERVING),
+    ("delete", "", "pods", "", SERVING), ("create", "", "pods", "eviction", SERVING), ("patch", "", "nodes", "", ""),
+    ("get", "", "secrets", "", ""),
 )
 EXECUTOR_MUST: tuple[Access, ...] = (
-    ("get", "apps", "deployments", ""), ("patch", "apps", "deployments", ""),
-    ("patch", "apps", "deployments", "scale"), ("list", "apps", "replicasets", ""),
-    ("create", "", "pods", "eviction"), ("patch", "", "nodes", ""),
+    ("get", "apps", "deployments", "", SERVING), ("patch", "apps", "deployments", "", SERVING),
+    ("patch", "apps", "deployments", "scale", SERVING), ("list", "apps", "replicasets", "", SERVING),
+    ("create", "", "pods", "eviction", SERVING), ("patch", "", "nodes", "", ""),
 )
 EXECUTOR_MUST_NOT: tuple[Access, ...] = (
-    ("delete", "apps", "deployments", ""), ("delete", "", "pods", ""), ("delete", "", "nodes", ""),
-    ("get", "", "secrets", ""), ("create", "rbac.authorization.k8s.io", "clusterrolebindings", ""),
-    ("delete", "", "namespaces", ""),
+    ("patch", "apps", "deployments", "", OTHER_NAMESPACE), ("delete", "apps", "deployments", "", SERVING),
+    ("delete", "", "pods", "", SERVING), ("get", "", "secrets", "", SERVING), ("delete", "", "nodes", "", ""),
+    ("create", "rbac.authorization.k8s.io", "clusterrolebindings", "", ""), ("delete", "", "namespaces", "", ""),
 )
 
 
@@ -180,7 +185,7 @@ async def _k8s_reader(s: Settings) -> Check:
         client.close()
     if not st.ok:
         return Check(name="kubernetes reader", status=Status.FAIL, detail=st.detail, fix=_k8s_fix(st.detail, kc))
-    return await _access("kubernetes reader", kc, READER_MUST, READER_MUST_NOT,
+    return await _access("kubernetes reader", kc, _expand(READER_MUST, s), _expand(READER_MUST_NOT, s),
                          f"API server {st.server_version}", "the reader ClusterRole (deploy/helm: rbac.yaml)")
 
 
@@ -190,8 +195,21 @@ async def _k8s_executor(s: Settings) -> Check:
         return Check(name="kubernetes executor", status=Status.SKIP,
                      detail="kubernetes.executor_kubeconfig is not set: changes can be proposed, not executed",
                      fix="set kubernetes.executor_kubeconfig (the write identity) to let approved changes run")
-    return await _access("kubernetes executor", kc, EXECUTOR_MUST, EXECUTOR_MUST_NOT, "",
-                         "the executor ClusterRole (deploy/helm: rbac.yaml)")
+    if not s.kubernetes.serving_namespaces:
+        return Check(name="kubernetes executor", status=Status.FAIL,
+                     detail="kubernetes.serving_namespaces is empty: the executor's scope cannot be checked",
+                     fix="list the namespaces the executor may change in kubernetes.serving_namespaces")
+    return await _access("kubernetes executor", kc, _expand(EXECUTOR_MUST, s), _expand(EXECUTOR_MUST_NOT, s), "",
+                         "the executor's Role bindings in the serving namespaces (deploy/helm: rbac.yaml)")
+
+
+def _expand(accesses: tuple[Access, ...], s: Settings) -> tuple[Access, ...]:
+    """Ask a SERVING access once per serving namespace (cluster-wide when none is configured)."""
+    out: list[Access] = []
+    for verb, group, resource, sub, ns in accesses:
+        spaces = (s.kubernetes.serving_namespaces or [""]) if ns == SERVING else [ns]
+        out.extend((verb, group, resource, sub, n) for n in spaces)
+    return tuple(out)
 
 
 async def _access(name: str, kubeconfig: Path, must: tuple[Access, ...], must_not: tuple[Access, ...],
@@ -229,22 +247,24 @@ def _can_i(kubeconfig: Path, accesses: list[Access]) -> dict[Access, bool]:
     try:
         authz = client.AuthorizationV1Api(api)
         out = {}
-        for verb, group, resource, sub in accesses:
+        for verb, group, resource, sub, ns in accesses:
             attrs = {"verb": verb, "group": group, "resource": resource}
             if sub:
                 attrs["subresource"] = sub
+            if ns:
+                attrs["namespace"] = ns
             review = authz.create_self_subject_access_review(
                 {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
                  "spec": {"resourceAttributes": attrs}}, _request_timeout=10)
-            out[(verb, group, resource, sub)] = bool(review.status.allowed)
+            out[(verb, group, resource, sub, ns)] = bool(review.status.allowed)
         return out
     finally:
         api.close()
 
 
 def _fmt(a: Access) -> str:
-    verb, group, resource, sub = a
-    return f"{verb} {resource}{'/' + sub if sub else ''}{'.' + group if group else ''}"
+    verb, group, resource, sub, ns = a
+    return f"{verb} {resource}{'/' + sub if sub else ''}{'.' + group if group else ''}{' in ' + ns if ns else ''}"
 
 
 def _k8s_fix(detail: str, kubeconfig: Path) -> str:
