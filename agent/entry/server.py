@@ -89,6 +89,9 @@ class Metrics:
             self.executions.labels(stage=stage)
         for method in ("chat.postMessage", "chat.update", "chat.postEphemeral"):
             self.chat_errors.labels(method=method)
+        for kind in ("events", "interactivity", "commands"):
+            for outcome in ("accepted", "bad_signature", "replayed", "duplicate"):
+                self.chat_requests.labels(kind=kind, outcome=outcome)
 
     def set_prices(self, catalog: PriceCatalog) -> None:
         for name, it in catalog.instance_types.items():
