@@ -24,6 +24,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
+from agent import postmortem
 from agent.audit.log import (
     AuditLog,
     CheckpointSink,
@@ -42,6 +43,7 @@ from agent.guard.runner import ToolRunner
 from agent.models import ActionKind, Incident, TriageReport
 from agent.policy.evaluate import capacity_drop_limit, load_policy
 from agent.policy.model import Policy
+from agent.postmortem import PostIncidentReport
 from agent.rightsize.changes import predicted_cost_delta
 from agent.storage.db import is_postgres
 from agent.storage.store import Store, db_target, open_store
@@ -182,6 +184,17 @@ class App:
                 report = report.model_copy(update={"trace_id": trace_id(span)})
         self.store.save_report(report)
         return report
+
+    def incident_report(self, incident_id: str) -> PostIncidentReport | None:
+        """The post-incident report of an incident from its stored records; None when there is no such incident."""
+        incident = self.store.incident(incident_id)
+        if incident is None:
+            return None
+        changes = self.ledger.list_changes(incident_id=incident_id)
+        return postmortem.build(incident, self.store.latest_report(incident_id), changes,
+                                {c.id: self.ledger.approvals(c.id) for c in changes},
+                                {c.id: self.ledger.execution(c.id) for c in changes},
+                                list(self.audit.events(incident_id)), self.settings.tracing)
 
     @asynccontextmanager
     async def checkpointer(self) -> AsyncIterator[BaseCheckpointSaver[Any]]:
