@@ -45,7 +45,7 @@ def resolved_incident(tmp_path: Path) -> Iterator[tuple[App, SlackStandIn, str, 
         settings = offline_settings(tmp_path, api_url, "s3cret-signing", "C0INCIDENT",
                                     tracing={"enabled": False, "ui_url": "https://jaeger.example"})
         app = build_app(settings)
-        asgi, bot = build_server(app, metrics=Metrics())
+        asgi, _bot = build_server(app, metrics=Metrics())
         try:
             with serve(asgi) as url:
                 body = json.loads(FIXTURE.read_text())
@@ -65,7 +65,7 @@ def resolved_incident(tmp_path: Path) -> Iterator[tuple[App, SlackStandIn, str, 
 
 
 def test_resolution_posts_the_report_once_in_the_incidents_thread(resolved_incident: Any) -> None:
-    app, api, incident_id, _ = resolved_incident
+    _app, api, _incident_id, _ = resolved_incident
     top = next(c for c in api.of("chat.postMessage") if not c.args.get("thread_ts"))
     posts = [c for c in api.of("chat.postMessage") if "Post-incident report" in render(c.args)]
     assert len(posts) == 1, "one report per resolution, however often Alertmanager says so"
@@ -77,7 +77,7 @@ def test_resolution_posts_the_report_once_in_the_incidents_thread(resolved_incid
 
 
 def test_cli_report_in_md_json_and_html(resolved_incident: Any, tmp_path: Path) -> None:
-    app, _, incident_id, state = resolved_incident
+    _app, _, incident_id, state = resolved_incident
     env = {"OPSAGENT_STATE_DIR": str(state)}
     r = CliRunner().invoke(cli, ["incident", "report", incident_id, "--format", "json"], env=env)
     assert r.exit_code == 0, r.output
