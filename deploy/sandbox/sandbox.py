@@ -381,6 +381,8 @@ def _tls_healthz(port: int) -> bool:
 def _targets_up(prometheus: str) -> bool:
     with urllib.request.urlopen(f"{prometheus}/api/v1/targets?state=active", timeout=3) as r:  # noqa: S310
         targets = json.load(r)["data"]["activeTargets"]
+    # The sandbox's own parts; the opsagent job lists agents that may not run yet (`opsagent serve`).
+    targets = [t for t in targets if t.get("labels", {}).get("job") != "opsagent"]
     return bool(targets) and all(t["health"] == "up" for t in targets)
 
 
