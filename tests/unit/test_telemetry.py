@@ -30,3 +30,19 @@ def test_links_need_tracing_on_and_a_ui() -> None:
     assert search.path == "/search" and q["service"] == ["ops agent"]
     assert json.loads(q["tags"][0]) == {"incident.id": 'inc-"1"'}  # quoted, so an odd id cannot break the link
     assert trace_url(TracingConfig(enabled=True), incident_id="inc-1") is None  # no UI configured
+
+
+def test_the_triage_message_in_slack_links_to_its_trace() -> None:
+    import datetime as dt
+
+    from agent.entry.slack.blocks import triage_details
+    from agent.models import TriageReport
+
+    now = dt.datetime.now(dt.UTC)
+    report = TriageReport(incident_id="inc-1", title="t", summary="s", status="anomaly", hypotheses=[], evidence=[],
+                          proposals=[], runbooks=[], reasoner="rules", started=now, finished=now, trace_id="ab" * 16)
+    on = TracingConfig(enabled=True, ui_url="https://jaeger.example")
+    shown = json.dumps(triage_details(report, trace_url(on, trace_id=report.trace_id)))
+    assert "<https://jaeger.example/trace/" + "ab" * 16 + "|Trace of this triage>" in shown
+    off = json.dumps(triage_details(report, trace_url(TracingConfig(), trace_id=report.trace_id)))
+    assert "Trace of this triage" not in off

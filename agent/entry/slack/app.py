@@ -49,6 +49,7 @@ from agent.rightsize import report
 from agent.rightsize.report import CREATE_ACTION_ID
 from agent.rightsize.service import run as rightsize_run
 from agent.storage.store import ChatMessage, Store
+from agent.telemetry import trace_url
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +311,8 @@ class SlackBot:
         """The triage worker's job with Slack: message, triage, details in the thread, change requests."""
         await self.notifier.show_incident(incident.id)
         report = await self.app.triage(incident)
-        await self.notifier.reply(incident.id, blocks.triage_details(report))
+        link = trace_url(self.app.settings.tracing, trace_id=report.trace_id)
+        await self.notifier.reply(incident.id, blocks.triage_details(report, link))
         changes = await self._propose(incident, report)
         pending = [c for c in changes if c.status == ChangeStatus.PENDING_APPROVAL]
         for c in changes:
