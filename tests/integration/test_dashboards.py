@@ -48,9 +48,10 @@ def scraped_agent(sandbox: dict[str, Any], tmp_path_factory: pytest.TempPathFact
     """An `opsagent serve` on the sandbox, scraped by its Prometheus, that has triaged one alert."""
     port = free_port()
     state = tmp_path_factory.mktemp("serve")
+    log = (state / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "agent.entry.cli", "serve", "--sandbox", "--sandbox-dir",
                              sandbox["dir"], "--state-dir", str(state), "--port", str(port)],
-                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=(state / "serve.log").open("w"))
+                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     targets = Path(sandbox["agent_targets"])
     before = targets.read_text()
@@ -81,12 +82,14 @@ def scraped_agent(sandbox: dict[str, Any], tmp_path_factory: pytest.TempPathFact
     finally:
         targets.write_text(before)
         stop_process(proc)
+        log.close()
 
 
 def test_the_chart_ships_both_dashboards_labelled_for_grafanas_sidecar(sandbox: dict[str, Any]) -> None:
     helm = components.ensure(components.default_cache_dir(), ("helm",)).helm
-    r = subprocess.run([str(helm), "template", "t", str(CHART), "--namespace", "obs"], capture_output=True,
-                       text=True, timeout=120, check=True)
+    r = subprocess.run([str(helm), "template", "t", str(CHART), "--namespace", "obs", "--kube-version",
+                        components.K8S_VERSION], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
     maps = [d for d in yaml.safe_load_all(r.stdout) if d and d["kind"] == "ConfigMap"
             and d["metadata"]["labels"].get("grafana_dashboard") == "1"]
     shipped = {next(iter(m["data"])) for m in maps}

@@ -28,7 +28,7 @@ def jaeger_ep(sandbox: dict[str, Any]) -> Iterator[jaeger.JaegerEndpoints]:
     if not binary.exists():  # the component cache lacks it: build it, as the sandbox builds its parts
         components.ensure(components.default_cache_dir(), ("jaeger",))
     sup = sandbox["_sandbox"].sup
-    ep = jaeger.start(sup, binary, int(sandbox["port_base"]))
+    ep = jaeger.start(sup, binary, sandbox["_sandbox"].s.port_base)
     yield ep
     assert jaeger.stop(sup), "Jaeger was not running at the end of the tests"
 
