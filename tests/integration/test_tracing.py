@@ -94,3 +94,31 @@ def test_tracing_off_sends_nothing(sandbox: dict[str, Any], jaeger_ep: jaeger.Ja
     assert report["trace_id"] is None
     time.sleep(2)
     assert jaeger.traces(jaeger_ep, service) == []
+
+
+def test_the_chart_turns_tracing_on_with_its_egress(tmp_path: Path) -> None:
+    import yaml
+
+    helm = components.ensure(components.default_cache_dir(), ("helm",)).helm
+    chart = Path(__file__).parents[2] / "deploy" / "helm" / "opsagent"
+
+    def render(*sets: str) -> tuple[dict[str, Any], list[int]]:
+        r = subprocess.run([str(helm), "template", "t", str(chart), "--kube-version", components.K8S_VERSION,
+                            *(a for s in sets for a in ("--set", s))], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+        config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap"
+                                     and "config.yaml" in d.get("data", {}))["data"]["config.yaml"])
+        policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+        ports = [p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])]
+        return config, ports
+
+    config, ports = render()
+    assert config["tracing"]["enabled"] is False and 4318 not in ports  # off by default, nothing opened
+    config, ports = render("tracing.enabled=true", "tracing.endpoint=http://otel.obs.svc:4318",
+                           "tracing.uiUrl=https://jaeger.example")
+    assert config["tracing"] == {"enabled": True, "endpoint": "http://otel.obs.svc:4318", "service_name": "opsagent",
+                                 "sample_ratio": 1, "ui_url": "https://jaeger.example"}
+    assert ports.count(4318) == 1
+    _, ports = render("tracing.enabled=true", "tracing.endpoint=https://otlp.example")
+    assert ports.count(443) == 1  # already allowed: not listed twice
