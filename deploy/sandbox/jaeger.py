@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from deploy.sandbox.processes import Proc, Supervisor
+from deploy.sandbox.processes import Proc, StartError, Supervisor
 
 NAME = "jaeger"
 # Offsets from the sandbox's port base; none collides with the sandbox's own (50 … 443).
@@ -57,7 +57,11 @@ def start(sup: Supervisor, binary: Path, base: int, timeout: float = 60) -> Jaeg
     def ready() -> bool:
         return httpx.get(f"{ep.query}/api/services", timeout=2).status_code == 200
 
-    sup.wait_ready(proc, ready, timeout, "answering its query API")
+    try:
+        sup.wait_ready(proc, ready, timeout, "answering its query API")
+    except StartError:
+        sup.stop(NAME)  # not left recorded: a dead Jaeger would mark the whole sandbox degraded
+        raise
     return ep
 
 
