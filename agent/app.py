@@ -25,6 +25,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
+from agent import postmortem
 from agent.audit.log import (
     AuditLog,
     CheckpointSink,
@@ -43,9 +44,11 @@ from agent.guard.runner import ToolRunner
 from agent.models import ActionKind, Incident, TriageReport
 from agent.policy.evaluate import capacity_drop_limit, load_policy
 from agent.policy.model import Policy
+from agent.postmortem import PostIncidentReport
 from agent.rightsize.changes import predicted_cost_delta
 from agent.storage.db import is_postgres
 from agent.storage.store import Store, db_target, open_store
+from agent.telemetry import trace_id, tracer
 from agent.triage.graph import build_triage_graph
 from agent.triage.reasoners.llm import LlmReasoner
 from agent.triage.reasoners.rules import RulesReasoner
@@ -198,17 +201,39 @@ class App:
                             extra={"cluster": self.settings.kubernetes.cluster},
                             limits={"max_capacity_drop": capacity_drop_limit(self.policy, "scale")},
                             rate_window_s=fast_rate_window_s(self.settings.prometheus.scrape_interval_s))
-        async with self.checkpointer() as saver:
-            graph = build_triage_graph(saver)
-            thread = f"triage:{incident.id}:{incident.updated_at.isoformat()}"
-            config: Any = {"configurable": {"thread_id": thread}}
-            # A replica killed mid-triage left this thread's last checkpoint behind (on a shared
-            # store): resume from it rather than start over.
-            resume = bool((await graph.aget_state(config)).next)
-            out = await graph.ainvoke(None if resume else {"incident": incident}, config=config, context=ctx)
-        report: TriageReport = out["report"]
+        with tracer().start_as_current_span("triage", attributes={
+                "incident.id": incident.id, "incident.title": incident.title[:300],
+                "incident.severity": incident.severity.value, "triage.reasoner": self.reasoner.name}) as span:
+            async with self.checkpointer() as saver:
+                graph = build_triage_graph(saver)
+                thread = f"triage:{incident.id}:{incident.updated_at.isoformat()}"
+                config: Any = {"configurable": {"thread_id": thread}}
+                # A replica killed mid-triage left this thread's last checkpoint behind (on a shared
+                # store): resume from it rather than start over.
+                resume = bool((await graph.aget_state(config)).next)
+                out = await graph.ainvoke(None if resume else {"incident": incident}, config=config, context=ctx)
+            report: TriageReport = out["report"]
+            if span.is_recording():
+                top = report.top
+                span.set_attributes({"triage.status": report.status, "triage.resumed": resume,
+                                     "triage.hypotheses": len(report.hypotheses),
+                                     "triage.proposals": len(report.proposals),
+                                     "triage.tool_calls": report.tool_calls,
+                                     "triage.top": top.title[:300] if top else ""})
+                report = report.model_copy(update={"trace_id": trace_id(span)})
         self.store.save_report(report)
         return report
+
+    def incident_report(self, incident_id: str) -> PostIncidentReport | None:
+        """The post-incident report of an incident from its stored records; None when there is no such incident."""
+        incident = self.store.incident(incident_id)
+        if incident is None:
+            return None
+        changes = self.ledger.list_changes(incident_id=incident_id)
+        return postmortem.build(incident, self.store.latest_report(incident_id), changes,
+                                {c.id: self.ledger.approvals(c.id) for c in changes},
+                                {c.id: self.ledger.execution(c.id) for c in changes},
+                                list(self.audit.events(incident_id)), self.settings.tracing)
 
     @asynccontextmanager
     async def checkpointer(self) -> AsyncIterator[BaseCheckpointSaver[Any]]:
@@ -272,13 +297,18 @@ def build_reasoner(llm: LlmConfig) -> Reasoner:
 def build_app(settings: Settings, *, reasoner: Reasoner | None = None) -> App:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     sinks = checkpoint_sinks(settings)
-    audit_target = settings.audit.path or _shared_or(settings, settings.audit_path)
-    audit = AuditLog(audit_target, audit_key(settings), sinks, checkpoint_every=settings.audit.checkpoint_every)
+    audit = AuditLog(audit_target(settings), audit_key(settings), sinks,
+                     checkpoint_every=settings.audit.checkpoint_every)
     policy = load_policy(_policy_file(settings.policies_dir))
     return App(settings=settings, store=open_store(settings.store_url), runbooks=load_dir(settings.runbooks_dir),
                policy=policy, ledger=Ledger(_shared_or(settings, settings.state_dir / "ledger.db")), audit=audit,
                tools=default_tools(), clients=build_clients(settings),
                reasoner=reasoner or build_reasoner(settings.llm))
+
+
+def audit_target(settings: Settings) -> Path | str:
+    """The audit log's database: `audit.path`, else the shared Postgres store, else state_dir/audit.db."""
+    return settings.audit.path or _shared_or(settings, settings.audit_path)
 
 
 def checkpoint_sinks(settings: Settings) -> list[CheckpointSink]:

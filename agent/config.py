@@ -213,6 +213,32 @@ class RightsizeConfig(_Group):
         "`cloudwatch` section for region, endpoint and credentials).")
 
 
+class AlertmanagerConfig(_Group):
+    """Where Alertmanager is, so `opsagent doctor` can check that its routes reach this agent."""
+
+    url: str | None = Field(default=None, description="Alertmanager base URL (e.g. http://alertmanager:9093). "
+                            "None: the route check is skipped.")
+    webhook_url: str | None = Field(default=None, description="The URL Alertmanager must post to (this agent's "
+                                    "/alertmanager as Alertmanager reaches it). None: any URL ending in /alertmanager.")
+
+
+class TracingConfig(_Group):
+    """OpenTelemetry traces of triages and changes (docs/observability.md). Off by default: with
+    `enabled: false` no exporter, processor or thread exists and spans are the API's no-ops."""
+
+    enabled: bool = Field(default=False, description="Export traces over OTLP/HTTP.")
+    endpoint: str = Field(default="http://127.0.0.1:4318", description="OTLP/HTTP collector base URL; "
+                          "/v1/traces is appended (Jaeger, an OpenTelemetry Collector, Tempo).")
+    headers: dict[str, SecretStr] = Field(default_factory=dict, description="Sent with every export "
+                                          "(an API key for a hosted backend).")
+    service_name: str = Field(default="opsagent", min_length=1, description="service.name of every span.")
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description="Share of triages and changes traced "
+                                "(parent-based: a trace is kept or dropped whole). 1: incidents are rare.")
+    timeout_s: float = Field(default=10, gt=0, le=60, description="Per export request.")
+    ui_url: str | None = Field(default=None, description="Jaeger UI base URL (e.g. https://jaeger.example): "
+                               "Slack messages and incident reports link to the incident's traces there.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPSAGENT_", env_nested_delimiter="__", extra="forbid")
 
@@ -233,6 +259,8 @@ class Settings(BaseSettings):
     rightsize: RightsizeConfig = Field(default_factory=RightsizeConfig)
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    alertmanager: AlertmanagerConfig = Field(default_factory=AlertmanagerConfig)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

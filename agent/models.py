@@ -179,6 +179,7 @@ class TriageReport(_Model):
     started: dt.datetime
     finished: dt.datetime
     tool_calls: int = 0
+    trace_id: str | None = Field(default=None, description="OpenTelemetry trace of this triage (tracing on).")
 
     @property
     def top(self) -> Hypothesis | None:

@@ -31,6 +31,7 @@ from agent.change.graph import build_change_graph
 from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage, ChangeStatus
 from agent.change.state import ChangeContext
 from agent.change.verify import Verification
+from agent.telemetry import tracer
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,29 @@ class ChangeFlow:
         `on_proposed` runs between the two, for a caller that must record or show the change request
         before its flow moves (the Slack cost report posts the change block into its thread first).
         """
-        ch = await self.executor.propose(spec, reason=reason, requester=requester, incident_id=incident_id,
-                                         evidence=evidence)
+        with tracer().start_as_current_span("policy decision", attributes={
+                "change.action": spec.action.value, **({"incident.id": incident_id} if incident_id else {})}) as span:
+            ch = await self.executor.propose(spec, reason=reason, requester=requester, incident_id=incident_id,
+                                             evidence=evidence)
+            if span.is_recording():
+                span.set_attributes({"change.id": ch.id, "policy.rule": ch.policy_rule,
+                                     "policy.reason": ch.policy_reason[:500], "change.status": ch.status.value,
+                                     "policy.approvals_required": ch.approvals_required,
+                                     "change.risk": str(ch.risk)})
         if on_proposed is not None:
             await on_proposed(ch)
         return await self.open(ch)
+
+    def _approve(self, change_id: str, approver: str, decision: str, via: str) -> ChangeRequest:
+        """Record one decision in the ledger (refused and audited when not allowed), inside an approval span."""
+        with tracer().start_as_current_span("approval", attributes={
+                "change.id": change_id, "approval.by": approver, "approval.decision": decision,
+                "approval.via": via}) as span:
+            ch = self.executor.approve(change_id, approver, decision=decision, via=via)
+            span.set_attribute("change.status", ch.status.value)
+            if ch.incident_id:
+                span.set_attribute("incident.id", ch.incident_id)
+            return ch
 
     async def open(self, change: ChangeRequest) -> FlowState:
         """Start the change's thread (idempotent: a thread that exists is continued, not restarted)."""
@@ -108,14 +127,14 @@ class ChangeFlow:
             raise ValueError(f"decision must be approve or reject, not {decision!r}")
         lock = self._lock(change_id)
         if not wait and lock.locked():
-            ch = await asyncio.to_thread(self.executor.approve, change_id, approver, decision=decision, via=via)
+            ch = await asyncio.to_thread(self._approve, change_id, approver, decision, via)
             events: list[FlowEvent] = []
             await self._emit(FlowEvent(change_id, ChangeStage.DECIDED, f"{decision}d by {approver} via {via}: "
                                                              f"{ch.status.value}"), events)
             return FlowState(change=ch, stage=ChangeStage.DECIDED, detail="an earlier decision is carrying it forward",
                              events=events)
         async with lock:
-            ch = self.executor.approve(change_id, approver, decision=decision, via=via)
+            ch = self._approve(change_id, approver, decision, via)
             await self._emit(FlowEvent(change_id, ChangeStage.DECIDED,
                                        f"{decision}d by {approver} via {via}: {ch.status.value}"), [])
             return await self._run(change_id, {"by": approver, "decision": decision})
@@ -138,6 +157,20 @@ class ChangeFlow:
 
     async def _run(self, change_id: str, resume: dict[str, Any] | None) -> FlowState:
         """Start the thread, resume it at its interrupt (with `resume`), or continue it where it stopped."""
+        with tracer().start_as_current_span("change", attributes={"change.id": change_id}) as span:
+            st = await self._run_graph(change_id, resume)
+            if span.is_recording():
+                span.set_attributes({"change.stage": st.stage, "change.status": st.change.status.value,
+                                     "change.action": st.change.spec.action.value,
+                                     "change.policy_rule": st.change.policy_rule,
+                                     "change.resumed_by": str((resume or {}).get("by", ""))})
+                if st.change.incident_id:
+                    span.set_attribute("incident.id", st.change.incident_id)
+                if st.verification:
+                    span.set_attribute("change.verification", st.verification)
+            return st
+
+    async def _run_graph(self, change_id: str, resume: dict[str, Any] | None) -> FlowState:
         events: list[FlowEvent] = []
 
         async def notify(cid: str, stage: ChangeStage, message: str) -> None:

@@ -1,4 +1,4 @@
-"""Wire the change graph. Wiring only.
+"""Wire the change graph. Wiring only (each node wrapped in its trace span).
 
 - change: await_approval (interrupt until approved) → execute → verify_change (auto-rollback on regression).
 """
@@ -15,6 +15,7 @@ from agent.change.nodes.await_approval import await_approval
 from agent.change.nodes.execute import execute
 from agent.change.nodes.verify_change import verify_change
 from agent.change.state import ChangeContext, ChangeState
+from agent.telemetry import traced_node
 
 
 def _after_approval(state: ChangeState) -> str:
@@ -30,9 +31,9 @@ def _after_execute(state: ChangeState) -> str:
 
 def build_change_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> Any:
     g = StateGraph(ChangeState, context_schema=ChangeContext)
-    g.add_node("await_approval", await_approval)
-    g.add_node("execute", execute)
-    g.add_node("verify_change", verify_change)
+    g.add_node("await_approval", traced_node("await_approval", await_approval))
+    g.add_node("execute", traced_node("execute", execute))
+    g.add_node("verify_change", traced_node("verify_change", verify_change))
     g.add_edge(START, "await_approval")
     g.add_conditional_edges("await_approval", _after_approval, ["await_approval", "execute", END])
     g.add_conditional_edges("execute", _after_execute, ["verify_change", END])

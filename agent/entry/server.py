@@ -33,6 +33,7 @@ from starlette.routing import BaseRoute, Route
 from agent import incidents
 from agent.models import Incident, IncidentStatus
 from agent.storage.store import Store
+from tools.rightsize.catalog import PriceCatalog
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,35 @@ class Metrics:
             self.cost_reports.labels(outcome=outcome)  # exported as 0 before the first tick
         self.chat_errors = Counter("opsagent_slack_api_errors_total",
                                    "Slack Web API calls that failed after retries.", ["method"], registry=r)
+        self.model_errors = Counter("opsagent_model_errors_total", "Triages whose LLM reasoner failed (model "
+                                    "error, timeout or invalid answer) and fell back to the rules ranking.",
+                                    ["provider"], registry=r)
+        self.gpu_price = Gauge("opsagent_gpu_price_per_hour_usd", "Price of one GPU-hour by instance type, from "
+                               "the right-sizing price catalog (the fleet dashboard's cost per model).",
+                               ["instance_type", "gpu_product"], registry=r)
+        # Every label set a dashboard panel selects is exported as 0 from the start, so a panel shows 0
+        # (nothing happened) rather than "No data" (is it even running?).
+        for outcome in ("accepted", "duplicate", "rejected"):
+            self.webhooks.labels(outcome=outcome)
+        for status in ("pending_approval", "approved", "denied", "rejected"):
+            self.changes.labels(status=status)
+        for decision in ("approve", "reject"):
+            for outcome in ("recorded", "refused"):
+                for via in ("slack", "cli"):
+                    self.approvals.labels(decision=decision, outcome=outcome, via=via)
+        for stage in ("executing", "verified", "rolled_back", "regression", "failed", "refused", "unverified",
+                      "inconclusive"):
+            self.executions.labels(stage=stage)
+        for method in ("chat.postMessage", "chat.update", "chat.postEphemeral"):
+            self.chat_errors.labels(method=method)
+        for kind in ("events", "interactivity", "commands"):
+            for outcome in ("accepted", "bad_signature", "replayed", "duplicate"):
+                self.chat_requests.labels(kind=kind, outcome=outcome)
+
+    def set_prices(self, catalog: PriceCatalog) -> None:
+        for name, it in catalog.instance_types.items():
+            if it.gpus:
+                self.gpu_price.labels(instance_type=name, gpu_product=it.gpu_product or "").set(it.price_per_gpu_hour)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.audit.events import AuditEvent, AuditKind, AuditSink, inputs_hash
+from agent.telemetry import record_error, tracer
 from tools.base import Risk, ToolError, ToolResult, ToolSpec
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,17 @@ class ToolRunner:
 
     async def call(self, name: str, params: Mapping[str, Any], *, actor: str,
                    incident_id: str | None = None) -> ToolOutcome:
+        """Run one tool call in its trace span (`tool NAME`: query or path, outcome, duration, items)."""
+        with tracer().start_as_current_span(f"tool {name}") as span:
+            out = await self._call(name, params, actor=actor, incident_id=incident_id)
+            if span.is_recording():
+                span.set_attributes(_span_attributes(out, actor, incident_id))
+                if not out.ok:
+                    record_error(span, out.error or "failed")
+            return out
+
+    async def _call(self, name: str, params: Mapping[str, Any], *, actor: str,
+                    incident_id: str | None) -> ToolOutcome:
         started = dt.datetime.now(dt.UTC)
         t0 = time.monotonic()
         params = dict(params)
@@ -109,3 +122,27 @@ class ToolRunner:
             log.exception("tool %s failed", name)
             return finish(False, error=f"{name} failed unexpectedly: {type(e).__name__}: {e}")
         return finish(True, result=result)
+
+
+# Parameters that say what a call asked upstream for: the PromQL, the CloudWatch metric, the object path.
+_QUERY_KEYS = ("query", "promql", "metric_name", "path")
+
+
+def _span_attributes(out: ToolOutcome, actor: str, incident_id: str | None) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "tool.name": out.tool, "tool.actor": actor, "tool.duration_ms": round(out.duration_ms, 1),
+        "tool.outcome": "ok" if out.ok else ("refused" if out.refused else "error"),
+        "tool.params": json.dumps(out.params, default=str, sort_keys=True)[:2000],
+    }
+    if incident_id:
+        attrs["incident.id"] = incident_id
+    query = next((str(out.params[k]) for k in _QUERY_KEYS if out.params.get(k)), None)
+    if query is None and out.params.get("name"):  # a Kubernetes object: the path the read goes to
+        query = "/".join(str(out.params[k]) for k in ("kind", "namespace", "name") if out.params.get(k))
+    if query:
+        attrs["tool.query"] = query[:2000]
+    if out.result is not None:  # series, events, revisions … returned: every list in the result
+        attrs["tool.items"] = sum(len(v) for v in vars(out.result).values() if isinstance(v, list | tuple | dict))
+    if out.error:
+        attrs["tool.error"] = out.error[:1000]
+    return attrs

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the sandbox's Go components from their upstream modules into a version-keyed cache:
-# the Kubernetes control plane and kubectl, etcd, KWOK, kube-state-metrics, Helm and the Argo Rollouts
-# controller (with its CRDs, copied from the same module).
+# the Kubernetes control plane and kubectl, etcd, KWOK, kube-state-metrics, Helm, Jaeger and the
+# Argo Rollouts controller (with its CRDs, copied from the same module).
 #
 # Why a script and not `go install`: k8s.io/kubernetes and etcd's server module carry `replace`
 # directives, which `go install pkg@version` refuses. So each is built inside a small throwaway
@@ -10,11 +10,13 @@
 # Idempotent: a component whose binaries already sit in the cache is skipped. The cache lives
 # outside the repository (default ~/.cache/opsagent) so a fresh clone reuses it.
 #
-# Two lanes: Kubernetes (most of the work) builds in one, the smaller components one after another
-# in the other. On two cores this overlaps module downloads and single-threaded links with compiles.
+# Three lanes: Kubernetes (most of the work, then Helm) in one, the smaller components one after another
+# in the second, the Argo Rollouts controller in the third. On two cores this overlaps module downloads
+# and single-threaded links with compiles; what a lane is not asked for (`make demo` names only what the
+# sandbox runs) it skips.
 #
 #   build-components.sh [NAME...]         build what is missing (all components, or the NAMEs:
-#                                         kubernetes etcd kwok kube-state-metrics helm argo-rollouts)
+#                                         kubernetes etcd kwok kube-state-metrics helm jaeger argo-rollouts)
 #   build-components.sh --plan [NAME...]  print, one line per component, what a build would produce
 #                                         (`build NAME VERSION PATH...` or `cached NAME VERSION PATH...`)
 #                                         and build nothing; tests compare it with components.locate()
@@ -27,6 +29,7 @@ KSM_VERSION="${KSM_VERSION:-v2.15.0}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 # v1.10.2 asks for go >= 1.26.10; v1.10.1 builds with the toolchain setup installs.
 ROLLOUTS_VERSION="${ROLLOUTS_VERSION:-v1.10.1}"
+JAEGER_VERSION="${JAEGER_VERSION:-v1.75.0}"
 CACHE="${OPSAGENT_CACHE_DIR:-$HOME/.cache/opsagent}"
 BIN="$CACHE/bin"
 WORK="$CACHE/build"
@@ -50,6 +53,7 @@ COMPONENTS=(
   "kwok|$KWOK_VERSION|$BIN/kwok-$KWOK_VERSION|kwok"
   "kube-state-metrics|$KSM_VERSION|$BIN/kube-state-metrics-$KSM_VERSION|kube-state-metrics"
   "helm|$HELM_VERSION|$BIN/helm-$HELM_VERSION|helm"
+  "jaeger|$JAEGER_VERSION|$BIN/jaeger-$JAEGER_VERSION|jaeger-all-in-one"
   "argo-rollouts|$ROLLOUTS_VERSION|$BIN/argo-rollouts-$ROLLOUTS_VERSION|rollouts-controller"
 )
 
@@ -215,6 +219,25 @@ build_argo_rollouts() {
   step "argo-rollouts: $("$c_dir/rollouts-controller" --version 2>&1 | head -1)"
 }
 
+build_jaeger() {
+  # Jaeger's all-in-one (collector with OTLP in, query API, in-memory store) for the trace tests.
+  # Its go.mod pins sarama with a replace directive, which a requiring module must repeat.
+  local t0; t0=$(date +%s)
+  component jaeger
+  step "jaeger $JAEGER_VERSION: building cmd/all-in-one (~5 min on 2 cores)"
+  local mod="$WORK/jaeger-$JAEGER_VERSION"; rm -rf "$mod"; mkdir -p "$mod"; cd "$mod"
+  local gomod
+  gomod=$(go mod download -json "github.com/jaegertracing/jaeger@$JAEGER_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  {
+    printf 'module opsagent.local/jaegerbuild\n\ngo 1.24.6\n\nrequire github.com/jaegertracing/jaeger %s\n\n' "$JAEGER_VERSION"
+    grep -E '^replace ' "$gomod"
+  } > go.mod
+  go get "github.com/jaegertracing/jaeger/cmd/all-in-one@$JAEGER_VERSION" >/dev/null 2>&1 || true
+  rm -rf "$c_dir.tmp"; mkdir -p "$c_dir.tmp"
+  go build -trimpath -ldflags "-s -w" -o "$c_dir.tmp/jaeger-all-in-one" github.com/jaegertracing/jaeger/cmd/all-in-one
+  finish jaeger "$t0"
+}
+
 lane() {  # lane NAME... : build each missing component in turn, say which were cached
   local name
   for name in "$@"; do
@@ -248,11 +271,13 @@ if ! flock -n 9; then
 fi
 
 t_all=$(date +%s)
-( lane kubernetes ) & lane_a=$!
-( lane etcd kwok kube-state-metrics helm argo-rollouts ) & lane_b=$!
+( lane kubernetes helm ) & lane_a=$!
+( lane etcd kwok kube-state-metrics jaeger ) & lane_b=$!
+( lane argo-rollouts ) & lane_c=$!
 status=0
 wait "$lane_a" || status=$?
 wait "$lane_b" || status=$?
+wait "$lane_c" || status=$?
 if [ "$status" -ne 0 ]; then
   step "a component failed to build (exit $status); see the lines above. Re-running builds only what is missing."
   exit "$status"

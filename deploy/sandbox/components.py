@@ -23,6 +23,7 @@ KWOK_VERSION = "v0.7.0"
 KSM_VERSION = "v2.15.0"
 HELM_VERSION = "v3.22.0"
 ROLLOUTS_VERSION = "v1.10.1"  # v1.10.2 needs go >= 1.26.10
+JAEGER_VERSION = "v1.75.0"
 
 
 def default_cache_dir() -> Path:
@@ -39,6 +40,7 @@ class Binaries:
     kwok: Path
     kube_state_metrics: Path
     helm: Path
+    jaeger: Path
     rollouts_controller: Path
     prometheus: Path
     promtool: Path
@@ -58,6 +60,7 @@ def locate(cache_dir: Path) -> Binaries:
         kwok=b / f"kwok-{KWOK_VERSION}" / "kwok",
         kube_state_metrics=b / f"kube-state-metrics-{KSM_VERSION}" / "kube-state-metrics",
         helm=b / f"helm-{HELM_VERSION}" / "helm",
+        jaeger=b / f"jaeger-{JAEGER_VERSION}" / "jaeger-all-in-one",
         rollouts_controller=b / f"argo-rollouts-{ROLLOUTS_VERSION}" / "rollouts-controller",
         prometheus=Path(shutil.which("prometheus") or "/usr/bin/prometheus"),
         promtool=Path(shutil.which("promtool") or "/usr/bin/promtool"),
@@ -66,9 +69,9 @@ def locate(cache_dir: Path) -> Binaries:
     )
 
 
-# What `opsagent sandbox up` (and so the demo) runs. Helm is the chart tests' alone, so a first
-# `make demo` does not wait for it; the Argo Rollouts controller runs only in a sandbox started with
-# rollouts (ROLLOUTS_PARTS), which the demo is not.
+# What `opsagent sandbox up` (and so the demo) runs. Helm is the chart tests' alone and Jaeger the
+# trace tests' alone, so a first `make demo` waits for neither; the Argo Rollouts controller runs only
+# in a sandbox started with rollouts (ROLLOUTS_PARTS), which the demo is not.
 SANDBOX_PARTS = ("etcd", "kube_apiserver", "kube_controller_manager", "kube_scheduler", "kubectl", "kwok",
                  "kube_state_metrics", "prometheus", "promtool", "alertmanager", "python")
 ROLLOUTS_PARTS = (*SANDBOX_PARTS, "rollouts_controller")
@@ -87,7 +90,7 @@ def ensure(cache_dir: Path, parts: tuple[str, ...] = SANDBOX_PARTS) -> Binaries:
     if go_absent:
         env = dict(os.environ, OPSAGENT_CACHE_DIR=str(cache_dir), K8S_VERSION=K8S_VERSION,
                    ETCD_VERSION=ETCD_VERSION, KWOK_VERSION=KWOK_VERSION, KSM_VERSION=KSM_VERSION,
-                   HELM_VERSION=HELM_VERSION, ROLLOUTS_VERSION=ROLLOUTS_VERSION)
+                   HELM_VERSION=HELM_VERSION, JAEGER_VERSION=JAEGER_VERSION, ROLLOUTS_VERSION=ROLLOUTS_VERSION)
         names = sorted({build_component(p) for p in go_absent})
         subprocess.run(["bash", str(BUILD_SCRIPT), *names], check=True, env=env)
         bins = locate(cache_dir)

@@ -7,6 +7,7 @@ expressions themselves are untouched, so what fires here fires in production.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,13 @@ def sandbox_rules(source: Path = RULES, for_: str = SANDBOX_FOR) -> dict[str, An
 
 
 def prometheus_config(
-    *, cluster: str, alertmanager: str, simulator: str, kube_state_metrics: str, rules_file: Path
+    *, cluster: str, alertmanager: str, simulator: str, kube_state_metrics: str, rules_file: Path,
+    agent_targets: Path | None = None,
 ) -> dict[str, Any]:
+    """The sandbox's Prometheus; with `agent_targets`, it also scrapes every `opsagent serve` listed in
+    that file (file_sd, re-read on change), for the agent's own metrics and dashboard."""
+    agent_job = [{"job_name": "opsagent", "file_sd_configs": [{"files": [str(agent_targets)],
+                                                               "refresh_interval": "5s"}]}] if agent_targets else []
     return {
         "global": {
             "scrape_interval": "5s",
@@ -44,6 +50,7 @@ def prometheus_config(
             {"job_name": "fleet-simulator", "honor_labels": True,
              "static_configs": [{"targets": [simulator]}]},
             {"job_name": "kube-state-metrics", "static_configs": [{"targets": [kube_state_metrics]}]},
+            *agent_job,
         ],
     }
 
@@ -67,4 +74,13 @@ def alertmanager_config(webhook_url: str) -> dict[str, Any]:
 def write_yaml(path: Path, doc: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def write_agent_targets(path: Path, targets: list[str]) -> Path:
+    """List the `opsagent serve` processes (host:port) the sandbox's Prometheus scrapes; replaced atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([{"targets": targets, "labels": {"service": "opsagent"}}]))
+    tmp.replace(path)
     return path

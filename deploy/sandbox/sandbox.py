@@ -15,6 +15,7 @@ import shutil
 import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,6 +121,11 @@ class Sandbox:
         self.progress = progress
         self.pki = pki.Pki(self.dir / "pki")
 
+    @property
+    def agent_targets_file(self) -> Path:
+        """The `opsagent serve` addresses (host:port) Prometheus scrapes: monitoring.write_agent_targets."""
+        return self.dir / "prometheus" / "opsagent-targets.json"
+
     # ---- status ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         running = self.sup.running()
@@ -141,6 +147,7 @@ class Sandbox:
                 "executor": str(self.pki.kubeconfig(pki.EXECUTOR)),
             },
             "webhook_url": info.get("webhook_url"),
+            "agent_targets": str(self.agent_targets_file),
             "cluster": info.get("cluster"),
             "serving_namespaces": info.get("serving_namespaces", []),
             "components": comps,
@@ -356,9 +363,13 @@ class Sandbox:
         t0 = time.monotonic()
         self.progress("starting Prometheus and Alertmanager")
         rules = monitoring.write_yaml(d / "prometheus" / "rules.yaml", monitoring.sandbox_rules())
+        # The agent Alertmanager posts to is the one whose /metrics Prometheus scrapes (tests list theirs).
+        agent_targets = self.agent_targets_file
+        if not agent_targets.exists():
+            monitoring.write_agent_targets(agent_targets, [urllib.parse.urlsplit(self.s.webhook_url).netloc])
         prom_cfg = monitoring.write_yaml(d / "prometheus" / "prometheus.yml", monitoring.prometheus_config(
             cluster=fleet.cluster, alertmanager=_hostport(ep.alertmanager), simulator=_hostport(ep.simulator),
-            kube_state_metrics=_hostport(ep.kube_state_metrics), rules_file=rules))
+            kube_state_metrics=_hostport(ep.kube_state_metrics), rules_file=rules, agent_targets=agent_targets))
         am_cfg = monitoring.write_yaml(d / "alertmanager" / "alertmanager.yml",
                                        monitoring.alertmanager_config(self.s.webhook_url))
         am = self.sup.start("alertmanager", [
@@ -416,6 +427,8 @@ def _tls_healthz(port: int) -> bool:
 def _targets_up(prometheus: str) -> bool:
     with urllib.request.urlopen(f"{prometheus}/api/v1/targets?state=active", timeout=3) as r:  # noqa: S310
         targets = json.load(r)["data"]["activeTargets"]
+    # The sandbox's own parts; the opsagent job lists agents that may not run yet (`opsagent serve`).
+    targets = [t for t in targets if t.get("labels", {}).get("job") != "opsagent"]
     return bool(targets) and all(t["health"] == "up" for t in targets)
 
 

@@ -5,7 +5,10 @@ an Alertmanager webhook body (the bad-rollout fixture with a new group key, so e
 incident) and triages it end to end: runbook matching, Kubernetes and Prometheus evidence,
 hypotheses, proposals, the report stored.
 
-Run: uv run python tests/benchmarks/bench_triage.py --sandbox-dir DIR [--incidents 30]
+With `--jaeger`, the same run twice more, interleaved: tracing off and tracing on (OTLP to a Jaeger
+started in the sandbox), and the overhead of tracing on the median and p95 latency.
+
+Run: uv run python tests/benchmarks/bench_triage.py --sandbox-dir DIR [--incidents 30] [--jaeger]
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ def main() -> None:
     ap.add_argument("--sandbox-dir", type=Path, required=True)
     ap.add_argument("--port-base", type=int, default=17000)
     ap.add_argument("--incidents", type=int, default=30)
+    ap.add_argument("--jaeger", action="store_true", help="Also measure the overhead of tracing to Jaeger.")
     args = ap.parse_args()
+    if args.jaeger:
+        tracing_overhead(args)
+        return
     status = Sandbox(SandboxSettings(dir=args.sandbox_dir, port_base=args.port_base)).status()
     if status["state"] != "up":
         raise SystemExit(f"sandbox in {args.sandbox_dir} is {status['state']}")
@@ -65,6 +72,53 @@ def main() -> None:
           f"max {lat[-1] * 1000:.0f} ms")
     print(f"evidence queries per incident: {statistics.mean(queries):.1f} "
           f"(Prometheus {statistics.mean(prom_queries):.1f}, plus 1 workload lookup)")
+
+
+def tracing_overhead(args: argparse.Namespace) -> None:
+    """Alternate blocks of incidents with tracing off and on in one process (same sandbox, same load)."""
+    from agent.telemetry import flush_tracing, setup_tracing
+    from deploy.sandbox import components, jaeger
+
+    sb = Sandbox(SandboxSettings(dir=args.sandbox_dir, port_base=args.port_base))
+    status = sb.status()
+    ep = jaeger.start(sb.sup, components.locate(components.default_cache_dir()).jaeger, args.port_base)
+    body: dict[str, Any] = json.loads((FIXTURES / "alertmanager_bad_rollout.json").read_text())
+    lat: dict[bool, list[float]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory() as state:
+        settings = settings_for(None, status, state_dir=state,
+                                tracing={"enabled": True, "endpoint": ep.otlp_http, "service_name": "opsagent-bench"})
+        provider = setup_tracing(settings.tracing)
+        from opentelemetry import trace
+        from opentelemetry.trace import NoOpTracerProvider
+
+        app = build_app(settings)
+
+        async def run() -> None:
+            for i in range(2 * args.incidents):
+                on = (i // 5) % 2 == 1  # blocks of five: off, on, off, on …
+                # Off is exactly what a process without tracing has: the API's no-op provider.
+                # The global provider can be set once; swap what trace.get_tracer() resolves to.
+                trace._TRACER_PROVIDER = provider if on else NoOpTracerProvider()  # type: ignore[attr-defined]
+                body["groupKey"] = f"bench-trace-{i}-{time.time()}"
+                note = incidents.parse(json.dumps(body).encode())
+                t0 = time.perf_counter()
+                incident, _ = app.store.record_notification(note, dt.datetime.now(dt.UTC))
+                await app.triage(incident)
+                lat[on].append(time.perf_counter() - t0)
+            await app.aclose_clients()
+
+        asyncio.run(run())
+        app.close()
+        flush_tracing()
+    spans = sum(len(t["spans"]) for t in jaeger.traces(ep, "opsagent-bench", limit=1000))
+    for on in (False, True):
+        xs = sorted(lat[on])
+        print(f"tracing {'on ' if on else 'off'}: {len(xs)} triages, p50 {statistics.median(xs) * 1000:.0f} ms, "
+              f"p95 {xs[max(0, round(0.95 * len(xs)) - 1)] * 1000:.0f} ms, mean {statistics.mean(xs) * 1000:.0f} ms")
+    off, on_ = statistics.median(lat[False]), statistics.median(lat[True])
+    mean_off, mean_on = statistics.mean(lat[False]), statistics.mean(lat[True])
+    print(f"tracing overhead on the median: {100 * (on_ - off) / off:+.1f} % "
+          f"(on the mean {100 * (mean_on - mean_off) / mean_off:+.1f} %); {spans} spans in Jaeger")
 
 
 if __name__ == "__main__":

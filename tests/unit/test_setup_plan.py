@@ -19,7 +19,8 @@ from deploy.sandbox import components
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "deploy" / "sandbox" / "build-components.sh"
 SETUP = ROOT / "deploy" / "setup.sh"
-VERSION_VARS = ("K8S_VERSION", "ETCD_VERSION", "KWOK_VERSION", "KSM_VERSION", "HELM_VERSION", "ROLLOUTS_VERSION")
+VERSION_VARS = ("K8S_VERSION", "ETCD_VERSION", "KWOK_VERSION", "KSM_VERSION", "HELM_VERSION", "JAEGER_VERSION",
+                "ROLLOUTS_VERSION")
 
 # Commands the code runs from Debian packages outside components.Binaries, and who runs them.
 OTHER_SYSTEM_COMMANDS = {

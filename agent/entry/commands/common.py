@@ -15,6 +15,7 @@ import typer
 
 from agent.app import App, build_app
 from agent.config import Settings, load_settings
+from agent.telemetry import setup_tracing
 
 DEFAULT_SANDBOX_DIR = Path.home() / ".local" / "state" / "opsagent" / "sandbox"
 
@@ -57,6 +58,7 @@ def open_app(config: Path | None, use_sandbox: bool, sandbox_dir: Path, state_di
     status = sandbox_status(sandbox_dir) if use_sandbox else None
     try:
         settings = settings_for(config, status, state_dir=str(state_dir) if state_dir else None)
+        setup_tracing(settings.tracing)  # a no-op unless tracing.enabled
         return build_app(settings)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e), 2)
@@ -68,6 +70,7 @@ def sandbox_overrides(status: dict[str, Any]) -> dict[str, Any]:
     kc = status["kubeconfigs"]
     return {
         "prometheus": {"url": ep["prometheus"], "scrape_interval_s": 5},
+        "alertmanager": {"url": ep["alertmanager"]},
         "cloudwatch": {"endpoint_url": ep["cloudwatch"], "region": "us-east-1",
                        "access_key_id": "sandbox", "secret_access_key": "sandbox"},
         "kubernetes": {"reader_kubeconfig": kc["reader"], "executor_kubeconfig": kc["executor"],

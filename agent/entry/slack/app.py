@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agent import postmortem
 from agent.app import App
 from agent.change.executor.core import ExecutionRefused
 from agent.change.flow import ChangeFlow, FlowEvent
@@ -47,7 +48,8 @@ from agent.models import ActionKind, Incident, IncidentStatus, TriageReport
 from agent.rightsize import report
 from agent.rightsize.report import CREATE_ACTION_ID
 from agent.rightsize.service import run as rightsize_run
-from agent.storage.store import Store
+from agent.storage.store import ChatMessage, Store
+from agent.telemetry import trace_url
 
 log = logging.getLogger(__name__)
 
@@ -288,14 +290,36 @@ class SlackBot:
         if incident.status == IncidentStatus.RESOLVED:
             await self.notifier.show_incident(incident.id, Stage.RESOLVED,
                                               ":large_green_circle: Alertmanager reports every alert resolved.")
+            await self.post_incident_report(incident.id)
         elif incident.notifications == 1:
             await self.notifier.show_incident(incident.id)
+
+    async def post_incident_report(self, incident_id: str) -> None:
+        """Post the post-incident report in the incident's thread, once (recorded as a chat message, so a
+        redelivered "resolved" or a restart does not post it twice; an alert that fires again after the
+        resolution opens a new incident, which gets its own report)."""
+        key = f"postmortem:{incident_id}"
+        async with self.notifier.lock(key):
+            await self._post_incident_report(incident_id, key)
+
+    async def _post_incident_report(self, incident_id: str, key: str) -> None:
+        if await asyncio.to_thread(self.app.store.chat_message, key) is not None:
+            return
+        report = await asyncio.to_thread(self.app.incident_report, incident_id)
+        if report is None:
+            return
+        ts = await self.notifier.reply(incident_id, postmortem.slack_blocks(report))
+        if ts is not None:
+            top = await asyncio.to_thread(self.app.store.chat_message, f"incident:{incident_id}")
+            await asyncio.to_thread(self.app.store.save_chat_message,
+                                    ChatMessage(key, top.channel if top else self.cfg.channel, ts, None, "posted"))
 
     async def triage(self, incident: Incident) -> TriageReport:
         """The triage worker's job with Slack: message, triage, details in the thread, change requests."""
         await self.notifier.show_incident(incident.id)
         report = await self.app.triage(incident)
-        await self.notifier.reply(incident.id, blocks.triage_details(report))
+        link = trace_url(self.app.settings.tracing, trace_id=report.trace_id)
+        await self.notifier.reply(incident.id, blocks.triage_details(report, link))
         changes = await self._propose(incident, report)
         pending = [c for c in changes if c.status == ChangeStatus.PENDING_APPROVAL]
         for c in changes:

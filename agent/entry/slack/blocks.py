@@ -104,8 +104,9 @@ def incident_message(incident: Incident, stage: Stage, report: TriageReport | No
     return {"text": f"[{stage.value}] {incident.title} ({sev})", "blocks": blocks}
 
 
-def triage_details(report: TriageReport) -> Message:
-    """The triage, posted in the incident's thread: hypotheses with their evidence, then the proposals."""
+def triage_details(report: TriageReport, trace_link: str | None = None) -> Message:
+    """The triage, posted in the incident's thread: hypotheses with their evidence, then the proposals (and a
+    link to the triage's trace when tracing is on and `tracing.ui_url` is set)."""
     lines = [f"*Triage* ({report.reasoner}, {len(report.evidence)} evidence queries, "
              f"{(report.finished - report.started).total_seconds():.1f}s): {esc(report.summary)}"]
     blocks = [_section(lines[0])]
@@ -124,6 +125,8 @@ def triage_details(report: TriageReport) -> Message:
         blocks.append(_section("*Proposed*\n" + "\n".join(props)))
     if report.runbooks:
         blocks.append(_context("runbooks: " + ", ".join(report.runbooks)))
+    if trace_link:
+        blocks.append(_context(f"<{trace_link}|Trace of this triage>"))
     return {"text": f"Triage: {report.summary}", "blocks": blocks}
 
 

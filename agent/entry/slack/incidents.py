@@ -38,6 +38,10 @@ class SlackNotifier:
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
+    def lock(self, key: str) -> asyncio.Lock:
+        """The lock serializing work on one message key (`incident:ID`, `change:ID`, `postmortem:ID`)."""
+        return self._lock(key)
+
     async def call(self, method: str, **kwargs: Any) -> dict[str, Any] | None:
         """Call a Web API method; None (logged, counted) if Slack refused it or could not be reached."""
         payload = {k: v for k, v in kwargs.items() if v is not None}

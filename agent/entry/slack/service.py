@@ -12,11 +12,16 @@ from agent.entry.slack.app import SlackBot
 from agent.entry.slack.reports import CostReportPoster
 from agent.models import Incident, TriageReport
 from agent.rightsize.schedule import CronSchedule
+from tools.rightsize.catalog import PriceCatalog
 
 log = logging.getLogger("opsagent.serve")
 
 
-def _logged(incident: Incident, report: TriageReport) -> TriageReport:
+def _logged(incident: Incident, report: TriageReport, app: App, metrics: Metrics) -> TriageReport:
+    # The LLM reasoner falls back to the rules ranking on any model failure; count those for the dashboard.
+    run = getattr(app.reasoner, "runs", {}).get(incident.id)
+    if run is not None and run.fallback:
+        metrics.model_errors.labels(provider=app.settings.llm.provider).inc()
     top = report.top
     log.warning("triaged %s: %s%s", incident.id, report.status,
                 f" — {top.title} ({top.confidence:.0%})" if top else "")
@@ -27,6 +32,11 @@ def build_server(app: App, *, metrics: Metrics | None = None,
                  bot: SlackBot | None = None) -> tuple[Starlette, SlackBot | None]:
     """The `serve` HTTP app; with `slack.enabled`, the bot's endpoints, hooks and triage path are wired in."""
     metrics = metrics or Metrics()
+    metrics.model_errors.labels(provider=app.settings.llm.provider)  # 0 until the first fallback
+    try:
+        metrics.set_prices(PriceCatalog.load(app.settings.rightsize.price_catalog))
+    except ValueError as e:  # the cost panels stay empty; everything else works
+        log.warning("GPU prices not exported: %s", e)
     # Replicas sharing a store share triage through leases; a dead replica's incidents are swept up.
     replica = Replica(lease_s=app.settings.server.triage_lease_s, sweep_s=app.settings.server.triage_sweep_s)
     if bot is None and app.settings.slack.enabled:
@@ -36,7 +46,7 @@ def build_server(app: App, *, metrics: Metrics | None = None,
             log.warning("rightsize.schedule is set but slack.enabled is false: no scheduled cost report is posted")
 
         async def triage_only(incident: Incident) -> TriageReport:
-            return _logged(incident, await app.triage(incident))
+            return _logged(incident, await app.triage(incident), app, metrics)
 
         return create_app(app.store, triage_only, metrics, on_shutdown=[app.aclose_clients], replica=replica,
                           health=app.health), None
@@ -51,7 +61,7 @@ def build_server(app: App, *, metrics: Metrics | None = None,
         shutdown.insert(0, poster.stop)
     routes = [] if app.settings.slack.socket_mode else bot.routes()
     async def triage_with_bot(incident: Incident) -> TriageReport:
-        return _logged(incident, await bot.triage(incident))
+        return _logged(incident, await bot.triage(incident), app, metrics)
 
     return create_app(app.store, triage_with_bot, metrics, routes=routes, on_incident=bot.on_incident,
                       on_startup=startup, on_shutdown=shutdown, replica=replica, health=app.health), bot

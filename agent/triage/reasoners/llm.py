@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,9 +33,18 @@ from agent.config import LlmConfig
 from agent.guard.redact import redact
 from agent.guard.runner import ToolOutcome, ToolRunner
 from agent.models import Category, Evidence, Hypothesis, ObjectRef
+from agent.telemetry import tracer
 from agent.triage.features import feature_map
 from agent.triage.reasoners import prompts
-from agent.triage.reasoners.chat import ModelError, ToolCall, base_url, check_config, open_conversation
+from agent.triage.reasoners.chat import (
+    Conversation,
+    ModelError,
+    ToolCall,
+    Turn,
+    base_url,
+    check_config,
+    open_conversation,
+)
 from agent.triage.reasoners.rules import narrate, rank, score
 from agent.triage.runbooks import Runbook
 from agent.triage.state import TriageState
@@ -198,7 +208,7 @@ class LlmReasoner:
         async with open_conversation(self.config, system, user, tools, max_retries=self.max_retries) as chat:
             for step in range(self.config.max_steps):
                 final = step == self.config.max_steps - 1
-                turn = await chat.turn(force_tool=prompts.SUBMIT_TOOL if final else None)
+                turn = await self._turn(chat, step, final)
                 run.steps += 1
                 run.input_tokens += turn.input_tokens
                 run.output_tokens += turn.output_tokens
@@ -226,6 +236,19 @@ class LlmReasoner:
                                                        known, run))
         raise NoAnswer(f"no valid diagnosis within {self.config.max_steps} steps"
                        + (f"; the last answer was invalid: {last_problem}" if last_problem else ""))
+
+    async def _turn(self, chat: Conversation, step: int, final: bool) -> Turn:
+        """One model call, in its trace span (`llm call`: model, tokens in/out, latency, tool calls asked)."""
+        attrs: dict[str, str | int] = {"gen_ai.system": self.config.provider, "gen_ai.request.model": self.config.model,
+                 "llm.step": step}
+        t0 = time.monotonic()
+        with tracer().start_as_current_span("llm call", attributes=attrs) as span:
+            turn = await chat.turn(force_tool=prompts.SUBMIT_TOOL if final else None)
+            span.set_attributes({"gen_ai.usage.input_tokens": turn.input_tokens,
+                                 "gen_ai.usage.output_tokens": turn.output_tokens,
+                                 "llm.latency_ms": round((time.monotonic() - t0) * 1000, 1),
+                                 "llm.tool_calls": ",".join(c.name for c in turn.calls)[:500]})
+            return turn
 
     async def _read(self, calls: list[ToolCall], runner: ToolRunner, incident_id: str | None, fence: prompts.Fence,
                     known: set[str], run: LlmRun) -> list[tuple[ToolCall, str, bool]]:
