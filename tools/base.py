@@ -14,16 +14,40 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 
 class Risk(enum.IntEnum):
-    """How much harm a tool can do; ordered so a runbook can set a ceiling."""
+    """How much harm a tool or an action can do; ordered so a runbook or a runner can set a ceiling.
+
+    The one definition of risk: tools declare it, runbooks cap it, actions carry it (`ACTION_RISK`),
+    and the policy file names it by `label` (its `RiskName` vocabulary is checked against this enum).
+    """
 
     READ = 0
     PROPOSE = 1
     MUTATE = 2
     DESTRUCTIVE = 3
+
+    @property
+    def label(self) -> str:
+        """The lower-case name files and the policy use: `read`, `propose`, `mutate`, `destructive`."""
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, value: object) -> Risk:
+        """A Risk from itself, its label (any case) or its number; a clear error for anything else."""
+        if isinstance(value, Risk):
+            return value
+        if isinstance(value, str) and value.upper() in cls.__members__:
+            return cls[value.upper()]
+        if isinstance(value, int) and not isinstance(value, bool) and value in cls._value2member_map_:
+            return cls(value)
+        raise ValueError(f"risk must be one of {', '.join(r.label for r in cls)}, not {value!r}")
+
+
+# A Risk in files and models: read from its label, written as its label.
+RiskLabel = Annotated[Risk, BeforeValidator(Risk.parse), PlainSerializer(lambda r: r.label, return_type=str)]
 
 
 class ToolInput(BaseModel):

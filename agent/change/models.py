@@ -17,19 +17,20 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.models import ActionKind, ObjectRef
+from tools.base import Risk
 
-# Risk of each action when executed (the policy's `risks` vocabulary).
-ACTION_RISK: dict[ActionKind, str] = {
-    ActionKind.ROLLBACK: "mutate",
-    ActionKind.SCALE: "mutate",
-    ActionKind.DEPLOY: "mutate",
-    ActionKind.SET_GPU_RESOURCES: "mutate",
-    ActionKind.PAUSE_ROLLOUT: "mutate",
-    ActionKind.RESUME_ROLLOUT: "mutate",
-    ActionKind.CORDON_NODE: "mutate",
-    ActionKind.DRAIN_NODE: "mutate",  # evictions are recoverable; policy asks two approvers
-    ActionKind.PAGE_HUMAN: "read",
-    ActionKind.NONE: "read",
+# Risk of each action when executed (its label is the policy's `risks` vocabulary).
+ACTION_RISK: dict[ActionKind, Risk] = {
+    ActionKind.ROLLBACK: Risk.MUTATE,
+    ActionKind.SCALE: Risk.MUTATE,
+    ActionKind.DEPLOY: Risk.MUTATE,
+    ActionKind.SET_GPU_RESOURCES: Risk.MUTATE,
+    ActionKind.PAUSE_ROLLOUT: Risk.MUTATE,
+    ActionKind.RESUME_ROLLOUT: Risk.MUTATE,
+    ActionKind.CORDON_NODE: Risk.MUTATE,
+    ActionKind.DRAIN_NODE: Risk.MUTATE,  # evictions are recoverable; policy asks two approvers
+    ActionKind.PAGE_HUMAN: Risk.READ,
+    ActionKind.NONE: Risk.READ,
 }
 
 

@@ -16,7 +16,9 @@ class Effect(enum.StrEnum):
     DENY = "deny"
 
 
-RISKS = ("read", "propose", "mutate", "destructive")
+# The policy file names risks by label. The policy works on plain data and imports nothing from tools,
+# so the vocabulary is spelled here; tests/unit/test_policy.py checks it equals tools.base.Risk's labels.
+RiskName = Literal["read", "propose", "mutate", "destructive"]
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 
 
@@ -36,7 +38,7 @@ class Match(_Strict):
     """Every listed field must match (lists mean any of). An empty match matches everything."""
 
     actions: list[str] = Field(default_factory=list, description="rollback, scale, deploy, cordon_node, ...")
-    risks: list[Literal["read", "propose", "mutate", "destructive"]] = Field(default_factory=list)
+    risks: list[RiskName] = Field(default_factory=list)
     namespaces: list[str] = Field(default_factory=list)
     namespaces_not: list[str] = Field(default_factory=list, description="Matches when the namespace is NOT listed.")
     clusters: list[str] = Field(default_factory=list)
@@ -115,7 +117,7 @@ class Request(_Strict):
     """What a change asks to do, as plain data."""
 
     action: str
-    risk: Literal["read", "propose", "mutate", "destructive"]
+    risk: RiskName
     cluster: str = "default"
     namespace: str | None = None
     target_kind: str = ""

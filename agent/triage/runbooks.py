@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from agent.models import ActionKind, Category
 from agent.triage.conditions import ConditionError, compile_condition, compile_value
+from tools.base import Risk, RiskLabel
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "runbooks"
 _FRONT = re.compile(r"\A---\s*\n(.*?)\n---\s*\n?(.*)\Z", re.S)
@@ -113,8 +114,8 @@ class Runbook(_Strict):
     id: str
     title: str
     match: Match
-    risk_ceiling: str = Field(default="propose", pattern="^(read|propose|mutate|destructive)$",
-                              description="The highest risk any tool or remediation here may have.")
+    risk_ceiling: RiskLabel = Field(default=Risk.PROPOSE,
+                                    description="The highest risk any tool or remediation here may have.")
     evidence: list[EvidenceQuery]
     derive: dict[str, ValueExpr] = Field(default_factory=dict,
                                    description="Context keys the alert may lack, as expressions over evidence.")

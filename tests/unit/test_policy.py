@@ -76,3 +76,14 @@ def test_the_capacity_drop_limit_triage_sizes_steps_with_is_the_strictest_that_c
     assert capacity_drop_limit(strict, "scale") == 0.2  # a namespace-specific rule counts: safe for any target
     assert capacity_drop_limit(strict, "scale", "StatefulSet") == 0.5
     assert capacity_drop_limit(strict, "rollback") == 0.5
+
+
+def test_the_policy_names_exactly_the_risks_tools_declare() -> None:
+    # The policy evaluator imports nothing from tools (it works on plain data), so its vocabulary is
+    # spelled out; it must stay the labels of the one Risk enum, or a rule could never match a risk.
+    from typing import get_args
+
+    from agent.policy.model import RiskName
+    from tools.base import Risk
+
+    assert get_args(RiskName) == tuple(r.label for r in Risk)

@@ -46,6 +46,7 @@ from agent.models import ActionKind
 from agent.policy import approvals as approval_rules
 from agent.policy.evaluate import evaluate
 from agent.policy.model import Approvers, Effect, Policy, Request, parse_duration
+from tools.base import Risk
 from tools.k8s_write.client import K8sWriteClient
 from tools.k8s_write.ops import TOOLS as WRITE_TOOLS
 from tools.k8s_write.ops import spec_hash
@@ -90,7 +91,6 @@ class Executor:
         self.conflict_retries = conflict_retries  # 409s retried after a re-read that finds the spec unchanged
         self.cost_delta = cost_delta  # (spec, live object) -> USD/month, from the price catalog
         self._inflight: set[str] = set()  # change ids this process is executing now
-        from tools.base import Risk
 
         self.runner = ToolRunner(WRITE_TOOLS, {"k8s_write": write}, audit, max_risk=Risk.DESTRUCTIVE, timeout_s=60)
 
@@ -125,7 +125,7 @@ class Executor:
     async def propose(self, spec: ChangeSpec, *, reason: str, requester: str, incident_id: str | None = None,
                       evidence: list[str] | None = None, rollback_of: str | None = None) -> ChangeRequest:
         now = self.clock()
-        risk = ACTION_RISK.get(spec.action, "destructive")
+        risk = ACTION_RISK.get(spec.action, Risk.DESTRUCTIVE).label
         obj: dict[str, Any] | None = None
         diff, error = "", ""
         try:
