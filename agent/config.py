@@ -252,7 +252,23 @@ class Settings(BaseSettings):
                              ("slack.app_token", self.slack.app_token), ("audit.key", self.audit.key)):
             if secret is not None and secret.get_secret_value().lower() in PLACEHOLDERS:
                 raise ValueError(f"{name} is a placeholder; set a real secret or use env: dev")
+        if problem := weak_key(self.audit.key.get_secret_value()):
+            raise ValueError(f"audit.key is too weak ({problem}): a checkpoint forged with a guessed key "
+                             "would hide tampering; use `openssl rand -hex 32` from a Secret the pod cannot write")
         return self
+
+
+def weak_key(key: str) -> str | None:
+    """Why `key` is too weak to sign audit checkpoints outside dev, or None (>= 32 characters, >= 12 distinct,
+    not a pattern repeated)."""
+    if len(key) < 32:
+        return f"{len(key)} characters, at least 32 needed"
+    if len(set(key)) < 12:
+        return f"only {len(set(key))} distinct characters"
+    for n in range(1, len(key) // 2 + 1):
+        if key == (key[:n] * (len(key) // n + 1))[: len(key)]:
+            return f"a {n}-character pattern repeated"
+    return None
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

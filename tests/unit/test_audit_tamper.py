@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.audit.events import AuditEvent, AuditKind
-from agent.audit.log import _COLUMNS, AuditLog, Checkpoint, FileCheckpointSink, record_hash, sign
+from agent.audit.log import _COLUMNS, AuditLog, AuditTampered, Checkpoint, FileCheckpointSink, record_hash, sign
 from agent.entry.cli import app as cli
 
 KEY = b"test-signing-key-0123456789"
@@ -136,7 +136,7 @@ def test_tamper_then_append_is_found_and_the_writer_refuses_to_sign(
         log.append(event(100 + i))
     assert [c.seq for c in sink.all()] == [10, 20, 25], "the writer signed a rewritten chain"
     assert "refusing to sign" in caplog.text
-    with pytest.raises(Exception):
+    with pytest.raises(AuditTampered):
         log.checkpoint()
     assert first(log) == (1, "rewritten")
 

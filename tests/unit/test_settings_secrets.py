@@ -1,0 +1,30 @@
+"""Outside `env: dev` the audit signing key must be a real secret: missing, placeholder or guessable keys
+are refused before anything is signed with them."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from agent.config import Settings
+
+STRONG = "9f2c4e1a7b3d5f608e1c2a4b6d8f0e1a3c5e7f9b1d3f5a7c9e1b3d5f7a9c1e3b"
+
+
+@pytest.mark.parametrize(("key", "why"), [
+    (None, "must be set"),
+    ("changeme", "placeholder"),
+    ("short-but-not-placeholder", "at least 32"),
+    ("a" * 64, "distinct"),
+    ("abcdefghijklmnop" * 4, "pattern repeated"),
+    ("0123456789ab" * 3, "pattern repeated"),
+])
+def test_a_weak_or_missing_audit_key_is_refused_in_prod(key: str | None, why: str) -> None:
+    audit = {} if key is None else {"key": key}
+    with pytest.raises(ValidationError, match=why):
+        Settings.model_validate({"env": "prod", "audit": audit})
+
+
+def test_a_strong_key_is_accepted_in_prod_and_dev_needs_none() -> None:
+    assert Settings.model_validate({"env": "prod", "audit": {"key": STRONG}}).audit.key is not None
+    assert Settings.model_validate({"env": "dev"}).audit.key is None
