@@ -66,6 +66,8 @@ def parse(body: bytes) -> Notification:
         doc: Any = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise IntakeError(f"body is not JSON: {e}") from e
+    except RecursionError as e:
+        raise IntakeError("body is nested too deeply to be an Alertmanager notification") from e
     if not isinstance(doc, dict):
         raise IntakeError("body must be a JSON object (an Alertmanager webhook notification)")
     if doc.get("version") != "4":

@@ -26,11 +26,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from agent import incidents
+from agent.entry.http_guard import HttpGuard, HttpSecurity
 from agent.models import Incident, IncidentStatus
 from agent.storage.store import Store
 
@@ -173,8 +175,10 @@ def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = 
                routes: Sequence[BaseRoute] = (), on_incident: IncidentHook | None = None,
                on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
                on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
-               replica: Replica | None = None) -> Starlette:
-    """The HTTP app. `routes` are mounted beside the webhook (the Slack endpoints); `on_incident` runs in the
+               replica: Replica | None = None, security: HttpSecurity | None = None) -> Starlette:
+    """The HTTP app. Every request passes `security` first (credentials, body limit; see http_guard).
+
+    `routes` are mounted beside the webhook (the Slack endpoints); `on_incident` runs in the
     background for every incident a delivery changed (opened, updated, resolved). With `replica`, triage is
     shared with other replicas of `store` through leases."""
     metrics = metrics or Metrics()
@@ -251,7 +255,7 @@ def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = 
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint),
         Route("/incidents", list_incidents), Route("/incidents/{id}", get_incident),
         *routes,
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, middleware=[Middleware(HttpGuard, security=security or HttpSecurity())])
     app.state.worker = worker
     app.state.metrics = metrics
     return app

@@ -48,7 +48,11 @@ def prometheus_config(
     }
 
 
-def alertmanager_config(webhook_url: str) -> dict[str, Any]:
+def alertmanager_config(webhook_url: str, token_file: Path | None = None) -> dict[str, Any]:
+    """Route every alert to opsagent; with `token_file`, as a Bearer token (opsagent answers 401 without)."""
+    hook: dict[str, Any] = {"url": webhook_url, "send_resolved": True, "max_alerts": 0}
+    if token_file is not None:
+        hook["http_config"] = {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}}
     return {
         "route": {
             "receiver": "opsagent",
@@ -59,7 +63,7 @@ def alertmanager_config(webhook_url: str) -> dict[str, Any]:
         },
         "receivers": [
             {"name": "opsagent",
-             "webhook_configs": [{"url": webhook_url, "send_resolved": True, "max_alerts": 0}]},
+             "webhook_configs": [hook]},
         ],
     }
 

@@ -39,6 +39,7 @@ from agent.rightsize.report import CREATE_ACTION_ID
 from deploy.sandbox import faults
 from deploy.sandbox.fleet import Fleet
 from deploy.sandbox.receiver import WebhookReceiver
+from tests.integration.conftest import webhook_auth
 from tests.postgres import LocalPostgres
 from tests.serving import Replica, free_port, ready, serve, stop_process, wait_until
 from tests.slack_standin import ONCALL, PLATFORM, Call, SlackClientSim, SlackStandIn, buttons, render
@@ -206,7 +207,7 @@ def _metric(r: Replica, name: str) -> float:
 
 def test_an_incident_received_by_one_replica_is_approved_through_the_other_and_executes_once(
         pair: Pair, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver,
-        clean_faults: None) -> None:
+        clean_faults: None, sandbox: dict[str, Any]) -> None:
     api = pair.api
     w = fleet.workload(fleet.faults["bad-rollout"]["workload"])
     apps = client.AppsV1Api(admin)
@@ -219,7 +220,8 @@ def test_an_incident_received_by_one_replica_is_approved_through_the_other_and_e
                             timeout=240, since=t0)
     body = note.body
     body["groupKey"] = f"{body['groupKey']}:{uuid.uuid4().hex[:6]}"  # a fresh incident for this test
-    r = httpx.post(f"{pair.a.url}/alertmanager", content=json.dumps(body).encode(), timeout=10)
+    r = httpx.post(f"{pair.a.url}/alertmanager", content=json.dumps(body).encode(),
+                   headers=webhook_auth(sandbox), timeout=10)
     assert r.status_code == 200
     incident_id = r.json()["incident"]
 

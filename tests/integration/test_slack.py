@@ -27,6 +27,7 @@ from agent.entry.slack.service import build_server
 from deploy.sandbox import faults
 from deploy.sandbox.fleet import Fleet
 from deploy.sandbox.receiver import Notification, WebhookReceiver
+from tests.integration.conftest import webhook_auth
 from tests.serving import serve
 from tests.slack_standin import ONCALL, PLATFORM, SlackClientSim, SlackStandIn, buttons, render
 
@@ -65,13 +66,14 @@ def _wait_alert(webhook: WebhookReceiver, namespace: str, since: float) -> Notif
 
 def test_bad_rollout_incident_thread_to_approved_verified_and_resolved(
         bot_env: tuple[str, Any, SlackStandIn, SlackClientSim], admin: client.ApiClient, fleet: Fleet,
-        webhook: WebhookReceiver) -> None:
+        webhook: WebhookReceiver, sandbox: dict[str, Any]) -> None:
     url, app, api, slack = bot_env
     w = fleet.workload(fleet.faults["bad-rollout"]["workload"])
     t0 = time.time()
     faults.inject(admin, fleet, "bad-rollout")
     note = _wait_alert(webhook, w.namespace, t0)
-    r = httpx.post(f"{url}/alertmanager", content=json.dumps(note.body).encode(), timeout=10)
+    r = httpx.post(f"{url}/alertmanager", content=json.dumps(note.body).encode(),
+                   headers=webhook_auth(sandbox), timeout=10)
     assert r.status_code == 200
     incident_id = r.json()["incident"]
 

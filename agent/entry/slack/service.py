@@ -7,6 +7,7 @@ import logging
 from starlette.applications import Starlette
 
 from agent.app import App
+from agent.entry.http_guard import HttpSecurity
 from agent.entry.server import Metrics, Replica, create_app
 from agent.entry.slack.app import SlackBot
 from agent.entry.slack.reports import CostReportPoster
@@ -29,6 +30,10 @@ def build_server(app: App, *, metrics: Metrics | None = None,
     metrics = metrics or Metrics()
     # Replicas sharing a store share triage through leases; a dead replica's incidents are swept up.
     replica = Replica(lease_s=app.settings.server.triage_lease_s, sweep_s=app.settings.server.triage_sweep_s)
+    tokens, pairs = app.settings.server.credentials()
+    security = HttpSecurity.build(tokens, pairs, app.settings.server.max_body_bytes)
+    if not security.auth_on:
+        log.warning("server.auth_tokens is unset (env: dev): the webhook and /incidents accept anyone")
     if bot is None and app.settings.slack.enabled:
         bot = SlackBot(app, metrics)
     if bot is None:
@@ -38,7 +43,8 @@ def build_server(app: App, *, metrics: Metrics | None = None,
         async def triage_only(incident: Incident) -> TriageReport:
             return _logged(incident, await app.triage(incident))
 
-        return create_app(app.store, triage_only, metrics, on_shutdown=[app.aclose_clients], replica=replica), None
+        return create_app(app.store, triage_only, metrics, on_shutdown=[app.aclose_clients], replica=replica,
+                          security=security), None
     startup = [bot.start, *([bot.start_socket_mode] if app.settings.slack.socket_mode else [])]
     shutdown = [bot.stop, app.aclose_clients]
     rs = app.settings.rightsize
@@ -53,4 +59,4 @@ def build_server(app: App, *, metrics: Metrics | None = None,
         return _logged(incident, await bot.triage(incident))
 
     return create_app(app.store, triage_with_bot, metrics, routes=routes, on_incident=bot.on_incident,
-                      on_startup=startup, on_shutdown=shutdown, replica=replica), bot
+                      on_startup=startup, on_shutdown=shutdown, replica=replica, security=security), bot
