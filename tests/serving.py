@@ -79,3 +79,33 @@ class Replica:
     url: str
     proc: subprocess.Popen[bytes]
     log: Path
+
+
+def post_chunked(url: str, path: str, total: int, headers: dict[str, str], chunk: int = 1 << 20) -> tuple[int, int]:
+    """POST `total` bytes chunked over a raw socket; return (status, bytes sent before the answer came)."""
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)))
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    s.sendall(head.encode())
+    s.settimeout(0.001)
+    sent, answer = 0, b""
+    payload = f"{chunk:x}\r\n".encode() + b"[" * chunk + b"\r\n"
+    try:
+        while sent < total:
+            s.sendall(payload)
+            sent += chunk
+            try:
+                answer = s.recv(4096)
+                if answer:
+                    break
+            except TimeoutError:
+                pass
+        s.settimeout(10)
+        answer = answer or s.recv(4096)
+    except (BrokenPipeError, ConnectionResetError):
+        s.settimeout(10)
+        answer = answer or s.recv(4096)
+    finally:
+        s.close()
+    return int(answer.split(b" ", 2)[1]), sent

@@ -16,7 +16,7 @@ import pytest
 from agent.entry.http_guard import HttpSecurity
 from agent.entry.server import create_app
 from agent.storage.store import SqliteStore
-from tests.serving import serve
+from tests.serving import post_chunked, serve
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "alertmanager_bad_rollout.json"
 OLD, NEW = "old-token-" + "a1" * 16, "new-token-" + "b2" * 16
@@ -78,39 +78,9 @@ def test_a_forged_resolved_notification_does_not_close_a_live_incident(server: t
     assert inc is not None and inc.status.value == "firing"
 
 
-def _post_streaming(url: str, path: str, total: int, headers: dict[str, str], chunk: int = 1 << 20) -> tuple[int, int]:
-    """POST `total` bytes chunked over a raw socket; return (status, bytes sent before the answer came)."""
-    host, port = url.removeprefix("http://").split(":")
-    s = socket.create_connection((host, int(port)))
-    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
-    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-    s.sendall(head.encode())
-    s.settimeout(0.001)
-    sent, answer = 0, b""
-    payload = f"{chunk:x}\r\n".encode() + b"[" * chunk + b"\r\n"
-    try:
-        while sent < total:
-            s.sendall(payload)
-            sent += chunk
-            try:
-                answer = s.recv(4096)
-                if answer:
-                    break
-            except TimeoutError:
-                pass
-        s.settimeout(10)
-        answer = answer or s.recv(4096)
-    except (BrokenPipeError, ConnectionResetError):
-        s.settimeout(10)
-        answer = answer or s.recv(4096)
-    finally:
-        s.close()
-    return int(answer.split(b" ", 2)[1]), sent
-
-
 def test_an_oversized_chunked_body_gets_413_while_it_streams(server: tuple[str, SqliteStore]) -> None:
     url, store = server
-    status, sent = _post_streaming(url, "/alertmanager", 64 << 20, bearer(OLD))
+    status, sent = post_chunked(url, "/alertmanager", 64 << 20, bearer(OLD))
     assert status == 413
     assert sent <= 8 << 20, f"the server read {sent >> 20} MiB before refusing"
     assert store.incidents() == []
