@@ -88,6 +88,11 @@ class ServerConfig(_Group):
                                           "outside env: dev unless basic_auth is set; unset in dev: open.")
     basic_auth: SecretStr | None = Field(default=None, description="user:password pairs accepted as HTTP Basic "
                                          "auth (comma-separated), for Alertmanager's http_config.basic_auth.")
+    max_alerts_per_incident: int = Field(default=1000, ge=1, le=100_000, description="New alerts beyond this "
+                                         "are counted, not stored: one group cannot grow an incident (and every "
+                                         "brief and report) without bound.")
+    retriage_debounce_s: float = Field(default=10, ge=0, le=3600, description="An incident re-triages at most "
+                                       "once per this many seconds; deliveries meanwhile fold into one run.")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20, description="Larger request bodies get "
                                 "413 while streaming, before they are buffered. 1 MiB holds thousands of alerts.")
 

@@ -29,7 +29,8 @@ def build_server(app: App, *, metrics: Metrics | None = None,
     """The `serve` HTTP app; with `slack.enabled`, the bot's endpoints, hooks and triage path are wired in."""
     metrics = metrics or Metrics()
     # Replicas sharing a store share triage through leases; a dead replica's incidents are swept up.
-    replica = Replica(lease_s=app.settings.server.triage_lease_s, sweep_s=app.settings.server.triage_sweep_s)
+    replica = Replica(lease_s=app.settings.server.triage_lease_s, sweep_s=app.settings.server.triage_sweep_s,
+                      retriage_debounce_s=app.settings.server.retriage_debounce_s)
     tokens, pairs = app.settings.server.credentials()
     security = HttpSecurity.build(tokens, pairs, app.settings.server.max_body_bytes)
     if not security.auth_on:
@@ -44,7 +45,7 @@ def build_server(app: App, *, metrics: Metrics | None = None,
             return _logged(incident, await app.triage(incident))
 
         return create_app(app.store, triage_only, metrics, on_shutdown=[app.aclose_clients], replica=replica,
-                          security=security), None
+                          security=security, max_alerts=app.settings.server.max_alerts_per_incident), None
     startup = [bot.start, *([bot.start_socket_mode] if app.settings.slack.socket_mode else [])]
     shutdown = [bot.stop, app.aclose_clients]
     rs = app.settings.rightsize
@@ -59,4 +60,5 @@ def build_server(app: App, *, metrics: Metrics | None = None,
         return _logged(incident, await bot.triage(incident))
 
     return create_app(app.store, triage_with_bot, metrics, routes=routes, on_incident=bot.on_incident,
-                      on_startup=startup, on_shutdown=shutdown, replica=replica, security=security), bot
+                      on_startup=startup, on_shutdown=shutdown, replica=replica, security=security,
+                      max_alerts=app.settings.server.max_alerts_per_incident), bot
