@@ -33,6 +33,7 @@ from starlette.routing import BaseRoute, Route
 
 from agent import incidents
 from agent.entry.http_guard import HttpGuard, HttpSecurity
+from agent.guard.redact import redact_notification
 from agent.models import Incident, IncidentStatus
 from agent.storage.store import Store
 
@@ -222,7 +223,7 @@ def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = 
     async def alertmanager(request: Request) -> Response:
         body = await request.body()
         try:
-            notification = incidents.parse(body)
+            notification = redact_notification(incidents.parse(body))
         except incidents.IntakeError as e:
             metrics.webhooks.labels(outcome="rejected").inc()
             return JSONResponse({"error": str(e)}, status_code=e.status)

@@ -18,6 +18,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from agent.incidents import Notification
+
 _B64 = r"[A-Za-z0-9+/]"
 _KEYWORDS = (r"password|passwd|pwd|passphrase|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key"
              r"|key[_-]?data|accountkey|credentials?|client[_-]?secret|auth[_-]?token|session[_-]?key")
@@ -119,3 +121,19 @@ def redact_obj(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact_obj(v) for v in value]
     return value
+
+
+def redact_notification(n: Notification) -> Notification:
+    """The notification with every label, annotation and URL redacted: what an incident is made from.
+
+    Entry points call this right after parsing, so the stored incident — and everything that reads it:
+    Slack, `GET /incidents`, logs, the audit trail, the model — never holds the raw text.
+    """
+    def d(m: dict[str, str]) -> dict[str, str]:
+        return {k: redact(v) for k, v in m.items()}
+
+    alerts = [a.model_copy(update={"labels": d(a.labels), "annotations": d(a.annotations),
+                                   "generatorURL": redact(a.generatorURL)}) for a in n.alerts]
+    return n.model_copy(update={"alerts": alerts, "groupLabels": d(n.groupLabels),
+                                "commonLabels": d(n.commonLabels), "commonAnnotations": d(n.commonAnnotations),
+                                "externalURL": redact(n.externalURL)})
