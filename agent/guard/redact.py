@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -103,11 +104,54 @@ def _replacer(kind: str) -> Callable[[re.Match[str]], str]:
 _SUBS = [(p, _replacer(k)) for k, p in _PATTERNS]
 
 
+# Each rule runs only when one of its literal hints (lowercased) is in the text; one regex over all hints
+# finds them. Most texts (label values, metric names, summaries) hold none, so redaction costs one scan.
+_WORDS = ("pass", "pwd", "secret", "token", "key", "credential", "auth", "session")
+_HINTS: dict[str, tuple[str, ...]] = {
+    "private-key": ("private key",), "age-key": ("age-secret-key-1",),
+    "aws-access-key": ("akia", "asia", "agpa", "aida", "aroa", "aipa", "anpa", "anva", "a3t"),
+    "openai-key": ("sk-",), "stripe-key": ("_live_", "_test_"), "hf-token": ("hf_",), "slack-token": ("xox",),
+    "slack-app-token": ("xapp-",), "slack-webhook": ("hooks.slack.com",), "discord-webhook": ("discord",),
+    "github-token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    "gitlab-token": ("glpat-", "glptt-", "gldt-", "glrt-", "glsoat-", "glcbt-", "gr1348941"),
+    "google-api-key": ("aiza",), "sendgrid-key": ("sg.",), "npm-token": ("npm_",), "pypi-token": ("pypi-",),
+    "twilio-key": ("sk",), "mailgun-key": ("key-",), "shopify-token": ("shp",), "databricks-token": ("dapi",),
+    "vault-token": ("hvs.", "hvb.", "hvr."), "grafana-token": ("glc_", "glsa_"), "doppler-token": ("dp.",),
+    "linear-key": ("lin_api_",), "postman-key": ("pmak-",), "newrelic-key": ("nrak-", "nraa-", "nrii-"),
+    "telegram-token": (":aa",), "digitalocean-token": ("_v1_",), "pulumi-token": ("pul-",),
+    "terraform-token": (".atlasv1.",), "dynatrace-token": ("dt0c01.",), "square-token": ("sq0",),
+    "heroku-key": ("hrku-",), "sentry-dsn": ("sentry",), "jwt": ("eyj",), "bearer": ("bearer", "token"),
+    "basic-auth": ("basic",), "url-password": ("://",), "docker-auth": ("auth",), "cli-secret": _WORDS,
+    "secret-value": _WORDS, "env-value": _WORDS, "azure-sas": ("sig=",),
+    # "aws-secret-key" has no literal: it always runs (one cheap pass).
+}
+_ALL_HINTS = sorted({h for hs in _HINTS.values() for h in hs}, key=len, reverse=True)
+_HINT_RE = re.compile("|".join(re.escape(h) for h in _ALL_HINTS))
+_RULES = [(p, sub, _HINTS.get(k, ())) for (k, p), (_, sub) in zip(_PATTERNS, _SUBS, strict=True)]
+_CACHED_CHARS = 256  # short strings repeat (namespaces, severities, pod names): remember their verdict
+
+
 def redact(text: str) -> str:
     """Return `text` with credentials replaced by `[REDACTED:kind]`."""
     if len(text) < 8:
         return text
-    for pattern, sub in _SUBS:
+    if len(text) <= _CACHED_CHARS:
+        return _redact_short(text)
+    return _redact(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _redact_short(text: str) -> str:
+    return _redact(text)
+
+
+def _redact(text: str) -> str:
+    found = set(_HINT_RE.findall(text.lower()))
+    if found:  # a hint inside a longer one found in its place ("key" in "key-") counts too
+        found = {h for h in _ALL_HINTS if any(h in f for f in found)}
+    for pattern, sub, hints in _RULES:
+        if hints and found.isdisjoint(hints):
+            continue
         text = pattern.sub(sub, text)
     return text
 
@@ -124,7 +168,7 @@ def redact_obj(value: Any) -> Any:
 
 
 def redact_notification(n: Notification) -> Notification:
-    """The notification with every label, annotation and URL redacted: what an incident is made from.
+    """Redact every label, annotation and URL of a freshly parsed notification, in place; return it.
 
     Entry points call this right after parsing, so the stored incident — and everything that reads it:
     Slack, `GET /incidents`, logs, the audit trail, the model — never holds the raw text.
@@ -132,8 +176,8 @@ def redact_notification(n: Notification) -> Notification:
     def d(m: dict[str, str]) -> dict[str, str]:
         return {k: redact(v) for k, v in m.items()}
 
-    alerts = [a.model_copy(update={"labels": d(a.labels), "annotations": d(a.annotations),
-                                   "generatorURL": redact(a.generatorURL)}) for a in n.alerts]
-    return n.model_copy(update={"alerts": alerts, "groupLabels": d(n.groupLabels),
-                                "commonLabels": d(n.commonLabels), "commonAnnotations": d(n.commonAnnotations),
-                                "externalURL": redact(n.externalURL)})
+    for a in n.alerts:
+        a.labels, a.annotations, a.generatorURL = d(a.labels), d(a.annotations), redact(a.generatorURL)
+    n.groupLabels, n.commonLabels, n.commonAnnotations = d(n.groupLabels), d(n.commonLabels), d(n.commonAnnotations)
+    n.externalURL = redact(n.externalURL)
+    return n
