@@ -218,7 +218,9 @@ def test_checkpoint_sink_values_render_into_settings_that_build_those_sinks(
         monkeypatch.setenv(name, "from-the-secret")  # what the pod's environment holds
 
     # The pod's settings: the rendered file, plus the secrets its environment supplies; a writable state dir.
-    settings = load_settings(config, audit={"key": "k" * 32}, state_dir=str(tmp_path / "state"))
+    settings = load_settings(config, audit={"key": "3f9a1c7e5b2d8f4a6c0e9b1d3f5a7c9e"},
+                             server={"auth_tokens": "webhook-token-from-the-secret-0123"},
+                             state_dir=str(tmp_path / "state"))
     a = settings.audit
     assert (a.checkpoint_region, a.checkpoint_endpoint_url) == ("eu-west-1", moto_reset)
     assert (a.checkpoint_s3_bucket, a.checkpoint_s3_prefix, a.checkpoint_s3_lock_mode,
@@ -258,7 +260,9 @@ def test_irsa_role_annotates_the_pods_service_account_and_no_sink_values_leave_t
     assert "annotations" not in docs[("ServiceAccount", "t-opsagent-executor")]["metadata"]
     config = tmp_path / "config.yaml"
     config.write_text(docs[("ConfigMap", "t-opsagent-config")]["data"]["config.yaml"])
-    settings = load_settings(config, audit={"key": "k" * 32}, state_dir=str(tmp_path / "state"))
+    settings = load_settings(config, audit={"key": "3f9a1c7e5b2d8f4a6c0e9b1d3f5a7c9e"},
+                             server={"auth_tokens": "webhook-token-from-the-secret-0123"},
+                             state_dir=str(tmp_path / "state"))
     assert [type(x) for x in checkpoint_sinks(settings)] == [FileCheckpointSink]
 
 
