@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
 import subprocess
 import threading
@@ -88,24 +90,23 @@ def post_chunked(url: str, path: str, total: int, headers: dict[str, str], chunk
     head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     s.sendall(head.encode())
-    s.settimeout(0.001)
+    s.settimeout(30)
     sent, answer = 0, b""
     payload = f"{chunk:x}\r\n".encode() + b"[" * chunk + b"\r\n"
     try:
         while sent < total:
             s.sendall(payload)
             sent += chunk
-            try:
+            if select.select([s], [], [], 0)[0]:  # the server answered before the body ended
                 answer = s.recv(4096)
-                if answer:
-                    break
-            except TimeoutError:
-                pass
+                break
         s.settimeout(10)
         answer = answer or s.recv(4096)
-    except (BrokenPipeError, ConnectionResetError):
+    except OSError:  # reset while sending: the server answered and closed
         s.settimeout(10)
-        answer = answer or s.recv(4096)
+        with contextlib.suppress(OSError):
+            answer = answer or s.recv(4096)
     finally:
         s.close()
+    assert answer, f"no answer after {sent >> 20} MiB"
     return int(answer.split(b" ", 2)[1]), sent

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -47,23 +48,21 @@ def chunked_post(port: int, path: str, total: int, headers: dict[str, str]) -> i
     s.sendall((head + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode())
     chunk = 1 << 20
     payload = f"{chunk:x}\r\n".encode() + b"[" * chunk + b"\r\n"
-    s.settimeout(0.001)
+    s.settimeout(30)
     answer = b""
     try:
         for _ in range(total // chunk):
             s.sendall(payload)
-            try:
-                if answer := s.recv(4096):
-                    break
-            except TimeoutError:
-                pass
+            if select.select([s], [], [], 0)[0]:  # the server answered early
+                answer = s.recv(4096)
+                break
         else:
             s.sendall(b"0\r\n\r\n")
         s.settimeout(120)
         answer = answer or s.recv(4096)
-    except (BrokenPipeError, ConnectionResetError):
-        s.settimeout(10)
+    except OSError:  # reset or timed out while the server stopped reading: it answered or closed
         try:
+            s.settimeout(5)
             answer = answer or s.recv(4096)
         except OSError:
             answer = b"HTTP/1.1 000 reset"
