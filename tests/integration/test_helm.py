@@ -137,9 +137,10 @@ WRITE_VERBS = ["create", "update", "patch", "delete", "deletecollection"]
 def test_the_reader_can_read_what_triage_needs_and_write_nothing(release: tuple[str, str], kubectl: Any) -> None:
     ns, name = release
     sa = f"system:serviceaccount:{ns}:{name}-opsagent-reader"
-    for res in ("pods", "pods/log", "events", "deployments.apps", "replicasets.apps", "nodes",
+    for res in ("pods", "events", "deployments.apps", "replicasets.apps", "nodes",
                 "horizontalpodautoscalers.autoscaling"):
         assert can(kubectl, sa, "list", res, "llm-prod"), f"reader cannot list {res}"
+    assert not can(kubectl, sa, "get", "pods/log", "llm-prod"), "no tool reads logs: the reader has no pods/log"
     r = kubectl("admin", "auth", "can-i", "--list", f"--as={sa}", "-n", "llm-prod", check=True)
     writes = []
     for line in r.stdout.splitlines()[1:]:  # Resources  Non-Resource URLs  Resource Names  [verbs]
@@ -156,11 +157,13 @@ def test_the_executor_is_confined_to_its_namespaces_and_verbs(release: tuple[str
     sa = f"system:serviceaccount:{ns}:{name}-opsagent-executor"
     for sn in SERVING:
         assert can(kubectl, sa, "patch", "deployments.apps", sn)
-        assert can(kubectl, sa, "update", "deployments.apps/scale", sn)
+        assert not can(kubectl, sa, "update", "deployments.apps", sn), "changes are patches, never updates"
+        assert not can(kubectl, sa, "patch", "deployments.apps/scale", sn)
         assert can(kubectl, sa, "create", "pods/eviction", sn)
         assert not can(kubectl, sa, "delete", "deployments.apps", sn)
         assert not can(kubectl, sa, "create", "deployments.apps", sn)
     assert can(kubectl, sa, "patch", "nodes"), "cordoning needs patch on nodes"
+    assert not can(kubectl, sa, "list", "nodes"), "only get and patch: the executor reads one node at a time"
     assert not can(kubectl, sa, "delete", "nodes")
     for other in OUTSIDE:
         for verb in ("patch", "update", "delete"):
