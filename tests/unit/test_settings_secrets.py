@@ -3,6 +3,8 @@ are refused before anything is signed with them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -43,3 +45,16 @@ def test_a_strong_key_is_accepted_in_prod_and_dev_needs_none() -> None:
                                  "server": {"auth_tokens": f"{TOKEN}, x{TOKEN}"}})
     assert s.audit.key is not None and s.server.credentials() == ([TOKEN, "x" + TOKEN], [])
     assert Settings.model_validate({"env": "dev"}).audit.key is None
+
+
+def test_serve_against_the_sandbox_accepts_the_token_its_alertmanager_sends(tmp_path: Path) -> None:
+    from agent.entry.commands.common import sandbox_overrides
+
+    token = tmp_path / "webhook-token"
+    token.write_text(TOKEN + "\n")
+    status = {"endpoints": {"prometheus": "http://127.0.0.1:1", "cloudwatch": "http://127.0.0.1:2"},
+              "kubeconfigs": {"reader": "r", "executor": "e"}, "webhook_token_file": str(token)}
+    s = Settings.model_validate(sandbox_overrides(status))
+    assert s.server.credentials() == ([TOKEN], [])
+    token.unlink()  # a sandbox that never started its Alertmanager: nothing to accept, dev stays open
+    assert Settings.model_validate(sandbox_overrides(status)).server.credentials() == ([], [])
