@@ -91,13 +91,14 @@ def _reports(store_url: str, incident_id: str) -> int:
 def test_an_alert_to_one_replica_is_triaged_once_and_served_by_both(replicas: list[Replica],
                                                                     store_url: str, sandbox: dict[str, Any]) -> None:
     a, b = replicas
+    auth = webhook_auth(sandbox)  # reads need the token too
     r = httpx.post(f"{a.url}/alertmanager", content=_alert(uuid.uuid4().hex[:8]),
-                   headers=webhook_auth(sandbox), timeout=10)
+                   headers=auth, timeout=10)
     assert r.status_code == 200 and r.json()["changed"] is True
     iid = r.json()["incident"]
-    wait_until(lambda: httpx.get(f"{b.url}/incidents/{iid}", timeout=5).json()["report"] is not None, 90,
+    wait_until(lambda: httpx.get(f"{b.url}/incidents/{iid}", headers=auth, timeout=5).json()["report"] is not None, 90,
           "no triage report reached the other replica")
-    seen = httpx.get(f"{b.url}/incidents/{iid}", timeout=5).json()
+    seen = httpx.get(f"{b.url}/incidents/{iid}", headers=auth, timeout=5).json()
     assert seen["incident"]["id"] == iid and seen["report"]["incident_id"] == iid
     time.sleep(2)  # several sweeps of both replicas
     assert _reports(store_url, iid) == 1, "the incident was triaged more than once"

@@ -126,7 +126,7 @@ def test_bad_rollout_incident_thread_to_approved_verified_and_resolved(
     eph = api.of("chat.postEphemeral")
     assert len(eph) == 1 and change_id in eph[0].args["text"], [e.args for e in eph]
     assert eph[0].args["user"] in (ONCALL, PLATFORM) and "already" in eph[0].args["text"]
-    metrics = httpx.get(f"{url}/metrics").text
+    metrics = httpx.get(f"{url}/metrics", headers=webhook_auth(sandbox)).text
     assert 'opsagent_executions_total{stage="executing"} 1.0' in metrics
     assert 'opsagent_executions_total{stage="verified"} 1.0' in metrics
 
