@@ -87,6 +87,25 @@ class ServerConfig(_Group):
                                   "another replica takes over within this long.")
     triage_sweep_s: float = Field(default=15, gt=0, le=3600, description="How often each replica looks in the "
                                   "store for firing incidents that no triage report covers yet.")
+    auth_tokens: SecretStr | None = Field(default=None, description="Bearer tokens accepted on every endpoint "
+                                          "but the probes and Slack's (comma-separated: two during a rotation). "
+                                          "Alertmanager sends one with http_config.authorization. Required "
+                                          "outside env: dev unless basic_auth is set; unset in dev: open.")
+    basic_auth: SecretStr | None = Field(default=None, description="user:password pairs accepted as HTTP Basic "
+                                         "auth (comma-separated), for Alertmanager's http_config.basic_auth.")
+    max_alerts_per_incident: int = Field(default=1000, ge=1, le=100_000, description="New alerts beyond this "
+                                         "are counted, not stored: one group cannot grow an incident (and every "
+                                         "brief and report) without bound.")
+    retriage_debounce_s: float = Field(default=10, ge=0, le=3600, description="An incident re-triages at most "
+                                       "once per this many seconds; deliveries meanwhile fold into one run.")
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20, description="Larger request bodies get "
+                                "413 while streaming, before they are buffered. 1 MiB holds thousands of alerts.")
+
+    def credentials(self) -> tuple[list[str], list[str]]:
+        """(bearer tokens, user:password pairs), split on commas and whitespace."""
+        def split(v: SecretStr | None) -> list[str]:
+            return [] if v is None else [t for t in v.get_secret_value().replace(",", " ").split() if t]
+        return split(self.auth_tokens), split(self.basic_auth)
 
 
 class VerificationConfig(_Group):
@@ -294,7 +313,33 @@ class Settings(BaseSettings):
                              ("slack.app_token", self.slack.app_token), ("audit.key", self.audit.key)):
             if secret is not None and secret.get_secret_value().lower() in PLACEHOLDERS:
                 raise ValueError(f"{name} is a placeholder; set a real secret or use env: dev")
+        tokens, pairs = self.server.credentials()
+        if not tokens and not pairs:
+            raise ValueError("server.auth_tokens or server.basic_auth must be set outside env: dev (the webhook "
+                             "and /incidents would accept anyone)")
+        for t in tokens:
+            if t.lower() in PLACEHOLDERS or len(t) < 24:
+                raise ValueError("server.auth_tokens: each token needs at least 24 characters and no placeholder")
+        if any(":" not in p or len(p.partition(":")[2]) < 16 for p in pairs):
+            raise ValueError("server.basic_auth: each entry is user:password with a password of at least 16 "
+                             "characters")
+        if problem := weak_key(self.audit.key.get_secret_value()):
+            raise ValueError(f"audit.key is too weak ({problem}): a checkpoint forged with a guessed key "
+                             "would hide tampering; use `openssl rand -hex 32` from a Secret the pod cannot write")
         return self
+
+
+def weak_key(key: str) -> str | None:
+    """Why `key` is too weak to sign audit checkpoints outside dev, or None (>= 32 characters, >= 12 distinct,
+    not a pattern repeated)."""
+    if len(key) < 32:
+        return f"{len(key)} characters, at least 32 needed"
+    if len(set(key)) < 12:
+        return f"only {len(set(key))} distinct characters"
+    for n in range(1, len(key) // 2 + 1):
+        if key == (key[:n] * (len(key) // n + 1))[: len(key)]:
+            return f"a {n}-character pattern repeated"
+    return None
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

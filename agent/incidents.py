@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.models import Alert, Incident, IncidentStatus, Severity
 
+MAX_ALERTS_PER_INCIDENT = 1000  # an incident's alerts go into every report and brief; more is an attack or a bug
 MAX_BODY_BYTES = 1 << 20  # Alertmanager caps groups with max_alerts; 1 MiB holds thousands of alerts
 ZERO_TIME = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
 
@@ -66,6 +67,8 @@ def parse(body: bytes) -> Notification:
         doc: Any = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise IntakeError(f"body is not JSON: {e}") from e
+    except RecursionError as e:
+        raise IntakeError("body is nested too deeply to be an Alertmanager notification") from e
     if not isinstance(doc, dict):
         raise IntakeError("body must be a JSON object (an Alertmanager webhook notification)")
     if doc.get("version") != "4":
@@ -129,27 +132,37 @@ def _common_labels(alerts: list[Alert]) -> dict[str, str]:
     return common
 
 
-def merge(existing: Incident | None, n: Notification, now: dt.datetime) -> tuple[Incident, bool]:
+def merge(existing: Incident | None, n: Notification, now: dt.datetime,
+          max_alerts: int = MAX_ALERTS_PER_INCIDENT) -> tuple[Incident, bool]:
     """Fold a notification into its incident. Returns (incident, changed).
 
-    `changed` is False for a pure re-send: same alerts, same statuses, nothing new to triage.
+    `changed` is False for a pure re-send: same alerts, same statuses, nothing new to triage. An incident
+    keeps at most `max_alerts` alerts (updates to those it has always apply); further new ones are
+    counted in `alerts_over_cap`, not stored, so one group cannot grow without bound.
     """
     incoming = alerts_of(n)
     # A group that fires again after it resolved is a new episode: a new incident.
     if existing is None or (existing.status == IncidentStatus.RESOLVED and n.status == "firing"):
         first = min(a.starts_at for a in incoming)
-        alerts = sorted(incoming, key=lambda a: a.fingerprint)
+        kept = list({a.fingerprint: a for a in incoming}.values())
+        over = max(0, len(kept) - max_alerts)
+        alerts = sorted(kept[:max_alerts], key=lambda a: a.fingerprint)
         common = _common_labels(alerts)
         status = IncidentStatus.FIRING if any(a.status == "firing" for a in alerts) else IncidentStatus.RESOLVED
         return Incident(
             id=incident_id(n.groupKey, first), group_key=n.groupKey, status=status, title=_title(alerts, common),
             severity=_severity(alerts), labels=common, alerts=alerts, created_at=now, updated_at=now,
+            alerts_over_cap=over,
         ), True
 
     by_fp = {a.fingerprint: a for a in existing.alerts}
     changed = False
+    over = existing.alerts_over_cap
     for a in incoming:
         old = by_fp.get(a.fingerprint)
+        if old is None and len(by_fp) >= max_alerts:
+            over += 1
+            continue
         if old is None or old.status != a.status or old.ends_at != a.ends_at or old.annotations != a.annotations:
             by_fp[a.fingerprint] = a
             changed = True
@@ -159,6 +172,6 @@ def merge(existing: Incident | None, n: Notification, now: dt.datetime) -> tuple
     updated = existing.model_copy(update={
         "alerts": alerts, "status": status, "labels": common, "severity": _severity(alerts),
         "title": _title(alerts, common), "updated_at": now if changed else existing.updated_at,
-        "notifications": existing.notifications + 1,
+        "notifications": existing.notifications + 1, "alerts_over_cap": over,
     })
     return updated, changed

@@ -69,6 +69,8 @@ class Incident(_Model):
     created_at: dt.datetime
     updated_at: dt.datetime
     notifications: int = Field(default=1, description="How many webhook deliveries updated this incident.")
+    alerts_over_cap: int = Field(default=0, description="New alerts not stored because the incident already "
+                                 "held server.max_alerts_per_incident.")
 
 
 class EvidenceStatus(enum.StrEnum):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
 import subprocess
 import threading
@@ -79,3 +81,32 @@ class Replica:
     url: str
     proc: subprocess.Popen[bytes]
     log: Path
+
+
+def post_chunked(url: str, path: str, total: int, headers: dict[str, str], chunk: int = 1 << 20) -> tuple[int, int]:
+    """POST `total` bytes chunked over a raw socket; return (status, bytes sent before the answer came)."""
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)))
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    s.sendall(head.encode())
+    s.settimeout(30)
+    sent, answer = 0, b""
+    payload = f"{chunk:x}\r\n".encode() + b"[" * chunk + b"\r\n"
+    try:
+        while sent < total:
+            s.sendall(payload)
+            sent += chunk
+            if select.select([s], [], [], 0)[0]:  # the server answered before the body ended
+                answer = s.recv(4096)
+                break
+        s.settimeout(10)
+        answer = answer or s.recv(4096)
+    except OSError:  # reset while sending: the server answered and closed
+        s.settimeout(10)
+        with contextlib.suppress(OSError):
+            answer = answer or s.recv(4096)
+    finally:
+        s.close()
+    assert answer, f"no answer after {sent >> 20} MiB"
+    return int(answer.split(b" ", 2)[1]), sent

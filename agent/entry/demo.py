@@ -204,8 +204,9 @@ def _drill(
         out(
             f"   {e['seq']:>5} {e['at'][11:19]} {e['kind']:<15} {e['actor']:<24} {e['decision']:<16} {e['action'][:52]}"
         )
-    app.audit.checkpoint()
     rep = app.audit.verify()
+    if rep.ok:  # sign only a chain that verified
+        app.audit.checkpoint()
     out(
         f"   audit verify: {'OK' if rep.ok else 'TAMPERED'} — {rep.records} records, chain intact, "
         f"checkpoint at {rep.checkpoint_seq}"

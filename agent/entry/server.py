@@ -26,11 +26,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from agent import incidents
+from agent.entry.http_guard import HttpGuard, HttpSecurity
+from agent.guard.redact import redact_notification
 from agent.models import Incident, IncidentStatus
 from agent.storage.store import Store
 from tools.rightsize.catalog import PriceCatalog
@@ -106,6 +109,7 @@ class Replica:
     holder: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     lease_s: float = 60.0
     sweep_s: float | None = 15.0
+    retriage_debounce_s: float = 10.0  # at most one triage of an incident per this long; updates fold in
 
 
 class TriageWorker:
@@ -122,6 +126,9 @@ class TriageWorker:
         self.queued: set[str] = set()
         self.store = store
         self.replica = replica or Replica()
+        self.newest: dict[str, Incident] = {}  # the latest version of each queued incident
+        self._delayed: set[asyncio.Task[None]] = set()
+        self.last_start: dict[str, float] = {}
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work(), name=f"triage-{i}") for i in range(self.concurrency)]
@@ -129,11 +136,20 @@ class TriageWorker:
             self._tasks.append(asyncio.create_task(self._sweep(), name="triage-sweep"))
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._delayed]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _requeue(self, incident: Incident, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        self.queue.put_nowait(incident)
 
     def submit(self, incident: Incident) -> None:
+        """Queue a triage; if one is already queued for this incident, it will use this newer version."""
+        self.newest[incident.id] = incident
+        if incident.id in self.queued:
+            return
         self.queued.add(incident.id)
         self.queue.put_nowait(incident)
         self.metrics.queue.set(self.queue.qsize())
@@ -156,7 +172,20 @@ class TriageWorker:
     async def _work(self) -> None:
         while True:
             incident = await self.queue.get()
+            # Debounce: a burst of deliveries re-triages once, with the newest version, after the quiet time;
+            # meanwhile the incident stays "queued", so submit() only records the newer version.
+            wait = self.last_start.get(incident.id, -1e9) + self.replica.retriage_debounce_s - time.monotonic()
+            if wait > 0:
+                task = asyncio.create_task(self._requeue(incident, wait))
+                self._delayed.add(task)
+                task.add_done_callback(self._delayed.discard)
+                self.queue.task_done()
+                continue
             self.queued.discard(incident.id)
+            incident = self.newest.pop(incident.id, incident)
+            self.last_start[incident.id] = time.monotonic()
+            if len(self.last_start) > 10_000:
+                self.last_start.clear()
             self.metrics.queue.set(self.queue.qsize())
             t0 = time.monotonic()
             self.inflight.add(incident.id)
@@ -203,9 +232,12 @@ def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = 
                routes: Sequence[BaseRoute] = (), on_incident: IncidentHook | None = None,
                on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
                on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
-               replica: Replica | None = None,
+               replica: Replica | None = None, security: HttpSecurity | None = None,
+               max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT,
                health: Callable[[], Awaitable[Sequence[Any]]] | None = None) -> Starlette:
-    """The HTTP app. `routes` are mounted beside the webhook (the Slack endpoints); `on_incident` runs in the
+    """The HTTP app. Every request passes `security` first (credentials, body limit; see http_guard).
+
+    `routes` are mounted beside the webhook (the Slack endpoints); `on_incident` runs in the
     background for every incident a delivery changed (opened, updated, resolved). With `replica`, triage is
     shared with other replicas of `store` through leases."""
     metrics = metrics or Metrics()
@@ -222,11 +254,12 @@ def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = 
     async def alertmanager(request: Request) -> Response:
         body = await request.body()
         try:
-            notification = incidents.parse(body)
+            notification = redact_notification(incidents.parse(body))
         except incidents.IntakeError as e:
             metrics.webhooks.labels(outcome="rejected").inc()
             return JSONResponse({"error": str(e)}, status_code=e.status)
-        incident, changed = await asyncio.to_thread(store.record_notification, notification, dt.datetime.now(dt.UTC))
+        incident, changed = await asyncio.to_thread(store.record_notification, notification, dt.datetime.now(dt.UTC),
+                                                    max_alerts)
         metrics.webhooks.labels(outcome="accepted" if changed else "duplicate").inc()
         if changed and incident.notifications == 1:
             metrics.incidents.inc()
@@ -292,7 +325,7 @@ def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = 
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint),
         Route("/incidents", list_incidents), Route("/incidents/{id}", get_incident),
         *routes,
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, middleware=[Middleware(HttpGuard, security=security or HttpSecurity())])
     app.state.worker = worker
     app.state.metrics = metrics
     return app

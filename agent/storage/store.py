@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS leases (
 
 
 class Store(Protocol):
-    def record_notification(self, n: incidents.Notification, now: dt.datetime) -> tuple[Incident, bool]: ...
+    def record_notification(self, n: incidents.Notification, now: dt.datetime,
+                            max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> tuple[Incident, bool]: ...
     def incident(self, incident_id: str) -> Incident | None: ...
     def incidents(self, status: IncidentStatus | None = None, limit: int = 100) -> list[Incident]: ...
     def save_report(self, report: TriageReport) -> None: ...
@@ -102,14 +103,15 @@ class SqlStore(Db):
     def __init__(self, target: Path | str) -> None:
         super().__init__(target, SCHEMA)
 
-    def record_notification(self, n: incidents.Notification, now: dt.datetime) -> tuple[Incident, bool]:
+    def record_notification(self, n: incidents.Notification, now: dt.datetime,
+                            max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> tuple[Incident, bool]:
         with self._tx() as c:
             self._serialize(c, f"incident-group:{n.groupKey}")
             row = c.execute(
                 "SELECT doc FROM incidents WHERE group_key = ? ORDER BY created_at DESC LIMIT 1", (n.groupKey,)
             ).fetchone()
             existing = Incident.model_validate_json(row[0]) if row else None
-            incident, changed = incidents.merge(existing, n, now)
+            incident, changed = incidents.merge(existing, n, now, max_alerts)
             c.execute(
                 "INSERT INTO incidents (id, group_key, status, doc, created_at, updated_at) VALUES (?,?,?,?,?,?) "
                 "ON CONFLICT(id) DO UPDATE SET status = excluded.status, doc = excluded.doc, "

@@ -29,12 +29,17 @@ def sandbox_rules(source: Path = RULES, for_: str = SANDBOX_FOR) -> dict[str, An
 
 def prometheus_config(
     *, cluster: str, alertmanager: str, simulator: str, kube_state_metrics: str, rules_file: Path,
-    agent_targets: Path | None = None,
+    agent_targets: Path | None = None, agent_token_file: Path | None = None,
 ) -> dict[str, Any]:
     """The sandbox's Prometheus; with `agent_targets`, it also scrapes every `opsagent serve` listed in
-    that file (file_sd, re-read on change), for the agent's own metrics and dashboard."""
-    agent_job = [{"job_name": "opsagent", "file_sd_configs": [{"files": [str(agent_targets)],
-                                                               "refresh_interval": "5s"}]}] if agent_targets else []
+    that file (file_sd, re-read on change), for the agent's own metrics and dashboard — with
+    `agent_token_file` as its Bearer token, since `/metrics` answers 401 without one."""
+    agent_job: list[dict[str, Any]] = []
+    if agent_targets:
+        agent_job.append({"job_name": "opsagent", "file_sd_configs": [{"files": [str(agent_targets)],
+                                                                       "refresh_interval": "5s"}]})
+        if agent_token_file is not None:
+            agent_job[0]["authorization"] = {"type": "Bearer", "credentials_file": str(agent_token_file)}
     return {
         "global": {
             "scrape_interval": "5s",
@@ -55,7 +60,11 @@ def prometheus_config(
     }
 
 
-def alertmanager_config(webhook_url: str) -> dict[str, Any]:
+def alertmanager_config(webhook_url: str, token_file: Path | None = None) -> dict[str, Any]:
+    """Route every alert to opsagent; with `token_file`, as a Bearer token (opsagent answers 401 without)."""
+    hook: dict[str, Any] = {"url": webhook_url, "send_resolved": True, "max_alerts": 0}
+    if token_file is not None:
+        hook["http_config"] = {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}}
     return {
         "route": {
             "receiver": "opsagent",
@@ -66,7 +75,7 @@ def alertmanager_config(webhook_url: str) -> dict[str, Any]:
         },
         "receivers": [
             {"name": "opsagent",
-             "webhook_configs": [{"url": webhook_url, "send_resolved": True, "max_alerts": 0}]},
+             "webhook_configs": [hook]},
         ],
     }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import shutil
 import ssl
 import time
@@ -148,6 +149,7 @@ class Sandbox:
             },
             "webhook_url": info.get("webhook_url"),
             "agent_targets": str(self.agent_targets_file),
+            "webhook_token_file": str(self.dir / "webhook-token"),
             "cluster": info.get("cluster"),
             "serving_namespaces": info.get("serving_namespaces", []),
             "components": comps,
@@ -369,9 +371,10 @@ class Sandbox:
             monitoring.write_agent_targets(agent_targets, [urllib.parse.urlsplit(self.s.webhook_url).netloc])
         prom_cfg = monitoring.write_yaml(d / "prometheus" / "prometheus.yml", monitoring.prometheus_config(
             cluster=fleet.cluster, alertmanager=_hostport(ep.alertmanager), simulator=_hostport(ep.simulator),
-            kube_state_metrics=_hostport(ep.kube_state_metrics), rules_file=rules, agent_targets=agent_targets))
+            kube_state_metrics=_hostport(ep.kube_state_metrics), rules_file=rules, agent_targets=agent_targets,
+            agent_token_file=self.webhook_token_file()))
         am_cfg = monitoring.write_yaml(d / "alertmanager" / "alertmanager.yml",
-                                       monitoring.alertmanager_config(self.s.webhook_url))
+                                       monitoring.alertmanager_config(self.s.webhook_url, self.webhook_token_file()))
         am = self.sup.start("alertmanager", [
             str(bins.alertmanager), f"--config.file={am_cfg}", f"--storage.path={d / 'alertmanager'}",
             f"--web.listen-address={_hostport(ep.alertmanager)}", "--cluster.listen-address=",
@@ -394,6 +397,15 @@ class Sandbox:
             "webhook_url": self.s.webhook_url, "timings": tm.phases, "port_base": self.s.port_base,
         }
         (self.dir / "status.json").write_text(json.dumps(doc, indent=1))
+
+    def webhook_token_file(self) -> Path:
+        """The Bearer token Alertmanager sends and `opsagent serve` accepts (made once per sandbox dir)."""
+        path = self.dir / "webhook-token"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path
 
     def component(self, name: str) -> Proc | None:
         return self.sup.running().get(name)

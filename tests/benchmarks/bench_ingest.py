@@ -1,7 +1,8 @@
 """Benchmark webhook intake with two replicas on one store: alerts ingested per second, nothing lost.
 
-Two `create_app` servers (the ASGI app `opsagent serve` runs, triage switched off so only intake
-is measured) run as separate processes under uvicorn on 127.0.0.1 and share one store: a throwaway
+Two `create_app` servers (the ASGI app `opsagent serve` runs, with Bearer auth and the streaming
+body limit, triage switched off so only intake is measured) run as separate processes under uvicorn
+on 127.0.0.1 and share one store: a throwaway
 Postgres (Debian's binaries, fsync on) or one SQLite file. An asyncio load generator (keep-alive
 connections, a few lines of HTTP/1.1) posts Alertmanager v4 notifications round-robin to the two,
 each carrying `--per-webhook` new alerts of one of `--groups` groups. Afterwards the store must
@@ -34,16 +35,20 @@ sys.path.insert(0, str(ROOT))
 from tests.postgres import LocalPostgres  # noqa: E402
 from tests.serving import free_port, stop_process  # noqa: E402
 
+TOKEN = "bench-webhook-token-0123456789abcdef"
+
 
 def serve(target: str, port: int) -> None:
     """The replica process: intake only, on the shared store."""
     import uvicorn
 
+    from agent.entry.http_guard import HttpSecurity
     from agent.entry.server import create_app
     from agent.storage.store import SqlStore
 
-    uvicorn.run(create_app(SqlStore(target), None), host="127.0.0.1", port=port, log_level="warning",
-                access_log=False)
+    # As `opsagent serve` runs in a cluster: Bearer auth and the streaming body limit on every request.
+    uvicorn.run(create_app(SqlStore(target), None, security=HttpSecurity.build([TOKEN, "x" + TOKEN])),
+                host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 def notification(group: int, first_alert: int, n: int) -> bytes:
@@ -86,7 +91,8 @@ async def load(urls: list[str], alerts: int, groups: int, per_webhook: int, conc
                 _, body = queue.get_nowait()
                 t0 = time.perf_counter()
                 writer.write(b"POST /alertmanager HTTP/1.1\r\nHost: %b\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: %d\r\n\r\n%b" % (host.encode(), len(body), body))
+                             b"Authorization: Bearer %b\r\nContent-Length: %d\r\n\r\n%b"
+                             % (host.encode(), TOKEN.encode(), len(body), body))
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
                               if line.lower().startswith(b"content-length:"))

@@ -109,6 +109,9 @@ def main() -> None:
         app.close()
         config = Path(tmp) / "opsagent.yaml"
         config.write_text(yaml.safe_dump({"slack": slack}))
+        token = Path(status.get("webhook_token_file") or "/nonexistent")
+        # `serve --sandbox` accepts the token the sandbox's Alertmanager sends; none before the sandbox wrote one.
+        auth = {"Authorization": "Bearer " + token.read_text().strip()} if token.exists() else {}
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         # `opsagent serve` in its own process, as in production; the load comes from this one.
@@ -130,12 +133,13 @@ def main() -> None:
                 ids = []
                 for k in range(args.triages):  # several incidents, so triage runs through the whole burst
                     body["groupKey"] = f"bench-slack-{rnd}-{k}-{time.time()}"
-                    r = httpx.post(f"{url}/alertmanager", content=json.dumps(body).encode(), timeout=10)
+                    r = httpx.post(f"{url}/alertmanager", content=json.dumps(body).encode(), headers=auth,
+                                   timeout=10)
                     ids.append(r.json()["incident"])
                 top = api.wait(lambda first=ids[0]: [c for c in api.of("chat.postMessage")
                                                      if not c.args.get("thread_ts") and first in render(c.args)],
                                what="incident message")[0]
-                queued = _gauge(url, "opsagent_triage_queue_depth")
+                queued = _gauge(url, "opsagent_triage_queue_depth", auth)
                 reqs = _requests(args.requests, ch.id, top.args["_ts"], api_url)
                 t0 = time.perf_counter()
                 results = asyncio.run(_burst(url, reqs))
@@ -144,7 +148,7 @@ def main() -> None:
                 all_ms += ms
                 bad = [x for x in results if x[1] != 200]
                 print(f"round {rnd + 1}: {len(results)} requests in {wall:.2f}s; triage queue at start {queued:.0f}, "
-                      f"at end {_gauge(url, 'opsagent_triage_queue_depth'):.0f}; non-200: {len(bad)}; "
+                      f"at end {_gauge(url, 'opsagent_triage_queue_depth', auth):.0f}; non-200: {len(bad)}; "
                       f"ack p50 {statistics.median(ms):.0f} ms, p99 {ms[int(0.99 * (len(ms) - 1))]:.0f} ms, "
                       f"max {ms[-1]:.0f} ms", flush=True)
                 for path in sorted({x[0] for x in results}):
@@ -167,8 +171,8 @@ def main() -> None:
           f"p99 {all_ms[int(0.99 * (len(all_ms) - 1))]:.0f} ms, max {all_ms[-1]:.0f} ms (goal p99 <= 300 ms)")
 
 
-def _gauge(url: str, name: str) -> float:
-    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+def _gauge(url: str, name: str, auth: dict[str, str]) -> float:
+    for line in httpx.get(f"{url}/metrics", headers=auth, timeout=5).text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
     return float("nan")

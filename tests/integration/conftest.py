@@ -91,3 +91,8 @@ def kubectl(sandbox: dict[str, Any]) -> Any:
                               capture_output=True, text=True, check=check, timeout=60)
 
     return run
+
+
+def webhook_auth(sandbox: dict[str, Any]) -> dict[str, str]:
+    """The header the sandbox's Alertmanager sends; `opsagent serve --sandbox` answers 401 without it."""
+    return {"Authorization": "Bearer " + Path(sandbox["webhook_token_file"]).read_text().strip()}

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from deploy.sandbox import components, monitoring
+from tests.integration.conftest import webhook_auth
 from tests.serving import free_port, stop_process
 
 CHART = Path(__file__).parents[2] / "deploy" / "helm" / "opsagent"
@@ -66,7 +67,8 @@ def scraped_agent(sandbox: dict[str, Any], tmp_path_factory: pytest.TempPathFact
         else:
             raise AssertionError(f"opsagent serve did not start: {(state / 'serve.log').read_text()[-2000:]}")
         monitoring.write_agent_targets(targets, [f"127.0.0.1:{port}"])
-        assert httpx.post(f"{url}/alertmanager", content=FIXTURE.read_bytes(), timeout=10).status_code == 200
+        assert httpx.post(f"{url}/alertmanager", content=FIXTURE.read_bytes(), headers=webhook_auth(sandbox),
+                          timeout=10).status_code == 200
         prom = sandbox["endpoints"]["prometheus"]
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # the triage done and scraped, twice (increase() needs two samples)

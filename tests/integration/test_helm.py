@@ -137,9 +137,10 @@ WRITE_VERBS = ["create", "update", "patch", "delete", "deletecollection"]
 def test_the_reader_can_read_what_triage_needs_and_write_nothing(release: tuple[str, str], kubectl: Any) -> None:
     ns, name = release
     sa = f"system:serviceaccount:{ns}:{name}-opsagent-reader"
-    for res in ("pods", "pods/log", "events", "deployments.apps", "replicasets.apps", "nodes",
+    for res in ("pods", "events", "deployments.apps", "replicasets.apps", "nodes",
                 "horizontalpodautoscalers.autoscaling"):
         assert can(kubectl, sa, "list", res, "llm-prod"), f"reader cannot list {res}"
+    assert not can(kubectl, sa, "get", "pods/log", "llm-prod"), "no tool reads logs: the reader has no pods/log"
     r = kubectl("admin", "auth", "can-i", "--list", f"--as={sa}", "-n", "llm-prod", check=True)
     writes = []
     for line in r.stdout.splitlines()[1:]:  # Resources  Non-Resource URLs  Resource Names  [verbs]
@@ -156,11 +157,13 @@ def test_the_executor_is_confined_to_its_namespaces_and_verbs(release: tuple[str
     sa = f"system:serviceaccount:{ns}:{name}-opsagent-executor"
     for sn in SERVING:
         assert can(kubectl, sa, "patch", "deployments.apps", sn)
-        assert can(kubectl, sa, "update", "deployments.apps/scale", sn)
+        assert not can(kubectl, sa, "update", "deployments.apps", sn), "changes are patches, never updates"
+        assert not can(kubectl, sa, "patch", "deployments.apps/scale", sn)
         assert can(kubectl, sa, "create", "pods/eviction", sn)
         assert not can(kubectl, sa, "delete", "deployments.apps", sn)
         assert not can(kubectl, sa, "create", "deployments.apps", sn)
     assert can(kubectl, sa, "patch", "nodes"), "cordoning needs patch on nodes"
+    assert not can(kubectl, sa, "list", "nodes"), "only get and patch: the executor reads one node at a time"
     assert not can(kubectl, sa, "delete", "nodes")
     for other in OUTSIDE:
         for verb in ("patch", "update", "delete"):
@@ -218,7 +221,9 @@ def test_checkpoint_sink_values_render_into_settings_that_build_those_sinks(
         monkeypatch.setenv(name, "from-the-secret")  # what the pod's environment holds
 
     # The pod's settings: the rendered file, plus the secrets its environment supplies; a writable state dir.
-    settings = load_settings(config, audit={"key": "k" * 32}, state_dir=str(tmp_path / "state"))
+    settings = load_settings(config, audit={"key": "3f9a1c7e5b2d8f4a6c0e9b1d3f5a7c9e"},
+                             server={"auth_tokens": "webhook-token-from-the-secret-0123"},
+                             state_dir=str(tmp_path / "state"))
     a = settings.audit
     assert (a.checkpoint_region, a.checkpoint_endpoint_url) == ("eu-west-1", moto_reset)
     assert (a.checkpoint_s3_bucket, a.checkpoint_s3_prefix, a.checkpoint_s3_lock_mode,
@@ -258,7 +263,9 @@ def test_irsa_role_annotates_the_pods_service_account_and_no_sink_values_leave_t
     assert "annotations" not in docs[("ServiceAccount", "t-opsagent-executor")]["metadata"]
     config = tmp_path / "config.yaml"
     config.write_text(docs[("ConfigMap", "t-opsagent-config")]["data"]["config.yaml"])
-    settings = load_settings(config, audit={"key": "k" * 32}, state_dir=str(tmp_path / "state"))
+    settings = load_settings(config, audit={"key": "3f9a1c7e5b2d8f4a6c0e9b1d3f5a7c9e"},
+                             server={"auth_tokens": "webhook-token-from-the-secret-0123"},
+                             state_dir=str(tmp_path / "state"))
     assert [type(x) for x in checkpoint_sinks(settings)] == [FileCheckpointSink]
 
 

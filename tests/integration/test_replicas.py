@@ -30,6 +30,7 @@ from agent.change.models import ChangeSpec, ChangeStatus
 from agent.entry.commands.common import settings_for
 from agent.models import ActionKind, ObjectRef
 from deploy.sandbox.fleet import Fleet
+from tests.integration.conftest import webhook_auth
 from tests.postgres import LocalPostgres
 from tests.serving import Replica, free_port, ready, stop_process, wait_until
 
@@ -88,18 +89,21 @@ def _reports(store_url: str, incident_id: str) -> int:
 
 
 def test_an_alert_to_one_replica_is_triaged_once_and_served_by_both(replicas: list[Replica],
-                                                                    store_url: str) -> None:
+                                                                    store_url: str, sandbox: dict[str, Any]) -> None:
     a, b = replicas
-    r = httpx.post(f"{a.url}/alertmanager", content=_alert(uuid.uuid4().hex[:8]), timeout=10)
+    auth = webhook_auth(sandbox)  # reads need the token too
+    r = httpx.post(f"{a.url}/alertmanager", content=_alert(uuid.uuid4().hex[:8]),
+                   headers=auth, timeout=10)
     assert r.status_code == 200 and r.json()["changed"] is True
     iid = r.json()["incident"]
-    wait_until(lambda: httpx.get(f"{b.url}/incidents/{iid}", timeout=5).json()["report"] is not None, 90,
+    wait_until(lambda: httpx.get(f"{b.url}/incidents/{iid}", headers=auth, timeout=5).json()["report"] is not None, 90,
           "no triage report reached the other replica")
-    seen = httpx.get(f"{b.url}/incidents/{iid}", timeout=5).json()
+    seen = httpx.get(f"{b.url}/incidents/{iid}", headers=auth, timeout=5).json()
     assert seen["incident"]["id"] == iid and seen["report"]["incident_id"] == iid
     time.sleep(2)  # several sweeps of both replicas
     assert _reports(store_url, iid) == 1, "the incident was triaged more than once"
-    again = httpx.post(f"{b.url}/alertmanager", content=_alert_from(r), timeout=10)
+    again = httpx.post(f"{b.url}/alertmanager", content=_alert_from(r),
+                   headers=webhook_auth(sandbox), timeout=10)
     assert again.json() == {**r.json(), "changed": False}, "a re-send to the other replica is a duplicate"
 
 
@@ -108,9 +112,10 @@ def _alert_from(first: httpx.Response) -> bytes:
 
 
 def test_a_replica_killed_mid_triage_leaves_the_incident_to_the_other(replicas: list[Replica],
-                                                                      store_url: str) -> None:
+                                                                      store_url: str, sandbox: dict[str, Any]) -> None:
     by_pid = {r.proc.pid: r for r in replicas}
-    r = httpx.post(f"{replicas[0].url}/alertmanager", content=_alert(uuid.uuid4().hex[:8]), timeout=10)
+    r = httpx.post(f"{replicas[0].url}/alertmanager", content=_alert(uuid.uuid4().hex[:8]),
+                   headers=webhook_auth(sandbox), timeout=10)
     iid = r.json()["incident"]
     holder = None
     deadline = time.monotonic() + 30

@@ -39,6 +39,7 @@ from agent.rightsize.report import CREATE_ACTION_ID
 from deploy.sandbox import faults
 from deploy.sandbox.fleet import Fleet
 from deploy.sandbox.receiver import WebhookReceiver
+from tests.integration.conftest import webhook_auth
 from tests.postgres import LocalPostgres
 from tests.serving import Replica, free_port, ready, serve, stop_process, wait_until
 from tests.slack_standin import ONCALL, PLATFORM, Call, SlackClientSim, SlackStandIn, buttons, render
@@ -58,6 +59,7 @@ class Pair:
     b: Replica
     api: SlackStandIn
     store_url: str
+    auth: dict[str, str]  # the sandbox's webhook token: `serve --sandbox` wants it on reads too
 
     def sim(self, r: Replica) -> SlackClientSim:
         return SlackClientSim(r.url, SECRET, self.api)
@@ -99,7 +101,7 @@ def pair(sandbox: dict[str, Any], postgres: LocalPostgres,
             for r in started:
                 wait_until(lambda r=r: _ready_replica(r), 240,
                       lambda r=r: f"replica {r.name} not ready: {r.log.read_text()[-2000:]}")
-            yield Pair(started[0], started[1], api, store_url)
+            yield Pair(started[0], started[1], api, store_url, webhook_auth(sandbox))
         finally:
             for r in started:
                 stop_process(r.proc)
@@ -148,8 +150,8 @@ def test_the_scheduled_report_is_posted_once_per_tick_and_its_button_opens_one_c
         runs = pg.execute("SELECT tick, done_at FROM schedule_runs WHERE job = 'cost-report'").fetchall()
     assert sorted(t for t, done in runs if done) == sorted(ticks)
     for r in (pair.a, pair.b):
-        assert "opsagent_cost_reports_total" in httpx.get(f"{r.url}/metrics", timeout=5).text
-    posted = sum(_metric(r, 'opsagent_cost_reports_total{outcome="posted"}') for r in (pair.a, pair.b))
+        assert "opsagent_cost_reports_total" in httpx.get(f"{r.url}/metrics", headers=pair.auth, timeout=5).text
+    posted = sum(_metric(r, 'opsagent_cost_reports_total{outcome="posted"}', pair.auth) for r in (pair.a, pair.b))
     assert posted == len(ticks)
 
     text = render(first.args)
@@ -197,8 +199,8 @@ def _prom_value(url: str, query: str) -> float | None:
     return float(res[0]["value"][1]) if res else None
 
 
-def _metric(r: Replica, name: str) -> float:
-    for line in httpx.get(f"{r.url}/metrics", timeout=5).text.splitlines():
+def _metric(r: Replica, name: str, auth: dict[str, str]) -> float:
+    for line in httpx.get(f"{r.url}/metrics", headers=auth, timeout=5).text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
@@ -206,7 +208,7 @@ def _metric(r: Replica, name: str) -> float:
 
 def test_an_incident_received_by_one_replica_is_approved_through_the_other_and_executes_once(
         pair: Pair, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver,
-        clean_faults: None) -> None:
+        clean_faults: None, sandbox: dict[str, Any]) -> None:
     api = pair.api
     w = fleet.workload(fleet.faults["bad-rollout"]["workload"])
     apps = client.AppsV1Api(admin)
@@ -219,7 +221,8 @@ def test_an_incident_received_by_one_replica_is_approved_through_the_other_and_e
                             timeout=240, since=t0)
     body = note.body
     body["groupKey"] = f"{body['groupKey']}:{uuid.uuid4().hex[:6]}"  # a fresh incident for this test
-    r = httpx.post(f"{pair.a.url}/alertmanager", content=json.dumps(body).encode(), timeout=10)
+    r = httpx.post(f"{pair.a.url}/alertmanager", content=json.dumps(body).encode(),
+                   headers=webhook_auth(sandbox), timeout=10)
     assert r.status_code == 200
     incident_id = r.json()["incident"]
 

@@ -27,6 +27,7 @@ from agent.entry.slack.service import build_server
 from deploy.sandbox import faults
 from deploy.sandbox.fleet import Fleet
 from deploy.sandbox.receiver import Notification, WebhookReceiver
+from tests.integration.conftest import webhook_auth
 from tests.serving import serve
 from tests.slack_standin import ONCALL, PLATFORM, SlackClientSim, SlackStandIn, buttons, render
 
@@ -65,13 +66,14 @@ def _wait_alert(webhook: WebhookReceiver, namespace: str, since: float) -> Notif
 
 def test_bad_rollout_incident_thread_to_approved_verified_and_resolved(
         bot_env: tuple[str, Any, SlackStandIn, SlackClientSim], admin: client.ApiClient, fleet: Fleet,
-        webhook: WebhookReceiver) -> None:
+        webhook: WebhookReceiver, sandbox: dict[str, Any]) -> None:
     url, app, api, slack = bot_env
     w = fleet.workload(fleet.faults["bad-rollout"]["workload"])
     t0 = time.time()
     faults.inject(admin, fleet, "bad-rollout")
     note = _wait_alert(webhook, w.namespace, t0)
-    r = httpx.post(f"{url}/alertmanager", content=json.dumps(note.body).encode(), timeout=10)
+    r = httpx.post(f"{url}/alertmanager", content=json.dumps(note.body).encode(),
+                   headers=webhook_auth(sandbox), timeout=10)
     assert r.status_code == 200
     incident_id = r.json()["incident"]
 
@@ -124,7 +126,7 @@ def test_bad_rollout_incident_thread_to_approved_verified_and_resolved(
     eph = api.of("chat.postEphemeral")
     assert len(eph) == 1 and change_id in eph[0].args["text"], [e.args for e in eph]
     assert eph[0].args["user"] in (ONCALL, PLATFORM) and "already" in eph[0].args["text"]
-    metrics = httpx.get(f"{url}/metrics").text
+    metrics = httpx.get(f"{url}/metrics", headers=webhook_auth(sandbox)).text
     assert 'opsagent_executions_total{stage="executing"} 1.0' in metrics
     assert 'opsagent_executions_total{stage="verified"} 1.0' in metrics
 

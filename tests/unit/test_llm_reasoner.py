@@ -249,9 +249,10 @@ def test_the_model_reads_the_rollout_and_blames_the_new_revision(provider: str, 
     assert all(runner.tools[name].risk == Risk.READ for name in read_tools)
     brief = content_text(user)
     blocks = data_blocks(brief)
-    assert len(blocks) == 1 and "5xx above 2% for 5m" in blocks[0], "the annotation sits inside the data block"
-    assert "5xx above 2% for 5m" not in brief.replace(blocks[0], ""), "and nowhere else"
-    assert "maintenance mode" in blocks[0], "a fake end marker in the text does not close the block"
+    # Three fenced blocks: the incident's title and alerts, the context, the texts (annotations, events).
+    assert len(blocks) == 3 and "5xx above 2% for 5m" in blocks[-1], "the annotation sits inside the data block"
+    assert "5xx above 2% for 5m" not in brief.replace(blocks[-1], ""), "and nowhere else"
+    assert "maintenance mode" in blocks[-1], "a fake end marker in the text does not close the block"
     assert '"rules_confidence"' in brief and '"id":"bad-rollout"' in brief, "the model sees the rules' scores"
     assert '"id":"errors"' in brief and '"change_ratio":70' in brief, "and the gathered evidence"
     tool_reply = requests[1]["body"]["messages"][-1]

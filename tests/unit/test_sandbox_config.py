@@ -77,9 +77,14 @@ def test_prometheus_and_alertmanager_configs_are_valid(tmp_path: Path) -> None:
         rules_file=rules))
     res = subprocess.run(["promtool", "check", "config", str(prom)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
-    am = monitoring.write_yaml(tmp_path / "am.yml", monitoring.alertmanager_config("http://127.0.0.1:8080/x"))
+    token = tmp_path / "webhook-token"
+    token.write_text("t" * 64)
+    am = monitoring.write_yaml(tmp_path / "am.yml", monitoring.alertmanager_config("http://127.0.0.1:8080/x", token))
     amtool = subprocess.run(["amtool", "check-config", str(am)], capture_output=True, text=True)
     assert amtool.returncode == 0, amtool.stdout + amtool.stderr
+    hook = yaml.safe_load(am.read_text())["receivers"][0]["webhook_configs"][0]
+    assert hook["http_config"]["authorization"] == {"type": "Bearer", "credentials_file": str(token)}, \
+        "the sandbox's Alertmanager authenticates to opsagent serve"
 
 
 def test_kwok_crash_stage_matches_only_crashing_versions() -> None:

@@ -27,7 +27,7 @@ from agent.entry.server import Metrics
 from agent.entry.slack.app import SlackBot
 from agent.entry.slack.service import build_server
 from agent.models import ActionKind, ObjectRef
-from tests.serving import serve
+from tests.serving import post_chunked, serve
 from tests.slack_standin import ONCALL, SlackClientSim, SlackStandIn, buttons, offline_settings, render, sign
 
 pytest_plugins = ("tests.llm.aimock",)
@@ -277,3 +277,12 @@ def test_delivery_marks_survive_a_restart(tmp_path: Path) -> None:
     asyncio.run(before_restart())
     assert asyncio.run(after_restart()) is False, "a replay after a restart is still recognised"
     store.close()
+
+
+def test_a_huge_unsigned_slack_post_is_refused_before_its_body_is_read(env: Env) -> None:
+    status, sent = post_chunked(env.url, "/slack/events", 200 << 20, {"Content-Type": "application/json"})
+    assert status == 401 and sent <= 8 << 20, f"{sent >> 20} MiB read before the 401"
+    # Headers that look signed (fresh timestamp, a v0 signature) still cannot make it buffer 200 MiB.
+    looks_signed = {"X-Slack-Request-Timestamp": str(int(time.time())), "X-Slack-Signature": "v0=" + "0" * 64}
+    status, sent = post_chunked(env.url, "/slack/events", 200 << 20, looks_signed)
+    assert status == 413 and sent <= 8 << 20, f"{sent >> 20} MiB read before the 413"

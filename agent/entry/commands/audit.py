@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Annotated
 
 import typer
 
+from agent.audit.log import AuditTampered
 from agent.entry.commands.common import DEFAULT_SANDBOX_DIR, ConfigOpt, SandboxDirOpt, StateOpt, open_app
 
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
@@ -16,17 +18,26 @@ audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=
 def verify(
     config: ConfigOpt = None, sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR, state_dir: StateOpt = None
 ) -> None:
-    """Recompute the hash chain and check it against the newest signed checkpoint. Exit 1 on tampering."""
+    """Recompute the hash chain and check it against every signed checkpoint; sign the head only if it holds.
+
+    Exit 1 on tampering (and nothing is signed then).
+    """
     app = open_app(config, False, sandbox_dir, state_dir)
+    signed = None
     try:
-        app.audit.checkpoint()
         report = app.audit.verify()
+        if report.ok:
+            try:
+                signed = app.audit.checkpoint()
+            except AuditTampered as e:  # appended-to and tampered with between the two reads
+                report = replace(report, problems=e.problems)
     finally:
         app.close()
     if report.ok:
         typer.echo(
             f"OK: {report.records} records, chain intact through record {report.last_seq}, "
-            f"checkpoint at {report.checkpoint_seq} ({report.seconds:.2f}s)"
+            f"{report.checkpoints} signed checkpoint(s) match, the newest at {report.checkpoint_seq}; "
+            f"signed record {signed.seq if signed else report.last_seq} ({report.seconds:.2f}s)"
         )
         return
     typer.secho(f"TAMPERED: {len(report.problems)} problem(s) in {report.records} records", fg="red", err=True)

@@ -78,7 +78,18 @@ def sandbox_overrides(status: dict[str, Any]) -> dict[str, Any]:
                        "serving_namespaces": status.get("serving_namespaces") or []},
         # The sandbox scrapes every 5 s and its faults recover in seconds: verify on a shorter clock.
         "verification": {"window_s": 20, "baseline_s": 60, "step_s": 2.5, "rate_window_s": 15},
+        **_sandbox_webhook_token(status),
     }
+
+
+def _sandbox_webhook_token(status: dict[str, Any]) -> dict[str, Any]:
+    """Accept the Bearer token the sandbox's Alertmanager sends (its file exists once the sandbox started)."""
+    path = status.get("webhook_token_file")
+    try:
+        token = Path(path).read_text().strip() if path else ""
+    except OSError:
+        token = ""
+    return {"server": {"auth_tokens": token}} if token else {}
 
 
 def settings_for(config: Path | None, sandbox_status: dict[str, Any] | None = None, **overrides: Any) -> Settings:

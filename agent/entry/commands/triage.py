@@ -22,6 +22,7 @@ from agent.entry.commands.common import (
     open_app,
     sandbox_status,
 )
+from agent.guard.redact import redact_notification
 from agent.models import TriageReport
 from agent.triage import render
 
@@ -98,7 +99,7 @@ async def _run(app: Any, notes: list[incidents.Notification]) -> list[TriageRepo
     out = []
     try:
         for n in notes:
-            incident, _ = app.store.record_notification(n, dt.datetime.now(dt.UTC))
+            incident, _ = app.store.record_notification(redact_notification(n), dt.datetime.now(dt.UTC))
             out.append(await app.triage(incident))
     finally:
         await app.aclose_clients()

@@ -188,11 +188,18 @@ class SlackBot:
                 for path in ("/slack/events", "/slack/interactivity", "/slack/commands")]
 
     async def endpoint(self, request: Request) -> Response:
-        """Verify, refuse replays, drop retried events already handled, then hand over to Bolt."""
-        body = await request.body()
+        """Verify, refuse replays, drop retried events already handled, then hand over to Bolt.
+
+        The body is not read (the server's guard caps it at server.max_body_bytes while it streams) unless the
+        headers could belong to a signed request, and not parsed until its signature verifies.
+        """
         ts = request.headers.get("x-slack-request-timestamp", "")
         sig = request.headers.get("x-slack-signature", "")
         kind = request.url.path.rsplit("/", 1)[-1]
+        if not _plausible(ts, sig, self.clock()):
+            self.metrics.chat_requests.labels(kind=kind, outcome="bad_signature").inc()
+            return JSONResponse({"error": "invalid or expired Slack signature"}, status_code=401)
+        body = await request.body()
         if not self.signatures.is_valid(body=body, timestamp=ts, signature=sig):
             self.metrics.chat_requests.labels(kind=kind, outcome="bad_signature").inc()
             return JSONResponse({"error": "invalid or expired Slack signature"}, status_code=401)
@@ -534,3 +541,12 @@ def _event_id(body: bytes) -> str | None:
     except ValueError:
         return None
     return str(doc["event_id"]) if isinstance(doc, dict) and doc.get("event_id") else None
+
+
+def _plausible(ts: str, sig: str, now: dt.datetime) -> bool:
+    """Headers a signed request could carry: a v0 signature and a timestamp within Slack's 5 minutes."""
+    try:
+        age = abs(now.timestamp() - int(ts))
+    except ValueError:
+        return False
+    return sig.startswith("v0=") and len(sig) == 67 and age <= 300

@@ -7,6 +7,7 @@ import logging
 from starlette.applications import Starlette
 
 from agent.app import App
+from agent.entry.http_guard import HttpSecurity
 from agent.entry.server import Metrics, Replica, create_app
 from agent.entry.slack.app import SlackBot
 from agent.entry.slack.reports import CostReportPoster
@@ -38,7 +39,12 @@ def build_server(app: App, *, metrics: Metrics | None = None,
     except ValueError as e:  # the cost panels stay empty; everything else works
         log.warning("GPU prices not exported: %s", e)
     # Replicas sharing a store share triage through leases; a dead replica's incidents are swept up.
-    replica = Replica(lease_s=app.settings.server.triage_lease_s, sweep_s=app.settings.server.triage_sweep_s)
+    replica = Replica(lease_s=app.settings.server.triage_lease_s, sweep_s=app.settings.server.triage_sweep_s,
+                      retriage_debounce_s=app.settings.server.retriage_debounce_s)
+    tokens, pairs = app.settings.server.credentials()
+    security = HttpSecurity.build(tokens, pairs, app.settings.server.max_body_bytes)
+    if not security.auth_on:
+        log.warning("server.auth_tokens is unset (env: dev): the webhook and /incidents accept anyone")
     if bot is None and app.settings.slack.enabled:
         bot = SlackBot(app, metrics)
     if bot is None:
@@ -49,6 +55,7 @@ def build_server(app: App, *, metrics: Metrics | None = None,
             return _logged(incident, await app.triage(incident), app, metrics)
 
         return create_app(app.store, triage_only, metrics, on_shutdown=[app.aclose_clients], replica=replica,
+                          security=security, max_alerts=app.settings.server.max_alerts_per_incident,
                           health=app.health), None
     startup = [bot.start, *([bot.start_socket_mode] if app.settings.slack.socket_mode else [])]
     shutdown = [bot.stop, app.aclose_clients]
@@ -64,4 +71,5 @@ def build_server(app: App, *, metrics: Metrics | None = None,
         return _logged(incident, await bot.triage(incident), app, metrics)
 
     return create_app(app.store, triage_with_bot, metrics, routes=routes, on_incident=bot.on_incident,
-                      on_startup=startup, on_shutdown=shutdown, replica=replica, health=app.health), bot
+                      on_startup=startup, on_shutdown=shutdown, replica=replica, security=security,
+                      max_alerts=app.settings.server.max_alerts_per_incident, health=app.health), bot

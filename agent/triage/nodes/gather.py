@@ -15,6 +15,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from agent.guard.redact import redact, redact_obj
 from agent.guard.runner import ToolRunner
 from agent.models import Evidence, EvidenceStatus
 from agent.triage.conditions import compile_value, evaluate_value
@@ -62,16 +63,18 @@ async def run_query(q: EvidenceQuery, context: dict[str, str], runner: ToolRunne
             params = {**params, "start": logs_since.isoformat()}
     outcome = await runner.call(q.tool, params, actor=actor, incident_id=incident_id)
     ended = outcome.started + dt.timedelta(milliseconds=outcome.duration_ms)
+    # Redacted here, where evidence is made: reports, Slack, GET /incidents, logs and the model read this copy.
     if not outcome.ok or outcome.result is None:
+        error = redact(outcome.error) if outcome.error else None
         return Evidence(id=q.id, tool=q.tool, title=q.title, params=params, status=EvidenceStatus.ERROR,
-                        summary="missing: " + (outcome.error or "no result"), error=outcome.error,
+                        summary="missing: " + (error or "no result"), error=error,
                         started=outcome.started, ended=ended, duration_ms=outcome.duration_ms)
     features = extract(outcome.result, context)
     empty = bool(features.pop("_empty", False))
     return Evidence(id=q.id, tool=q.tool, title=q.title, params=params,
                     status=EvidenceStatus.EMPTY if empty else EvidenceStatus.OK,
-                    summary=summarize(outcome.result, features), features=features,
-                    data=outcome.result.model_dump(mode="json"), started=outcome.started, ended=ended,
+                    summary=redact(summarize(outcome.result, features)), features=redact_obj(features),
+                    data=redact_obj(outcome.result.model_dump(mode="json")), started=outcome.started, ended=ended,
                     duration_ms=outcome.duration_ms)
 
 

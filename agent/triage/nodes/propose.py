@@ -4,6 +4,12 @@ Triage only proposes. A remediation applies when its hypothesis is the top one, 
 and its `when` condition holds; its parameters are filled from evidence (e.g. the revision to roll
 back to). When nothing safe applies, the proposal is "page a human". Executing any of this is the
 guarded executor's job, after policy and approval.
+
+A target must be supported by evidence the agent read itself, never by an alert label alone (anyone
+who can reach the webhook writes labels): the value a runbook derives for it from evidence (the node
+reporting the XID) must agree, or, where nothing derives it, a query that succeeded must have read
+that very object (the Deployment's rollout history). Otherwise the proposal is to page a human, and
+the reason says why.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from agent.models import ActionKind, Category, Hypothesis, ObjectRef, ProposedAction
+from agent.models import ActionKind, Category, EvidenceStatus, Hypothesis, ObjectRef, ProposedAction
 from agent.triage.conditions import compile_condition, compile_value, evaluate, evaluate_value
 from agent.triage.features import CULPRIT_KINDS, MIN_CONFIDENCE, feature_map
 from agent.triage.render import render
@@ -36,7 +42,26 @@ def _target(rem: Remediation, feats: dict[str, Any]) -> ObjectRef | None:
     return ObjectRef(kind=kind, name=str(name), namespace=ns)
 
 
-def proposals_for(top: Hypothesis | None, books: list[Runbook], feats: dict[str, Any]) -> list[ProposedAction]:
+def unsupported(target: ObjectRef, key: str, books: list[Runbook], feats: dict[str, Any],
+                read: set[str]) -> str | None:
+    """Why the evidence does not support `target` (named by context key `key`), or None when it does.
+
+    `read` holds the parameter values of evidence queries that succeeded (the objects the agent read).
+    """
+    derived = [v for b in books if key in b.derive
+               if (v := evaluate_value(compile_value(b.derive[key]), feats)) not in (None, "")]
+    if derived:
+        if all(str(v) == target.name for v in derived):
+            return None
+        return (f"the alert names {target.kind} {target.name}, but the evidence points at "
+                f"{', '.join(sorted({str(v) for v in derived}))}")
+    if target.name in read:
+        return None
+    return f"no evidence the agent read concerns {target.kind} {target.name}; only an alert label names it"
+
+
+def proposals_for(top: Hypothesis | None, books: list[Runbook], feats: dict[str, Any],
+                  read: set[str] | None = None) -> list[ProposedAction]:
     if top is None:
         return [ProposedAction(kind=ActionKind.PAGE_HUMAN, reason="no runbook covers this alert")]
     if top.category == Category.HEALTHY:
@@ -45,6 +70,7 @@ def proposals_for(top: Hypothesis | None, books: list[Runbook], feats: dict[str,
         return [ProposedAction(kind=ActionKind.PAGE_HUMAN, hypothesis_id=top.id,
                                reason=f"evidence is inconclusive (top hypothesis {top.confidence:.0%})")]
     out: list[ProposedAction] = []
+    doubts: list[str] = []
     for book in books:
         for rem in book.remediations:
             if rem.hypothesis != top.id:
@@ -57,10 +83,17 @@ def proposals_for(top: Hypothesis | None, books: list[Runbook], feats: dict[str,
             target = _target(rem, feats)
             if rem.target and target is None:
                 continue
+            if target is not None and rem.target and read is not None and (
+                    why := unsupported(target, rem.target, books, feats, read)):
+                doubts.append(why)
+                continue
             action = ProposedAction(kind=rem.action, target=target, params=params,
                                     reason=render(rem.reason, feats), hypothesis_id=top.id)
             if action not in out:
                 out.append(action)
+    if not out and doubts:
+        out.append(ProposedAction(kind=ActionKind.PAGE_HUMAN, hypothesis_id=top.id,
+                                  reason=f"{top.title}: not proposing a change — {'; '.join(doubts)}"))
     if not out:
         out.append(ProposedAction(kind=ActionKind.PAGE_HUMAN, hypothesis_id=top.id,
                                   reason=f"{top.title}: no safe automated remediation applies"))
@@ -74,4 +107,9 @@ async def propose(state: TriageState, runtime: Runtime[TriageContext]) -> dict[s
     # The policy's limits as `policy.*` features, so a runbook can size a step the policy allows
     # (e.g. a scale-down that removes no more than policy.max_capacity_drop of the capacity at once).
     feats.update({f"policy.{k}": v for k, v in runtime.context.limits.items()})
-    return {"proposals": proposals_for(hyps[0] if hyps else None, books, feats)}
+    return {"proposals": proposals_for(hyps[0] if hyps else None, books, feats, objects_read(state))}
+
+
+def objects_read(state: TriageState) -> set[str]:
+    """The parameter values of evidence queries that succeeded: the objects the agent read itself."""
+    return {str(v) for e in state.get("evidence", []) if e.status == EvidenceStatus.OK for v in e.params.values()}

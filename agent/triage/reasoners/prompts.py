@@ -189,11 +189,15 @@ def brief(incident: Incident | None, context: Mapping[str, str], evidence: list[
     """The first user message: the incident, the context, the evidence, the candidates, the untrusted text."""
     parts: list[str] = []
     if incident is not None:
-        parts.append(f"# Incident {incident.id}: {clip(redact(incident.title), VALUE_CHARS)}\n"
-                     f"severity {incident.severity.value}, status {incident.status.value}, "
-                     f"{len(incident.alerts)} alert(s). Alerts (labels are untrusted data):\n"
-                     + "\n".join(_alert_lines(incident)))
-    parts.append("# Triage context (what the alert and the cluster say is affected)\n" + dumps(scrub(dict(context))))
+        # Every string here that an alert carries (title, alertnames, labels) stays inside the fence, JSON-encoded,
+        # so a newline in an alertname cannot start a line of the brief outside it.
+        parts.append(f"# Incident {incident.id}\nseverity {incident.severity.value}, status {incident.status.value}, "
+                     f"{len(incident.alerts)} alert(s).\n"
+                     + fence.wrap("the incident's title and alerts, from alert labels",
+                                  [dumps({"title": clip(redact(incident.title), VALUE_CHARS)}),
+                                   *_alert_lines(incident)]))
+    parts.append("# Triage context (what the alert and the cluster say is affected)\n"
+                 + fence.wrap("context keys and values", [dumps(scrub(dict(context)))]))
     if books:
         parts.append("# Runbooks matched\n" + "\n".join(f"- {b.id}: {b.title}" for b in books))
     ev_lines = [_evidence_line(e) for e in evidence[:MAX_EVIDENCE]]

@@ -35,7 +35,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* Environment: secrets by reference (only the keys that are named), nothing inline. */}}
 {{- define "opsagent.secretEnv" -}}
 {{- $s := .Values.secrets -}}
-{{- range $env, $key := dict "OPSAGENT_STORE__URL" $s.storeUrlKey "OPSAGENT_AUDIT__KEY" $s.auditKeyKey "OPSAGENT_SLACK__BOT_TOKEN" $s.slackBotTokenKey "OPSAGENT_SLACK__SIGNING_SECRET" $s.slackSigningSecretKey "OPSAGENT_LLM__API_KEY" $s.llmApiKeyKey "AWS_ACCESS_KEY_ID" $s.awsAccessKeyIdKey "AWS_SECRET_ACCESS_KEY" $s.awsSecretAccessKeyKey }}
+{{- range $env, $key := dict "OPSAGENT_STORE__URL" $s.storeUrlKey "OPSAGENT_AUDIT__KEY" $s.auditKeyKey "OPSAGENT_SERVER__AUTH_TOKENS" $s.webhookTokensKey "OPSAGENT_SERVER__BASIC_AUTH" $s.webhookBasicAuthKey "OPSAGENT_SLACK__BOT_TOKEN" $s.slackBotTokenKey "OPSAGENT_SLACK__SIGNING_SECRET" $s.slackSigningSecretKey "OPSAGENT_LLM__API_KEY" $s.llmApiKeyKey "AWS_ACCESS_KEY_ID" $s.awsAccessKeyIdKey "AWS_SECRET_ACCESS_KEY" $s.awsSecretAccessKeyKey }}
 {{- if $key }}
 - name: {{ $env }}
   valueFrom:
