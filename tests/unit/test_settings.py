@@ -18,9 +18,11 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_prod_from_the_environment_with_the_audit_key_from_the_file_loads(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPSAGENT_ENV", "prod")
-    s = load_settings(write(tmp_path, "audit:\n  key: a-real-signing-key-0123456789\n"))
+    # (prod also needs the webhook's credentials: issue 15's authenticated intake)
+    s = load_settings(write(tmp_path, "audit:\n  key: a-real-signing-key-0123456789-k7Qx\n"
+                                      "server:\n  auth_tokens: Zq8vR2mX5tK9wL3nB7cJ4hF6dS1aG0eY\n"))
     assert s.env == "prod"
-    assert s.audit.key is not None and s.audit.key.get_secret_value() == "a-real-signing-key-0123456789"
+    assert s.audit.key is not None and s.audit.key.get_secret_value() == "a-real-signing-key-0123456789-k7Qx"
 
 
 def test_environment_beats_the_file_and_overrides_beat_both_field_by_field(

@@ -70,7 +70,7 @@ def sandbox_overrides(status: dict[str, Any]) -> dict[str, Any]:
     kc = status["kubeconfigs"]
     return {
         "prometheus": {"url": ep["prometheus"], "scrape_interval_s": 5},
-        "alertmanager": {"url": ep["alertmanager"]},
+        **({"alertmanager": {"url": ep["alertmanager"]}} if ep.get("alertmanager") else {}),
         "cloudwatch": {"endpoint_url": ep["cloudwatch"], "region": "us-east-1",
                        "access_key_id": "sandbox", "secret_access_key": "sandbox"},
         "kubernetes": {"reader_kubeconfig": kc["reader"], "executor_kubeconfig": kc["executor"],
