@@ -122,7 +122,10 @@ class Executor:
         pods = await self._list(self.write.core.list_pod_for_all_namespaces,
                                 field_selector=f"spec.nodeName={spec.target.name}")
         deployments: dict[str, dict[str, Any]] = {}
-        for key in sorted({k for p in pods if (k := owning_deployment(p)) is not None}):
+        evict = self._evict_namespaces
+        # Only Deployments a drain may touch are read (the executor may read no others).
+        for key in sorted({k for p in pods if p["metadata"].get("namespace") in evict
+                           and (k := owning_deployment(p)) is not None}):
             ns, name = key.split("/", 1)
             try:
                 resp = await asyncio.to_thread(self.write.apps.read_namespaced_deployment, name, ns,
@@ -131,7 +134,7 @@ class Executor:
                 log.warning("cannot read deployment %s owning pods on %s: %s", key, spec.target.name, e)
                 continue
             deployments[key] = dict(json.loads(resp.data))
-        return NodeWorkload(pods=pods, deployments=deployments, evict_namespaces=self._evict_namespaces)
+        return NodeWorkload(pods=pods, deployments=deployments, evict_namespaces=evict)
 
     @property
     def _evict_namespaces(self) -> tuple[str, ...]:
