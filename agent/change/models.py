@@ -75,6 +75,10 @@ class BlastRadius(_Model):
     replicas: int = Field(ge=0, description="Replicas restarted, added or removed.")
     capacity_drop: float = Field(ge=0, le=1, description="Share of the model's serving capacity removed.")
     models: list[str] = Field(default_factory=list)
+    per_model: dict[str, float] = Field(default_factory=dict,
+                                        description="Node changes: share of each model's serving capacity removed.")
+    left_in_place: list[str] = Field(default_factory=list,
+                                     description="Drains: pods the drain will not evict, each with the reason.")
 
 
 class ChangeStage(enum.StrEnum):

@@ -124,6 +124,11 @@ def evaluate(policy: Policy, req: Request) -> Decision:
         return Decision(effect=Effect.DENY, rule="limits.max_capacity_drop",
                         reason=f"blast radius: removes {req.capacity_drop:.0%} of capacity > "
                                f"{lim.max_capacity_drop:.0%}")
+    cap = lim.max_unschedulable_gpu_nodes
+    if cap is not None and req.unschedulable_gpu_nodes_after > cap:
+        return Decision(effect=Effect.DENY, rule="limits.max_unschedulable_gpu_nodes",
+                        reason=f"fleet limit: {req.unschedulable_gpu_nodes_after} GPU nodes would be cordoned or "
+                               f"drained at once > {cap}")
     if req.changes_last_hour >= lim.rate.max_changes_per_hour:
         return Decision(effect=Effect.DENY, rule="limits.rate.max_changes_per_hour",
                         reason=f"{req.changes_last_hour} changes in the last hour (limit "

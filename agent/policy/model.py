@@ -98,6 +98,12 @@ class Limits(_Strict):
     max_gpus_per_change: int = Field(default=64, ge=0, description="Blast radius: GPUs any one change may touch.")
     max_capacity_drop: float = Field(default=0.5, ge=0, le=1,
                                      description="Blast radius: share of a model's capacity one change may remove.")
+    max_unschedulable_gpu_nodes: int | None = Field(
+        default=None, ge=0, description="Fleet limit: GPU nodes that may be cordoned or drained at once, counting "
+                                        "those already unschedulable and the change's own node. None: no limit.")
+    drain_namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces a drain may evict pods from; pods elsewhere (kube-system, "
+                                          "monitoring) stay on the cordoned node. Empty: a drain evicts nothing.")
     rate: RateLimit = Field(default_factory=RateLimit)
 
 
@@ -127,6 +133,9 @@ class Request(_Strict):
     gpus: int = Field(default=0, ge=0, description="GPUs the change touches (blast radius).")
     replicas_delta: int = 0
     capacity_drop: float = Field(default=0.0, ge=0, le=1, description="Share of the model's capacity removed.")
+    unschedulable_gpu_nodes_after: int = Field(
+        default=0, ge=0, description="Node changes: GPU nodes unschedulable if this change is applied (those already "
+                                     "cordoned plus the target, when it has GPUs).")
     at: dt.datetime
     changes_last_hour: int = 0
     target_changes_last_hour: int = 0

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from agent.change.executor.blast_radius import blast_radius, max_unavailable, replicas_delta
+from agent.change.executor.blast_radius import (
+    NodeWorkload,
+    blast_radius,
+    gpu_nodes_unschedulable_after,
+    max_unavailable,
+    replicas_delta,
+)
 from agent.change.executor.inverse import inverse
 from agent.change.executor.requests import policy_request, tool_call
 from agent.change.models import BlastRadius, ChangeRequest, ChangeSpec, ChangeStatus, TargetFingerprint
@@ -101,6 +107,12 @@ def test_tool_call_names_the_write_tool_and_carries_the_precondition() -> None:
     node = ChangeSpec(action=ActionKind.CORDON_NODE, cluster="sandbox", target=ObjectRef(kind="Node", name="gpu-1"))
     assert tool_call(node, dry_run=True, expected_rv=None) == (
         "k8s_cordon_node", {"node": "gpu-1", "dry_run": True, "expected_resource_version": None})
+    drain = node.model_copy(update={"action": ActionKind.DRAIN_NODE})
+    assert tool_call(drain, dry_run=False, expected_rv="9", evict_namespaces=("llm-prod",)) == (
+        "k8s_drain_node", {"node": "gpu-1", "dry_run": False, "expected_resource_version": "9",
+                           "evict_namespaces": ["llm-prod"]})
+    # Without the policy's namespaces a drain evicts nothing.
+    assert tool_call(drain, dry_run=True, expected_rv=None)[1]["evict_namespaces"] == []
     with pytest.raises(KeyError):
         tool_call(spec(ActionKind.SCALE), dry_run=True, expected_rv=None)  # no replicas given
 
@@ -118,3 +130,85 @@ def test_policy_request_carries_what_policy_judges() -> None:
     unread = policy_request(s, risk="mutate", obj=None, requester="x", blast=blast_radius(s, None), at=NOW,
                             changes_last_hour=0, target_changes_last_hour=0)
     assert unread.labels == {} and unread.capacity_drop == 0.0
+
+
+# ---- node changes ------------------------------------------------------------------------------------
+SERVING = ("llm-prod",)
+
+
+def gpu_node(name: str = "gpu-1", gpus: int = 8, cordoned: bool = False) -> dict[str, Any]:
+    return {"kind": "Node", "metadata": {"name": name}, "spec": {"unschedulable": True} if cordoned else {},
+            "status": {"capacity": {"nvidia.com/gpu": str(gpus)}}}
+
+
+def pod(deploy: str, i: int, *, ns: str = "llm-prod", ready: bool = True, daemon: bool = False) -> dict[str, Any]:
+    owner = {"kind": "DaemonSet", "name": deploy} if daemon else {"kind": "ReplicaSet", "name": f"{deploy}-5d8f"}
+    return {"metadata": {"name": f"{deploy}-5d8f-{i}", "namespace": ns, "labels": {"pod-template-hash": "5d8f"},
+                         "ownerReferences": [owner]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def serving(name: str, available: int, model: str, ns: str = "llm-prod") -> tuple[str, dict[str, Any]]:
+    d = deployment(available, available)
+    d["metadata"] = {"name": name, "namespace": ns}
+    d["spec"]["template"]["metadata"]["labels"] = {"model": model}
+    return f"{ns}/{name}", d
+
+
+def node_spec(action: ActionKind = ActionKind.DRAIN_NODE) -> ChangeSpec:
+    return ChangeSpec(action=action, cluster="sandbox", target=ObjectRef(kind="Node", name="gpu-1"))
+
+
+@pytest.mark.parametrize(("pods", "deploys", "drop", "per_model", "left"), [
+    # one of four healthy llama replicas on the node: a quarter of llama
+    ([pod("chat", 0)], [serving("chat", 4, "llama")], 0.25, {"llama": 0.25}, []),
+    # the only healthy replica of a model: a full drop, whatever else the node carries
+    ([pod("chat", 0), pod("code", 0), pod("code", 1)], [serving("chat", 4, "llama"), serving("code", 2, "qwen")],
+     1.0, {"llama": 0.25, "qwen": 1.0}, []),
+    # a crash-looping pod on the node serves nothing: no drop
+    ([pod("chat", 0, ready=False)], [serving("chat", 3, "llama")], 0.0, {}, []),
+    # DaemonSet pods are never evicted and never counted
+    ([pod("dcgm", 0, daemon=True)], [], 0.0, {}, []),
+    # kube-system's DNS is left in place (named, with the reason) and not counted
+    ([pod("coredns", 0, ns="kube-system"), pod("chat", 0)], [serving("coredns", 2, "dns", "kube-system"),
+                                                              serving("chat", 2, "llama")],
+     0.5, {"llama": 0.5}, ["kube-system/coredns-5d8f-0"]),
+])
+def test_a_node_changes_blast_radius_is_the_serving_capacity_per_model_on_it(
+        pods: list[dict[str, Any]], deploys: list[tuple[str, dict[str, Any]]], drop: float,
+        per_model: dict[str, float], left: list[str]) -> None:
+    b = blast_radius(node_spec(), gpu_node(), NodeWorkload(pods=pods, deployments=dict(deploys),
+                                                           evict_namespaces=SERVING))
+    assert b.capacity_drop == drop and b.per_model == per_model and b.models == sorted(per_model)
+    assert b.gpus == 8
+    assert [entry.split(":")[0] for entry in b.left_in_place] == left
+    assert all("kube-system is not one the policy lets a drain evict from (llm-prod)" in e for e in b.left_in_place)
+
+
+def test_a_cordon_reports_the_same_capacity_at_risk_and_lists_nothing_left() -> None:
+    work = NodeWorkload(pods=[pod("chat", 0), pod("coredns", 0, ns="kube-system")],
+                        deployments=dict([serving("chat", 2, "llama")]), evict_namespaces=SERVING)
+    b = blast_radius(node_spec(ActionKind.CORDON_NODE), gpu_node(), work)
+    assert b.capacity_drop == 0.5 and b.left_in_place == []
+
+
+@pytest.mark.parametrize(("nodes", "after"), [
+    ([gpu_node("gpu-1"), gpu_node("gpu-2")], 1),                                   # just the target
+    ([gpu_node("gpu-1"), gpu_node("gpu-2", cordoned=True)], 2),                    # one already cordoned
+    ([gpu_node("gpu-1", cordoned=True), gpu_node("gpu-2")], 1),                    # the target itself
+    ([gpu_node("gpu-1"), gpu_node("cpu-1", gpus=0, cordoned=True)], 1),            # CPU nodes do not count
+    ([gpu_node("cpu-9", gpus=0)], 0),
+])
+def test_the_fleet_count_includes_nodes_already_cordoned(nodes: list[dict[str, Any]], after: int) -> None:
+    target = "gpu-1" if any(n["metadata"]["name"] == "gpu-1" for n in nodes) else "cpu-9"
+    assert gpu_nodes_unschedulable_after(nodes, target) == after
+
+
+def test_a_node_proposal_asks_policy_with_the_per_model_drop_and_the_fleet_count() -> None:
+    s = node_spec()
+    work = NodeWorkload(pods=[pod("chat", 0), pod("chat", 1)], deployments=dict([serving("chat", 2, "llama")]),
+                        evict_namespaces=SERVING)
+    req = policy_request(s, risk="mutate", obj=gpu_node(), requester="agent:rules",
+                         blast=blast_radius(s, gpu_node(), work), at=NOW, changes_last_hour=0,
+                         target_changes_last_hour=0, unschedulable_gpu_nodes_after=2)
+    assert (req.capacity_drop, req.gpus, req.unschedulable_gpu_nodes_after) == (1.0, 8, 2)

@@ -38,6 +38,15 @@ def req(action: str, risk: str = "mutate", ns: str | None = "llm-prod", kind: st
     (req("rollback", gpus=40), Effect.DENY, "limits.max_gpus_per_change", None),
     (req("rollback", changes_last_hour=20), Effect.DENY, "limits.rate.max_changes_per_hour", None),
     (req("rollback", target_changes_last_hour=3), Effect.DENY, "limits.rate.max_changes_per_target_per_hour", None),
+    # Node changes: the capacity drop of the pods on the node, and one GPU node out of service at a time.
+    (req("drain_node", ns=None, kind="Node", capacity_drop=1.0, gpus=8, unschedulable_gpu_nodes_after=1),
+     Effect.DENY, "limits.max_capacity_drop", None),
+    (req("drain_node", ns=None, kind="Node", capacity_drop=0.25, gpus=8, unschedulable_gpu_nodes_after=1),
+     Effect.REQUIRE_APPROVAL, "drain", 2),
+    (req("drain_node", ns=None, kind="Node", capacity_drop=0.25, gpus=8, unschedulable_gpu_nodes_after=2),
+     Effect.DENY, "limits.max_unschedulable_gpu_nodes", None),
+    (req("cordon_node", ns=None, kind="Node", gpus=8, unschedulable_gpu_nodes_after=2),
+     Effect.DENY, "limits.max_unschedulable_gpu_nodes", None),
 ])
 def test_default_policy(request_: Request, effect: Effect, rule: str, count: int | None) -> None:
     d = evaluate(POLICY, request_)
@@ -87,3 +96,9 @@ def test_the_policy_names_exactly_the_risks_tools_declare() -> None:
     from tools.base import Risk
 
     assert get_args(RiskName) == tuple(r.label for r in Risk)
+
+
+def test_the_default_policy_lets_drains_evict_only_from_the_serving_namespaces() -> None:
+    assert POLICY.limits.max_unschedulable_gpu_nodes == 1
+    assert set(POLICY.limits.drain_namespaces) == {"llm-prod", "search", "code", "research"}
+    assert "kube-system" not in POLICY.limits.drain_namespaces and "monitoring" not in POLICY.limits.drain_namespaces

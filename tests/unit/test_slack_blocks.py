@@ -99,3 +99,12 @@ def test_thread_questions_are_classified_and_change_words_never_mean_a_read() ->
     assert classify("delete the namespace") == Intent.FORBIDDEN
     assert classify("how is the weather") == Intent.FREE
     assert classify("<@UBOT>") == Intent.HELP
+
+
+def test_a_drain_request_shows_each_models_loss_and_the_pods_it_leaves() -> None:
+    ch = _change().model_copy(update={"blast_radius": BlastRadius(
+        gpus=8, replicas=3, capacity_drop=1.0, models=["llama", "qwen"], per_model={"llama": 0.25, "qwen": 1.0},
+        left_in_place=["kube-system/coredns-1: namespace kube-system is not one the policy lets a drain evict from"])})
+    seen = render(blocks.change_request(ch, [], NOW))
+    assert "llama loses 25% of its serving replicas" in seen and "qwen loses 100%" in seen
+    assert "left on the node: kube-system/coredns-1: namespace kube-system is not one" in seen

@@ -62,6 +62,9 @@ class NodeInput(ToolInput):
 
 class DrainInput(NodeInput):
     grace_period_s: int = Field(default=30, ge=0, le=3600)
+    evict_namespaces: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="Namespaces whose pods are evicted; pods elsewhere stay on the cordoned node (none by default).")
 
 
 class WriteResult(ToolResult):
@@ -225,20 +228,27 @@ async def drain(c: K8sWriteClient, p: DrainInput) -> WriteResult:
                                     dry_run=p.dry_run))
     pods = await _call(c.core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={p.node}",
                        _preload_content=False, _request_timeout=c.timeout, what=f"list pods on {p.node}")
-    evicted, skipped = [], []
+    evicted: list[str] = []
+    skipped: list[str] = []
+    left: list[dict[str, str]] = []
     for pod in json.loads(pods.data)["items"]:
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         owners = pod["metadata"].get("ownerReferences", [])
         if any(o.get("kind") == "DaemonSet" for o in owners):
-            skipped.append(pod["metadata"]["name"])
+            skipped.append(name)
             continue
-        body = {"apiVersion": "policy/v1", "kind": "Eviction",
-                "metadata": {"name": pod["metadata"]["name"], "namespace": pod["metadata"]["namespace"]},
+        if ns not in p.evict_namespaces:
+            # Never evict what the policy did not name (kube-system's DNS, monitoring): the node stays
+            # cordoned and the result says what is still running on it.
+            left.append({"pod": f"{ns}/{name}", "reason": f"namespace {ns} is not one the drain may evict from "
+                                                          f"({', '.join(p.evict_namespaces) or 'none'})"})
+            continue
+        body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": ns},
                 "deleteOptions": {"gracePeriodSeconds": p.grace_period_s, **({"dryRun": ["All"]} if p.dry_run else {})}}
-        await _call(c.core.create_namespaced_pod_eviction, pod["metadata"]["name"], pod["metadata"]["namespace"],
-                    body, what=f"evict {pod['metadata']['namespace']}/{pod['metadata']['name']}")
-        evicted.append(f"{pod['metadata']['namespace']}/{pod['metadata']['name']}")
-    return res.model_copy(update={"operation": "drain", "detail": {"evicted": evicted, "skipped_daemonsets": skipped}})
-
+        await _call(c.core.create_namespaced_pod_eviction, name, ns, body, what=f"evict {ns}/{name}")
+        evicted.append(f"{ns}/{name}")
+    return res.model_copy(update={"operation": "drain", "detail": {"evicted": evicted, "skipped_daemonsets": skipped,
+                                                                   "left_in_place": left}})
 
 Op = Literal["rollout_undo", "scale", "set_template", "pause", "cordon", "drain"]
 
@@ -256,5 +266,6 @@ TOOLS: list[ToolSpec[Any, Any]] = [
     ToolSpec("k8s_cordon_node", "kubernetes/write", Risk.MUTATE, "Mark a node unschedulable.",
              NodeInput, WriteResult, cordon, "k8s_write"),
     ToolSpec("k8s_drain_node", "kubernetes/write", Risk.DESTRUCTIVE,
-             "Cordon a node and evict its pods (not DaemonSets).", DrainInput, WriteResult, drain, "k8s_write"),
+             "Cordon a node and evict its pods in the given namespaces (never DaemonSets).",
+             DrainInput, WriteResult, drain, "k8s_write"),
 ]

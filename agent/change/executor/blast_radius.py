@@ -6,21 +6,32 @@ with its limits, the proposal shows it to approvers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.change.models import BlastRadius, ChangeSpec
 from agent.models import ActionKind
 
 GPU = "nvidia.com/gpu"
+TEMPLATE_HASH = "pod-template-hash"
 
 
-def blast_radius(spec: ChangeSpec, obj: dict[str, Any] | None) -> BlastRadius:
+@dataclass(frozen=True)
+class NodeWorkload:
+    """What runs on a node, as the executor read it: its pods, the Deployments that own them (keyed
+    "namespace/name") and the namespaces a drain may evict from (the policy's)."""
+
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evict_namespaces: tuple[str, ...] = ()
+
+
+def blast_radius(spec: ChangeSpec, obj: dict[str, Any] | None, node: NodeWorkload | None = None) -> BlastRadius:
     """What the change can take away: GPUs and replicas touched, and the fraction of serving capacity lost."""
     if obj is None:
         return BlastRadius(gpus=0, replicas=0, capacity_drop=0.0)
     if spec.target.kind == "Node":
-        gpus = int((obj.get("status", {}).get("capacity") or {}).get(GPU, 0))
-        return BlastRadius(gpus=gpus, replicas=0, capacity_drop=0.0)
+        return node_blast_radius(spec, obj, node or NodeWorkload())
     replicas = int(obj["spec"].get("replicas") or 0)
     ct = obj["spec"]["template"]["spec"]["containers"]
     per = sum(int(((c.get("resources") or {}).get("limits") or {}).get(GPU, 0)) for c in ct)
@@ -67,3 +78,73 @@ def max_unavailable(strategy: dict[str, Any], replicas: int) -> int:
     if unavailable == 0 and surge == 0:
         unavailable = 1  # the API forbids both zero; the controller then uses one
     return min(unavailable, replicas)
+
+
+def owning_deployment(pod: dict[str, Any]) -> str | None:
+    """ "namespace/name" of the Deployment behind a pod (its ReplicaSet's name less the template hash)."""
+    meta = pod.get("metadata") or {}
+    rs = next((o.get("name", "") for o in meta.get("ownerReferences") or [] if o.get("kind") == "ReplicaSet"), "")
+    suffix = "-" + (meta.get("labels") or {}).get(TEMPLATE_HASH, "")
+    if not rs or suffix == "-" or not rs.endswith(suffix):
+        return None
+    return f"{meta.get('namespace', '')}/{rs[: -len(suffix)]}"
+
+
+def is_daemon(pod: dict[str, Any]) -> bool:
+    return any(o.get("kind") == "DaemonSet" for o in (pod.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def is_serving(pod: dict[str, Any]) -> bool:
+    """Running and Ready: a replica that is serving traffic now."""
+    status = pod.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return status.get("phase") == "Running" and ready
+
+
+def left_by_drain(pod: dict[str, Any], evict_namespaces: tuple[str, ...]) -> str | None:
+    """Why a drain leaves `pod` where it is, or None when the drain evicts it."""
+    meta = pod.get("metadata") or {}
+    if is_daemon(pod):
+        return "DaemonSet pod (the node's own agent)"
+    if meta.get("namespace") not in evict_namespaces:
+        return (f"namespace {meta.get('namespace')} is not one the policy lets a drain evict from "
+                f"({', '.join(evict_namespaces) or 'none'})")
+    return None
+
+
+def node_blast_radius(spec: ChangeSpec, node: dict[str, Any], work: NodeWorkload) -> BlastRadius:
+    """A cordon or drain takes away the serving replicas on the node: per model, the node's healthy
+    replicas of each Deployment over that Deployment's healthy replicas. Pods a drain leaves in place
+    (DaemonSets, namespaces the policy does not allow) are not counted and are listed with the reason."""
+    gpus = int((node.get("status", {}).get("capacity") or {}).get(GPU, 0))
+    on_node: dict[str, int] = {}
+    left: list[str] = []
+    for pod in work.pods:
+        meta = pod.get("metadata") or {}
+        if (why := left_by_drain(pod, work.evict_namespaces)) is not None:
+            if spec.action == ActionKind.DRAIN_NODE and not is_daemon(pod):
+                left.append(f"{meta.get('namespace')}/{meta.get('name')}: {why}")
+            continue
+        owner = owning_deployment(pod)
+        if owner is not None and owner in work.deployments and is_serving(pod):
+            on_node[owner] = on_node.get(owner, 0) + 1
+    per_model: dict[str, float] = {}
+    for owner, n in sorted(on_node.items()):
+        dep = work.deployments[owner]
+        healthy = int((dep.get("status") or {}).get("availableReplicas") or 0)
+        drop = min(1.0, n / healthy) if healthy else 1.0
+        model = ((dep["spec"]["template"].get("metadata") or {}).get("labels") or {}).get("model") or owner
+        per_model[model] = round(max(per_model.get(model, 0.0), drop), 3)
+    return BlastRadius(gpus=gpus, replicas=sum(on_node.values()),
+                       capacity_drop=max(per_model.values(), default=0.0), models=sorted(per_model),
+                       per_model=per_model, left_in_place=left)
+
+
+def gpu_nodes_unschedulable_after(nodes: list[dict[str, Any]], target: str) -> int:
+    """GPU nodes that would be unschedulable once `target` is cordoned: those cordoned now plus the target
+    (when it has GPUs). The policy's fleet limit compares this count."""
+    def gpus(n: dict[str, Any]) -> int:
+        return int(((n.get("status") or {}).get("capacity") or {}).get(GPU, 0))
+
+    return sum(1 for n in nodes if gpus(n) > 0 and ((n.get("spec") or {}).get("unschedulable")
+                                                    or (n.get("metadata") or {}).get("name") == target))

@@ -25,7 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.audit.events import AuditEvent, AuditKind, AuditSink, inputs_hash
-from agent.change.executor.blast_radius import blast_radius
+from agent.change.executor.blast_radius import (
+    NodeWorkload,
+    blast_radius,
+    gpu_nodes_unschedulable_after,
+    owning_deployment,
+)
 from agent.change.executor.inverse import inverse
 from agent.change.executor.reconcile import fp_key, intended_hash, landed, recent
 from agent.change.executor.requests import policy_request, tool_call
@@ -106,6 +111,40 @@ class Executor:
             raise ValueError(f"cannot change a {t.kind}")
         return dict(json.loads(resp.data))
 
+    async def _list(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        resp = await asyncio.to_thread(fn, *args, _preload_content=False, **kwargs)
+        return list(json.loads(resp.data)["items"])
+
+    async def _node_workload(self, spec: ChangeSpec) -> NodeWorkload | None:
+        """The pods on a target node and the Deployments that own them (None for other targets)."""
+        if spec.target.kind != "Node":
+            return None
+        pods = await self._list(self.write.core.list_pod_for_all_namespaces,
+                                field_selector=f"spec.nodeName={spec.target.name}")
+        deployments: dict[str, dict[str, Any]] = {}
+        evict = self._evict_namespaces
+        # Only Deployments a drain may touch are read (the executor may read no others).
+        for key in sorted({k for p in pods if p["metadata"].get("namespace") in evict
+                           and (k := owning_deployment(p)) is not None}):
+            ns, name = key.split("/", 1)
+            try:
+                resp = await asyncio.to_thread(self.write.apps.read_namespaced_deployment, name, ns,
+                                               _preload_content=False)
+            except Exception as e:  # gone since the pod was listed: its pods count for no model
+                log.warning("cannot read deployment %s owning pods on %s: %s", key, spec.target.name, e)
+                continue
+            deployments[key] = dict(json.loads(resp.data))
+        return NodeWorkload(pods=pods, deployments=deployments, evict_namespaces=evict)
+
+    @property
+    def _evict_namespaces(self) -> tuple[str, ...]:
+        return tuple(self.policy.limits.drain_namespaces)
+
+    async def _unschedulable_after(self, spec: ChangeSpec) -> int:
+        if spec.target.kind != "Node":
+            return 0
+        return gpu_nodes_unschedulable_after(await self._list(self.write.core.list_node), spec.target.name)
+
     @staticmethod
     def fingerprint_of(obj: dict[str, Any]) -> TargetFingerprint:
         meta = obj["metadata"]
@@ -134,12 +173,21 @@ class Executor:
             error = f"cannot read {spec.target}: {e}"
         fp = self.fingerprint_of(obj) if obj else TargetFingerprint(kind=spec.target.kind, name=spec.target.name,
                                                                     namespace=spec.target.namespace, spec_hash="")
-        blast = blast_radius(spec, obj)
-        req = self._request(spec, risk=risk, obj=obj, requester=requester, blast=blast, at=now)
+        work: NodeWorkload | None = None
+        unschedulable = 0
+        if obj is not None:
+            try:
+                work = await self._node_workload(spec)
+                unschedulable = await self._unschedulable_after(spec)
+            except Exception as e:  # a node change whose pods cannot be read is not proposed blind
+                error = f"cannot read the workload on {spec.target}: {e}"
+        blast = blast_radius(spec, obj, work)
+        req = self._request(spec, risk=risk, obj=obj, requester=requester, blast=blast, at=now,
+                            unschedulable_after=unschedulable)
         decision = evaluate(self.policy, req)
         if decision.effect != Effect.DENY and obj is not None:
             try:
-                name, params = tool_call(spec, dry_run=True, expected_rv=None)
+                name, params = tool_call(spec, dry_run=True, expected_rv=None, evict_namespaces=self._evict_namespaces)
                 out = await self.runner.call(name, params, actor=f"executor:dry-run:{requester}",
                                              incident_id=incident_id)
                 diff = str(getattr(out.result, "diff", "")) if out.ok else ""
@@ -176,11 +224,12 @@ class Executor:
         return ch
 
     def _request(self, spec: ChangeSpec, *, risk: str, obj: dict[str, Any] | None, requester: str,
-                 blast: BlastRadius, at: dt.datetime) -> Request:
+                 blast: BlastRadius, at: dt.datetime, unschedulable_after: int = 0) -> Request:
         hour_ago = at - dt.timedelta(hours=1)
         return policy_request(spec, risk=risk, obj=obj, requester=requester, blast=blast, at=at,
                               changes_last_hour=self.ledger.changes_since(hour_ago),
-                              target_changes_last_hour=self.ledger.changes_since(hour_ago, str(spec.target)))
+                              target_changes_last_hour=self.ledger.changes_since(hour_ago, str(spec.target)),
+                              unschedulable_gpu_nodes_after=unschedulable_after)
 
     def _cost(self, spec: ChangeSpec, obj: dict[str, Any] | None) -> float | None:
         if obj is not None and spec.action in SAME_ALLOCATION:
@@ -277,7 +326,9 @@ class Executor:
         if not fp_now.same_as(ch.fingerprint):
             raise refuse(f"the target's spec changed since the change was proposed (generation "
                          f"{ch.fingerprint.generation} → {fp_now.generation}); propose and approve it again")
-        req = self._request(ch.spec, risk=ch.risk, obj=obj, requester=ch.requester, blast=ch.blast_radius, at=now)
+        # The fleet count is taken now: another node cordoned since the proposal counts against the limit.
+        req = self._request(ch.spec, risk=ch.risk, obj=obj, requester=ch.requester, blast=ch.blast_radius, at=now,
+                            unschedulable_after=await self._unschedulable_after(ch.spec))
         decision = evaluate(self.policy, req)
         self._audit(AuditKind.POLICY_DECISION, actor, f"execute {ch.id}", decision.effect.value,
                     f"{decision.rule}: {decision.reason}", ch)
@@ -337,13 +388,14 @@ class Executor:
         self.ledger.update(ch)
         for attempt in range(1, self.conflict_retries + 2):
             rv = obj["metadata"]["resourceVersion"]
-            name, params = tool_call(ch.spec, dry_run=True, expected_rv=rv)
+            name, params = tool_call(ch.spec, dry_run=True, expected_rv=rv, evict_namespaces=self._evict_namespaces)
             dry = await self.runner.call(name, params, actor=actor, incident_id=ch.incident_id)
             if dry.ok and dry.result is not None:
                 # The server's own answer for what the object will look like: kept so a restart can tell
                 # whether the write landed.
                 self.ledger.set_intended(ch.id, intended_hash(dry.result))
-                name, params = tool_call(ch.spec, dry_run=False, expected_rv=rv)
+                name, params = tool_call(ch.spec, dry_run=False, expected_rv=rv,
+                                         evict_namespaces=self._evict_namespaces)
                 out = await self.runner.call(name, params, actor=actor, incident_id=ch.incident_id)
             else:
                 out = dry

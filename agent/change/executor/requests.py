@@ -15,8 +15,10 @@ from agent.models import ActionKind
 from agent.policy.model import Request
 
 
-def tool_call(spec: ChangeSpec, dry_run: bool, expected_rv: str | None) -> tuple[str, dict[str, Any]]:
-    """The guarded write tool and its parameters that carry out `spec` (a dry run or the real write)."""
+def tool_call(spec: ChangeSpec, dry_run: bool, expected_rv: str | None,
+              evict_namespaces: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
+    """The guarded write tool and its parameters that carry out `spec` (a dry run or the real write); a
+    drain evicts only from `evict_namespaces` (the policy's drain namespaces)."""
     t = spec.target
     base: dict[str, Any] = {"dry_run": dry_run, "expected_resource_version": expected_rv}
     p = spec.params
@@ -37,16 +39,18 @@ def tool_call(spec: ChangeSpec, dry_run: bool, expected_rv: str | None) -> tuple
         case ActionKind.CORDON_NODE:
             return "k8s_cordon_node", {"node": t.name, "dry_run": dry_run, "expected_resource_version": expected_rv}
         case ActionKind.DRAIN_NODE:
-            return "k8s_drain_node", {"node": t.name, "dry_run": dry_run, "expected_resource_version": expected_rv}
+            return "k8s_drain_node", {"node": t.name, "dry_run": dry_run, "expected_resource_version": expected_rv,
+                                      "evict_namespaces": list(evict_namespaces)}
     raise ValueError(f"{spec.action.value} is not an executable change")
 
 
 def policy_request(spec: ChangeSpec, *, risk: str, obj: dict[str, Any] | None, requester: str,
                    blast: BlastRadius, at: dt.datetime, changes_last_hour: int,
-                   target_changes_last_hour: int) -> Request:
+                   target_changes_last_hour: int, unschedulable_gpu_nodes_after: int = 0) -> Request:
     """The policy request for `spec` against the live object `obj` (None when it could not be read)."""
     return Request(action=spec.action.value, risk=risk, cluster=spec.cluster, namespace=spec.target.namespace,
                    target_kind=spec.target.kind, target_name=spec.target.name,
                    labels=(obj or {}).get("metadata", {}).get("labels") or {}, requester=requester,
                    gpus=blast.gpus, replicas_delta=replicas_delta(spec, obj), capacity_drop=blast.capacity_drop,
-                   at=at, changes_last_hour=changes_last_hour, target_changes_last_hour=target_changes_last_hour)
+                   at=at, changes_last_hour=changes_last_hour, target_changes_last_hour=target_changes_last_hour,
+                   unschedulable_gpu_nodes_after=unschedulable_gpu_nodes_after)

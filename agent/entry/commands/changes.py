@@ -101,6 +101,10 @@ def show(
         f"approvals: {len([a for a in approvals if a.decision == 'approve'])}/{ch.approvals_required} from "
         f"{', '.join(ch.approver_roles) or '-'}; each valid {ch.approval_ttl_s // 60} min\n"
     )
+    for model, drop in b.per_model.items():
+        typer.echo(f"  {model}: loses {drop:.0%} of its serving replicas")
+    for left in b.left_in_place:
+        typer.echo(f"  left on the node: {left}")
     for a in approvals:
         typer.echo(f"  {a.decision} by {a.approver} ({a.role}) at {a.at:%H:%M:%S} UTC via {a.via}")
     typer.echo("\n" + (ch.diff or "(no diff)"))
