@@ -171,6 +171,8 @@ def _cw_logs(r: CloudWatchLogEventsResult, _: dict[str, str]) -> dict[str, Any]:
     f: dict[str, Any] = {"matches": r.matches, "complete": r.complete}
     if r.first_match_at is not None:
         f["first_ago_s"] = max(0.0, (r.end - r.first_match_at).total_seconds())
+    if r.last_match_at is not None:  # a line can only speak for a revision that was running when it was written
+        f["last_ago_s"] = max(0.0, (r.end - r.last_match_at).total_seconds())
     return f
 
 

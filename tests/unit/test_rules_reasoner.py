@@ -155,12 +155,26 @@ def test_a_recent_rollout_without_a_regression_is_not_blamed() -> None:
 def test_refusals_after_a_rollout_are_a_configuration_regression_not_a_slow_server() -> None:
     evidence = [ROLLOUT, ev("client_errors", baseline=0.0, recent=0.12, change_ratio=1000, onset_ago_s=240),
                 ev("errors", baseline=0.001, recent=0.001, change_ratio=1.0),
-                ev("ttft", baseline=0.4, recent=0.41, change_ratio=1.02), ev("refusals", matches=40),
+                ev("ttft", baseline=0.4, recent=0.41, change_ratio=1.02), ev("refusals", matches=40, last_ago_s=20),
                 ev("traffic", change_ratio=1.0, recent=12), *HEALTHY_FLEET]
     hyps, props = diagnose(["config-regression", "bad-rollout", "healthy"], evidence)
     assert hyps[0].category == Category.CONFIG_REGRESSION and hyps[0].confidence == 1.0
     assert any("4xx" in s for s in hyps[0].supporting)
     assert [(p.kind, p.params) for p in props] == [(ActionKind.ROLLBACK, {"to_revision": 1})]
+
+
+def test_refusals_logged_before_the_rollout_do_not_speak_for_the_new_revision() -> None:
+    # Prometheus down; the logs still hold refusals from the revision the rollout replaced (a fault just
+    # rolled back): they must not count for the revision that is running now.
+    down = [ev(e, EvidenceStatus.ERROR) for e in ("client_errors", "errors", "ttft")]
+    evidence = [ROLLOUT, *down, ev("refusals", matches=40, last_ago_s=600)]
+    hyps, _ = diagnose(["config-regression", "healthy"], evidence)
+    regression = next(h for h in hyps if h.category == Category.CONFIG_REGRESSION)
+    assert not any("logs why it refuses" in s for s in regression.supporting), regression.supporting
+    evidence[-1] = ev("refusals", matches=40, last_ago_s=60)  # written after the rollout: it does count
+    hyps, _ = diagnose(["config-regression", "healthy"], evidence)
+    regression = next(h for h in hyps if h.category == Category.CONFIG_REGRESSION)
+    assert any("logs why it refuses" in s for s in regression.supporting), regression.supporting
 
 
 def test_server_errors_after_a_rollout_are_not_read_as_refusals() -> None:

@@ -124,7 +124,9 @@ def make_logs(endpoint: str) -> None:
     logs = boto3.client("logs", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
                         aws_secret_access_key="testing")
     logs.create_log_group(logGroupName=GROUP)
-    base = int((NOW - dt.timedelta(minutes=30)).timestamp() * 1000)
+    # Relative to the clock when written, not NOW (import time): the log search looks back from the real
+    # now, and a full `make test` runs this module half an hour after importing it.
+    base = int((dt.datetime.now(dt.UTC) - dt.timedelta(minutes=30)).timestamp() * 1000)
     for stream, lines in {
         "chat-primary-7d9f_llm-prod_server": [
             "INFO loading weights",
