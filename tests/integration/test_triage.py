@@ -46,6 +46,15 @@ async def _run(app: App, incident: Any) -> TriageReport:
         await app.aclose_clients()
 
 
+def _triage_fault(app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver, fault: str,
+                  alert: str) -> tuple[Any, TriageReport]:
+    """Inject `fault` on its workload, wait for `alert` from that namespace, triage it: (workload, report)."""
+    w = fleet.workload(fleet.faults[fault]["workload"])
+    t0 = time.time()
+    faults.inject(admin, fleet, fault)
+    return w, _triage(app, _wait_alert(webhook, {alert}, t0, namespace=w.namespace))
+
+
 def _triage(app: App, note: Notification) -> TriageReport:
     import json
 
@@ -79,11 +88,7 @@ def test_bad_rollout_is_blamed_on_the_new_revision_and_rolled_back(
 
 def test_traffic_surge_is_diagnosed_as_kv_cache_saturation(
         app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
-    w = fleet.workload(fleet.faults["traffic-surge"]["workload"])
-    t0 = time.time()
-    faults.inject(admin, fleet, "traffic-surge")
-    note = _wait_alert(webhook, {"KVCacheSaturated"}, t0, namespace=w.namespace)
-    report = _triage(app, note)
+    w, report = _triage_fault(app, admin, fleet, webhook, "traffic-surge", "KVCacheSaturated")
     assert report.top is not None and report.top.category == Category.KV_CACHE_SATURATION, report.summary
     scale = [p for p in report.proposals if p.kind == ActionKind.SCALE]
     assert scale and scale[0].params["replicas"] > w.replicas
@@ -104,11 +109,7 @@ def test_gpu_xid_blames_the_node_not_the_model(
 
 def test_gpu_oom_is_told_apart_from_host_oom(
         app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
-    w = fleet.workload(fleet.faults["gpu-oom"]["workload"])
-    t0 = time.time()
-    faults.inject(admin, fleet, "gpu-oom")
-    note = _wait_alert(webhook, {"ModelServerCrashLooping"}, t0, namespace=w.namespace)
-    report = _triage(app, note)
+    w, report = _triage_fault(app, admin, fleet, webhook, "gpu-oom", "ModelServerCrashLooping")
     top = report.top
     assert top is not None and top.category == Category.GPU_OOM, report.summary
     assert top.culprit is not None and top.culprit.name == w.name
@@ -154,11 +155,7 @@ def test_prometheus_down_names_the_missing_evidence(sandbox: dict[str, Any], tmp
 
 def test_refusals_after_a_rollout_are_a_configuration_regression_rolled_back(
         app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
-    w = fleet.workload(fleet.faults["context-limit"]["workload"])
-    t0 = time.time()
-    faults.inject(admin, fleet, "context-limit")
-    note = _wait_alert(webhook, {"ModelServingClientErrorsHigh"}, t0, namespace=w.namespace)
-    report = _triage(app, note)
+    w, report = _triage_fault(app, admin, fleet, webhook, "context-limit", "ModelServingClientErrorsHigh")
     top = report.top
     assert top is not None and top.category == Category.CONFIG_REGRESSION, report.summary
     assert top.culprit is not None and (top.culprit.kind, top.culprit.name) == ("Deployment", w.name)
@@ -168,11 +165,7 @@ def test_refusals_after_a_rollout_are_a_configuration_regression_rolled_back(
 
 def test_pods_that_cannot_pull_their_image_are_blamed_on_the_rollout(
         app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
-    w = fleet.workload(fleet.faults["image-pull"]["workload"])
-    t0 = time.time()
-    faults.inject(admin, fleet, "image-pull")
-    note = _wait_alert(webhook, {"ModelServerContainerWaiting"}, t0, namespace=w.namespace)
-    report = _triage(app, note)
+    w, report = _triage_fault(app, admin, fleet, webhook, "image-pull", "ModelServerContainerWaiting")
     top = report.top
     assert top is not None and top.category == Category.IMAGE_STARTUP, report.summary
     assert top.culprit is not None and (top.culprit.kind, top.culprit.name) == ("Deployment", w.name)
@@ -181,11 +174,7 @@ def test_pods_that_cannot_pull_their_image_are_blamed_on_the_rollout(
 
 def test_containers_killed_at_their_memory_limit_are_told_apart_from_gpu_oom(
         app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
-    w = fleet.workload(fleet.faults["host-oom"]["workload"])
-    t0 = time.time()
-    faults.inject(admin, fleet, "host-oom")
-    note = _wait_alert(webhook, {"ModelServerCrashLooping"}, t0, namespace=w.namespace)
-    report = _triage(app, note)
+    w, report = _triage_fault(app, admin, fleet, webhook, "host-oom", "ModelServerCrashLooping")
     top = report.top
     assert top is not None and top.category == Category.HOST_MEMORY, report.summary
     assert top.culprit is not None and top.culprit.name == w.name
@@ -195,11 +184,7 @@ def test_containers_killed_at_their_memory_limit_are_told_apart_from_gpu_oom(
 
 def test_pods_waiting_for_a_full_pool_are_a_capacity_limit_for_a_human(
         app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
-    w = fleet.workload(fleet.faults["gpu-capacity"]["workload"])
-    t0 = time.time()
-    faults.inject(admin, fleet, "gpu-capacity")
-    note = _wait_alert(webhook, {"GPUPodsPending"}, t0, namespace=w.namespace)
-    report = _triage(app, note)
+    _, report = _triage_fault(app, admin, fleet, webhook, "gpu-capacity", "GPUPodsPending")
     top = report.top
     assert top is not None and top.category == Category.CAPACITY, report.summary
     assert [p.kind for p in report.proposals] == [ActionKind.PAGE_HUMAN]
