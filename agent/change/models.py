@@ -124,7 +124,9 @@ class ChangeStatus(enum.StrEnum):
 
 class Approval(_Model):
     change_id: str
-    approver: str
+    approver: str = Field(description="The person (a name in the policy's `people:`): counted once per change.")
+    identity: str = Field(default="", description="The identity they decided through: 'kubernetes:alice' "
+                          "(verified by the API server), 'slack:U024BE7LH' (signed by Slack), or a name.")
     role: str
     decision: str = Field(pattern="^(approve|reject)$")
     at: dt.datetime

@@ -182,7 +182,7 @@ def _drill(
         return st.stage == "verified"
     out(f"   the change's flow is held at its approval interrupt: {st.stage}")
 
-    who = approver or next(iter(app.policy.roles.get("oncall", [])), "alice")
+    who = approver or next(iter(app.policy.role_members("oncall")), "alice")
     if unattended:
         out(f"\n5. Approval (--unattended: approving as the demo's on-call user {who!r})")
     else:

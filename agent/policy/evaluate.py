@@ -44,7 +44,7 @@ def load_policy(path: Path) -> Policy:
             if policy.window(w) is None:
                 raise PolicyError(f"{path}: rule {r.id} names unknown change window {w!r}")
         if r.approvers:
-            unknown = [role for role in r.approvers.roles if role not in policy.roles]
+            unknown = [role for role in r.approvers.roles if not policy.role_members(role)]
             if unknown:
                 raise PolicyError(f"{path}: rule {r.id} names roles with no members: {unknown}")
     return policy

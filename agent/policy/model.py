@@ -107,16 +107,59 @@ class Limits(_Strict):
     rate: RateLimit = Field(default_factory=RateLimit)
 
 
+PERSON_NAME = r"^[a-z0-9][a-z0-9._-]*$"
+
+
+class Person(_Strict):
+    """One human approver and every identity that is theirs. Roles attach to the person, so an approval
+    counts once per person whichever channel (CLI, Slack) it came through."""
+
+    kubernetes: list[str] = Field(default_factory=list, description="Kubernetes usernames the API server "
+                                  "reports for this person (SelfSubjectReview userInfo.username: a client "
+                                  "certificate's CN, an OIDC username claim). How `opsagent changes approve` "
+                                  "knows who runs it.")
+    slack: list[str] = Field(default_factory=list, description="Slack user ids (U0…), as Slack signs them into "
+                             "button clicks; never display names, which anyone can change.")
+    roles: list[str] = Field(default_factory=list, description="Approval roles this person holds.")
+
+
 class Policy(_Strict):
     version: Literal[1]
     description: str = ""
-    roles: dict[str, list[str]] = Field(default_factory=dict, description="role → identities (Slack ids, emails).")
+    people: dict[str, Person] = Field(default_factory=dict, description="person name → their identities and "
+                                      "roles. An identity that is nobody's here may not approve anything.")
     windows: list[Window] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
     rules: list[Rule]
 
     def window(self, wid: str) -> Window | None:
         return next((w for w in self.windows if w.id == wid), None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _roles_moved_to_people(cls, data: object) -> object:
+        if isinstance(data, dict) and "roles" in data:
+            raise ValueError("`roles:` (role → identities) is replaced by `people:` (person → kubernetes "
+                             "usernames, slack ids, roles): one person approving through two channels must "
+                             "count once; see docs/policies.md")
+        return data
+
+    @model_validator(mode="after")
+    def _identities_name_one_person(self) -> Policy:
+        seen: dict[tuple[str, str], str] = {}
+        for name, person in self.people.items():
+            if not re.match(PERSON_NAME, name):
+                raise ValueError(f"people: {name!r} must be lower-case letters, digits, '.', '_' or '-'")
+            for channel, ids in (("kubernetes", person.kubernetes), ("slack", person.slack)):
+                for ident in ids:
+                    other = seen.setdefault((channel, ident), name)
+                    if other != name:
+                        raise ValueError(f"people: {channel} identity {ident!r} belongs to both {other} and {name}")
+        return self
+
+    def role_members(self, role: str) -> list[str]:
+        """The people holding `role`."""
+        return [name for name, p in self.people.items() if role in p.roles]
 
 
 class Request(_Strict):

@@ -66,7 +66,7 @@ async def _one(app: App, body: dict[str, Any]) -> tuple[str, float, str]:
         rb = next((f for f in opened if f.change.spec.action == ActionKind.ROLLBACK), None)
         if rb is None:
             return "no rollback proposed", 0.0, report.summary
-        who = next(iter(app.policy.roles.get("oncall", [])), "alice")
+        who = next(iter(app.policy.role_members("oncall")), "alice")
         t0 = time.perf_counter()
         st = await flow.decide(rb.change.id, who, "approve", via="bench")
         return st.stage, time.perf_counter() - t0, st.verification or st.detail

@@ -182,7 +182,7 @@ def test_the_scheduled_report_is_posted_once_per_tick_and_its_button_opens_one_c
     doc = json.loads(rows[0][2])
     print(f"[replicas-slack] button {rec_id}: {spec.action.value} {spec.target} {spec.params} → {change_id} "
           f"{rows[0][1]} ({doc['policy_rule']}: {doc['policy_reason']})")
-    assert doc["requester"] == f"user:{ONCALL}" and doc["spec"] == spec.model_dump(mode="json")
+    assert doc["requester"] == f"slack:{ONCALL}" and doc["spec"] == spec.model_dump(mode="json")
     assert rows[0][1] == ChangeStatus.PENDING_APPROVAL.value, "the change waits in the approval flow"
     assert "[Approve]" in render(block.args) and "[Reject]" in render(block.args)
     # the clicker cannot approve their own request; someone else rejects it (nothing changes in the cluster)

@@ -148,7 +148,7 @@ def test_bad_rollout_incident_thread_to_approved_verified_and_resolved(
     time.sleep(1)
     assert apps.read_namespaced_deployment(w.name, w.namespace).spec.replicas == replicas
     scale = app.ledger.get(scale_id)
-    assert scale is not None and scale.status == ChangeStatus.PENDING_APPROVAL and scale.requester == f"user:{ONCALL}"
+    assert scale is not None and scale.status == ChangeStatus.PENDING_APPROVAL and scale.requester == f"slack:{ONCALL}"
 
 
 def test_ops_rightsize_answers_from_the_sandbox_history(

@@ -16,7 +16,8 @@ from agent.models import ActionKind, ObjectRef
 from agent.policy.model import Policy
 
 NOW = dt.datetime(2026, 12, 6, 8, 0, tzinfo=dt.UTC)
-POLICY = Policy.model_validate({"version": 1, "roles": {"oncall": ["alice", "bob"]}, "rules": [
+POLICY = Policy.model_validate({"version": 1, "people": {
+    "alice": {"roles": ["oncall"]}, "bob": {"roles": ["oncall"]}}, "rules": [
     {"id": "all", "description": "everything", "effect": "require_approval", "approvers": {"roles": ["oncall"]}}]})
 
 

@@ -61,7 +61,7 @@ def test_default_policy(request_: Request, effect: Effect, rule: str, count: int
     ("version: 1\nrules:\n  - {id: a, description: x, effect: require_approval}\n", "approvers"),
     ("version: 2\nrules: []\n", "version"),
     ("version: 1\nrules:\n  - {id: a, description: x, effect: maybe}\n", "effect"),
-    ("version: 1\nroles: {}\nrules:\n  - id: a\n    description: x\n    effect: require_approval\n"
+    ("version: 1\npeople: {}\nrules:\n  - id: a\n    description: x\n    effect: require_approval\n"
      "    approvers: {roles: [sre]}\n", "no members"),
     ("version: 1\nrules: [\n", "cannot read"),
 ])

@@ -80,13 +80,17 @@ def test_change_block_has_buttons_only_while_pending_and_shows_who_decided() -> 
                  "`rollback`: one on-call approval", "1 more from oncall (0/1 in)", "valid 15 min", "+image: ok",
                  "&lt;@U1&gt; said so"):
         assert fact in seen, fact
-    a = Approval(change_id="chg-1", approver="U024BE7LH", role="oncall", decision="approve", at=NOW,
+    a = Approval(change_id="chg-1", approver="alice", identity="slack:U024BE7LH", role="oncall", decision="approve",
+                 at=NOW,
                  spec_digest="d", fingerprint=_change().fingerprint, expires_at=NOW + dt.timedelta(minutes=15),
                  via="slack")
     done = blocks.change_request(_change(ChangeStatus.VERIFIED, cost=None), [a], NOW, "verified: pass")
     assert buttons(done) == []
     seen = render(done)
     assert "approved by <@U024BE7LH> (oncall)" in seen and "applied and verified" in seen
+    from_cli = a.model_copy(update={"identity": "kubernetes:alice", "via": "cli"})
+    assert "approved by alice (oncall)" in render(blocks.change_request(_change(ChangeStatus.VERIFIED), [from_cli],
+                                                                         NOW))
     assert "not estimated" in seen and "verified: pass" in seen and "1/1" in seen
 
 

@@ -28,7 +28,7 @@ from agent.entry.slack.app import SlackBot
 from agent.entry.slack.service import build_server
 from agent.models import ActionKind, ObjectRef
 from tests.serving import post_chunked, serve
-from tests.slack_standin import ONCALL, SlackClientSim, SlackStandIn, buttons, offline_settings, render, sign
+from tests.slack_standin import ONCALL, PLATFORM, SlackClientSim, SlackStandIn, buttons, offline_settings, render, sign
 
 pytest_plugins = ("tests.llm.aimock",)
 
@@ -77,7 +77,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
             app.close()
 
 
-def _pending_change(app: App, incident_id: str, requester: str) -> ChangeRequest:
+def _pending_change(app: App, incident_id: str, requester: str, approvals_required: int = 1) -> ChangeRequest:
     spec = ChangeSpec(action=ActionKind.ROLLBACK, cluster="sandbox-gpu-1",
                       target=ObjectRef(kind="Deployment", name="chat-primary", namespace="llm-prod"),
                       params={"to_revision": 3})
@@ -89,7 +89,7 @@ def _pending_change(app: App, incident_id: str, requester: str) -> ChangeRequest
                        diff="-image: vllm:2025.07.0\n+image: vllm:2025.06.2", reason="error rate up since revision 4",
                        incident_id=incident_id, requester=requester, created_at=dt.datetime.now(dt.UTC),
                        status=ChangeStatus.PENDING_APPROVAL, policy_rule="rollback",
-                       policy_reason="needs one on-call approval", approvals_required=1,
+                       policy_reason="needs one on-call approval", approvals_required=approvals_required,
                        approver_roles=["oncall", "ml-platform"], approval_ttl_s=900)
     assert app.ledger.save(ch)
     return ch
@@ -133,10 +133,11 @@ def test_forged_stale_and_replayed_requests_get_401_and_change_nothing(env: Env)
     assert 'opsagent_slack_requests_total{kind="commands",outcome="replayed"} 1.0' in m
 
 
-def test_clicks_without_the_role_or_by_the_requester_are_refused_ephemerally_and_audited(env: Env) -> None:
+def test_clicks_by_nobody_in_the_people_table_or_by_the_requester_are_refused_ephemerally_and_audited(
+        env: Env) -> None:
     incident_id = env.open_incident()
     top = env.top_message()
-    ch = _pending_change(env.app, incident_id, requester=f"user:{ONCALL}")
+    ch = _pending_change(env.app, incident_id, requester=f"slack:{ONCALL}")
     asyncio.run(env.bot.notifier.show_change(ch.id))
     block = env.api.wait(lambda: [c for c in env.api.of("chat.postMessage") if ch.id in str(c.args.get("text"))],
                          what="the change block")[0]
@@ -154,16 +155,53 @@ def test_clicks_without_the_role_or_by_the_requester_are_refused_ephemerally_and
     eph = env.api.wait(lambda: len(env.api.of("chat.postEphemeral")) >= 2 and env.api.of("chat.postEphemeral"),
                        what="two ephemeral refusals")
     by_user = {c.args["user"]: c.args["text"] for c in eph}
-    assert "needs one of the roles" in by_user[NOBODY]
-    assert "requested" in by_user[ONCALL] and "may not approve" in by_user[ONCALL]
+    assert f"slack:{NOBODY} is not anyone in the policy's people table" in by_user[NOBODY]
+    assert "alice requested" in by_user[ONCALL] and "may not approve" in by_user[ONCALL]
     assert all(c.args["channel"] == CHANNEL and c.args.get("thread_ts") == top for c in eph)
     refused = [e for e in env.app.audit.events(incident_id) if e["kind"] == "approval" and e["decision"] == "refused"]
-    assert {e["actor"] for e in refused} == {f"user:{NOBODY}", f"user:{ONCALL}"}
+    assert {e["actor"] for e in refused} == {f"slack:{NOBODY}", "user:alice"}
+    assert any("unknown identity" in e["reason"] for e in refused)
     current = env.app.ledger.get(ch.id)
     assert current is not None and current.status == ChangeStatus.PENDING_APPROVAL
     assert not env.app.ledger.approvals(ch.id)
     assert not [c for c in env.api.of("chat.update") if c.args.get("_ts") == block.args["_ts"]], \
         "a refused click does not touch the change block"
+
+
+def test_one_person_approving_from_the_cli_and_from_slack_counts_once(env: Env, tmp_path: Path) -> None:
+    """alice approves from the CLI, then clicks Approve in Slack with her Slack id: one person, one approval;
+    the change still needs a second person. carol's click (another person) completes it."""
+    from typer.testing import CliRunner
+
+    from agent.entry.cli import app as cli
+
+    incident_id = env.open_incident()
+    top = env.top_message()
+    ch = _pending_change(env.app, incident_id, requester="agent:rules", approvals_required=2)
+    settings = tmp_path / "cli.yaml"  # the CLI runs as another process would: same store, same policy
+    settings.write_text(json.dumps({"state_dir": str(env.app.settings.state_dir), "kubernetes": {
+        "executor_kubeconfig": str(env.app.settings.kubernetes.executor_kubeconfig)}}))
+    cli_run = CliRunner().invoke(cli, ["changes", "approve", ch.id, "--as", "alice", "--config", str(settings)])
+    assert cli_run.exit_code == 0, cli_run.output
+    assert "awaiting_approval" in cli_run.output
+
+    asyncio.run(env.bot.notifier.show_change(ch.id))
+    block = env.api.wait(lambda: [c for c in env.api.of("chat.postMessage") if ch.id in str(c.args.get("text"))],
+                         what="the change block")[0]
+    assert env.slack.click(ONCALL, "change_approve", ch.id, CHANNEL, block.args["_ts"], top).status_code == 200
+    env.api.wait(lambda: [e for e in env.app.audit.events(incident_id) if e["decision"] == "duplicate"],
+                 what="alice's Slack approval judged")
+    approvals = env.app.ledger.approvals(ch.id)
+    assert [(a.approver, a.identity, a.via) for a in approvals] == [("alice", "alice", "cli")]
+    current = env.app.ledger.get(ch.id)
+    assert current is not None and current.status == ChangeStatus.PENDING_APPROVAL, "one person is one approval"
+
+    assert env.slack.click(PLATFORM, "change_approve", ch.id, CHANNEL, block.args["_ts"], top).status_code == 200
+    env.api.wait(lambda: len(env.app.ledger.approvals(ch.id)) == 2, what="carol's approval recorded")
+    assert {(a.approver, a.identity) for a in env.app.ledger.approvals(ch.id)} == {
+        ("alice", "alice"), ("carol", f"slack:{PLATFORM}")}
+    env.api.wait(lambda: (c := env.app.ledger.get(ch.id)) is not None and c.status != ChangeStatus.PENDING_APPROVAL,
+                 what="two people: the change left pending_approval")
 
 
 def test_a_retried_event_is_answered_once(env: Env) -> None:
@@ -203,7 +241,7 @@ def test_ops_commands_reply_ephemerally(env: Env) -> None:
     assert "1 open incident(s), 1 change(s) awaiting approval" in texts[1] and ch.id in texts[1]
     assert ch.id in texts[2] and incident_id in texts[3]
     assert "could not read the history" in texts[4], "no Prometheus here: the reply says so"
-    assert "refused" in texts[5] and "needs one of the roles" in texts[5]
+    assert "refused" in texts[5] and "not anyone in the policy's people table" in texts[5]
     assert "Unknown command" in texts[6]
 
 

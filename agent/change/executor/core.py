@@ -243,29 +243,40 @@ class Executor:
             return None
 
     # ---- approve --------------------------------------------------------------------------------
-    def approve(self, change_id_: str, approver: str, *, decision: str = "approve", via: str = "cli") -> ChangeRequest:
+    def approve(self, change_id_: str, identity: str, *, decision: str = "approve", via: str = "cli") -> ChangeRequest:
+        """Record `identity`'s decision on a change. The identity ('kubernetes:alice', 'slack:U024BE7LH', or a
+        person's name where the caller established it) is resolved to a person of the policy; the approval
+        is recorded under the person, so one person counts once whatever channel they use."""
         ch = self.ledger.get(change_id_)
         if ch is None:
             raise ExecutionRefused(f"no change {change_id_}")
-        actor = f"user:{approver}"
+        person = approval_rules.person_of(self.policy, identity)
+        actor = f"user:{person}" if person else identity
+        if person is None:
+            self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", "refused",
+                        f"unknown identity {identity} (via {via}): nobody in the policy's people table", ch)
+            raise ExecutionRefused(f"{identity} is not anyone in the policy's people table, so it may not decide "
+                                   f"on {ch.id}; an admin adds it to a person under `people:` in the policy")
         if ch.status not in (ChangeStatus.PENDING_APPROVAL, ChangeStatus.APPROVED) or ch.approvals_required == 0:
             self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", "refused", f"change is {ch.status.value}", ch)
             raise ExecutionRefused(f"{ch.id} is {ch.status.value}; it takes no approvals")
-        roles = [r for r in approval_rules.roles_of(self.policy, approver) if r in ch.approver_roles]
+        roles = [r for r in approval_rules.roles_of(self.policy, person) if r in ch.approver_roles]
         if not roles:
             self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", "refused",
-                        f"{approver} holds none of the roles {ch.approver_roles}", ch)
-            raise ExecutionRefused(f"{approver} may not approve {ch.id}: it needs one of the roles {ch.approver_roles}")
-        if approval_rules.is_forbidden_self_approval(self._approvers(ch), requester=ch.requester, approver=approver):
+                        f"{person} holds none of the roles {ch.approver_roles}", ch)
+            raise ExecutionRefused(f"{person} may not approve {ch.id}: it needs one of the roles {ch.approver_roles}")
+        if approval_rules.is_forbidden_self_approval(self.policy, self._approvers(ch), requester=ch.requester,
+                                                     approver=person):
             self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", "refused", "self-approval", ch)
-            raise ExecutionRefused(f"{approver} requested {ch.id} and may not approve it")
+            raise ExecutionRefused(f"{person} requested {ch.id} and may not approve it")
         now = self.clock()
-        a = Approval(change_id=ch.id, approver=approver, role=roles[0], decision=decision, at=now,
+        a = Approval(change_id=ch.id, approver=person, identity=identity, role=roles[0], decision=decision, at=now,
                      spec_digest=ch.spec_digest, fingerprint=ch.fingerprint,
                      expires_at=now + dt.timedelta(seconds=ch.approval_ttl_s), via=via)
         recorded = self.ledger.add_approval(a)
         self._audit(AuditKind.APPROVAL, actor, f"{decision} {ch.id}", decision if recorded else "duplicate",
-                    f"as {roles[0]} via {via}", ch, {"approvers": [x.approver for x in self.ledger.approvals(ch.id)]})
+                    f"as {roles[0]} via {via} ({identity})", ch,
+                    {"approvers": [x.approver for x in self.ledger.approvals(ch.id)]})
         if decision == "reject":
             ch = ch.model_copy(update={"status": ChangeStatus.REJECTED})
             self.ledger.update(ch)

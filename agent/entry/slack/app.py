@@ -401,7 +401,7 @@ class SlackBot:
         try:
             # A decision on this change already running in this process (executing, verifying) is not
             # waited for: this one is recorded or refused (audited either way) and the thread left to it.
-            state = await self.flow().decide(change_id, user, decision, via="slack", wait=False)
+            state = await self.flow().decide(change_id, f"slack:{user}", decision, via="slack", wait=False)
             if state.stage == ChangeStage.DECIDED:
                 self.metrics.approvals.labels(decision=decision, outcome="recorded", via="slack").inc()
                 await self.notifier.show_change(change_id)
@@ -522,7 +522,7 @@ class SlackBot:
             self.metrics.changes.labels(status=proposed.status.value).inc()
 
         # Waits at the approval interrupt, like any other change.
-        ch = (await flow.propose(spec, reason=reason, requester=f"user:{user}", incident_id=incident.id,
+        ch = (await flow.propose(spec, reason=reason, requester=f"slack:{user}", incident_id=incident.id,
                                  on_proposed=count)).change
         await self.notifier.show_change(ch.id)
         if ch.status == ChangeStatus.PENDING_APPROVAL:

@@ -186,7 +186,7 @@ def change_request(ch: ChangeRequest, approvals: Sequence[Approval], now: dt.dat
         lines += [f"• left on the node: {esc(x)}" for x in b.left_in_place]
         blocks.insert(2, _section(clip("*Pods on the node*\n" + "\n".join(lines), MAX_DIFF_CHARS)))
     decided = [f"{':white_check_mark:' if a.decision == 'approve' else ':no_entry_sign:'} "
-               f"{a.decision}d by <@{a.approver}> ({a.role}) at {_utc(a.at)} via {a.via}" for a in approvals]
+               f"{a.decision}d by {_who(a)} ({a.role}) at {_utc(a.at)} via {a.via}" for a in approvals]
     if decided:
         blocks.append(_context(*decided))
     if outcome:
@@ -242,3 +242,8 @@ def changes_text(items: Sequence[ChangeRequest]) -> str:
     return "*Recent change requests*\n" + "\n".join(
         f"• `{c.id}` [{c.status.value}] {c.spec.action.value} {esc(str(c.spec.target))} — {esc(c.policy_rule)}"
         for c in items[:20])
+
+
+def _who(a: Approval) -> str:
+    """A Slack mention when the person decided from Slack, else the person's name (approved from the CLI)."""
+    return f"<@{a.identity.removeprefix('slack:')}>" if a.identity.startswith("slack:") else a.approver

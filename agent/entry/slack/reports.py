@@ -193,7 +193,7 @@ class CreateChangeButton:
             await self.notifier.show_change(ch.id, thread=(channel, ts))
 
         try:
-            ch = (await self.flow().propose(posted.spec, reason=posted.reason, requester=f"user:{user}",
+            ch = (await self.flow().propose(posted.spec, reason=posted.reason, requester=f"slack:{user}",
                                             evidence=[rec_id], on_proposed=record)).change
         except Exception as e:
             if proposed:
