@@ -76,6 +76,16 @@ class AuditConfig(_Group):
     checkpoint_endpoint_url: str | None = Field(default=None, description="Endpoint override for the sinks' S3 and "
                                                 "CloudWatch Logs (a VPC endpoint, LocalStack, moto).")
     checkpoint_every: int = Field(default=1000, ge=1)
+    allow_rewritable_checkpoints: bool = Field(
+        default=False, description="Outside env: dev, start without a checkpoint sink the pod cannot rewrite "
+        "(S3 under Object Lock: checkpoint_s3_bucket with checkpoint_s3_retain_days). The file sink and "
+        "CloudWatch Logs can be emptied by whoever holds the pod's volume or a role with logs:Delete*, and then "
+        "a rewrite of the whole audit chain is not detectable. Off: such a start is refused.")
+
+    @property
+    def has_locked_sink(self) -> bool:
+        """True when checkpoints also go somewhere the agent's pod cannot rewrite (S3 Object Lock)."""
+        return bool(self.checkpoint_s3_bucket and self.checkpoint_s3_retain_days)
 
 
 class ServerConfig(_Group):
@@ -318,23 +328,41 @@ class Settings(BaseSettings):
             raise ValueError("server.auth_tokens or server.basic_auth must be set outside env: dev (the webhook "
                              "and /incidents would accept anyone)")
         for t in tokens:
-            if t.lower() in PLACEHOLDERS or len(t) < 24:
-                raise ValueError("server.auth_tokens: each token needs at least 24 characters and no placeholder")
-        if any(":" not in p or len(p.partition(":")[2]) < 16 for p in pairs):
-            raise ValueError("server.basic_auth: each entry is user:password with a password of at least 16 "
-                             "characters")
+            problem = "a placeholder" if t.lower() in PLACEHOLDERS else weak_key(t, min_length=24, distinct=8)
+            if problem:
+                raise ValueError(f"server.auth_tokens: a token is too weak ({problem}): each "
+                                 "token needs at least 24 characters, not a pattern; `openssl rand -hex 24`")
+        for pair in pairs:
+            if ":" not in pair:
+                raise ValueError("server.basic_auth: each entry is user:password")
+            if problem := weak_key(pair.partition(":")[2], min_length=16, distinct=8):
+                raise ValueError(f"server.basic_auth: a password is too weak ({problem}): at least 16 characters, "
+                                 "not a pattern")
         if problem := weak_key(self.audit.key.get_secret_value()):
             raise ValueError(f"audit.key is too weak ({problem}): a checkpoint forged with a guessed key "
                              "would hide tampering; use `openssl rand -hex 32` from a Secret the pod cannot write")
+        if self.slack.enabled and not self.slack.socket_mode and self.slack.signing_secret is None:
+            raise ValueError("slack.signing_secret must be set outside env: dev when the Slack bot receives HTTP "
+                             "requests: without it nothing tells Slack's requests from anyone's")
+        if self.slack.signing_secret is not None and (
+                problem := weak_key(self.slack.signing_secret.get_secret_value(), distinct=8)):
+            raise ValueError(f"slack.signing_secret is too weak ({problem}): Slack's are 32 random hex characters "
+                             "(the app's Basic Information page); a guessable one lets anyone forge clicks")
+        if not self.audit.has_locked_sink and not self.audit.allow_rewritable_checkpoints:
+            raise ValueError("audit: outside env: dev the signed checkpoints need a sink the agent's pod cannot "
+                             "rewrite: set audit.checkpoint_s3_bucket (a bucket with Object Lock) and "
+                             "audit.checkpoint_s3_retain_days. The checkpoint file and CloudWatch Logs can be "
+                             "emptied from the pod's side, and then a rewritten audit chain verifies; to accept "
+                             "that knowingly set audit.allow_rewritable_checkpoints: true")
         return self
 
 
-def weak_key(key: str) -> str | None:
-    """Why `key` is too weak to sign audit checkpoints outside dev, or None (>= 32 characters, >= 12 distinct,
-    not a pattern repeated)."""
-    if len(key) < 32:
-        return f"{len(key)} characters, at least 32 needed"
-    if len(set(key)) < 12:
+def weak_key(key: str, *, min_length: int = 32, distinct: int = 12) -> str | None:
+    """Why `key` is too weak for a signing or shared secret outside dev, or None (at least `min_length`
+    characters, at least `distinct` different ones, not a pattern repeated)."""
+    if len(key) < min_length:
+        return f"{len(key)} characters, at least {min_length} needed"
+    if len(set(key)) < distinct:
         return f"only {len(set(key))} distinct characters"
     for n in range(1, len(key) // 2 + 1):
         if key == (key[:n] * (len(key) // n + 1))[: len(key)]:

@@ -20,6 +20,7 @@ def test_prod_from_the_environment_with_the_audit_key_from_the_file_loads(
     monkeypatch.setenv("OPSAGENT_ENV", "prod")
     # (prod also needs the webhook's credentials: issue 15's authenticated intake)
     s = load_settings(write(tmp_path, "audit:\n  key: a-real-signing-key-0123456789-k7Qx\n"
+                                      "  allow_rewritable_checkpoints: true\n"
                                       "server:\n  auth_tokens: Zq8vR2mX5tK9wL3nB7cJ4hF6dS1aG0eY\n"))
     assert s.env == "prod"
     assert s.audit.key is not None and s.audit.key.get_secret_value() == "a-real-signing-key-0123456789-k7Qx"
