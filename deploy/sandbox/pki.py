@@ -3,11 +3,14 @@
 Three identities reach the apiserver from outside: `admin` (cluster-admin, for the sandbox itself),
 `opsagent-reader` (the agent's read-only identity) and `opsagent-executor` (the only identity that
 may change serving Deployments). RBAC for the last two is created by `cluster.py`; this module only
-mints their credentials. Nothing here is secret beyond the sandbox: it is loopback-only test PKI.
+mints their credentials. People (approvers) get client certificates from `issue_person`, the way a
+cluster's users commonly authenticate: CN is the username, O the groups. Nothing here is secret
+beyond the sandbox: it is loopback-only test PKI (so the CA key is kept, to mint those later).
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import secrets
@@ -33,6 +36,10 @@ class Pki:
     @property
     def ca_cert(self) -> Path:
         return self.dir / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.dir / "ca.key"
 
     @property
     def serving_cert(self) -> Path:
@@ -109,6 +116,8 @@ def create(pki_dir: Path, apiserver_url: str) -> Pki:
     )
     sa_key = _key()
     pki.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    pki.ca_key.write_bytes(_pem_key(ca_key))
+    pki.ca_key.chmod(0o600)
     pki.serving_cert.write_bytes(srv.public_bytes(serialization.Encoding.PEM))
     pki.serving_key.write_bytes(_pem_key(srv_key))
     pki.sa_key.write_bytes(_pem_key(sa_key))
@@ -127,6 +136,45 @@ def create(pki_dir: Path, apiserver_url: str) -> Pki:
     for ident in IDENTITIES:
         write_kubeconfig(pki.kubeconfig(ident), apiserver_url, pki.ca_cert, ident, tokens[ident])
     return pki
+
+
+def issue_person(pki: Pki, apiserver_url: str, username: str, groups: tuple[str, ...] = (),
+                 days: int = 30) -> Path:
+    """A kubeconfig for a person: a client certificate with CN=username, O=groups, signed by the sandbox CA
+    (the apiserver's --client-ca-file). Written next to the others as person-<username>.kubeconfig."""
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    key = _key()
+    now = dt.datetime.now(dt.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, username),
+                         *(x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    path = pki.kubeconfig(f"person-{username}")
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "sandbox", "cluster": {"server": apiserver_url,
+                                                     "certificate-authority": str(pki.ca_cert)}}],
+        "users": [{"name": username, "user": {
+            "client-certificate-data": base64.b64encode(cert.public_bytes(serialization.Encoding.PEM)).decode(),
+            "client-key-data": base64.b64encode(_pem_key(key)).decode()}}],
+        "contexts": [{"name": f"{username}@sandbox", "context": {"cluster": "sandbox", "user": username}}],
+        "current-context": f"{username}@sandbox",
+    }
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    path.chmod(0o600)
+    return path
 
 
 def write_kubeconfig(path: Path, server: str, ca: Path, user: str, token: str) -> None:
