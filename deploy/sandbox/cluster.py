@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 SANDBOX_NAMESPACE = "opsagent-sandbox"  # the sandbox's own objects (fault state); agent cannot read it
 OTHER_NAMESPACES = ("platform",)  # not serving: the executor must be refused here
 
+# The chart's reader rules (no pods/log: no tool reads container logs from the API; they come from CloudWatch).
 READER_RULES: list[dict[str, Any]] = [
-    {"apiGroups": [""], "resources": ["pods", "pods/log", "events", "nodes", "namespaces", "services",
+    {"apiGroups": [""], "resources": ["pods", "events", "nodes", "namespaces", "services",
                                        "endpoints", "persistentvolumeclaims", "resourcequotas", "limitranges"],
      "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["apps"], "resources": ["deployments", "replicasets", "statefulsets", "daemonsets",
@@ -39,16 +40,17 @@ READER_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["scheduling.k8s.io"], "resources": ["priorityclasses"], "verbs": ["get", "list", "watch"]},
 ]
 
+# The executor's rules are the Helm chart's (deploy/helm/opsagent/templates/rbac.yaml), so the integration
+# tests run with the privileges a real install grants; tests/unit/test_rbac_from_code.py checks that both
+# equal what the executor's code calls.
 EXECUTOR_RULES: list[dict[str, Any]] = [
-    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "patch", "update"]},
-    {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch", "update"]},
-    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
 ]
-# Cluster-scoped: cordoning and draining GPU nodes (nothing else cluster-wide).
+# Cluster-scoped: cordoning and draining GPU nodes, and counting the unschedulable ones (nothing else).
 EXECUTOR_NODE_RULES: list[dict[str, Any]] = [
-    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
 ]
 

@@ -35,7 +35,9 @@ SERVING = ["llm-prod", "search"]  # the executor's namespaces in these tests
 OUTSIDE = ["code", "research", "platform", "kube-system"]
 VALUES = ["--set", "rbac.executor.namespaces={" + ",".join(SERVING) + "}",
           "--set", "serve.nodeSelector.opsagent\\.dev/node-pool=general",
-          "--set", "config.prometheus.url=http://prometheus.monitoring.svc:9090"]
+          "--set", "config.prometheus.url=http://prometheus.monitoring.svc:9090",
+          # no Object Lock bucket in the sandbox: env prod renders only when this is said out loud
+          "--set", "auditCheckpoints.allowRewritable=true"]
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +165,11 @@ def test_the_executor_is_confined_to_its_namespaces_and_verbs(release: tuple[str
         assert not can(kubectl, sa, "delete", "deployments.apps", sn)
         assert not can(kubectl, sa, "create", "deployments.apps", sn)
     assert can(kubectl, sa, "patch", "nodes"), "cordoning needs patch on nodes"
-    assert not can(kubectl, sa, "list", "nodes"), "only get and patch: the executor reads one node at a time"
+    assert can(kubectl, sa, "list", "nodes"), "the fleet limit counts the GPU nodes already unschedulable"
+    assert not can(kubectl, sa, "watch", "nodes") and not can(kubectl, sa, "update", "nodes")
     assert not can(kubectl, sa, "delete", "nodes")
+    for sn in SERVING:  # what the code does not call (tests/unit/test_rbac_from_code.py derives the rest)
+        assert not can(kubectl, sa, "list", "deployments.apps", sn) and not can(kubectl, sa, "get", "pods", sn)
     for other in OUTSIDE:
         for verb in ("patch", "update", "delete"):
             assert not can(kubectl, sa, verb, "deployments.apps", other), f"executor can {verb} in {other}"
@@ -255,7 +260,7 @@ def test_checkpoint_sink_values_render_into_settings_that_build_those_sinks(
 def test_irsa_role_annotates_the_pods_service_account_and_no_sink_values_leave_the_file_alone(
         helm_template: Any, tmp_path: Path) -> None:
     role = "arn:aws:iam::123456789012:role/opsagent-audit"
-    docs = _rendered(helm_template("--set", f"aws.roleArn={role}",
+    docs = _rendered(helm_template("--set", f"aws.roleArn={role}", "--set", "auditCheckpoints.allowRewritable=true",
                                    "--set", "serviceAccounts.reader.annotations.team=platform"))
     reader = docs[("ServiceAccount", "t-opsagent-reader")]
     assert reader["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": role, "team": "platform"}
