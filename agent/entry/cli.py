@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -109,6 +110,28 @@ def sandbox_status(dir_: DirOpt = DEFAULT_SANDBOX_DIR, port_base: PortOpt = 1700
     _print_status(status, as_json)
     if status["state"] != "up":
         raise typer.Exit(3)
+
+
+@sandbox_app.command("person")
+def sandbox_person(
+    username: Annotated[str, typer.Argument(help="The Kubernetes username (a person's `kubernetes:` entry in the "
+                                                 "policy's people table).")],
+    group: Annotated[list[str] | None, typer.Option(help="Groups the certificate carries (repeatable).")] = None,
+    dir_: DirOpt = DEFAULT_SANDBOX_DIR,
+    port_base: PortOpt = 17000,
+) -> None:
+    """Mint a client certificate for a person and print the path of their kubeconfig: approve with
+    `opsagent changes approve ID --kubeconfig PATH`, and the sandbox's API server says who they are."""
+    from deploy.sandbox import pki
+    from deploy.sandbox.sandbox import Sandbox
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._@-]*", username):
+        fail(f"username {username!r}: lower-case letters, digits, '.', '_', '@' or '-'", 2)
+    sb = Sandbox(_settings(dir_, port_base))
+    ca = pki.Pki(sb.dir / "pki")
+    if not ca.ca_key.exists():
+        fail(f"no sandbox CA key under {ca.dir}: start the sandbox (opsagent sandbox up) first", 3)
+    typer.echo(pki.issue_person(ca, sb.ep.apiserver, username, tuple(group or ())))
 
 
 @sandbox_app.command("inject")

@@ -90,7 +90,8 @@ def scraped_agent(sandbox: dict[str, Any], tmp_path_factory: pytest.TempPathFact
 def test_the_chart_ships_both_dashboards_labelled_for_grafanas_sidecar(sandbox: dict[str, Any]) -> None:
     helm = components.ensure(components.default_cache_dir(), ("helm",)).helm
     r = subprocess.run([str(helm), "template", "t", str(CHART), "--namespace", "obs", "--kube-version",
-                        components.K8S_VERSION], capture_output=True, text=True, timeout=120)
+                        components.K8S_VERSION, "--set", "auditCheckpoints.allowRewritable=true"],
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     maps = [d for d in yaml.safe_load_all(r.stdout) if d and d["kind"] == "ConfigMap"
             and d["metadata"]["labels"].get("grafana_dashboard") == "1"]

@@ -75,6 +75,13 @@ def test_the_api_server_names_each_person_and_refuses_a_certificate_it_did_not_s
     elsewhere = tmp_path / "elsewhere.kubeconfig"
     elsewhere.write_text(yaml.safe_dump(moved))
     assert review(elsewhere, cluster=reader).username == "alice"
+    # `opsagent sandbox person` mints one from the command line
+    sb = sandbox["_sandbox"]
+    out = CliRunner().invoke(cli, ["sandbox", "person", "carol", "--group", "ml-platform", "--dir", str(sb.s.dir),
+                                   "--port-base", str(sb.s.port_base)])
+    assert out.exit_code == 0, out.output
+    carol = review(Path(out.output.strip()), cluster=reader)
+    assert carol.username == "carol" and "ml-platform" in carol.groups
 
 
 @pytest.fixture
