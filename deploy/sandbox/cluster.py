@@ -55,6 +55,37 @@ EXECUTOR_NODE_RULES: list[dict[str, Any]] = [
 ]
 
 
+# What the executor may not change on a Node even though it may patch Nodes (it only sets spec.unschedulable):
+# the chart's ValidatingAdmissionPolicy (templates/node-patch-policy.yaml) lists the same fields, and
+# tests/unit/test_rbac_from_code.py checks the two agree.
+NODE_PATCH_FIELDS = ("metadata.labels", "metadata.annotations", "metadata.finalizers", "metadata.ownerReferences",
+                     "spec.taints", "spec.podCIDR", "spec.podCIDRs", "spec.providerID")
+
+
+def node_patch_policy(name: str, username: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ValidatingAdmissionPolicy (and its binding) refusing any Node change by `username` other than
+    spec.unschedulable."""
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                    "operations": ["UPDATE"], "resources": ["nodes"]}]},
+            "matchConditions": [{"name": "only-the-executor",
+                                 "expression": f'request.userInfo.username == "{username}"'}],
+            "validations": [{
+                "expression": f"has(object.{f}) == has(oldObject.{f}) && "
+                              f"(!has(object.{f}) || object.{f} == oldObject.{f})",
+                "message": f"the opsagent executor may change only spec.unschedulable of a Node, not {f}"}
+                for f in NODE_PATCH_FIELDS],
+        },
+    }
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": name}, "spec": {"policyName": name, "validationActions": ["Deny"]}}
+    return policy, binding
+
+
 def api_client(kubeconfig: Path) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(kubeconfig))
 
@@ -99,6 +130,12 @@ def bootstrap(api: client.ApiClient, fleet: Fleet, catalog: PriceCatalog) -> Non
     }
     _apply(partial(rbac.create_cluster_role_binding, nodes_binding),
            partial(rbac.replace_cluster_role_binding, f"{pki.EXECUTOR}-nodes", nodes_binding))
+    adm = client.AdmissionregistrationV1Api(api)
+    vap, vap_binding = node_patch_policy(f"{pki.EXECUTOR}-node-patches", pki.EXECUTOR)
+    _apply(partial(adm.create_validating_admission_policy, vap),
+           partial(adm.replace_validating_admission_policy, vap["metadata"]["name"], vap))
+    _apply(partial(adm.create_validating_admission_policy_binding, vap_binding),
+           partial(adm.replace_validating_admission_policy_binding, vap_binding["metadata"]["name"], vap_binding))
     for ns in fleet.serving_namespaces:
         rb = {
             "metadata": {"name": pki.EXECUTOR, "namespace": ns},

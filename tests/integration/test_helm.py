@@ -81,7 +81,8 @@ def test_the_rendered_chart_passes_the_api_servers_server_side_dry_run(helm: Any
                     *VALUES).stdout
     kinds = sorted({line.split(":", 1)[1].strip() for line in rendered.splitlines() if line.startswith("kind:")})
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CronJob", "Deployment", "NetworkPolicy",
-                     "Role", "RoleBinding", "Secret", "Service", "ServiceAccount"]
+                     "Role", "RoleBinding", "Secret", "Service", "ServiceAccount", "ValidatingAdmissionPolicy",
+                     "ValidatingAdmissionPolicyBinding"]
     path = Path(f"/tmp/opsagent-helm-dry-{uuid.uuid4().hex[:6]}.yaml")
     path.write_text(rendered)
     try:
@@ -184,6 +185,39 @@ def test_the_executor_is_confined_to_its_namespaces_and_verbs(release: tuple[str
                 "namespaces"):
         for verb in ("create", "update", "patch", "delete"):
             assert not can(kubectl, sa, verb, res), f"executor can {verb} {res}"
+
+
+def _node_change(kubectl: Any, who: str, release: tuple[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """A server-side dry run (admission runs, nothing is stored) as the chart's executor ServiceAccount, the
+    sandbox's executor (its own token) or the admin."""
+    if who == "chart":
+        sa = f"system:serviceaccount:{release[0]}:{release[1]}-opsagent-executor"
+        return kubectl("admin", *args, "--dry-run=server", f"--as={sa}", check=False)
+    return kubectl("executor" if who == "sandbox" else "admin", *args, "--dry-run=server", check=False)
+
+
+@pytest.mark.parametrize("who", ["chart", "sandbox"])
+def test_the_executor_may_cordon_a_node_but_change_nothing_else_on_it(
+        who: str, release: tuple[str, str], kubectl: Any, admin: client.ApiClient) -> None:
+    """RBAC grants `patch nodes`; the admission policy (the chart's, and the sandbox's copy for its own
+    executor) refuses every Node change but spec.unschedulable, judged by the real API server."""
+    node = client.CoreV1Api(admin).list_node().items[0].metadata.name
+    deadline = time.monotonic() + 30  # a new policy takes a moment to reach the API server's admission chain
+    while True:
+        relabel = _node_change(kubectl, who, release, "label", "node", node, "opsagent-test=1")
+        if relabel.returncode != 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert relabel.returncode != 0 and "may change only spec.unschedulable of a Node, not metadata.labels" in \
+        relabel.stderr, relabel.stderr
+    taint = _node_change(kubectl, who, release, "taint", "node", node, "opsagent-test=1:NoSchedule")
+    assert taint.returncode != 0 and "not spec.taints" in taint.stderr, taint.stderr
+    annotate = _node_change(kubectl, who, release, "annotate", "node", node, "opsagent-test=1")
+    assert annotate.returncode != 0 and "not metadata.annotations" in annotate.stderr, annotate.stderr
+    cordon = _node_change(kubectl, who, release, "cordon", node)
+    assert cordon.returncode == 0, cordon.stderr
+    # the admin is not the executor: the policy leaves everyone else alone
+    assert _node_change(kubectl, "admin", release, "label", "node", node, "opsagent-test=1").returncode == 0
 
 
 # ---- audit checkpoint sinks from chart values (helm template only: no cluster needed) ----------------

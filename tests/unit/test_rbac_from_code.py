@@ -132,3 +132,17 @@ def test_the_scan_sees_a_call_added_to_the_executor(tmp_path: Path) -> None:
     extra.write_text("def f(c):\n    return c.apps.replace_namespaced_deployment('a', 'b', {})\n")
     assert ("apps", "deployments", "update", "namespaced") in calls([*EXECUTOR_CODE, extra])
     assert ("apps", "deployments", "update", "namespaced") not in calls(EXECUTOR_CODE)
+
+
+def test_the_executor_may_change_only_unschedulable_on_nodes_in_the_chart_and_the_sandbox(
+        chart: dict[tuple[str, str], dict[str, Any]]) -> None:
+    vap = chart[("ValidatingAdmissionPolicy", "t-opsagent-executor-node-patches")]
+    assert vap["spec"]["matchConditions"][0]["expression"] == \
+        'request.userInfo.username == "system:serviceaccount:default:t-opsagent-executor"'
+    assert chart[("ValidatingAdmissionPolicyBinding", "t-opsagent-executor-node-patches")]["spec"] == {
+        "policyName": "t-opsagent-executor-node-patches", "validationActions": ["Deny"]}
+    sandbox, _ = cluster.node_patch_policy("x", "opsagent-executor")
+    assert vap["spec"]["validations"] == sandbox["spec"]["validations"]
+    assert vap["spec"]["matchConstraints"] == sandbox["spec"]["matchConstraints"]
+    guarded = {v["message"].rsplit(" ", 1)[1] for v in vap["spec"]["validations"]}
+    assert {"metadata.labels", "spec.taints", "metadata.annotations"} <= guarded
