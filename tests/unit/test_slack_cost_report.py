@@ -163,7 +163,7 @@ def test_a_double_click_makes_one_change_request_in_the_report_thread(env: Env) 
     changes = env.app.ledger.list_changes()
     assert len(changes) == 1, changes
     ch = changes[0]
-    assert ch.spec == SPEC and ch.requester in (f"user:{ONCALL}", f"user:{PLATFORM}")
+    assert ch.spec == SPEC and ch.requester in (f"slack:{ONCALL}", f"slack:{PLATFORM}")
     blocks = [c for c in env.api.of("chat.postMessage") if c.args.get("thread_ts") == REPORT_TS]
     assert len(blocks) == 1
     assert ch.id in render(blocks[0].args) and blocks[0].args["channel"] == CHANNEL
