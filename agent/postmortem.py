@@ -90,7 +90,8 @@ def build(incident: Incident, report: TriageReport | None, changes: list[ChangeR
             f"{ch.approvals_required} approval(s) needed")))
         for ap in approvals.get(ch.id, []):
             tl.append(TimelineEntry(at=ap.at, kind="approval",
-                                    text=f"{ap.decision}d by {ap.approver} ({ap.role}) via {ap.via}"))
+                                    text=f"{ap.decision}d by {ap.approver} ({ap.role}) via {ap.via}"
+                                         + (f" as {ap.identity}" if ap.identity not in ("", ap.approver) else "")))
         ex = executions.get(ch.id)
         if ex is not None:
             claimed = _parse(ex.claimed_at)

@@ -115,7 +115,8 @@ def show(
     for left in b.left_in_place:
         typer.echo(f"  left on the node: {left}")
     for a in approvals:
-        typer.echo(f"  {a.decision} by {a.approver} ({a.role}) at {a.at:%H:%M:%S} UTC via {a.via}")
+        typer.echo(f"  {a.decision} by {a.approver} ({a.role}) at {a.at:%H:%M:%S} UTC via {a.via}"
+                   + (f" as {a.identity}" if a.identity not in ("", a.approver) else ""))
     typer.echo("\n" + (ch.diff or "(no diff)"))
 
 
