@@ -274,7 +274,9 @@ class Settings(BaseSettings):
     env: Literal["dev", "prod"] = "dev"
     state_dir: Path = Field(default=Path.home() / ".local" / "state" / "opsagent",
                             description="Local state: the SQLite store, the audit log and its key in dev.")
-    actor: str = Field(default="cli", description="Who is at the keyboard (CLI approvals name this identity).")
+    actor: str = Field(default="cli", description="Who is at the keyboard, as the requester of changes the CLI "
+                       "proposes (`rightsize apply`). Never an approver: `changes approve` asks the cluster who "
+                       "you are (docs/security.md).")
     runbooks_dir: Path = Field(default=Path(__file__).resolve().parents[1] / "runbooks")
     policies_dir: Path = Field(default=Path(__file__).resolve().parents[1] / "policies")
     prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
