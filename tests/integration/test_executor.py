@@ -83,8 +83,8 @@ def test_every_refusal_is_refused_and_audited(executor: Executor, audit: MemoryA
         asyncio.run(executor.execute(ch.id))
     with pytest.raises(ExecutionRefused, match="may not approve"):  # self-approval
         executor.approve(ch.id, "alice")
-    with pytest.raises(ExecutionRefused, match="needs one of the roles"):  # wrong role
-        executor.approve(ch.id, "mallory")
+    with pytest.raises(ExecutionRefused, match="not anyone in the policy's people table"):  # nobody's identity
+        executor.approve(ch.id, "kubernetes:mallory")
     executor.approve(ch.id, "bob")
     clock.at = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=20)  # expired
     with pytest.raises(ExecutionRefused, match="expired"):

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from agent.app import App
-from agent.audit.events import AuditEvent, AuditKind, inputs_hash
 from agent.change.executor.core import ExecutionRefused
 from agent.change.flow import FlowEvent, FlowState
 from agent.change.models import ChangeRequest, ChangeStatus
@@ -26,16 +23,13 @@ from agent.entry.commands.common import (
     open_app,
     progress,
 )
+from agent.entry.commands.identity import KubeconfigOpt, cli_identity
 
 changes_app = typer.Typer(help="Change requests proposed by the agent: review, approve, reject.", no_args_is_help=True)
 
 AsOpt = Annotated[
     str | None, typer.Option("--as", help="env: dev only: decide as this person of the policy's `people:` "
                              "(never trusted elsewhere: there your identity is what the cluster says).")
-]
-KubeconfigOpt = Annotated[
-    Path | None, typer.Option("--kubeconfig", help="Your own Kubernetes credentials; the API server says who "
-                              "you are (SelfSubjectReview). Default: KUBECONFIG or ~/.kube/config.")
 ]
 
 
@@ -120,37 +114,6 @@ def show(
     typer.echo("\n" + (ch.diff or "(no diff)"))
 
 
-def _identity(app: App, who: str | None, kubeconfig: Path | None, action: str) -> str:
-    """Who is deciding: `kubernetes:<username>` as the agent's cluster authenticates the caller's own
-    credentials, or, in env dev only, the person `--as` names. Raises ValueError (refused) otherwise."""
-    from tools.k8s_identity import IdentityError, review
-
-    s = app.settings
-    if who is not None:
-        if s.env != "dev":
-            _refused(app, f"cli:as:{who}", action, f"--as is accepted only in env: dev (env is {s.env})")
-            raise ValueError(f"--as is accepted only with env: dev (this is env: {s.env}): outside dev you are who "
-                             "the cluster says your Kubernetes credentials are; drop --as (and pass --kubeconfig "
-                             "if yours is not the default)")
-        return who
-    cluster = s.kubernetes.reader_kubeconfig
-    if cluster is None and s.env != "dev":
-        raise ValueError("kubernetes.reader_kubeconfig is not set, so there is no cluster of the agent's own to ask "
-                         "who you are (a kubeconfig of yours could point at any server); set it")
-    try:
-        me = review(kubeconfig, cluster=cluster)
-    except IdentityError as e:
-        _refused(app, "cli:unverified", action, str(e))
-        raise ValueError(f"cannot establish who you are: {e}") from e
-    return f"kubernetes:{me.username}"
-
-
-def _refused(app: App, actor: str, action: str, reason: str) -> None:
-    """Audit a CLI decision refused before anyone could be named (the executor audits the rest)."""
-    app.audit.append(AuditEvent(at=dt.datetime.now(dt.UTC), kind=AuditKind.APPROVAL, actor=actor, action=action,
-                                inputs_hash=inputs_hash(action), decision="refused", reason=reason))
-
-
 def _cost(usd: float | None) -> str:
     return "unknown (no price for this change)" if usd is None else f"{usd:+,.0f} USD/month"
 
@@ -167,7 +130,7 @@ def _decide(
 ) -> None:
     app = open_app(config, use_sandbox, sandbox_dir, state_dir)
     try:
-        approver = _identity(app, who, kubeconfig, f"{decision} {change_id}")
+        approver = cli_identity(app, who, kubeconfig, f"{decision} {change_id}")
     except ValueError as e:
         app.close()
         fail(str(e), 4)

@@ -17,6 +17,7 @@ from agent.entry.commands.common import (
     fail,
     open_app,
 )
+from agent.entry.commands.identity import cli_identity
 from agent.policy.evaluate import capacity_drop_limit
 from agent.rightsize import report
 from agent.rightsize.changes import change_specs, reason_for
@@ -81,6 +82,14 @@ def _propose(app: Any, result: RightsizeRun, only: set[str]) -> None:
         flow = app.flow()
     except ValueError as e:
         fail(str(e), 2)
+    # The requester is who self-approval is judged against: outside dev it is who the cluster says runs this,
+    # never a name from settings (settings.actor would let one person propose as another and approve it).
+    requester = f"user:{app.settings.actor}"
+    if app.settings.env != "dev":
+        try:
+            requester = cli_identity(app, None, None, "propose rightsize changes")
+        except ValueError as e:
+            fail(str(e), 4)
     work = []
     for rec in result.recommendations:
         if only and rec.id not in only and f"{rec.namespace}/{rec.name}" not in only:
@@ -96,7 +105,7 @@ def _propose(app: Any, result: RightsizeRun, only: set[str]) -> None:
         try:
             for rec, spec in work:
                 states.append(await flow.propose(spec, reason=reason_for(rec, spec),
-                                                 requester=f"user:{app.settings.actor}", evidence=[rec.id]))
+                                                 requester=requester, evidence=[rec.id]))
         finally:
             await app.aclose_clients()
         return states
