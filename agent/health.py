@@ -52,31 +52,35 @@ class Check(BaseModel):
 
 # What each Kubernetes identity must and must not be allowed: (verb, group, resource, subresource,
 # namespace). Namespace "" asks cluster-wide, SERVING asks in each of kubernetes.serving_namespaces,
-# any other name asks there. The reader reads everything triage needs and writes nothing; the
-# executor patches Deployments and their scale and evicts pods in the serving namespaces only,
-# cordons nodes, and can neither delete nor read Secrets nor touch any other namespace.
+# any other name asks there. The reader reads everything triage needs and writes nothing (no pod logs
+# either: they come from CloudWatch); the executor may make exactly the calls its code makes (reads and
+# patches Deployments, lists their ReplicaSets and evicts pods in the serving namespaces; gets, lists and
+# cordons nodes, lists pods on a node), never `update` or `deployments/scale`, never Secrets or other
+# namespaces. tests/unit/test_rbac_from_code.py checks EXECUTOR_MUST against the executor's code.
 SERVING = "<serving>"
 OTHER_NAMESPACE = "kube-system"
 Access = tuple[str, str, str, str, str]
 READER_MUST: tuple[Access, ...] = (
-    ("list", "", "pods", "", ""), ("get", "", "pods", "log", ""), ("list", "", "events", "", ""),
+    ("list", "", "pods", "", ""), ("list", "", "events", "", ""),
     ("list", "", "nodes", "", ""), ("list", "apps", "deployments", "", ""), ("list", "apps", "replicasets", "", ""),
     ("list", "autoscaling", "horizontalpodautoscalers", "", ""),
 )
 READER_MUST_NOT: tuple[Access, ...] = (
     ("patch", "apps", "deployments", "", SERVING), ("update", "apps", "deployments", "scale", SERVING),
     ("delete", "", "pods", "", SERVING), ("create", "", "pods", "eviction", SERVING), ("patch", "", "nodes", "", ""),
-    ("get", "", "secrets", "", ""),
+    ("get", "", "secrets", "", ""), ("get", "", "pods", "log", ""),
 )
 EXECUTOR_MUST: tuple[Access, ...] = (
     ("get", "apps", "deployments", "", SERVING), ("patch", "apps", "deployments", "", SERVING),
-    ("patch", "apps", "deployments", "scale", SERVING), ("list", "apps", "replicasets", "", SERVING),
-    ("create", "", "pods", "eviction", SERVING), ("patch", "", "nodes", "", ""),
+    ("list", "apps", "replicasets", "", SERVING), ("create", "", "pods", "eviction", SERVING),
+    ("get", "", "nodes", "", ""), ("list", "", "nodes", "", ""), ("patch", "", "nodes", "", ""),
+    ("list", "", "pods", "", ""),
 )
 EXECUTOR_MUST_NOT: tuple[Access, ...] = (
     ("patch", "apps", "deployments", "", OTHER_NAMESPACE), ("delete", "apps", "deployments", "", SERVING),
     ("delete", "", "pods", "", SERVING), ("get", "", "secrets", "", SERVING), ("delete", "", "nodes", "", ""),
     ("create", "rbac.authorization.k8s.io", "clusterrolebindings", "", ""), ("delete", "", "namespaces", "", ""),
+    ("update", "apps", "deployments", "", SERVING), ("patch", "apps", "deployments", "scale", SERVING),
 )
 
 

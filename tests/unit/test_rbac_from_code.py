@@ -146,3 +146,14 @@ def test_the_executor_may_change_only_unschedulable_on_nodes_in_the_chart_and_th
     assert vap["spec"]["matchConstraints"] == sandbox["spec"]["matchConstraints"]
     guarded = {v["message"].rsplit(" ", 1)[1] for v in vap["spec"]["validations"]}
     assert {"metadata.labels", "spec.taints", "metadata.annotations"} <= guarded
+
+
+def test_doctor_checks_the_executor_for_exactly_what_its_code_calls() -> None:
+    """`opsagent doctor` asks the cluster (SelfSubjectAccessReview) whether the executor may do what it must:
+    the same list, so a grant the code needs is never missed and doctor never demands an unused one."""
+    from agent.health import EXECUTOR_MUST, EXECUTOR_MUST_NOT
+
+    used = {(g, r, v) for g, r, v, _ in calls(EXECUTOR_CODE)}
+    must = {(g, f"{r}/{sub}" if sub else r, v) for v, g, r, sub, _ in EXECUTOR_MUST}
+    assert must == used
+    assert not set(EXECUTOR_MUST) & set(EXECUTOR_MUST_NOT)
