@@ -111,7 +111,7 @@ def test_every_refusal_is_refused_and_audited(executor: Executor, audit: MemoryA
     assert window.status == ChangeStatus.DENIED and "change windows" in window.policy_reason
 
     reasons = refused(audit)
-    for words in ("more approval", "self-approval", "none of the roles", "expired", "spec changed since",
+    for words in ("more approval", "self-approval", "unknown identity", "expired", "spec changed since",
                   "outside-serving-namespaces", "capacity", "change windows"):
         assert any(words in r for r in reasons), f"no audited refusal mentions {words!r}: {reasons}"
     assert client.AppsV1Api(admin).read_namespaced_deployment("summarizer", "research").spec.replicas == 1
