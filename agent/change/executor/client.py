@@ -9,6 +9,7 @@ proposes, decides, executes, rolls back and records verification by asking the e
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from agent.change.executor.protocol import (
 from agent.change.ledger import Ledger
 from agent.change.models import ChangeRequest, ChangeSpec, ChangeStatus
 
+CHANGE_ID = re.compile(r"chg-[0-9a-f]{12}")  # protocol.ChangeId
 DONE = (ChangeStatus.APPLIED, ChangeStatus.VERIFIED, ChangeStatus.ROLLED_BACK)
 
 
@@ -48,11 +50,13 @@ class ExecutorClient:
         return _change(r)
 
     def approve(self, change_id_: str, approver: str, *, decision: str = "approve", via: str = "cli") -> ChangeRequest:
+        _known_shape(change_id_)
         return _change(self._call_sync(DecideReq(op="approve", change_id=change_id_, approver=approver,
                                                  decision=decision, via=via)))
 
     # ---- what the nodes use ---------------------------------------------------------------------
     async def execute(self, change_id_: str, actor: str = "executor") -> ExecutionResult:
+        _known_shape(change_id_)
         try:
             r = await self._call(ExecuteReq(op="execute", change_id=change_id_, actor=actor))
         except ExecutionRefused:
@@ -113,6 +117,12 @@ class ExecutorClient:
         what = f"{type(e).__name__}: {e}" if str(e) else f"no answer in {self.timeout_s:.0f} s"
         return ExecutorUnavailable(f"the executor process is not answering on {self.path} ({what}); is "
                                    "`opsagent executor serve` running beside this process?")
+
+
+def _known_shape(change_id_: str) -> None:
+    """An id no change can have is answered as the in-process executor answers an unknown one."""
+    if not CHANGE_ID.fullmatch(change_id_):
+        raise ExecutionRefused(f"no change {change_id_[:80]!r}")
 
 
 def _checked(raw: bytes, path: Path) -> Response:
