@@ -72,10 +72,10 @@ def main() -> None:
         update={"mode": "in-process"})}))
     sock = settings.executor.socket
     assert sock is not None
-    log = (tmp / "executor.log").open("ab")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "opsagent"), "executor", "serve", "--sandbox",
-                             "--sandbox-dir", str(a.sandbox_dir), "--state-dir", str(state), "--config", str(cfg)],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    with (tmp / "executor.log").open("ab") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "opsagent"), "executor", "serve", "--sandbox",
+                                 "--sandbox-dir", str(a.sandbox_dir), "--state-dir", str(state), "--config",
+                                 str(cfg)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     admin = api_client(Path(status["kubeconfigs"]["admin"]))
     apps = client.AppsV1Api(admin)
     target = ObjectRef(kind="Deployment", name="summarizer", namespace="research")

@@ -56,14 +56,24 @@ def _config(tmp: Path, **extra: Any) -> Path:
 
 
 def _start(argv: list[str], log: Path, sock: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
-    while not sock.is_socket():
+    while not _listening(sock):  # a killed executor's socket file may still be there: connect, not stat
         if proc.poll() is not None or time.monotonic() > deadline:
             stop_process(proc)
             raise AssertionError(f"the executor did not listen on {sock}: {log.read_text()[-1500:]}")
         time.sleep(0.2)
     return proc
+
+
+def _listening(sock: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(sock))
+        except OSError:
+            return False
+    return True
 
 
 class Parts:
@@ -250,8 +260,9 @@ def test_alert_to_verified_rollback_through_serve_without_write_credentials_and_
         sock = tmp_path / "run" / "executor" / "executor.sock"
         executor = _start([str(OPSAGENT), "executor", "serve", *sb], tmp_path / "executor.log", sock)
         port = free_port()
-        server = subprocess.Popen([str(OPSAGENT), "serve", "--port", str(port), *sb], cwd=ROOT,
-                                  stdout=(tmp_path / "serve.log").open("ab"), stderr=subprocess.STDOUT)
+        with (tmp_path / "serve.log").open("ab") as out:
+            server = subprocess.Popen([str(OPSAGENT), "serve", "--port", str(port), *sb], cwd=ROOT,
+                                      stdout=out, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
             _wait(lambda: _healthy(url), 90, lambda: (tmp_path / "serve.log").read_text()[-1500:])

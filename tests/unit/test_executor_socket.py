@@ -69,6 +69,7 @@ class Running:
             # the server may answer and close before reading everything (too large): that is fine
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 s.sendall(data)
+                s.shutdown(socket.SHUT_WR)
             buf = b""
             while not buf.endswith(b"\n"):
                 chunk = s.recv(65536)
@@ -282,3 +283,11 @@ def test_a_prod_serve_without_an_executor_socket_refuses_to_start(tmp_path: Path
                             "server": {"auth_tokens": "a-bearer-token-of-enough-length-1"}})
     assert run.returncode == 2
     assert "executor.socket is not set" in run.stderr and "opsagent executor serve" in run.stderr
+
+
+def test_a_connection_that_sends_nothing_is_a_probe_and_an_unfinished_line_is_refused(running: Running) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(running.path))
+    r = running.raw(b'{"op": "execute", "change_id": "chg-ffff')  # EOF before the newline: what came is judged
+    assert r["error"] == "malformed"
+    assert [e["result"] for e in running.refusals()] == [{"error": "malformed"}], "the probe left no record"

@@ -132,6 +132,8 @@ class ExecutorService:
                 resp = self._refuse(ErrorCode.TOO_LARGE, f"request longer than {self.max_request_bytes} bytes "
                                     "(executor.max_request_bytes); refused unread", f"socket:{peer}")
             except asyncio.IncompleteReadError as e:  # EOF before a newline: the whole request is what came
+                if not e.partial:
+                    return  # connected and closed without a byte: a liveness probe, not a request
                 resp = await self.handle(e.partial, peer)
             except TimeoutError:
                 resp = self._refuse(ErrorCode.MALFORMED, f"no complete request line within {READ_TIMEOUT_S:.0f} s",
