@@ -81,7 +81,7 @@ def main() -> None:
     target = ObjectRef(kind="Deployment", name="summarizer", namespace="research")
     before = apps.read_namespaced_deployment(target.name, target.namespace).spec.replicas
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240
         while not sock.is_socket():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the executor process did not start: {(tmp / 'executor.log').read_text()[-800:]}")

@@ -58,7 +58,7 @@ def _config(tmp: Path, **extra: Any) -> Path:
 def _start(argv: list[str], log: Path, sock: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240  # importing the app takes a minute on the shared, loaded machine
     while not _listening(sock):  # a killed executor's socket file may still be there: connect, not stat
         if proc.poll() is not None or time.monotonic() > deadline:
             stop_process(proc)
