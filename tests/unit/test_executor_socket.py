@@ -291,3 +291,15 @@ def test_a_connection_that_sends_nothing_is_a_probe_and_an_unfinished_line_is_re
     r = running.raw(b'{"op": "execute", "change_id": "chg-ffff')  # EOF before the newline: what came is judged
     assert r["error"] == "malformed"
     assert [e["result"] for e in running.refusals()] == [{"error": "malformed"}], "the probe left no record"
+
+
+def test_doctor_checks_the_executor_process_not_a_write_identity_it_does_not_hold(running: Running,
+                                                                                  tmp_path: Path) -> None:
+    from agent.config import Settings
+    from agent.health import Status, _k8s_executor
+
+    up = asyncio.run(_k8s_executor(Settings(executor={"socket": running.path}, state_dir=tmp_path)))
+    assert up.status == Status.OK and str(running.path) in up.detail
+    assert running.refusals() == [], "the probe is not a request"
+    down = asyncio.run(_k8s_executor(Settings(executor={"socket": tmp_path / "none.sock"}, state_dir=tmp_path)))
+    assert down.status == Status.FAIL and "not answering" in down.detail
