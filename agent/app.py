@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -33,7 +33,6 @@ from agent.audit.log import (
     FileCheckpointSink,
     S3CheckpointSink,
 )
-from agent.change.executor.core import Executor
 from agent.change.flow import ChangeFlow, FlowState, OnEvent
 from agent.change.ledger import Ledger
 from agent.change.models import ChangeRequest, ChangeSpec
@@ -59,11 +58,14 @@ from tools.cloudwatch.client import CloudWatchClient, aws_session
 from tools.cloudwatch.settings import CloudWatchSettings
 from tools.k8s_read.client import K8sReadClient
 from tools.k8s_read.settings import K8sReadSettings
-from tools.k8s_write.client import K8sWriteClient, K8sWriteSettings
 from tools.prometheus.client import PrometheusClient
 from tools.registry import default_tools
 from tools.rightsize.catalog import PriceCatalog
 from tools.serving_knowledge.knowledge import ServingKnowledge
+
+if TYPE_CHECKING:  # imported where it is built: a process that executes over the socket never loads it
+    from agent.change.executor.core import Executor
+    from agent.change.state import FlowExecutor
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +148,22 @@ class App:
     def flow(self, on_event: OnEvent | None = None) -> ChangeFlow:
         """The change flow (approval interrupt → guarded execution → verification) on this app's executor."""
         verify_fn = self._verify if ("prometheus" in self.clients and "k8s_read" in self.clients) else None
-        return ChangeFlow(self.executor(), self.checkpointer, verify=verify_fn, on_event=on_event,
+        return ChangeFlow(self.change_executor(), self.checkpointer, verify=verify_fn, on_event=on_event,
                           locks=self._flow_locks)
+
+    def change_executor(self) -> FlowExecutor:
+        """Who proposes, decides and executes: the executor process over its socket (`executor.socket`), or
+        this process's own executor (`executor()`, with the writer's kubeconfig) in dev and one-shot CLIs."""
+        if self.settings.executor_mode == "in-process":
+            return self.executor()
+        path = self.settings.executor.socket
+        if path is None:
+            raise ValueError("executor.socket is not set: outside env: dev changes execute in the executor "
+                             "process (`opsagent executor serve --socket PATH`); set executor.socket to its "
+                             "socket, or executor.mode: in-process for a process that may hold write credentials")
+        from agent.change.executor.client import ExecutorClient
+
+        return ExecutorClient(path, self.ledger, timeout_s=self.settings.executor.timeout_s)
 
     async def _verify(self, ch: ChangeRequest, applied_at: dt.datetime) -> Verification:
         v = self.settings.verification
@@ -178,7 +194,11 @@ class App:
         return out
 
     def executor(self) -> Executor:
+        """The guarded executor in this process, with the write client (the executor process, dev, the CLI)."""
         if self._executor is None:
+            from agent.change.executor.core import Executor
+            from tools.k8s_write.client import K8sWriteClient, K8sWriteSettings
+
             kc = self.settings.kubernetes.executor_kubeconfig
             if kc is None:
                 raise ValueError("kubernetes.executor_kubeconfig is not set: changes cannot be executed")

@@ -138,6 +138,29 @@ class ExecutionConfig(_Group):
                                   "that finds the approved spec unchanged.")
 
 
+class ExecutorConfig(_Group):
+    """Where the guarded executor runs: in this process, or in its own (`opsagent executor serve`).
+
+    With a socket, the process that parses webhooks, Slack requests and model output holds no write
+    credentials: it asks the executor process, which re-reads the change, its policy decision and its
+    approvals from the store and re-checks them itself (docs/security.md).
+    """
+
+    socket: Path | None = Field(default=None, description="The executor process's Unix socket. Set: every "
+                                "proposal, decision and execution goes through it and this process never builds "
+                                "a write client (nor loads `tools.k8s_write`).")
+    mode: Literal["auto", "socket", "in-process"] = Field(
+        default="auto", description="auto: the socket when `socket` is set; else in-process in env: dev and "
+        "refused in env: prod (a prod server must not hold write credentials). in-process: this process "
+        "executes (the sandbox demo, a one-shot CLI with the writer's kubeconfig).")
+    max_request_bytes: int = Field(default=64 << 10, ge=1024, le=4 << 20, description="Larger socket requests "
+                                   "are refused unread. A proposal with its spec and evidence ids is a few KiB.")
+    timeout_s: float = Field(default=120, gt=0, le=3600, description="A client waits this long for an answer "
+                             "(an execution includes its 409 retries; a write times out at 60 s).")
+    socket_group: bool = Field(default=False, description="Socket 0660 and its directory 0750 instead of "
+                               "0600/0700: for a client running under another uid in the same group.")
+
+
 class SlackConfig(_Group):
     enabled: bool = Field(default=False, description="Serve the Slack bot from `opsagent serve`.")
     bot_token: SecretStr | None = Field(default=None, description="Bot token (xoxb-...): posts and edits messages.")
@@ -290,6 +313,7 @@ class Settings(BaseSettings):
     rightsize: RightsizeConfig = Field(default_factory=RightsizeConfig)
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     alertmanager: AlertmanagerConfig = Field(default_factory=AlertmanagerConfig)
 
@@ -313,6 +337,19 @@ class Settings(BaseSettings):
     @property
     def checkpoint_file(self) -> Path:
         return self.audit.checkpoint_file or self.state_dir / "audit-checkpoints.jsonl"
+
+    @property
+    def executor_mode(self) -> Literal["socket", "in-process"]:
+        """Where changes execute: `executor.mode`, with auto resolved (the socket in env: prod)."""
+        e = self.executor
+        if e.mode == "auto":
+            return "socket" if e.socket is not None or self.env == "prod" else "in-process"
+        return e.mode
+
+    def without_write_credentials(self) -> Settings:
+        """These settings with the writer's kubeconfig removed: what a socket client keeps."""
+        k8s = self.kubernetes.model_copy(update={"executor_kubeconfig": None})
+        return self.model_copy(update={"kubernetes": k8s})
 
     @model_validator(mode="after")
     def _no_placeholder_secrets_in_prod(self) -> Settings:

@@ -195,6 +195,8 @@ async def _k8s_reader(s: Settings) -> Check:
 
 async def _k8s_executor(s: Settings) -> Check:
     kc = s.kubernetes.executor_kubeconfig
+    if kc is None and s.executor_mode == "socket":
+        return await _executor_socket(s)
     if kc is None:
         return Check(name="kubernetes executor", status=Status.SKIP,
                      detail="kubernetes.executor_kubeconfig is not set: changes can be proposed, not executed",
@@ -205,6 +207,27 @@ async def _k8s_executor(s: Settings) -> Check:
                      fix="list the namespaces the executor may change in kubernetes.serving_namespaces")
     return await _access("kubernetes executor", kc, _expand(EXECUTOR_MUST, s), _expand(EXECUTOR_MUST_NOT, s), "",
                          "the executor's Role bindings in the serving namespaces (deploy/helm: rbac.yaml)")
+
+
+async def _executor_socket(s: Settings) -> Check:
+    """This process executes nothing itself: is the executor process answering on its socket?"""
+    path = s.executor.socket
+    if path is None:
+        return Check(name="kubernetes executor", status=Status.FAIL,
+                     detail="executor.socket is not set: outside env: dev changes execute in the executor process",
+                     fix="run `opsagent executor serve --socket PATH` beside serve and set executor.socket")
+    t0 = time.monotonic()
+    try:  # a connection closed without a byte is a probe: the executor answers nothing and records nothing
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 5)
+        writer.close()
+        await writer.wait_closed()
+    except (OSError, TimeoutError) as e:
+        return Check(name="kubernetes executor", status=Status.FAIL,
+                     detail=f"the executor process is not answering on {path}: {type(e).__name__}: {e}",
+                     fix="start `opsagent executor serve` (the chart's executor container) and check its log")
+    return Check(name="kubernetes executor", status=Status.OK,
+                 detail=f"executor process listening on {path}; its write identity is checked there",
+                 latency_ms=round((time.monotonic() - t0) * 1000, 1))
 
 
 def _expand(accesses: tuple[Access, ...], s: Settings) -> tuple[Access, ...]:

@@ -36,7 +36,7 @@ from kubernetes import client as k8s
 from agent import incidents
 from agent.app import App, build_app
 from agent.audit.events import AuditKind
-from agent.change.executor.core import ExecutionRefused
+from agent.change.executor.outcome import ExecutionRefused
 from agent.change.flow import ChangeFlow, FlowState
 from agent.change.models import ChangeRequest, ChangeSpec, ChangeStatus
 from agent.config import LlmConfig, load_settings

@@ -26,10 +26,10 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.types import Command
 
-from agent.change.executor.core import ExecutionRefused, Executor
+from agent.change.executor.outcome import ExecutionRefused
 from agent.change.graph import build_change_graph
 from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage, ChangeStatus
-from agent.change.state import ChangeContext
+from agent.change.state import ChangeContext, FlowExecutor
 from agent.change.verify import Verification
 from agent.telemetry import tracer
 
@@ -61,7 +61,7 @@ class FlowState:
 
 
 class ChangeFlow:
-    def __init__(self, executor: Executor, checkpointer: Checkpointer, *, verify: VerifyFn | None = None,
+    def __init__(self, executor: FlowExecutor, checkpointer: Checkpointer, *, verify: VerifyFn | None = None,
                  on_event: OnEvent | None = None, locks: dict[str, asyncio.Lock] | None = None) -> None:
         self.executor = executor
         self.checkpointer = checkpointer

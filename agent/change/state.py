@@ -11,10 +11,10 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
-from agent.change.models import ChangeRequest, ChangeStage
+from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage
 
 if TYPE_CHECKING:  # the nodes see the executor through this Protocol only, not its write client's imports
-    from agent.change.executor.core import ExecutionResult
+    from agent.change.executor.outcome import ExecutionResult
     from agent.change.ledger import Ledger
     from agent.change.verify import Verification
 
@@ -37,6 +37,18 @@ class ChangeExecutor(Protocol):
     async def execute(self, change_id_: str, actor: str = ...) -> ExecutionResult: ...
     async def auto_rollback(self, original: ChangeRequest, why: str) -> ExecutionResult | None: ...
     def record_verification(self, ch: ChangeRequest, outcome: str, summary: str) -> ChangeRequest: ...
+
+
+class FlowExecutor(ChangeExecutor, Protocol):
+    """What `ChangeFlow` uses: the nodes' part plus the two doors, proposing and deciding.
+
+    Two implementations: `Executor` in this process (dev, the sandbox demo, the CLI), or
+    `ExecutorClient`, which asks the executor process over its Unix socket and holds no write credentials.
+    """
+
+    async def propose(self, spec: ChangeSpec, *, reason: str, requester: str, incident_id: str | None = ...,
+                      evidence: list[str] | None = ...) -> ChangeRequest: ...
+    def approve(self, change_id_: str, approver: str, *, decision: str = ..., via: str = ...) -> ChangeRequest: ...
 
 
 class Verifier(Protocol):

@@ -21,6 +21,7 @@ from agent.entry.commands.changes import changes_app
 from agent.entry.commands.common import DEFAULT_SANDBOX_DIR, JsonOpt, fail, progress
 from agent.entry.commands.doctor import doctor as doctor_command
 from agent.entry.commands.eval import eval_command
+from agent.entry.commands.executor import executor_app
 from agent.entry.commands.incident import incident_app
 from agent.entry.commands.rightsize import report_app
 from agent.entry.commands.rightsize import rightsize as rightsize_command
@@ -49,6 +50,7 @@ app.command("serve")(serve_command)
 app.command("doctor")(doctor_command)
 app.add_typer(changes_app, name="changes")
 app.add_typer(audit_app, name="audit")
+app.add_typer(executor_app, name="executor")
 app.add_typer(incident_app, name="incident")
 app.command("eval")(eval_command)
 app.command("rightsize")(rightsize_command)

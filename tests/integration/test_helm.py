@@ -108,7 +108,9 @@ def test_helm_install_creates_everything_and_the_serve_pods_run(release: tuple[s
         time.sleep(1)
     assert len(running) == 2, f"serve pods not Running under KWOK: {[(p.metadata.name, p.status.phase) for p in pods]}"
     dep = apps.read_namespaced_deployment(f"{name}-opsagent", ns)
-    assert dep.spec.template.spec.service_account_name == f"{name}-opsagent-reader"
+    # the pod runs as the executor so that its token is projected into the executor container alone
+    assert dep.spec.template.spec.service_account_name == f"{name}-opsagent-executor"
+    assert [c.name for c in dep.spec.template.spec.containers] == ["serve", "executor"]
     assert dep.spec.template.spec.security_context.run_as_non_root is True
     cron = batch.read_namespaced_cron_job(f"{name}-opsagent-cost-report", ns)
     assert cron.spec.concurrency_policy == "Forbid"
@@ -298,8 +300,10 @@ def test_irsa_role_annotates_the_pods_service_account_and_no_sink_values_leave_t
                                    "--set", "serviceAccounts.reader.annotations.team=platform"))
     reader = docs[("ServiceAccount", "t-opsagent-reader")]
     assert reader["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": role, "team": "platform"}
-    assert docs[("Deployment", "t-opsagent")]["spec"]["template"]["spec"]["serviceAccountName"] == "t-opsagent-reader"
-    assert "annotations" not in docs[("ServiceAccount", "t-opsagent-executor")]["metadata"]
+    # the serve pods run as the executor ServiceAccount (its projected token): the role is theirs too
+    assert docs[("Deployment", "t-opsagent")]["spec"]["template"]["spec"]["serviceAccountName"] == "t-opsagent-executor"
+    assert docs[("ServiceAccount", "t-opsagent-executor")]["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": role}
     config = tmp_path / "config.yaml"
     config.write_text(docs[("ConfigMap", "t-opsagent-config")]["data"]["config.yaml"])
     settings = load_settings(config, audit={"key": "3f9a1c7e5b2d8f4a6c0e9b1d3f5a7c9e"},
@@ -322,3 +326,66 @@ def test_irsa_role_annotates_the_pods_service_account_and_no_sink_values_leave_t
 def test_the_schema_refuses_bad_sink_values(helm_template: Any, values: list[str], complaint: str) -> None:
     out = helm_template(*(a for v in values for a in ("--set", v)))
     assert out.returncode != 0 and complaint in out.stderr, out.stderr
+
+
+def test_only_the_executor_container_holds_the_write_identity(helm_template: Any, tmp_path: Path) -> None:
+    """Issue 15 item 8: the container that parses webhooks, Slack and model output has no write credential.
+
+    The pod mounts no token automatically; the executor ServiceAccount's token is a projected volume that
+    only the executor container mounts; serve gets the reader's token and the executor's socket (a shared
+    emptyDir); the reader's rules only read."""
+    docs = _rendered(helm_template("--set", "rbac.executor.namespaces={llm-prod}",
+                                   "--set", "secrets.slackBotTokenKey=slack-bot-token",
+                                   "--set", "secrets.llmApiKeyKey=llm-api-key"))
+    pod = docs[("Deployment", "t-opsagent")]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == "t-opsagent-executor"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    containers = {c["name"]: c for c in pod["containers"]}
+    assert set(containers) == {"serve", "executor"}
+    mounts = {n: {m["name"]: m["mountPath"] for m in c["volumeMounts"]} for n, c in containers.items()}
+
+    # the write identity: a projected token of the pod's ServiceAccount, mounted in the executor alone
+    projected = [n for n, v in volumes.items()
+                 if any("serviceAccountToken" in src for src in v.get("projected", {}).get("sources", []))]
+    assert projected == ["executor-token"]
+    assert "executor-token" in mounts["executor"] and "executor-token" not in mounts["serve"]
+    assert not [d for (kind, _), d in docs.items() if kind == "Secret" and d["metadata"].get("annotations", {})
+                .get("kubernetes.io/service-account.name") == "t-opsagent-executor"], "no long-lived writer token"
+    # serve reads with the reader's token and reaches the executor over the shared socket directory
+    assert volumes["reader-token"]["secret"]["secretName"] == "t-opsagent-reader-token"
+    assert docs[("Secret", "t-opsagent-reader-token")]["metadata"]["annotations"] == {
+        "kubernetes.io/service-account.name": "t-opsagent-reader"}
+    assert "reader-token" in mounts["serve"] and "reader-token" not in mounts["executor"]
+    assert "emptyDir" in volumes["executor-socket"]
+    assert mounts["serve"]["executor-socket"] == mounts["executor"]["executor-socket"] == "/run/opsagent"
+
+    # settings: serve resolves to the socket and has no writer kubeconfig; the executor has one
+    env = {n: {e["name"]: e for e in c["env"]} for n, c in containers.items()}
+    assert "OPSAGENT_KUBERNETES__EXECUTOR_KUBECONFIG" not in env["serve"]
+    writer_kc = env["executor"]["OPSAGENT_KUBERNETES__EXECUTOR_KUBECONFIG"]["value"]
+    assert writer_kc == "/etc/opsagent/config/executor.kubeconfig"
+    assert {"OPSAGENT_SLACK__BOT_TOKEN", "OPSAGENT_LLM__API_KEY"} <= set(env["serve"])
+    assert not {"OPSAGENT_SLACK__BOT_TOKEN", "OPSAGENT_LLM__API_KEY"} & set(env["executor"]), \
+        "the executor parses neither Slack nor model output: it gets neither secret"
+    config = tmp_path / "config.yaml"
+    cm = docs[("ConfigMap", "t-opsagent-config")]["data"]
+    config.write_text(cm["config.yaml"])
+    secrets = {"audit": {"key": "3f9a1c7e5b2d8f4a6c0e9b1d3f5a7c9e"},
+               "server": {"auth_tokens": "webhook-token-from-the-secret-0123"}, "state_dir": str(tmp_path / "s")}
+    serve = load_settings(config, **secrets)
+    assert serve.executor_mode == "socket" and serve.kubernetes.executor_kubeconfig is None
+    assert str(serve.executor.socket).startswith("/run/opsagent/")
+    executor = load_settings(config, **secrets, kubernetes={
+        **yaml.safe_load(cm["config.yaml"])["kubernetes"],
+        "executor_kubeconfig": writer_kc})
+    assert executor.kubernetes.executor_kubeconfig is not None
+    writer = yaml.safe_load(cm["executor.kubeconfig"])["users"][0]["user"]["tokenFile"]
+    assert writer.startswith(mounts["executor"]["executor-token"] + "/")
+
+    # the reader ServiceAccount (serve's identity) is bound to read-only rules
+    bound = {d["roleRef"]["name"] for (kind, _), d in docs.items() if kind in ("RoleBinding", "ClusterRoleBinding")
+             and any(s["name"] == "t-opsagent-reader" for s in d["subjects"])}
+    verbs = {v for (kind, name), d in docs.items() if kind in ("Role", "ClusterRole") and name in bound
+             for rule in d["rules"] for v in rule["verbs"]}
+    assert bound and verbs <= {"get", "list", "watch"}, verbs

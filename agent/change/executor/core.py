@@ -21,7 +21,6 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from agent.audit.events import AuditEvent, AuditKind, AuditSink, inputs_hash
@@ -32,6 +31,7 @@ from agent.change.executor.blast_radius import (
     owning_deployment,
 )
 from agent.change.executor.inverse import inverse
+from agent.change.executor.outcome import ExecutionRefused, ExecutionResult
 from agent.change.executor.reconcile import fp_key, intended_hash, landed, recent
 from agent.change.executor.requests import policy_request, tool_call
 from agent.change.ledger import Ledger
@@ -62,18 +62,6 @@ CRASH_POINTS = ("after-claim", "after-write", "after-applied")
 CostFn = Callable[[ChangeSpec, dict[str, Any] | None], float | None]
 # Changes that leave the GPU allocation as it is: their predicted cost change is zero, not unknown.
 SAME_ALLOCATION = (ActionKind.ROLLBACK, ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT)
-
-
-class ExecutionRefused(Exception):
-    """Execution was refused; the message says which check failed. It has been audited."""
-
-
-@dataclass(frozen=True)
-class ExecutionResult:
-    change_id: str
-    status: ChangeStatus
-    applied_now: bool  # False when this call found it already applied (idempotent re-run)
-    detail: dict[str, Any]
 
 
 class Executor:
@@ -331,6 +319,8 @@ class Executor:
 
         if ch.status not in (ChangeStatus.APPROVED, ChangeStatus.PENDING_APPROVAL):
             raise refuse(f"change is {ch.status.value}")
+        if ch.spec.digest() != ch.spec_digest:  # approvals bind to the digest: it must be this spec's
+            raise refuse("the stored spec does not match the digest its approvals bind to")
         now = self.clock()
         obj = await self._read(ch.spec)
         fp_now = self.fingerprint_of(obj)
@@ -345,6 +335,8 @@ class Executor:
                     f"{decision.rule}: {decision.reason}", ch)
         if decision.effect == Effect.DENY:
             raise refuse(f"policy {decision.rule}: {decision.reason}")
+        if decision.effect == Effect.REQUIRE_APPROVAL and (weaker := _weaker_than(ch, decision.approvers)):
+            raise refuse(weaker)
         if decision.effect == Effect.REQUIRE_APPROVAL and not self._inherits_approval(ch):
             check = self._check_approvals(ch, fp_now, now)
             if not check.satisfied:
@@ -487,3 +479,18 @@ class Executor:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _weaker_than(ch: ChangeRequest, need: Approvers | None) -> str | None:
+    """Why the approval rule recorded on the change is weaker than the one policy gives now, or None.
+
+    The approvals are counted against the rule recorded on the change; a row whose rule was loosened after
+    policy decided (fewer approvers, other roles, self-approval) must not let fewer people through.
+    """
+    if need is None:
+        return None
+    if ch.approvals_required < need.count:
+        return f"policy now asks for {need.count} approval(s); the change records {ch.approvals_required}"
+    if extra := sorted(set(ch.approver_roles) - set(need.roles)):
+        return f"the change accepts approvals from roles policy does not name now: {extra}"
+    if ch.allow_self_approval and not need.allow_self_approval:
+        return "the change allows self-approval; policy does not"
+    return None

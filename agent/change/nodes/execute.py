@@ -11,13 +11,12 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from agent.change.executor.outcome import ExecutionRefused
 from agent.change.models import ChangeStage, ChangeStatus
 from agent.change.state import ChangeContext, ChangeState
 
 
 async def execute(state: ChangeState, runtime: Runtime[ChangeContext]) -> dict[str, Any]:
-    from agent.change.executor.core import ExecutionRefused  # the node needs only the exception type
-
     ctx = runtime.context
     cid = state["change_id"]
     if ctx.notify is not None:

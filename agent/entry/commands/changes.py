@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from agent.change.executor.core import ExecutionRefused
+from agent.change.executor.outcome import ExecutionRefused
 from agent.change.flow import FlowEvent, FlowState
 from agent.change.models import ChangeRequest, ChangeStatus
 from agent.entry.commands.common import (

@@ -58,6 +58,10 @@ def open_app(config: Path | None, use_sandbox: bool, sandbox_dir: Path, state_di
     status = sandbox_status(sandbox_dir) if use_sandbox else None
     try:
         settings = settings_for(config, status, state_dir=str(state_dir) if state_dir else None)
+        if settings.executor_mode == "socket":
+            # The executor process holds the write identity; this one never does, even when a config
+            # file or the sandbox names the writer's kubeconfig.
+            settings = settings.without_write_credentials()
         setup_tracing(settings.tracing)  # a no-op unless tracing.enabled
         return build_app(settings)
     except (ValueError, FileNotFoundError) as e:

@@ -31,6 +31,11 @@ def serve(
     """Serve the Alertmanager webhook (POST /alertmanager), /healthz, /readyz, /metrics, /incidents and,
     with `slack.enabled`, the Slack bot (/slack/events, /slack/interactivity, /slack/commands)."""
     app = open_app(config, use_sandbox, sandbox_dir, state_dir)
+    if app.settings.executor_mode == "socket" and app.settings.executor.socket is None:
+        app.close()
+        fail("executor.socket is not set: outside env: dev this server executes nothing itself; run "
+             "`opsagent executor serve --socket PATH` beside it and set executor.socket (or executor.mode: "
+             "in-process to give this process the write identity)", 2)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asgi, bot = build_server(app, metrics=Metrics())
@@ -43,7 +48,10 @@ def serve(
     if bot is not None:
         slack = " · Slack: " + ("Socket Mode" if app.settings.slack.socket_mode else "/slack/events, "
                                 "/slack/interactivity, /slack/commands") + f" → {app.settings.slack.channel}"
-    typer.secho(f"opsagent serving on http://{bind_host}:{bind_port} (webhook: /alertmanager){slack}", err=True)
+    executor = (f"executor at {app.settings.executor.socket}" if app.settings.executor_mode == "socket"
+                else "executor in this process")
+    typer.secho(f"opsagent serving on http://{bind_host}:{bind_port} (webhook: /alertmanager){slack} · {executor}",
+                err=True)
     try:
         uvicorn.run(asgi, host=bind_host, port=bind_port, log_level="warning")
     finally:

@@ -34,7 +34,7 @@ from starlette.routing import Route
 
 from agent import postmortem
 from agent.app import App
-from agent.change.executor.core import ExecutionRefused
+from agent.change.executor.outcome import ExecutionRefused
 from agent.change.flow import ChangeFlow, FlowEvent
 from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage, ChangeStatus
 from agent.config import SlackConfig

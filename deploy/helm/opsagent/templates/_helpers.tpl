@@ -48,6 +48,24 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   value: /etc/opsagent/config/config.yaml
 {{- end -}}
 
+{{/* The executor container's secrets: the store, the audit key and AWS keys (it appends audit records
+and exports checkpoints), and the webhook credentials only because settings outside dev require them.
+Never the Slack or model-provider secrets: the executor parses neither. */}}
+{{- define "opsagent.executorSecretEnv" -}}
+{{- $s := .Values.secrets -}}
+{{- range $env, $key := dict "OPSAGENT_STORE__URL" $s.storeUrlKey "OPSAGENT_AUDIT__KEY" $s.auditKeyKey "OPSAGENT_SERVER__AUTH_TOKENS" $s.webhookTokensKey "OPSAGENT_SERVER__BASIC_AUTH" $s.webhookBasicAuthKey "AWS_ACCESS_KEY_ID" $s.awsAccessKeyIdKey "AWS_SECRET_ACCESS_KEY" $s.awsSecretAccessKeyKey }}
+{{- if $key }}
+- name: {{ $env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s.existingSecret }}
+      key: {{ $key }}
+{{- end }}
+{{- end }}
+- name: OPSAGENT_CONFIG
+  value: /etc/opsagent/config/config.yaml
+{{- end -}}
+
 {{/* Volumes every opsagent container mounts: settings, policies, runbooks, kubeconfigs, state. */}}
 {{- define "opsagent.volumes" -}}
 - name: config
