@@ -279,7 +279,8 @@ def test_control_serve_in_process_loads_the_write_client(tmp_path: Path) -> None
 
 
 def test_a_prod_serve_without_an_executor_socket_refuses_to_start(tmp_path: Path) -> None:
-    run = _serve(tmp_path, {"env": "prod", "audit": {"key": "3f9a1c7e5b2d8f4a6c0e9b1d7f3a5c8e"},
+    run = _serve(tmp_path, {"env": "prod", "audit": {"key": "3f9a1c7e5b2d8f4a6c0e9b1d7f3a5c8e",
+                                                      "allow_rewritable_checkpoints": True},
                             "server": {"auth_tokens": "a-bearer-token-of-enough-length-1"}})
     assert run.returncode == 2
     assert "executor.socket is not set" in run.stderr and "opsagent executor serve" in run.stderr
