@@ -121,7 +121,7 @@ class Category(enum.StrEnum):
 
 
 class ObjectRef(_Model):
-    kind: Literal["Deployment", "Node", "Pod", "HorizontalPodAutoscaler", "Namespace", "Model"]
+    kind: Literal["Deployment", "Rollout", "Node", "Pod", "HorizontalPodAutoscaler", "Namespace", "Model"]
     name: str
     namespace: str | None = None
 
