@@ -232,7 +232,7 @@ def gpu_memory_gib(nodes: Sequence[Mapping[str, Any]], pod: PodShape, catalog: P
         if any(view.labels.get(k) != v for k, v in pod.node_selector.items()) or not view.allocatable_gpus:
             continue
         if (mib := view.labels.get(GPU_MEMORY_LABEL)) and mib.isdigit():
-            return int(mib) / 1024, f"node {view.name} label {GPU_MEMORY_LABEL}={mib} MiB"
+            return round(int(mib) / 1024, 1), f"node {view.name} label {GPU_MEMORY_LABEL}={mib} MiB"
         it = view.labels.get(INSTANCE_TYPE_LABEL, "")
         if it in catalog.instance_types and catalog.instance_types[it].gpu_memory_gib:
             return float(catalog.instance_types[it].gpu_memory_gib), f"instance type {it} (price catalog)"

@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import Field
 
 from tools.base import Risk, ToolError, ToolInput, ToolResult, ToolSpec
-from tools.k8s_write.client import Conflict, K8sWriteClient, wrap
+from tools.k8s_write.client import K8sWriteClient, wrap
 
 REVISION = "deployment.kubernetes.io/revision"
 DNS_NAME = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
@@ -251,31 +251,42 @@ async def read_rollout(c: K8sWriteClient, namespace: str, name: str) -> dict[str
 async def set_rollout_template(c: K8sWriteClient, p: SetTemplateInput) -> WriteResult:
     """Write an Argo Rollout's new pod template; its controller then runs the canary steps and analysis.
 
-    A PUT of the whole object at the resourceVersion it was read at (custom resources take no strategic
-    merge, and a merge patch would keep labels the old template had): a concurrent write answers 409.
+    Custom resources take no strategic merge: this is a JSON merge patch computed from the template
+    as read (a removed key becomes null), carrying the resourceVersion as its precondition (409 if
+    anything wrote the Rollout since).
     """
     before = await read_rollout(c, p.namespace, p.name)
     what = f"rollout {p.namespace}/{p.name}"
     if p.max_surge is not None:
         raise ToolError(f"{what}: the Rollout's own canary strategy sets its surge; max_surge is for Deployments")
-    if p.expected_resource_version and before["metadata"].get("resourceVersion") != p.expected_resource_version:
-        raise Conflict(f"{what} is at resourceVersion {before['metadata'].get('resourceVersion')}, "
-                       f"not {p.expected_resource_version}")
-    body = copy.deepcopy(before)
-    body.pop("status", None)
-    body["spec"]["template"] = changed_template(before["spec"]["template"], p, what)
+    template = changed_template(before["spec"]["template"], p, what)
+    meta: dict[str, Any] = {"resourceVersion": p.expected_resource_version or before["metadata"]["resourceVersion"]}
     if p.change_cause:
-        body["metadata"].setdefault("annotations", {})["kubernetes.io/change-cause"] = p.change_cause
+        meta["annotations"] = {"kubernetes.io/change-cause": p.change_cause}
+    body = {"metadata": meta, "spec": {"template": merge_patch(before["spec"]["template"], template)}}
     group, version, plural = ROLLOUTS
     kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": c.timeout}
     if p.dry_run:
         kwargs["dry_run"] = "All"
-    resp = await _call(c.custom.replace_namespaced_custom_object, group, version, p.namespace, plural, p.name, body,
+    resp = await _call(c.custom.patch_namespaced_custom_object, group, version, p.namespace, plural, p.name, body,
                        what=f"update {what}", **kwargs)
     after = dict(json.loads(resp.data))
     return _result("Rollout", "set_template", before, after, p.dry_run,
                    {"previous": _template_summary(before["spec"]["template"], p.container),
                     "stable_rs": str((before.get("status") or {}).get("stableRS") or "")})
+
+
+def merge_patch(before: Any, after: Any) -> Any:
+    """The RFC 7386 merge patch that turns `before` into `after` (a key `after` lacks becomes null)."""
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return after
+    out: dict[str, Any] = {k: None for k in before if k not in after}
+    for k, v in after.items():
+        if k not in before:
+            out[k] = v
+        elif before[k] != v:
+            out[k] = merge_patch(before[k], v)
+    return out
 
 
 def _template_summary(template: dict[str, Any], container: str) -> dict[str, Any]:
