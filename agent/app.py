@@ -26,6 +26,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from agent import postmortem
+from agent.audit.events import AuditEvent, AuditKind
 from agent.audit.log import (
     AuditLog,
     CheckpointSink,
@@ -34,9 +35,10 @@ from agent.audit.log import (
     S3CheckpointSink,
 )
 from agent.change.executor.core import Executor
-from agent.change.flow import ChangeFlow, FlowState, OnEvent
+from agent.change.flow import ChangeFlow, FlowEvent, FlowState, OnEvent
 from agent.change.ledger import Ledger
-from agent.change.models import ChangeRequest, ChangeSpec
+from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage
+from agent.change.rollout_watch import watch_rollout
 from agent.change.verdict import Outcome
 from agent.change.verify import Verification, VerifySettings, verify
 from agent.config import LlmConfig, Settings
@@ -145,12 +147,26 @@ class App:
 
     def flow(self, on_event: OnEvent | None = None) -> ChangeFlow:
         """The change flow (approval interrupt → guarded execution → verification) on this app's executor."""
-        verify_fn = self._verify if ("prometheus" in self.clients and "k8s_read" in self.clients) else None
+        verify_fn = functools.partial(self._verify, on_event=on_event) \
+            if ("prometheus" in self.clients and "k8s_read" in self.clients) else None
         return ChangeFlow(self.executor(), self.checkpointer, verify=verify_fn, on_event=on_event,
                           locks=self._flow_locks)
 
-    async def _verify(self, ch: ChangeRequest, applied_at: dt.datetime) -> Verification:
+    async def _verify(self, ch: ChangeRequest, applied_at: dt.datetime,
+                      on_event: OnEvent | None = None) -> Verification:
         v = self.settings.verification
+        if ch.spec.target.kind == "Rollout":
+            async def progress(message: str) -> None:
+                # Each step is audited and shown where the change's progress goes (its Slack thread).
+                self.audit.append(AuditEvent(at=dt.datetime.now(dt.UTC), kind=AuditKind.VERIFICATION,
+                                             actor="executor:watch", action=f"watch {ch.id}", decision="progress",
+                                             reason=message, inputs_hash=ch.spec_digest,
+                                             incident_id=ch.incident_id))
+                if on_event is not None:
+                    await on_event(FlowEvent(ch.id, ChangeStage.VERIFYING, message))
+
+            return await watch_rollout(ch, self.clients["k8s_read"], on_progress=progress,
+                                       deadline_s=v.canary_deadline_s)
         vs = VerifySettings(window_s=v.window_s, baseline_s=v.baseline_s, step_s=v.step_s,
                             rate_window_s=v.rate_window_s, rollout_deadline_s=v.rollout_deadline_s)
         try:

@@ -117,6 +117,9 @@ class VerificationConfig(_Group):
     rate_window_s: int = Field(default=30, ge=5, le=3600, description="rate() window; needs >= 3 scrapes.")
     rollout_deadline_s: float = Field(default=180, gt=0, le=7200)
     timeout_s: float = Field(default=600, gt=0, le=14400, description="Give up (inconclusive) after this long.")
+    canary_deadline_s: float = Field(default=540, gt=0, le=14400, description="An Argo Rollout not promoted or "
+                                     "aborted this long after its template was written is inconclusive (under "
+                                     "timeout_s: the sandbox's three-step canary takes about 110 s).")
 
 
 class ExecutionConfig(_Group):
