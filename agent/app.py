@@ -34,6 +34,7 @@ from agent.audit.log import (
     FileCheckpointSink,
     S3CheckpointSink,
 )
+from agent.change.deploy import DeployOutcome, DeployRequest, plan_deployment, request_deployment
 from agent.change.executor.core import Executor
 from agent.change.flow import ChangeFlow, FlowEvent, FlowState, OnEvent
 from agent.change.ledger import Ledger
@@ -192,6 +193,22 @@ class App:
             out.append(await flow.propose(spec, reason=p.reason, requester=f"agent:{report.reasoner}",
                                           incident_id=report.incident_id, evidence=[e.id for e in report.evidence]))
         return out
+
+    async def deploy(self, req: DeployRequest, *, requester: str, via: str,
+                     on_event: OnEvent | None = None) -> DeployOutcome:
+        """Plan a deployment (read the target, its pool and the soak; run the preflight) and propose it.
+
+        The one path every surface takes (CLI, Slack, CI API): a failed preflight is refused and audited,
+        a passing one goes through `ChangeFlow.propose()`. Raises TargetNotFound, DeployRefused, ValueError.
+        """
+        reader = self.clients.get("k8s_read")
+        if reader is None:
+            raise ValueError("kubernetes.reader_kubeconfig is not set: the target cannot be read")
+        catalog = PriceCatalog.load(self.settings.rightsize.price_catalog)
+        plan = await plan_deployment(req, reader=reader, catalog=catalog, cluster=self.settings.kubernetes.cluster,
+                                     prom=self.clients.get("prometheus"))
+        return await request_deployment(plan, flow=self.flow(on_event=on_event), audit=self.audit,
+                                        requester=requester, via=via)
 
     def executor(self) -> Executor:
         if self._executor is None:

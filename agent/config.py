@@ -93,6 +93,9 @@ class ServerConfig(_Group):
                                           "outside env: dev unless basic_auth is set; unset in dev: open.")
     basic_auth: SecretStr | None = Field(default=None, description="user:password pairs accepted as HTTP Basic "
                                          "auth (comma-separated), for Alertmanager's http_config.basic_auth.")
+    pipeline_tokens: SecretStr | None = Field(default=None, description="CI pipelines that may request deployments "
+                                              "(POST /deployments): NAME=TOKEN pairs, comma-separated, one token "
+                                              "per pipeline. Unset: the deployment API answers 401 to everyone.")
     max_alerts_per_incident: int = Field(default=1000, ge=1, le=100_000, description="New alerts beyond this "
                                          "are counted, not stored: one group cannot grow an incident (and every "
                                          "brief and report) without bound.")
@@ -323,6 +326,12 @@ class Settings(BaseSettings):
         for t in tokens:
             if t.lower() in PLACEHOLDERS or len(t) < 24:
                 raise ValueError("server.auth_tokens: each token needs at least 24 characters and no placeholder")
+        pipelines = (self.server.pipeline_tokens.get_secret_value() if self.server.pipeline_tokens else "")
+        for item in pipelines.replace(",", " ").split():
+            token = item.partition("=")[2]
+            if token.lower() in PLACEHOLDERS or len(token) < 24:
+                raise ValueError("server.pipeline_tokens: each pipeline's token needs at least 24 characters and no "
+                                 "placeholder")
         if any(":" not in p or len(p.partition(":")[2]) < 16 for p in pairs):
             raise ValueError("server.basic_auth: each entry is user:password with a password of at least 16 "
                              "characters")

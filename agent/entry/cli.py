@@ -18,6 +18,7 @@ import typer
 from agent.entry.commands.audit import audit_app
 from agent.entry.commands.changes import changes_app
 from agent.entry.commands.common import DEFAULT_SANDBOX_DIR, JsonOpt, fail, progress
+from agent.entry.commands.deploy import deploy as deploy_command
 from agent.entry.commands.doctor import doctor as doctor_command
 from agent.entry.commands.eval import eval_command
 from agent.entry.commands.incident import incident_app
@@ -45,6 +46,7 @@ sandbox_app = typer.Typer(
 app.add_typer(sandbox_app, name="sandbox")
 app.command("triage")(triage_command)
 app.command("serve")(serve_command)
+app.command("deploy")(deploy_command)
 app.command("doctor")(doctor_command)
 app.add_typer(changes_app, name="changes")
 app.add_typer(audit_app, name="audit")
