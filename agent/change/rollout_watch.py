@@ -37,6 +37,14 @@ def weight_at(rollout: Mapping[str, Any], index: int) -> int:
     return weight
 
 
+def step_kind(rollout: Mapping[str, Any], index: int) -> str:
+    """What step `index` does: setWeight, analysis, pause (or done past the last)."""
+    steps = ((rollout.get("spec") or {}).get("strategy") or {}).get("canary", {}).get("steps") or []
+    if index >= len(steps):
+        return "done"
+    return next(iter(steps[index]), "step")
+
+
 def failed_metrics(run: Mapping[str, Any]) -> list[str]:
     """"name = value (condition)" for each failed or errored metric of an AnalysisRun."""
     conditions = {m.get("name"): m.get("failureCondition") or m.get("successCondition") or ""
@@ -83,14 +91,15 @@ async def watch_rollout(ch: ChangeRequest, k8s: K8sReadClient, *, on_progress: P
                                 rollout_seconds=elapsed, seconds=elapsed)
         if st.get("phase") == "Healthy" and st.get("stableRS") == new:
             await on_progress(f"promoted: 100 % on the new version {elapsed:.0f} s after the write")
-            return Verification(ch.id, Outcome.PASS, f"promoted to 100 % in {elapsed:.0f} s (canary analysis passed)",
+            return Verification(ch.id, Outcome.PASS, "promoted to 100 % (canary analysis passed)",
                                 rollout_seconds=elapsed, seconds=elapsed)
         index = int(st.get("currentStepIndex") or 0)
         steps = len(((ro.get("spec") or {}).get("strategy") or {}).get("canary", {}).get("steps") or [])
         mark = (index, weight_at(ro, index))
         if mark != seen:
             seen = mark
-            await on_progress(f"step {min(index + 1, steps)}/{steps}: canary at {mark[1]} % ({elapsed:.0f} s)")
+            await on_progress(f"step {min(index + 1, steps)}/{steps} ({step_kind(ro, index)}): canary at {mark[1]} % "
+                              f"({elapsed:.0f} s)")
         paused = [c.get("reason") for c in st.get("pauseConditions") or []]
         if "InconclusiveAnalysis" in paused:
             await on_progress("paused: the analysis was inconclusive (no data); promote or abort it")
