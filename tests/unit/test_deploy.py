@@ -207,3 +207,25 @@ def test_the_merge_patch_nulls_what_the_new_template_drops() -> None:
     assert patch == {"metadata": {"labels": {"x": "1"}}, "spec": {"nodeSelector": {POOL: None}}}
     # Putting the old template back removes the label the deploy added.
     assert merge_patch(after, before)["metadata"]["labels"] == {"x": None}
+
+
+def test_slack_reads_a_deployment_from_flags_or_a_sentence_and_says_how_when_it_cannot() -> None:
+    from agent.entry.slack.chat import Intent, classify
+    from agent.entry.slack.deploys import parse_deploy
+
+    r = parse_deploy('deploy llm-prod/assist-mini --version 2025.09.0 --args "--max-model-len 8192" --strategy canary')
+    assert (r.namespace, r.name, r.version, r.args, r.strategy) == (
+        "llm-prod", "assist-mini", "2025.09.0", ["--max-model-len", "8192"], "canary")
+    assert parse_deploy("deploy llm-prod/assist-mini --image=vllm/vllm-openai:v0.10.2").image == \
+        "vllm/vllm-openai:v0.10.2"
+    r = parse_deploy("deploy version `2025.09.0` to `llm-prod/assist-mini`")
+    assert (r.namespace, r.name, r.version) == ("llm-prod", "assist-mini", "2025.09.0")
+    for bad, why in (("deploy", "Usage"), ("deploy assist-mini --version 1", "NAMESPACE/NAME"),
+                     ("deploy a/b --version", "needs a value"), ("deploy a/b --force", "unknown option"),
+                     ("deploy a/b", "say what to deploy"), ("deploy a/b --strategy blue", "strategy")):
+        with pytest.raises(ValueError, match=why):
+            parse_deploy(bad)
+    # In a thread, "deploy …" is a deployment request now, not a forbidden action; deleting still is.
+    assert classify("deploy 2025.09.0 to llm-prod/assist-mini") == Intent.DEPLOY
+    assert classify("opsagent deploy llm-prod/x --version 2") == Intent.DEPLOY
+    assert classify("delete the namespace") == Intent.FORBIDDEN
