@@ -11,6 +11,8 @@ Reads with the read-only identity; must not write (the executor undoes an aborte
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -46,17 +48,24 @@ def step_kind(rollout: Mapping[str, Any], index: int) -> str:
 
 
 def failed_metrics(run: Mapping[str, Any]) -> list[str]:
-    """"name = value (condition)" for each failed or errored metric of an AnalysisRun."""
-    conditions = {m.get("name"): m.get("failureCondition") or m.get("successCondition") or ""
-                  for m in (run.get("spec") or {}).get("metrics") or []}
+    """"name = value > limit" for each failed or errored metric of an AnalysisRun."""
+    args = {a.get("name"): a.get("value") for a in (run.get("spec") or {}).get("args") or []}
+    limits = {}
+    for m in (run.get("spec") or {}).get("metrics") or []:
+        cond = str(m.get("failureCondition") or "")
+        limit = re.search(r"result\[0\]\s*([<>]=?)\s*\{\{\s*args\.([\w-]+)\s*\}\}", cond)
+        if limit:
+            limits[m.get("name")] = f" {limit.group(1)} {args.get(limit.group(2), limit.group(2))}"
     out = []
     for m in (run.get("status") or {}).get("metricResults") or []:
         if m.get("phase") not in ("Failed", "Error"):
             continue
         last = (m.get("measurements") or [{}])[-1]
-        value = last.get("value", "no value")
-        out.append(f"{m.get('name')} = {value} ({m.get('phase').lower()}; {conditions.get(m.get('name'), '')})"
-                   .replace("; )", ")"))
+        value = str(last.get("value", "no value")).strip("[]")
+        with contextlib.suppress(ValueError):
+            value = f"{float(value):.4g}"
+        what = limits.get(m.get("name"), "") if m.get("phase") == "Failed" else f" (error: {m.get('message', '')})"
+        out.append(f"{m.get('name')} = {value}{what}")
     return out
 
 

@@ -229,3 +229,19 @@ def test_slack_reads_a_deployment_from_flags_or_a_sentence_and_says_how_when_it_
     assert classify("deploy 2025.09.0 to llm-prod/assist-mini") == Intent.DEPLOY
     assert classify("opsagent deploy llm-prod/x --version 2") == Intent.DEPLOY
     assert classify("delete the namespace") == Intent.FORBIDDEN
+
+
+def test_an_abort_names_the_failed_metric_its_value_and_its_limit() -> None:
+    from agent.change.rollout_watch import failed_metrics
+
+    run = {"spec": {"args": [{"name": "error-share-max", "value": "0.01"}, {"name": "ttft-p95-max", "value": "0.5"}],
+                    "metrics": [{"name": "error-share", "failureCondition":
+                                 "len(result) > 0 && !isNaN(result[0]) && result[0] > {{args.error-share-max}}"},
+                                {"name": "ttft-p95", "failureCondition":
+                                 "len(result) > 0 && !isNaN(result[0]) && result[0] > {{args.ttft-p95-max}}"},
+                                {"name": "queue"}]},
+           "status": {"metricResults": [
+               {"name": "error-share", "phase": "Failed", "measurements": [{"value": "[0.08]"}]},
+               {"name": "ttft-p95", "phase": "Successful", "measurements": [{"value": "[0.1]"}]},
+               {"name": "queue", "phase": "Error", "message": "no data"}]}}
+    assert failed_metrics(run) == ["error-share = 0.08 > 0.01", "queue = no value (error: no data)"]
