@@ -154,16 +154,31 @@ def demo(
     unattended: Annotated[bool, typer.Option(help="Approve as the demo's on-call user instead of asking.")] = False,
     approver: Annotated[str | None, typer.Option("--as", help="Approve as this identity (a policy role member).")]
         = None,
+    scenario: Annotated[str, typer.Option(help="incident: the incident drill; deploy: a bad and a good model "
+                                          "version through Argo Rollouts (builds its controller on first use).")]
+        = "incident",
 ) -> None:
     """Run the incident drill: a bad rollout alerts, the agent triages it and proposes a rollback, you approve,
-    the guarded executor rolls back, verification and the audit trail close it."""
+    the guarded executor rolls back, verification and the audit trail close it. `--scenario deploy` shows a
+    canary aborted by analysis and a good version promoted instead."""
     from agent.entry.demo import run_demo
     from deploy.sandbox.processes import StartError
 
+    if scenario not in ("incident", "deploy"):
+        fail(f"--scenario is incident or deploy, not {scenario!r}", 2)
     settings = _settings(dir_, port_base)
     if not unattended and not sys.stdin.isatty():
         typer.echo("(no terminal to ask for approval: running --unattended)", err=True)
         unattended = True
+    if scenario == "deploy":
+        from agent.entry.demo_deploy import run_deploy_demo
+
+        try:
+            ok = run_deploy_demo(settings, out=typer.echo, progress=progress, keep=keep,
+                                 confirm=None if unattended else (lambda q: typer.confirm(q, default=True)))
+        except (StartError, TimeoutError, FileNotFoundError) as e:
+            fail(str(e))
+        raise typer.Exit(0 if ok else 1)
     try:
         ok = run_demo(settings, out=typer.echo, progress=progress, keep=keep, unattended=unattended,
                       approver=approver, confirm=lambda q: typer.confirm(q, default=True))
