@@ -88,6 +88,7 @@ def rconfig(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for rule in doc["rules"]:
         if rule["id"] == "deploy":
             rule.get("conditions", {}).pop("windows", None)
+    doc["limits"]["rate"]["max_changes_per_target_per_hour"] = 20  # every test here deploys the same Rollout
     (d / "policies").mkdir()
     (d / "policies" / "default.yaml").write_text(yaml.safe_dump(doc))
     (d / "settings.yaml").write_text(yaml.safe_dump({

@@ -364,6 +364,8 @@ class SlackBot:
         if ch is None or ev.stage in QUIET:
             return
         if ch.incident_id is None:
+            if ch.spec.action != ActionKind.DEPLOY:
+                return  # the change block says it (a cost-report change in the report's thread)
             # A deployment: its progress (canary steps, promotion, abort) goes in the change block's thread.
             msg = await asyncio.to_thread(self.app.store.chat_message, f"change:{ev.change_id}")
             if msg is not None:
