@@ -22,6 +22,7 @@ from kubernetes import client
 from agent.change.models import ChangeRequest
 from agent.change.verdict import Outcome
 from agent.change.verify import Verification
+from agent.models import ActionKind
 from tools.k8s_read.client import K8sReadClient
 
 GROUP, VERSION = "argoproj.io", "v1alpha1"
@@ -71,7 +72,8 @@ def failed_metrics(run: Mapping[str, Any]) -> list[str]:
 
 async def watch_rollout(ch: ChangeRequest, k8s: K8sReadClient, *, on_progress: Progress, deadline_s: float = 1200,
                         poll_s: float = 2.0) -> Verification:
-    """Follow the Rollout until promoted (pass), aborted (regression) or paused inconclusive / out of time."""
+    """Follow the Rollout until promoted (pass), aborted (regression; a pass when the change was the abort),
+    or paused inconclusive / out of time."""
     t = ch.spec.target
     assert t.namespace
     custom = client.CustomObjectsApi(k8s.api)
@@ -91,6 +93,14 @@ async def watch_rollout(ch: ChangeRequest, k8s: K8sReadClient, *, on_progress: P
         if not new or new == old_stable or str(st.get("observedGeneration", "")) != str(
                 ro["metadata"].get("generation", "")):
             await asyncio.sleep(poll_s)  # the controller has not taken up the new template yet
+            continue
+        if st.get("abort") and ch.spec.action == ActionKind.ABORT_ROLLOUT:
+            if int(st.get("availableReplicas") or 0) >= int(ro["spec"].get("replicas") or 0):
+                await on_progress(f"aborted as asked: stable {st.get('stableRS')} serves every replica "
+                                  f"({elapsed:.0f} s)")
+                return Verification(ch.id, Outcome.PASS, "aborted as asked; stable serves every replica",
+                                    rollout_seconds=elapsed, seconds=elapsed)
+            await asyncio.sleep(poll_s)
             continue
         if st.get("abort"):
             why = await _abort_reason(k8s, t.namespace, new, st)

@@ -19,6 +19,7 @@ from agent.entry.commands.audit import audit_app
 from agent.entry.commands.changes import changes_app
 from agent.entry.commands.common import DEFAULT_SANDBOX_DIR, JsonOpt, fail, progress
 from agent.entry.commands.deploy import deploy as deploy_command
+from agent.entry.commands.deploy import rollout_app
 from agent.entry.commands.doctor import doctor as doctor_command
 from agent.entry.commands.eval import eval_command
 from agent.entry.commands.incident import incident_app
@@ -47,6 +48,7 @@ app.add_typer(sandbox_app, name="sandbox")
 app.command("triage")(triage_command)
 app.command("serve")(serve_command)
 app.command("deploy")(deploy_command)
+app.add_typer(rollout_app, name="rollout")
 app.command("doctor")(doctor_command)
 app.add_typer(changes_app, name="changes")
 app.add_typer(audit_app, name="audit")

@@ -45,8 +45,9 @@ EXECUTOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
-    # Argo Rollouts: read a Rollout and merge-patch its template (the controller does the rest).
-    {"apiGroups": ["argoproj.io"], "resources": ["rollouts"], "verbs": ["get", "patch"]},
+    # Argo Rollouts: read a Rollout and merge-patch its template (the controller does the rest); promote
+    # and abort patch its status subresource.
+    {"apiGroups": ["argoproj.io"], "resources": ["rollouts", "rollouts/status"], "verbs": ["get", "patch"]},
 ]
 # Cluster-scoped: cordoning and draining GPU nodes (nothing else cluster-wide).
 EXECUTOR_NODE_RULES: list[dict[str, Any]] = [

@@ -165,7 +165,8 @@ def test_the_executor_is_confined_to_its_namespaces_and_verbs(release: tuple[str
         assert can(kubectl, sa, "patch", "rollouts.argoproj.io", sn), "a deployment patches the Rollout's template"
         for verb in ("update", "delete", "create"):
             assert not can(kubectl, sa, verb, "rollouts.argoproj.io", sn), f"executor can {verb} rollouts in {sn}"
-        assert not can(kubectl, sa, "patch", "rollouts.argoproj.io/status", sn)
+        assert can(kubectl, sa, "patch", "rollouts.argoproj.io/status", sn), "promote and abort"
+        assert not can(kubectl, sa, "update", "rollouts.argoproj.io/status", sn)
     assert can(kubectl, sa, "patch", "nodes"), "cordoning needs patch on nodes"
     assert not can(kubectl, sa, "list", "nodes"), "only get and patch: the executor reads one node at a time"
     assert not can(kubectl, sa, "delete", "nodes")

@@ -245,3 +245,33 @@ def test_an_abort_names_the_failed_metric_its_value_and_its_limit() -> None:
                {"name": "ttft-p95", "phase": "Successful", "measurements": [{"value": "[0.1]"}]},
                {"name": "queue", "phase": "Error", "message": "no data"}]}}
     assert failed_metrics(run) == ["error-share = 0.08 > 0.01", "queue = no value (error: no data)"]
+
+
+def test_promote_and_abort_are_rollout_changes_with_their_own_approval_rule() -> None:
+    from agent.policy.evaluate import evaluate, load_policy
+    from agent.policy.model import Effect, Request
+
+    promote = rollout_spec().model_copy(update={"action": ActionKind.PROMOTE_ROLLOUT})
+    assert tool_call(promote, dry_run=True, expected_rv="9") == ("k8s_rollout_promote_abort", {
+        "dry_run": True, "expected_resource_version": "9", "namespace": "llm-prod", "name": "assist-mini",
+        "promote": True})
+    abort = promote.model_copy(update={"action": ActionKind.ABORT_ROLLOUT})
+    assert tool_call(abort, dry_run=False, expected_rv=None)[1]["promote"] is False
+    with pytest.raises(ValueError, match="for Argo Rollouts"):
+        tool_call(abort.model_copy(update={"target": ObjectRef(kind="Deployment", name="d", namespace="llm-prod")}),
+                  dry_run=True, expected_rv=None)
+    policy = load_policy(Path(__file__).resolve().parents[2] / "policies" / "default.yaml")
+    at = dt.datetime(2026, 12, 6, 3, 0, tzinfo=dt.UTC)  # a Sunday night: no window applies to these
+
+    def ask(action: str, ns: str = "llm-prod") -> Any:
+        return evaluate(policy, Request(action=action, risk="mutate", cluster="c", namespace=ns, target_kind="Rollout",
+                                        target_name="assist-mini", labels={}, requester="dana", gpus=0,
+                                        replicas_delta=0, capacity_drop=0, at=at, changes_last_hour=0,
+                                        target_changes_last_hour=0))
+
+    for action in ("promote_rollout", "abort_rollout"):
+        d = ask(action)
+        assert d.effect == Effect.REQUIRE_APPROVAL and d.rule == "promote-abort" and d.approvers is not None
+        assert d.approvers.count == 1
+    outside = ask("deploy", ns="platform")  # a Rollout outside the serving namespaces
+    assert outside.effect == Effect.DENY and outside.rule == "outside-serving-namespaces"

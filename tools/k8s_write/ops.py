@@ -85,6 +85,10 @@ class PauseInput(Target):
     paused: bool
 
 
+class PromoteAbortInput(Target):
+    promote: bool = Field(description="True: promote a paused Rollout past its pause; False: abort its canary.")
+
+
 class NodeInput(ToolInput):
     node: str = Field(pattern=DNS_NAME)
     expected_resource_version: str | None = None
@@ -276,6 +280,41 @@ async def set_rollout_template(c: K8sWriteClient, p: SetTemplateInput) -> WriteR
                     "stable_rs": str((before.get("status") or {}).get("stableRS") or "")})
 
 
+async def rollout_promote_abort(c: K8sWriteClient, p: PromoteAbortInput) -> WriteResult:
+    """Promote a paused Argo Rollout or abort its canary, as `kubectl argo rollouts promote|abort` does.
+
+    Both write the Rollout's status subresource (the controller reads `pauseConditions` and `abort`
+    there); promote also clears `spec.paused`. A Rollout that is not paused is not promoted (that would
+    skip a step of its analysis), and one with no canary running is not aborted.
+    """
+    before = await read_rollout(c, p.namespace, p.name)
+    what = f"rollout {p.namespace}/{p.name}"
+    st = before.get("status") or {}
+    group, version, plural = ROLLOUTS
+    kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": c.timeout}
+    if p.dry_run:
+        kwargs["dry_run"] = "All"
+    rv = {"resourceVersion": p.expected_resource_version} if p.expected_resource_version else {}
+    if p.promote:
+        if not st.get("pauseConditions") and not before["spec"].get("paused"):
+            raise ToolError(f"{what} is not paused (phase {st.get('phase')}): nothing to promote")
+        body: dict[str, Any] = {"metadata": rv, "status": {"pauseConditions": None}}
+    else:
+        if st.get("abort") or st.get("currentPodHash") == st.get("stableRS"):
+            raise ToolError(f"{what} has no canary to abort (phase {st.get('phase')})")
+        body = {"metadata": rv, "status": {"abort": True}}
+    resp = await _call(c.custom.patch_namespaced_custom_object_status, group, version, p.namespace, plural, p.name,
+                       body, what=f"{'promote' if p.promote else 'abort'} {what}", **kwargs)
+    after = dict(json.loads(resp.data))
+    if p.promote and before["spec"].get("paused"):
+        resp = await _call(c.custom.patch_namespaced_custom_object, group, version, p.namespace, plural, p.name,
+                           {"spec": {"paused": False}}, what=f"unpause {what}", **kwargs)
+        after = dict(json.loads(resp.data))
+    return _result("Rollout", "promote" if p.promote else "abort", before, after, p.dry_run,
+                   {"pause_conditions": [c.get("reason") for c in st.get("pauseConditions") or []],
+                    "step": st.get("currentStepIndex"), "stable_rs": str(st.get("stableRS") or "")})
+
+
 def merge_patch(before: Any, after: Any) -> Any:
     """The RFC 7386 merge patch that turns `before` into `after` (a key `after` lacks becomes null)."""
     if not isinstance(before, dict) or not isinstance(after, dict):
@@ -363,6 +402,9 @@ TOOLS: list[ToolSpec[Any, Any]] = [
     ToolSpec("k8s_set_rollout_template", "kubernetes/write", Risk.MUTATE,
              "Write an Argo Rollout's new pod template (its controller runs the canary and analysis).",
              SetTemplateInput, WriteResult, set_rollout_template, "k8s_write"),
+    ToolSpec("k8s_rollout_promote_abort", "kubernetes/write", Risk.MUTATE,
+             "Promote a paused Argo Rollout past its pause, or abort its canary (stable takes all traffic).",
+             PromoteAbortInput, WriteResult, rollout_promote_abort, "k8s_write"),
     ToolSpec("k8s_pause_rollout", "kubernetes/write", Risk.MUTATE, "Pause or resume a Deployment's rollout.",
              PauseInput, WriteResult, pause, "k8s_write"),
     ToolSpec("k8s_cordon_node", "kubernetes/write", Risk.MUTATE, "Mark a node unschedulable.",

@@ -62,7 +62,8 @@ GPU = "nvidia.com/gpu"
 CRASH_POINTS = ("after-claim", "after-write", "after-applied")
 CostFn = Callable[[ChangeSpec, dict[str, Any] | None], float | None]
 # Changes that leave the GPU allocation as it is: their predicted cost change is zero, not unknown.
-SAME_ALLOCATION = (ActionKind.ROLLBACK, ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT)
+SAME_ALLOCATION = (ActionKind.ROLLBACK, ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT,
+                   ActionKind.PROMOTE_ROLLOUT, ActionKind.ABORT_ROLLOUT)
 
 
 class ExecutionRefused(Exception):

@@ -40,6 +40,11 @@ def tool_call(spec: ChangeSpec, dry_run: bool, expected_rv: str | None,
         case ActionKind.PAUSE_ROLLOUT | ActionKind.RESUME_ROLLOUT:
             return "k8s_pause_rollout", base | {"namespace": t.namespace, "name": t.name,
                                                  "paused": spec.action == ActionKind.PAUSE_ROLLOUT}
+        case ActionKind.PROMOTE_ROLLOUT | ActionKind.ABORT_ROLLOUT:
+            if t.kind != "Rollout":
+                raise ValueError(f"{spec.action.value} is for Argo Rollouts, not a {t.kind}")
+            return "k8s_rollout_promote_abort", base | {"namespace": t.namespace, "name": t.name,
+                                                         "promote": spec.action == ActionKind.PROMOTE_ROLLOUT}
         case ActionKind.CORDON_NODE:
             return "k8s_cordon_node", {"node": t.name, "dry_run": dry_run, "expected_resource_version": expected_rv}
         case ActionKind.DRAIN_NODE:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -22,7 +23,8 @@ from agent.change.deploy import (
     TargetNotFound,
     parse_target,
 )
-from agent.change.flow import FlowEvent
+from agent.change.flow import FlowEvent, FlowState
+from agent.change.models import ChangeSpec, ChangeStatus
 from agent.entry.commands.common import (
     DEFAULT_SANDBOX_DIR,
     ConfigOpt,
@@ -34,6 +36,7 @@ from agent.entry.commands.common import (
     open_app,
     progress,
 )
+from agent.models import ActionKind, ObjectRef
 
 
 def outcome_json(out: DeployOutcome) -> dict[str, Any]:
@@ -128,3 +131,58 @@ def deploy(
                        f"review: opsagent changes show {ch.id}   approve: opsagent changes approve {ch.id}")
     if out.state is None or out.state.change.status.value in ("denied", "failed"):
         raise typer.Exit(4)
+
+
+rollout_app = typer.Typer(help="Argo Rollouts: promote a paused canary or abort one, as change requests.",
+                          no_args_is_help=True)
+
+
+def _rollout_change(target: str, action: ActionKind, reason: str | None, who: str | None, config: Path | None,
+                    use_sandbox: bool, sandbox_dir: Path, state_dir: Path | None) -> None:
+    try:
+        ns, name = parse_target(target)
+    except ValueError as e:
+        fail(str(e), 2)
+    app = open_app(config, use_sandbox, sandbox_dir, state_dir)
+    requester = who or app.settings.actor
+    spec = ChangeSpec(action=action, cluster=app.settings.kubernetes.cluster,
+                      target=ObjectRef(kind="Rollout", name=name, namespace=ns))
+
+    async def run() -> FlowState:
+        try:
+            return await app.flow().propose(spec, reason=reason or f"{action.value} asked by {requester}",
+                                            requester=requester)
+        finally:
+            await app.aclose_clients()
+
+    try:
+        st = asyncio.run(run())
+    except ValueError as e:
+        fail(str(e), 2)
+    finally:
+        app.close()
+    ch = st.change
+    typer.echo(f"change request {ch.id} ({action.value} {target}): {ch.status.value} — {ch.policy_rule}: "
+               f"{ch.policy_reason}\napprove: opsagent changes approve {ch.id}")
+    if ch.status in (ChangeStatus.DENIED, ChangeStatus.FAILED):
+        raise typer.Exit(4)
+
+
+ReasonOpt = Annotated[str | None, typer.Option(help="Why (shown to the approvers).")]
+WhoOpt = Annotated[str | None, typer.Option("--as", help="Your identity (default: settings.actor).")]
+
+
+@rollout_app.command("promote")
+def promote(target: Annotated[str, typer.Argument(help="NAMESPACE/NAME of a paused Argo Rollout.")],
+            reason: ReasonOpt = None, who: WhoOpt = None, config: ConfigOpt = None, use_sandbox: SandboxOpt = False,
+            sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR, state_dir: StateOpt = None) -> None:
+    """Propose promoting a paused Rollout past its pause (an inconclusive analysis, a manual pause step)."""
+    _rollout_change(target, ActionKind.PROMOTE_ROLLOUT, reason, who, config, use_sandbox, sandbox_dir, state_dir)
+
+
+@rollout_app.command("abort")
+def abort(target: Annotated[str, typer.Argument(help="NAMESPACE/NAME of an Argo Rollout with a canary running.")],
+          reason: ReasonOpt = None, who: WhoOpt = None, config: ConfigOpt = None, use_sandbox: SandboxOpt = False,
+          sandbox_dir: SandboxDirOpt = DEFAULT_SANDBOX_DIR, state_dir: StateOpt = None) -> None:
+    """Propose aborting a Rollout's canary: its pods go away and stable serves every request."""
+    _rollout_change(target, ActionKind.ABORT_ROLLOUT, reason, who, config, use_sandbox, sandbox_dir, state_dir)
