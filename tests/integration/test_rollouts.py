@@ -480,6 +480,86 @@ def test_the_ci_api_refuses_a_bad_token_and_an_unknown_target_storing_nothing(
     assert anon.status_code == 401
 
 
+def test_an_abort_asked_for_mid_canary_is_a_change_request_and_the_template_goes_back(
+        rsandbox: dict[str, Any], radmin: client.ApiClient, rfleet: Fleet, rconfig: Path, rstate: Path) -> None:
+    ns = rfleet.workload(WORKLOAD).namespace
+    stable_version = _rollout(radmin, ns)["spec"]["template"]["metadata"]["labels"][LABEL_MODEL_VERSION]
+    version = GOOD if stable_version != GOOD else "2025.05.2"  # a good build either way: only a human stops it
+    stable_before, deploying = _deploy(radmin, rsandbox, rconfig, rstate, version)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait for the canary to run (its first step)
+        st = _rollout(radmin, ns).get("status") or {}
+        if st.get("currentPodHash") and st["currentPodHash"] != stable_before:
+            break
+        time.sleep(1)
+    out = _cli(rsandbox, rconfig, rstate, "rollout", "abort", f"{ns}/{WORKLOAD}", "--as", "dana",
+               "--reason", "the canary's tokens look wrong to a human")
+    assert out.exit_code == 0 and "pending_approval" in out.output, out.output
+    abort_id = out.output.split("change request ", 1)[1].split()[0]
+    assert not (_rollout(radmin, ns).get("status") or {}).get("abort"), "nothing written before the approval"
+    app = _app(rsandbox, rconfig, rstate)
+
+    async def approve() -> FlowState:
+        try:
+            return await app.flow().decide(abort_id, "alice", "approve", via="cli")
+        finally:
+            await app.aclose_clients()
+
+    try:
+        st_abort = asyncio.run(approve())
+    finally:
+        app.close()
+    assert st_abort.stage == ChangeStage.VERIFIED, (st_abort.stage, st_abort.verification, st_abort.detail)
+    assert "aborted as asked" in str(st_abort.verification)
+    # The deployment's own watch sees the abort, and its template is put back under its approval.
+    deploying.join(240)
+    assert deploying.error is None and deploying.state is not None, deploying.error
+    assert deploying.state.stage in (ChangeStage.ROLLED_BACK, ChangeStage.REGRESSION), deploying.state.stage
+    ro = _rollout(radmin, ns)
+    assert ro["spec"]["template"]["metadata"]["labels"][LABEL_MODEL_VERSION] == stable_version
+    assert (ro.get("status") or {}).get("stableRS") == stable_before
+    assert _audit(rsandbox, rconfig, rstate, f"execute {abort_id}"), "the abort's execution is audited"
+
+
+def test_ops_deploy_in_slack_refuses_with_the_numbers_or_posts_the_change_for_approval(
+        rsandbox: dict[str, Any], radmin: client.ApiClient, rconfig: Path, rstate: Path) -> None:
+    from tests.serving import serve
+    from tests.slack_standin import SlackClientSim, SlackStandIn, buttons, render
+
+    secret, channel = "rollouts-test-signing-secret", "C0DEPLOYS"
+    api = SlackStandIn()
+    generation = _rollout(radmin, "llm-prod")["metadata"]["generation"]
+    with serve(api.app()) as api_url:
+        api.base_url = api_url
+        settings = settings_for(rconfig, rsandbox, state_dir=str(rstate), slack={
+            "enabled": True, "bot_token": "xoxb-test", "signing_secret": secret, "channel": channel,
+            "api_url": f"{api_url}/api/"})
+        app = build_app(settings)
+        try:
+            asgi, bot = build_server(app)
+            assert bot is not None
+            with serve(asgi) as url:
+                sim = SlackClientSim(url, secret, api)
+                for text in (f"deploy llm-prod/{WORKLOAD} --version 2025.10.3 --model llama-3.1-70b-instruct",
+                             f"deploy llm-prod/{WORKLOAD} --version 2025.10.3", f"deploy {WORKLOAD} --version 1"):
+                    assert sim.command("U0DANA001", text, channel=channel).status_code == 200
+                replies = api.wait(lambda: len(api.responses) >= 3 and api.responses, what="three replies",
+                                   timeout=180)
+                texts = [r["text"] for r in sorted(replies, key=lambda r: int(r["key"].removeprefix("cmd")))]
+                blocks_posted = api.wait(lambda: [c for c in api.of("chat.postMessage")
+                                                  if c.args.get("channel") == channel], what="the change block")
+        finally:
+            app.close()
+    assert "refused at preflight" in texts[0] and "does not fit 24 GiB GPUs" in texts[0], texts[0]
+    assert texts[1].startswith("Change request `chg-"), texts[1]
+    change_id = texts[1].split("`")[1]
+    assert "needs 2 approval(s)" in texts[1] and "version" in texts[1]
+    block = next(c for c in blocks_posted if change_id in render(c.args))
+    assert buttons(block.args), "the change block carries Approve / Reject"
+    assert "NAMESPACE/NAME" in texts[2], texts[2]
+    assert _rollout(radmin, "llm-prod")["metadata"]["generation"] == generation, "nothing written from chat"
+
+
 def test_the_staging_soak_query_reads_how_long_a_version_served_within_slo(
         rsandbox: dict[str, Any], radmin: client.ApiClient, rfleet: Fleet) -> None:
     from agent.change.preflight import staging_soak, staging_soak_queries
