@@ -37,6 +37,7 @@ from agent.entry.commands.common import (
     progress,
 )
 from agent.models import ActionKind, ObjectRef
+from tools.base import ToolError
 
 
 def outcome_json(out: DeployOutcome) -> dict[str, Any]:
@@ -115,6 +116,8 @@ def deploy(
         fail(str(e), 3)
     except (DeployRefused, ValueError) as e:
         fail(str(e), 2)
+    except ToolError as e:  # the API server or Prometheus said no (unreachable, forbidden): nothing proposed
+        fail(f"nothing was proposed: {e}", 1)
     finally:
         app.close()
     if as_json:
