@@ -28,7 +28,10 @@ APPROVERS = ("bob", "alice")  # policies/default.yaml: deployments need two of m
 
 def run_deploy_demo(settings: SandboxSettings, out: Echo, progress: Echo, *, keep: bool = True,
                     confirm: Callable[[str], bool] | None = None) -> bool:
-    sb = Sandbox(settings.model_copy(update={"rollouts": True}), progress=progress)
+    # Half a day of history is all the canary analysis and the preflight read (the incident drill's 14
+    # days of backfill are for its baselines).
+    sb = Sandbox(settings.model_copy(update={"rollouts": True, "history_days": min(settings.history_days, 0.5)}),
+                 progress=progress)
     status = sb.up()
     state = settings.dir / "deploy-demo-state"
     state.mkdir(parents=True, exist_ok=True)
