@@ -560,6 +560,34 @@ def test_ops_deploy_in_slack_refuses_with_the_numbers_or_posts_the_change_for_ap
     assert _rollout(radmin, "llm-prod")["metadata"]["generation"] == generation, "nothing written from chat"
 
 
+def test_a_plain_deployment_gets_a_rolling_update_with_the_surge_the_free_gpus_hold(
+        rsandbox: dict[str, Any], radmin: client.ApiClient, rfleet: Fleet, rconfig: Path, rstate: Path) -> None:
+    w = rfleet.workload("chat-lite")  # a Deployment on the l4 pool (four one-L4 nodes, two replicas here)
+    apps = client.AppsV1Api(radmin)
+    dep = apps.read_namespaced_deployment(w.name, w.namespace)
+    args = [*dep.spec.template.spec.containers[0].args, "--max-model-len", "16384"]
+    out = _cli(rsandbox, rconfig, rstate, "deploy", f"{w.namespace}/{w.name}", "--version", GOOD,
+               "--args", " ".join(args), "--as", "dana", "--json")
+    assert out.exit_code == 0, out.output
+    body = json.loads(out.stdout[out.stdout.index("{"):])
+    assert body["kind"] == "Deployment" and "(rolling)" in body["summary"]
+    capacity = next(c for c in body["preflight"] if c["name"] == "GPU capacity")
+    assert capacity["ok"] and "rolling update with maxSurge 1" in capacity["summary"], capacity
+    approval = _approve(rsandbox, rconfig, rstate, body["change_id"])
+    approval.join(600)
+    assert approval.error is None and approval.state is not None, approval.error
+    assert approval.state.stage not in (ChangeStage.ROLLED_BACK, ChangeStage.FAILED, ChangeStage.REFUSED), \
+        (approval.state.stage, approval.state.verification, approval.state.detail)
+    dep = apps.read_namespaced_deployment(w.name, w.namespace)
+    assert dep.spec.strategy.rolling_update.max_surge == 1 and dep.spec.strategy.rolling_update.max_unavailable == 0
+    assert dep.spec.template.metadata.labels["model-version"] == GOOD
+    assert dep.metadata.annotations["kubernetes.io/change-cause"].startswith("opsagent deploy: version")
+    pods = client.CoreV1Api(radmin).list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
+    assert {(p.metadata.labels or {}).get(LABEL_MODEL_VERSION) for p in pods if not p.metadata.deletion_timestamp} \
+        == {GOOD}
+    print(f"[figure] plain Deployment {w.name}: {approval.state.stage} — {approval.state.verification}")
+
+
 def test_the_staging_soak_query_reads_how_long_a_version_served_within_slo(
         rsandbox: dict[str, Any], radmin: client.ApiClient, rfleet: Fleet) -> None:
     from agent.change.preflight import staging_soak, staging_soak_queries
