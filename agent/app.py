@@ -26,6 +26,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from agent import postmortem
+from agent.audit.events import AuditEvent, AuditKind
 from agent.audit.log import (
     AuditLog,
     CheckpointSink,
@@ -33,9 +34,11 @@ from agent.audit.log import (
     FileCheckpointSink,
     S3CheckpointSink,
 )
-from agent.change.flow import ChangeFlow, FlowState, OnEvent
+from agent.change.deploy import DeployOutcome, DeployRequest, plan_deployment, request_deployment
+from agent.change.flow import ChangeFlow, FlowEvent, FlowState, OnEvent
 from agent.change.ledger import Ledger
-from agent.change.models import ChangeRequest, ChangeSpec
+from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage
+from agent.change.rollout_watch import watch_rollout
 from agent.change.verdict import Outcome
 from agent.change.verify import Verification, VerifySettings, verify
 from agent.config import LlmConfig, Settings
@@ -147,7 +150,8 @@ class App:
 
     def flow(self, on_event: OnEvent | None = None) -> ChangeFlow:
         """The change flow (approval interrupt → guarded execution → verification) on this app's executor."""
-        verify_fn = self._verify if ("prometheus" in self.clients and "k8s_read" in self.clients) else None
+        verify_fn = functools.partial(self._verify, on_event=on_event) \
+            if ("prometheus" in self.clients and "k8s_read" in self.clients) else None
         return ChangeFlow(self.change_executor(), self.checkpointer, verify=verify_fn, on_event=on_event,
                           locks=self._flow_locks)
 
@@ -165,8 +169,21 @@ class App:
 
         return ExecutorClient(path, self.ledger, timeout_s=self.settings.executor.timeout_s)
 
-    async def _verify(self, ch: ChangeRequest, applied_at: dt.datetime) -> Verification:
+    async def _verify(self, ch: ChangeRequest, applied_at: dt.datetime,
+                      on_event: OnEvent | None = None) -> Verification:
         v = self.settings.verification
+        if ch.spec.target.kind == "Rollout":
+            async def progress(message: str) -> None:
+                # Each step is audited and shown where the change's progress goes (its Slack thread).
+                self.audit.append(AuditEvent(at=dt.datetime.now(dt.UTC), kind=AuditKind.VERIFICATION,
+                                             actor="executor:watch", action=f"watch {ch.id}", decision="progress",
+                                             reason=message, inputs_hash=ch.spec_digest,
+                                             incident_id=ch.incident_id))
+                if on_event is not None:
+                    await on_event(FlowEvent(ch.id, ChangeStage.VERIFYING, message))
+
+            return await watch_rollout(ch, self.clients["k8s_read"], on_progress=progress,
+                                       deadline_s=v.canary_deadline_s)
         vs = VerifySettings(window_s=v.window_s, baseline_s=v.baseline_s, step_s=v.step_s,
                             rate_window_s=v.rate_window_s, rollout_deadline_s=v.rollout_deadline_s)
         try:
@@ -192,6 +209,22 @@ class App:
             out.append(await flow.propose(spec, reason=p.reason, requester=f"agent:{report.reasoner}",
                                           incident_id=report.incident_id, evidence=[e.id for e in report.evidence]))
         return out
+
+    async def deploy(self, req: DeployRequest, *, requester: str, via: str,
+                     on_event: OnEvent | None = None) -> DeployOutcome:
+        """Plan a deployment (read the target, its pool and the soak; run the preflight) and propose it.
+
+        The one path every surface takes (CLI, Slack, CI API): a failed preflight is refused and audited,
+        a passing one goes through `ChangeFlow.propose()`. Raises TargetNotFound, DeployRefused, ValueError.
+        """
+        reader = self.clients.get("k8s_read")
+        if reader is None:
+            raise ValueError("kubernetes.reader_kubeconfig is not set: the target cannot be read")
+        catalog = PriceCatalog.load(self.settings.rightsize.price_catalog)
+        plan = await plan_deployment(req, reader=reader, catalog=catalog, cluster=self.settings.kubernetes.cluster,
+                                     prom=self.clients.get("prometheus"))
+        return await request_deployment(plan, flow=self.flow(on_event=on_event), audit=self.audit,
+                                        requester=requester, via=via)
 
     def executor(self) -> Executor:
         """The guarded executor in this process, with the write client (the executor process, dev, the CLI)."""

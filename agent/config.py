@@ -103,6 +103,9 @@ class ServerConfig(_Group):
                                           "outside env: dev unless basic_auth is set; unset in dev: open.")
     basic_auth: SecretStr | None = Field(default=None, description="user:password pairs accepted as HTTP Basic "
                                          "auth (comma-separated), for Alertmanager's http_config.basic_auth.")
+    pipeline_tokens: SecretStr | None = Field(default=None, description="CI pipelines that may request deployments "
+                                              "(POST /deployments): NAME=TOKEN pairs, comma-separated, one token "
+                                              "per pipeline. Unset: the deployment API answers 401 to everyone.")
     max_alerts_per_incident: int = Field(default=1000, ge=1, le=100_000, description="New alerts beyond this "
                                          "are counted, not stored: one group cannot grow an incident (and every "
                                          "brief and report) without bound.")
@@ -127,6 +130,9 @@ class VerificationConfig(_Group):
     rate_window_s: int = Field(default=30, ge=5, le=3600, description="rate() window; needs >= 3 scrapes.")
     rollout_deadline_s: float = Field(default=180, gt=0, le=7200)
     timeout_s: float = Field(default=600, gt=0, le=14400, description="Give up (inconclusive) after this long.")
+    canary_deadline_s: float = Field(default=540, gt=0, le=14400, description="An Argo Rollout not promoted or "
+                                     "aborted this long after its template was written is inconclusive (under "
+                                     "timeout_s: the sandbox's three-step canary takes about 110 s).")
 
 
 class ExecutionConfig(_Group):
@@ -371,6 +377,13 @@ class Settings(BaseSettings):
             if problem:
                 raise ValueError(f"server.auth_tokens: a token is too weak ({problem}): each "
                                  "token needs at least 24 characters, not a pattern; `openssl rand -hex 24`")
+        pipelines = (self.server.pipeline_tokens.get_secret_value() if self.server.pipeline_tokens else "")
+        for item in pipelines.replace(",", " ").split():
+            token = item.partition("=")[2]
+            problem = "a placeholder" if token.lower() in PLACEHOLDERS else weak_key(token, min_length=24, distinct=8)
+            if problem:
+                raise ValueError(f"server.pipeline_tokens: a pipeline's token is too weak ({problem}): each needs "
+                                 "at least 24 characters, not a pattern; `openssl rand -hex 24`")
         for pair in pairs:
             if ":" not in pair:
                 raise ValueError("server.basic_auth: each entry is user:password")

@@ -121,7 +121,7 @@ class Category(enum.StrEnum):
 
 
 class ObjectRef(_Model):
-    kind: Literal["Deployment", "Node", "Pod", "HorizontalPodAutoscaler", "Namespace", "Model"]
+    kind: Literal["Deployment", "Rollout", "Node", "Pod", "HorizontalPodAutoscaler", "Namespace", "Model"]
     name: str
     namespace: str | None = None
 
@@ -148,6 +148,8 @@ class ActionKind(enum.StrEnum):
     SET_GPU_RESOURCES = "set_gpu_resources"
     PAUSE_ROLLOUT = "pause_rollout"
     RESUME_ROLLOUT = "resume_rollout"
+    PROMOTE_ROLLOUT = "promote_rollout"  # an Argo Rollout paused at a step (or inconclusive): go on
+    ABORT_ROLLOUT = "abort_rollout"  # an Argo Rollout's canary: scale it away, stable takes all traffic
     CORDON_NODE = "cordon_node"
     DRAIN_NODE = "drain_node"
     PAGE_HUMAN = "page_human"  # no safe automated action

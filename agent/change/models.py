@@ -27,6 +27,8 @@ ACTION_RISK: dict[ActionKind, Risk] = {
     ActionKind.SET_GPU_RESOURCES: Risk.MUTATE,
     ActionKind.PAUSE_ROLLOUT: Risk.MUTATE,
     ActionKind.RESUME_ROLLOUT: Risk.MUTATE,
+    ActionKind.PROMOTE_ROLLOUT: Risk.MUTATE,
+    ActionKind.ABORT_ROLLOUT: Risk.MUTATE,
     ActionKind.CORDON_NODE: Risk.MUTATE,
     ActionKind.DRAIN_NODE: Risk.MUTATE,  # evictions are recoverable; policy asks two approvers
     ActionKind.PAGE_HUMAN: Risk.READ,

@@ -19,6 +19,8 @@ import typer
 from agent.entry.commands.audit import audit_app
 from agent.entry.commands.changes import changes_app
 from agent.entry.commands.common import DEFAULT_SANDBOX_DIR, JsonOpt, fail, progress
+from agent.entry.commands.deploy import deploy as deploy_command
+from agent.entry.commands.deploy import rollout_app
 from agent.entry.commands.doctor import doctor as doctor_command
 from agent.entry.commands.eval import eval_command
 from agent.entry.commands.executor import executor_app
@@ -47,6 +49,8 @@ sandbox_app = typer.Typer(
 app.add_typer(sandbox_app, name="sandbox")
 app.command("triage")(triage_command)
 app.command("serve")(serve_command)
+app.command("deploy")(deploy_command)
+app.add_typer(rollout_app, name="rollout")
 app.command("doctor")(doctor_command)
 app.add_typer(changes_app, name="changes")
 app.add_typer(audit_app, name="audit")
@@ -177,16 +181,31 @@ def demo(
     unattended: Annotated[bool, typer.Option(help="Approve as the demo's on-call user instead of asking.")] = False,
     approver: Annotated[str | None, typer.Option("--as", help="Approve as this identity (a policy role member).")]
         = None,
+    scenario: Annotated[str, typer.Option(help="incident: the incident drill; deploy: a bad and a good model "
+                                          "version through Argo Rollouts (builds its controller on first use).")]
+        = "incident",
 ) -> None:
     """Run the incident drill: a bad rollout alerts, the agent triages it and proposes a rollback, you approve,
-    the guarded executor rolls back, verification and the audit trail close it."""
+    the guarded executor rolls back, verification and the audit trail close it. `--scenario deploy` shows a
+    canary aborted by analysis and a good version promoted instead."""
     from agent.entry.demo import run_demo
     from deploy.sandbox.processes import StartError
 
+    if scenario not in ("incident", "deploy"):
+        fail(f"--scenario is incident or deploy, not {scenario!r}", 2)
     settings = _settings(dir_, port_base)
     if not unattended and not sys.stdin.isatty():
         typer.echo("(no terminal to ask for approval: running --unattended)", err=True)
         unattended = True
+    if scenario == "deploy":
+        from agent.entry.demo_deploy import run_deploy_demo
+
+        try:
+            ok = run_deploy_demo(settings, out=typer.echo, progress=progress, keep=keep,
+                                 confirm=None if unattended else (lambda q: typer.confirm(q, default=True)))
+        except (StartError, TimeoutError, FileNotFoundError) as e:
+            fail(str(e))
+        raise typer.Exit(0 if ok else 1)
     try:
         ok = run_demo(settings, out=typer.echo, progress=progress, keep=keep, unattended=unattended,
                       approver=approver, confirm=lambda q: typer.confirm(q, default=True))

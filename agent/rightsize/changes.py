@@ -130,9 +130,9 @@ def predicted_cost_delta(spec: ChangeSpec, live_object: Mapping[str, Any] | None
     or `nvidia.com/gpu.product` node selector, else the `instance_type` the change was sized at.
     Actions that do not change the allocation (rollback, deploy, cordon...) return None.
     """
-    if live_object is None or spec.target.kind != "Deployment":
+    if live_object is None or spec.target.kind not in ("Deployment", "Rollout"):
         return None
-    if spec.action not in (ActionKind.SCALE, ActionKind.SET_GPU_RESOURCES):
+    if spec.action not in (ActionKind.SCALE, ActionKind.SET_GPU_RESOURCES, ActionKind.DEPLOY):
         return None
     price = _price_per_gpu_hour(spec, live_object, catalog)
     if price is None:

@@ -47,6 +47,9 @@ EXECUTOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "patch"]},
     {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
+    # Argo Rollouts: read a Rollout and merge-patch its template (the controller does the rest); promote
+    # and abort patch its status subresource.
+    {"apiGroups": ["argoproj.io"], "resources": ["rollouts", "rollouts/status"], "verbs": ["get", "patch"]},
 ]
 # Cluster-scoped: cordoning and draining GPU nodes, and counting the unschedulable ones (nothing else).
 EXECUTOR_NODE_RULES: list[dict[str, Any]] = [

@@ -30,6 +30,7 @@ ANALYSIS_TEMPLATE = HERE.parent / "rollouts" / "analysis-template.yaml"
 GROUP, VERSION = "argoproj.io", "v1alpha1"
 CRDS = ("rollouts", "analysistemplates", "clusteranalysistemplates", "analysisruns", "experiments")
 CANARY_WEIGHTS = (10, 50)  # then 100 %: Argo promotes after the last step
+MAX_MODEL_LEN = 16384  # an 8B model at BF16 on one 24 GiB L4 holds one such sequence (the preflight's arithmetic)
 QUEUE_MAX = 5  # waiting requests per replica: the Gateway API Inference Extension's saturation default
 
 # The agent's reader identity may watch Rollouts and their analysis (never change them).
@@ -71,6 +72,11 @@ def rollout_manifest(fleet: Fleet, w: Workload, prometheus: str) -> dict[str, An
         {"name": "error-share-max", "value": f"{w.slo.error_rate:g}"},
         {"name": "queue-max", "value": str(QUEUE_MAX)},
     ]
+    template = pod_template(fleet, w, mv)
+    if w.runtime == "vllm":
+        # A context the GPU holds (vLLM refuses to start when one full-length sequence does not fit its
+        # KV cache): the deployment preflight checks the same arithmetic.
+        template["spec"]["containers"][0]["args"] += ["--max-model-len", str(MAX_MODEL_LEN)]
     steps: list[dict[str, Any]] = []
     for weight in CANARY_WEIGHTS:
         steps.append({"setWeight": weight})
@@ -86,7 +92,7 @@ def rollout_manifest(fleet: Fleet, w: Workload, prometheus: str) -> dict[str, An
             "replicas": w.replicas,
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": {LABEL_APP: w.name}},
-            "template": pod_template(fleet, w, mv),
+            "template": template,
             # Without a traffic router the canary's share is its share of the pods: one surge pod at
             # most, so the GPUs a step needs are known in advance.
             "strategy": {"canary": {"maxSurge": 1, "maxUnavailable": 0, "steps": steps}},

@@ -157,7 +157,17 @@ def test_the_reader_can_read_what_triage_needs_and_write_nothing(release: tuple[
         assert not can(kubectl, sa, "get", res, "llm-prod"), f"reader can read {res}"
 
 
-def test_the_executor_is_confined_to_its_namespaces_and_verbs(release: tuple[str, str], kubectl: Any) -> None:
+def allowed(admin: client.ApiClient, user: str, verb: str, resource: str, ns: str, sub: str = "",
+            group: str = "argoproj.io") -> bool:
+    """The API server's own answer (a SubjectAccessReview) for a resource whose CRD may not be installed."""
+    review = client.AuthorizationV1Api(admin).create_subject_access_review({"spec": {
+        "user": user, "resourceAttributes": {"verb": verb, "group": group, "resource": resource,
+                                             "subresource": sub, "namespace": ns}}})
+    return bool(review.status.allowed)
+
+
+def test_the_executor_is_confined_to_its_namespaces_and_verbs(release: tuple[str, str], kubectl: Any,
+                                                              admin: client.ApiClient) -> None:
     ns, name = release
     sa = f"system:serviceaccount:{ns}:{name}-opsagent-executor"
     for sn in SERVING:
@@ -167,6 +177,12 @@ def test_the_executor_is_confined_to_its_namespaces_and_verbs(release: tuple[str
         assert can(kubectl, sa, "create", "pods/eviction", sn)
         assert not can(kubectl, sa, "delete", "deployments.apps", sn)
         assert not can(kubectl, sa, "create", "deployments.apps", sn)
+        # Argo Rollouts' CRDs are not installed here (kubectl's can-i needs discovery): ask the authorizer.
+        assert allowed(admin, sa, "patch", "rollouts", sn), "a deployment patches the Rollout's template"
+        for verb in ("update", "delete", "create"):
+            assert not allowed(admin, sa, verb, "rollouts", sn), f"executor can {verb} rollouts in {sn}"
+        assert allowed(admin, sa, "patch", "rollouts", sn, "status"), "promote and abort"
+        assert not allowed(admin, sa, "update", "rollouts", sn, "status")
     assert can(kubectl, sa, "patch", "nodes"), "cordoning needs patch on nodes"
     assert can(kubectl, sa, "list", "nodes"), "the fleet limit counts the GPU nodes already unschedulable"
     assert not can(kubectl, sa, "watch", "nodes") and not can(kubectl, sa, "update", "nodes")
@@ -177,6 +193,8 @@ def test_the_executor_is_confined_to_its_namespaces_and_verbs(release: tuple[str
         for verb in ("patch", "update", "delete"):
             assert not can(kubectl, sa, verb, "deployments.apps", other), f"executor can {verb} in {other}"
         assert not can(kubectl, sa, "create", "pods/eviction", other)
+    for other in OUTSIDE:
+        assert not allowed(admin, sa, "patch", "rollouts", other), f"executor can patch rollouts in {other}"
     for sn in [*SERVING, *OUTSIDE, ns]:
         for verb in ("get", "list", "create", "update"):
             assert not can(kubectl, sa, verb, "secrets", sn), f"executor can {verb} secrets in {sn}"

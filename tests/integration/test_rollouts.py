@@ -1,26 +1,41 @@
-"""Canary deployments on the real Argo Rollouts controller, gated by the project's AnalysisTemplate.
+"""Deployments through the agent, on the real Argo Rollouts controller gated by the project's AnalysisTemplate.
 
 A sandbox of its own (started with rollouts, on its own port range) runs the upstream controller
 against the sandbox's API server; the simulator serves each pod's signals by the version it runs, and
-the analysis reads them per pod-template hash from Prometheus. A good version must walk 10 % → 50 % →
-100 % and be promoted; a bad one must be aborted at the first step with stable serving throughout.
+the analysis reads them per pod-template hash from Prometheus. Each deployment is asked for the way a
+user asks (`opsagent deploy`, or the CI API), approved by two people, written by the guarded executor
+and watched by the agent. A good version must walk 10 % → 50 % → 100 % and be promoted; a bad one must
+be aborted at the first step with stable serving throughout and its template put back; a version that
+does not fit, a surge without free GPUs and a GitOps-owned target are refused before anything is written.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import yaml
 from kubernetes import client
+from typer.testing import CliRunner
 
+from agent.app import App, build_app
+from agent.change.flow import FlowState
+from agent.change.models import ChangeStage, ChangeStatus
+from agent.entry.cli import app as cli
+from agent.entry.commands.common import settings_for
+from agent.entry.slack.service import build_server
 from deploy.sandbox import rollouts
 from deploy.sandbox.cluster import api_client
-from deploy.sandbox.fleet import LABEL_APP, LABEL_MODEL_VERSION, Fleet, pod_template
+from deploy.sandbox.fleet import LABEL_APP, LABEL_MODEL_VERSION, Fleet
 from deploy.sandbox.processes import _alive_as
 from deploy.sandbox.sandbox import Sandbox, SandboxSettings
 from tests.integration.promql import query
@@ -29,6 +44,8 @@ PORT_BASE = int(os.environ.get("OPSAGENT_TEST_ROLLOUTS_PORT_BASE",
                                str(int(os.environ.get("OPSAGENT_TEST_PORT_BASE", "19000")) + 1000)))
 WORKLOAD = "assist-mini"
 GOOD, BAD = "2025.09.0", "2025.08.0"  # fleet-rollouts.yaml / fleet.yaml: the bad one errs 8 %, TTFT 0.9 s
+ROOT = Path(__file__).parents[2]
+PIPELINE_TOKEN = "ci-model-assist-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +61,7 @@ def rsandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         raise
     procs = sb.sup.procs()
     assert "argo-rollouts" in {p.name for p in procs}, "the controller runs under the Supervisor"
+    status["_sandbox"] = sb
     yield status
     sb.down()
     left = [f"{p.name} (pid {p.pid})" for p in procs if _alive_as(p)]
@@ -60,6 +78,101 @@ def radmin(rsandbox: dict[str, Any]) -> Iterator[client.ApiClient]:
 @pytest.fixture(scope="module")
 def rfleet() -> Fleet:
     return rollouts.merged_fleet(Fleet.load())[0]
+
+
+@pytest.fixture(scope="module")
+def rconfig(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default policy with the deploy window lifted (tests run at any hour); one pipeline token."""
+    d = tmp_path_factory.mktemp("deploy-config")
+    doc = yaml.safe_load((ROOT / "policies" / "default.yaml").read_text())
+    for rule in doc["rules"]:
+        if rule["id"] == "deploy":
+            rule.get("conditions", {}).pop("windows", None)
+    doc["limits"]["rate"]["max_changes_per_target_per_hour"] = 20  # every test here deploys the same Rollout
+    (d / "policies").mkdir()
+    (d / "policies" / "default.yaml").write_text(yaml.safe_dump(doc))
+    (d / "settings.yaml").write_text(yaml.safe_dump({
+        "policies_dir": str(d / "policies"), "server": {"pipeline_tokens": f"model-assist={PIPELINE_TOKEN}"}}))
+    return d / "settings.yaml"
+
+
+@pytest.fixture(scope="module")
+def rstate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("deploy-state")
+
+
+def _app(rsandbox: dict[str, Any], rconfig: Path, rstate: Path) -> App:
+    return build_app(settings_for(rconfig, rsandbox, state_dir=str(rstate)))
+
+
+def _cli(rsandbox: dict[str, Any], rconfig: Path, rstate: Path, *args: str) -> Any:
+    return CliRunner().invoke(cli, [*args, "--sandbox", "--sandbox-dir", str(rsandbox["_sandbox"].s.dir),
+                                    "--state-dir", str(rstate), "--config", str(rconfig)])
+
+
+def _request(rsandbox: dict[str, Any], rconfig: Path, rstate: Path, version: str) -> str:
+    """`opsagent deploy` as a user types it; the change id it prints."""
+    out = _cli(rsandbox, rconfig, rstate, "deploy", f"llm-prod/{WORKLOAD}", "--version", version, "--as", "dana",
+               "--json")
+    assert out.exit_code == 0, out.output
+    body = json.loads(out.stdout[out.stdout.index("{"):])
+    assert body["status"] == "pending_approval" and body["approvals_required"] == 2, body
+    assert all(c["ok"] for c in body["preflight"]), body["preflight"]
+    assert f"+      model-version: {version}" in body["diff"], body["diff"]
+    return str(body["change_id"])
+
+
+class Approval(threading.Thread):
+    """The second approval, in its own thread and App: it runs the execution and the watch to the end."""
+
+    def __init__(self, rsandbox: dict[str, Any], rconfig: Path, rstate: Path, change_id: str) -> None:
+        super().__init__(daemon=True)
+        self.args_ = (rsandbox, rconfig, rstate)
+        self.change_id = change_id
+        self.state: FlowState | None = None
+        self.error: BaseException | None = None
+        self.started_at = 0.0
+
+    def run(self) -> None:
+        app = _app(*self.args_)
+        self.started_at = time.time()
+        try:
+            self.state = asyncio.run(self._decide(app))
+        except BaseException as e:
+            self.error = e
+        finally:
+            app.close()
+
+    async def _decide(self, app: App) -> FlowState:
+        try:
+            return await app.flow().decide(self.change_id, "alice", "approve", via="cli")
+        finally:
+            await app.aclose_clients()
+
+
+def _approve(rsandbox: dict[str, Any], rconfig: Path, rstate: Path, change_id: str) -> Approval:
+    out = _cli(rsandbox, rconfig, rstate, "changes", "approve", change_id, "--as", "bob")
+    assert out.exit_code == 0 and "awaiting_approval" in out.output, out.output  # one of two
+    second = Approval(rsandbox, rconfig, rstate, change_id)
+    second.start()
+    return second
+
+
+def _audit(rsandbox: dict[str, Any], rconfig: Path, rstate: Path, needle: str) -> list[dict[str, Any]]:
+    app = _app(rsandbox, rconfig, rstate)
+    try:
+        return [e for e in app.audit.events() if needle in (e["action"] + " " + e["reason"])]
+    finally:
+        app.close()
+
+
+def _stored(rsandbox: dict[str, Any], rconfig: Path, rstate: Path) -> tuple[int, int]:
+    """(change requests, audit events) in the store: what a refused request must not add to."""
+    app = _app(rsandbox, rconfig, rstate)
+    try:
+        return len(app.ledger.list_changes(limit=10_000)), sum(1 for _ in app.audit.events())
+    finally:
+        app.close()
 
 
 @dataclass
@@ -80,15 +193,14 @@ def _rollout(api: client.ApiClient, ns: str) -> dict[str, Any]:
     return obj
 
 
-def _deploy(api: client.ApiClient, fleet: Fleet, version: str) -> tuple[str, float]:
-    w = fleet.workload(WORKLOAD)
-    mv = fleet.version(w.model, version)
-    assert mv is not None
-    before = _rollout(api, w.namespace)
-    template = pod_template(fleet, w, mv)
-    client.CustomObjectsApi(api).patch_namespaced_custom_object(
-        rollouts.GROUP, rollouts.VERSION, w.namespace, "rollouts", WORKLOAD, {"spec": {"template": template}})
-    return str((before.get("status") or {}).get("stableRS") or ""), time.time()
+def _deploy(api: client.ApiClient, rsandbox: dict[str, Any], rconfig: Path, rstate: Path,
+            version: str) -> tuple[str, Approval]:
+    """Ask for `version` through the agent and approve it twice; the stable hash before, the approval thread."""
+    before = _rollout(api, "llm-prod")
+    change_id = _request(rsandbox, rconfig, rstate, version)
+    assert _rollout(api, "llm-prod")["metadata"]["generation"] == before["metadata"]["generation"], \
+        "nothing is written before the approvals"
+    return str((before.get("status") or {}).get("stableRS") or ""), _approve(rsandbox, rconfig, rstate, change_id)
 
 
 def _observe(api: client.ApiClient, ns: str, version: str, w: Watch, stable_hash: str) -> dict[str, Any]:
@@ -142,9 +254,12 @@ def _served(prometheus: str, ns: str, canary_hash: str, start: float, end: float
 
 
 def test_a_good_version_walks_the_canary_steps_and_is_promoted(
-        rsandbox: dict[str, Any], radmin: client.ApiClient, rfleet: Fleet) -> None:
+        rsandbox: dict[str, Any], radmin: client.ApiClient, rfleet: Fleet, rconfig: Path, rstate: Path) -> None:
     ns = rfleet.workload(WORKLOAD).namespace
-    stable_before, t0 = _deploy(radmin, rfleet, GOOD)
+    stable_before, approval = _deploy(radmin, rsandbox, rconfig, rstate, GOOD)
+    while not approval.started_at:
+        time.sleep(0.1)
+    t0 = approval.started_at
     seen = Watch()
     deadline = time.monotonic() + 420
     ro: dict[str, Any] = {}
@@ -163,15 +278,25 @@ def test_a_good_version_walks_the_canary_steps_and_is_promoted(
     pods = client.CoreV1Api(radmin).list_namespaced_pod(ns, label_selector=f"{LABEL_APP}={WORKLOAD}").items
     versions = {(p.metadata.labels or {}).get(LABEL_MODEL_VERSION) for p in pods if not p.metadata.deletion_timestamp}
     assert versions == {GOOD}, f"after promotion every pod runs {GOOD}: {versions}"
-    print(f"\n[figure] good version {GOOD}: change applied → promoted at 100 % in {elapsed:.1f} s "
-          f"(steps {seen.weights})")
+    approval.join(120)
+    assert approval.error is None and approval.state is not None, approval.error
+    assert approval.state.stage == ChangeStage.VERIFIED, (approval.state.stage, approval.state.verification)
+    assert approval.state.change.status == ChangeStatus.VERIFIED
+    assert "promoted to 100 %" in str(approval.state.verification)
+    watched = [e["reason"] for e in _audit(rsandbox, rconfig, rstate, f"watch {approval.change_id}")]
+    assert any("canary at 10 %" in r for r in watched) and any(r.startswith("promoted") for r in watched), watched
+    print(f"\n[figure] good version {GOOD}: approval → promoted at 100 % in {elapsed:.1f} s "
+          f"(steps {seen.weights}); the agent reported: {watched[-1]}")
 
 
 def test_a_bad_version_is_aborted_by_analysis_at_the_first_step(
-        rsandbox: dict[str, Any], radmin: client.ApiClient, rfleet: Fleet) -> None:
+        rsandbox: dict[str, Any], radmin: client.ApiClient, rfleet: Fleet, rconfig: Path, rstate: Path) -> None:
     ns = rfleet.workload(WORKLOAD).namespace
     replicas = rfleet.workload(WORKLOAD).replicas
-    stable_before, t0 = _deploy(radmin, rfleet, BAD)
+    stable_before, approval = _deploy(radmin, rsandbox, rconfig, rstate, BAD)
+    while not approval.started_at:
+        time.sleep(0.1)
+    t0 = approval.started_at
     assert stable_before
     seen = Watch()
     deadline = time.monotonic() + 300
@@ -213,6 +338,254 @@ def test_a_bad_version_is_aborted_by_analysis_at_the_first_step(
           f"{bad:.0f} of {total:.0f} requests ({share:.1%}) while exposed")
     assert bad > 0, "the canary did serve (so the analysis had evidence)"
     assert share <= 0.10 * 1.1, f"the bad version served {share:.1%}, more than the first step's 10 %"
+    # The agent says why, and puts the Rollout's template back to the stable one under the same approval.
+    approval.join(120)
+    assert approval.error is None and approval.state is not None, approval.error
+    assert approval.state.stage in (ChangeStage.ROLLED_BACK, ChangeStage.REGRESSION), approval.state.stage
+    assert "aborted by analysis at step" in str(approval.state.verification), approval.state.verification
+    watched = [e["reason"] for e in _audit(rsandbox, rconfig, rstate, f"watch {approval.change_id}")]
+    aborted = [r for r in watched if r.startswith("aborted")]
+    assert aborted and ("error-share" in aborted[0] or "ttft" in aborted[0]), watched
+    ro = _rollout(radmin, ns)
+    assert ro["spec"]["template"]["metadata"]["labels"][LABEL_MODEL_VERSION] != BAD, "the template is put back"
+    assert (ro.get("status") or {}).get("stableRS") == stable_before
+    print(f"[figure] the agent reported: {aborted[0]}")
+
+
+def test_a_version_that_does_not_fit_or_a_surge_without_free_gpus_is_refused_at_preflight(
+        rsandbox: dict[str, Any], radmin: client.ApiClient, rfleet: Fleet, rconfig: Path, rstate: Path) -> None:
+    before = _stored(rsandbox, rconfig, rstate)
+    generation = _rollout(radmin, "llm-prod")["metadata"]["generation"]
+    out = _cli(rsandbox, rconfig, rstate, "deploy", f"llm-prod/{WORKLOAD}", "--version", GOOD,
+               "--model", "llama-3.1-70b-instruct", "--as", "dana")
+    assert out.exit_code == 4, out.output
+    assert "refused at preflight, no change request made" in out.output
+    assert "llama-3.1-70b-instruct at TP 1 does not fit 24 GiB GPUs: 131.5 GiB of weights per GPU" in out.output
+    assert "weights per GPU = 70.6 B params × 2 B ÷ TP 1 = 131.5 GiB" in out.output
+    # Fill the pool's free GPUs: the canary's surge pod has nowhere to go.
+    w = rfleet.workload(WORKLOAD)
+    template = _rollout(radmin, "llm-prod")["spec"]["template"]["spec"]
+    core = client.CoreV1Api(radmin)
+    free = 12 - w.replicas  # fleet-rollouts.yaml: twelve one-L4 nodes, ten replicas
+    fillers = [f"filler-{i}" for i in range(free)]
+    for name in fillers:
+        core.create_namespaced_pod("llm-prod", {"metadata": {"name": name}, "spec": {
+            "nodeSelector": template["nodeSelector"], "tolerations": template["tolerations"],
+            "containers": [{"name": "c", "image": "pause", "resources": {
+                "requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}]}})
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(
+                not core.read_namespaced_pod(n, "llm-prod").spec.node_name for n in fillers):
+            time.sleep(1)
+        out = _cli(rsandbox, rconfig, rstate, "deploy", f"llm-prod/{WORKLOAD}", "--version", GOOD, "--as", "dana")
+        assert out.exit_code == 4, out.output
+        assert "1 new pod(s) of 1 GPU need 1 GPUs on opsagent.dev/node-pool=l4-rollouts; room for 0 pod(s) " \
+               "(0 free GPUs)" in out.output, out.output
+    finally:
+        for name in fillers:
+            core.delete_namespaced_pod(name, "llm-prod", grace_period_seconds=0)
+    changes, events = _stored(rsandbox, rconfig, rstate)
+    assert changes == before[0], "a refusal is not a change request"
+    assert events == before[1] + 2, "each refusal is audited once"
+    refusals = _audit(rsandbox, rconfig, rstate, "preflight (cli)")
+    assert any("does not fit 24 GiB" in e["reason"] for e in refusals)
+    assert any("room for 0 pod(s)" in e["reason"] for e in refusals)
+    assert _rollout(radmin, "llm-prod")["metadata"]["generation"] == generation, "nothing was written"
+
+
+def test_a_gitops_owned_rollout_gets_a_manifest_patch_and_no_write(
+        rsandbox: dict[str, Any], radmin: client.ApiClient, rconfig: Path, rstate: Path) -> None:
+    custom = client.CustomObjectsApi(radmin)
+    tracking = {"argocd.argoproj.io/tracking-id": f"assist:argoproj.io/Rollout:llm-prod/{WORKLOAD}"}
+
+    def annotate(value: dict[str, Any]) -> None:
+        custom.patch_namespaced_custom_object(rollouts.GROUP, rollouts.VERSION, "llm-prod", "rollouts", WORKLOAD,
+                                              {"metadata": {"annotations": value}})
+
+    annotate(tracking)
+    try:
+        before = _rollout(radmin, "llm-prod")
+        out = _cli(rsandbox, rconfig, rstate, "deploy", f"llm-prod/{WORKLOAD}", "--version", "2025.10.1",
+                   "--as", "dana", "--json")
+        assert out.exit_code == 4, out.output  # denied: nothing to approve, the patch goes to Git
+        body = json.loads(out.stdout[out.stdout.index("{"):])
+        assert body["status"] == "denied" and body["policy"].startswith("gitops-owned:"), body
+        assert "A direct write would be reverted" in body["policy"]
+        assert f"a/llm-prod/rollout-{WORKLOAD}.yaml" in body["diff"]
+        assert "+        model-version: 2025.10.1" in body["diff"]
+        app = _app(rsandbox, rconfig, rstate)
+        try:
+            with pytest.raises(Exception, match="refused"):
+                asyncio.run(app.executor().execute(body["change_id"]))
+        finally:
+            app.close()
+        after = _rollout(radmin, "llm-prod")
+        assert after["metadata"]["generation"] == before["metadata"]["generation"], "the executor wrote nothing"
+    finally:
+        annotate({"argocd.argoproj.io/tracking-id": None})
+
+
+def test_the_ci_api_refuses_a_bad_token_and_an_unknown_target_storing_nothing(
+        rsandbox: dict[str, Any], radmin: client.ApiClient, rconfig: Path, rstate: Path) -> None:
+    app = _app(rsandbox, rconfig, rstate)
+    asgi, _ = build_server(app)
+    good = {"authorization": f"Bearer {PIPELINE_TOKEN}"}
+    request = {"target": f"llm-prod/{WORKLOAD}", "version": "2025.10.2"}
+
+    async def calls() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=asgi)
+        async with httpx.AsyncClient(transport=transport, base_url="http://opsagent") as http:
+            return [
+                await http.post("/deployments", json=request),
+                await http.post("/deployments", json=request, headers={"authorization": "Bearer wrong-token"}),
+                await http.post("/deployments", json=request,
+                                headers={"authorization": f"Bearer {PIPELINE_TOKEN[:-1]}"}),
+                await http.post("/deployments", json={**request, "target": "llm-prod/no-such-model"}, headers=good),
+                await http.get("/deployments/chg-000000000000", headers=good),
+            ]
+
+    before = _stored(rsandbox, rconfig, rstate)
+    try:
+        missing, wrong, almost, unknown, unknown_id = asyncio.run(calls())
+    finally:
+        app.close()
+    assert [missing.status_code, wrong.status_code, almost.status_code] == [401, 401, 401]
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert unknown.status_code == 404 and "no Rollout or Deployment llm-prod/no-such-model" in unknown.json()["error"]
+    assert unknown_id.status_code == 404
+    assert _stored(rsandbox, rconfig, rstate) == before, "nothing stored, nothing audited"
+
+    app = _app(rsandbox, rconfig, rstate)
+    asgi, _ = build_server(app)
+
+    async def accepted() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=asgi)
+        async with httpx.AsyncClient(transport=transport, base_url="http://opsagent") as http:
+            made = await http.post("/deployments", json=request, headers=good)
+            status = await http.get(f"/deployments/{made.json().get('id')}", headers=good)
+            anon = await http.get(f"/deployments/{made.json().get('id')}")
+            return made, status, anon
+
+    try:
+        made, status, anon = asyncio.run(accepted())
+        change = app.ledger.get(made.json()["id"])
+    finally:
+        app.close()
+    assert made.status_code == 202, made.text
+    assert change is not None and change.requester == "ci:model-assist"
+    assert change.status == ChangeStatus.PENDING_APPROVAL
+    assert status.status_code == 200 and status.json()["status"] == "pending_approval"
+    assert status.json()["approvals"] == {"have": 0, "required": 2, "roles": ["ml-platform", "oncall"]}
+    assert anon.status_code == 401
+
+
+def test_an_abort_asked_for_mid_canary_is_a_change_request_and_the_template_goes_back(
+        rsandbox: dict[str, Any], radmin: client.ApiClient, rfleet: Fleet, rconfig: Path, rstate: Path) -> None:
+    ns = rfleet.workload(WORKLOAD).namespace
+    stable_version = _rollout(radmin, ns)["spec"]["template"]["metadata"]["labels"][LABEL_MODEL_VERSION]
+    version = GOOD if stable_version != GOOD else "2025.05.2"  # a good build either way: only a human stops it
+    stable_before, deploying = _deploy(radmin, rsandbox, rconfig, rstate, version)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait for the canary to run (its first step)
+        st = _rollout(radmin, ns).get("status") or {}
+        if st.get("currentPodHash") and st["currentPodHash"] != stable_before:
+            break
+        time.sleep(1)
+    out = _cli(rsandbox, rconfig, rstate, "rollout", "abort", f"{ns}/{WORKLOAD}", "--as", "dana",
+               "--reason", "the canary's tokens look wrong to a human")
+    assert out.exit_code == 0 and "pending_approval" in out.output, out.output
+    abort_id = out.output.split("change request ", 1)[1].split()[0]
+    assert not (_rollout(radmin, ns).get("status") or {}).get("abort"), "nothing written before the approval"
+    app = _app(rsandbox, rconfig, rstate)
+
+    async def approve() -> FlowState:
+        try:
+            return await app.flow().decide(abort_id, "alice", "approve", via="cli")
+        finally:
+            await app.aclose_clients()
+
+    try:
+        st_abort = asyncio.run(approve())
+    finally:
+        app.close()
+    assert st_abort.stage == ChangeStage.VERIFIED, (st_abort.stage, st_abort.verification, st_abort.detail)
+    assert "aborted as asked" in str(st_abort.verification)
+    # The deployment's own watch sees the abort, and its template is put back under its approval.
+    deploying.join(240)
+    assert deploying.error is None and deploying.state is not None, deploying.error
+    assert deploying.state.stage in (ChangeStage.ROLLED_BACK, ChangeStage.REGRESSION), deploying.state.stage
+    ro = _rollout(radmin, ns)
+    assert ro["spec"]["template"]["metadata"]["labels"][LABEL_MODEL_VERSION] == stable_version
+    assert (ro.get("status") or {}).get("stableRS") == stable_before
+    assert _audit(rsandbox, rconfig, rstate, f"execute {abort_id}"), "the abort's execution is audited"
+
+
+def test_ops_deploy_in_slack_refuses_with_the_numbers_or_posts_the_change_for_approval(
+        rsandbox: dict[str, Any], radmin: client.ApiClient, rconfig: Path, rstate: Path) -> None:
+    from tests.serving import serve
+    from tests.slack_standin import SlackClientSim, SlackStandIn, buttons, render
+
+    secret, channel = "rollouts-test-signing-secret", "C0DEPLOYS"
+    api = SlackStandIn()
+    generation = _rollout(radmin, "llm-prod")["metadata"]["generation"]
+    with serve(api.app()) as api_url:
+        api.base_url = api_url
+        settings = settings_for(rconfig, rsandbox, state_dir=str(rstate), slack={
+            "enabled": True, "bot_token": "xoxb-test", "signing_secret": secret, "channel": channel,
+            "api_url": f"{api_url}/api/"})
+        app = build_app(settings)
+        try:
+            asgi, bot = build_server(app)
+            assert bot is not None
+            with serve(asgi) as url:
+                sim = SlackClientSim(url, secret, api)
+                for text in (f"deploy llm-prod/{WORKLOAD} --version 2025.10.3 --model llama-3.1-70b-instruct",
+                             f"deploy llm-prod/{WORKLOAD} --version 2025.10.3", f"deploy {WORKLOAD} --version 1"):
+                    assert sim.command("U0DANA001", text, channel=channel).status_code == 200
+                replies = api.wait(lambda: len(api.responses) >= 3 and api.responses, what="three replies",
+                                   timeout=180)
+                texts = [r["text"] for r in sorted(replies, key=lambda r: int(r["key"].removeprefix("cmd")))]
+                blocks_posted = api.wait(lambda: [c for c in api.of("chat.postMessage")
+                                                  if c.args.get("channel") == channel], what="the change block")
+        finally:
+            app.close()
+    assert "refused at preflight" in texts[0] and "does not fit 24 GiB GPUs" in texts[0], texts[0]
+    assert texts[1].startswith("Change request `chg-"), texts[1]
+    change_id = texts[1].split("`")[1]
+    assert "needs 2 approval(s)" in texts[1] and "version" in texts[1]
+    block = next(c for c in blocks_posted if change_id in render(c.args))
+    assert buttons(block.args), "the change block carries Approve / Reject"
+    assert "NAMESPACE/NAME" in texts[2], texts[2]
+    assert _rollout(radmin, "llm-prod")["metadata"]["generation"] == generation, "nothing written from chat"
+
+
+def test_a_plain_deployment_gets_a_rolling_update_with_the_surge_the_free_gpus_hold(
+        rsandbox: dict[str, Any], radmin: client.ApiClient, rfleet: Fleet, rconfig: Path, rstate: Path) -> None:
+    w = rfleet.workload("chat-lite")  # a Deployment on the l4 pool (four one-L4 nodes, two replicas here)
+    apps = client.AppsV1Api(radmin)
+    dep = apps.read_namespaced_deployment(w.name, w.namespace)
+    args = [*dep.spec.template.spec.containers[0].args, "--max-model-len", "16384"]
+    out = _cli(rsandbox, rconfig, rstate, "deploy", f"{w.namespace}/{w.name}", "--version", GOOD,
+               "--args", " ".join(args), "--as", "dana", "--json")
+    assert out.exit_code == 0, out.output
+    body = json.loads(out.stdout[out.stdout.index("{"):])
+    assert body["kind"] == "Deployment" and "(rolling)" in body["summary"]
+    capacity = next(c for c in body["preflight"] if c["name"] == "GPU capacity")
+    assert capacity["ok"] and "rolling update with maxSurge 1" in capacity["summary"], capacity
+    approval = _approve(rsandbox, rconfig, rstate, body["change_id"])
+    approval.join(600)
+    assert approval.error is None and approval.state is not None, approval.error
+    assert approval.state.stage not in (ChangeStage.ROLLED_BACK, ChangeStage.FAILED, ChangeStage.REFUSED), \
+        (approval.state.stage, approval.state.verification, approval.state.detail)
+    dep = apps.read_namespaced_deployment(w.name, w.namespace)
+    assert dep.spec.strategy.rolling_update.max_surge == 1 and dep.spec.strategy.rolling_update.max_unavailable == 0
+    assert dep.spec.template.metadata.labels["model-version"] == GOOD
+    assert dep.metadata.annotations["kubernetes.io/change-cause"].startswith("opsagent deploy: version")
+    pods = client.CoreV1Api(radmin).list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
+    assert {(p.metadata.labels or {}).get(LABEL_MODEL_VERSION) for p in pods if not p.metadata.deletion_timestamp} \
+        == {GOOD}
+    print(f"[figure] plain Deployment {w.name}: {approval.state.stage} — {approval.state.verification}")
 
 
 def test_the_staging_soak_query_reads_how_long_a_version_served_within_slo(

@@ -60,6 +60,7 @@ class K8sWriteClient:
         self.api: Any = config.new_client_from_config(config_file=str(settings.kubeconfig))
         self.apps = client.AppsV1Api(self.api)
         self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)  # Argo Rollouts
 
     @property
     def timeout(self) -> float:

@@ -47,11 +47,46 @@ class SetTemplateInput(Target):
     args: list[str] | None = Field(default=None, max_length=64)
     labels: dict[str, str] = Field(default_factory=dict, description="Pod template labels to set (e.g. model-version).")
     gpus: int | None = Field(default=None, ge=0, le=16, description="nvidia.com/gpu request and limit per replica.")
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="Replace the pod's node selector (a move to another GPU class).")
+    tolerations: list[dict[str, str]] | None = Field(
+        default=None, max_length=16, description="Replace the pod's tolerations (a move to a tainted GPU pool).")
+    max_surge: int | None = Field(
+        default=None, ge=0, le=100, description="Deployments: the rolling update's maxSurge (pods), sized to the "
+        "free GPUs so the surge never waits Pending; maxUnavailable is then 0 (or 1 when no surge fits).")
     change_cause: str = Field(default="", max_length=300)
+
+
+def changed_template(template: dict[str, Any], p: SetTemplateInput, what: str) -> dict[str, Any]:
+    """`template` with `p`'s changes made (a copy): the container's image, args, GPUs; labels; placement."""
+    out = copy.deepcopy(template)
+    containers = out.setdefault("spec", {}).get("containers") or []
+    ct = next((c for c in containers if c.get("name") == p.container), None)
+    if ct is None:
+        raise ToolError(f"{what} has no container {p.container!r} (has {[c.get('name') for c in containers]})")
+    if p.image:
+        ct["image"] = p.image
+    if p.args is not None:
+        ct["args"] = list(p.args)
+    if p.gpus is not None:
+        res = ct.setdefault("resources", {})
+        res.setdefault("requests", {})["nvidia.com/gpu"] = str(p.gpus)
+        res.setdefault("limits", {})["nvidia.com/gpu"] = str(p.gpus)
+    if p.labels:
+        out.setdefault("metadata", {}).setdefault("labels", {}).update(p.labels)
+    if p.node_selector is not None:
+        out["spec"]["nodeSelector"] = dict(p.node_selector)
+    if p.tolerations is not None:
+        out["spec"]["tolerations"] = [dict(t) for t in p.tolerations]
+    return out
 
 
 class PauseInput(Target):
     paused: bool
+
+
+class PromoteAbortInput(Target):
+    promote: bool = Field(description="True: promote a paused Rollout past its pause; False: abort its canary.")
 
 
 class NodeInput(ToolInput):
@@ -183,24 +218,126 @@ async def scale(c: K8sWriteClient, p: ScaleInput) -> WriteResult:
 
 async def set_template(c: K8sWriteClient, p: SetTemplateInput) -> WriteResult:
     before = await read_deployment(c, p.namespace, p.name)
-    containers = before["spec"]["template"]["spec"]["containers"]
-    if not any(ct["name"] == p.container for ct in containers):
-        raise ToolError(f"deployment {p.namespace}/{p.name} has no container {p.container!r} "
-                        f"(has {[ct['name'] for ct in containers]})")
-    ct_patch: dict[str, Any] = {"name": p.container}
-    if p.image:
-        ct_patch["image"] = p.image
-    if p.args is not None:
-        ct_patch["args"] = p.args
-    if p.gpus is not None:
-        ct_patch["resources"] = {"requests": {"nvidia.com/gpu": str(p.gpus)}, "limits": {"nvidia.com/gpu": str(p.gpus)}}
-    body: dict[str, Any] = {"spec": {"template": {"spec": {"containers": [ct_patch]}}}}
-    if p.labels:
-        body["spec"]["template"]["metadata"] = {"labels": p.labels}
+    what = f"deployment {p.namespace}/{p.name}"
+    template = changed_template(before["spec"]["template"], p, what)
+    # A JSON patch replacing the template (the container list is replaced whole either way).
+    ops: list[dict[str, Any]] = []
+    if p.expected_resource_version:
+        ops.append({"op": "test", "path": "/metadata/resourceVersion", "value": p.expected_resource_version})
+    ops.append({"op": "replace", "path": "/spec/template", "value": template})
+    if p.max_surge is not None:
+        rolling = {"maxSurge": p.max_surge, "maxUnavailable": 0 if p.max_surge else 1}
+        strategy = {"type": "RollingUpdate", "rollingUpdate": rolling}
+        ops.append({"op": "add", "path": "/spec/strategy", "value": strategy})
     if p.change_cause:
-        body["metadata"] = {"annotations": {"kubernetes.io/change-cause": p.change_cause}}
-    after = await _patch_deployment(c, p, body, f"update deployment {p.namespace}/{p.name}")
-    return _result("Deployment", "set_template", before, after, p.dry_run)
+        if not (before["metadata"].get("annotations")):
+            ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})
+        ops.append({"op": "add", "path": "/metadata/annotations/kubernetes.io~1change-cause", "value": p.change_cause})
+    kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": c.timeout}
+    if p.dry_run:
+        kwargs["dry_run"] = "All"
+    resp = await _call(c.apps.patch_namespaced_deployment, p.name, p.namespace, ops, what=f"update {what}", **kwargs)
+    after = dict(json.loads(resp.data))
+    return _result("Deployment", "set_template", before, after, p.dry_run,
+                   {"previous": _template_summary(before["spec"]["template"], p.container)})
+
+
+ROLLOUTS = ("argoproj.io", "v1alpha1", "rollouts")
+
+
+async def read_rollout(c: K8sWriteClient, namespace: str, name: str) -> dict[str, Any]:
+    group, version, plural = ROLLOUTS
+    resp = await _call(c.custom.get_namespaced_custom_object, group, version, namespace, plural, name,
+                       _preload_content=False, _request_timeout=c.timeout, what=f"read rollout {namespace}/{name}")
+    return dict(json.loads(resp.data))
+
+
+async def set_rollout_template(c: K8sWriteClient, p: SetTemplateInput) -> WriteResult:
+    """Write an Argo Rollout's new pod template; its controller then runs the canary steps and analysis.
+
+    Custom resources take no strategic merge: this is a JSON merge patch computed from the template
+    as read (a removed key becomes null), carrying the resourceVersion as its precondition (409 if
+    anything wrote the Rollout since).
+    """
+    before = await read_rollout(c, p.namespace, p.name)
+    what = f"rollout {p.namespace}/{p.name}"
+    if p.max_surge is not None:
+        raise ToolError(f"{what}: the Rollout's own canary strategy sets its surge; max_surge is for Deployments")
+    template = changed_template(before["spec"]["template"], p, what)
+    meta: dict[str, Any] = {"resourceVersion": p.expected_resource_version or before["metadata"]["resourceVersion"]}
+    if p.change_cause:
+        meta["annotations"] = {"kubernetes.io/change-cause": p.change_cause}
+    body = {"metadata": meta, "spec": {"template": merge_patch(before["spec"]["template"], template)}}
+    group, version, plural = ROLLOUTS
+    kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": c.timeout}
+    if p.dry_run:
+        kwargs["dry_run"] = "All"
+    resp = await _call(c.custom.patch_namespaced_custom_object, group, version, p.namespace, plural, p.name, body,
+                       what=f"update {what}", **kwargs)
+    after = dict(json.loads(resp.data))
+    return _result("Rollout", "set_template", before, after, p.dry_run,
+                   {"previous": _template_summary(before["spec"]["template"], p.container),
+                    "stable_rs": str((before.get("status") or {}).get("stableRS") or "")})
+
+
+async def rollout_promote_abort(c: K8sWriteClient, p: PromoteAbortInput) -> WriteResult:
+    """Promote a paused Argo Rollout or abort its canary, as `kubectl argo rollouts promote|abort` does.
+
+    Both write the Rollout's status subresource (the controller reads `pauseConditions` and `abort`
+    there); promote also clears `spec.paused`. A Rollout that is not paused is not promoted (that would
+    skip a step of its analysis), and one with no canary running is not aborted.
+    """
+    before = await read_rollout(c, p.namespace, p.name)
+    what = f"rollout {p.namespace}/{p.name}"
+    st = before.get("status") or {}
+    group, version, plural = ROLLOUTS
+    kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": c.timeout}
+    if p.dry_run:
+        kwargs["dry_run"] = "All"
+    rv = {"resourceVersion": p.expected_resource_version} if p.expected_resource_version else {}
+    if p.promote:
+        if not st.get("pauseConditions") and not before["spec"].get("paused"):
+            raise ToolError(f"{what} is not paused (phase {st.get('phase')}): nothing to promote")
+        body: dict[str, Any] = {"metadata": rv, "status": {"pauseConditions": None}}
+    else:
+        if st.get("abort") or st.get("currentPodHash") == st.get("stableRS"):
+            raise ToolError(f"{what} has no canary to abort (phase {st.get('phase')})")
+        body = {"metadata": rv, "status": {"abort": True}}
+    resp = await _call(c.custom.patch_namespaced_custom_object_status, group, version, p.namespace, plural, p.name,
+                       body, what=f"{'promote' if p.promote else 'abort'} {what}", **kwargs)
+    after = dict(json.loads(resp.data))
+    if p.promote and before["spec"].get("paused"):
+        resp = await _call(c.custom.patch_namespaced_custom_object, group, version, p.namespace, plural, p.name,
+                           {"spec": {"paused": False}}, what=f"unpause {what}", **kwargs)
+        after = dict(json.loads(resp.data))
+    return _result("Rollout", "promote" if p.promote else "abort", before, after, p.dry_run,
+                   {"pause_conditions": [c.get("reason") for c in st.get("pauseConditions") or []],
+                    "step": st.get("currentStepIndex"), "stable_rs": str(st.get("stableRS") or "")})
+
+
+def merge_patch(before: Any, after: Any) -> Any:
+    """The RFC 7386 merge patch that turns `before` into `after` (a key `after` lacks becomes null)."""
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return after
+    out: dict[str, Any] = {k: None for k in before if k not in after}
+    for k, v in after.items():
+        if k not in before:
+            out[k] = v
+        elif before[k] != v:
+            out[k] = merge_patch(before[k], v)
+    return out
+
+
+def _template_summary(template: dict[str, Any], container: str) -> dict[str, Any]:
+    """What a template change replaces, enough to put it back: the inverse of a deployment."""
+    containers = template.get("spec", {}).get("containers") or []
+    ct: dict[str, Any] = next((c for c in containers if c.get("name") == container), {})
+    gpus = ((ct.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu")
+    return {"container": container, "image": ct.get("image"), "args": ct.get("args"),
+            "labels": dict((template.get("metadata") or {}).get("labels") or {}),
+            "gpus": int(gpus) if gpus is not None else None,
+            "node_selector": dict(template.get("spec", {}).get("nodeSelector") or {}),
+            "tolerations": list(template.get("spec", {}).get("tolerations") or [])}
 
 
 async def pause(c: K8sWriteClient, p: PauseInput) -> WriteResult:
@@ -259,8 +396,15 @@ TOOLS: list[ToolSpec[Any, Any]] = [
     ToolSpec("k8s_scale_deployment", "kubernetes/write", Risk.MUTATE, "Set a Deployment's replicas.",
              ScaleInput, WriteResult, scale, "k8s_write"),
     ToolSpec("k8s_set_pod_template", "kubernetes/write", Risk.MUTATE,
-             "Change a Deployment container's image, args, GPU count or template labels (a rollout).",
+             "Change a Deployment container's image, args, GPU count, template labels or placement (a rolling "
+             "update, its maxSurge bounded by the free GPUs).",
              SetTemplateInput, WriteResult, set_template, "k8s_write"),
+    ToolSpec("k8s_set_rollout_template", "kubernetes/write", Risk.MUTATE,
+             "Write an Argo Rollout's new pod template (its controller runs the canary and analysis).",
+             SetTemplateInput, WriteResult, set_rollout_template, "k8s_write"),
+    ToolSpec("k8s_rollout_promote_abort", "kubernetes/write", Risk.MUTATE,
+             "Promote a paused Argo Rollout past its pause, or abort its canary (stable takes all traffic).",
+             PromoteAbortInput, WriteResult, rollout_promote_abort, "k8s_write"),
     ToolSpec("k8s_pause_rollout", "kubernetes/write", Risk.MUTATE, "Pause or resume a Deployment's rollout.",
              PauseInput, WriteResult, pause, "k8s_write"),
     ToolSpec("k8s_cordon_node", "kubernetes/write", Risk.MUTATE, "Mark a node unschedulable.",

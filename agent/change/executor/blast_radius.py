@@ -65,7 +65,8 @@ def max_unavailable(strategy: dict[str, Any], replicas: int) -> int:
     maxUnavailable rounds down, one of maxSurge rounds up (defaults 25 % each); Recreate takes all."""
     if strategy.get("type") == "Recreate":
         return replicas
-    ru = strategy.get("rollingUpdate") or {}
+    # An Argo Rollout's canary carries the same two fields (same defaults) on `canary`.
+    ru = strategy.get("rollingUpdate") or strategy.get("canary") or {}
 
     def resolve(v: Any, round_up: bool) -> int:
         if isinstance(v, str) and v.endswith("%"):

@@ -32,6 +32,7 @@ from agent.change.executor.blast_radius import (
 )
 from agent.change.executor.inverse import inverse
 from agent.change.executor.outcome import ExecutionRefused, ExecutionResult
+from agent.change.executor.owned import RULE, gitops_patch
 from agent.change.executor.reconcile import fp_key, intended_hash, landed, recent
 from agent.change.executor.requests import policy_request, tool_call
 from agent.change.ledger import Ledger
@@ -53,15 +54,16 @@ from agent.policy.evaluate import evaluate
 from agent.policy.model import Approvers, Effect, Policy, Request, parse_duration
 from tools.base import Risk
 from tools.k8s_write.client import K8sWriteClient
+from tools.k8s_write.ops import ROLLOUTS, spec_hash
 from tools.k8s_write.ops import TOOLS as WRITE_TOOLS
-from tools.k8s_write.ops import spec_hash
 
 log = logging.getLogger(__name__)
 GPU = "nvidia.com/gpu"
 CRASH_POINTS = ("after-claim", "after-write", "after-applied")
 CostFn = Callable[[ChangeSpec, dict[str, Any] | None], float | None]
 # Changes that leave the GPU allocation as it is: their predicted cost change is zero, not unknown.
-SAME_ALLOCATION = (ActionKind.ROLLBACK, ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT)
+SAME_ALLOCATION = (ActionKind.ROLLBACK, ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT,
+                   ActionKind.PROMOTE_ROLLOUT, ActionKind.ABORT_ROLLOUT)
 
 
 class Executor:
@@ -95,6 +97,10 @@ class Executor:
         elif t.kind == "Deployment":
             resp = await asyncio.to_thread(self.write.apps.read_namespaced_deployment, t.name, t.namespace,
                                            _preload_content=False)
+        elif t.kind == "Rollout":
+            group, version, plural = ROLLOUTS
+            resp = await asyncio.to_thread(self.write.custom.get_namespaced_custom_object, group, version,
+                                           t.namespace, plural, t.name, _preload_content=False)
         else:
             raise ValueError(f"cannot change a {t.kind}")
         return dict(json.loads(resp.data))
@@ -173,7 +179,8 @@ class Executor:
         req = self._request(spec, risk=risk, obj=obj, requester=requester, blast=blast, at=now,
                             unschedulable_after=unschedulable)
         decision = evaluate(self.policy, req)
-        if decision.effect != Effect.DENY and obj is not None:
+        owned = gitops_patch(spec, obj)
+        if decision.effect != Effect.DENY and obj is not None and owned is None:
             try:
                 name, params = tool_call(spec, dry_run=True, expected_rv=None, evict_namespaces=self._evict_namespaces)
                 out = await self.runner.call(name, params, actor=f"executor:dry-run:{requester}",
@@ -187,6 +194,9 @@ class Executor:
                   Effect.ALLOW: ChangeStatus.APPROVED}[decision.effect]
         if error and status != ChangeStatus.DENIED:
             status = ChangeStatus.FAILED
+        rule, why = decision.rule, decision.reason if not error else f"{decision.reason} ({error})"
+        if owned is not None:  # a direct write would be reverted: the request carries the Git patch instead
+            status, diff, rule, why = ChangeStatus.DENIED, owned.diff, RULE, owned.explanation
         attempt = 0
         while (prior := self.ledger.get(change_id(spec, fp, incident_id, attempt))) is not None \
                 and prior.status in FINISHED:
@@ -194,8 +204,7 @@ class Executor:
         ch = ChangeRequest(
             id=change_id(spec, fp, incident_id, attempt), spec=spec, spec_digest=spec.digest(), fingerprint=fp,
             risk=risk, blast_radius=blast, diff=diff, reason=reason, incident_id=incident_id, evidence=evidence or [],
-            requester=requester, created_at=now, status=status, policy_rule=decision.rule,
-            policy_reason=decision.reason if not error else f"{decision.reason} ({error})",
+            requester=requester, created_at=now, status=status, policy_rule=rule, policy_reason=why,
             approvals_required=decision.approvers.count if decision.approvers else 0,
             approver_roles=decision.approvers.roles if decision.approvers else [],
             allow_self_approval=decision.approvers.allow_self_approval if decision.approvers else False,
@@ -207,7 +216,7 @@ class Executor:
             assert existing is not None
             return existing
         self._audit(AuditKind.POLICY_DECISION, requester, f"propose {spec.action.value} {spec.target}",
-                    decision.effect.value, f"{decision.rule}: {ch.policy_reason}", ch,
+                    "deny" if owned is not None else decision.effect.value, f"{rule}: {ch.policy_reason}", ch,
                     {"change_id": ch.id, "status": ch.status.value})
         return ch
 
@@ -327,6 +336,8 @@ class Executor:
         if not fp_now.same_as(ch.fingerprint):
             raise refuse(f"the target's spec changed since the change was proposed (generation "
                          f"{ch.fingerprint.generation} → {fp_now.generation}); propose and approve it again")
+        if (owned := gitops_patch(ch.spec, obj)) is not None:
+            raise refuse(owned.explanation)
         # The fleet count is taken now: another node cordoned since the proposal counts against the limit.
         req = self._request(ch.spec, risk=ch.risk, obj=obj, requester=ch.requester, blast=ch.blast_radius, at=now,
                             unschedulable_after=await self._unschedulable_after(ch.spec))

@@ -13,6 +13,16 @@ from agent.models import ActionKind
 def inverse(ch: ChangeRequest) -> ChangeSpec | None:
     """The change that undoes `ch`, from what was recorded before it ran; None when there is none."""
     t = ch.spec.target
+    if t.kind == "Rollout" and ch.spec.action in (ActionKind.DEPLOY, ActionKind.SET_GPU_RESOURCES):
+        # A Rollout keeps no revisions to roll back to by number: write the template it had before.
+        prev = (ch.result.get("detail") or {}).get("previous")
+        if not prev or not prev.get("container"):
+            return None
+        params = {"container": prev["container"], "labels": prev.get("labels") or {},
+                  "node_selector": prev.get("node_selector") or {}, "tolerations": prev.get("tolerations") or [],
+                  "change_cause": f"opsagent: undo {ch.id}"}
+        params |= {k: prev[k] for k in ("image", "args", "gpus") if prev.get(k) is not None}
+        return ChangeSpec(action=ActionKind.DEPLOY, cluster=ch.spec.cluster, target=t, params=params)
     if t.kind != "Deployment":
         return None
     if ch.spec.action == ActionKind.SCALE:

@@ -30,12 +30,21 @@ def tool_call(spec: ChangeSpec, dry_run: bool, expected_rv: str | None,
             return "k8s_scale_deployment", base | {"namespace": t.namespace, "name": t.name,
                                                     "replicas": int(p["replicas"])}
         case ActionKind.DEPLOY | ActionKind.SET_GPU_RESOURCES:
-            keys = ("container", "image", "args", "labels", "gpus", "change_cause")
-            return "k8s_set_pod_template", base | {"namespace": t.namespace, "name": t.name} | {
-                k: p[k] for k in keys if k in p}
+            keys = ["container", "image", "args", "labels", "gpus", "node_selector", "tolerations", "change_cause"]
+            # An Argo Rollout gets its new template and runs its own canary; a Deployment gets a rolling
+            # update whose maxSurge the preflight sized to the free GPUs.
+            tool = "k8s_set_rollout_template" if t.kind == "Rollout" else "k8s_set_pod_template"
+            if t.kind != "Rollout":
+                keys.append("max_surge")
+            return tool, base | {"namespace": t.namespace, "name": t.name} | {k: p[k] for k in keys if k in p}
         case ActionKind.PAUSE_ROLLOUT | ActionKind.RESUME_ROLLOUT:
             return "k8s_pause_rollout", base | {"namespace": t.namespace, "name": t.name,
                                                  "paused": spec.action == ActionKind.PAUSE_ROLLOUT}
+        case ActionKind.PROMOTE_ROLLOUT | ActionKind.ABORT_ROLLOUT:
+            if t.kind != "Rollout":
+                raise ValueError(f"{spec.action.value} is for Argo Rollouts, not a {t.kind}")
+            return "k8s_rollout_promote_abort", base | {"namespace": t.namespace, "name": t.name,
+                                                         "promote": spec.action == ActionKind.PROMOTE_ROLLOUT}
         case ActionKind.CORDON_NODE:
             return "k8s_cordon_node", {"node": t.name, "dry_run": dry_run, "expected_resource_version": expected_rv}
         case ActionKind.DRAIN_NODE:

@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from agent import postmortem
 from agent.app import App
+from agent.change.deploy import DeployRequest
 from agent.change.executor.outcome import ExecutionRefused
 from agent.change.flow import ChangeFlow, FlowEvent
 from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage, ChangeStatus
@@ -42,6 +43,7 @@ from agent.entry.server import Metrics
 from agent.entry.slack import blocks
 from agent.entry.slack.blocks import ACTION_APPROVE, ACTION_REJECT, Stage
 from agent.entry.slack.chat import ThreadChat
+from agent.entry.slack.deploys import parse_deploy
 from agent.entry.slack.incidents import SlackNotifier
 from agent.entry.slack.reports import CreateChangeButton
 from agent.models import ActionKind, Incident, IncidentStatus, TriageReport
@@ -359,7 +361,16 @@ class SlackBot:
         await self.notifier.show_change(ev.change_id, outcome="" if ev.stage in QUIET else text)
         if ev.stage == ChangeStage.EXECUTING or ev.stage in OUTCOMES:
             self.metrics.executions.labels(stage=ev.stage).inc()
-        if ch is None or ch.incident_id is None or ev.stage in QUIET:
+        if ch is None or ev.stage in QUIET:
+            return
+        if ch.incident_id is None:
+            if ch.spec.action != ActionKind.DEPLOY:
+                return  # the change block says it (a cost-report change in the report's thread)
+            # A deployment: its progress (canary steps, promotion, abort) goes in the change block's thread.
+            msg = await asyncio.to_thread(self.app.store.chat_message, f"change:{ev.change_id}")
+            if msg is not None:
+                await self.notifier.call("chat.postMessage", channel=msg.channel, thread_ts=msg.thread_ts or msg.ts,
+                                         text=text)
             return
         await self.notifier.reply(ch.incident_id, {"text": text})
         stage = FLOW_STAGE.get(ev.stage)
@@ -442,6 +453,11 @@ class SlackBot:
             text = refusal or f":white_check_mark: Approved `{words[1]}`: now {ch.status.value if ch else '?'}."
         elif sub == "approve":
             text = "Usage: `/ops approve CHANGE_ID`"
+        elif sub == "deploy":
+            try:
+                text = await self.deploy(parse_deploy(str(command.get("text") or "")), user)
+            except ValueError as e:
+                text = f":warning: {blocks.esc(str(e))}"
         elif sub == "rightsize":
             text = await self._rightsize(words[1] if len(words) > 1 else None)
         else:
@@ -507,11 +523,33 @@ class SlackBot:
             text = ans.text
             if ans.change is not None:
                 text = await self._change_from_chat(incident, ans.change, ans.change_reason, user)
+            elif ans.deploy is not None:
+                text = await self.deploy(ans.deploy, user, thread=(channel, thread))
         except Exception as e:
             log.exception("answering in %s failed", incident_id)
             text = f":warning: I could not answer that: {type(e).__name__}: {e}"
         await self.notifier.call("chat.postMessage", channel=channel, thread_ts=thread, text=text)
         log.info("answered in %s in %.2fs", incident_id, time.monotonic() - t0)
+
+    async def deploy(self, req: DeployRequest, user: str, *, thread: tuple[str, str] | None = None) -> str:
+        """Preflight and propose a deployment asked for in Slack; the change block goes to `thread` (or the
+        channel) with Approve / Reject, and its progress follows there."""
+        try:
+            out = await self.app.deploy(req, requester=f"user:{user}", via="slack", on_event=self.on_flow_event)
+        except (LookupError, ValueError) as e:
+            return f":warning: Nothing was proposed: {blocks.esc(str(e))}"
+        evidence = blocks.esc(out.plan.preflight.markdown().replace("**", "*"))
+        if out.state is None:
+            return (f":no_entry: Deployment of `{req.target}` refused at preflight ({blocks.esc(out.plan.summary)}); "
+                    f"no change request was made:\n{evidence}")
+        ch = out.state.change
+        self.metrics.changes.labels(status=ch.status.value).inc()
+        await self.notifier.show_change(ch.id, thread=thread)
+        return (f"Change request `{ch.id}` for `{req.target}` ({blocks.esc(out.plan.summary)}) is "
+                f"{ch.status.value.replace('_', ' ')}: policy `{ch.policy_rule}`"
+                + (f" needs {ch.approvals_required} approval(s) from {', '.join(ch.approver_roles)}"
+                   if ch.approvals_required else f" — {blocks.esc(ch.policy_reason)}")
+                + f".\nPreflight:\n{evidence}")
 
     async def _change_from_chat(self, incident: Incident, spec: ChangeSpec, reason: str, user: str) -> str:
         try:

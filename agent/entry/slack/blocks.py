@@ -214,10 +214,12 @@ HELP = ("*`/ops` commands*\n"
         "• `/ops incidents` — recent incidents\n"
         "• `/ops changes` — recent change requests\n"
         "• `/ops approve CHANGE_ID` — approve a change (same checks as the button)\n"
+        "• `/ops deploy NAMESPACE/NAME --version V [--image IMAGE] [--strategy canary|rolling]` — request a "
+        "deployment (preflight, then a change request for approval)\n"
         "• `/ops rightsize [MODEL | NAMESPACE/NAME]` — right-sizing recommendations (top savings without one)\n"
         "• `/ops help` — this text\n"
         "In an incident thread, mention me: `why?`, `what changed in the last hour?`, `show me TTFT for MODEL`, "
-        "`roll back DEPLOYMENT to revision N`, `scale DEPLOYMENT to N`.")
+        "`roll back DEPLOYMENT to revision N`, `scale DEPLOYMENT to N`, `deploy V to NAMESPACE/NAME`.")
 
 
 def status_text(open_incidents: Sequence[Incident], pending: Sequence[ChangeRequest]) -> str:

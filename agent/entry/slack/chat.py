@@ -16,9 +16,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from agent.change.deploy import DeployRequest
 from agent.change.models import ChangeRequest, ChangeSpec
 from agent.config import LlmConfig
 from agent.entry.slack.blocks import esc
+from agent.entry.slack.deploys import parse_deploy
 from agent.guard.runner import ToolRunner
 from agent.models import ActionKind, Incident, ObjectRef, TriageReport
 from agent.triage.reasoners import prompts
@@ -33,12 +35,14 @@ class Intent(enum.StrEnum):
     CHANGED = "changed"
     METRIC = "metric"
     CHANGE = "change"
+    DEPLOY = "deploy"
     FORBIDDEN = "forbidden"
     HELP = "help"
     FREE = "free"
 
 
 _CHANGE = re.compile(r"\b(roll\s*back|rollback|revert|undo|scale)\b", re.I)
+_DEPLOY = re.compile(r"^(?:opsagent[,:]?\s+)?deploy\b", re.I)
 _FORBIDDEN = re.compile(r"\b(delete|remove|drain|cordon|restart|deploy|kill|exec)\b", re.I)
 _WHY = re.compile(r"\bwhy\b|\bcause\b|\bevidence\b", re.I)
 _CHANGED = re.compile(r"what\s+changed|recent\s+changes|changes?\s+in\s+the\s+(last|past)", re.I)
@@ -57,6 +61,8 @@ def classify(text: str) -> Intent:
         return Intent.HELP
     if _CHANGE.search(t):
         return Intent.CHANGE
+    if _DEPLOY.match(t):
+        return Intent.DEPLOY
     if _FORBIDDEN.search(t):
         return Intent.FORBIDDEN
     if _CHANGED.search(t):
@@ -73,6 +79,7 @@ class Answer:
     text: str
     change: ChangeSpec | None = None
     change_reason: str = ""
+    deploy: DeployRequest | None = None  # goes through App.deploy: preflight, then a change request
 
 
 class ThreadChat:
@@ -98,6 +105,11 @@ class ThreadChat:
                 return Answer(await self._ttft(incident, report, question, actor))
             case Intent.CHANGE:
                 return self._change(report, question, user)
+            case Intent.DEPLOY:
+                try:
+                    return Answer("", deploy=parse_deploy(re.sub(r"^opsagent[,:]?\s+", "", question, flags=re.I)))
+                except ValueError as e:
+                    return Answer(f"I could not read that deployment: {e}. Nothing was changed.")
             case Intent.FORBIDDEN:
                 return Answer("I don't change anything from chat, and that action is not one I can propose here. "
                               "I can open change requests for rollbacks and scaling (`roll back DEPLOYMENT to revision "
@@ -259,4 +271,5 @@ HELP_IN_THREAD = ("• `why?` — the top hypothesis and its evidence\n"
                   "• `what changed in the last hour?` — rollouts, events and agent changes\n"
                   "• `show me TTFT for MODEL` — TTFT p95 over the last hour\n"
                   "• `roll back DEPLOYMENT to revision N` / `scale DEPLOYMENT to N` — opens a change request "
-                  "for approval (I never change anything directly)")
+                  "for approval (I never change anything directly)\n"
+                  "• `deploy V to NAMESPACE/NAME` — a deployment: preflight, then a change request for approval")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from starlette.applications import Starlette
 
 from agent.app import App
+from agent.entry.deployments_api import PREFIX, PipelineTokens, deployment_routes
 from agent.entry.http_guard import HttpSecurity
 from agent.entry.server import Metrics, Replica, create_app
 from agent.entry.slack.app import SlackBot
@@ -43,6 +45,10 @@ def build_server(app: App, *, metrics: Metrics | None = None,
                       retriage_debounce_s=app.settings.server.retriage_debounce_s)
     tokens, pairs = app.settings.server.credentials()
     security = HttpSecurity.build(tokens, pairs, app.settings.server.max_body_bytes)
+    # The CI API checks each pipeline's own token (and is closed when none is configured).
+    security = dataclasses.replace(security, self_authenticated=(*security.self_authenticated, PREFIX))
+    pipelines = app.settings.server.pipeline_tokens
+    ci_routes = deployment_routes(app, PipelineTokens.parse(pipelines.get_secret_value() if pipelines else ""))
     if not security.auth_on:
         log.warning("server.auth_tokens is unset (env: dev): the webhook and /incidents accept anyone")
     if bot is None and app.settings.slack.enabled:
@@ -54,7 +60,8 @@ def build_server(app: App, *, metrics: Metrics | None = None,
         async def triage_only(incident: Incident) -> TriageReport:
             return _logged(incident, await app.triage(incident), app, metrics)
 
-        return create_app(app.store, triage_only, metrics, on_shutdown=[app.aclose_clients], replica=replica,
+        return create_app(app.store, triage_only, metrics, routes=ci_routes, on_shutdown=[app.aclose_clients],
+                          replica=replica,
                           security=security, max_alerts=app.settings.server.max_alerts_per_incident,
                           health=app.health), None
     startup = [bot.start, *([bot.start_socket_mode] if app.settings.slack.socket_mode else [])]
@@ -66,7 +73,7 @@ def build_server(app: App, *, metrics: Metrics | None = None,
                                   metrics=metrics)
         startup.append(poster.start)
         shutdown.insert(0, poster.stop)
-    routes = [] if app.settings.slack.socket_mode else bot.routes()
+    routes = [*ci_routes, *([] if app.settings.slack.socket_mode else bot.routes())]
     async def triage_with_bot(incident: Incident) -> TriageReport:
         return _logged(incident, await bot.triage(incident), app, metrics)
 

@@ -1,0 +1,142 @@
+"""Watch an Argo Rollout after its template was written: its steps, its analysis, promotion or abort.
+
+The controller runs the canary and judges it with the project's AnalysisTemplate; the agent does not
+judge again, it reports: each step as it is reached, the time from the write to 100 %, or the abort
+with the AnalysisRun's failed metric and its measured value. An inconclusive analysis (no data) pauses
+the rollout for a human and is reported as such, never as a pass.
+
+Reads with the read-only identity; must not write (the executor undoes an aborted canary's template).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from kubernetes import client
+
+from agent.change.models import ChangeRequest
+from agent.change.verdict import Outcome
+from agent.change.verify import Verification
+from agent.models import ActionKind
+from tools.k8s_read.client import K8sReadClient
+
+GROUP, VERSION = "argoproj.io", "v1alpha1"
+Progress = Callable[[str], Awaitable[None]]
+
+
+def weight_at(rollout: Mapping[str, Any], index: int) -> int:
+    """The canary weight in force at step `index` (100 past the last step)."""
+    steps = ((rollout.get("spec") or {}).get("strategy") or {}).get("canary", {}).get("steps") or []
+    if index >= len(steps):
+        return 100
+    weight = 0
+    for s in steps[: index + 1]:
+        weight = int(s.get("setWeight", weight))
+    return weight
+
+
+def step_kind(rollout: Mapping[str, Any], index: int) -> str:
+    """What step `index` does: setWeight, analysis, pause (or done past the last)."""
+    steps = ((rollout.get("spec") or {}).get("strategy") or {}).get("canary", {}).get("steps") or []
+    if index >= len(steps):
+        return "done"
+    return next(iter(steps[index]), "step")
+
+
+def failed_metrics(run: Mapping[str, Any]) -> list[str]:
+    """"name = value > limit" for each failed or errored metric of an AnalysisRun."""
+    args = {a.get("name"): a.get("value") for a in (run.get("spec") or {}).get("args") or []}
+    limits = {}
+    for m in (run.get("spec") or {}).get("metrics") or []:
+        cond = str(m.get("failureCondition") or "")
+        limit = re.search(r"result\[0\]\s*([<>]=?)\s*\{\{\s*args\.([\w-]+)\s*\}\}", cond)
+        if limit:
+            limits[m.get("name")] = f" {limit.group(1)} {args.get(limit.group(2), limit.group(2))}"
+    out = []
+    for m in (run.get("status") or {}).get("metricResults") or []:
+        if m.get("phase") not in ("Failed", "Error"):
+            continue
+        last = (m.get("measurements") or [{}])[-1]
+        value = str(last.get("value", "no value")).strip("[]")
+        with contextlib.suppress(ValueError):
+            value = f"{float(value):.4g}"
+        what = limits.get(m.get("name"), "") if m.get("phase") == "Failed" else f" (error: {m.get('message', '')})"
+        out.append(f"{m.get('name')} = {value}{what}")
+    return out
+
+
+async def watch_rollout(ch: ChangeRequest, k8s: K8sReadClient, *, on_progress: Progress, deadline_s: float = 1200,
+                        poll_s: float = 2.0) -> Verification:
+    """Follow the Rollout until promoted (pass), aborted (regression; a pass when the change was the abort),
+    or paused inconclusive / out of time."""
+    t = ch.spec.target
+    assert t.namespace
+    custom = client.CustomObjectsApi(k8s.api)
+    old_stable = str((ch.result.get("detail") or {}).get("stable_rs") or "")
+    t0 = time.monotonic()
+    seen: tuple[int, int] | None = None
+
+    async def read() -> dict[str, Any]:
+        return await k8s.read(f"read rollout {t.namespace}/{t.name}", custom.get_namespaced_custom_object,
+                              GROUP, VERSION, t.namespace, "rollouts", t.name)
+
+    while time.monotonic() - t0 < deadline_s:
+        ro = await read()
+        st = ro.get("status") or {}
+        new = str(st.get("currentPodHash") or "")
+        elapsed = time.monotonic() - t0
+        if not new or new == old_stable or str(st.get("observedGeneration", "")) != str(
+                ro["metadata"].get("generation", "")):
+            await asyncio.sleep(poll_s)  # the controller has not taken up the new template yet
+            continue
+        if st.get("abort") and ch.spec.action == ActionKind.ABORT_ROLLOUT:
+            if int(st.get("availableReplicas") or 0) >= int(ro["spec"].get("replicas") or 0):
+                await on_progress(f"aborted as asked: stable {st.get('stableRS')} serves every replica "
+                                  f"({elapsed:.0f} s)")
+                return Verification(ch.id, Outcome.PASS, "aborted as asked; stable serves every replica",
+                                    rollout_seconds=elapsed, seconds=elapsed)
+            await asyncio.sleep(poll_s)
+            continue
+        if st.get("abort"):
+            why = await _abort_reason(k8s, t.namespace, new, st)
+            step = int(st.get("currentStepIndex") or 0)
+            await on_progress(f"aborted at step {step + 1} after {elapsed:.0f} s: {why}; stable {old_stable} serves")
+            return Verification(ch.id, Outcome.REGRESSION, f"aborted by analysis at step {step + 1}: {why}",
+                                rollout_seconds=elapsed, seconds=elapsed)
+        if st.get("phase") == "Healthy" and st.get("stableRS") == new:
+            await on_progress(f"promoted: 100 % on the new version {elapsed:.0f} s after the write")
+            return Verification(ch.id, Outcome.PASS, "promoted to 100 % (canary analysis passed)",
+                                rollout_seconds=elapsed, seconds=elapsed)
+        index = int(st.get("currentStepIndex") or 0)
+        steps = len(((ro.get("spec") or {}).get("strategy") or {}).get("canary", {}).get("steps") or [])
+        mark = (index, weight_at(ro, index))
+        if mark != seen:
+            seen = mark
+            await on_progress(f"step {min(index + 1, steps)}/{steps} ({step_kind(ro, index)}): canary at {mark[1]} % "
+                              f"({elapsed:.0f} s)")
+        paused = [c.get("reason") for c in st.get("pauseConditions") or []]
+        if "InconclusiveAnalysis" in paused:
+            await on_progress("paused: the analysis was inconclusive (no data); promote or abort it")
+            return Verification(ch.id, Outcome.INCONCLUSIVE, "paused at step "
+                                f"{index + 1}: analysis inconclusive; a human must promote or abort",
+                                rollout_seconds=elapsed, seconds=elapsed)
+        await asyncio.sleep(poll_s)
+    return Verification(ch.id, Outcome.INCONCLUSIVE, f"not promoted within {deadline_s:.0f} s",
+                        rollout_seconds=deadline_s, seconds=deadline_s)
+
+
+async def _abort_reason(k8s: K8sReadClient, namespace: str, pod_hash: str, status: Mapping[str, Any]) -> str:
+    custom = client.CustomObjectsApi(k8s.api)
+    try:
+        runs, _ = await k8s.list(f"list analysisruns in {namespace}", custom.list_namespaced_custom_object,
+                                 GROUP, VERSION, namespace, "analysisruns",
+                                 label_selector=f"rollouts-pod-template-hash={pod_hash}")
+    except Exception as e:  # the abort stands; say why the detail is missing
+        return f"{status.get('message') or 'aborted'} (analysis runs unreadable: {e})"
+    failed = [f for r in runs for f in failed_metrics(r)]
+    return "; ".join(failed) if failed else str(status.get("message") or "aborted")

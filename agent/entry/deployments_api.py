@@ -1,0 +1,116 @@
+"""The CI deployment API on `opsagent serve`: a pipeline asks for a deployment and polls its status.
+
+    POST /deployments        {"target": "llm-prod/assist-mini", "version": "2025.09.0", ...}
+                             → 202 {"id": "chg-…", "status": "pending_approval", …}; 422 refused at preflight
+    GET  /deployments/{id}   → the change's status, approvals and verification (the canary's outcome)
+
+Each pipeline has its own token (`server.pipeline_tokens`, "name=token" pairs from a Secret), checked
+in constant time before the body is read; the change request names the pipeline as its requester. A
+missing or wrong token is 401 and an unknown target 404, and in both cases nothing is stored or audited.
+The request goes through `App.deploy` (preflight, then `ChangeFlow.propose()`): a pipeline can ask,
+never approve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from agent.app import App
+from agent.change.deploy import DeployOutcome, DeployRefused, DeployRequest, TargetNotFound, parse_target
+from agent.entry.http_guard import HttpSecurity
+from agent.models import ActionKind
+
+PREFIX = "/deployments"
+CHALLENGE = {"www-authenticate": 'Bearer realm="opsagent-deployments"'}
+
+
+class PipelineTokens:
+    """One bearer token per pipeline; which pipeline presented it is found by comparing against all."""
+
+    def __init__(self, tokens: Mapping[str, str]) -> None:
+        self._by_pipeline = {name: HttpSecurity.build([token]) for name, token in tokens.items() if token}
+
+    @classmethod
+    def parse(cls, raw: str) -> PipelineTokens:
+        """"name=token" pairs separated by commas or whitespace."""
+        pairs: dict[str, str] = {}
+        for item in raw.replace(",", " ").split():
+            name, sep, token = item.partition("=")
+            if not sep or not name or not token:
+                raise ValueError("server.pipeline_tokens takes NAME=TOKEN pairs (the token is not shown)")
+            pairs[name] = token
+        return cls(pairs)
+
+    def pipeline(self, header: bytes | None) -> str | None:
+        """The pipeline whose token `header` carries, or None; every token is compared (constant time)."""
+        found = None
+        for name, sec in self._by_pipeline.items():
+            if sec.authenticated(header) and found is None:
+                found = name
+        return found
+
+
+def deployment_routes(app: App, tokens: PipelineTokens) -> list[Route]:
+    def caller(request: Request) -> str | None:
+        return tokens.pipeline(request.headers.get("authorization", "").encode("latin-1") or None)
+
+    def unauthorized() -> Response:
+        return JSONResponse({"error": "missing or invalid pipeline token (Authorization: Bearer TOKEN)"},
+                            status_code=401, headers=CHALLENGE)
+
+    async def create(request: Request) -> Response:
+        pipeline = caller(request)
+        if pipeline is None:
+            return unauthorized()
+        try:
+            body = json.loads(await request.body() or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            ns, name = parse_target(str(body.pop("target", "")))
+            req = DeployRequest(namespace=ns, name=name, **body)
+        except ValidationError as e:
+            return JSONResponse({"error": "invalid deployment request", "details": [
+                f"{'.'.join(map(str, x['loc'])) or 'request'}: {x['msg']}" for x in e.errors()]}, status_code=400)
+        except (ValueError, TypeError) as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+        try:
+            out = await app.deploy(req, requester=f"ci:{pipeline}", via="ci")
+        except TargetNotFound as e:
+            return JSONResponse({"error": str(e)}, status_code=404)
+        except DeployRefused as e:
+            return JSONResponse({"error": str(e)}, status_code=422)
+        return JSONResponse(_answer(out), status_code=422 if out.refused else 202)
+
+    async def status(request: Request) -> Response:
+        if caller(request) is None:
+            return unauthorized()
+        cid = request.path_params["id"]
+        ch = await asyncio.to_thread(app.ledger.get, cid)
+        if ch is None or ch.spec.action != ActionKind.DEPLOY:
+            return JSONResponse({"error": f"no deployment {cid}"}, status_code=404)
+        approvals = await asyncio.to_thread(app.ledger.approvals, cid)
+        return JSONResponse({"id": ch.id, "target": f"{ch.spec.target.namespace}/{ch.spec.target.name}",
+                             "kind": ch.spec.target.kind, "status": ch.status.value, "requester": ch.requester,
+                             "approvals": {"have": len([a for a in approvals if a.decision == "approve"]),
+                                           "required": ch.approvals_required, "roles": ch.approver_roles},
+                             "policy": f"{ch.policy_rule}: {ch.policy_reason}",
+                             "verification": ch.result.get("verification"), "error": ch.result.get("error")})
+
+    return [Route(PREFIX, create, methods=["POST"]), Route(PREFIX + "/{id}", status, methods=["GET"])]
+
+
+def _answer(out: DeployOutcome) -> dict[str, object]:
+    checks = [{"name": c.name, "ok": c.ok, "summary": c.summary} for c in out.plan.preflight.checks]
+    if out.state is None:
+        return {"status": "refused", "reasons": out.plan.preflight.reasons(), "preflight": checks}
+    ch = out.state.change
+    return {"id": ch.id, "status": ch.status.value, "url": f"{PREFIX}/{ch.id}", "summary": out.plan.summary,
+            "policy": f"{ch.policy_rule}: {ch.policy_reason}", "approvals_required": ch.approvals_required,
+            "preflight": checks}
