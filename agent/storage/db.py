@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -126,10 +126,13 @@ class Db:
     """A database the durable modules share: `target` is a SQLite path or a `postgresql://` URL.
 
     `schema` is run at open (idempotent DDL). `pg_schema`, when given, replaces it on Postgres for
-    the few things the dialects spell differently (triggers, column types).
+    the few things the dialects spell differently (triggers, column types). `migrate(conn, postgres)`, when
+    given, runs right after it in the same transaction (under the schema lock on Postgres), for changes of
+    layout that idempotent DDL cannot say (a column added to an existing table, rows rewritten).
     """
 
-    def __init__(self, target: Path | str, schema: str, pg_schema: str | None = None, *, pool_size: int = 4) -> None:
+    def __init__(self, target: Path | str, schema: str, pg_schema: str | None = None, *, pool_size: int = 4,
+                 migrate: Callable[[Conn, bool], None] | None = None) -> None:
         self.path = str(target)
         self.postgres = is_postgres(target)
         self._lock = threading.Lock()
@@ -143,18 +146,24 @@ class Db:
                 # Two replicas starting at once must not race on CREATE ... IF NOT EXISTS.
                 pg.execute("SELECT pg_advisory_xact_lock(hashtextextended('opsagent:schema', 0))")
                 pg.execute(pg_schema or schema)
+                if migrate is not None:
+                    migrate(_PgTx(pg), True)
             self._conn = _PgReader(self._pool)
         else:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._sqlite = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            _sqlite_init(self._sqlite, schema)
+            _sqlite_init(self._sqlite, schema, migrate)
             self._conn = _SqliteReader(self._sqlite, self._lock)
 
     @contextmanager
-    def _tx(self) -> Iterator[Conn]:
+    def _tx(self, *, pipeline: bool = False) -> Iterator[Conn]:
+        """One write transaction. `pipeline=True` (Postgres) sends statements without waiting for each
+        answer: BEGIN and everything up to the first read of a result go out in one round trip, and the
+        writes after it with the COMMIT in one more. Only for callers that read no result they do not fetch."""
         if self.postgres:
-            with self._pool.connection() as conn, conn.transaction():
+            with self._pool.connection() as conn, conn.pipeline() if pipeline else nullcontext(), \
+                    conn.transaction():
                 yield _PgTx(conn)
             return
         with self._lock:
@@ -207,7 +216,8 @@ class Db:
             self._sqlite.close()
 
 
-def _sqlite_init(conn: sqlite3.Connection, schema: str, timeout_s: float = 30.0) -> None:
+def _sqlite_init(conn: sqlite3.Connection, schema: str, migrate: Callable[[Conn, bool], None] | None = None,
+                 timeout_s: float = 30.0) -> None:
     """WAL mode, foreign keys and the schema, safe when several processes open a new file at once.
 
     Switching to WAL needs the file to itself and SQLite answers "database is locked" at once rather
@@ -220,7 +230,10 @@ def _sqlite_init(conn: sqlite3.Connection, schema: str, timeout_s: float = 30.0)
             if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
+            conn.executescript(f"BEGIN IMMEDIATE;\n{schema}")
+            if migrate is not None:
+                migrate(conn, False)
+            conn.execute("COMMIT")
             return
         except sqlite3.OperationalError as e:
             if "locked" not in str(e) or time.monotonic() > deadline:

@@ -14,27 +14,49 @@ the incident); a scheduled job takes one lease per run so it runs once per sched
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent import incidents
-from agent.models import Incident, IncidentStatus, TriageReport
-from agent.storage.db import Db, is_postgres
+from agent.models import Alert, Incident, IncidentStatus, TriageReport
+from agent.storage.db import Conn, Db, is_postgres
 
 SCHEMA = """
+-- An incident's header; its alerts are rows of incident_alerts. `layout` 1 is the older form, whose `doc`
+-- held the whole incident with its alerts (read as such, and moved to rows at open or at the next delivery).
 CREATE TABLE IF NOT EXISTS incidents (
     id TEXT PRIMARY KEY,
     group_key TEXT NOT NULL,
     status TEXT NOT NULL,
     doc TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    layout INTEGER NOT NULL DEFAULT 1,
+    notifications INTEGER NOT NULL DEFAULT 1,
+    alerts_over_cap INTEGER NOT NULL DEFAULT 0,
+    alert_count INTEGER NOT NULL DEFAULT 0,
+    firing_count INTEGER NOT NULL DEFAULT 0
 );
 -- At most one open incident per Alertmanager group.
 CREATE UNIQUE INDEX IF NOT EXISTS incidents_open_group ON incidents(group_key) WHERE status = 'firing';
 CREATE INDEX IF NOT EXISTS incidents_group ON incidents(group_key, created_at);
+-- One row per alert of an incident, upserted per delivery: a delivery writes what changed, never the
+-- whole incident again. Written only by record_alerts, under the group's lock.
+CREATE TABLE IF NOT EXISTS incident_alerts (
+    incident_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    annotations TEXT NOT NULL,
+    starts_at TEXT NOT NULL,
+    ends_at TEXT,
+    generator_url TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (incident_id, fingerprint)
+);
 CREATE TABLE IF NOT EXISTS triage_reports (
     incident_id TEXT NOT NULL REFERENCES incidents(id),
     created_at TEXT NOT NULL,
@@ -67,6 +89,8 @@ CREATE TABLE IF NOT EXISTS leases (
 
 
 class Store(Protocol):
+    def record_alerts(self, n: incidents.Notification, now: dt.datetime,
+                      max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> Recorded: ...
     def record_notification(self, n: incidents.Notification, now: dt.datetime,
                             max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> tuple[Incident, bool]: ...
     def incident(self, incident_id: str) -> Incident | None: ...
@@ -97,41 +121,174 @@ class ChatMessage:
     stage: str = ""
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What one delivery did to its incident (`record_alerts`), without reading the incident's alerts back."""
+
+    incident_id: str
+    status: IncidentStatus
+    changed: bool  # False for a pure re-send
+    opened: bool  # this delivery opened the incident
+
+
+# The header columns every incident read selects, in this order (see _assemble).
+_HEADER = ("id, group_key, status, layout, doc, created_at, updated_at, notifications, alerts_over_cap, "
+           "alert_count, firing_count")
+_ALERT_COLUMNS = "fingerprint, status, labels, annotations, starts_at, ends_at, generator_url"
+_UPSERT_ALERT = (
+    "INSERT INTO incident_alerts (incident_id, fingerprint, status, labels, annotations, starts_at, ends_at, "
+    "generator_url) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (incident_id, fingerprint) DO UPDATE SET "
+    "status = excluded.status, labels = excluded.labels, annotations = excluded.annotations, "
+    "starts_at = excluded.starts_at, ends_at = excluded.ends_at, generator_url = excluded.generator_url")
+_COLUMNS_ADDED = (  # to an `incidents` table created before alerts became rows
+    ("layout", "INTEGER NOT NULL DEFAULT 1"), ("notifications", "INTEGER NOT NULL DEFAULT 1"),
+    ("alerts_over_cap", "INTEGER NOT NULL DEFAULT 0"), ("alert_count", "INTEGER NOT NULL DEFAULT 0"),
+    ("firing_count", "INTEGER NOT NULL DEFAULT 0"))
+
+
+def _migrate(c: Conn, postgres: bool) -> None:
+    """Bring a store written before alerts became rows to the current layout (idempotent; at open)."""
+    if postgres:
+        have = {r[0] for r in c.execute("SELECT column_name FROM information_schema.columns "
+                                        "WHERE table_name = 'incidents' AND table_schema = current_schema()")}
+    else:
+        have = {r[1] for r in c.execute("PRAGMA table_info(incidents)")}
+    for name, decl in _COLUMNS_ADDED:
+        if name not in have:
+            c.execute(f"ALTER TABLE incidents ADD COLUMN {name} {decl}")
+    for (doc,) in c.execute("SELECT doc FROM incidents WHERE layout = 1").fetchall():
+        _to_rows(c, Incident.model_validate_json(doc))
+
+
+def _to_rows(c: Conn, inc: Incident) -> None:
+    """Rewrite an incident of the older layout (alerts inside `doc`) as a header and alert rows."""
+    c.executemany(_UPSERT_ALERT, [_alert_row(inc.id, a) for a in inc.alerts])
+    c.execute("UPDATE incidents SET layout = 2, doc = '{}', notifications = ?, alerts_over_cap = ?, alert_count = ?, "
+              "firing_count = ? WHERE id = ?",
+              (inc.notifications, inc.alerts_over_cap, len(inc.alerts),
+               sum(a.status == "firing" for a in inc.alerts), inc.id))
+
+
+def _alert_row(incident_id: str, a: Alert) -> tuple[str, str, str, str, str, str, str | None, str]:
+    return (incident_id, a.fingerprint, a.status, json.dumps(a.labels), json.dumps(a.annotations),
+            a.starts_at.isoformat(), a.ends_at.isoformat() if a.ends_at else None, a.generator_url)
+
+
+def _alert(row: Sequence[Any]) -> Alert:
+    fp, status, labels, annotations, starts, ends, url = row
+    return Alert(fingerprint=fp, status=status, labels=json.loads(labels), annotations=json.loads(annotations),
+                 starts_at=dt.datetime.fromisoformat(starts), ends_at=dt.datetime.fromisoformat(ends) if ends else None,
+                 generator_url=url)
+
+
 class SqlStore(Db):
     """The store on SQLite (a file, one writer at a time) or Postgres (shared by replicas)."""
 
-    def __init__(self, target: Path | str) -> None:
-        super().__init__(target, SCHEMA)
+    def __init__(self, target: Path | str, *, pool_size: int = 4) -> None:
+        super().__init__(target, SCHEMA, pool_size=pool_size, migrate=_migrate)
+        # The incoming fingerprints are one parameter (a Postgres array; a JSON array on SQLite), so the
+        # statement's text, and Postgres's prepared plan for it, is the same whatever their number.
+        any_of = "= ANY(?)" if self.postgres else "IN (SELECT value FROM json_each(?))"
+        self._latest_sql = (
+            "SELECT i.id, i.group_key, i.status, i.layout, i.doc, i.created_at, i.updated_at, i.notifications, "  # noqa: S608
+            "i.alerts_over_cap, i.alert_count, i.firing_count, a.fingerprint, a.status, a.ends_at, a.annotations "
+            "FROM (SELECT * FROM incidents WHERE group_key = ? ORDER BY created_at DESC LIMIT 1) i "
+            f"LEFT JOIN incident_alerts a ON a.incident_id = i.id AND a.fingerprint {any_of}")
+        self._alerts_sql = f"SELECT incident_id, {_ALERT_COLUMNS} FROM incident_alerts WHERE incident_id {any_of}"  # noqa: S608
+
+    def record_alerts(self, n: incidents.Notification, now: dt.datetime,
+                      max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> Recorded:
+        """Fold a notification into its group's incident: one transaction, serialized per group.
+
+        Reads the group's latest incident and the stored versions of the incoming alerts (one statement),
+        then writes the header and the new or changed alert rows. On Postgres both steps are pipelined:
+        two round trips per delivery whatever the incident's size."""
+        with self._tx(pipeline=True) as c:
+            self._serialize(c, f"incident-group:{n.groupKey}")
+            return self._record(c, n, now, max_alerts)
 
     def record_notification(self, n: incidents.Notification, now: dt.datetime,
                             max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> tuple[Incident, bool]:
+        """`record_alerts`, then the incident as it stands after the delivery (read in the same transaction)."""
         with self._tx() as c:
             self._serialize(c, f"incident-group:{n.groupKey}")
-            row = c.execute(
-                "SELECT doc FROM incidents WHERE group_key = ? ORDER BY created_at DESC LIMIT 1", (n.groupKey,)
-            ).fetchone()
-            existing = Incident.model_validate_json(row[0]) if row else None
-            incident, changed = incidents.merge(existing, n, now, max_alerts)
+            rec = self._record(c, n, now, max_alerts)
+            incident = self._read(c, "WHERE id = ?", (rec.incident_id,))
+        return incident[0], rec.changed
+
+    def _record(self, c: Conn, n: incidents.Notification, now: dt.datetime, max_alerts: int) -> Recorded:
+        incoming = incidents.alerts_of(n)
+        fps = [a.fingerprint for a in incoming]
+        rows = self._latest_of_group(c, n.groupKey, fps)
+        if rows and rows[0][3] == 1:  # written in the older layout (by an older replica): move it to rows first
+            _to_rows(c, Incident.model_validate_json(rows[0][4]))
+            rows = self._latest_of_group(c, n.groupKey, fps)
+        head = rows[0] if rows else None
+        if head is None or incidents.opens_new_incident(IncidentStatus(head[2]), n):
+            f = incidents.fold(incoming, {}, 0, max_alerts)
+            iid = incidents.incident_id(n.groupKey, min(a.starts_at for a in incoming))
+            if head is not None and head[0] == iid:  # the same episode re-opened: start it afresh
+                c.execute("DELETE FROM incident_alerts WHERE incident_id = ?", (iid,))
+            firing = f.firing_delta
             c.execute(
-                "INSERT INTO incidents (id, group_key, status, doc, created_at, updated_at) VALUES (?,?,?,?,?,?) "
-                "ON CONFLICT(id) DO UPDATE SET status = excluded.status, doc = excluded.doc, "
-                "updated_at = excluded.updated_at",
-                (incident.id, incident.group_key, incident.status.value, incident.model_dump_json(),
-                 incident.created_at.isoformat(), incident.updated_at.isoformat()),
-            )
-        return incident, changed
+                "INSERT INTO incidents (id, group_key, status, doc, created_at, updated_at, layout, notifications, "
+                "alerts_over_cap, alert_count, firing_count) VALUES (?,?,?,'{}',?,?,2,1,?,?,?) "
+                "ON CONFLICT (id) DO UPDATE SET status = excluded.status, doc = excluded.doc, "
+                "created_at = excluded.created_at, updated_at = excluded.updated_at, layout = 2, notifications = 1, "
+                "alerts_over_cap = excluded.alerts_over_cap, alert_count = excluded.alert_count, "
+                "firing_count = excluded.firing_count",
+                (iid, n.groupKey, _status(firing), now.isoformat(), now.isoformat(), f.over_cap, f.added, firing))
+            opened = True
+        else:
+            iid, count, firing = head[0], head[9], head[10]
+            stored = {r[11]: incidents.StoredAlert(r[12], dt.datetime.fromisoformat(r[13]) if r[13] else None,
+                                                   json.loads(r[14])) for r in rows if r[11] is not None}
+            f = incidents.fold(incoming, stored, count, max_alerts)
+            firing += f.firing_delta
+            c.execute(
+                "UPDATE incidents SET status = ?, updated_at = ?, notifications = notifications + 1, "
+                "alerts_over_cap = alerts_over_cap + ?, alert_count = alert_count + ?, firing_count = ? WHERE id = ?",
+                (_status(firing), now.isoformat() if f.changed else head[6], f.over_cap, f.added, firing, iid))
+            opened = False
+        if f.write:
+            c.executemany(_UPSERT_ALERT, [_alert_row(iid, a) for a in f.write])
+        return Recorded(incident_id=iid, status=IncidentStatus(_status(firing)), changed=f.changed, opened=opened)
+
+    def _latest_of_group(self, c: Conn, group_key: str, fps: list[str]) -> list[Any]:
+        """The group's latest incident's header, joined with its stored alerts among `fps` (one row each;
+        one row with NULL alert columns when it has none of them; no row when the group has no incident)."""
+        return c.execute(self._latest_sql, (group_key, self._array(fps))).fetchall()
+
+    def _array(self, values: list[str]) -> list[str] | str:
+        return values if self.postgres else json.dumps(values)
+
+    def _read(self, c: Conn, where: str, params: Sequence[Any]) -> list[Incident]:
+        """Incidents selected by `where` (a clause over `incidents`, ordering and limit included), whole."""
+        heads = c.execute(f"SELECT {_HEADER} FROM incidents {where}", params).fetchall()  # noqa: S608 (`where` is ours)
+        ids = [h[0] for h in heads if h[3] != 1]
+        alerts: dict[str, list[Alert]] = {i: [] for i in ids}
+        if ids:
+            for r in c.execute(self._alerts_sql, (self._array(ids),)):
+                alerts[r[0]].append(_alert(r[1:]))
+        out = []
+        for iid, group_key, _, layout, doc, created, updated, notifications, over, _count, firing in heads:
+            if layout == 1:  # written by an older replica after this one opened the store
+                out.append(Incident.model_validate_json(doc))
+                continue
+            out.append(incidents.assemble(
+                id=iid, group_key=group_key, firing=firing, alerts=alerts[iid],
+                created_at=dt.datetime.fromisoformat(created), updated_at=dt.datetime.fromisoformat(updated),
+                notifications=notifications, alerts_over_cap=over))
+        return out
 
     def incident(self, incident_id: str) -> Incident | None:
-        row = self._conn.execute("SELECT doc FROM incidents WHERE id = ?", (incident_id,)).fetchone()
-        return Incident.model_validate_json(row[0]) if row else None
+        found = self._read(self._conn, "WHERE id = ?", (incident_id,))
+        return found[0] if found else None
 
     def incidents(self, status: IncidentStatus | None = None, limit: int = 100) -> list[Incident]:
         if status is None:
-            rows = self._conn.execute("SELECT doc FROM incidents ORDER BY updated_at DESC LIMIT ?", (limit,))
-        else:
-            rows = self._conn.execute("SELECT doc FROM incidents WHERE status = ? ORDER BY updated_at DESC LIMIT ?",
-                                      (status.value, limit))
-        return [Incident.model_validate_json(r[0]) for r in rows.fetchall()]
+            return self._read(self._conn, "ORDER BY updated_at DESC LIMIT ?", (limit,))
+        return self._read(self._conn, "WHERE status = ? ORDER BY updated_at DESC LIMIT ?", (status.value, limit))
 
     def save_report(self, report: TriageReport) -> None:
         with self._tx() as c:
@@ -184,10 +341,9 @@ class SqlStore(Db):
 
     def needing_triage(self, limit: int = 100) -> list[Incident]:
         """Firing incidents with no triage report finished since their last change, oldest first."""
-        rows = self._conn.execute(
-            "SELECT doc FROM incidents i WHERE status = 'firing' AND NOT EXISTS (SELECT 1 FROM triage_reports r "
-            "WHERE r.incident_id = i.id AND r.created_at >= i.updated_at) ORDER BY updated_at LIMIT ?", (limit,))
-        return [Incident.model_validate_json(r[0]) for r in rows.fetchall()]
+        return self._read(self._conn, "i WHERE status = 'firing' AND NOT EXISTS (SELECT 1 FROM triage_reports r "
+                          "WHERE r.incident_id = i.id AND r.created_at >= i.updated_at) ORDER BY updated_at LIMIT ?",
+                          (limit,))
 
     # ---- leases ---------------------------------------------------------------------------------
     def try_lease(self, name: str, holder: str, ttl_s: float) -> bool:
@@ -220,10 +376,15 @@ class SqlStore(Db):
 SqliteStore = SqlStore  # the name the single-replica code and tests grew up with
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, pool_size: int = 4) -> Store:
     """Open the store named by `store.url`: `sqlite:///path/to/file.db` (default), `sqlite://:memory:`
-    or `postgresql://user@host:port/db` (libpq URL; several replicas share it)."""
-    return SqlStore(db_target(url))
+    or `postgresql://user@host:port/db` (libpq URL; several replicas share it). `pool_size`: Postgres
+    connections this process keeps (`store.pool_size`)."""
+    return SqlStore(db_target(url), pool_size=pool_size)
+
+
+def _status(firing: int) -> str:
+    return IncidentStatus.FIRING.value if firing > 0 else IncidentStatus.RESOLVED.value
 
 
 def db_target(url: str) -> str:
