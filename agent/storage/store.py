@@ -88,6 +88,88 @@ CREATE TABLE IF NOT EXISTS leases (
 """
 
 
+# Postgres only: a delivery in one round trip. The same fold as `incidents.fold` (which SQLite and the older
+# layout use, and the tests run on both backends), over the notification's alerts passed as arrays: lock the
+# group, find its latest incident, upsert the new alerts (up to the cap) and the changed ones, update the header.
+# The alerts come as one JSON array of rows (one parameter to encode, parsed by the server), in body order.
+# Alerts compare by their stored text (annotations as sorted JSON, times in UTC), so equal means equal.
+PG_FUNCTIONS = """CREATE OR REPLACE FUNCTION opsagent_record_alerts(
+    p_group text, p_status text, p_new_id text, p_now text, p_max integer, p_alerts json)
+RETURNS TABLE (incident_id text, status text, changed boolean, opened boolean, legacy boolean)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    h incidents%ROWTYPE;
+    found_head boolean;
+    is_new boolean;
+    v_id text; v_count integer := 0; v_firing integer := 0;
+    n_added integer; n_over integer; n_upd integer; d_firing integer;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('incident-group:' || p_group, 0));
+    -- A new statement, so a new snapshot: it sees what the previous holder of the lock committed.
+    SELECT * INTO h FROM incidents i WHERE i.group_key = p_group ORDER BY i.created_at DESC LIMIT 1;
+    found_head := FOUND;
+    IF found_head AND h.layout = 1 THEN  -- written by an older replica: the caller moves it to rows
+        RETURN QUERY SELECT h.id, h.status, false, false, true;
+        RETURN;
+    END IF;
+    is_new := NOT found_head OR (h.status = 'resolved' AND p_status = 'firing');
+    IF is_new THEN
+        v_id := p_new_id;
+        IF found_head AND h.id = p_new_id THEN  -- the same episode re-opened: start it afresh
+            DELETE FROM incident_alerts a WHERE a.incident_id = p_new_id;
+        END IF;
+    ELSE
+        v_id := h.id; v_count := h.alert_count; v_firing := h.firing_count;
+    END IF;
+    WITH input AS (
+        SELECT e.v->>0 AS fp, e.v->>1 AS st, e.v->>2 AS lb, e.v->>3 AS an, e.v->>4 AS sa, e.v->>5 AS ea,
+               e.v->>6 AS url, e.ord
+        FROM json_array_elements(p_alerts) WITH ORDINALITY AS e(v, ord)
+    ), cur AS (
+        SELECT i.*, a.status AS old_st, a.ends_at AS old_ea, a.annotations AS old_an, a.fingerprint IS NULL AS fresh
+        FROM input i LEFT JOIN incident_alerts a ON a.incident_id = v_id AND a.fingerprint = i.fp
+    ), ranked AS (
+        SELECT c.*,
+               c.fresh AND row_number() OVER (PARTITION BY c.fresh ORDER BY c.ord) <= GREATEST(p_max - v_count, 0)
+                   AS admit,
+               NOT c.fresh AND (c.old_st, c.old_ea, c.old_an) IS DISTINCT FROM (c.st, c.ea, c.an) AS upd
+        FROM cur c
+    ), w AS (
+        INSERT INTO incident_alerts AS a (incident_id, fingerprint, status, labels, annotations, starts_at, ends_at,
+                                          generator_url)
+        SELECT v_id, r.fp, r.st, r.lb, r.an, r.sa, r.ea, r.url FROM ranked r WHERE r.admit OR r.upd
+        ON CONFLICT ON CONSTRAINT incident_alerts_pkey DO UPDATE SET status = excluded.status,
+            labels = excluded.labels, annotations = excluded.annotations, starts_at = excluded.starts_at,
+            ends_at = excluded.ends_at, generator_url = excluded.generator_url
+    )
+    SELECT count(*) FILTER (WHERE r.admit), count(*) FILTER (WHERE r.fresh AND NOT r.admit),
+           count(*) FILTER (WHERE r.upd),
+           coalesce(sum((r.st = 'firing')::int - (coalesce(r.old_st, '') = 'firing')::int)
+                    FILTER (WHERE r.admit OR r.upd), 0)
+      INTO n_added, n_over, n_upd, d_firing FROM ranked r;
+    v_firing := v_firing + d_firing;
+    IF is_new THEN
+        INSERT INTO incidents AS i (id, group_key, status, doc, created_at, updated_at, layout, notifications,
+                                    alerts_over_cap, alert_count, firing_count)
+        VALUES (v_id, p_group, CASE WHEN v_firing > 0 THEN 'firing' ELSE 'resolved' END, '{}', p_now, p_now, 2, 1,
+                n_over, n_added, v_firing)
+        ON CONFLICT (id) DO UPDATE SET status = excluded.status, doc = excluded.doc,
+            created_at = excluded.created_at, updated_at = excluded.updated_at, layout = 2, notifications = 1,
+            alerts_over_cap = excluded.alerts_over_cap, alert_count = excluded.alert_count,
+            firing_count = excluded.firing_count;
+    ELSE
+        UPDATE incidents i SET status = CASE WHEN v_firing > 0 THEN 'firing' ELSE 'resolved' END,
+            updated_at = CASE WHEN n_added + n_upd > 0 THEN p_now ELSE i.updated_at END,
+            notifications = i.notifications + 1, alerts_over_cap = i.alerts_over_cap + n_over,
+            alert_count = i.alert_count + n_added, firing_count = v_firing
+        WHERE i.id = v_id;
+    END IF;
+    RETURN QUERY SELECT v_id, CASE WHEN v_firing > 0 THEN 'firing' ELSE 'resolved' END,
+                        is_new OR n_added + n_upd > 0, is_new, false;
+END
+$fn$;
+"""
+
 class Store(Protocol):
     def record_alerts(self, n: incidents.Notification, now: dt.datetime,
                       max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> Recorded: ...
@@ -170,8 +252,10 @@ def _to_rows(c: Conn, inc: Incident) -> None:
 
 
 def _alert_row(incident_id: str, a: Alert) -> tuple[str, str, str, str, str, str, str | None, str]:
-    return (incident_id, a.fingerprint, a.status, json.dumps(a.labels), json.dumps(a.annotations),
-            a.starts_at.isoformat(), a.ends_at.isoformat() if a.ends_at else None, a.generator_url)
+    """An alert as stored: one text per value, canonical (sorted keys, UTC), so equal alerts store equal text."""
+    return (incident_id, a.fingerprint, a.status, json.dumps(a.labels, sort_keys=True),
+            json.dumps(a.annotations, sort_keys=True), a.starts_at.astimezone(dt.UTC).isoformat(),
+            a.ends_at.astimezone(dt.UTC).isoformat() if a.ends_at else None, a.generator_url)
 
 
 def _alert(row: Sequence[Any]) -> Alert:
@@ -185,7 +269,7 @@ class SqlStore(Db):
     """The store on SQLite (a file, one writer at a time) or Postgres (shared by replicas)."""
 
     def __init__(self, target: Path | str, *, pool_size: int = 4) -> None:
-        super().__init__(target, SCHEMA, pool_size=pool_size, migrate=_migrate)
+        super().__init__(target, SCHEMA, SCHEMA + PG_FUNCTIONS, pool_size=pool_size, migrate=_migrate)
         # The incoming fingerprints are one parameter (a Postgres array; a JSON array on SQLite), so the
         # statement's text, and Postgres's prepared plan for it, is the same whatever their number.
         any_of = "= ANY(?)" if self.postgres else "IN (SELECT value FROM json_each(?))"
@@ -200,21 +284,30 @@ class SqlStore(Db):
                       max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> Recorded:
         """Fold a notification into its group's incident: one transaction, serialized per group.
 
-        Reads the group's latest incident and the stored versions of the incoming alerts (one statement),
-        then writes the header and the new or changed alert rows. On Postgres both steps are pipelined:
-        two round trips per delivery whatever the incident's size."""
-        with self._tx(pipeline=True) as c:
+        Writes the new alerts (up to `max_alerts` per incident), the changed ones and the incident's header,
+        never the incident's other alerts. On Postgres that is one statement (`opsagent_record_alerts`): one
+        round trip per delivery, whatever the incident's size."""
+        if self.postgres:
+            incoming = incidents.alerts_of(n)
+            # A fingerprint repeated in one body: its last version wins (as in incidents.fold).
+            rows = [_alert_row("", a)[1:] for a in {a.fingerprint: a for a in incoming}.values()]
+            r = self._conn.execute(
+                "SELECT * FROM opsagent_record_alerts(?, ?, ?, ?, ?, ?::json)",
+                (n.groupKey, n.status, incidents.incident_id(n.groupKey, min(a.starts_at for a in incoming)),
+                 now.isoformat(), max_alerts, json.dumps(rows))).fetchone()
+            if not r[4]:
+                return Recorded(incident_id=r[0], status=IncidentStatus(r[1]), changed=r[2], opened=r[3])
+        with self._tx() as c:  # SQLite; and on Postgres an incident an older replica wrote
             self._serialize(c, f"incident-group:{n.groupKey}")
             return self._record(c, n, now, max_alerts)
 
     def record_notification(self, n: incidents.Notification, now: dt.datetime,
                             max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> tuple[Incident, bool]:
-        """`record_alerts`, then the incident as it stands after the delivery (read in the same transaction)."""
-        with self._tx() as c:
-            self._serialize(c, f"incident-group:{n.groupKey}")
-            rec = self._record(c, n, now, max_alerts)
-            incident = self._read(c, "WHERE id = ?", (rec.incident_id,))
-        return incident[0], rec.changed
+        """`record_alerts`, then the incident as it stands after the delivery."""
+        rec = self.record_alerts(n, now, max_alerts)
+        incident = self.incident(rec.incident_id)
+        assert incident is not None, "an incident just recorded is not deleted"
+        return incident, rec.changed
 
     def _record(self, c: Conn, n: incidents.Notification, now: dt.datetime, max_alerts: int) -> Recorded:
         incoming = incidents.alerts_of(n)
@@ -252,7 +345,8 @@ class SqlStore(Db):
             opened = False
         if f.write:
             c.executemany(_UPSERT_ALERT, [_alert_row(iid, a) for a in f.write])
-        return Recorded(incident_id=iid, status=IncidentStatus(_status(firing)), changed=f.changed, opened=opened)
+        return Recorded(incident_id=iid, status=IncidentStatus(_status(firing)), changed=opened or f.changed,
+                        opened=opened)
 
     def _latest_of_group(self, c: Conn, group_key: str, fps: list[str]) -> list[Any]:
         """The group's latest incident's header, joined with its stored alerts among `fps` (one row each;
