@@ -268,7 +268,7 @@ def _alert(row: Sequence[Any]) -> Alert:
 class SqlStore(Db):
     """The store on SQLite (a file, one writer at a time) or Postgres (shared by replicas)."""
 
-    def __init__(self, target: Path | str, *, pool_size: int = 4) -> None:
+    def __init__(self, target: Path | str, *, pool_size: int = 8) -> None:
         super().__init__(target, SCHEMA, SCHEMA + PG_FUNCTIONS, pool_size=pool_size, migrate=_migrate)
         # The incoming fingerprints are one parameter (a Postgres array; a JSON array on SQLite), so the
         # statement's text, and Postgres's prepared plan for it, is the same whatever their number.
@@ -470,7 +470,7 @@ class SqlStore(Db):
 SqliteStore = SqlStore  # the name the single-replica code and tests grew up with
 
 
-def open_store(url: str, *, pool_size: int = 4) -> Store:
+def open_store(url: str, *, pool_size: int = 8) -> Store:
     """Open the store named by `store.url`: `sqlite:///path/to/file.db` (default), `sqlite://:memory:`
     or `postgresql://user@host:port/db` (libpq URL; several replicas share it). `pool_size`: Postgres
     connections this process keeps (`store.pool_size`)."""
