@@ -273,7 +273,7 @@ def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = 
             return JSONResponse({"error": str(e)}, status_code=e.status)
         # Only what the delivery changed is written and read back; hooks and triage read the whole incident
         # later, off the request path.
-        rec = await asyncio.to_thread(store.record_alerts, notification, dt.datetime.now(dt.UTC), max_alerts)
+        rec = await store.arecord_alerts(notification, dt.datetime.now(dt.UTC), max_alerts)
         metrics.webhooks.labels(outcome="accepted" if rec.changed else "duplicate").inc()
         if rec.opened:
             metrics.incidents.inc()

@@ -19,6 +19,7 @@ or changes: the modules above own their tables.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 import threading
@@ -122,6 +123,64 @@ class _SqliteReader:
             self.conn.executemany(sql, parameters)
 
 
+LOOP_APPLICATION_NAME = "opsagent-intake"  # how the loop's connections show in pg_stat_activity
+
+
+class _LoopConnections:
+    """Up to `size` autocommit Postgres connections used straight from the running event loop.
+
+    For the one statement an HTTP handler issues per request (intake): no thread hop and none of the
+    threaded pool's locking, which together cost more CPU than the statement. Connections belong to the loop
+    that opened them; another loop (a test's, a restarted server's) starts a fresh set. A connection whose
+    statement did not complete (an error, a cancelled request) is closed, never reused half-way.
+    """
+
+    def __init__(self, url: str, size: int) -> None:
+        self.url, self.size = url, size
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.idle: asyncio.Queue[Any] | None = None
+        self.opened: set[Any] = set()
+
+    async def fetchone(self, sql: str, parameters: Sequence[Any]) -> Any:
+        import psycopg
+
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop or self.idle is None:
+            self.close()
+            self.loop, self.idle = loop, asyncio.Queue()
+        for attempt in range(2):
+            if self.idle.empty() and len(self.opened) < self.size:
+                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True,
+                                                             application_name=LOOP_APPLICATION_NAME)
+                self.opened.add(conn)
+            else:
+                conn = await self.idle.get()
+            done = False
+            try:
+                cur = await conn.execute(_pg(sql), parameters)
+                row = await cur.fetchone()
+                done = True
+                return row
+            except psycopg.OperationalError:
+                # A connection the server dropped while idle (a restart, an idle timeout) fails on first use:
+                # once, on a fresh one. Callers' statements are idempotent folds, so a repeat is harmless.
+                if attempt or not conn.broken:
+                    raise
+            finally:
+                if done:
+                    self.idle.put_nowait(conn)
+                else:
+                    self.opened.discard(conn)
+                    conn.pgconn.finish()  # synchronous: this may run while the request is being cancelled
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def close(self) -> None:
+        for conn in self.opened:
+            conn.pgconn.finish()
+        self.opened.clear()
+        self.idle = None
+
+
 class Db:
     """A database the durable modules share: `target` is a SQLite path or a `postgresql://` URL.
 
@@ -149,6 +208,7 @@ class Db:
                 if migrate is not None:
                     migrate(_PgTx(pg), True)
             self._conn = _PgReader(self._pool)
+            self._loop_conns = _LoopConnections(self.path, pool_size)
         else:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -209,8 +269,13 @@ class Db:
         while rows := lite.fetchmany(batch):
             yield from rows
 
+    async def _fetchone_async(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
+        """One statement in its own transaction, from the event loop (Postgres only); its first row."""
+        return await self._loop_conns.fetchone(sql, parameters)
+
     def close(self) -> None:
         if self.postgres:
+            self._loop_conns.close()
             self._pool.close()
         else:
             self._sqlite.close()

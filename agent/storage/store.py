@@ -13,6 +13,7 @@ the incident); a scheduled job takes one lease per run so it runs once per sched
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import time
@@ -171,6 +172,8 @@ $fn$;
 """
 
 class Store(Protocol):
+    async def arecord_alerts(self, n: incidents.Notification, now: dt.datetime,
+                             max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> Recorded: ...
     def record_alerts(self, n: incidents.Notification, now: dt.datetime,
                       max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> Recorded: ...
     def record_notification(self, n: incidents.Notification, now: dt.datetime,
@@ -288,15 +291,22 @@ class SqlStore(Db):
         never the incident's other alerts. On Postgres that is one statement (`opsagent_record_alerts`): one
         round trip per delivery, whatever the incident's size."""
         if self.postgres:
-            incoming = incidents.alerts_of(n)
-            # A fingerprint repeated in one body: its last version wins (as in incidents.fold).
-            rows = [_alert_row("", a)[1:] for a in {a.fingerprint: a for a in incoming}.values()]
-            r = self._conn.execute(
-                "SELECT * FROM opsagent_record_alerts(?, ?, ?, ?, ?, ?::json)",
-                (n.groupKey, n.status, incidents.incident_id(n.groupKey, min(a.starts_at for a in incoming)),
-                 now.isoformat(), max_alerts, json.dumps(rows))).fetchone()
-            if not r[4]:
-                return Recorded(incident_id=r[0], status=IncidentStatus(r[1]), changed=r[2], opened=r[3])
+            rec = _recorded(self._conn.execute(_RECORD_SQL, _record_args(n, now, max_alerts)).fetchone())
+            if rec is not None:
+                return rec
+        return self._record_tx(n, now, max_alerts)
+
+    async def arecord_alerts(self, n: incidents.Notification, now: dt.datetime,
+                             max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> Recorded:
+        """`record_alerts` for the event loop: on Postgres its one statement runs on a connection of the
+        loop itself (no thread); SQLite's in a thread."""
+        if self.postgres:
+            rec = _recorded(await self._fetchone_async(_RECORD_SQL, _record_args(n, now, max_alerts)))
+            if rec is not None:
+                return rec
+        return await asyncio.to_thread(self._record_tx, n, now, max_alerts)
+
+    def _record_tx(self, n: incidents.Notification, now: dt.datetime, max_alerts: int) -> Recorded:
         with self._tx() as c:  # SQLite; and on Postgres an incident an older replica wrote
             self._serialize(c, f"incident-group:{n.groupKey}")
             return self._record(c, n, now, max_alerts)
@@ -475,6 +485,22 @@ def open_store(url: str, *, pool_size: int = 8) -> Store:
     or `postgresql://user@host:port/db` (libpq URL; several replicas share it). `pool_size`: Postgres
     connections this process keeps (`store.pool_size`)."""
     return SqlStore(db_target(url), pool_size=pool_size)
+
+
+_RECORD_SQL = "SELECT * FROM opsagent_record_alerts(?, ?, ?, ?, ?, ?::json)"
+
+
+def _record_args(n: incidents.Notification, now: dt.datetime, max_alerts: int) -> tuple[Any, ...]:
+    incoming = incidents.alerts_of(n)
+    # A fingerprint repeated in one body: its last version wins (as in incidents.fold).
+    rows = [_alert_row("", a)[1:] for a in {a.fingerprint: a for a in incoming}.values()]
+    return (n.groupKey, n.status, incidents.incident_id(n.groupKey, min(a.starts_at for a in incoming)),
+            now.isoformat(), max_alerts, json.dumps(rows))
+
+
+def _recorded(r: Any) -> Recorded | None:
+    """The function's answer; None when the group's incident is in the older layout (handled in Python)."""
+    return None if r[4] else Recorded(incident_id=r[0], status=IncidentStatus(r[1]), changed=r[2], opened=r[3])
 
 
 def _status(firing: int) -> str:

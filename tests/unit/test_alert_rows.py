@@ -17,7 +17,7 @@ from typing import Any
 
 from agent import incidents
 from agent.models import Incident, IncidentStatus
-from agent.storage.db import is_postgres
+from agent.storage.db import LOOP_APPLICATION_NAME, is_postgres
 from agent.storage.store import SqlStore
 from tests.postgres import LocalPostgres
 
@@ -197,4 +197,60 @@ def test_an_incident_an_older_replica_writes_after_the_upgrade_is_read_and_updat
     assert rec.changed and rec.incident_id == old.id and inc is not None and len(inc.alerts) == 2
     assert inc.alerts[0].annotations["summary"] == "now 9% of requests fail"
     assert inc.notifications == 5
+    store.close()
+
+
+def test_two_replicas_over_http_take_one_group_at_once_into_one_incident(db_target: str) -> None:
+    """The webhook path (`arecord_alerts`: on Postgres one statement from the event loop) on two servers."""
+    import asyncio
+
+    import httpx
+
+    from agent.entry.server import create_app
+    from tests.serving import serve
+
+    stores = [SqlStore(db_target), SqlStore(db_target)]
+    bodies = [json.dumps({"version": "4", "groupKey": GROUP, "status": "firing", "receiver": "opsagent",
+                          "alerts": [alert(f"fp-{k:03d}") for k in range(max(0, i - 2), i + 1)]}).encode()
+              for i in range(90)]
+
+    async def post_all(urls: list[str]) -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            answers = await asyncio.gather(*(client.post(f"{urls[i % 2]}/alertmanager", content=b)
+                                             for i, b in enumerate(bodies)))
+        return [r.status_code for r in answers]
+
+    with serve(create_app(stores[0], None)) as a, serve(create_app(stores[1], None)) as b:
+        assert set(asyncio.run(post_all([a, b]))) == {200}
+        assert set(asyncio.run(post_all([b, a]))) == {200}, "the same bodies again: re-sends, counted"
+    (inc,) = stores[0].incidents()
+    assert sorted(al.fingerprint for al in inc.alerts) == [f"fp-{k:03d}" for k in range(90)]
+    assert inc.notifications == 180
+    for s in stores:
+        s.close()
+
+
+def test_intake_from_one_event_loop_then_another_and_after_a_dropped_connection(db_target: str) -> None:
+    import asyncio
+
+    store = SqlStore(db_target)
+    first = asyncio.run(store.arecord_alerts(note(alert("a")), NOW))
+    second = asyncio.run(store.arecord_alerts(note(alert("b")), NOW))  # a new loop: its own connections
+
+    async def after_the_server_dropped_them() -> bool:
+        await store.arecord_alerts(note(alert("c")), NOW)
+        if store.postgres:  # the server ends every idle connection of this loop (a restart, an idle timeout)
+            import psycopg
+
+            with psycopg.connect(db_target, autocommit=True) as admin:
+                ended = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                      "WHERE datname = current_database() AND application_name = %s",
+                                      (LOOP_APPLICATION_NAME,)).fetchone()
+                assert ended is not None and ended[0] >= 1
+        return (await store.arecord_alerts(note(alert("d")), NOW)).changed
+
+    assert asyncio.run(after_the_server_dropped_them())
+    assert first.incident_id == second.incident_id and second.changed
+    inc = store.incident(first.incident_id)
+    assert inc is not None and [a.fingerprint for a in inc.alerts] == ["a", "b", "c", "d"]
     store.close()
