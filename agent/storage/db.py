@@ -131,8 +131,9 @@ class _LoopConnections:
 
     For the one statement an HTTP handler issues per request (intake): no thread hop and none of the
     threaded pool's locking, which together cost more CPU than the statement. Connections belong to the loop
-    that opened them; another loop (a test's, a restarted server's) starts a fresh set. A connection whose
-    statement did not complete (an error, a cancelled request) is closed, never reused half-way.
+    that opened them; another loop (a test's, a restarted server's) starts a fresh set and closes the old one,
+    so one store serves one event loop at a time (`opsagent serve` runs one). A connection whose statement did
+    not complete (an error, a cancelled request) is closed, never reused half-way.
     """
 
     def __init__(self, url: str, size: int) -> None:
