@@ -11,6 +11,8 @@ The durable modules write their SQL once, in the dialect both engines share (`?`
   40001 / 40P01): the caller's statements never see a half-done attempt, and no user sees the error.
 - `_conn.execute(...)`: reads outside a transaction (a pooled connection on Postgres).
 - `_stream(...)`: large reads in batches (a server-side cursor on Postgres).
+- `await _fetchone_async(...)`: one statement from the event loop on the loop's own connections
+  (Postgres), for a handler's per-request statement (intake), without a thread hop.
 
 SQLite is the single-replica default (a file, WAL journal, readers never block the writer);
 Postgres (`postgresql://...`) is what several replicas share. Nothing here knows about incidents
@@ -26,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -218,13 +220,9 @@ class Db:
             self._conn = _SqliteReader(self._sqlite, self._lock)
 
     @contextmanager
-    def _tx(self, *, pipeline: bool = False) -> Iterator[Conn]:
-        """One write transaction. `pipeline=True` (Postgres) sends statements without waiting for each
-        answer: BEGIN and everything up to the first read of a result go out in one round trip, and the
-        writes after it with the COMMIT in one more. Only for callers that read no result they do not fetch."""
+    def _tx(self) -> Iterator[Conn]:
         if self.postgres:
-            with self._pool.connection() as conn, conn.pipeline() if pipeline else nullcontext(), \
-                    conn.transaction():
+            with self._pool.connection() as conn, conn.transaction():
                 yield _PgTx(conn)
             return
         with self._lock:
