@@ -353,8 +353,9 @@ def build_app(settings: Settings, *, reasoner: Reasoner | None = None) -> App:
     audit = AuditLog(audit_target(settings), audit_key(settings), sinks,
                      checkpoint_every=settings.audit.checkpoint_every)
     policy = load_policy(_policy_file(settings.policies_dir))
-    return App(settings=settings, store=open_store(settings.store_url), runbooks=load_dir(settings.runbooks_dir),
-               policy=policy, ledger=Ledger(_shared_or(settings, settings.state_dir / "ledger.db")), audit=audit,
+    store = open_store(settings.store_url, pool_size=settings.store.pool_size)
+    return App(settings=settings, store=store, runbooks=load_dir(settings.runbooks_dir), policy=policy,
+               ledger=Ledger(_shared_or(settings, settings.state_dir / "ledger.db")), audit=audit,
                tools=default_tools(), clients=build_clients(settings),
                reasoner=reasoner or build_reasoner(settings.llm))
 

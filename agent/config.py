@@ -50,6 +50,10 @@ class LlmConfig(_Group):
 class StoreConfig(_Group):
     url: str | None = Field(default=None, description="sqlite:///PATH (single replica) or postgresql://... "
                             "(several replicas). Default: sqlite in state_dir.")
+    pool_size: int = Field(default=8, ge=1, le=64, description="Postgres connections each replica keeps for "
+                           "incidents (opened as needed). 8 covers the threads intake runs store calls on (6 on "
+                           "2 cores) with room for triage and the sweep; replicas × pool_size (+ the ledger's and "
+                           "the audit log's 4 each) must stay under the server's max_connections (100 by default).")
 
 
 class AuditConfig(_Group):

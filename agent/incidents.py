@@ -1,9 +1,10 @@
 """Alertmanager webhook (version 4) → incidents: validation, grouping and deduplication.
 
 Pure functions over typed models: parsing a body either yields a complete `Notification` or raises
-`IntakeError` with the reason (nothing is half-stored), and `merge` folds a notification into the
-incident of its group. Alertmanager re-sends on `repeat_interval` and after restarts, so merging the
-same notification twice changes nothing.
+`IntakeError` with the reason (nothing is half-stored); `fold` decides which of a notification's alerts
+the store writes into the incident of its group (new ones up to the cap, changed ones), so a re-send
+changes nothing; `assemble` derives what readers see (title, severity, common labels) from the alerts.
+The store keeps alerts as rows and calls these inside its transaction.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -63,6 +66,10 @@ def parse(body: bytes) -> Notification:
     """Validate a webhook body; raise IntakeError naming what is wrong."""
     if len(body) > MAX_BODY_BYTES:
         raise IntakeError(f"body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}", status=413)
+    try:  # a valid body is parsed and validated in one pass by pydantic-core's JSON parser
+        return Notification.model_validate_json(body)
+    except ValidationError:
+        pass  # find out what is wrong, to say it in words a sender can act on
     try:
         doc: Any = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
@@ -91,8 +98,10 @@ def alerts_of(n: Notification) -> list[Alert]:
     out = []
     for a in n.alerts:
         ends = None if a.endsAt is None or a.endsAt <= ZERO_TIME else a.endsAt
-        out.append(Alert(fingerprint=_fingerprint(a), status=a.status, labels=a.labels, annotations=a.annotations,
-                         starts_at=a.startsAt, ends_at=ends, generator_url=a.generatorURL))
+        # The wire model validated every field already; validating the same values again is pure cost.
+        out.append(Alert.model_construct(fingerprint=_fingerprint(a), status=a.status, labels=a.labels,
+                                         annotations=a.annotations, starts_at=a.startsAt, ends_at=ends,
+                                         generator_url=a.generatorURL))
     return out
 
 
@@ -132,46 +141,69 @@ def _common_labels(alerts: list[Alert]) -> dict[str, str]:
     return common
 
 
-def merge(existing: Incident | None, n: Notification, now: dt.datetime,
-          max_alerts: int = MAX_ALERTS_PER_INCIDENT) -> tuple[Incident, bool]:
-    """Fold a notification into its incident. Returns (incident, changed).
+def opens_new_incident(existing: IncidentStatus | None, n: Notification) -> bool:
+    """Whether `n` starts a new incident rather than updating the group's latest one.
 
-    `changed` is False for a pure re-send: same alerts, same statuses, nothing new to triage. An incident
-    keeps at most `max_alerts` alerts (updates to those it has always apply); further new ones are
-    counted in `alerts_over_cap`, not stored, so one group cannot grow without bound.
+    A group that fires again after it resolved is a new episode: a new incident."""
+    return existing is None or (existing == IncidentStatus.RESOLVED and n.status == "firing")
+
+
+@dataclass(frozen=True)
+class StoredAlert:
+    """What the store holds of one alert that decides whether a re-delivery changes it."""
+
+    status: str
+    ends_at: dt.datetime | None
+    annotations: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Fold:
+    """How one notification changes the stored alerts of its incident (see `fold`)."""
+
+    write: list[Alert]  # alerts to insert or update: new ones within the cap, and changed ones
+    added: int  # how many of `write` are new to the incident
+    over_cap: int  # new alerts not stored because the incident already held the cap
+    firing_delta: int  # change in the incident's number of firing alerts
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.write)
+
+
+def fold(incoming: list[Alert], stored: Mapping[str, StoredAlert], count: int,
+         max_alerts: int = MAX_ALERTS_PER_INCIDENT) -> Fold:
+    """Fold a notification's alerts into an incident that holds `count` alerts, of which `stored` are those
+    with the incoming fingerprints.
+
+    A pure re-send writes nothing (Alertmanager re-sends on `repeat_interval` and after restarts). An
+    incident keeps at most `max_alerts` alerts: updates to those it has always apply; further new ones are
+    counted in `over_cap`, not stored, so one group cannot grow without bound.
     """
-    incoming = alerts_of(n)
-    # A group that fires again after it resolved is a new episode: a new incident.
-    if existing is None or (existing.status == IncidentStatus.RESOLVED and n.status == "firing"):
-        first = min(a.starts_at for a in incoming)
-        kept = list({a.fingerprint: a for a in incoming}.values())
-        over = max(0, len(kept) - max_alerts)
-        alerts = sorted(kept[:max_alerts], key=lambda a: a.fingerprint)
-        common = _common_labels(alerts)
-        status = IncidentStatus.FIRING if any(a.status == "firing" for a in alerts) else IncidentStatus.RESOLVED
-        return Incident(
-            id=incident_id(n.groupKey, first), group_key=n.groupKey, status=status, title=_title(alerts, common),
-            severity=_severity(alerts), labels=common, alerts=alerts, created_at=now, updated_at=now,
-            alerts_over_cap=over,
-        ), True
+    latest = {a.fingerprint: a for a in incoming}  # a fingerprint repeated in one body: its last version wins
+    write: list[Alert] = []
+    added = over = delta = 0
+    for fp, a in latest.items():
+        old = stored.get(fp)
+        if old is None:
+            if count + added >= max_alerts:
+                over += 1
+                continue
+            added += 1
+            delta += a.status == "firing"
+            write.append(a)
+        elif (old.status, old.ends_at, old.annotations) != (a.status, a.ends_at, a.annotations):
+            delta += (a.status == "firing") - (old.status == "firing")
+            write.append(a)
+    return Fold(write=write, added=added, over_cap=over, firing_delta=delta)
 
-    by_fp = {a.fingerprint: a for a in existing.alerts}
-    changed = False
-    over = existing.alerts_over_cap
-    for a in incoming:
-        old = by_fp.get(a.fingerprint)
-        if old is None and len(by_fp) >= max_alerts:
-            over += 1
-            continue
-        if old is None or old.status != a.status or old.ends_at != a.ends_at or old.annotations != a.annotations:
-            by_fp[a.fingerprint] = a
-            changed = True
-    alerts = sorted(by_fp.values(), key=lambda a: a.fingerprint)
-    status = IncidentStatus.FIRING if any(a.status == "firing" for a in alerts) else IncidentStatus.RESOLVED
+
+def assemble(*, id: str, group_key: str, firing: int, alerts: list[Alert], created_at: dt.datetime,
+             updated_at: dt.datetime, notifications: int, alerts_over_cap: int) -> Incident:
+    """The incident as readers see it: title, severity and common labels derived from its alerts."""
+    alerts = sorted(alerts, key=lambda a: a.fingerprint)
     common = _common_labels(alerts)
-    updated = existing.model_copy(update={
-        "alerts": alerts, "status": status, "labels": common, "severity": _severity(alerts),
-        "title": _title(alerts, common), "updated_at": now if changed else existing.updated_at,
-        "notifications": existing.notifications + 1, "alerts_over_cap": over,
-    })
-    return updated, changed
+    return Incident(id=id, group_key=group_key, status=IncidentStatus.FIRING if firing else IncidentStatus.RESOLVED,
+                    title=_title(alerts, common), severity=_severity(alerts), labels=common, alerts=alerts,
+                    created_at=created_at, updated_at=updated_at, notifications=notifications,
+                    alerts_over_cap=alerts_over_cap)

@@ -116,17 +116,19 @@ class TriageWorker:
     """Runs triage for queued incidents in the background, a few at a time, one replica per incident."""
 
     def __init__(self, triage: TriageFn, metrics: Metrics, concurrency: int = 2, *, store: Store | None = None,
-                 replica: Replica | None = None) -> None:
+                 replica: Replica | None = None, load: Callable[[str], Incident | None] | None = None) -> None:
         self.triage = triage
         self.metrics = metrics
-        self.queue: asyncio.Queue[Incident] = asyncio.Queue()
+        self.load = load or (store.incident if store is not None else None)
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.concurrency = concurrency
         self._tasks: list[asyncio.Task[None]] = []
         self.inflight: set[str] = set()
         self.queued: set[str] = set()
         self.store = store
         self.replica = replica or Replica()
-        self.newest: dict[str, Incident] = {}  # the latest version of each queued incident
+        # The latest version of each queued incident; None: read it from the store when its triage starts.
+        self.newest: dict[str, Incident | None] = {}
         self._delayed: set[asyncio.Task[None]] = set()
         self.last_start: dict[str, float] = {}
 
@@ -141,17 +143,19 @@ class TriageWorker:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _requeue(self, incident: Incident, after_s: float) -> None:
+    async def _requeue(self, incident_id: str, after_s: float) -> None:
         await asyncio.sleep(after_s)
-        self.queue.put_nowait(incident)
+        self.queue.put_nowait(incident_id)
 
-    def submit(self, incident: Incident) -> None:
-        """Queue a triage; if one is already queued for this incident, it will use this newer version."""
-        self.newest[incident.id] = incident
-        if incident.id in self.queued:
+    def submit(self, incident: Incident | str) -> None:
+        """Queue a triage of an incident (or of its id: then it is read from the store when its triage
+        starts, so it is the newest version); if one is queued already, it will use this newer version."""
+        iid, version = (incident, None) if isinstance(incident, str) else (incident.id, incident)
+        self.newest[iid] = version
+        if iid in self.queued:
             return
-        self.queued.add(incident.id)
-        self.queue.put_nowait(incident)
+        self.queued.add(iid)
+        self.queue.put_nowait(iid)
         self.metrics.queue.set(self.queue.qsize())
 
     async def _sweep(self) -> None:
@@ -171,18 +175,26 @@ class TriageWorker:
 
     async def _work(self) -> None:
         while True:
-            incident = await self.queue.get()
+            iid = await self.queue.get()
             # Debounce: a burst of deliveries re-triages once, with the newest version, after the quiet time;
             # meanwhile the incident stays "queued", so submit() only records the newer version.
-            wait = self.last_start.get(incident.id, -1e9) + self.replica.retriage_debounce_s - time.monotonic()
+            wait = self.last_start.get(iid, -1e9) + self.replica.retriage_debounce_s - time.monotonic()
             if wait > 0:
-                task = asyncio.create_task(self._requeue(incident, wait))
+                task = asyncio.create_task(self._requeue(iid, wait))
                 self._delayed.add(task)
                 task.add_done_callback(self._delayed.discard)
                 self.queue.task_done()
                 continue
-            self.queued.discard(incident.id)
-            incident = self.newest.pop(incident.id, incident)
+            self.queued.discard(iid)
+            version = self.newest.pop(iid, None)
+            try:
+                incident = version or (await asyncio.to_thread(self.load, iid) if self.load else None)
+            except Exception:
+                incident = None
+                log.exception("reading incident %s for triage failed", iid)
+            if incident is None:
+                self.queue.task_done()
+                continue
             self.last_start[incident.id] = time.monotonic()
             if len(self.last_start) > 10_000:
                 self.last_start.clear()
@@ -241,13 +253,14 @@ def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = 
     background for every incident a delivery changed (opened, updated, resolved). With `replica`, triage is
     shared with other replicas of `store` through leases."""
     metrics = metrics or Metrics()
-    worker = TriageWorker(triage, metrics, store=store if replica else None, replica=replica) if triage else None
+    worker = TriageWorker(triage, metrics, store=store if replica else None, replica=replica,
+                          load=store.incident) if triage else None
     hooks: set[asyncio.Task[None]] = set()
 
-    def notify(incident: Incident) -> None:
+    def notify(incident_id: str) -> None:
         if on_incident is None:
             return
-        task = asyncio.create_task(_guarded(on_incident, incident))
+        task = asyncio.create_task(_guarded(on_incident, store, incident_id))
         hooks.add(task)
         task.add_done_callback(hooks.discard)
 
@@ -258,16 +271,17 @@ def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = 
         except incidents.IntakeError as e:
             metrics.webhooks.labels(outcome="rejected").inc()
             return JSONResponse({"error": str(e)}, status_code=e.status)
-        incident, changed = await asyncio.to_thread(store.record_notification, notification, dt.datetime.now(dt.UTC),
-                                                    max_alerts)
-        metrics.webhooks.labels(outcome="accepted" if changed else "duplicate").inc()
-        if changed and incident.notifications == 1:
+        # Only what the delivery changed is written and read back; hooks and triage read the whole incident
+        # later, off the request path.
+        rec = await store.arecord_alerts(notification, dt.datetime.now(dt.UTC), max_alerts)
+        metrics.webhooks.labels(outcome="accepted" if rec.changed else "duplicate").inc()
+        if rec.opened:
             metrics.incidents.inc()
-        if changed:
-            notify(incident)
-        if changed and incident.status == IncidentStatus.FIRING and worker:
-            worker.submit(incident)
-        return JSONResponse({"incident": incident.id, "status": incident.status.value, "changed": changed})
+        if rec.changed:
+            notify(rec.incident_id)
+        if rec.changed and rec.status == IncidentStatus.FIRING and worker:
+            worker.submit(rec.incident_id)
+        return JSONResponse({"incident": rec.incident_id, "status": rec.status.value, "changed": rec.changed})
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -331,8 +345,10 @@ def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = 
     return app
 
 
-async def _guarded(hook: IncidentHook, incident: Incident) -> None:
+async def _guarded(hook: IncidentHook, store: Store, incident_id: str) -> None:
     try:
-        await hook(incident)
+        incident = await asyncio.to_thread(store.incident, incident_id)
+        if incident is not None:
+            await hook(incident)
     except Exception:  # a notification failure is logged; the incident is already stored
-        log.exception("incident hook failed for %s", incident.id)
+        log.exception("incident hook failed for %s", incident_id)

@@ -11,6 +11,8 @@ The durable modules write their SQL once, in the dialect both engines share (`?`
   40001 / 40P01): the caller's statements never see a half-done attempt, and no user sees the error.
 - `_conn.execute(...)`: reads outside a transaction (a pooled connection on Postgres).
 - `_stream(...)`: large reads in batches (a server-side cursor on Postgres).
+- `await _fetchone_async(...)`: one statement from the event loop on the loop's own connections
+  (Postgres), for a handler's per-request statement (intake), without a thread hop.
 
 SQLite is the single-replica default (a file, WAL journal, readers never block the writer);
 Postgres (`postgresql://...`) is what several replicas share. Nothing here knows about incidents
@@ -19,6 +21,7 @@ or changes: the modules above own their tables.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 import threading
@@ -122,14 +125,76 @@ class _SqliteReader:
             self.conn.executemany(sql, parameters)
 
 
+LOOP_APPLICATION_NAME = "opsagent-intake"  # how the loop's connections show in pg_stat_activity
+
+
+class _LoopConnections:
+    """Up to `size` autocommit Postgres connections used straight from the running event loop.
+
+    For the one statement an HTTP handler issues per request (intake): no thread hop and none of the
+    threaded pool's locking, which together cost more CPU than the statement. Connections belong to the loop
+    that opened them; another loop (a test's, a restarted server's) starts a fresh set and closes the old one,
+    so one store serves one event loop at a time (`opsagent serve` runs one). A connection whose statement did
+    not complete (an error, a cancelled request) is closed, never reused half-way.
+    """
+
+    def __init__(self, url: str, size: int) -> None:
+        self.url, self.size = url, size
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.idle: asyncio.Queue[Any] | None = None
+        self.opened: set[Any] = set()
+
+    async def fetchone(self, sql: str, parameters: Sequence[Any]) -> Any:
+        import psycopg
+
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop or self.idle is None:
+            self.close()
+            self.loop, self.idle = loop, asyncio.Queue()
+        for attempt in range(2):
+            if self.idle.empty() and len(self.opened) < self.size:
+                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True,
+                                                             application_name=LOOP_APPLICATION_NAME)
+                self.opened.add(conn)
+            else:
+                conn = await self.idle.get()
+            done = False
+            try:
+                cur = await conn.execute(_pg(sql), parameters)
+                row = await cur.fetchone()
+                done = True
+                return row
+            except psycopg.OperationalError:
+                # A connection the server dropped while idle (a restart, an idle timeout) fails on first use:
+                # once, on a fresh one. Callers' statements are idempotent folds, so a repeat is harmless.
+                if attempt or not conn.broken:
+                    raise
+            finally:
+                if done:
+                    self.idle.put_nowait(conn)
+                else:
+                    self.opened.discard(conn)
+                    conn.pgconn.finish()  # synchronous: this may run while the request is being cancelled
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def close(self) -> None:
+        for conn in self.opened:
+            conn.pgconn.finish()
+        self.opened.clear()
+        self.idle = None
+
+
 class Db:
     """A database the durable modules share: `target` is a SQLite path or a `postgresql://` URL.
 
     `schema` is run at open (idempotent DDL). `pg_schema`, when given, replaces it on Postgres for
-    the few things the dialects spell differently (triggers, column types).
+    the few things the dialects spell differently (triggers, column types). `migrate(conn, postgres)`, when
+    given, runs right after it in the same transaction (under the schema lock on Postgres), for changes of
+    layout that idempotent DDL cannot say (a column added to an existing table, rows rewritten).
     """
 
-    def __init__(self, target: Path | str, schema: str, pg_schema: str | None = None, *, pool_size: int = 4) -> None:
+    def __init__(self, target: Path | str, schema: str, pg_schema: str | None = None, *, pool_size: int = 4,
+                 migrate: Callable[[Conn, bool], None] | None = None) -> None:
         self.path = str(target)
         self.postgres = is_postgres(target)
         self._lock = threading.Lock()
@@ -143,12 +208,15 @@ class Db:
                 # Two replicas starting at once must not race on CREATE ... IF NOT EXISTS.
                 pg.execute("SELECT pg_advisory_xact_lock(hashtextextended('opsagent:schema', 0))")
                 pg.execute(pg_schema or schema)
+                if migrate is not None:
+                    migrate(_PgTx(pg), True)
             self._conn = _PgReader(self._pool)
+            self._loop_conns = _LoopConnections(self.path, pool_size)
         else:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._sqlite = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            _sqlite_init(self._sqlite, schema)
+            _sqlite_init(self._sqlite, schema, migrate)
             self._conn = _SqliteReader(self._sqlite, self._lock)
 
     @contextmanager
@@ -200,14 +268,20 @@ class Db:
         while rows := lite.fetchmany(batch):
             yield from rows
 
+    async def _fetchone_async(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
+        """One statement in its own transaction, from the event loop (Postgres only); its first row."""
+        return await self._loop_conns.fetchone(sql, parameters)
+
     def close(self) -> None:
         if self.postgres:
+            self._loop_conns.close()
             self._pool.close()
         else:
             self._sqlite.close()
 
 
-def _sqlite_init(conn: sqlite3.Connection, schema: str, timeout_s: float = 30.0) -> None:
+def _sqlite_init(conn: sqlite3.Connection, schema: str, migrate: Callable[[Conn, bool], None] | None = None,
+                 timeout_s: float = 30.0) -> None:
     """WAL mode, foreign keys and the schema, safe when several processes open a new file at once.
 
     Switching to WAL needs the file to itself and SQLite answers "database is locked" at once rather
@@ -220,7 +294,10 @@ def _sqlite_init(conn: sqlite3.Connection, schema: str, timeout_s: float = 30.0)
             if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
+            conn.executescript(f"BEGIN IMMEDIATE;\n{schema}")
+            if migrate is not None:
+                migrate(conn, False)
+            conn.execute("COMMIT")
             return
         except sqlite3.OperationalError as e:
             if "locked" not in str(e) or time.monotonic() > deadline:

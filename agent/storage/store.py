@@ -13,28 +13,51 @@ the incident); a scheduled job takes one lease per run so it runs once per sched
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent import incidents
-from agent.models import Incident, IncidentStatus, TriageReport
-from agent.storage.db import Db, is_postgres
+from agent.models import Alert, Incident, IncidentStatus, TriageReport
+from agent.storage.db import Conn, Db, is_postgres
 
 SCHEMA = """
+-- An incident's header; its alerts are rows of incident_alerts. `layout` 1 is the older form, whose `doc`
+-- held the whole incident with its alerts (read as such, and moved to rows at open or at the next delivery).
 CREATE TABLE IF NOT EXISTS incidents (
     id TEXT PRIMARY KEY,
     group_key TEXT NOT NULL,
     status TEXT NOT NULL,
     doc TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    layout INTEGER NOT NULL DEFAULT 1,
+    notifications INTEGER NOT NULL DEFAULT 1,
+    alerts_over_cap INTEGER NOT NULL DEFAULT 0,
+    alert_count INTEGER NOT NULL DEFAULT 0,
+    firing_count INTEGER NOT NULL DEFAULT 0
 );
 -- At most one open incident per Alertmanager group.
 CREATE UNIQUE INDEX IF NOT EXISTS incidents_open_group ON incidents(group_key) WHERE status = 'firing';
 CREATE INDEX IF NOT EXISTS incidents_group ON incidents(group_key, created_at);
+-- One row per alert of an incident, upserted per delivery: a delivery writes what changed, never the
+-- whole incident again. Written only by record_alerts, under the group's lock.
+CREATE TABLE IF NOT EXISTS incident_alerts (
+    incident_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    annotations TEXT NOT NULL,
+    starts_at TEXT NOT NULL,
+    ends_at TEXT,
+    generator_url TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (incident_id, fingerprint)
+);
 CREATE TABLE IF NOT EXISTS triage_reports (
     incident_id TEXT NOT NULL REFERENCES incidents(id),
     created_at TEXT NOT NULL,
@@ -66,7 +89,93 @@ CREATE TABLE IF NOT EXISTS leases (
 """
 
 
+# Postgres only: a delivery in one round trip. The same fold as `incidents.fold` (which SQLite and the older
+# layout use, and the tests run on both backends), over the notification's alerts passed as arrays: lock the
+# group, find its latest incident, upsert the new alerts (up to the cap) and the changed ones, update the header.
+# The alerts come as one JSON array of rows (one parameter to encode, parsed by the server), in body order.
+# Alerts compare by their stored text (annotations as sorted JSON, times in UTC), so equal means equal.
+PG_FUNCTIONS = """CREATE OR REPLACE FUNCTION opsagent_record_alerts(
+    p_group text, p_status text, p_new_id text, p_now text, p_max integer, p_alerts json)
+RETURNS TABLE (incident_id text, status text, changed boolean, opened boolean, legacy boolean)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    h incidents%ROWTYPE;
+    found_head boolean;
+    is_new boolean;
+    v_id text; v_count integer := 0; v_firing integer := 0;
+    n_added integer; n_over integer; n_upd integer; d_firing integer;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('incident-group:' || p_group, 0));
+    -- A new statement, so a new snapshot: it sees what the previous holder of the lock committed.
+    SELECT * INTO h FROM incidents i WHERE i.group_key = p_group ORDER BY i.created_at DESC LIMIT 1;
+    found_head := FOUND;
+    IF found_head AND h.layout = 1 THEN  -- written by an older replica: the caller moves it to rows
+        RETURN QUERY SELECT h.id, h.status, false, false, true;
+        RETURN;
+    END IF;
+    is_new := NOT found_head OR (h.status = 'resolved' AND p_status = 'firing');
+    IF is_new THEN
+        v_id := p_new_id;
+        IF found_head AND h.id = p_new_id THEN  -- the same episode re-opened: start it afresh
+            DELETE FROM incident_alerts a WHERE a.incident_id = p_new_id;
+        END IF;
+    ELSE
+        v_id := h.id; v_count := h.alert_count; v_firing := h.firing_count;
+    END IF;
+    WITH input AS (
+        SELECT e.v->>0 AS fp, e.v->>1 AS st, e.v->>2 AS lb, e.v->>3 AS an, e.v->>4 AS sa, e.v->>5 AS ea,
+               e.v->>6 AS url, e.ord
+        FROM json_array_elements(p_alerts) WITH ORDINALITY AS e(v, ord)
+    ), cur AS (
+        SELECT i.*, a.status AS old_st, a.ends_at AS old_ea, a.annotations AS old_an, a.fingerprint IS NULL AS fresh
+        FROM input i LEFT JOIN incident_alerts a ON a.incident_id = v_id AND a.fingerprint = i.fp
+    ), ranked AS (
+        SELECT c.*,
+               c.fresh AND row_number() OVER (PARTITION BY c.fresh ORDER BY c.ord) <= GREATEST(p_max - v_count, 0)
+                   AS admit,
+               NOT c.fresh AND (c.old_st, c.old_ea, c.old_an) IS DISTINCT FROM (c.st, c.ea, c.an) AS upd
+        FROM cur c
+    ), w AS (
+        INSERT INTO incident_alerts AS a (incident_id, fingerprint, status, labels, annotations, starts_at, ends_at,
+                                          generator_url)
+        SELECT v_id, r.fp, r.st, r.lb, r.an, r.sa, r.ea, r.url FROM ranked r WHERE r.admit OR r.upd
+        ON CONFLICT ON CONSTRAINT incident_alerts_pkey DO UPDATE SET status = excluded.status,
+            labels = excluded.labels, annotations = excluded.annotations, starts_at = excluded.starts_at,
+            ends_at = excluded.ends_at, generator_url = excluded.generator_url
+    )
+    SELECT count(*) FILTER (WHERE r.admit), count(*) FILTER (WHERE r.fresh AND NOT r.admit),
+           count(*) FILTER (WHERE r.upd),
+           coalesce(sum((r.st = 'firing')::int - (coalesce(r.old_st, '') = 'firing')::int)
+                    FILTER (WHERE r.admit OR r.upd), 0)
+      INTO n_added, n_over, n_upd, d_firing FROM ranked r;
+    v_firing := v_firing + d_firing;
+    IF is_new THEN
+        INSERT INTO incidents AS i (id, group_key, status, doc, created_at, updated_at, layout, notifications,
+                                    alerts_over_cap, alert_count, firing_count)
+        VALUES (v_id, p_group, CASE WHEN v_firing > 0 THEN 'firing' ELSE 'resolved' END, '{}', p_now, p_now, 2, 1,
+                n_over, n_added, v_firing)
+        ON CONFLICT (id) DO UPDATE SET status = excluded.status, doc = excluded.doc,
+            created_at = excluded.created_at, updated_at = excluded.updated_at, layout = 2, notifications = 1,
+            alerts_over_cap = excluded.alerts_over_cap, alert_count = excluded.alert_count,
+            firing_count = excluded.firing_count;
+    ELSE
+        UPDATE incidents i SET status = CASE WHEN v_firing > 0 THEN 'firing' ELSE 'resolved' END,
+            updated_at = CASE WHEN n_added + n_upd > 0 THEN p_now ELSE i.updated_at END,
+            notifications = i.notifications + 1, alerts_over_cap = i.alerts_over_cap + n_over,
+            alert_count = i.alert_count + n_added, firing_count = v_firing
+        WHERE i.id = v_id;
+    END IF;
+    RETURN QUERY SELECT v_id, CASE WHEN v_firing > 0 THEN 'firing' ELSE 'resolved' END,
+                        is_new OR n_added + n_upd > 0, is_new, false;
+END
+$fn$;
+"""
+
 class Store(Protocol):
+    async def arecord_alerts(self, n: incidents.Notification, now: dt.datetime,
+                             max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> Recorded: ...
+    def record_alerts(self, n: incidents.Notification, now: dt.datetime,
+                      max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> Recorded: ...
     def record_notification(self, n: incidents.Notification, now: dt.datetime,
                             max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> tuple[Incident, bool]: ...
     def incident(self, incident_id: str) -> Incident | None: ...
@@ -97,41 +206,193 @@ class ChatMessage:
     stage: str = ""
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What one delivery did to its incident (`record_alerts`), without reading the incident's alerts back."""
+
+    incident_id: str
+    status: IncidentStatus
+    changed: bool  # False for a pure re-send
+    opened: bool  # this delivery opened the incident
+
+
+# The header columns every incident read selects, in this order (see _assemble).
+_HEADER = ("id, group_key, status, layout, doc, created_at, updated_at, notifications, alerts_over_cap, "
+           "alert_count, firing_count")
+_ALERT_COLUMNS = "fingerprint, status, labels, annotations, starts_at, ends_at, generator_url"
+_UPSERT_ALERT = (
+    "INSERT INTO incident_alerts (incident_id, fingerprint, status, labels, annotations, starts_at, ends_at, "
+    "generator_url) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (incident_id, fingerprint) DO UPDATE SET "
+    "status = excluded.status, labels = excluded.labels, annotations = excluded.annotations, "
+    "starts_at = excluded.starts_at, ends_at = excluded.ends_at, generator_url = excluded.generator_url")
+_COLUMNS_ADDED = (  # to an `incidents` table created before alerts became rows
+    ("layout", "INTEGER NOT NULL DEFAULT 1"), ("notifications", "INTEGER NOT NULL DEFAULT 1"),
+    ("alerts_over_cap", "INTEGER NOT NULL DEFAULT 0"), ("alert_count", "INTEGER NOT NULL DEFAULT 0"),
+    ("firing_count", "INTEGER NOT NULL DEFAULT 0"))
+
+
+def _migrate(c: Conn, postgres: bool) -> None:
+    """Bring a store written before alerts became rows to the current layout (idempotent; at open)."""
+    if postgres:
+        have = {r[0] for r in c.execute("SELECT column_name FROM information_schema.columns "
+                                        "WHERE table_name = 'incidents' AND table_schema = current_schema()")}
+    else:
+        have = {r[1] for r in c.execute("PRAGMA table_info(incidents)")}
+    for name, decl in _COLUMNS_ADDED:
+        if name not in have:
+            c.execute(f"ALTER TABLE incidents ADD COLUMN {name} {decl}")
+    for (doc,) in c.execute("SELECT doc FROM incidents WHERE layout = 1").fetchall():
+        _to_rows(c, Incident.model_validate_json(doc))
+
+
+def _to_rows(c: Conn, inc: Incident) -> None:
+    """Rewrite an incident of the older layout (alerts inside `doc`) as a header and alert rows."""
+    c.executemany(_UPSERT_ALERT, [_alert_row(inc.id, a) for a in inc.alerts])
+    c.execute("UPDATE incidents SET layout = 2, doc = '{}', notifications = ?, alerts_over_cap = ?, alert_count = ?, "
+              "firing_count = ? WHERE id = ?",
+              (inc.notifications, inc.alerts_over_cap, len(inc.alerts),
+               sum(a.status == "firing" for a in inc.alerts), inc.id))
+
+
+def _alert_row(incident_id: str, a: Alert) -> tuple[str, str, str, str, str, str, str | None, str]:
+    """An alert as stored: one text per value, canonical (sorted keys, UTC), so equal alerts store equal text."""
+    return (incident_id, a.fingerprint, a.status, json.dumps(a.labels, sort_keys=True),
+            json.dumps(a.annotations, sort_keys=True), a.starts_at.astimezone(dt.UTC).isoformat(),
+            a.ends_at.astimezone(dt.UTC).isoformat() if a.ends_at else None, a.generator_url)
+
+
+def _alert(row: Sequence[Any]) -> Alert:
+    fp, status, labels, annotations, starts, ends, url = row
+    return Alert(fingerprint=fp, status=status, labels=json.loads(labels), annotations=json.loads(annotations),
+                 starts_at=dt.datetime.fromisoformat(starts), ends_at=dt.datetime.fromisoformat(ends) if ends else None,
+                 generator_url=url)
+
+
 class SqlStore(Db):
     """The store on SQLite (a file, one writer at a time) or Postgres (shared by replicas)."""
 
-    def __init__(self, target: Path | str) -> None:
-        super().__init__(target, SCHEMA)
+    def __init__(self, target: Path | str, *, pool_size: int = 8) -> None:
+        super().__init__(target, SCHEMA, SCHEMA + PG_FUNCTIONS, pool_size=pool_size, migrate=_migrate)
+        # The incoming fingerprints are one parameter (a Postgres array; a JSON array on SQLite), so the
+        # statement's text, and Postgres's prepared plan for it, is the same whatever their number.
+        any_of = "= ANY(?)" if self.postgres else "IN (SELECT value FROM json_each(?))"
+        self._latest_sql = (
+            "SELECT i.id, i.group_key, i.status, i.layout, i.doc, i.created_at, i.updated_at, i.notifications, "  # noqa: S608
+            "i.alerts_over_cap, i.alert_count, i.firing_count, a.fingerprint, a.status, a.ends_at, a.annotations "
+            "FROM (SELECT * FROM incidents WHERE group_key = ? ORDER BY created_at DESC LIMIT 1) i "
+            f"LEFT JOIN incident_alerts a ON a.incident_id = i.id AND a.fingerprint {any_of}")
+        self._alerts_sql = f"SELECT incident_id, {_ALERT_COLUMNS} FROM incident_alerts WHERE incident_id {any_of}"  # noqa: S608
+
+    def record_alerts(self, n: incidents.Notification, now: dt.datetime,
+                      max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> Recorded:
+        """Fold a notification into its group's incident: one transaction, serialized per group.
+
+        Writes the new alerts (up to `max_alerts` per incident), the changed ones and the incident's header,
+        never the incident's other alerts. On Postgres that is one statement (`opsagent_record_alerts`): one
+        round trip per delivery, whatever the incident's size."""
+        if self.postgres:
+            rec = _recorded(self._conn.execute(_RECORD_SQL, _record_args(n, now, max_alerts)).fetchone())
+            if rec is not None:
+                return rec
+        return self._record_tx(n, now, max_alerts)
+
+    async def arecord_alerts(self, n: incidents.Notification, now: dt.datetime,
+                             max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> Recorded:
+        """`record_alerts` for the event loop: on Postgres its one statement runs on a connection of the
+        loop itself (no thread); SQLite's in a thread."""
+        if self.postgres:
+            rec = _recorded(await self._fetchone_async(_RECORD_SQL, _record_args(n, now, max_alerts)))
+            if rec is not None:
+                return rec
+        return await asyncio.to_thread(self._record_tx, n, now, max_alerts)
+
+    def _record_tx(self, n: incidents.Notification, now: dt.datetime, max_alerts: int) -> Recorded:
+        with self._tx() as c:  # SQLite; and on Postgres an incident an older replica wrote
+            self._serialize(c, f"incident-group:{n.groupKey}")
+            return self._record(c, n, now, max_alerts)
 
     def record_notification(self, n: incidents.Notification, now: dt.datetime,
                             max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> tuple[Incident, bool]:
-        with self._tx() as c:
-            self._serialize(c, f"incident-group:{n.groupKey}")
-            row = c.execute(
-                "SELECT doc FROM incidents WHERE group_key = ? ORDER BY created_at DESC LIMIT 1", (n.groupKey,)
-            ).fetchone()
-            existing = Incident.model_validate_json(row[0]) if row else None
-            incident, changed = incidents.merge(existing, n, now, max_alerts)
+        """`record_alerts`, then the incident as it stands after the delivery."""
+        rec = self.record_alerts(n, now, max_alerts)
+        incident = self.incident(rec.incident_id)
+        assert incident is not None, "an incident just recorded is not deleted"
+        return incident, rec.changed
+
+    def _record(self, c: Conn, n: incidents.Notification, now: dt.datetime, max_alerts: int) -> Recorded:
+        incoming = incidents.alerts_of(n)
+        fps = [a.fingerprint for a in incoming]
+        rows = self._latest_of_group(c, n.groupKey, fps)
+        if rows and rows[0][3] == 1:  # written in the older layout (by an older replica): move it to rows first
+            _to_rows(c, Incident.model_validate_json(rows[0][4]))
+            rows = self._latest_of_group(c, n.groupKey, fps)
+        head = rows[0] if rows else None
+        if head is None or incidents.opens_new_incident(IncidentStatus(head[2]), n):
+            f = incidents.fold(incoming, {}, 0, max_alerts)
+            iid = incidents.incident_id(n.groupKey, min(a.starts_at for a in incoming))
+            if head is not None and head[0] == iid:  # the same episode re-opened: start it afresh
+                c.execute("DELETE FROM incident_alerts WHERE incident_id = ?", (iid,))
+            firing = f.firing_delta
             c.execute(
-                "INSERT INTO incidents (id, group_key, status, doc, created_at, updated_at) VALUES (?,?,?,?,?,?) "
-                "ON CONFLICT(id) DO UPDATE SET status = excluded.status, doc = excluded.doc, "
-                "updated_at = excluded.updated_at",
-                (incident.id, incident.group_key, incident.status.value, incident.model_dump_json(),
-                 incident.created_at.isoformat(), incident.updated_at.isoformat()),
-            )
-        return incident, changed
+                "INSERT INTO incidents (id, group_key, status, doc, created_at, updated_at, layout, notifications, "
+                "alerts_over_cap, alert_count, firing_count) VALUES (?,?,?,'{}',?,?,2,1,?,?,?) "
+                "ON CONFLICT (id) DO UPDATE SET status = excluded.status, doc = excluded.doc, "
+                "created_at = excluded.created_at, updated_at = excluded.updated_at, layout = 2, notifications = 1, "
+                "alerts_over_cap = excluded.alerts_over_cap, alert_count = excluded.alert_count, "
+                "firing_count = excluded.firing_count",
+                (iid, n.groupKey, _status(firing), now.isoformat(), now.isoformat(), f.over_cap, f.added, firing))
+            opened = True
+        else:
+            iid, count, firing = head[0], head[9], head[10]
+            stored = {r[11]: incidents.StoredAlert(r[12], dt.datetime.fromisoformat(r[13]) if r[13] else None,
+                                                   json.loads(r[14])) for r in rows if r[11] is not None}
+            f = incidents.fold(incoming, stored, count, max_alerts)
+            firing += f.firing_delta
+            c.execute(
+                "UPDATE incidents SET status = ?, updated_at = ?, notifications = notifications + 1, "
+                "alerts_over_cap = alerts_over_cap + ?, alert_count = alert_count + ?, firing_count = ? WHERE id = ?",
+                (_status(firing), now.isoformat() if f.changed else head[6], f.over_cap, f.added, firing, iid))
+            opened = False
+        if f.write:
+            c.executemany(_UPSERT_ALERT, [_alert_row(iid, a) for a in f.write])
+        return Recorded(incident_id=iid, status=IncidentStatus(_status(firing)), changed=opened or f.changed,
+                        opened=opened)
+
+    def _latest_of_group(self, c: Conn, group_key: str, fps: list[str]) -> list[Any]:
+        """The group's latest incident's header, joined with its stored alerts among `fps` (one row each;
+        one row with NULL alert columns when it has none of them; no row when the group has no incident)."""
+        return c.execute(self._latest_sql, (group_key, self._array(fps))).fetchall()
+
+    def _array(self, values: list[str]) -> list[str] | str:
+        return values if self.postgres else json.dumps(values)
+
+    def _read(self, c: Conn, where: str, params: Sequence[Any]) -> list[Incident]:
+        """Incidents selected by `where` (a clause over `incidents`, ordering and limit included), whole."""
+        heads = c.execute(f"SELECT {_HEADER} FROM incidents {where}", params).fetchall()  # noqa: S608 (`where` is ours)
+        ids = [h[0] for h in heads if h[3] != 1]
+        alerts: dict[str, list[Alert]] = {i: [] for i in ids}
+        if ids:
+            for r in c.execute(self._alerts_sql, (self._array(ids),)):
+                alerts[r[0]].append(_alert(r[1:]))
+        out = []
+        for iid, group_key, _, layout, doc, created, updated, notifications, over, _count, firing in heads:
+            if layout == 1:  # written by an older replica after this one opened the store
+                out.append(Incident.model_validate_json(doc))
+                continue
+            out.append(incidents.assemble(
+                id=iid, group_key=group_key, firing=firing, alerts=alerts[iid],
+                created_at=dt.datetime.fromisoformat(created), updated_at=dt.datetime.fromisoformat(updated),
+                notifications=notifications, alerts_over_cap=over))
+        return out
 
     def incident(self, incident_id: str) -> Incident | None:
-        row = self._conn.execute("SELECT doc FROM incidents WHERE id = ?", (incident_id,)).fetchone()
-        return Incident.model_validate_json(row[0]) if row else None
+        found = self._read(self._conn, "WHERE id = ?", (incident_id,))
+        return found[0] if found else None
 
     def incidents(self, status: IncidentStatus | None = None, limit: int = 100) -> list[Incident]:
         if status is None:
-            rows = self._conn.execute("SELECT doc FROM incidents ORDER BY updated_at DESC LIMIT ?", (limit,))
-        else:
-            rows = self._conn.execute("SELECT doc FROM incidents WHERE status = ? ORDER BY updated_at DESC LIMIT ?",
-                                      (status.value, limit))
-        return [Incident.model_validate_json(r[0]) for r in rows.fetchall()]
+            return self._read(self._conn, "ORDER BY updated_at DESC LIMIT ?", (limit,))
+        return self._read(self._conn, "WHERE status = ? ORDER BY updated_at DESC LIMIT ?", (status.value, limit))
 
     def save_report(self, report: TriageReport) -> None:
         with self._tx() as c:
@@ -184,10 +445,9 @@ class SqlStore(Db):
 
     def needing_triage(self, limit: int = 100) -> list[Incident]:
         """Firing incidents with no triage report finished since their last change, oldest first."""
-        rows = self._conn.execute(
-            "SELECT doc FROM incidents i WHERE status = 'firing' AND NOT EXISTS (SELECT 1 FROM triage_reports r "
-            "WHERE r.incident_id = i.id AND r.created_at >= i.updated_at) ORDER BY updated_at LIMIT ?", (limit,))
-        return [Incident.model_validate_json(r[0]) for r in rows.fetchall()]
+        return self._read(self._conn, "i WHERE status = 'firing' AND NOT EXISTS (SELECT 1 FROM triage_reports r "
+                          "WHERE r.incident_id = i.id AND r.created_at >= i.updated_at) ORDER BY updated_at LIMIT ?",
+                          (limit,))
 
     # ---- leases ---------------------------------------------------------------------------------
     def try_lease(self, name: str, holder: str, ttl_s: float) -> bool:
@@ -220,10 +480,31 @@ class SqlStore(Db):
 SqliteStore = SqlStore  # the name the single-replica code and tests grew up with
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, pool_size: int = 8) -> Store:
     """Open the store named by `store.url`: `sqlite:///path/to/file.db` (default), `sqlite://:memory:`
-    or `postgresql://user@host:port/db` (libpq URL; several replicas share it)."""
-    return SqlStore(db_target(url))
+    or `postgresql://user@host:port/db` (libpq URL; several replicas share it). `pool_size`: Postgres
+    connections this process keeps (`store.pool_size`)."""
+    return SqlStore(db_target(url), pool_size=pool_size)
+
+
+_RECORD_SQL = "SELECT * FROM opsagent_record_alerts(?, ?, ?, ?, ?, ?::json)"
+
+
+def _record_args(n: incidents.Notification, now: dt.datetime, max_alerts: int) -> tuple[Any, ...]:
+    incoming = incidents.alerts_of(n)
+    # A fingerprint repeated in one body: its last version wins (as in incidents.fold).
+    rows = [_alert_row("", a)[1:] for a in {a.fingerprint: a for a in incoming}.values()]
+    return (n.groupKey, n.status, incidents.incident_id(n.groupKey, min(a.starts_at for a in incoming)),
+            now.isoformat(), max_alerts, json.dumps(rows))
+
+
+def _recorded(r: Any) -> Recorded | None:
+    """The function's answer; None when the group's incident is in the older layout (handled in Python)."""
+    return None if r[4] else Recorded(incident_id=r[0], status=IncidentStatus(r[1]), changed=r[2], opened=r[3])
+
+
+def _status(firing: int) -> str:
+    return IncidentStatus.FIRING.value if firing > 0 else IncidentStatus.RESOLVED.value
 
 
 def db_target(url: str) -> str:
