@@ -75,6 +75,8 @@ EXECUTOR_MUST: tuple[Access, ...] = (
     ("list", "apps", "replicasets", "", SERVING), ("create", "", "pods", "eviction", SERVING),
     ("get", "", "nodes", "", ""), ("list", "", "nodes", "", ""), ("patch", "", "nodes", "", ""),
     ("list", "", "pods", "", ""),
+    ("get", "argoproj.io", "rollouts", "", SERVING), ("patch", "argoproj.io", "rollouts", "", SERVING),
+    ("patch", "argoproj.io", "rollouts", "status", SERVING),
 )
 EXECUTOR_MUST_NOT: tuple[Access, ...] = (
     ("patch", "apps", "deployments", "", OTHER_NAMESPACE), ("delete", "apps", "deployments", "", SERVING),

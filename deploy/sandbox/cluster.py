@@ -38,6 +38,9 @@ READER_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["scheduling.k8s.io"], "resources": ["priorityclasses"], "verbs": ["get", "list", "watch"]},
+    # Argo Rollouts: a deployment's target, the watch of its canary steps and the analysis behind an abort.
+    {"apiGroups": ["argoproj.io"], "resources": ["rollouts", "analysisruns", "analysistemplates"],
+     "verbs": ["get", "list", "watch"]},
 ]
 
 # The executor's rules are the Helm chart's (deploy/helm/opsagent/templates/rbac.yaml), so the integration
@@ -49,7 +52,8 @@ EXECUTOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
     # Argo Rollouts: read a Rollout and merge-patch its template (the controller does the rest); promote
     # and abort patch its status subresource.
-    {"apiGroups": ["argoproj.io"], "resources": ["rollouts", "rollouts/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["argoproj.io"], "resources": ["rollouts"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["argoproj.io"], "resources": ["rollouts/status"], "verbs": ["patch"]},
 ]
 # Cluster-scoped: cordoning and draining GPU nodes, and counting the unschedulable ones (nothing else).
 EXECUTOR_NODE_RULES: list[dict[str, Any]] = [

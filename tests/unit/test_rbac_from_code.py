@@ -24,7 +24,8 @@ from deploy.sandbox import cluster, components
 ROOT = Path(__file__).parents[2]
 CHART = ROOT / "deploy" / "helm" / "opsagent"
 EXECUTOR_CODE = [ROOT / "tools" / "k8s_write", ROOT / "agent" / "change" / "executor"]
-READER_CODE = [ROOT / "tools" / "k8s_read", ROOT / "agent" / "change" / "verify.py"]
+READER_CODE = [ROOT / "tools" / "k8s_read", ROOT / "agent" / "change" / "verify.py",
+               ROOT / "agent" / "change" / "rollout_watch.py", ROOT / "agent" / "change" / "deploy.py"]
 
 GROUPS = {"core": "", "apps": "apps", "autoscaling": "autoscaling", "batch": "batch", "policy": "policy",
           "events": "events.k8s.io"}
@@ -33,6 +34,7 @@ VERBS = {"read": "get", "list": "list", "patch": "patch", "create": "create", "r
 CLUSTER_SCOPED = {"nodes", "namespaces", "persistentvolumes", "priorityclasses"}
 SUBRESOURCES = {"pod_eviction": "pods/eviction", "pod_log": "pods/log", "deployment_scale": "deployments/scale",
                 "node_status": "nodes/status"}
+CUSTOM = re.compile(r"^(get|list|patch|create|replace|delete)_(namespaced_|cluster_)?custom_object(_status)?$")
 METHOD = re.compile(r"^(read|list|patch|create|replace|delete|watch)_(namespaced_)?([a-z_]+?)(_for_all_namespaces)?$")
 
 Perm = tuple[str, str, str, str]  # (api group, resource, verb, "namespaced" | "cluster")
@@ -49,7 +51,10 @@ def calls(paths: list[Path]) -> dict[Perm, list[str]]:
     found: dict[Perm, list[str]] = {}
     files = [f for p in paths for f in (sorted(p.rglob("*.py")) if p.is_dir() else [p])]
     for f in files:
-        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+        tree = ast.parse(f.read_text(), str(f))
+        for where, perm in _custom_calls(tree, f):
+            found.setdefault(perm, []).append(where)
+        for node in ast.walk(tree):
             if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
                     and node.value.attr in GROUPS):
                 continue
@@ -64,6 +69,75 @@ def calls(paths: list[Path]) -> dict[Perm, list[str]]:
             found.setdefault((GROUPS[node.value.attr], res, VERBS[verb], scope), []).append(
                 f"{f.name}:{node.lineno} {node.attr}")
     return found
+
+
+def _crd_constants() -> dict[str, tuple[str, str]]:
+    """Module-level `NAME = ("group.io", "v1alpha1", "plural")` constants anywhere in agent/ and tools/: how the
+    code names the custom resources it calls (`group, version, plural = ROLLOUTS`)."""
+    out: dict[str, tuple[str, str]] = {}
+    for f in [*sorted((ROOT / "agent").rglob("*.py")), *sorted((ROOT / "tools").rglob("*.py"))]:
+        for node in ast.parse(f.read_text(), str(f)).body:
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                    and isinstance(node.value, ast.Tuple) and len(node.value.elts) == 3
+                    and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.value.elts)):
+                group, _, plural = (e.value for e in node.value.elts)  # type: ignore[attr-defined]
+                if "." in group:
+                    out[node.targets[0].id] = (group, plural)
+    return out
+
+
+def _module_strings(tree: ast.Module) -> dict[str, str]:
+    """Module-level string constants, also unpacked ones (`GROUP, VERSION = "argoproj.io", "v1alpha1"`)."""
+    out: dict[str, str] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+            continue
+        target, value = node.targets[0], node.value
+        pairs = (zip(target.elts, value.elts, strict=False) if isinstance(target, ast.Tuple)
+                 and isinstance(value, ast.Tuple) else [(target, value)])
+        for t, v in pairs:
+            if isinstance(t, ast.Name) and isinstance(v, ast.Constant) and isinstance(v.value, str):
+                out[t.id] = v.value
+    return out
+
+
+def _custom_calls(tree: ast.Module, f: Path) -> list[tuple[str, Perm]]:
+    """`custom.<verb>_namespaced_custom_object[_status](group, version, ns, plural, …)` calls, as permissions.
+    The group and plural are strings at the call, module constants, or a CRD constant the function unpacks
+    (`group, version, plural = ROLLOUTS`)."""
+    crds, strings = _crd_constants(), _module_strings(tree)
+    out: list[tuple[str, Perm]] = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        unpacked = [crds[n.id] for n in ast.walk(fn) if isinstance(n, ast.Name) and n.id in crds]
+        for call in ast.walk(fn):
+            if not isinstance(call, ast.Call):
+                continue
+            ref = next((a for a in [call.func, *call.args] if isinstance(a, ast.Attribute) and CUSTOM.match(a.attr)),
+                       None)
+            if ref is None:
+                continue
+            verb, scope, status = CUSTOM.match(ref.attr).groups()  # type: ignore[union-attr]
+            args = call.args if ref is call.func else call.args[call.args.index(ref) + 1:]  # or a wrapper's argument
+            at = 3 if scope != "cluster_" else 2
+
+            def value(i: int) -> str | None:
+                if i >= len(args):
+                    return None
+                a = args[i]
+                if isinstance(a, ast.Constant) and isinstance(a.value, str):
+                    return a.value
+                return strings.get(a.id) if isinstance(a, ast.Name) else None
+
+            group, plural = value(0), value(at)
+            if (group is None or plural is None) and len(unpacked) == 1:
+                group, plural = group or unpacked[0][0], plural or unpacked[0][1]
+            assert group and plural, f"{f.name}:{ref.lineno}: {ref.attr} names a custom resource this test cannot map"
+            out.append((f"{f.name}:{ref.lineno} {ref.attr}",
+                        (group, f"{plural}/status" if status else plural, VERBS["read" if verb == "get" else verb],
+                         "cluster" if scope == "cluster_" else "namespaced")))
+    return out
 
 
 def grants(rules: list[dict[str, Any]], scope: str) -> set[Perm]:
