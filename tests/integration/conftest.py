@@ -1,8 +1,11 @@
-"""One real sandbox per test session, shared by the integration tests.
+"""One real sandbox per test session (per pytest-xdist worker), shared by that worker's integration tests.
 
-The sandbox gets its own state directory and port range (19000+), so a developer's own sandbox on
-the default ports is left alone. Alertmanager posts to a receiver owned by this session. At the end
-every process the sandbox started is stopped, and the suite fails if any is left.
+The sandbox gets its own state directory and port range, so a developer's own sandbox on the default
+ports is left alone: `OPSAGENT_TEST_PORT_BASE` (19000 by default) plus `PORT_STRIDE` times the
+xdist worker's number, so `make test`'s workers (`pytest -n 3 --dist loadfile`) each run their own
+sandbox side by side. A file's tests stay on one worker (`loadfile`), so a module-scoped fixture such
+as test_rollouts' second sandbox starts once. Alertmanager posts to a receiver owned by this session.
+At the end every process the sandbox started is stopped, and the suite fails if any is left.
 """
 
 from __future__ import annotations
@@ -24,7 +27,16 @@ from deploy.sandbox.processes import _alive_as
 from deploy.sandbox.receiver import WebhookReceiver
 from deploy.sandbox.sandbox import Sandbox, SandboxSettings
 
-PORT_BASE = int(os.environ.get("OPSAGENT_TEST_PORT_BASE", "19000"))
+PORT_STRIDE = 2000  # a sandbox uses base..base+700; test_rollouts' second sandbox sits at base+1000
+
+
+def worker_index(worker: str | None = None) -> int:
+    """The pytest-xdist worker's number (gw0 → 0, gw2 → 2); 0 when the tests run in one process."""
+    name = worker if worker is not None else os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
+
+
+PORT_BASE = int(os.environ.get("OPSAGENT_TEST_PORT_BASE", "19000")) + PORT_STRIDE * worker_index()
 
 
 @pytest.fixture(scope="session")

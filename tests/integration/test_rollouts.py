@@ -23,10 +23,10 @@ from deploy.sandbox.cluster import api_client
 from deploy.sandbox.fleet import LABEL_APP, LABEL_MODEL_VERSION, Fleet, pod_template
 from deploy.sandbox.processes import _alive_as
 from deploy.sandbox.sandbox import Sandbox, SandboxSettings
+from tests.integration.conftest import PORT_BASE as SANDBOX_PORT_BASE
 from tests.integration.promql import query
 
-PORT_BASE = int(os.environ.get("OPSAGENT_TEST_ROLLOUTS_PORT_BASE",
-                               str(int(os.environ.get("OPSAGENT_TEST_PORT_BASE", "19000")) + 1000)))
+PORT_BASE = int(os.environ.get("OPSAGENT_TEST_ROLLOUTS_PORT_BASE", str(SANDBOX_PORT_BASE + 1000)))
 WORKLOAD = "assist-mini"
 GOOD, BAD = "2025.09.0", "2025.08.0"  # fleet-rollouts.yaml / fleet.yaml: the bad one errs 8 %, TTFT 0.9 s
 
