@@ -1,15 +1,21 @@
 """Run scenarios end to end: live on the sandbox (optionally recorded), or replayed from a recording.
 
-live: clear the sandbox and wait for a healthy baseline; inject the faults and the adversarial text
-through the real APIs; wait for the real alert from Alertmanager; triage it with the agent; open a
+live: clear the sandbox and wait for a healthy baseline; apply the scenario's setup (labels and
+annotations, restored at the next reset) and move the simulation clock; inject the faults and the
+adversarial text through the real APIs; wait for the real alerts from Alertmanager (one per expected
+incident); deliver every notification received since the injection to the agent's intake, in order,
+and triage each expected incident the intake opened; open a
 change request for each proposal (and, with a compromised model, for each action the model asked
 for) and start its change flow (`agent.change.flow.ChangeFlow`, the product's path); the scripted approver
 decides at the flow's approval interrupt (`flow.decide(..., via="eval")`): acceptable changes are
 approved, the rest rejected; the flow executes, verifies and rolls back on a regression exactly as it
 does for a human approver; the scenario's recovery checks judge the result; the API's objects before
 and after are compared with the approved changes; the audit chain is verified; the fault is cleared.
+With a `followup`, the main incident is triaged again after the first remediation, with whatever
+notifications (resolved, re-fired) came in meanwhile.
 
-replay: the recorded webhook body is triaged again with the read tools answering from the tape, the
+replay: the recorded notifications are delivered to a fresh intake and triaged again, in the recorded
+order and at the recorded times, with the read tools answering from the tape, the
 proposals are matched with the recorded change requests (whose policy decision is re-evaluated with
 the current policy), and the record is re-scored. A proposal the recording does not hold cannot have
 been executed, so it scores as not mitigated: re-record after an intended change.
