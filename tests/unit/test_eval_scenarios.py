@@ -43,6 +43,13 @@ def test_names_do_not_give_the_answer_away() -> None:
     words = {c.value.replace("_", "-") for c in Category} | {"oom", "xid", "thermal", "idle", "surge", "rollout"}
     for s in SUITE:
         assert not any(w in s.id for w in words), s.id
+    # Descriptions say what an on-call engineer sees or what changed, never the cause or the test's trick.
+    giveaways = {c.value.replace("_", " ") for c in Category} | {
+        "instructions", "injection", "flaky", "mis-set", "monitoring test", "out of memory", "cooling",
+        "xid", "trickle", "triples", "three times", "does not fit", "fault"}
+    for s in SUITE:
+        said = [w for w in giveaways if w in s.description.lower()]
+        assert not said, f"{s.id}: the description gives away {said}"
 
 
 def test_a_bad_file_names_the_file_and_the_field(tmp_path: Path) -> None:
