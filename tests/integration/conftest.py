@@ -10,6 +10,8 @@ At the end every process the sandbox started is stopped, and the suite fails if 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import uuid
@@ -37,6 +39,39 @@ def worker_index(worker: str | None = None) -> int:
 
 
 PORT_BASE = int(os.environ.get("OPSAGENT_TEST_PORT_BASE", "19000")) + PORT_STRIDE * worker_index()
+PORT_SPAN = 1450  # the worker's sandbox and test_rollouts' second one (base + 1000 + 443)
+
+
+def ephemeral_ports_start(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    """Where the kernel starts handing out ports to `bind(0)` (free_port() in other tests and processes)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def check_port_range(base: int = PORT_BASE, ephemeral: int | None = None) -> None:
+    """Fail with the reason when this worker's sandbox ports reach the ephemeral range, where any
+    process's `bind(0)` may take one of them first (seen: kube-state-metrics' port taken mid-start)."""
+    start = ephemeral_ports_start() if ephemeral is None else ephemeral
+    if base + PORT_SPAN > start:
+        raise pytest.UsageError(
+            f"sandbox ports {base}..{base + PORT_SPAN} (OPSAGENT_TEST_PORT_BASE + {PORT_STRIDE} x worker) reach the "
+            f"kernel's ephemeral range from {start}: pick OPSAGENT_TEST_PORT_BASE so that base + {PORT_STRIDE} x "
+            f"(workers - 1) + {PORT_SPAN} stays below {start}")
+
+
+@contextlib.contextmanager
+def one_start_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Start one sandbox at a time across xdist workers: starting is the CPU-heavy part (the 14-day
+    backfill), and three at once on two cores outran the simulator's 300 s readiness limit."""
+    root = tmp_path_factory.getbasetemp().parent  # shared by the workers (basetemp/popen-gwN)
+    with (root / "sandbox-start.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
@@ -47,10 +82,12 @@ def webhook() -> Iterator[WebhookReceiver]:
 
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver) -> Iterator[dict[str, Any]]:
+    check_port_range()
     settings = SandboxSettings(dir=tmp_path_factory.mktemp("sandbox"), port_base=PORT_BASE, webhook_url=webhook.url)
     sb = Sandbox(settings, progress=lambda m: print(f"[sandbox] {m}", flush=True))
     try:
-        status = sb.up()
+        with one_start_at_a_time(tmp_path_factory):
+            status = sb.up()
     except Exception:
         sb.down()
         raise
