@@ -65,7 +65,10 @@ def check_port_range(base: int = PORT_BASE, ephemeral: int | None = None) -> Non
 def one_start_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Start one sandbox at a time across xdist workers: starting is the CPU-heavy part (the 14-day
     backfill), and three at once on two cores outran the simulator's 300 s readiness limit."""
-    root = tmp_path_factory.getbasetemp().parent  # shared by the workers (basetemp/popen-gwN)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield  # one process: nothing to take turns with (and pytest-of-USER is shared by every session)
+        return
+    root = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers (basetemp/popen-gwN)
     with (root / "sandbox-start.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

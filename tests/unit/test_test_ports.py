@@ -29,3 +29,34 @@ def test_a_base_in_the_ephemeral_range_is_refused_with_the_reason(tmp_path: Path
     (tmp_path / "range").write_text("40000\t60999\n")
     assert it.ephemeral_ports_start(tmp_path / "range") == 40000
     assert it.ephemeral_ports_start(tmp_path / "missing") == 32768
+
+
+def test_sandbox_starts_take_turns_across_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers of one run entering the start lock at once: the second waits until the first is out."""
+    import threading
+    import time
+
+    class Factory:  # the two workers' TempPathFactory: basetemp/popen-gwN under the run's basetemp
+        def __init__(self, name: str) -> None:
+            self.dir = tmp_path / f"popen-{name}"
+            self.dir.mkdir()
+
+        def getbasetemp(self) -> Path:
+            return self.dir
+
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    spans: list[tuple[float, float]] = []
+
+    def start(name: str) -> None:
+        with it.one_start_at_a_time(Factory(name)):  # type: ignore[arg-type]
+            t0 = time.monotonic()
+            time.sleep(0.3)
+            spans.append((t0, time.monotonic()))
+
+    threads = [threading.Thread(target=start, args=(f"gw{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    (_, a1), (b0, _) = sorted(spans)
+    assert a1 <= b0, "two sandbox starts overlapped"
