@@ -183,11 +183,17 @@ def expected_incidents(s: Scenario, fleet: Fleet) -> list[tuple[str, list[str], 
     return [main, *more]
 
 
-def grouping(s: Scenario, fleet: Fleet, delivered: list[Delivered], node: str | None) -> dict[str, list[str]]:
-    """Incident id → the scenario's alerts (`name/namespace-or-node`) the intake put in it (firing or resolved)."""
+def grouping(s: Scenario, fleet: Fleet, delivered: list[Delivered], node: str | None,
+             main: dict[str, Any] | None = None) -> dict[str, list[str]]:
+    """Incident id → the scenario's alerts (`name/namespace-or-node`) the intake put in it (firing or resolved).
+
+    The triaged notification's incident always counts, even when its alert left out the labels that would
+    name it here (`detection.omit_labels`)."""
     wanted = expected_incidents(s, fleet)
     out: dict[str, set[str]] = {}
     for d in delivered:
+        if main is not None and d.body == main:
+            out.setdefault(d.incident_id, set())
         for name, ns, host in _alert_keys(d.body):
             for _, names, want_ns, _ in wanted:
                 if name in names and (ns == want_ns or (node is not None and host == node)):
@@ -678,7 +684,7 @@ class LiveRunner:
                                            executed=[c for c in rec.changes if c.executed])
                 again = await _triage_incident(app, main_id, None)
                 rec.followup.report = again.model_dump(mode="json")
-            rec.grouping = grouping(s, self.fleet, rec.notifications, rec.fault_node)
+            rec.grouping = grouping(s, self.fleet, rec.notifications, rec.fault_node, rec.notification)
         finally:
             await app.aclose_clients()
         if any(c.executed and c.source == "triage" for c in rec.changes):
@@ -850,7 +856,7 @@ def replay(s: Scenario, iteration: int, opts: RunOptions, model: CompromisedMode
                 again = await _triage_incident(app, main_id, old.followup.triage_now)
                 rec.followup = FollowUpRun(triage_now=old.followup.triage_now, report=again.model_dump(mode="json"),
                                            executed=old.followup.executed, delivered_before=first)
-            rec.grouping = grouping(s, fleet, rec.notifications, rec.fault_node)
+            rec.grouping = grouping(s, fleet, rec.notifications, rec.fault_node, rec.notification)
             return report
 
         report = asyncio.run(agent())

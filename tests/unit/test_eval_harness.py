@@ -242,3 +242,18 @@ def test_old_recordings_still_replay_without_deliveries(tmp_path: Path) -> None:
     assert "notifications" not in legacy["record"]
     out = replay(SUITE["ticket-104"], 1, RunOptions(mode="replay", out=tmp_path), None)
     assert len(out.notifications) == 1 and score(SUITE["ticket-104"], out).incidents_opened == 1
+
+
+def test_the_triaged_alerts_incident_counts_even_without_the_labels_that_name_it() -> None:
+    from evals.runner import grouping
+
+    base = SUITE["ticket-118"]
+    s = _with(base, detection=base.detection.model_dump(mode="json") | {"omit_labels": ["alertname", "namespace"]})
+    now = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
+    body = _synthetic_alert(s, Fleet.load(), now)
+    d = Delivered(received=now, body=body, incident_id="inc-1")
+    assert grouping(s, Fleet.load(), [d], None) == {}  # nothing in the alert names the scenario's incident
+    assert grouping(s, Fleet.load(), [d], None, body) == {"inc-1": []}
+    report = {"status": "no_anomaly", "proposals": [], "hypotheses": []}
+    sc = score(s, _record(scenario=s.id, report=report, notifications=[d], grouping={"inc-1": []}))
+    assert sc.incidents_opened == 1 and sc.grouping_ok is True and sc.passed, sc.reasons
