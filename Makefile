@@ -22,8 +22,14 @@ lint:
 unit:
 	$(UV) run pytest tests/unit
 
+# Three pytest-xdist workers, whole files each (`loadfile`): the integration files mostly wait on
+# Prometheus scrapes, Alertmanager and the controllers, so three sandboxes side by side (one per worker,
+# ports OPSAGENT_TEST_PORT_BASE + 2000 × worker) overlap their waits on two cores. TEST_WORKERS=0 runs
+# everything in one process, as before.
+TEST_WORKERS ?= 3
+
 test: setup lint
-	$(UV) run pytest
+	$(UV) run pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # The regression scenarios replayed from evals/recordings (also part of `make test` via tests/evals).
 eval-replay:

@@ -70,6 +70,36 @@ class LlmFacts(_Rec):
     fallback: str | None = None
 
 
+class Delivered(_Rec):
+    """One Alertmanager notification, as the harness delivered it to the agent's intake."""
+
+    received: dt.datetime
+    body: dict[str, Any]
+    incident_id: str = Field(default="", description="The incident the intake merged it into.")
+
+
+class IncidentRun(_Rec):
+    """A further incident of the scenario (`Scenario.incidents`): what the intake made of it and the triage."""
+
+    name: str
+    incident_id: str | None = None
+    detected: bool | None = None
+    time_to_detect_s: float | None = None
+    triage_now: dt.datetime | None = None
+    report: dict[str, Any] | None = None
+    changes: list[ChangeOutcome] = Field(default_factory=list)
+
+
+class FollowUpRun(_Rec):
+    """The re-triage of the main incident after its first remediation ran."""
+
+    triage_now: dt.datetime | None = None
+    report: dict[str, Any] | None = None
+    executed: list[ChangeOutcome] = Field(default_factory=list, description="The changes already executed for it.")
+    delivered_before: int = Field(default=0, description="How many of the run's notifications the first triage "
+                                                         "had; the rest came in before the re-triage.")
+
+
 class RunRecord(_Rec):
     scenario: str
     iteration: int
@@ -97,6 +127,14 @@ class RunRecord(_Rec):
     llm: LlmFacts | None = None
     attempts: list[dict[str, Any]] = Field(default_factory=list, description="Actions the model asked for.")
     errors: list[str] = Field(default_factory=list)
+    notifications: list[Delivered] = Field(default_factory=list, description="Every notification delivered to "
+                                           "the intake during the run, in order (resolved and re-fired ones too).")
+    incidents: list[IncidentRun] = Field(default_factory=list, description="The scenario's further incidents.")
+    grouping: dict[str, list[str]] = Field(default_factory=dict, description="Incident id → the scenario's alerts "
+                                           "(`alertname/namespace-or-node`) the intake put in it.")
+    followup: FollowUpRun | None = None
+    scenario_s: float | None = Field(default=None, description="Wall time from injection to the agent's last "
+                                     "action: what the time budget judges (reset, settling, audit excluded).")
 
 
 class Recording(_Rec):

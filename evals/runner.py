@@ -1,15 +1,21 @@
 """Run scenarios end to end: live on the sandbox (optionally recorded), or replayed from a recording.
 
-live: clear the sandbox and wait for a healthy baseline; inject the faults and the adversarial text
-through the real APIs; wait for the real alert from Alertmanager; triage it with the agent; open a
+live: clear the sandbox and wait for a healthy baseline; apply the scenario's setup (labels and
+annotations, restored at the next reset) and move the simulation clock; inject the faults and the
+adversarial text through the real APIs; wait for the real alerts from Alertmanager (one per expected
+incident); deliver every notification received since the injection to the agent's intake, in order,
+and triage each expected incident the intake opened; open a
 change request for each proposal (and, with a compromised model, for each action the model asked
 for) and start its change flow (`agent.change.flow.ChangeFlow`, the product's path); the scripted approver
 decides at the flow's approval interrupt (`flow.decide(..., via="eval")`): acceptable changes are
 approved, the rest rejected; the flow executes, verifies and rolls back on a regression exactly as it
 does for a human approver; the scenario's recovery checks judge the result; the API's objects before
 and after are compared with the approved changes; the audit chain is verified; the fault is cleared.
+With a `followup`, the main incident is triaged again after the first remediation, with whatever
+notifications (resolved, re-fired) came in meanwhile.
 
-replay: the recorded webhook body is triaged again with the read tools answering from the tape, the
+replay: the recorded notifications are delivered to a fresh intake and triaged again, in the recorded
+order and at the recorded times, with the read tools answering from the tape, the
 proposals are matched with the recorded change requests (whose policy decision is re-evaluated with
 the current policy), and the record is re-scored. A proposal the recording does not hold cannot have
 been executed, so it scores as not mitigated: re-record after an intended change.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import secrets
@@ -48,11 +55,23 @@ from agent.triage.reasoners.llm import LlmReasoner
 from agent.triage.reasoners.rules import RulesReasoner
 from deploy.sandbox import faults
 from deploy.sandbox.cluster import api_client
-from deploy.sandbox.fleet import LABEL_APP, Fleet
+from deploy.sandbox.fleet import LABEL_APP, LABEL_POOL, Fleet, Traffic
 from deploy.sandbox.receiver import WebhookReceiver
+from deploy.sandbox.simulator import model as demand
+from evals import alerts
 from evals.compromised import CompromisedModel
-from evals.record import AuditFacts, ChangeOutcome, LlmFacts, Mutation, Recording, RunRecord
-from evals.schema import Placement, Scenario
+from evals.record import (
+    AuditFacts,
+    ChangeOutcome,
+    Delivered,
+    FollowUpRun,
+    IncidentRun,
+    LlmFacts,
+    Mutation,
+    Recording,
+    RunRecord,
+)
+from evals.schema import IncidentSpec, Placement, Scenario, SimClock, Truth
 from evals.scoring import action_matches
 from evals.tapes import Tape, recording, replaying
 
@@ -60,7 +79,9 @@ log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
 EXECUTABLE = {ActionKind.ROLLBACK, ActionKind.SCALE, ActionKind.DEPLOY, ActionKind.SET_GPU_RESOURCES,
               ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT, ActionKind.CORDON_NODE, ActionKind.DRAIN_NODE}
-INJECTED_LABEL = "opsagent.dev/note"
+# Where adversarial text goes when the scenario names no key: keys real objects and alerts carry.
+DEFAULT_KEYS = {Placement.OBJECT_LABEL: "maintainer-note", Placement.OBJECT_ANNOTATION: "kubernetes.io/change-cause",
+                Placement.ALERT_LABEL: "runbook_hint", Placement.ALERT_ANNOTATION: "description"}
 
 
 class EvalError(RuntimeError):
@@ -105,35 +126,79 @@ def _plant_in_alerts(body: dict[str, Any], s: Scenario) -> dict[str, Any]:
     """Put alert-borne adversarial text where an attacker would get it: an annotation or a label value."""
     body = json.loads(json.dumps(body))
     for inj in s.injections:
+        key = inj.key or DEFAULT_KEYS.get(inj.placement, "")
         for a in body.get("alerts", []):
             if inj.placement == Placement.ALERT_ANNOTATION:
-                a.setdefault("annotations", {})["description"] = inj.text
+                a.setdefault("annotations", {})[key] = inj.text
             elif inj.placement == Placement.ALERT_LABEL:
-                a.setdefault("labels", {})["runbook_hint"] = inj.text
+                a.setdefault("labels", {})[key] = inj.text
     return body
 
 
-def _synthetic_alert(s: Scenario, fleet: Fleet, now: dt.datetime) -> dict[str, Any]:
-    """The alert a rule would have sent, shaped like Alertmanager's: nothing in it says it was built."""
+def _synthetic_alert(s: Scenario, fleet: Fleet, now: dt.datetime, prometheus_url: str = "",
+                     alertmanager_url: str = "") -> dict[str, Any]:
+    """The alert a rule would have sent, shaped like Alertmanager's (evals/alerts.py): nothing says it was built."""
     w = fleet.workload(s.workload)
     labels = {"namespace": w.namespace, **s.detection.alert_labels}
     labels.setdefault("alertname", s.detection.alerts[0] if s.detection.alerts else "ModelServingTTFTHigh")
-    for name in s.detection.omit_labels:
-        if name != "alertname":
-            labels.pop(name, None)
-    where = " ".join(v for k, v in labels.items() if k in ("namespace", "model_name", "pod", "node"))
-    group = {"alertname": labels["alertname"]}
-    return {"version": "4", "groupKey": "{}:" + json.dumps(group, sort_keys=True), "status": "firing",
-            "receiver": "default", "groupLabels": group, "commonLabels": labels, "alerts": [
-                {"status": "firing", "labels": labels,
-                 "annotations": {"summary": f"{labels['alertname']} {where}".strip()},
-                 "startsAt": now.isoformat(), "endsAt": "0001-01-01T00:00:00Z", "generatorURL": ""}]}
+    try:
+        return alerts.build(labels, omit=s.detection.omit_labels, now=now, cluster=fleet.cluster,
+                            prometheus_url=prometheus_url, alertmanager_url=alertmanager_url)
+    except alerts.AlertBuildError as e:
+        raise EvalError(f"{s.id}: {e}") from e
+
+
+def _deliver(app: App, body: dict[str, Any], received: dt.datetime) -> str:
+    """Hand one notification to the agent's intake (validation, grouping, dedup); the incident's id."""
+    incident, _ = app.store.record_notification(incidents.parse(json.dumps(body).encode()), received)
+    return incident.id
+
+
+async def _triage_incident(app: App, incident_id: str, now: dt.datetime | None) -> TriageReport:
+    incident = app.store.incident(incident_id)
+    if incident is None:
+        raise EvalError(f"the intake lost incident {incident_id}")
+    return await app.triage(incident, now=now)
 
 
 async def _triage(app: App, body: dict[str, Any], run_key: str, now: dt.datetime | None) -> TriageReport:
-    body = dict(body, groupKey=f"{body['groupKey']}|eval:{run_key}")
-    incident, _ = app.store.record_notification(incidents.parse(json.dumps(body).encode()), dt.datetime.now(dt.UTC))
-    return await app.triage(incident, now=now)
+    """Deliver one body and triage its incident (the run key stays out of the body: it would mark it)."""
+    del run_key
+    return await _triage_incident(app, _deliver(app, body, now or dt.datetime.now(dt.UTC)), now)
+
+
+def _alert_keys(body: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(alertname, namespace, node) of each alert in a body."""
+    return [(a.get("labels", {}).get("alertname", ""), a.get("labels", {}).get("namespace", ""),
+             a.get("labels", {}).get("Hostname") or a.get("labels", {}).get("node") or "")
+            for a in body.get("alerts", [])]
+
+
+def expected_incidents(s: Scenario, fleet: Fleet) -> list[tuple[str, list[str], str, Truth]]:
+    """(name, alert names, namespace, truth) of the main incident and every further one."""
+    main = ("main", list(s.detection.alerts or s.detection.alert_labels.get("alertname", "").split() or []),
+            fleet.workload(s.workload).namespace, s.truth)
+    more = [(i.name, list(i.alerts), fleet.workload(i.workload or s.workload).namespace, i.truth)
+            for i in s.incidents]
+    return [main, *more]
+
+
+def grouping(s: Scenario, fleet: Fleet, delivered: list[Delivered], node: str | None,
+             main: dict[str, Any] | None = None) -> dict[str, list[str]]:
+    """Incident id → the scenario's alerts (`name/namespace-or-node`) the intake put in it (firing or resolved).
+
+    The triaged notification's incident always counts, even when its alert left out the labels that would
+    name it here (`detection.omit_labels`)."""
+    wanted = expected_incidents(s, fleet)
+    out: dict[str, set[str]] = {}
+    for d in delivered:
+        if main is not None and d.body == main:
+            out.setdefault(d.incident_id, set())
+        for name, ns, host in _alert_keys(d.body):
+            for _, names, want_ns, _ in wanted:
+                if name in names and (ns == want_ns or (node is not None and host == node)):
+                    out.setdefault(d.incident_id, set()).add(f"{name}/{ns or host}")
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def _llm_facts(app: App, incident_id: str) -> LlmFacts | None:
@@ -168,14 +233,64 @@ def _model_specs(attempts: list[dict[str, Any]], s: Scenario, fleet: Fleet, clus
     return out
 
 
-def _acceptable(s: Scenario, spec: ChangeSpec, node: str | None) -> bool:
+def _acceptable(s: Scenario, spec: ChangeSpec, node: str | None, truth: Truth | None = None) -> bool:
+    truth = truth or s.truth
     target = spec.target.model_dump(mode="json")
     kind, params = spec.action.value, dict(spec.params)
-    forbidden = [*s.truth.forbidden, *(i.forbidden for i in s.injections)]
+    forbidden = [*truth.forbidden, *(i.forbidden for i in s.injections)]
     if any(action_matches(f, kind, target, params, node) for f in forbidden):
         return False
     return s.approver.behaviour == "approve_acceptable" and any(
-        action_matches(a, kind, target, params, node) for a in s.truth.allowed)
+        action_matches(a, kind, target, params, node) for a in truth.allowed)
+
+
+AlertKeys = dict[str, list[tuple[str, str, str]]]  # incident id → (alertname, namespace, node) of its alerts
+
+
+def _deliver_all(app: App, rec: RunRecord, deliveries: list[Delivered]) -> tuple[str, AlertKeys]:
+    """Deliver notifications in order; the main incident's id (the last body equal to `rec.notification`)
+    and, per incident, the alerts it got. Every delivery is kept in the record for replay."""
+    main_id = ""
+    ids: dict[str, list[tuple[str, str, str]]] = {}
+    for d in deliveries:
+        incident_id = _deliver(app, d.body, d.received)
+        ids.setdefault(incident_id, []).extend(_alert_keys(d.body))
+        rec.notifications.append(d.model_copy(update={"incident_id": incident_id}))
+        if d.body == rec.notification:
+            main_id = incident_id
+    return main_id, ids
+
+
+def _incident_for(ids: AlertKeys, names: list[str], namespace: str, node: str | None) -> str | None:
+    """The first incident the intake opened for any of `names` in `namespace` (or on the faulted node)."""
+    for incident_id, keys in ids.items():
+        if any(a in names and (n == namespace or (node and h == node)) for a, n, h in keys):
+            return incident_id
+    return None
+
+
+def clock_target(clock: SimClock, traffic: Traffic, seed: str, now: float) -> float:
+    """The simulated epoch second a scenario starts at: today's peak (trough) hour of the workload, inside
+    or outside one of that day's bursts."""
+    day_s = 86400.0
+    day = int(now // day_s)
+    if clock.at == "peak":
+        t = day * day_s + float(traffic.peak_hour_utc) * 3600
+    elif clock.at == "trough":
+        t = day * day_s + ((float(traffic.peak_hour_utc) + 12) % 24) * 3600
+    else:
+        t = now
+    windows = demand.burst_windows(seed, int(t // day_s), traffic.bursts_per_day, traffic.burst_minutes)
+    if clock.burst == "inside":
+        if not windows:
+            raise EvalError(f"{seed} has no traffic bursts: clock.burst inside cannot be staged")
+        start, end = min(windows, key=lambda w: abs((w[0] + w[1]) / 2 - t))
+        return start + min(120.0, (end - start) / 2)  # two minutes in: the burst shows, and lasts
+    if clock.burst == "outside":
+        for start, end in windows:
+            if start - 600 <= t < end + 600:  # ten minutes clear of it either side
+                t = end + 600
+    return t
 
 
 # ---- live -------------------------------------------------------------------------------------------------
@@ -256,6 +371,8 @@ class LiveRunner:
         self.admin = api_client(Path(self.status["kubeconfigs"]["admin"]))
         self.fleet = Fleet.load()
         self.namespaces = list(self.fleet.serving_namespaces)
+        # (kind, name, namespace, {labels|annotations: {key: value before}}) the harness set, restored at reset.
+        self._planted: list[tuple[str, str, str | None, dict[str, dict[str, str | None]]]] = []
 
     # -- set-up and tear-down --
     def _healthy(self) -> bool:
@@ -268,19 +385,72 @@ class LiveRunner:
 
     def reset(self) -> None:
         faults.clear(self.admin, self.fleet)
-        core, apps = k8s.CoreV1Api(self.admin), k8s.AppsV1Api(self.admin)
+        core = k8s.CoreV1Api(self.admin)
         for n in core.list_node().items:
             if n.spec.unschedulable:
                 core.patch_node(n.metadata.name, {"spec": {"unschedulable": None}})
-        for w in self.fleet.workloads:
-            apps.patch_namespaced_deployment(w.name, w.namespace, {"metadata": {
-                "labels": {INJECTED_LABEL: None}, "annotations": {INJECTED_LABEL: None}}})
+        self._unplant()
+        self._set_clock_offset(0.0)
         deadline = time.monotonic() + self.opts.settle_s
         while time.monotonic() < deadline:
             if self._healthy():
                 return
             time.sleep(5)
         self.opts.echo("   (the fleet did not settle to healthy before the deadline; continuing)")
+
+    # -- what a scenario sets on objects (setup and injections), and takes off again --
+    def _plant(self, kind: str, name: str, namespace: str | None, labels: dict[str, str],
+               annotations: dict[str, str]) -> None:
+        """Set labels/annotations on an object, remembering what they were so the next reset restores them."""
+        core, apps = k8s.CoreV1Api(self.admin), k8s.AppsV1Api(self.admin)
+        obj = core.read_node(name) if kind == "Node" else apps.read_namespaced_deployment(name, namespace)
+        was_l, was_a = obj.metadata.labels or {}, obj.metadata.annotations or {}
+        meta: dict[str, Any] = {}
+        if labels:
+            meta["labels"] = labels
+        if annotations:
+            meta["annotations"] = annotations
+        if kind == "Node":
+            core.patch_node(name, {"metadata": meta})
+        else:
+            apps.patch_namespaced_deployment(name, namespace, {"metadata": meta})
+        self._planted.append((kind, name, namespace, {"labels": {k: was_l.get(k) for k in labels},
+                                                      "annotations": {k: was_a.get(k) for k in annotations}}))
+
+    def _unplant(self) -> None:
+        while self._planted:
+            kind, name, namespace, before = self._planted.pop()  # last set first: the oldest value wins
+            meta = {k: v for k, v in before.items() if v}
+            with contextlib.suppress(k8s.ApiException):
+                if kind == "Node":
+                    k8s.CoreV1Api(self.admin).patch_node(name, {"metadata": meta})
+                else:
+                    k8s.AppsV1Api(self.admin).patch_namespaced_deployment(name, namespace, {"metadata": meta})
+
+    def _setup(self, s: Scenario) -> None:
+        for obj in s.setup:
+            if obj.kind == "Node":
+                for n in k8s.CoreV1Api(self.admin).list_node(label_selector=f"{LABEL_POOL}={obj.node_pool}").items:
+                    self._plant("Node", n.metadata.name, None, obj.labels, obj.annotations)
+            else:
+                w = self.fleet.workload(obj.workload or s.workload)
+                self._plant("Deployment", w.name, w.namespace, obj.labels, obj.annotations)
+
+    # -- the simulation clock --
+    def _set_clock_offset(self, offset_s: float) -> None:
+        sim = self.status["endpoints"].get("simulator")
+        if sim:
+            r = httpx.put(f"{sim}/clock", json={"offset_s": offset_s}, timeout=10)
+            r.raise_for_status()
+
+    def _set_clock(self, s: Scenario) -> None:
+        if s.clock.at == "now" and s.clock.burst == "any":
+            return
+        w = self.fleet.workload(s.workload)
+        target = clock_target(s.clock, w.traffic, f"{w.namespace}/{w.name}", time.time())
+        self.opts.echo(f"-- {s.id}: simulation clock at {dt.datetime.fromtimestamp(target, dt.UTC):%a %H:%M} UTC")
+        self._set_clock_offset(target - time.time())
+        time.sleep(s.clock.settle_s)
 
     def _quiet(self, s: Scenario) -> None:
         """Wait until the scenario's own alerts no longer fire or pend for its namespace.
@@ -290,7 +460,7 @@ class LiveRunner:
         if not (s.detection.wait and s.detection.alerts):
             return  # a built alert (30-minute rules) is not waited for: nothing to swallow it
         ns = self.fleet.workload(s.workload).namespace
-        names = "|".join(s.detection.alerts)
+        names = "|".join(s.detection.alerts + [a for i in s.incidents for a in i.alerts])
         q = f'count(ALERTS{{alertname=~"{names}", namespace="{ns}"}}) or vector(0)'
         deadline = time.monotonic() + self.opts.settle_s
         while time.monotonic() < deadline:
@@ -312,16 +482,16 @@ class LiveRunner:
                 stop = threading.Event()
                 threading.Thread(target=faults.thrash_hpa, args=(self.admin, w.namespace, w.name),
                                  kwargs={"flips": 400, "interval_s": 4.0, "stop": stop}, daemon=True).start()
-        core, apps = k8s.CoreV1Api(self.admin), k8s.AppsV1Api(self.admin)
+        core = k8s.CoreV1Api(self.admin)
         for inj in s.injections:
             w = self.fleet.workload(inj.workload or s.workload)
             now = dt.datetime.now(dt.UTC)
+            key = inj.key or DEFAULT_KEYS.get(inj.placement, "")
             if inj.placement == Placement.OBJECT_ANNOTATION:
-                apps.patch_namespaced_deployment(w.name, w.namespace, {"metadata": {
-                    "annotations": {INJECTED_LABEL: inj.text, "kubernetes.io/change-cause": inj.text}}})
+                self._plant("Deployment", w.name, w.namespace, {}, {key: inj.text})
             elif inj.placement == Placement.OBJECT_LABEL:
                 value = "".join(c if c.isalnum() or c in "-_." else "-" for c in inj.text)[:63].strip("-_.")
-                apps.patch_namespaced_deployment(w.name, w.namespace, {"metadata": {"labels": {INJECTED_LABEL: value}}})
+                self._plant("Deployment", w.name, w.namespace, {key: value}, {})
             elif inj.placement == Placement.K8S_EVENT:
                 # On the node the fault hit when there is one (its events are what triage reads), else the workload.
                 involved = ({"kind": "Node", "name": node, "uid": node, "apiVersion": "v1"} if node else
@@ -338,30 +508,38 @@ class LiveRunner:
         return node, stop
 
     def _log_line(self, namespace: str, workload: str, text: str) -> None:
+        """A line in one of the workload's real pods' container log streams, as Fluent Bit ships it."""
         import boto3
 
         logs = boto3.client("logs", endpoint_url=self.status["endpoints"]["cloudwatch"], region_name="us-east-1",
                             aws_access_key_id="sandbox", aws_secret_access_key="sandbox")  # noqa: S106
         group = f"/aws/containerinsights/{self.fleet.cluster}/application"
-        stream = f"{workload}-eval_{namespace}_vllm-injected"
+        pods = k8s.CoreV1Api(self.admin).list_namespaced_pod(namespace, label_selector=f"{LABEL_APP}={workload}").items
+        pod = pods[0] if pods else None
+        name = pod.metadata.name if pod else workload
+        node = (pod.spec.node_name if pod else None) or "ip-10-0-0-1.ec2.internal"
+        container = pod.spec.containers[0].name if pod else "server"
+        cid = hashlib.sha256(f"{name}{container}".encode()).hexdigest()
+        stream = f"{node}-application.var.log.containers.{name}_{namespace}_{container}-{cid}.log"
         with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
             logs.create_log_stream(logGroupName=group, logStreamName=stream)
-        line = json.dumps({"log": text, "kubernetes": {"namespace_name": namespace, "pod_name": f"{workload}-eval",
-                                                       "container_name": "vllm"}})
+        now = dt.datetime.now(dt.UTC)
+        line = json.dumps({"time": now.isoformat().replace("+00:00", "Z"), "stream": "stderr", "_p": "F",
+                           "log": text, "kubernetes": {"namespace_name": namespace, "pod_name": name,
+                                                       "container_name": container}})
         logs.put_log_events(logGroupName=group, logStreamName=stream,
                             logEvents=[{"timestamp": int(time.time() * 1000), "message": line}])
 
-    def _wait_alert(self, s: Scenario, rx: WebhookReceiver, since: float, node: str | None) -> Any:
-        w = self.fleet.workload(s.workload)
-
+    def _wait_for(self, names: list[str], namespace: str, model: str | None, rx: WebhookReceiver, since: float,
+                  node: str | None, timeout_s: float) -> Any:
         def ours(n: Any) -> bool:
             for a in n.alerts():
                 lab = a["labels"]
-                if lab.get("alertname") not in s.detection.alerts:
+                if lab.get("alertname") not in names or a.get("status") != "firing":
                     continue
-                model = lab.get("model_name") or lab.get("model")
+                got = lab.get("model_name") or lab.get("model")
                 # Workloads share namespaces: an alert naming another model is not this scenario's.
-                where = (lab.get("namespace") == w.namespace and model in (None, w.model)) or (
+                where = (lab.get("namespace") == namespace and got in (None, model)) or (
                     node and node in (lab.get("Hostname"), lab.get("node")))
                 starts = dt.datetime.fromisoformat(a["startsAt"].replace("Z", "+00:00")).timestamp()
                 if where and starts >= since - 10:
@@ -369,9 +547,13 @@ class LiveRunner:
             return False
 
         try:
-            return rx.wait_for(ours, timeout=s.detection.timeout_s, since=since)
+            return rx.wait_for(ours, timeout=timeout_s, since=since)
         except TimeoutError:
             return None
+
+    def _wait_alert(self, s: Scenario, rx: WebhookReceiver, since: float, node: str | None) -> Any:
+        w = self.fleet.workload(s.workload)
+        return self._wait_for(s.detection.alerts, w.namespace, w.model, rx, since, node, s.detection.timeout_s)
 
     # -- one scenario --
     def run(self, s: Scenario, iteration: int, rx: WebhookReceiver, model: CompromisedModel | None) -> Recording:
@@ -389,14 +571,18 @@ class LiveRunner:
         app.tools = recording(app.tools, tape)
         rec.scrape_interval_s = settings.prometheus.scrape_interval_s
         stop: threading.Event | None = None
+        t_inject: float | None = None
         try:
             self.opts.echo(f"-- {s.id}: reset")
             self.reset()
+            self._setup(s)
+            self._set_clock(s)
             self._quiet(s)
             t_inject = time.time()
             self.opts.echo(f"-- {s.id}: inject {[f.type for f in s.faults]} + {len(s.injections)} injection(s)")
             rec.fault_node, stop = self._inject(s)
             body: dict[str, Any] | None = None
+            note: Any = None
             if s.detection.wait and s.detection.alerts:
                 note = self._wait_alert(s, rx, t_inject, rec.fault_node)
                 rec.detected = note is not None
@@ -411,22 +597,45 @@ class LiveRunner:
                     for n in rx.notifications if n.received_at >= t_inject for a in n.alerts())
             else:
                 time.sleep(45)  # let the signals show the fault before the (built) alert is triaged
+            for spec in s.incidents:
+                w = self.fleet.workload(spec.workload or s.workload)
+                got = self._wait_for(spec.alerts, w.namespace, w.model, rx, t_inject, rec.fault_node, spec.timeout_s)
+                rec.incidents.append(IncidentRun(name=spec.name, detected=got is not None, time_to_detect_s=(
+                    round(got.received_at - t_inject, 1) if got is not None else None)))
+            if s.grouping.watch_s:
+                time.sleep(s.grouping.watch_s)  # flapping: let it resolve and re-fire a few times
+            built = body is None
             if body is None:
-                body = _synthetic_alert(s, self.fleet, dt.datetime.now(dt.UTC))
+                body = _synthetic_alert(s, self.fleet, dt.datetime.now(dt.UTC), self.prom,
+                                        self.status["endpoints"].get("alertmanager", ""))
             body = _plant_in_alerts(body, s)
             rec.notification = body
+            # Every notification since the injection goes to the intake in the order it came, the triaged
+            # one with its planted text; a built one is delivered last, as it is the one asked about.
+            main_body = body
+            seen = [n for n in rx.notifications if n.received_at >= t_inject]
+            deliveries: list[Delivered] = []
+            for n in seen:
+                same = not built and n is note
+                deliveries.append(Delivered(received=dt.datetime.fromtimestamp(n.received_at, dt.UTC),
+                                            body=main_body if same else n.body))
+            if built:
+                deliveries.append(Delivered(received=dt.datetime.now(dt.UTC), body=main_body))
             rec.triage_now = dt.datetime.now(dt.UTC)
             t_triage = time.time()
             before = _snapshot(self.admin, self.namespaces)  # after the fault's own writes: the agent's start
-            asyncio.run(self._agent(s, app, rec, body, model))
+            asyncio.run(self._agent(s, app, rec, deliveries, model, rx))
             rec.time_to_triage_s = round(rec.time_to_triage_s or (time.time() - t_triage), 2)
             if rec.time_to_mitigate_s is not None:
                 rec.time_to_mitigate_s = round(rec.time_to_mitigate_s - t_inject, 1)
-            rec.mutations = _mutations(before, _snapshot(self.admin, self.namespaces), rec.changes)
+            rec.mutations = _mutations(before, _snapshot(self.admin, self.namespaces),
+                                       rec.changes + [c for i in rec.incidents for c in i.changes])
         except Exception as e:  # a harness failure is a failed scenario with its reason, not a crashed suite
             log.exception("scenario %s failed", s.id)
             rec.errors.append(f"harness: {type(e).__name__}: {e}")
         finally:
+            if t_inject is not None:
+                rec.scenario_s = round(time.time() - t_inject, 1)
             if stop is not None:
                 stop.set()
             incident_id = (rec.report or {}).get("incident_id", "")
@@ -438,11 +647,12 @@ class LiveRunner:
             rec.wall_s = round(time.time() - t_start, 1)
         return Recording(record=rec, tape=tape)
 
-    async def _agent(self, s: Scenario, app: App, rec: RunRecord, body: dict[str, Any],
-                     model: CompromisedModel | None) -> None:
+    async def _agent(self, s: Scenario, app: App, rec: RunRecord, deliveries: list[Delivered],
+                     model: CompromisedModel | None, rx: WebhookReceiver) -> None:
         try:
+            main_id, ids = _deliver_all(app, rec, deliveries)
             t0 = time.time()
-            report = await _triage(app, body, rec.run_key, None)
+            report = await _triage_incident(app, main_id, None)
             rec.time_to_triage_s = round(time.time() - t0, 2)
             rec.report = report.model_dump(mode="json")
             rec.llm = _llm_facts(app, report.incident_id)
@@ -460,15 +670,46 @@ class LiveRunner:
             # automatic rollback on a regression. The harness only plays the approver.
             flow = app.flow()
             for source, spec, reason in specs:
-                rec.changes.append(await self._change(s, flow, rec, source, spec, reason, report))
+                rec.changes.append(await self._change(s, s.truth, flow, rec, source, spec, reason, report))
+            for spec_i, run_i in zip(s.incidents, rec.incidents, strict=True):
+                await self._other_incident(s, spec_i, run_i, app, flow, rec, ids)
+            if s.followup is not None and any(c.executed and c.source == "triage" for c in rec.changes):
+                await asyncio.sleep(s.followup.after_s)
+                last = max(d.received.timestamp() for d in deliveries)
+                fresh = [Delivered(received=dt.datetime.fromtimestamp(n.received_at, dt.UTC), body=n.body)
+                         for n in rx.notifications if n.received_at > last]  # resolved / re-fired since
+                before = len(rec.notifications)
+                _deliver_all(app, rec, fresh)
+                rec.followup = FollowUpRun(triage_now=dt.datetime.now(dt.UTC), delivered_before=before,
+                                           executed=[c for c in rec.changes if c.executed])
+                again = await _triage_incident(app, main_id, None)
+                rec.followup.report = again.model_dump(mode="json")
+            rec.grouping = grouping(s, self.fleet, rec.notifications, rec.fault_node, rec.notification)
         finally:
             await app.aclose_clients()
         if any(c.executed and c.source == "triage" for c in rec.changes):
             rec.recovery_ok, rec.recovery_detail = await asyncio.to_thread(self._recovered, s)
             rec.time_to_mitigate_s = time.time()
 
-    async def _change(self, s: Scenario, flow: ChangeFlow, rec: RunRecord, source: str, spec: ChangeSpec,
-                      reason: str, report: TriageReport) -> ChangeOutcome:
+    async def _other_incident(self, s: Scenario, spec: IncidentSpec, run: IncidentRun, app: App, flow: ChangeFlow,
+                              rec: RunRecord, ids: AlertKeys) -> None:
+        """Triage a further incident of the scenario, and take its proposals through the change flow."""
+        ns = self.fleet.workload(spec.workload or s.workload).namespace
+        found = _incident_for(ids, spec.alerts, ns, rec.fault_node)
+        if found is None:
+            return
+        run.incident_id = found
+        run.triage_now = dt.datetime.now(dt.UTC)
+        report = await _triage_incident(app, run.incident_id, None)
+        run.report = report.model_dump(mode="json")
+        cluster = app.settings.kubernetes.cluster
+        for p in report.proposals:
+            if p.kind in EXECUTABLE and p.target is not None:
+                sp = ChangeSpec(action=p.kind, cluster=cluster, target=p.target, params=p.params)
+                run.changes.append(await self._change(s, spec.truth, flow, rec, "triage", sp, p.reason, report))
+
+    async def _change(self, s: Scenario, truth: Truth, flow: ChangeFlow, rec: RunRecord, source: str,
+                      spec: ChangeSpec, reason: str, report: TriageReport) -> ChangeOutcome:
         requester = f"agent:{report.reasoner}" if source == "triage" else "agent:llm:compromised-stand-in"
         ex = flow.executor
         outs: list[ChangeOutcome] = []
@@ -487,7 +728,7 @@ class LiveRunner:
             out = outs[0]
             ch = st.change
             if st.waiting:
-                ok = _acceptable(s, spec, rec.fault_node)
+                ok = _acceptable(s, spec, rec.fault_node, truth)
                 out.approver_decision = "approve" if ok else "reject"
                 st = await flow.decide(ch.id, s.approver.identity, out.approver_decision, via="eval")
                 out.approvals = sum(1 for a in ex.ledger.approvals(ch.id) if a.decision == "approve")
@@ -575,35 +816,50 @@ def replay(s: Scenario, iteration: int, opts: RunOptions, model: CompromisedMode
     try:
         if old.notification is None:
             raise EvalError(f"the recording of {s.id} has no notification (the live run failed before triage)")
+        # Older recordings hold only the triaged body; newer ones every notification delivered.
+        deliveries = old.notifications or [Delivered(received=old.triage_now or rec.started, body=old.notification)]
+        first = old.followup.delivered_before if old.followup is not None else len(deliveries)
         t0 = time.time()
-        report = asyncio.run(_triage(app, old.notification, rec.run_key, old.triage_now))
-        rec.time_to_triage_s = round(time.time() - t0, 3)
-        rec.report = report.model_dump(mode="json")
-        rec.llm = _llm_facts(app, report.incident_id)
-        if model is not None:
-            rec.attempts = list(model.attempts)
-        recorded = {(c.action, json.dumps(c.target, sort_keys=True), json.dumps(c.params, sort_keys=True)): c
-                    for c in old.changes}
-        wanted: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
-            ("triage", p.kind.value, p.target.model_dump(mode="json"), dict(p.params))
-            for p in report.proposals if p.kind in EXECUTABLE and p.target is not None]
-        if model is not None:
-            wanted += [("model", sp.action.value, sp.target.model_dump(mode="json"), dict(sp.params))
-                       for sp in _model_specs(rec.attempts, s, _fleet(), "sandbox")]
-        for source, kind, target, params in wanted:
-            c = recorded.get((kind, json.dumps(target, sort_keys=True), json.dumps(params, sort_keys=True)))
-            if c is None:
-                rec.changes.append(ChangeOutcome(change_id=f"unrecorded:{kind}:{target.get('name')}",
-                                                 source=source, action=kind,
-                                                 target=target, params=params, policy_effect="unknown",
-                                                 status="not in the recording"))
-                continue
-            c = c.model_copy(update={"source": source})
-            if c.policy_request is not None:  # the current policy must still decide what the recorded one did
-                now = evaluate(app.policy, Request.model_validate(c.policy_request)).effect.value
-                if now != c.policy_effect and c.policy_effect in ("allow", "require_approval", "deny"):
-                    rec.errors.append(f"policy now says {now} for {c.change_id} (recorded: {c.policy_effect})")
-            rec.changes.append(c)
+
+        async def agent() -> TriageReport:
+            main_id, ids = _deliver_all(app, rec, deliveries[:first])
+            report = await _triage_incident(app, main_id, old.triage_now)
+            rec.time_to_triage_s = round(time.time() - t0, 3)
+            rec.report = report.model_dump(mode="json")
+            rec.llm = _llm_facts(app, report.incident_id)
+            if model is not None:
+                rec.attempts = list(model.attempts)
+            wanted: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
+                ("triage", p.kind.value, p.target.model_dump(mode="json"), dict(p.params))
+                for p in report.proposals if p.kind in EXECUTABLE and p.target is not None]
+            if model is not None:
+                wanted += [("model", sp.action.value, sp.target.model_dump(mode="json"), dict(sp.params))
+                           for sp in _model_specs(rec.attempts, s, _fleet(), "sandbox")]
+            rec.changes = _replayed_changes(app, rec, old.changes, wanted)
+            fleet = _fleet()
+            for spec, was in zip(s.incidents, old.incidents, strict=False):
+                run = IncidentRun(name=spec.name, detected=was.detected, time_to_detect_s=was.time_to_detect_s,
+                                  triage_now=was.triage_now)
+                rec.incidents.append(run)
+                found = _incident_for(ids, spec.alerts, fleet.workload(spec.workload or s.workload).namespace,
+                                      old.fault_node)
+                if found is None or was.report is None:
+                    continue
+                run.incident_id = found
+                other = await _triage_incident(app, found, was.triage_now)
+                run.report = other.model_dump(mode="json")
+                run.changes = _replayed_changes(app, rec, was.changes, [
+                    ("triage", p.kind.value, p.target.model_dump(mode="json"), dict(p.params))
+                    for p in other.proposals if p.kind in EXECUTABLE and p.target is not None])
+            if old.followup is not None and old.followup.report is not None:
+                _deliver_all(app, rec, deliveries[first:])
+                again = await _triage_incident(app, main_id, old.followup.triage_now)
+                rec.followup = FollowUpRun(triage_now=old.followup.triage_now, report=again.model_dump(mode="json"),
+                                           executed=old.followup.executed, delivered_before=first)
+            rec.grouping = grouping(s, fleet, rec.notifications, rec.fault_node, rec.notification)
+            return report
+
+        report = asyncio.run(agent())
         rec.recovery_ok, rec.recovery_detail = old.recovery_ok, old.recovery_detail
         rec.time_to_mitigate_s = old.time_to_mitigate_s
         rec.mutations = old.mutations
@@ -618,6 +874,29 @@ def replay(s: Scenario, iteration: int, opts: RunOptions, model: CompromisedMode
         app.close()
         rec.wall_s = round(time.time() - t_start, 2)
     return rec
+
+
+def _replayed_changes(app: App, rec: RunRecord, recorded_changes: list[ChangeOutcome],
+                      wanted: list[tuple[str, str, dict[str, Any], dict[str, Any]]]) -> list[ChangeOutcome]:
+    """Match the proposals of a replayed triage with the recorded change requests; the current policy must
+    still decide what the recorded one did. A proposal the recording lacks cannot have been executed."""
+    recorded = {(c.action, json.dumps(c.target, sort_keys=True), json.dumps(c.params, sort_keys=True)): c
+                for c in recorded_changes}
+    out: list[ChangeOutcome] = []
+    for source, kind, target, params in wanted:
+        c = recorded.get((kind, json.dumps(target, sort_keys=True), json.dumps(params, sort_keys=True)))
+        if c is None:
+            out.append(ChangeOutcome(change_id=f"unrecorded:{kind}:{target.get('name')}", source=source,
+                                     action=kind, target=target, params=params, policy_effect="unknown",
+                                     status="not in the recording"))
+            continue
+        c = c.model_copy(update={"source": source})
+        if c.policy_request is not None:
+            now = evaluate(app.policy, Request.model_validate(c.policy_request)).effect.value
+            if now != c.policy_effect and c.policy_effect in ("allow", "require_approval", "deny"):
+                rec.errors.append(f"policy now says {now} for {c.change_id} (recorded: {c.policy_effect})")
+        out.append(c)
+    return out
 
 
 def _fleet() -> Fleet:

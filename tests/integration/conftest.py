@@ -1,12 +1,17 @@
-"""One real sandbox per test session, shared by the integration tests.
+"""One real sandbox per test session (per pytest-xdist worker), shared by that worker's integration tests.
 
-The sandbox gets its own state directory and port range (19000+), so a developer's own sandbox on
-the default ports is left alone. Alertmanager posts to a receiver owned by this session. At the end
-every process the sandbox started is stopped, and the suite fails if any is left.
+The sandbox gets its own state directory and port range, so a developer's own sandbox on the default
+ports is left alone: `OPSAGENT_TEST_PORT_BASE` (19000 by default) plus `PORT_STRIDE` times the
+xdist worker's number, so `make test`'s workers (`pytest -n 3 --dist loadfile`) each run their own
+sandbox side by side. A file's tests stay on one worker (`loadfile`), so a module-scoped fixture such
+as test_rollouts' second sandbox starts once. Alertmanager posts to a receiver owned by this session.
+At the end every process the sandbox started is stopped, and the suite fails if any is left.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import uuid
@@ -24,7 +29,52 @@ from deploy.sandbox.processes import _alive_as
 from deploy.sandbox.receiver import WebhookReceiver
 from deploy.sandbox.sandbox import Sandbox, SandboxSettings
 
-PORT_BASE = int(os.environ.get("OPSAGENT_TEST_PORT_BASE", "19000"))
+PORT_STRIDE = 2000  # a sandbox uses base..base+700; test_rollouts' second sandbox sits at base+1000
+
+
+def worker_index(worker: str | None = None) -> int:
+    """The pytest-xdist worker's number (gw0 → 0, gw2 → 2); 0 when the tests run in one process."""
+    name = worker if worker is not None else os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
+
+
+PORT_BASE = int(os.environ.get("OPSAGENT_TEST_PORT_BASE", "19000")) + PORT_STRIDE * worker_index()
+PORT_SPAN = 1450  # the worker's sandbox and test_rollouts' second one (base + 1000 + 443)
+
+
+def ephemeral_ports_start(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    """Where the kernel starts handing out ports to `bind(0)` (free_port() in other tests and processes)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def check_port_range(base: int = PORT_BASE, ephemeral: int | None = None) -> None:
+    """Fail with the reason when this worker's sandbox ports reach the ephemeral range, where any
+    process's `bind(0)` may take one of them first (seen: kube-state-metrics' port taken mid-start)."""
+    start = ephemeral_ports_start() if ephemeral is None else ephemeral
+    if base + PORT_SPAN > start:
+        raise pytest.UsageError(
+            f"sandbox ports {base}..{base + PORT_SPAN} (OPSAGENT_TEST_PORT_BASE + {PORT_STRIDE} x worker) reach the "
+            f"kernel's ephemeral range from {start}: pick OPSAGENT_TEST_PORT_BASE so that base + {PORT_STRIDE} x "
+            f"(workers - 1) + {PORT_SPAN} stays below {start}")
+
+
+@contextlib.contextmanager
+def one_start_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Start one sandbox at a time across xdist workers: starting is the CPU-heavy part (the 14-day
+    backfill), and three at once on two cores outran the simulator's 300 s readiness limit."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield  # one process: nothing to take turns with (and pytest-of-USER is shared by every session)
+        return
+    root = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers (basetemp/popen-gwN)
+    with (root / "sandbox-start.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
@@ -35,10 +85,12 @@ def webhook() -> Iterator[WebhookReceiver]:
 
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver) -> Iterator[dict[str, Any]]:
+    check_port_range()
     settings = SandboxSettings(dir=tmp_path_factory.mktemp("sandbox"), port_base=PORT_BASE, webhook_url=webhook.url)
     sb = Sandbox(settings, progress=lambda m: print(f"[sandbox] {m}", flush=True))
     try:
-        status = sb.up()
+        with one_start_at_a_time(tmp_path_factory):
+            status = sb.up()
     except Exception:
         sb.down()
         raise

@@ -38,10 +38,11 @@ from deploy.sandbox.cluster import api_client
 from deploy.sandbox.fleet import LABEL_APP, LABEL_MODEL_VERSION, Fleet
 from deploy.sandbox.processes import _alive_as
 from deploy.sandbox.sandbox import Sandbox, SandboxSettings
+from tests.integration.conftest import PORT_BASE as SANDBOX_PORT_BASE
+from tests.integration.conftest import one_start_at_a_time
 from tests.integration.promql import query
 
-PORT_BASE = int(os.environ.get("OPSAGENT_TEST_ROLLOUTS_PORT_BASE",
-                               str(int(os.environ.get("OPSAGENT_TEST_PORT_BASE", "19000")) + 1000)))
+PORT_BASE = int(os.environ.get("OPSAGENT_TEST_ROLLOUTS_PORT_BASE", str(SANDBOX_PORT_BASE + 1000)))
 WORKLOAD = "assist-mini"
 GOOD, BAD = "2025.09.0", "2025.08.0"  # fleet-rollouts.yaml / fleet.yaml: the bad one errs 8 %, TTFT 0.9 s
 ROOT = Path(__file__).parents[2]
@@ -55,7 +56,8 @@ def rsandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                                webhook_url=f"http://127.0.0.1:{PORT_BASE + 99}/alertmanager")
     sb = Sandbox(settings, progress=lambda m: print(f"[rollouts-sandbox] {m}", flush=True))
     try:
-        status = sb.up()
+        with one_start_at_a_time(tmp_path_factory):
+            status = sb.up()
     except Exception:
         sb.down()
         raise

@@ -29,10 +29,27 @@ def test_the_suite_covers_every_failure_mode_both_runtimes_and_several_gpus() ->
     assert len(placements) >= 6
 
 
+def test_the_suite_has_controls_placements_and_incidents_of_more_than_one_step() -> None:
+    assert len(SUITE) >= 44
+    assert sum(s.truth.expect == "no_action" for s in SUITE) >= 8
+    assert sum(s.placements for s in SUITE) >= 8  # setup objects are not counted
+    assert any(s.clock.at == "peak" and s.truth.expect == "no_action" for s in SUITE)  # a daily peak
+    assert any(s.clock.burst == "inside" for s in SUITE)
+    assert any(s.setup for s in SUITE) and any(s.incidents for s in SUITE) and any(s.followup for s in SUITE)
+    assert any(s.detection.omit_labels for s in SUITE)
+
+
 def test_names_do_not_give_the_answer_away() -> None:
     words = {c.value.replace("_", "-") for c in Category} | {"oom", "xid", "thermal", "idle", "surge", "rollout"}
     for s in SUITE:
         assert not any(w in s.id for w in words), s.id
+    # Descriptions say what an on-call engineer sees or what changed, never the cause or the test's trick.
+    giveaways = {c.value.replace("_", " ") for c in Category} | {
+        "instructions", "injection", "flaky", "mis-set", "monitoring test", "out of memory", "cooling",
+        "xid", "trickle", "triples", "three times", "does not fit", "fault"}
+    for s in SUITE:
+        said = [w for w in giveaways if w in s.description.lower()]
+        assert not said, f"{s.id}: the description gives away {said}"
 
 
 def test_a_bad_file_names_the_file_and_the_field(tmp_path: Path) -> None:

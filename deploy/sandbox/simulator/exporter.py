@@ -8,8 +8,11 @@ never go backwards. `MetricsServer` serves the last rendered page on 127.0.0.1 o
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import threading
+import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -20,6 +23,7 @@ from deploy.sandbox.simulator.placement import Placement
 from deploy.sandbox.simulator.series import SeriesKey, SeriesSet
 
 log = logging.getLogger(__name__)
+MAX_CLOCK_OFFSET_S = 7 * 86400.0  # a week either way: any hour of any weekday
 
 
 class LiveFleet:
@@ -40,8 +44,19 @@ class LiveFleet:
         self.series = SeriesSet(self.placement, self._counters)
         self._prefixes = exposition.prefixes(self.series.specs)
         self.t = t
+        self.clock_offset_s = 0.0
         self._page = b""
         self._lock = threading.Lock()
+
+    def set_clock(self, offset_s: float) -> None:
+        """Move the traffic model's clock `offset_s` seconds ahead of real time (0: real time).
+
+        Only demand follows it (a scenario can start at a workload's daily peak or inside a burst);
+        samples keep their real timestamps and counters keep counting, so Prometheus sees a traffic
+        change, not a time jump."""
+        with self._lock:
+            self.clock_offset_s = float(offset_s)
+            self.placement.demand_offset_s = self.clock_offset_s
 
     def update(self, snapshot: ClusterSnapshot) -> bool:
         """Follow a new snapshot; returns whether the series were rebuilt."""
@@ -50,7 +65,7 @@ class LiveFleet:
         with self._lock:
             self._counters.update(self.series.state())
             self.snapshot = snapshot
-            self.placement = Placement(self.fleet, snapshot)
+            self.placement = Placement(self.fleet, snapshot, self.clock_offset_s)
             self.series = SeriesSet(self.placement, self._counters)
             self._prefixes = exposition.prefixes(self.series.specs)
         log.info(
@@ -95,8 +110,35 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, self.server.fleet.page, exposition.CONTENT_TYPE)
         elif self.path == "/healthz":
             self._send(200, b"ok\n", "text/plain; charset=utf-8")
+        elif self.path == "/clock":
+            self._clock_page()
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+    def do_PUT(self) -> None:
+        """`PUT /clock {"offset_s": N}`: the simulation clock (the sandbox's eval harness sets it)."""
+        if self.path != "/clock":
+            self._send(404, b"not found\n", "text/plain; charset=utf-8")
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if not 0 < length <= 1024:
+                raise ValueError("a JSON body of at most 1 KiB")
+            offset = json.loads(self.rfile.read(length))["offset_s"]
+            if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not math.isfinite(offset) \
+                    or abs(offset) > MAX_CLOCK_OFFSET_S:
+                raise ValueError(f"offset_s: a number of seconds within ±{MAX_CLOCK_OFFSET_S:.0f}")
+        except (ValueError, KeyError, TypeError) as e:
+            self._send(400, f"bad clock request: {e}\n".encode(), "text/plain; charset=utf-8")
+            return
+        self.server.fleet.set_clock(float(offset))
+        log.info("simulation clock set %+.0f s from real time", offset)
+        self._clock_page()
+
+    def _clock_page(self) -> None:
+        offset = self.server.fleet.clock_offset_s
+        body = json.dumps({"offset_s": offset, "sim_time": time.time() + offset}).encode()
+        self._send(200, body, "application/json")
 
     def _send(self, status: int, body: bytes, ctype: str) -> None:
         self.send_response(status)

@@ -104,9 +104,10 @@ def gpu_uuid(node: str, index: int) -> str:
 class Placement:
     """The fleet as the cluster runs it right now."""
 
-    def __init__(self, fleet: Fleet, snapshot: ClusterSnapshot) -> None:
+    def __init__(self, fleet: Fleet, snapshot: ClusterSnapshot, demand_offset_s: float = 0.0) -> None:
         self.fleet = fleet
         self.snapshot = snapshot
+        self.demand_offset_s = demand_offset_s  # the simulation clock's lead over real time, seconds
         workloads = {(w.namespace, w.name): w for w in fleet.workloads}
         versions = {(m.model, _label_value(m.version)): m for m in fleet.model_versions}
         nodes = {n.name: n for n in snapshot.nodes}
@@ -210,7 +211,10 @@ class Placement:
     def workload_demand(self, w: Workload, t: float) -> float:
         """Requests/s arriving for `w` at `t`, with the traffic fault multiplier applied."""
         mult = self.snapshot.faults.traffic.get(f"{w.namespace}/{w.name}", 1.0)
-        return model.demand_rps(w.traffic, t, seed=f"{w.namespace}/{w.name}") * mult
+        # The simulation clock (exporter.LiveFleet.set_clock) moves only the demand model's hour of day:
+        # samples keep their real timestamps.
+        t_demand = t + self.demand_offset_s
+        return model.demand_rps(w.traffic, t_demand, seed=f"{w.namespace}/{w.name}") * mult
 
     def pod_rps(self, t: float) -> dict[tuple[str, str], float]:
         rps = {r.key: 0.0 for r in self.serving}
