@@ -122,7 +122,7 @@ def _custom_calls(tree: ast.Module, f: Path) -> list[tuple[str, Perm]]:
             args = call.args if ref is call.func else call.args[call.args.index(ref) + 1:]  # or a wrapper's argument
             at = 3 if scope != "cluster_" else 2
 
-            def value(i: int) -> str | None:
+            def value(i: int, args: list[ast.expr] = args) -> str | None:
                 if i >= len(args):
                     return None
                 a = args[i]
