@@ -202,6 +202,9 @@ def _rollout(r: K8sRolloutHistoryResult, _: dict[str, str]) -> dict[str, Any]:
         "paused": h.paused,
         "rollout_complete": h.rollout_complete,
         "estimated": h.changed_at_estimated,
+        # The Deployment controller's own verdict: no progress within progressDeadlineSeconds.
+        "deadline_exceeded": bool(h.progressing and h.progressing.status == "False"
+                                  and h.progressing.reason == "ProgressDeadlineExceeded"),
     }
     if h.changed_ago_s is not None:
         f["changed_ago_s"] = h.changed_ago_s
@@ -246,6 +249,13 @@ def _pods(r: K8sPodsResult, _: dict[str, str]) -> dict[str, Any]:
     f["insufficient_gpu"] = sum(
         1 for p in r.pods if any("Insufficient nvidia.com/gpu" in (cond.message or "") for cond in p.conditions)
     )
+    # Running, containers up and never restarted, yet not Ready: still starting (weights downloading or
+    # loading), not crashing and not waiting on an image.
+    f["starting"] = sum(
+        1 for p in r.pods
+        if p.phase == "Running" and not p.ready and p.restarts == 0
+        and p.containers and all(c.state == "running" and not c.ready for c in p.containers)
+    )
     return f
 
 
@@ -255,6 +265,7 @@ def _pods_summary(r: K8sPodsResult, f: dict[str, Any]) -> str:
     parts = [f"{c.total} pods, {c.ready} ready"]
     for key, label in (
         ("pending", "pending"),
+        ("starting", "running but not ready"),
         ("crashloop", "crash-looping"),
         ("oom_killed", "OOMKilled"),
         ("gpu_oom", "CUDA OOM"),
@@ -267,10 +278,25 @@ def _pods_summary(r: K8sPodsResult, f: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+# Reasons the cloud's interruption handlers (Karpenter, aws-node-termination-handler) and the node
+# lifecycle controller give when a node is taken away, as opposed to a node that merely misbehaves.
+_INTERRUPTED = {"SpotInterrupted", "SpotInterruption", "InstanceTerminating", "InstanceStopping",
+                "RebalanceRecommendation", "TerminatingOnInterruption"}
+_REMOVED = {"RemovingNode", "DeletingNode"}
+
+
+def _nodes_named(r: K8sEventsResult, reasons: set[str]) -> int:
+    names = {o for e in r.events if e.reason in reasons for o in e.objects if o.startswith("Node/")}
+    extra = sum(max(0, e.objects_total - len(e.objects)) for e in r.events if e.reason in reasons)
+    return len(names) + extra
+
+
 @extractor(K8sEventsResult)
 def _events(r: K8sEventsResult, _: dict[str, str]) -> dict[str, Any]:
     xids = [int(m.group(1)) for e in r.events if (m := _XID.search(e.message))]
     return {
+        "nodes_interrupted": _nodes_named(r, _INTERRUPTED),
+        "nodes_removed": _nodes_named(r, _REMOVED | _INTERRUPTED),
         "count": sum(e.count for e in r.events),
         "distinct": r.distinct,
         "xid": xids[0] if xids else 0,

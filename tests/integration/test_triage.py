@@ -188,3 +188,33 @@ def test_pods_waiting_for_a_full_pool_are_a_capacity_limit_for_a_human(
     top = report.top
     assert top is not None and top.category == Category.CAPACITY, report.summary
     assert [p.kind for p in report.proposals] == [ActionKind.PAGE_HUMAN]
+
+
+def test_a_rollout_whose_pods_never_turn_ready_is_a_start_up_failure_rolled_back(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    w, report = _triage_fault(app, admin, fleet, webhook, "slow-start", "ModelServerRolloutStuck")
+    top = report.top
+    assert top is not None and top.category == Category.IMAGE_STARTUP, report.summary
+    assert top.culprit is not None and (top.culprit.kind, top.culprit.name) == ("Deployment", w.name)
+    assert any("never became ready" in s for s in top.supporting), top.supporting
+    assert any("ProgressDeadlineExceeded" in s for s in top.supporting), top.supporting
+    assert [p.kind for p in report.proposals] == [ActionKind.ROLLBACK]
+
+
+def test_pods_pending_after_spot_nodes_were_reclaimed_are_lost_capacity_for_a_human(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    _, report = _triage_fault(app, admin, fleet, webhook, "spot-loss", "GPUPodsPending")
+    top = report.top
+    assert top is not None and top.category == Category.CAPACITY, report.summary
+    assert any("taken away" in s for s in top.supporting), top.supporting
+    assert [p.kind for p in report.proposals] == [ActionKind.PAGE_HUMAN]
+
+
+def test_a_ready_replica_that_generates_nothing_is_a_hung_worker_paged_with_its_pod(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    w, report = _triage_fault(app, admin, fleet, webhook, "hung-worker", "ModelServerStalled")
+    top = report.top
+    assert top is not None and top.category == Category.HUNG_WORKER, report.summary
+    assert top.culprit is not None and top.culprit.kind == "Pod" and top.culprit.name.startswith(w.name)
+    assert any("no token" in s for s in top.supporting) and any("busy" in s for s in top.supporting), top.supporting
+    assert [p.kind for p in report.proposals] == [ActionKind.PAGE_HUMAN]

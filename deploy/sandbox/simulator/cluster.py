@@ -125,6 +125,9 @@ class Faults:
     traffic: Mapping[str, float] = field(default_factory=dict)  # "namespace/workload" → ×
     xid: Mapping[str, int] = field(default_factory=dict)  # node name → last XID
     heat: Mapping[str, float] = field(default_factory=dict)  # node name → extra °C (cooling failure)
+    # "namespace/pod" → epoch second its tensor-parallel workers hung (a rank stuck in a collective). Keyed
+    # by pod: the replacement a restart creates has another name, and serves.
+    hung: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, raw: str | None) -> Faults:
@@ -133,6 +136,7 @@ class Faults:
             traffic={str(k): float(v) for k, v in (doc.get("traffic") or {}).items()},
             xid={str(k): int(v) for k, v in (doc.get("xid") or {}).items()},
             heat={str(k): float(v) for k, v in (doc.get("heat") or {}).items()},
+            hung={str(k): float(v) for k, v in (doc.get("hung") or {}).items()},
         )
 
 

@@ -229,8 +229,13 @@ class Placement:
         replicas: dict[tuple[str, str], model.VllmSignals | model.TritonSignals] = {}
         # Replicas of a workload usually share version, GPU and traffic: model them once.
         same: dict[tuple[int, str, float, float], model.VllmSignals | model.TritonSignals] = {}
+        hung = self.snapshot.faults.hung
         for r in self.serving:
             assert r.version is not None
+            since = hung.get(f"{r.pod.namespace}/{r.pod.name}")
+            if since is not None and r.runtime != "triton":
+                replicas[r.key] = model.stalled_vllm_signals(r.version, rps[r.key], t - since)
+                continue
             key = (id(r.version), r.runtime, r.speed, rps[r.key])
             sig = same.get(key)
             if sig is None:
