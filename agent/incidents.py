@@ -20,6 +20,10 @@ from agent.models import Alert, Incident, IncidentStatus, Severity
 MAX_ALERTS_PER_INCIDENT = 1000  # an incident's alerts go into every report and brief; more is an attack or a bug
 MAX_BODY_BYTES = 1 << 20  # Alertmanager caps groups with max_alerts; 1 MiB holds thousands of alerts
 ZERO_TIME = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+# A group that fires again this soon after it resolved is the same trouble flapping (a signal hovering at
+# its threshold, a fault on a timer), not a new episode: it reopens its incident, so one cause gets one
+# triage and at most one change, however often the alert bounces.
+FLAP_WINDOW = dt.timedelta(minutes=30)
 
 
 class IntakeError(ValueError):
@@ -141,8 +145,10 @@ def merge(existing: Incident | None, n: Notification, now: dt.datetime,
     counted in `alerts_over_cap`, not stored, so one group cannot grow without bound.
     """
     incoming = alerts_of(n)
-    # A group that fires again after it resolved is a new episode: a new incident.
-    if existing is None or (existing.status == IncidentStatus.RESOLVED and n.status == "firing"):
+    refired = existing is not None and existing.status == IncidentStatus.RESOLVED and n.status == "firing"
+    flapping = refired and existing is not None and now - existing.updated_at <= FLAP_WINDOW
+    # A group that fires again long after it resolved is a new episode: a new incident.
+    if existing is None or (refired and not flapping):
         first = min(a.starts_at for a in incoming)
         kept = list({a.fingerprint: a for a in incoming}.values())
         over = max(0, len(kept) - max_alerts)
@@ -173,5 +179,6 @@ def merge(existing: Incident | None, n: Notification, now: dt.datetime,
         "alerts": alerts, "status": status, "labels": common, "severity": _severity(alerts),
         "title": _title(alerts, common), "updated_at": now if changed else existing.updated_at,
         "notifications": existing.notifications + 1, "alerts_over_cap": over,
+        "reopened": existing.reopened + (1 if flapping else 0),
     })
     return updated, changed

@@ -71,6 +71,8 @@ class Incident(_Model):
     notifications: int = Field(default=1, description="How many webhook deliveries updated this incident.")
     alerts_over_cap: int = Field(default=0, description="New alerts not stored because the incident already "
                                  "held server.max_alerts_per_incident.")
+    reopened: int = Field(default=0, description="Times the group resolved and fired again within the flap "
+                                                 "window (incidents.FLAP_WINDOW): a flapping alert, one incident.")
 
 
 class EvidenceStatus(enum.StrEnum):

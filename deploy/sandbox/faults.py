@@ -36,7 +36,7 @@ from deploy.sandbox.simulator import model
 ROLLOUT_FAULTS = ("bad-rollout", "gpu-oom", "prefix-cache-regression", "triton-batching", "tensor-cores-idle",
                   "context-limit", "image-pull", "host-oom", "slow-start")
 FAULTS = (*ROLLOUT_FAULTS, "traffic-surge", "gpu-xid", "idle-overprovision", "gpu-thermal", "autoscaler-thrash",
-          "gpu-capacity", "spot-loss", "hung-worker")
+          "gpu-capacity", "spot-loss", "hung-worker", "traffic-flap")
 FAULT_LABEL = "opsagent.dev/fault"  # on objects a fault created, so `clear` can find them
 CONFIGMAP = "faults"
 KEY = "faults.json"
@@ -47,7 +47,7 @@ class FaultError(RuntimeError):
 
 
 def _empty_state() -> dict[str, Any]:
-    return {"traffic": {}, "xid": {}, "heat": {}, "hung": {}, "active": []}
+    return {"traffic": {}, "xid": {}, "heat": {}, "hung": {}, "flap": {}, "active": []}
 
 
 def read_state(core: client.CoreV1Api) -> dict[str, Any]:
@@ -101,6 +101,16 @@ def inject(api: client.ApiClient, fleet: Fleet, fault: str, target: str | None =
         _rollout(apps, fleet, w, version, cause=f"deploy {w.model} {version}",
                  progress_deadline_s=int(deadline) if deadline is not None else None)
         record["version"] = version
+    elif fault == "traffic-flap":
+        # A surge on a timer (a batch client that starts every few minutes): saturated for half of each
+        # period, nominal for the other half, so the same alert resolves and fires again on a fixed period.
+        mult = surge_multiplier(fleet, w, float(spec.get("multiplier", 3.0)),
+                                float(spec.get("target_utilization", 1.6)), time.time())
+        key = f"{w.namespace}/{w.name}"
+        state["traffic"][key] = mult
+        state["flap"][key] = {"since": time.time(), "period_s": float(spec.get("period_s", 240))}
+        record["multiplier"] = round(mult, 2)
+        record["period_s"] = state["flap"][key]["period_s"]
     elif fault == "traffic-surge":
         mult = surge_multiplier(fleet, w, float(spec.get("multiplier", 3.0)),
                                 float(spec.get("target_utilization", 1.6)), time.time())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from typing import Any
@@ -10,6 +11,9 @@ import boto3
 import pytest
 from kubernetes import client
 
+from agent import incidents
+from agent.models import IncidentStatus
+from agent.storage.store import SqlStore
 from deploy.sandbox import faults
 from deploy.sandbox.fleet import LABEL_APP, Fleet
 from deploy.sandbox.receiver import Notification, WebhookReceiver
@@ -331,3 +335,38 @@ def test_a_hung_worker_stays_ready_with_busy_gpus_and_no_tokens_until_its_pod_is
     per_pod = f'rate(vllm:generation_tokens_total{{namespace="{ns}", model_name="{w.model}"}}[30s])'
     wait_until(lambda: scalar(prom, f"count(max by (pod) ({per_pod}) > 0)") == w.replicas, 120,
                "every replica generating again")
+
+
+def test_a_surge_on_a_timer_makes_its_alert_resolve_and_fire_again_and_stays_one_incident(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver,
+        tmp_path: Any) -> None:
+    spec = fleet.faults["traffic-flap"]
+    w = fleet.workload(spec["workload"])
+    t0 = time.time()
+    faults.inject(admin, fleet, "traffic-flap")
+
+    def status_of(n: Notification) -> str | None:
+        alerts = [a for a in n.body.get("alerts", []) if a["labels"].get("alertname") == "KVCacheSaturated"
+                  and a["labels"].get("namespace") == w.namespace]
+        return alerts[0]["status"] if alerts else None
+
+    period = spec["period_s"]
+    fired = webhook.wait_for(lambda n: status_of(n) == "firing", timeout=period + 60, since=t0)
+    resolved = webhook.wait_for(lambda n: status_of(n) == "resolved", timeout=period + 60, since=fired.received_at)
+    again = webhook.wait_for(lambda n: status_of(n) == "firing", timeout=period + 60, since=resolved.received_at)
+    gap = again.received_at - fired.received_at
+    print(f"\nfired → resolved → fired again: {resolved.received_at - fired.received_at:.0f}s, {gap:.0f}s")
+    assert 0.5 * period <= gap <= 1.5 * period, "it re-fires on the fault's period"
+
+    store = SqlStore(tmp_path / "store.db")  # every delivery, resolved ones included, into the agent's intake
+    try:
+        opened = None
+        for n in (fired, resolved, again):
+            at = dt.datetime.fromtimestamp(n.received_at, dt.UTC)
+            inc, _ = store.record_notification(incidents.parse(json.dumps(n.body).encode()), at)
+            opened = opened or inc.id
+            assert inc.id == opened
+        assert inc.status == IncidentStatus.FIRING and inc.reopened == 1
+        assert len(store.incidents()) == 1
+    finally:
+        store.close()

@@ -209,7 +209,7 @@ class Placement:
 
     def workload_demand(self, w: Workload, t: float) -> float:
         """Requests/s arriving for `w` at `t`, with the traffic fault multiplier applied."""
-        mult = self.snapshot.faults.traffic.get(f"{w.namespace}/{w.name}", 1.0)
+        mult = self.snapshot.faults.traffic_at(f"{w.namespace}/{w.name}", t)
         return model.demand_rps(w.traffic, t, seed=f"{w.namespace}/{w.name}") * mult
 
     def pod_rps(self, t: float) -> dict[tuple[str, str], float]:
