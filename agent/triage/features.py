@@ -206,6 +206,14 @@ def _rollout(r: K8sRolloutHistoryResult, _: dict[str, str]) -> dict[str, Any]:
         "deadline_exceeded": bool(h.progressing and h.progressing.status == "False"
                                   and h.progressing.reason == "ProgressDeadlineExceeded"),
     }
+    # The newest revision older than the previous one that runs neither the current nor the previous
+    # version: where a rollback goes when the previous revision carries the same defect.
+    seen = {h.current_version, h.previous_version}
+    older = next((r for r in h.revisions if h.previous_revision is not None and r.revision < h.previous_revision
+                  and r.version not in seen), None)
+    if older is not None:
+        f["older_revision"] = older.revision
+        f["older_version"] = older.version
     if h.changed_ago_s is not None:
         f["changed_ago_s"] = h.changed_ago_s
         f["changed_ago_slack_s"] = h.changed_ago_s + 180  # onset detection is as coarse as the query step

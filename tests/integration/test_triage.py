@@ -218,3 +218,35 @@ def test_a_ready_replica_that_generates_nothing_is_a_hung_worker_paged_with_its_
     assert top.culprit is not None and top.culprit.kind == "Pod" and top.culprit.name.startswith(w.name)
     assert any("no token" in s for s in top.supporting) and any("busy" in s for s in top.supporting), top.supporting
     assert [p.kind for p in report.proposals] == [ActionKind.PAGE_HUMAN]
+
+
+def test_a_rollback_skips_a_previous_revision_that_carried_the_same_defect(
+        sandbox: dict[str, Any], app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver,
+        kubectl: Any) -> None:
+    from tests.integration.promql import scalar, wait_until
+
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["bad-rollout"]["workload"])
+    first = fleet.faults["bad-rollout"]["version"]
+    faults.inject(admin, fleet, "bad-rollout")
+    kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
+    by_version = (f'max by (namespace, pod) (kube_pod_labels{{namespace="{w.namespace}", '
+                  f'label_model_version="{first}"}})')
+    served = (f'quantile_over_time(0.5, (sum(rate(http_requests_total{{namespace="{w.namespace}", status="5xx"}}[5m])'
+              f' * on (namespace, pod) group_left() {by_version}) / sum(rate(http_requests_total'
+              f'{{namespace="{w.namespace}"}}[5m]) * on (namespace, pod) group_left() {by_version}))[6h:1m])')
+    wait_until(lambda: (scalar(prom, served) or 0) > 0.03, 240, "Prometheus to record the first build's 5xx share",
+               interval=10)
+    before = client.AppsV1Api(admin).read_namespaced_deployment(w.name, w.namespace)
+    good = int(before.metadata.annotations["deployment.kubernetes.io/revision"]) - 1
+
+    t0 = time.time()
+    faults.inject(admin, fleet, "bad-rollout", params={"version": "2025.07.2"})  # the same defect, rebuilt
+    kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
+    report = _triage(app, _wait_alert(webhook, {"ModelServingErrorRateHigh", "ModelServingTTFTHigh"}, t0,
+                                      namespace=w.namespace))
+    assert report.top is not None and report.top.category == Category.BAD_ROLLOUT, report.summary
+    assert [p.kind for p in report.proposals] == [ActionKind.ROLLBACK], report.proposals
+    rollback = report.proposals[0]
+    assert rollback.params["to_revision"] <= good, "not back to the first build, which failed the same way"
+    assert first in rollback.reason, rollback.reason

@@ -273,3 +273,36 @@ def test_a_replica_with_idle_gpus_and_no_tokens_is_not_called_hung() -> None:
     hyps, _ = diagnose(["hung-worker", "healthy"], _stalled(0.0, 1900.0), {**CTX, "pod": "chat-primary-a-b"})
     hung = next(h for h in hyps if h.category == Category.HUNG_WORKER)
     assert hung.confidence < 0.5
+
+
+def _regressed(previous_errors: float | None, older_errors: float | None) -> list[Evidence]:
+    rollout = ev("rollout", revisions=3, current_revision=7, previous_revision=6, current_version="2025.07.2",
+                 previous_version="2025.07.0", older_revision=5, older_version="2025.06.1", changed_ago_s=120,
+                 changed_ago_slack_s=300, changed_ago_min=2)
+    out = [rollout, ev("errors", baseline=0.001, recent=0.07, change_ratio=70, onset_ago_s=240),
+           ev("ttft", baseline=0.4, recent=2.3, change_ratio=5.7, onset_ago_s=240), ev("traffic", change_ratio=1.0),
+           ev("prefix_hit", change_ratio=0.3)]
+    out.append(ev("previous_errors", value=previous_errors) if previous_errors is not None
+               else ev("previous_errors", EvidenceStatus.EMPTY))
+    out.append(ev("older_errors", value=older_errors) if older_errors is not None
+               else ev("older_errors", EvidenceStatus.EMPTY))
+    return out
+
+
+def test_a_rollback_never_returns_to_a_previous_revision_that_failed_the_same_way() -> None:
+    hyps, props = diagnose(["bad-rollout"], _regressed(0.07, 0.001))
+    assert hyps[0].category == Category.BAD_ROLLOUT
+    assert [(p.kind, p.params) for p in props] == [(ActionKind.ROLLBACK, {"to_revision": 5})]
+    assert "2025.07.0" in props[0].reason and "2025.06.1" in props[0].reason
+
+
+def test_with_no_known_good_revision_behind_a_bad_previous_one_a_human_is_paged() -> None:
+    _, props = diagnose(["bad-rollout"], _regressed(0.07, None))
+    assert [p.kind for p in props] == [ActionKind.PAGE_HUMAN]
+    assert "same defect" in props[0].reason
+
+
+def test_a_previous_revision_that_served_within_slo_or_left_no_record_is_the_rollback_target() -> None:
+    for previous in (0.001, None):
+        _, props = diagnose(["bad-rollout"], _regressed(previous, 0.001))
+        assert [(p.kind, p.params) for p in props] == [(ActionKind.ROLLBACK, {"to_revision": 6})], previous

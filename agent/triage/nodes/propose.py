@@ -69,6 +69,9 @@ def proposals_for(top: Hypothesis | None, books: list[Runbook], feats: dict[str,
     if top.confidence < MIN_CONFIDENCE:
         return [ProposedAction(kind=ActionKind.PAGE_HUMAN, hypothesis_id=top.id,
                                reason=f"evidence is inconclusive (top hypothesis {top.confidence:.0%})")]
+    # Evidence a runbook declares but that never came back (not gathered, not recorded) is evidence the
+    # agent does not have: `<id>.ok` is false for it, as for a query that failed.
+    feats = {**{f"{q.id}.ok": False for b in books for q in b.evidence}, **feats}
     out: list[ProposedAction] = []
     doubts: list[str] = []
     for book in books:
