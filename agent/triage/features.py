@@ -18,6 +18,7 @@ from agent.models import EvidenceStatus
 from agent.triage.state import TriageState
 from tools.base import ToolResult
 from tools.cloudwatch.tools import CloudWatchLogEventsResult, CloudWatchMetricDataResult
+from tools.k8s_read.ownership import gitops_owner
 from tools.k8s_read.tools import (
     K8sEventsResult,
     K8sHpasResult,
@@ -329,7 +330,12 @@ def _nodes(r: K8sNodesResult, _: dict[str, str]) -> dict[str, Any]:
 @extractor(K8sWorkloadResult)
 def _workload(r: K8sWorkloadResult, _: dict[str, str]) -> dict[str, Any]:
     w = r.workload
-    return {
+    owner = gitops_owner(w.other_labels, w.annotations)  # instance/managed-by labels are in other_labels
+    gitops: dict[str, Any] = {"gitops": owner is not None}
+    if owner is not None:
+        gitops |= {"gitops_tool": "Argo CD" if owner.tool == "argocd" else "Flux", "gitops_source": owner.source,
+                   "gitops_evidence": owner.evidence, "gitops_certain": owner.certain}
+    return gitops | {
         "replicas": w.replicas,
         "ready_replicas": w.ready_replicas,
         "available_replicas": w.available_replicas,

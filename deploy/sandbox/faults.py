@@ -36,9 +36,12 @@ from deploy.sandbox.simulator import model
 ROLLOUT_FAULTS = ("bad-rollout", "gpu-oom", "prefix-cache-regression", "triton-batching", "tensor-cores-idle",
                   "context-limit", "image-pull", "host-oom", "slow-start")
 FAULTS = (*ROLLOUT_FAULTS, "traffic-surge", "gpu-xid", "idle-overprovision", "gpu-thermal", "autoscaler-thrash",
-          "gpu-capacity", "spot-loss", "hung-worker", "traffic-flap")
+          "gpu-capacity", "spot-loss", "hung-worker", "traffic-flap", "gitops-owner")
 FAULT_LABEL = "opsagent.dev/fault"  # on objects a fault created, so `clear` can find them
 CONFIGMAP = "faults"
+# What Argo CD writes on what it applies (annotation tracking, its default since 3.0). The sandbox runs no
+# Argo CD, so nothing reverts a direct write here; the agent must not rely on that.
+ARGOCD_TRACKING = "argocd.argoproj.io/tracking-id"
 KEY = "faults.json"
 
 
@@ -140,6 +143,14 @@ def inject(api: client.ApiClient, fleet: Fleet, fault: str, target: str | None =
         lost = _reclaim(core, pool.name, w, int(spec.get("nodes", 3)))
         record["pool"] = pool.name
         record["nodes"] = lost
+    elif fault == "gitops-owner":
+        # Not a failure by itself: the workload now belongs to an Argo CD Application, as if it had been
+        # synced from Git. Combine it with a rollout fault; the fix then goes through Git.
+        app = str(spec.get("application", f"{w.namespace}-{w.name}"))
+        tracking = f"{app}:apps/Deployment:{w.namespace}/{w.name}"
+        apps.patch_namespaced_deployment(w.name, w.namespace,
+                                         {"metadata": {"annotations": {ARGOCD_TRACKING: tracking}}})
+        record["application"] = app
     elif fault == "hung-worker":
         # One rank of a tensor-parallel replica stuck in a collective: nothing in the API changes (the pod
         # stays Running and Ready), so it goes to the simulator through the faults ConfigMap.
@@ -197,6 +208,9 @@ def clear(api: client.ApiClient, fleet: Fleet) -> list[dict[str, Any]]:
         labels = dep.spec.template.metadata.labels or {}
         if labels.get("model-version") != desired["spec"]["template"]["metadata"]["labels"]["model-version"]:
             _rollout(apps, fleet, w, w.version, cause=f"deploy {w.model} {w.version}")
+        if ARGOCD_TRACKING in (dep.metadata.annotations or {}):
+            apps.patch_namespaced_deployment(w.name, w.namespace,
+                                             {"metadata": {"annotations": {ARGOCD_TRACKING: None}}})
         if dep.spec.progress_deadline_seconds != desired["spec"]["progressDeadlineSeconds"]:
             apps.patch_namespaced_deployment(w.name, w.namespace, {"spec": {
                 "progressDeadlineSeconds": desired["spec"]["progressDeadlineSeconds"]}})

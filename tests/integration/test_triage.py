@@ -250,3 +250,15 @@ def test_a_rollback_skips_a_previous_revision_that_carried_the_same_defect(
     rollback = report.proposals[0]
     assert rollback.params["to_revision"] <= good, "not back to the first build, which failed the same way"
     assert first in rollback.reason, rollback.reason
+
+
+def test_a_bad_rollout_of_a_workload_argo_cd_owns_is_a_change_for_git_not_a_rollback(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    faults.inject(admin, fleet, "gitops-owner")  # the Deployment now carries Argo CD's tracking annotation
+    w, report = _triage_fault(app, admin, fleet, webhook, "bad-rollout", "ModelServingErrorRateHigh")
+    assert report.top is not None and report.top.category == Category.BAD_ROLLOUT, report.summary
+    assert [p.kind for p in report.proposals] == [ActionKind.PAGE_HUMAN], report.proposals
+    patch = report.proposals[0].params["manifest_patch"]
+    assert patch["owner"] == "Argo CD" and patch["change"]["kind"] == "rollback"
+    assert patch["change"]["target"] == f"Deployment {w.namespace}/{w.name}"
+    assert "reverted on its next sync" in report.proposals[0].reason
