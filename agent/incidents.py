@@ -23,6 +23,10 @@ from agent.models import Alert, Incident, IncidentStatus, Severity
 MAX_ALERTS_PER_INCIDENT = 1000  # an incident's alerts go into every report and brief; more is an attack or a bug
 MAX_BODY_BYTES = 1 << 20  # Alertmanager caps groups with max_alerts; 1 MiB holds thousands of alerts
 ZERO_TIME = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+# A group that fires again this soon after it resolved is the same trouble flapping (a signal hovering at
+# its threshold, a fault on a timer), not a new episode: it reopens its incident, so one cause gets one
+# triage and at most one change, however often the alert bounces.
+FLAP_WINDOW = dt.timedelta(minutes=30)
 
 
 class IntakeError(ValueError):
@@ -141,11 +145,21 @@ def _common_labels(alerts: list[Alert]) -> dict[str, str]:
     return common
 
 
-def opens_new_incident(existing: IncidentStatus | None, n: Notification) -> bool:
-    """Whether `n` starts a new incident rather than updating the group's latest one.
+def refires(existing: IncidentStatus | None, n: Notification) -> bool:
+    """Whether `n` fires the group again after its latest incident resolved."""
+    return existing == IncidentStatus.RESOLVED and n.status == "firing"
 
-    A group that fires again after it resolved is a new episode: a new incident."""
-    return existing is None or (existing == IncidentStatus.RESOLVED and n.status == "firing")
+
+def opens_new_incident(existing: IncidentStatus | None, resolved_at: dt.datetime | None, n: Notification,
+                       now: dt.datetime) -> bool:
+    """Whether `n` starts a new incident rather than updating the group's latest one (`existing`, last
+    changed at `resolved_at`).
+
+    A group that fires again long after it resolved is a new episode: a new incident. Within FLAP_WINDOW it
+    is the same trouble flapping and reopens its incident (the store counts it in `reopened`)."""
+    if existing is None:
+        return True
+    return refires(existing, n) and (resolved_at is None or now - resolved_at > FLAP_WINDOW)
 
 
 @dataclass(frozen=True)
@@ -199,11 +213,11 @@ def fold(incoming: list[Alert], stored: Mapping[str, StoredAlert], count: int,
 
 
 def assemble(*, id: str, group_key: str, firing: int, alerts: list[Alert], created_at: dt.datetime,
-             updated_at: dt.datetime, notifications: int, alerts_over_cap: int) -> Incident:
+             updated_at: dt.datetime, notifications: int, alerts_over_cap: int, reopened: int = 0) -> Incident:
     """The incident as readers see it: title, severity and common labels derived from its alerts."""
     alerts = sorted(alerts, key=lambda a: a.fingerprint)
     common = _common_labels(alerts)
     return Incident(id=id, group_key=group_key, status=IncidentStatus.FIRING if firing else IncidentStatus.RESOLVED,
                     title=_title(alerts, common), severity=_severity(alerts), labels=common, alerts=alerts,
                     created_at=created_at, updated_at=updated_at, notifications=notifications,
-                    alerts_over_cap=alerts_over_cap)
+                    alerts_over_cap=alerts_over_cap, reopened=reopened)

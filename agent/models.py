@@ -71,6 +71,8 @@ class Incident(_Model):
     notifications: int = Field(default=1, description="How many webhook deliveries updated this incident.")
     alerts_over_cap: int = Field(default=0, description="New alerts not stored because the incident already "
                                  "held server.max_alerts_per_incident.")
+    reopened: int = Field(default=0, description="Times the group resolved and fired again within the flap "
+                                                 "window (incidents.FLAP_WINDOW): a flapping alert, one incident.")
 
 
 class EvidenceStatus(enum.StrEnum):
@@ -115,7 +117,8 @@ class Category(enum.StrEnum):
     CONFIG_REGRESSION = "config_regression"  # new serving arguments refuse requests (4xx) the old ones served
     IMAGE_STARTUP = "image_startup"  # new pods cannot start (image pull, container config, readiness)
     HOST_MEMORY = "host_memory"  # the kernel kills the container at its memory limit (OOMKilled)
-    CAPACITY = "capacity"  # pods cannot be scheduled: the pool has no free GPUs, none were lost
+    CAPACITY = "capacity"  # pods cannot be scheduled: the pool has no free GPUs (outgrown, or nodes taken away)
+    HUNG_WORKER = "hung_worker"  # a Ready replica whose engine makes no progress (a rank stuck in a collective)
     HEALTHY = "healthy"
     UNKNOWN = "unknown"
 

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS incidents (
     notifications INTEGER NOT NULL DEFAULT 1,
     alerts_over_cap INTEGER NOT NULL DEFAULT 0,
     alert_count INTEGER NOT NULL DEFAULT 0,
-    firing_count INTEGER NOT NULL DEFAULT 0
+    firing_count INTEGER NOT NULL DEFAULT 0,
+    reopened INTEGER NOT NULL DEFAULT 0  -- re-fired within incidents.FLAP_WINDOW of resolving: flapping
 );
 -- At most one open incident per Alertmanager group.
 CREATE UNIQUE INDEX IF NOT EXISTS incidents_open_group ON incidents(group_key) WHERE status = 'firing';
@@ -95,13 +96,15 @@ CREATE TABLE IF NOT EXISTS leases (
 # The alerts come as one JSON array of rows (one parameter to encode, parsed by the server), in body order.
 # Alerts compare by their stored text (annotations as sorted JSON, times in UTC), so equal means equal.
 PG_FUNCTIONS = """CREATE OR REPLACE FUNCTION opsagent_record_alerts(
-    p_group text, p_status text, p_new_id text, p_now text, p_max integer, p_alerts json)
+    p_group text, p_status text, p_new_id text, p_now text, p_max integer, p_alerts json,
+    p_flap_s double precision)
 RETURNS TABLE (incident_id text, status text, changed boolean, opened boolean, legacy boolean)
 LANGUAGE plpgsql AS $fn$
 DECLARE
     h incidents%ROWTYPE;
     found_head boolean;
     is_new boolean;
+    flapped boolean := false;
     v_id text; v_count integer := 0; v_firing integer := 0;
     n_added integer; n_over integer; n_upd integer; d_firing integer;
 BEGIN
@@ -113,7 +116,13 @@ BEGIN
         RETURN QUERY SELECT h.id, h.status, false, false, true;
         RETURN;
     END IF;
-    is_new := NOT found_head OR (h.status = 'resolved' AND p_status = 'firing');
+    -- Firing again after the incident resolved: a new episode, unless within the flap window (incidents.py).
+    IF found_head AND h.status = 'resolved' AND p_status = 'firing' THEN
+        flapped := p_now::timestamptz - h.updated_at::timestamptz <= make_interval(secs => p_flap_s);
+        is_new := NOT flapped;
+    ELSE
+        is_new := NOT found_head;
+    END IF;
     IF is_new THEN
         v_id := p_new_id;
         IF found_head AND h.id = p_new_id THEN  -- the same episode re-opened: start it afresh
@@ -157,12 +166,13 @@ BEGIN
         ON CONFLICT (id) DO UPDATE SET status = excluded.status, doc = excluded.doc,
             created_at = excluded.created_at, updated_at = excluded.updated_at, layout = 2, notifications = 1,
             alerts_over_cap = excluded.alerts_over_cap, alert_count = excluded.alert_count,
-            firing_count = excluded.firing_count;
+            firing_count = excluded.firing_count, reopened = 0;
     ELSE
         UPDATE incidents i SET status = CASE WHEN v_firing > 0 THEN 'firing' ELSE 'resolved' END,
             updated_at = CASE WHEN n_added + n_upd > 0 THEN p_now ELSE i.updated_at END,
             notifications = i.notifications + 1, alerts_over_cap = i.alerts_over_cap + n_over,
-            alert_count = i.alert_count + n_added, firing_count = v_firing
+            alert_count = i.alert_count + n_added, firing_count = v_firing,
+            reopened = i.reopened + flapped::int
         WHERE i.id = v_id;
     END IF;
     RETURN QUERY SELECT v_id, CASE WHEN v_firing > 0 THEN 'firing' ELSE 'resolved' END,
@@ -218,7 +228,7 @@ class Recorded:
 
 # The header columns every incident read selects, in this order (see _assemble).
 _HEADER = ("id, group_key, status, layout, doc, created_at, updated_at, notifications, alerts_over_cap, "
-           "alert_count, firing_count")
+           "alert_count, firing_count, reopened")
 _ALERT_COLUMNS = "fingerprint, status, labels, annotations, starts_at, ends_at, generator_url"
 _UPSERT_ALERT = (
     "INSERT INTO incident_alerts (incident_id, fingerprint, status, labels, annotations, starts_at, ends_at, "
@@ -228,7 +238,7 @@ _UPSERT_ALERT = (
 _COLUMNS_ADDED = (  # to an `incidents` table created before alerts became rows
     ("layout", "INTEGER NOT NULL DEFAULT 1"), ("notifications", "INTEGER NOT NULL DEFAULT 1"),
     ("alerts_over_cap", "INTEGER NOT NULL DEFAULT 0"), ("alert_count", "INTEGER NOT NULL DEFAULT 0"),
-    ("firing_count", "INTEGER NOT NULL DEFAULT 0"))
+    ("firing_count", "INTEGER NOT NULL DEFAULT 0"), ("reopened", "INTEGER NOT NULL DEFAULT 0"))
 
 
 def _migrate(c: Conn, postgres: bool) -> None:
@@ -278,7 +288,8 @@ class SqlStore(Db):
         any_of = "= ANY(?)" if self.postgres else "IN (SELECT value FROM json_each(?))"
         self._latest_sql = (
             "SELECT i.id, i.group_key, i.status, i.layout, i.doc, i.created_at, i.updated_at, i.notifications, "  # noqa: S608
-            "i.alerts_over_cap, i.alert_count, i.firing_count, a.fingerprint, a.status, a.ends_at, a.annotations "
+            "i.alerts_over_cap, i.alert_count, i.firing_count, a.fingerprint, a.status, a.ends_at, a.annotations, "
+            "i.reopened "
             "FROM (SELECT * FROM incidents WHERE group_key = ? ORDER BY created_at DESC LIMIT 1) i "
             f"LEFT JOIN incident_alerts a ON a.incident_id = i.id AND a.fingerprint {any_of}")
         self._alerts_sql = f"SELECT incident_id, {_ALERT_COLUMNS} FROM incident_alerts WHERE incident_id {any_of}"  # noqa: S608
@@ -327,7 +338,8 @@ class SqlStore(Db):
             _to_rows(c, Incident.model_validate_json(rows[0][4]))
             rows = self._latest_of_group(c, n.groupKey, fps)
         head = rows[0] if rows else None
-        if head is None or incidents.opens_new_incident(IncidentStatus(head[2]), n):
+        if head is None or incidents.opens_new_incident(IncidentStatus(head[2]), dt.datetime.fromisoformat(head[6]),
+                                                        n, now):
             f = incidents.fold(incoming, {}, 0, max_alerts)
             iid = incidents.incident_id(n.groupKey, min(a.starts_at for a in incoming))
             if head is not None and head[0] == iid:  # the same episode re-opened: start it afresh
@@ -339,7 +351,7 @@ class SqlStore(Db):
                 "ON CONFLICT (id) DO UPDATE SET status = excluded.status, doc = excluded.doc, "
                 "created_at = excluded.created_at, updated_at = excluded.updated_at, layout = 2, notifications = 1, "
                 "alerts_over_cap = excluded.alerts_over_cap, alert_count = excluded.alert_count, "
-                "firing_count = excluded.firing_count",
+                "firing_count = excluded.firing_count, reopened = 0",
                 (iid, n.groupKey, _status(firing), now.isoformat(), now.isoformat(), f.over_cap, f.added, firing))
             opened = True
         else:
@@ -348,10 +360,13 @@ class SqlStore(Db):
                                                    json.loads(r[14])) for r in rows if r[11] is not None}
             f = incidents.fold(incoming, stored, count, max_alerts)
             firing += f.firing_delta
+            flapped = incidents.refires(IncidentStatus(head[2]), n)  # and not a new episode: within the window
             c.execute(
                 "UPDATE incidents SET status = ?, updated_at = ?, notifications = notifications + 1, "
-                "alerts_over_cap = alerts_over_cap + ?, alert_count = alert_count + ?, firing_count = ? WHERE id = ?",
-                (_status(firing), now.isoformat() if f.changed else head[6], f.over_cap, f.added, firing, iid))
+                "alerts_over_cap = alerts_over_cap + ?, alert_count = alert_count + ?, firing_count = ?, "
+                "reopened = reopened + ? WHERE id = ?",
+                (_status(firing), now.isoformat() if f.changed else head[6], f.over_cap, f.added, firing,
+                 int(flapped), iid))
             opened = False
         if f.write:
             c.executemany(_UPSERT_ALERT, [_alert_row(iid, a) for a in f.write])
@@ -375,14 +390,14 @@ class SqlStore(Db):
             for r in c.execute(self._alerts_sql, (self._array(ids),)):
                 alerts[r[0]].append(_alert(r[1:]))
         out = []
-        for iid, group_key, _, layout, doc, created, updated, notifications, over, _count, firing in heads:
+        for iid, group_key, _, layout, doc, created, updated, notifications, over, _count, firing, reopened in heads:
             if layout == 1:  # written by an older replica after this one opened the store
                 out.append(Incident.model_validate_json(doc))
                 continue
             out.append(incidents.assemble(
                 id=iid, group_key=group_key, firing=firing, alerts=alerts[iid],
                 created_at=dt.datetime.fromisoformat(created), updated_at=dt.datetime.fromisoformat(updated),
-                notifications=notifications, alerts_over_cap=over))
+                notifications=notifications, alerts_over_cap=over, reopened=reopened))
         return out
 
     def incident(self, incident_id: str) -> Incident | None:
@@ -487,7 +502,7 @@ def open_store(url: str, *, pool_size: int = 8) -> Store:
     return SqlStore(db_target(url), pool_size=pool_size)
 
 
-_RECORD_SQL = "SELECT * FROM opsagent_record_alerts(?, ?, ?, ?, ?, ?::json)"
+_RECORD_SQL = "SELECT * FROM opsagent_record_alerts(?, ?, ?, ?, ?, ?::json, ?)"
 
 
 def _record_args(n: incidents.Notification, now: dt.datetime, max_alerts: int) -> tuple[Any, ...]:
@@ -495,7 +510,7 @@ def _record_args(n: incidents.Notification, now: dt.datetime, max_alerts: int) -
     # A fingerprint repeated in one body: its last version wins (as in incidents.fold).
     rows = [_alert_row("", a)[1:] for a in {a.fingerprint: a for a in incoming}.values()]
     return (n.groupKey, n.status, incidents.incident_id(n.groupKey, min(a.starts_at for a in incoming)),
-            now.isoformat(), max_alerts, json.dumps(rows))
+            now.isoformat(), max_alerts, json.dumps(rows), incidents.FLAP_WINDOW.total_seconds())
 
 
 def _recorded(r: Any) -> Recorded | None:

@@ -18,6 +18,7 @@ from agent.models import EvidenceStatus
 from agent.triage.state import TriageState
 from tools.base import ToolResult
 from tools.cloudwatch.tools import CloudWatchLogEventsResult, CloudWatchMetricDataResult
+from tools.k8s_read.ownership import gitops_owner
 from tools.k8s_read.tools import (
     K8sEventsResult,
     K8sHpasResult,
@@ -202,7 +203,18 @@ def _rollout(r: K8sRolloutHistoryResult, _: dict[str, str]) -> dict[str, Any]:
         "paused": h.paused,
         "rollout_complete": h.rollout_complete,
         "estimated": h.changed_at_estimated,
+        # The Deployment controller's own verdict: no progress within progressDeadlineSeconds.
+        "deadline_exceeded": bool(h.progressing and h.progressing.status == "False"
+                                  and h.progressing.reason == "ProgressDeadlineExceeded"),
     }
+    # The newest revision older than the previous one that runs neither the current nor the previous
+    # version: where a rollback goes when the previous revision carries the same defect.
+    seen = {h.current_version, h.previous_version}
+    older = next((r for r in h.revisions if h.previous_revision is not None and r.revision < h.previous_revision
+                  and r.version not in seen), None)
+    if older is not None:
+        f["older_revision"] = older.revision
+        f["older_version"] = older.version
     if h.changed_ago_s is not None:
         f["changed_ago_s"] = h.changed_ago_s
         f["changed_ago_slack_s"] = h.changed_ago_s + 180  # onset detection is as coarse as the query step
@@ -246,6 +258,13 @@ def _pods(r: K8sPodsResult, _: dict[str, str]) -> dict[str, Any]:
     f["insufficient_gpu"] = sum(
         1 for p in r.pods if any("Insufficient nvidia.com/gpu" in (cond.message or "") for cond in p.conditions)
     )
+    # Running, containers up and never restarted, yet not Ready: still starting (weights downloading or
+    # loading), not crashing and not waiting on an image.
+    f["starting"] = sum(
+        1 for p in r.pods
+        if p.phase == "Running" and not p.ready and p.restarts == 0
+        and p.containers and all(c.state == "running" and not c.ready for c in p.containers)
+    )
     return f
 
 
@@ -255,6 +274,7 @@ def _pods_summary(r: K8sPodsResult, f: dict[str, Any]) -> str:
     parts = [f"{c.total} pods, {c.ready} ready"]
     for key, label in (
         ("pending", "pending"),
+        ("starting", "running but not ready"),
         ("crashloop", "crash-looping"),
         ("oom_killed", "OOMKilled"),
         ("gpu_oom", "CUDA OOM"),
@@ -267,10 +287,25 @@ def _pods_summary(r: K8sPodsResult, f: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+# Reasons the cloud's interruption handlers (Karpenter, aws-node-termination-handler) and the node
+# lifecycle controller give when a node is taken away, as opposed to a node that merely misbehaves.
+_INTERRUPTED = {"SpotInterrupted", "SpotInterruption", "InstanceTerminating", "InstanceStopping",
+                "RebalanceRecommendation", "TerminatingOnInterruption"}
+_REMOVED = {"RemovingNode", "DeletingNode"}
+
+
+def _nodes_named(r: K8sEventsResult, reasons: set[str]) -> int:
+    names = {o for e in r.events if e.reason in reasons for o in e.objects if o.startswith("Node/")}
+    extra = sum(max(0, e.objects_total - len(e.objects)) for e in r.events if e.reason in reasons)
+    return len(names) + extra
+
+
 @extractor(K8sEventsResult)
 def _events(r: K8sEventsResult, _: dict[str, str]) -> dict[str, Any]:
     xids = [int(m.group(1)) for e in r.events if (m := _XID.search(e.message))]
     return {
+        "nodes_interrupted": _nodes_named(r, _INTERRUPTED),
+        "nodes_removed": _nodes_named(r, _REMOVED | _INTERRUPTED),
         "count": sum(e.count for e in r.events),
         "distinct": r.distinct,
         "xid": xids[0] if xids else 0,
@@ -295,7 +330,12 @@ def _nodes(r: K8sNodesResult, _: dict[str, str]) -> dict[str, Any]:
 @extractor(K8sWorkloadResult)
 def _workload(r: K8sWorkloadResult, _: dict[str, str]) -> dict[str, Any]:
     w = r.workload
-    return {
+    owner = gitops_owner(w.other_labels, w.annotations)  # instance/managed-by labels are in other_labels
+    gitops: dict[str, Any] = {"gitops": owner is not None}
+    if owner is not None:
+        gitops |= {"gitops_tool": "Argo CD" if owner.tool == "argocd" else "Flux", "gitops_source": owner.source,
+                   "gitops_evidence": owner.evidence, "gitops_certain": owner.certain}
+    return gitops | {
         "replicas": w.replicas,
         "ready_replicas": w.ready_replicas,
         "available_replicas": w.available_replicas,

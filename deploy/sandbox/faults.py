@@ -22,21 +22,26 @@ from deploy.sandbox.cluster import SANDBOX_NAMESPACE
 from deploy.sandbox.fleet import (
     GPU_RESOURCE,
     LABEL_APP,
+    LABEL_POOL,
     Fleet,
     Workload,
     deployment_manifest,
     load_prices,
+    node_manifest,
     pod_template,
 )
 from deploy.sandbox.simulator import model
 
 # Faults that are a rollout of another model version (its performance profile is the fault).
 ROLLOUT_FAULTS = ("bad-rollout", "gpu-oom", "prefix-cache-regression", "triton-batching", "tensor-cores-idle",
-                  "context-limit", "image-pull", "host-oom")
+                  "context-limit", "image-pull", "host-oom", "slow-start")
 FAULTS = (*ROLLOUT_FAULTS, "traffic-surge", "gpu-xid", "idle-overprovision", "gpu-thermal", "autoscaler-thrash",
-          "gpu-capacity")
+          "gpu-capacity", "spot-loss", "hung-worker", "traffic-flap", "gitops-owner")
 FAULT_LABEL = "opsagent.dev/fault"  # on objects a fault created, so `clear` can find them
 CONFIGMAP = "faults"
+# What Argo CD writes on what it applies (annotation tracking, its default since 3.0). The sandbox runs no
+# Argo CD, so nothing reverts a direct write here; the agent must not rely on that.
+ARGOCD_TRACKING = "argocd.argoproj.io/tracking-id"
 KEY = "faults.json"
 
 
@@ -45,7 +50,7 @@ class FaultError(RuntimeError):
 
 
 def _empty_state() -> dict[str, Any]:
-    return {"traffic": {}, "xid": {}, "heat": {}, "active": []}
+    return {"traffic": {}, "xid": {}, "heat": {}, "hung": {}, "flap": {}, "active": []}
 
 
 def read_state(core: client.CoreV1Api) -> dict[str, Any]:
@@ -95,8 +100,20 @@ def inject(api: client.ApiClient, fleet: Fleet, fault: str, target: str | None =
         mv = fleet.version(w.model, version)
         if mv is None:
             raise FaultError(f"fleet has no model version {w.model} {version} to roll out")
-        _rollout(apps, fleet, w, version, cause=f"deploy {w.model} {version}")
+        deadline = spec.get("progress_deadline_s")
+        _rollout(apps, fleet, w, version, cause=f"deploy {w.model} {version}",
+                 progress_deadline_s=int(deadline) if deadline is not None else None)
         record["version"] = version
+    elif fault == "traffic-flap":
+        # A surge on a timer (a batch client that starts every few minutes): saturated for half of each
+        # period, nominal for the other half, so the same alert resolves and fires again on a fixed period.
+        mult = surge_multiplier(fleet, w, float(spec.get("multiplier", 3.0)),
+                                float(spec.get("target_utilization", 1.6)), time.time())
+        key = f"{w.namespace}/{w.name}"
+        state["traffic"][key] = mult
+        state["flap"][key] = {"since": time.time(), "period_s": float(spec.get("period_s", 240))}
+        record["multiplier"] = round(mult, 2)
+        record["period_s"] = state["flap"][key]["period_s"]
     elif fault == "traffic-surge":
         mult = surge_multiplier(fleet, w, float(spec.get("multiplier", 3.0)),
                                 float(spec.get("target_utilization", 1.6)), time.time())
@@ -116,6 +133,30 @@ def inject(api: client.ApiClient, fleet: Fleet, fault: str, target: str | None =
         replicas = int(spec.get("replicas", fits + int(spec.get("beyond", 1))))
         apps.patch_namespaced_deployment_scale(w.name, w.namespace, {"spec": {"replicas": replicas}})
         record["replicas"] = replicas
+    elif fault == "spot-loss":
+        # The cloud reclaims several spot instances of one pool at once: Karpenter (or the node termination
+        # handler) reports the interruption, drains the nodes and deletes them. The ReplicaSets replace the
+        # evicted pods; the scheduler finds no GPUs left for some of them.
+        pool = fleet.pool(str(spec.get("pool", w.pool)))
+        if pool.capacity_type != "spot":
+            raise FaultError(f"pool {pool.name} is {pool.capacity_type}, not spot: nothing to reclaim")
+        lost = _reclaim(core, pool.name, w, int(spec.get("nodes", 3)))
+        record["pool"] = pool.name
+        record["nodes"] = lost
+    elif fault == "gitops-owner":
+        # Not a failure by itself: the workload now belongs to an Argo CD Application, as if it had been
+        # synced from Git. Combine it with a rollout fault; the fix then goes through Git.
+        app = str(spec.get("application", f"{w.namespace}-{w.name}"))
+        tracking = f"{app}:apps/Deployment:{w.namespace}/{w.name}"
+        apps.patch_namespaced_deployment(w.name, w.namespace,
+                                         {"metadata": {"annotations": {ARGOCD_TRACKING: tracking}}})
+        record["application"] = app
+    elif fault == "hung-worker":
+        # One rank of a tensor-parallel replica stuck in a collective: nothing in the API changes (the pod
+        # stays Running and Ready), so it goes to the simulator through the faults ConfigMap.
+        pod = _a_ready_pod(core, w)
+        state["hung"][f"{w.namespace}/{pod}"] = time.time()
+        record["pod"] = pod
     elif fault == "gpu-xid":
         node = _busiest_node(core, w)
         xid = int(spec.get("xid", 79))
@@ -154,6 +195,7 @@ def clear(api: client.ApiClient, fleet: Fleet) -> list[dict[str, Any]]:
     """Undo every injected fault: restore traffic, GPUs, versions and replica counts to the fleet's."""
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     state = read_state(core)
+    _restore_nodes(core, fleet)
     for node in state["xid"]:
         cap = core.read_node(node).status.capacity or {}
         core.patch_node_status(node, {"status": {"allocatable": {GPU_RESOURCE: cap.get(GPU_RESOURCE, "0")}}})
@@ -166,6 +208,12 @@ def clear(api: client.ApiClient, fleet: Fleet) -> list[dict[str, Any]]:
         labels = dep.spec.template.metadata.labels or {}
         if labels.get("model-version") != desired["spec"]["template"]["metadata"]["labels"]["model-version"]:
             _rollout(apps, fleet, w, w.version, cause=f"deploy {w.model} {w.version}")
+        if ARGOCD_TRACKING in (dep.metadata.annotations or {}):
+            apps.patch_namespaced_deployment(w.name, w.namespace,
+                                             {"metadata": {"annotations": {ARGOCD_TRACKING: None}}})
+        if dep.spec.progress_deadline_seconds != desired["spec"]["progressDeadlineSeconds"]:
+            apps.patch_namespaced_deployment(w.name, w.namespace, {"spec": {
+                "progressDeadlineSeconds": desired["spec"]["progressDeadlineSeconds"]}})
         if dep.spec.replicas != w.replicas:
             apps.patch_namespaced_deployment_scale(w.name, w.namespace, {"spec": {"replicas": w.replicas}})
     cleared: list[dict[str, Any]] = state["active"]
@@ -183,15 +231,57 @@ def surge_multiplier(fleet: Fleet, w: Workload, at_least: float, target_utilizat
     return max(at_least, target_utilization * capacity / demand) if demand > 0 else at_least
 
 
-def _rollout(apps: client.AppsV1Api, fleet: Fleet, w: Workload, version: str, cause: str) -> None:
+def _rollout(apps: client.AppsV1Api, fleet: Fleet, w: Workload, version: str, cause: str,
+             progress_deadline_s: int | None = None) -> None:
+    """Roll `w` to `version`; `progress_deadline_s` also sets the Deployment's progress deadline (a team
+    that wants a stuck rollout reported sooner than the default 10 minutes)."""
     mv = fleet.version(w.model, version)
     assert mv is not None
     template = pod_template(fleet, w, mv)
-    patch = {
-        "metadata": {"annotations": {"kubernetes.io/change-cause": cause}},
-        "spec": {"template": template},
-    }
+    spec: dict[str, Any] = {"template": template}
+    if progress_deadline_s is not None:
+        spec["progressDeadlineSeconds"] = progress_deadline_s
+    patch = {"metadata": {"annotations": {"kubernetes.io/change-cause": cause}}, "spec": spec}
     apps.patch_namespaced_deployment(w.name, w.namespace, patch)
+
+
+def _reclaim(core: client.CoreV1Api, pool: str, w: Workload, count: int) -> list[str]:
+    """Interrupt, drain and delete `count` nodes of `pool`, those serving `w` first. Returns their names."""
+    nodes = sorted(n.metadata.name for n in core.list_node(label_selector=f"{LABEL_POOL}={pool}").items)
+    pods = core.list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
+    hosting = {p.spec.node_name for p in pods if p.spec.node_name}
+    victims = sorted(nodes, key=lambda n: (n not in hosting, n))[:count]
+    if len(victims) < 2:
+        raise FaultError(f"pool {pool} has {len(nodes)} node(s); a spot loss takes several at once")
+    now = dt.datetime.now(dt.UTC).isoformat()
+    for node in victims:
+        core.create_namespaced_event("default", {
+            "metadata": {"generateName": f"{node}.", "namespace": "default"},
+            "involvedObject": {"kind": "Node", "name": node, "uid": node, "apiVersion": "v1"},
+            "reason": "SpotInterrupted",
+            "message": "Spot interruption warning was triggered; the instance will be terminated in 2 minutes",
+            "type": "Warning",
+            "source": {"component": "karpenter"},
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        })
+        core.patch_node(node, {"spec": {"unschedulable": True}})
+        for pod in core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items:
+            core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+        core.delete_node(node)
+    return victims
+
+
+def _restore_nodes(core: client.CoreV1Api, fleet: Fleet) -> None:
+    """Create the fleet's nodes that are missing (a reclaimed spot node comes back as a new instance)."""
+    present = {n.metadata.name for n in core.list_node().items}
+    catalog = load_prices()
+    for pool in fleet.pools:
+        for i in range(pool.nodes):
+            node = node_manifest(fleet, catalog, pool, i)
+            if node["metadata"]["name"] in present:
+                continue
+            core.create_node(node)
+            core.patch_node_status(node["metadata"]["name"], {"status": node["status"]})
 
 
 def _gpu_request(pod: Any) -> int:
@@ -200,6 +290,15 @@ def _gpu_request(pod: Any) -> int:
         req = (c.resources.requests or {}) if c.resources else {}
         total += int(req.get(GPU_RESOURCE, 0))
     return total
+
+
+def _a_ready_pod(core: client.CoreV1Api, w: Workload) -> str:
+    pods = core.list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
+    ready = sorted(p.metadata.name for p in pods if not p.metadata.deletion_timestamp and any(
+        c.type == "Ready" and c.status == "True" for c in p.status.conditions or []))
+    if not ready:
+        raise FaultError(f"no Ready pod of {w.namespace}/{w.name} to hang")
+    return str(ready[0])
 
 
 def _busiest_node(core: client.CoreV1Api, w: Workload) -> str:

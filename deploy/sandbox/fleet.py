@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -30,6 +30,8 @@ LABEL_RUNTIME = "serving-runtime"
 LABEL_TEAM = "team"
 LABEL_APP = "app.kubernetes.io/name"
 LABEL_POOL = "opsagent.dev/node-pool"
+CAPACITY_TYPE_LABEL = "karpenter.sh/capacity-type"  # spot | on-demand
+EKS_CAPACITY_TYPE_LABEL = "eks.amazonaws.com/capacityType"  # SPOT | ON_DEMAND
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_COUNT_LABEL = "nvidia.com/gpu.count"
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
@@ -53,6 +55,9 @@ class Pool(_Strict):
     nodes: int = Field(ge=0)
     zone: str
     gpu: bool = True
+    capacity_type: Literal["on-demand", "spot"] = Field(
+        default="on-demand", description="How the nodes are bought; spot nodes carry Karpenter's and EKS's "
+                                         "capacity-type labels and can be reclaimed together (`spot-loss`).")
 
 
 class ModelVersion(_Strict):
@@ -80,6 +85,13 @@ class ModelVersion(_Strict):
         default=None, description="The registry's answer when this version's image cannot be pulled: its pods wait "
                                   "in ImagePullBackOff (a KWOK stage) and never serve; the old ReplicaSet keeps "
                                   "serving.")
+    startup_s: float = Field(
+        default=0.0, ge=0, le=86400,
+        description="Seconds a new pod spends Running but not Ready before it serves (weights downloaded and "
+                    "loaded). 0: ready at once. A version slower than the Deployment's progress deadline "
+                    "never finishes its rollout: the controller reports ProgressDeadlineExceeded and the old "
+                    "ReplicaSet keeps serving.")
+    startup_log: str | None = Field(default=None, description="The line the server logs while it starts.")
     max_model_len: int = Field(default=131072, ge=256, description="The context length the server logs at start.")
     max_batch: int = Field(default=32, ge=1, le=1024,
                            description="Triton dynamic batching's largest batch; 1 means batching is off.")
@@ -200,6 +212,8 @@ def node_manifest(fleet: Fleet, catalog: PriceCatalog, pool: Pool, index: int) -
         ZONE_LABEL: pool.zone,
         REGION_LABEL: fleet.region,
         LABEL_POOL: pool.name,
+        CAPACITY_TYPE_LABEL: pool.capacity_type,
+        EKS_CAPACITY_TYPE_LABEL: pool.capacity_type.upper().replace("-", "_"),
     }
     capacity: dict[str, str] = {"cpu": str(it.cpu), "memory": f"{it.memory_gib}Gi", "pods": "110"}
     taints: list[dict[str, str]] = []

@@ -150,6 +150,31 @@ startTime: {{ $now | Quote }}
 """
 
 
+# A server that is still downloading or loading its weights: the container runs, the readiness probe
+# fails, the pod holds its GPUs and serves nothing. A later stage makes it Ready after the version's
+# `startup_s`; a rollout whose deadline is shorter reports ProgressDeadlineExceeded first.
+_POD_STARTING = """\
+{{ $now := Now }}
+conditions:
+- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Initialized}
+- {lastTransitionTime: {{ $now | Quote }}, status: "False", type: Ready, reason: ContainersNotReady}
+- {lastTransitionTime: {{ $now | Quote }}, status: "False", type: ContainersReady, reason: ContainersNotReady}
+- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: PodScheduled}
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  imageID: {{ printf "%s@sha256:%s" .image (sha256sum .image) | Quote }}
+  name: {{ .name | Quote }}
+  ready: false
+  started: true
+  restartCount: 0
+  state:
+    running:
+      startedAt: {{ $now | Quote }}
+{{ end }}
+""" + _POD_ADDRESSES
+
+
 def _stage(name: str, kind: str, selector: dict[str, object], template: str, *,
            delay_ms: int = 0, jitter_ms: int = 0, delete: bool = False) -> dict[str, object]:
     spec: dict[str, object] = {
@@ -171,6 +196,14 @@ def stages(fleet: Fleet) -> list[dict[str, object]]:
             deaths.setdefault((m.crash_reason, m.exit_code), []).append(_label_value(m.version))
     unpullable = sorted({_label_value(m.version) for m in fleet.model_versions if m.image_pull_error}) or ["-"]
     not_placed = {"key": ".status.hostIP", "operator": "DoesNotExist"}
+    slow: dict[float, list[str]] = {}
+    for m in fleet.model_versions:
+        if m.startup_s > 0 and not m.crash and not m.image_pull_error:
+            slow.setdefault(m.startup_s, []).append(_label_value(m.version))
+    starting = sorted({v for vs in slow.values() for v in vs}) or ["-"]
+    started = {"key": ".status.podIP", "operator": "Exists"}
+    not_ready = {"key": ".status.conditions.[] | select( .type == \"Ready\" ) | .status", "operator": "NotIn",
+                 "values": ["True"]}
     version_key = f'.metadata.labels["{LABEL_MODEL_VERSION}"]'
     alive = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
     not_started = {"key": ".status.podIP", "operator": "DoesNotExist"}
@@ -183,8 +216,15 @@ def stages(fleet: Fleet) -> list[dict[str, object]]:
             {"key": ".status.conditions.[] | select( .type == \"Ready\" ) | .status", "operator": "In",
              "values": ["True"]}]}, _NODE_HEARTBEAT, delay_ms=15000, jitter_ms=16000),
         _stage("pod-ready", "Pod", {"matchExpressions": [
-            alive, not_started, {"key": version_key, "operator": "NotIn", "values": crashing + unpullable}]},
+            alive, not_started, {"key": version_key, "operator": "NotIn", "values": crashing + unpullable + starting}]},
             _POD_READY, delay_ms=1000, jitter_ms=3000),
+        _stage("pod-starting", "Pod", {"matchExpressions": [
+            alive, not_started, {"key": version_key, "operator": "In", "values": starting}]},
+            _POD_STARTING, delay_ms=1000, jitter_ms=3000),
+        *(_stage(f"pod-ready-after-{int(secs)}s", "Pod", {"matchExpressions": [
+            alive, started, not_ready, {"key": version_key, "operator": "In", "values": sorted(versions)}]},
+            _POD_READY, delay_ms=int(secs * 1000), jitter_ms=int(secs * 1000) + 1000)
+          for secs, versions in sorted(slow.items())),
         _stage("pod-image-pull", "Pod", {"matchExpressions": [
             alive, not_placed, {"key": version_key, "operator": "In", "values": unpullable}]},
             _POD_IMAGE_PULL, delay_ms=2000, jitter_ms=3000),

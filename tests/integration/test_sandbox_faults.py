@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from typing import Any
@@ -10,6 +11,9 @@ import boto3
 import pytest
 from kubernetes import client
 
+from agent import incidents
+from agent.models import IncidentStatus
+from agent.storage.store import SqlStore
 from deploy.sandbox import faults
 from deploy.sandbox.fleet import LABEL_APP, Fleet
 from deploy.sandbox.receiver import Notification, WebhookReceiver
@@ -235,3 +239,134 @@ def test_a_scale_up_past_the_pool_leaves_pods_unschedulable(
     # The alert and its triage: tests/integration/test_triage.py (one wait for an alert per fault).
     faults.clear(admin, fleet)
     wait_until(lambda: not unschedulable(), 90, "no pod left unschedulable once the replicas are restored")
+
+
+def test_a_rollout_whose_pods_never_turn_ready_passes_its_deadline_while_the_old_replicaset_serves(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, kubectl: Any) -> None:
+    prom = sandbox["endpoints"]["prometheus"]
+    spec = fleet.faults["slow-start"]
+    w = fleet.workload(spec["workload"])
+    faults.inject(admin, fleet, "slow-start")
+    core, apps = client.CoreV1Api(admin), client.AppsV1Api(admin)
+
+    def loading() -> list[Any]:
+        pods = core.list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
+        return [p for p in pods if p.metadata.labels.get("model-version") == spec["version"]
+                and p.status.phase == "Running" and p.status.container_statuses
+                and all(c.state.running and not c.ready and c.restart_count == 0 for c in p.status.container_statuses)]
+    assert len(wait_until(loading, 60, "a new pod Running but not Ready")) == 1
+
+    def progressing() -> Any:
+        dep = apps.read_namespaced_deployment(w.name, w.namespace)
+        return next((c for c in dep.status.conditions or [] if c.type == "Progressing"), None)
+    cond = wait_until(lambda: (c := progressing()) is not None and c.status == "False" and c,
+                      spec["progress_deadline_s"] + 60, "the controller to report ProgressDeadlineExceeded")
+    assert cond.reason == "ProgressDeadlineExceeded", cond
+    dep = apps.read_namespaced_deployment(w.name, w.namespace)
+    assert (dep.status.ready_replicas or 0) == w.replicas - 1, "maxUnavailable 1: the old ReplicaSet keeps serving"
+    stuck = (f'max(kube_deployment_status_condition{{namespace="{w.namespace}", deployment="{w.name}", '
+             f'condition="Progressing", status="false"}})')
+    wait_until(lambda: scalar(prom, stuck) == 1, 60, "the stuck rollout in kube-state-metrics")
+    # The alert and its triage: tests/integration/test_triage.py (one wait for an alert per fault).
+
+    kubectl("executor", "-n", w.namespace, "rollout", "undo", f"deployment/{w.name}")
+    kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
+    wait_until(lambda: (c := progressing()) is not None and c.status == "True", 60, "the rollout to progress again")
+    wait_until(lambda: not loading(), 60, "no pod left loading")
+
+
+def test_spot_nodes_reclaimed_together_leave_the_evicted_pods_pending_until_capacity_returns(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, kubectl: Any) -> None:
+    prom = sandbox["endpoints"]["prometheus"]
+    spec = fleet.faults["spot-loss"]
+    w = fleet.workload(spec["workload"])
+    core = client.CoreV1Api(admin)
+    pool_nodes = f"opsagent.dev/node-pool={w.pool}"
+    before = {n.metadata.name for n in core.list_node(label_selector=pool_nodes).items}
+    assert all(n.metadata.labels["karpenter.sh/capacity-type"] == "spot"
+               for n in core.list_node(label_selector=pool_nodes).items)
+    rec = faults.inject(admin, fleet, "spot-loss")
+    assert len(rec["nodes"]) == spec["nodes"]
+    after = {n.metadata.name for n in core.list_node(label_selector=pool_nodes).items}
+    assert after == before - set(rec["nodes"]), "the reclaimed nodes are gone from the API"
+
+    def pending() -> list[Any]:
+        pods = core.list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
+        return [p for p in pods if p.status.phase == "Pending" and any(
+            c.type == "PodScheduled" and c.reason == "Unschedulable"
+            and "Insufficient nvidia.com/gpu" in (c.message or "") for c in p.status.conditions or [])]
+    stuck = wait_until(pending, 90, "an evicted pod's replacement the scheduler cannot place")
+    assert len(stuck) == w.replicas - (len(before) - len(rec["nodes"])), "only what the surviving node holds runs"
+    events = json.loads(kubectl("admin", "-n", "default", "get", "events", "-o", "json").stdout)["items"]
+    interrupted = {e["involvedObject"]["name"] for e in events if e["reason"] == "SpotInterrupted"}
+    assert interrupted >= set(rec["nodes"])
+    nodes_metric = f'count(kube_node_labels{{label_opsagent_dev_node_pool="{w.pool}"}})'
+    wait_until(lambda: scalar(prom, nodes_metric) == len(after), 90, "kube-state-metrics to count fewer nodes")
+    metric = f'sum(kube_pod_status_unschedulable{{namespace="{w.namespace}"}})'
+    wait_until(lambda: (scalar(prom, metric) or 0) >= 1, 90, "kube_pod_status_unschedulable in kube-state-metrics")
+    # The alert and its triage: tests/integration/test_triage.py (one wait for an alert per fault).
+
+    faults.clear(admin, fleet)  # replacement instances join the pool
+    wait_until(lambda: {n.metadata.name for n in core.list_node(label_selector=pool_nodes).items} == before, 30,
+               "the pool's nodes to come back")
+    wait_until(lambda: not pending(), 120, "every pod scheduled once capacity returned")
+
+
+def test_a_hung_worker_stays_ready_with_busy_gpus_and_no_tokens_until_its_pod_is_restarted(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, kubectl: Any) -> None:
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["hung-worker"]["workload"])
+    rec = faults.inject(admin, fleet, "hung-worker")
+    pod, ns = rec["pod"], w.namespace
+    tokens = f'sum(rate(vllm:generation_tokens_total{{namespace="{ns}", pod="{pod}"}}[30s]))'
+    peers = f'sum(rate(vllm:generation_tokens_total{{namespace="{ns}", model_name="{w.model}", pod!="{pod}"}}[30s]))'
+    running = f'max(vllm:num_requests_running{{namespace="{ns}", pod="{pod}"}})'
+    util = f'avg(DCGM_FI_DEV_GPU_UTIL{{namespace="{ns}", pod="{pod}"}})'
+    wait_until(lambda: scalar(prom, tokens) == 0, 90, "the hung replica's token rate to drop to zero")
+    assert (scalar(prom, peers) or 0) > 0, "the other replicas keep generating"
+    assert (scalar(prom, running) or 0) >= 200, "its running batch stays full"
+    assert (scalar(prom, util) or 0) >= 90, "its GPUs read busy"
+    p = client.CoreV1Api(admin).read_namespaced_pod(pod, ns)
+    assert p.status.phase == "Running" and all(c.ready and c.restart_count == 0 for c in p.status.container_statuses)
+    # The alert and its triage: tests/integration/test_triage.py (one wait for an alert per fault).
+
+    kubectl("admin", "-n", ns, "delete", "pod", pod, "--wait=true", "--timeout=60s")  # the human's fix
+    kubectl("admin", "-n", ns, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
+    per_pod = f'rate(vllm:generation_tokens_total{{namespace="{ns}", model_name="{w.model}"}}[30s])'
+    wait_until(lambda: scalar(prom, f"count(max by (pod) ({per_pod}) > 0)") == w.replicas, 120,
+               "every replica generating again")
+
+
+def test_a_surge_on_a_timer_makes_its_alert_resolve_and_fire_again_and_stays_one_incident(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver,
+        tmp_path: Any) -> None:
+    spec = fleet.faults["traffic-flap"]
+    w = fleet.workload(spec["workload"])
+    t0 = time.time()
+    faults.inject(admin, fleet, "traffic-flap")
+
+    def status_of(n: Notification) -> str | None:
+        alerts = [a for a in n.body.get("alerts", []) if a["labels"].get("alertname") == "KVCacheSaturated"
+                  and a["labels"].get("namespace") == w.namespace]
+        return alerts[0]["status"] if alerts else None
+
+    period = spec["period_s"]
+    fired = webhook.wait_for(lambda n: status_of(n) == "firing", timeout=period + 60, since=t0)
+    resolved = webhook.wait_for(lambda n: status_of(n) == "resolved", timeout=period + 60, since=fired.received_at)
+    again = webhook.wait_for(lambda n: status_of(n) == "firing", timeout=period + 60, since=resolved.received_at)
+    gap = again.received_at - fired.received_at
+    print(f"\nfired → resolved → fired again: {resolved.received_at - fired.received_at:.0f}s, {gap:.0f}s")
+    assert 0.5 * period <= gap <= 1.5 * period, "it re-fires on the fault's period"
+
+    store = SqlStore(tmp_path / "store.db")  # every delivery, resolved ones included, into the agent's intake
+    try:
+        opened = None
+        for n in (fired, resolved, again):
+            at = dt.datetime.fromtimestamp(n.received_at, dt.UTC)
+            inc, _ = store.record_notification(incidents.parse(json.dumps(n.body).encode()), at)
+            opened = opened or inc.id
+            assert inc.id == opened
+        assert inc.status == IncidentStatus.FIRING and inc.reopened == 1
+        assert len(store.incidents()) == 1
+    finally:
+        store.close()

@@ -188,3 +188,77 @@ def test_pods_waiting_for_a_full_pool_are_a_capacity_limit_for_a_human(
     top = report.top
     assert top is not None and top.category == Category.CAPACITY, report.summary
     assert [p.kind for p in report.proposals] == [ActionKind.PAGE_HUMAN]
+
+
+def test_a_rollout_whose_pods_never_turn_ready_is_a_start_up_failure_rolled_back(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    w, report = _triage_fault(app, admin, fleet, webhook, "slow-start", "ModelServerRolloutStuck")
+    top = report.top
+    assert top is not None and top.category == Category.IMAGE_STARTUP, report.summary
+    assert top.culprit is not None and (top.culprit.kind, top.culprit.name) == ("Deployment", w.name)
+    assert any("never became ready" in s for s in top.supporting), top.supporting
+    assert any("ProgressDeadlineExceeded" in s for s in top.supporting), top.supporting
+    assert [p.kind for p in report.proposals] == [ActionKind.ROLLBACK]
+
+
+def test_pods_pending_after_spot_nodes_were_reclaimed_are_lost_capacity_for_a_human(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    _, report = _triage_fault(app, admin, fleet, webhook, "spot-loss", "GPUPodsPending")
+    top = report.top
+    assert top is not None and top.category == Category.CAPACITY, report.summary
+    assert any("taken away" in s for s in top.supporting), top.supporting
+    assert [p.kind for p in report.proposals] == [ActionKind.PAGE_HUMAN]
+
+
+def test_a_ready_replica_that_generates_nothing_is_a_hung_worker_paged_with_its_pod(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    w, report = _triage_fault(app, admin, fleet, webhook, "hung-worker", "ModelServerStalled")
+    top = report.top
+    assert top is not None and top.category == Category.HUNG_WORKER, report.summary
+    assert top.culprit is not None and top.culprit.kind == "Pod" and top.culprit.name.startswith(w.name)
+    assert any("no token" in s for s in top.supporting) and any("busy" in s for s in top.supporting), top.supporting
+    assert [p.kind for p in report.proposals] == [ActionKind.PAGE_HUMAN]
+
+
+def test_a_rollback_skips_a_previous_revision_that_carried_the_same_defect(
+        sandbox: dict[str, Any], app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver,
+        kubectl: Any) -> None:
+    from tests.integration.promql import scalar, wait_until
+
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["bad-rollout"]["workload"])
+    first = fleet.faults["bad-rollout"]["version"]
+    faults.inject(admin, fleet, "bad-rollout")
+    kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
+    by_version = (f'max by (namespace, pod) (kube_pod_labels{{namespace="{w.namespace}", '
+                  f'label_model_version="{first}"}})')
+    served = (f'quantile_over_time(0.5, (sum(rate(http_requests_total{{namespace="{w.namespace}", status="5xx"}}[5m])'
+              f' * on (namespace, pod) group_left() {by_version}) / sum(rate(http_requests_total'
+              f'{{namespace="{w.namespace}"}}[5m]) * on (namespace, pod) group_left() {by_version}))[6h:1m])')
+    wait_until(lambda: (scalar(prom, served) or 0) > 0.03, 240, "Prometheus to record the first build's 5xx share",
+               interval=10)
+    before = client.AppsV1Api(admin).read_namespaced_deployment(w.name, w.namespace)
+    good = int(before.metadata.annotations["deployment.kubernetes.io/revision"]) - 1
+
+    t0 = time.time()
+    faults.inject(admin, fleet, "bad-rollout", params={"version": "2025.07.2"})  # the same defect, rebuilt
+    kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=120s")
+    report = _triage(app, _wait_alert(webhook, {"ModelServingErrorRateHigh", "ModelServingTTFTHigh"}, t0,
+                                      namespace=w.namespace))
+    assert report.top is not None and report.top.category == Category.BAD_ROLLOUT, report.summary
+    assert [p.kind for p in report.proposals] == [ActionKind.ROLLBACK], report.proposals
+    rollback = report.proposals[0]
+    assert rollback.params["to_revision"] <= good, "not back to the first build, which failed the same way"
+    assert first in rollback.reason, rollback.reason
+
+
+def test_a_bad_rollout_of_a_workload_argo_cd_owns_is_a_change_for_git_not_a_rollback(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    faults.inject(admin, fleet, "gitops-owner")  # the Deployment now carries Argo CD's tracking annotation
+    w, report = _triage_fault(app, admin, fleet, webhook, "bad-rollout", "ModelServingErrorRateHigh")
+    assert report.top is not None and report.top.category == Category.BAD_ROLLOUT, report.summary
+    assert [p.kind for p in report.proposals] == [ActionKind.PAGE_HUMAN], report.proposals
+    patch = report.proposals[0].params["manifest_patch"]
+    assert patch["owner"] == "Argo CD" and patch["change"]["kind"] == "rollback"
+    assert patch["change"]["target"] == f"Deployment {w.namespace}/{w.name}"
+    assert "reverted on its next sync" in report.proposals[0].reason

@@ -77,15 +77,23 @@ def test_a_fingerprint_twice_in_one_body_is_stored_once_with_its_last_version(db
     store.close()
 
 
-SCRIPT: list[tuple[incidents.Notification, int]] = [
-    (note(alert("a"), alert("b", model_name="m")), 3),
-    (note(alert("a"), alert("b", model_name="m")), 3),  # re-send
-    (note(alert("b", summary="worse", model_name="m"), alert("c"), alert("d"), alert("e")), 3),  # change + cap
-    (note(alert("a", "resolved", ends="2026-11-23T08:10:00+01:00"), status="resolved"), 3),  # a non-UTC offset
-    (note(alert("a", "resolved", ends="2026-11-23T07:10:00Z"), status="resolved"), 3),  # the same instant
-    (note(*(alert(fp, "resolved", ends="2026-11-23T08:20:00Z") for fp in "bc"), status="resolved"), 3),
-    (note(*(alert(fp, starts="2026-11-23T09:00:00Z") for fp in "az")), 3),  # fires again after it resolved
-    (note(alert("q", severity="warning"), group="other"), 3),
+# (delivery, cap, seconds after NOW it arrives)
+FLAP = incidents.FLAP_WINDOW.total_seconds()
+
+SCRIPT: list[tuple[incidents.Notification, int, float]] = [
+    (note(alert("a"), alert("b", model_name="m")), 3, 0),
+    (note(alert("a"), alert("b", model_name="m")), 3, 1),  # re-send
+    (note(alert("b", summary="worse", model_name="m"), alert("c"), alert("d"), alert("e")), 3, 2),  # change + cap
+    (note(alert("a", "resolved", ends="2026-11-23T08:10:00+01:00"), status="resolved"), 3, 3),  # a non-UTC offset
+    (note(alert("a", "resolved", ends="2026-11-23T07:10:00Z"), status="resolved"), 3, 4),  # the same instant
+    (note(*(alert(fp, "resolved", ends="2026-11-23T08:20:00Z") for fp in "bc"), status="resolved"), 3, 5),
+    # fires again after it resolved, beyond the flap window: a new episode
+    (note(*(alert(fp, starts="2026-11-23T09:00:00Z") for fp in "az")), 3, 5 + FLAP + 60),
+    (note(alert("q", severity="warning"), group="other"), 3, 5 + FLAP + 61),
+    # resolves and fires again two minutes later: flapping, the same incident reopened
+    (note(*(alert(fp, "resolved", ends="2026-11-23T09:40:00Z") for fp in "az"), status="resolved"), 3,
+     5 + FLAP + 120),
+    (note(*(alert(fp, starts="2026-11-23T09:42:00Z") for fp in "az")), 3, 5 + FLAP + 240),
 ]
 
 
@@ -95,14 +103,17 @@ def test_sqlite_and_postgres_fold_the_same_deliveries_into_the_same_incidents(tm
     results = {}
     for name, target in (("sqlite", str(tmp_path / "s.db")), ("postgres", postgres.create_database())):
         store = SqlStore(target)
-        seen = [store.record_alerts(n, NOW + dt.timedelta(seconds=i), max_alerts=cap)
-                for i, (n, cap) in enumerate(SCRIPT)]
+        seen = [store.record_alerts(n, NOW + dt.timedelta(seconds=after), max_alerts=cap)
+                for n, cap, after in SCRIPT]
         results[name] = (seen, [i.model_dump(mode="json") for i in store.incidents()])
         store.close()
     assert results["sqlite"] == results["postgres"]
     seen, stored = results["postgres"]
     assert [(r.changed, r.opened) for r in seen] == [(True, True), (False, False), (True, False), (True, False),
-                                                     (False, False), (True, False), (True, True), (True, True)]
+                                                     (False, False), (True, False), (True, True), (True, True),
+                                                     (True, False), (True, False)]
+    assert seen[-1].incident_id == seen[6].incident_id, "a flap reopens its incident"
+    assert [i["reopened"] for i in stored if i["id"] == seen[6].incident_id] == [1]
     assert len(stored) == 3 and {i["status"] for i in stored} == {"firing", "resolved"}
 
 

@@ -94,3 +94,28 @@ def test_incident_ids_agree_across_replicas() -> None:
     start = dt.datetime(2026, 11, 23, 8, 0, 5, tzinfo=dt.UTC)
     assert incidents.incident_id("g", start) == incidents.incident_id("g", start)
     assert incidents.incident_id("g", start) != incidents.incident_id("h", start)
+
+
+def _flip(status: str, at: str) -> dict[str, Any]:
+    b = body()
+    b["status"] = status
+    for a in b["alerts"]:
+        a["status"] = status
+        a["startsAt"] = at
+        a["endsAt"] = at if status == "resolved" else "0001-01-01T00:00:00Z"
+    return b
+
+
+def test_an_alert_that_flaps_on_a_period_stays_one_incident_counting_its_reopenings(store: SqlStore) -> None:
+    first, _ = store.record_notification(incidents.parse(json.dumps(body()).encode()), NOW)
+    t = NOW
+    for cycle in range(4):  # resolves and fires again every 4 minutes, like a signal hovering at its threshold
+        t += dt.timedelta(minutes=2)
+        inc, _ = store.record_notification(incidents.parse(json.dumps(_flip("resolved", t.isoformat())).encode()), t)
+        assert inc.status == IncidentStatus.RESOLVED
+        t += dt.timedelta(minutes=2)
+        inc, changed = store.record_notification(incidents.parse(json.dumps(_flip("firing", t.isoformat())).encode()),
+                                                 t)
+        assert changed and inc.id == first.id and inc.status == IncidentStatus.FIRING
+        assert inc.reopened == cycle + 1
+    assert len(store.incidents()) == 1, "a flapping alert is one incident, not one per re-fire"

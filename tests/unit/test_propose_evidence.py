@@ -63,3 +63,20 @@ def test_a_rollback_needs_the_rollout_history_of_that_very_deployment() -> None:
     props = propose("bad-rollout", CTX, [other, *SIGNALS])
     assert [p.kind for p in props] == [ActionKind.PAGE_HUMAN]
     assert "only an alert label names it" in props[0].reason
+
+
+def test_a_write_to_a_gitops_owned_deployment_becomes_a_change_for_git_never_a_write() -> None:
+    from agent.triage.nodes.propose import _through_git
+    from tools.k8s_read.ownership import gitops_owner
+
+    read = ev("rollout", {"namespace": "llm-prod", "name": "chat-primary"}, **ROLLOUT)
+    [rollback] = propose("bad-rollout", CTX, [read, *SIGNALS])
+    owner = gitops_owner({}, {"argocd.argoproj.io/tracking-id": "llm-prod-chat:apps/Deployment:llm-prod/chat-primary"})
+    out = _through_git(rollback, owner)
+    assert out.kind == ActionKind.PAGE_HUMAN and out.target == rollback.target
+    patch = out.params["manifest_patch"]
+    assert patch["owner"] == "Argo CD" and patch["source"] == "llm-prod-chat"
+    assert patch["change"] == {"kind": "rollback", "target": "Deployment llm-prod/chat-primary",
+                               "params": rollback.params}
+    assert "reverted on its next sync" in out.reason and rollback.reason in out.reason
+    assert _through_git(rollback, None) == rollback, "a workload nobody reconciles keeps its direct rollback"

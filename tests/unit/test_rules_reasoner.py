@@ -210,9 +210,9 @@ def test_containers_killed_by_the_kernel_are_host_memory_not_gpu_memory() -> Non
 
 def test_pods_pending_for_gpus_with_no_gpu_lost_are_a_capacity_limit_paged_to_a_human() -> None:
     evidence = [ev("xid", EvidenceStatus.EMPTY, count=0), ev("gpu_nodes", unallocatable=0, not_ready=0, gpu_nodes=8),
-                ev("pending", insufficient_gpu=2, pending=2)]
+                ev("pending", insufficient_gpu=2, pending=2), ev("lost_nodes", nodes_removed=0, nodes_interrupted=0)]
     hyps, props = diagnose(["gpu-capacity", "gpu-xid"], evidence, {"namespace": "llm-prod"})
-    assert hyps[0].category == Category.CAPACITY and hyps[0].confidence == 1.0
+    assert hyps[0].category == Category.CAPACITY and hyps[0].id == "gpu-capacity" and hyps[0].confidence == 1.0
     assert [p.kind for p in props] == [ActionKind.PAGE_HUMAN]
 
 
@@ -229,3 +229,80 @@ def test_an_earlier_incidents_cuda_lines_do_not_outweigh_the_pods_own_oomkilled(
                             restarts_max=4), ev("oom_logs", matches=4), *HEALTHY_FLEET]
     hyps, _ = diagnose(["host-memory", "gpu-oom", "healthy"], evidence)
     assert hyps[0].category == Category.HOST_MEMORY and hyps[0].confidence >= 0.35
+
+
+def test_pods_that_run_but_never_turn_ready_past_the_deadline_are_a_start_up_failure_rolled_back() -> None:
+    stuck = ROLLOUT.model_copy(update={"features": {**ROLLOUT.features, "rollout_complete": False,
+                                                     "deadline_exceeded": True}})
+    evidence = [stuck, ev("pods", total=3, ready=2, starting=1, image_pull_errors=0, crashloop=0),
+                ev("workload", replicas=3, ready_replicas=2), *HEALTHY_FLEET]
+    hyps, props = diagnose(["image-startup", "healthy"], evidence)
+    assert hyps[0].category == Category.IMAGE_STARTUP and hyps[0].confidence >= 0.9
+    assert any("never became ready" in s for s in hyps[0].supporting)
+    assert any("ProgressDeadlineExceeded" in s for s in hyps[0].supporting)
+    assert [(p.kind, p.params) for p in props] == [(ActionKind.ROLLBACK, {"to_revision": 1})]
+
+
+def test_pods_pending_after_spot_nodes_were_reclaimed_are_lost_capacity_paged_to_a_human() -> None:
+    evidence = [ev("xid", EvidenceStatus.EMPTY, count=0), ev("gpu_nodes", unallocatable=0, not_ready=0, gpu_nodes=5),
+                ev("pending", insufficient_gpu=1, pending=1), ev("lost_nodes", nodes_removed=3, nodes_interrupted=3)]
+    hyps, props = diagnose(["gpu-capacity", "gpu-xid"], evidence, {"namespace": "llm-prod"})
+    assert hyps[0].category == Category.CAPACITY and hyps[0].id == "capacity-lost", hyps[0]
+    assert any("3 node(s) were taken away" in s for s in hyps[0].supporting)
+    outgrown = next(h for h in hyps if h.id == "gpu-capacity")
+    assert outgrown.confidence < hyps[0].confidence, "lost nodes are not read as demand outgrowing the pool"
+    assert [p.kind for p in props] == [ActionKind.PAGE_HUMAN]
+
+
+def _stalled(gpu_util: float, peers: float) -> list[Evidence]:
+    return [ev("pod_tokens", value=0.0), ev("pod_running", value=256), ev("pod_gpu", value=gpu_util),
+            ev("peer_tokens", value=peers), ev("pods", total=3, ready=3, not_ready=0, crashloop=0), *HEALTHY_FLEET]
+
+
+def test_a_ready_replica_with_busy_gpus_and_no_tokens_is_a_hung_worker_paged_with_the_pod_named() -> None:
+    ctx = {**CTX, "pod": "chat-primary-7d9f8b6c5d-x2x9q"}
+    hyps, props = diagnose(["hung-worker", "healthy"], _stalled(100.0, 1900.0), ctx)
+    assert hyps[0].category == Category.HUNG_WORKER and hyps[0].confidence == 1.0
+    assert hyps[0].culprit is not None and (hyps[0].culprit.kind, hyps[0].culprit.name) == ("Pod", ctx["pod"])
+    assert [p.kind for p in props] == [ActionKind.PAGE_HUMAN]
+    assert props[0].target is not None and props[0].target.name == ctx["pod"]
+    assert "restart" in props[0].reason
+
+
+def test_a_replica_with_idle_gpus_and_no_tokens_is_not_called_hung() -> None:
+    hyps, _ = diagnose(["hung-worker", "healthy"], _stalled(0.0, 1900.0), {**CTX, "pod": "chat-primary-a-b"})
+    hung = next(h for h in hyps if h.category == Category.HUNG_WORKER)
+    assert hung.confidence < 0.5
+
+
+def _regressed(previous_errors: float | None, older_errors: float | None) -> list[Evidence]:
+    rollout = ev("rollout", revisions=3, current_revision=7, previous_revision=6, current_version="2025.07.2",
+                 previous_version="2025.07.0", older_revision=5, older_version="2025.06.1", changed_ago_s=120,
+                 changed_ago_slack_s=300, changed_ago_min=2)
+    out = [rollout, ev("errors", baseline=0.001, recent=0.07, change_ratio=70, onset_ago_s=240),
+           ev("ttft", baseline=0.4, recent=2.3, change_ratio=5.7, onset_ago_s=240), ev("traffic", change_ratio=1.0),
+           ev("prefix_hit", change_ratio=0.3)]
+    out.append(ev("previous_errors", value=previous_errors) if previous_errors is not None
+               else ev("previous_errors", EvidenceStatus.EMPTY))
+    out.append(ev("older_errors", value=older_errors) if older_errors is not None
+               else ev("older_errors", EvidenceStatus.EMPTY))
+    return out
+
+
+def test_a_rollback_never_returns_to_a_previous_revision_that_failed_the_same_way() -> None:
+    hyps, props = diagnose(["bad-rollout"], _regressed(0.07, 0.001))
+    assert hyps[0].category == Category.BAD_ROLLOUT
+    assert [(p.kind, p.params) for p in props] == [(ActionKind.ROLLBACK, {"to_revision": 5})]
+    assert "2025.07.0" in props[0].reason and "2025.06.1" in props[0].reason
+
+
+def test_with_no_known_good_revision_behind_a_bad_previous_one_a_human_is_paged() -> None:
+    _, props = diagnose(["bad-rollout"], _regressed(0.07, None))
+    assert [p.kind for p in props] == [ActionKind.PAGE_HUMAN]
+    assert "same defect" in props[0].reason
+
+
+def test_a_previous_revision_that_served_within_slo_or_left_no_record_is_the_rollback_target() -> None:
+    for previous in (0.001, None):
+        _, props = diagnose(["bad-rollout"], _regressed(previous, 0.001))
+        assert [(p.kind, p.params) for p in props] == [(ActionKind.ROLLBACK, {"to_revision": 6})], previous

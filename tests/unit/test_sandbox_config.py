@@ -98,5 +98,10 @@ def test_kwok_crash_stage_matches_only_crashing_versions() -> None:
     killed = stages["pod-crash-oomkilled-137"]["spec"]["selector"]["matchExpressions"][1]["values"]
     assert killed == ["2025.07.5"]
     assert "exitCode: 137" in stages["pod-crash-oomkilled-137"]["spec"]["next"]["statusTemplate"]
+    start_values = stages["pod-starting"]["spec"]["selector"]["matchExpressions"][2]["values"]
+    assert start_values == ["2025.07.6", "5"]
     assert ready_expr["operator"] == "NotIn" and sorted(ready_expr["values"]) == sorted(
-        crash_values + killed + pull_values)
+        crash_values + killed + pull_values + start_values)
+    late = stages["pod-ready-after-14400s"]["spec"]
+    assert late["delay"]["durationMilliseconds"] == 14_400_000, "slow versions turn Ready only after startup_s"
+    assert late["selector"]["matchExpressions"][-1]["values"] == start_values

@@ -98,8 +98,19 @@ async def gather(state: TriageState, runtime: Runtime[TriageContext]) -> dict[st
     evidence.append(history)
     # Context the alert did not carry but the evidence reveals (e.g. which node reports the XID).
     feats = feature_map({"context": context, "evidence": evidence})
+    derived: set[str] = set()
     for b in books:
         for key, expr in b.derive.items():
             if not context.get(key) and (v := evaluate_value(compile_value(expr), feats)) not in (None, ""):
                 context[key] = str(v)
+                derived.add(key)
+    # A second, last round for the queries that waited on what the first one revealed (the previous
+    # revision's version, to read how it behaved while it served). Never a third: no chains.
+    waiting = [i for i, e in enumerate(evidence) if e.status == EvidenceStatus.SKIPPED and e.id in seen
+               and (placeholders(seen[e.id].params) | set(seen[e.id].requires)) & derived]
+    if waiting:
+        again = await asyncio.gather(*(run_query(seen[evidence[i].id], context, ctx.runner, ctx.actor, incident.id,
+                                                 exclude, logs_since, now) for i in waiting))
+        for i, e in zip(waiting, again, strict=True):
+            evidence[i] = e
     return {"context": context, "evidence": evidence}

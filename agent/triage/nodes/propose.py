@@ -24,6 +24,8 @@ from agent.triage.features import CULPRIT_KINDS, MIN_CONFIDENCE, feature_map
 from agent.triage.render import render
 from agent.triage.runbooks import Remediation, Runbook
 from agent.triage.state import TriageContext, TriageState
+from tools.k8s_read.ownership import GitOpsOwner, gitops_owner
+from tools.k8s_read.tools import K8sWorkloadResult
 
 
 def _param(value: Any, feats: dict[str, Any]) -> Any:
@@ -69,6 +71,9 @@ def proposals_for(top: Hypothesis | None, books: list[Runbook], feats: dict[str,
     if top.confidence < MIN_CONFIDENCE:
         return [ProposedAction(kind=ActionKind.PAGE_HUMAN, hypothesis_id=top.id,
                                reason=f"evidence is inconclusive (top hypothesis {top.confidence:.0%})")]
+    # Evidence a runbook declares but that never came back (not gathered, not recorded) is evidence the
+    # agent does not have: `<id>.ok` is false for it, as for a query that failed.
+    feats = {**{f"{q.id}.ok": False for b in books for q in b.evidence}, **feats}
     out: list[ProposedAction] = []
     doubts: list[str] = []
     for book in books:
@@ -107,7 +112,43 @@ async def propose(state: TriageState, runtime: Runtime[TriageContext]) -> dict[s
     # The policy's limits as `policy.*` features, so a runbook can size a step the policy allows
     # (e.g. a scale-down that removes no more than policy.max_capacity_drop of the capacity at once).
     feats.update({f"policy.{k}": v for k, v in runtime.context.limits.items()})
-    return {"proposals": proposals_for(hyps[0] if hyps else None, books, feats, objects_read(state))}
+    proposals = proposals_for(hyps[0] if hyps else None, books, feats, objects_read(state))
+    owners = {}
+    for p in proposals:
+        if p.kind in WRITES and p.target is not None and p.target.kind == "Deployment" and p.target.namespace:
+            owners[p.target.name] = await _owner(runtime.context, p.target, state["incident"].id)
+    return {"proposals": [_through_git(p, owners.get(p.target.name)) if p.target is not None else p
+                          for p in proposals]}
+
+
+# Proposals that write to the target; a GitOps controller would revert each of them on its next sync.
+WRITES = {ActionKind.ROLLBACK, ActionKind.SCALE, ActionKind.SET_GPU_RESOURCES, ActionKind.PAUSE_ROLLOUT,
+          ActionKind.RESUME_ROLLOUT, ActionKind.DEPLOY}
+
+
+async def _owner(ctx: TriageContext, target: ObjectRef, incident_id: str) -> GitOpsOwner | None:
+    """Read the target's own metadata (whatever the runbook gathered) and name its GitOps owner, if any."""
+    out = await ctx.runner.call("k8s_get_workload", {"namespace": target.namespace, "name": target.name},
+                                actor=ctx.actor, incident_id=incident_id)
+    if not out.ok or not isinstance(out.result, K8sWorkloadResult):
+        return None
+    w = out.result.workload
+    return gitops_owner(w.other_labels, w.annotations)
+
+
+def _through_git(p: ProposedAction, owner: GitOpsOwner | None) -> ProposedAction:
+    """A write to a GitOps-owned object becomes a manifest change for a human to apply in Git, never a write."""
+    if owner is None or p.kind not in WRITES or p.target is None:
+        return p
+    tool = "Argo CD" if owner.tool == "argocd" else "Flux"
+    t = p.target
+    patch = {"owner": tool, "source": owner.source, "evidence": owner.evidence, "certain": owner.certain,
+             "change": {"kind": p.kind.value, "target": f"{t.kind} {t.namespace}/{t.name}", "params": p.params}}
+    return ProposedAction(
+        kind=ActionKind.PAGE_HUMAN, target=t, hypothesis_id=p.hypothesis_id, params={"manifest_patch": patch},
+        reason=(f"{t.kind} {t.namespace}/{t.name} is reconciled by {tool} ({owner.source}; {owner.evidence}): a "
+                f"direct {p.kind.value} would be reverted on its next sync, so nothing is written to the cluster. "
+                f"Make the change in the repository {tool} syncs from and let it roll out: {p.reason}"))
 
 
 def objects_read(state: TriageState) -> set[str]:

@@ -252,6 +252,9 @@ def log_lines(
                 ),
             ]
         return out
+    if mv is not None and mv.startup_log and not r.pod.ready and r.pod.phase == "Running":
+        # Still fetching or loading weights: the same progress line, nothing served.
+        return [(t + period / 2, "stdout", mv.startup_log)]
     if isinstance(s, model.VllmSignals):
         n_ok = s.success_rps * period
         n_err = s.served_rps * s.error_share * period

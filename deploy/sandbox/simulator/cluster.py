@@ -125,6 +125,12 @@ class Faults:
     traffic: Mapping[str, float] = field(default_factory=dict)  # "namespace/workload" → ×
     xid: Mapping[str, int] = field(default_factory=dict)  # node name → last XID
     heat: Mapping[str, float] = field(default_factory=dict)  # node name → extra °C (cooling failure)
+    # "namespace/pod" → epoch second its tensor-parallel workers hung (a rank stuck in a collective). Keyed
+    # by pod: the replacement a restart creates has another name, and serves.
+    hung: Mapping[str, float] = field(default_factory=dict)
+    # "namespace/workload" → (epoch second it began, period in seconds): its traffic fault is on for the first
+    # half of each period and off for the second (a batch job on a timer), so its alerts resolve and re-fire.
+    flap: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, raw: str | None) -> Faults:
@@ -133,7 +139,18 @@ class Faults:
             traffic={str(k): float(v) for k, v in (doc.get("traffic") or {}).items()},
             xid={str(k): int(v) for k, v in (doc.get("xid") or {}).items()},
             heat={str(k): float(v) for k, v in (doc.get("heat") or {}).items()},
+            hung={str(k): float(v) for k, v in (doc.get("hung") or {}).items()},
+            flap={str(k): (float(v["since"]), float(v["period_s"])) for k, v in (doc.get("flap") or {}).items()},
         )
+
+    def traffic_at(self, key: str, t: float) -> float:
+        """The traffic multiplier of workload `key` ("namespace/name") at epoch second `t`."""
+        mult = self.traffic.get(key, 1.0)
+        if key in self.flap:
+            since, period = self.flap[key]
+            if period > 0 and (t - since) % period >= period / 2:
+                return 1.0
+        return mult
 
 
 @dataclass(frozen=True)

@@ -219,6 +219,36 @@ def vllm_signals(mv: ModelVersion, speed: float, rps: float) -> VllmSignals:
     )
 
 
+def stalled_vllm_signals(mv: ModelVersion, rps: float, stalled_s: float) -> VllmSignals:
+    """A vLLM replica whose tensor-parallel workers are stuck in a collective (one rank hung in NCCL).
+
+    The API server still accepts requests and the pod stays Ready, but no step completes: nothing is
+    served, no token comes out, the batch stays full and the queue grows with the traffic the load
+    balancer keeps sending. The other ranks spin in the all-reduce, so the GPUs read as fully busy.
+    """
+    frozen = LogNormal(mv.ttft_s, 0.4)  # never observed: nothing finishes
+    return VllmSignals(
+        rho=0.0,
+        offered_rps=rps,
+        served_rps=0.0,
+        success_rps=0.0,
+        error_share=0.0,
+        running=float(MAX_NUM_SEQS),
+        waiting=float(round(min(5000.0, rps * max(stalled_s, 0.0)))),
+        kv_usage=0.62,
+        preemptions_per_s=0.0,
+        prompt_tps=0.0,
+        generation_tps=0.0,
+        prefix_hit=mv.prefix_hit,
+        ttft=frozen,
+        itl=LogNormal(mv.itl_s, 0.25),
+        e2e=frozen,
+        queue=LogNormal(max(stalled_s, 1.0), 0.9),
+        output_tokens=mv.output_tokens,
+        gr_active=0.99,
+    )
+
+
 # ---- a Triton replica -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TritonSignals:

@@ -210,7 +210,7 @@ class Placement:
 
     def workload_demand(self, w: Workload, t: float) -> float:
         """Requests/s arriving for `w` at `t`, with the traffic fault multiplier applied."""
-        mult = self.snapshot.faults.traffic.get(f"{w.namespace}/{w.name}", 1.0)
+        mult = self.snapshot.faults.traffic_at(f"{w.namespace}/{w.name}", t)
         # The simulation clock (exporter.LiveFleet.set_clock) moves only the demand model's hour of day:
         # samples keep their real timestamps.
         t_demand = t + self.demand_offset_s
@@ -233,8 +233,13 @@ class Placement:
         replicas: dict[tuple[str, str], model.VllmSignals | model.TritonSignals] = {}
         # Replicas of a workload usually share version, GPU and traffic: model them once.
         same: dict[tuple[int, str, float, float], model.VllmSignals | model.TritonSignals] = {}
+        hung = self.snapshot.faults.hung
         for r in self.serving:
             assert r.version is not None
+            since = hung.get(f"{r.pod.namespace}/{r.pod.name}")
+            if since is not None and r.runtime != "triton":
+                replicas[r.key] = model.stalled_vllm_signals(r.version, rps[r.key], t - since)
+                continue
             key = (id(r.version), r.runtime, r.speed, rps[r.key])
             sig = same.get(key)
             if sig is None:
