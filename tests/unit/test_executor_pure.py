@@ -185,11 +185,16 @@ def test_a_node_changes_blast_radius_is_the_serving_capacity_per_model_on_it(
     assert all("kube-system is not one the policy lets a drain evict from (llm-prod)" in e for e in b.left_in_place)
 
 
-def test_a_cordon_reports_the_same_capacity_at_risk_and_lists_nothing_left() -> None:
-    work = NodeWorkload(pods=[pod("chat", 0), pod("coredns", 0, ns="kube-system")],
+def test_a_cordon_removes_no_serving_capacity_and_shows_what_a_drain_would_take() -> None:
+    """A cordon evicts nothing: the policy's capacity limit must not refuse cordoning a failed node that holds
+    every replica of a model (the fleet limit bounds cordons); the capacity on it is shown as at risk."""
+    work = NodeWorkload(pods=[pod("chat", 0), pod("chat", 1), pod("coredns", 0, ns="kube-system")],
                         deployments=dict([serving("chat", 2, "llama")]), evict_namespaces=SERVING)
-    b = blast_radius(node_spec(ActionKind.CORDON_NODE), gpu_node(), work)
-    assert b.capacity_drop == 0.5 and b.left_in_place == []
+    cordon = blast_radius(node_spec(ActionKind.CORDON_NODE), gpu_node(), work)
+    assert (cordon.capacity_drop, cordon.replicas, cordon.left_in_place) == (0.0, 0, [])
+    assert cordon.at_risk == {"llama": 1.0} and cordon.models == ["llama"]
+    drain = blast_radius(node_spec(ActionKind.DRAIN_NODE), gpu_node(), work)
+    assert drain.capacity_drop == 1.0 and drain.per_model == {"llama": 1.0} and drain.at_risk == {}
 
 
 @pytest.mark.parametrize(("nodes", "after"), [

@@ -136,6 +136,12 @@ def node_blast_radius(spec: ChangeSpec, node: dict[str, Any], work: NodeWorkload
         drop = min(1.0, n / healthy) if healthy else 1.0
         model = ((dep["spec"]["template"].get("metadata") or {}).get("labels") or {}).get("model") or owner
         per_model[model] = round(max(per_model.get(model, 0.0), drop), 3)
+    if spec.action == ActionKind.CORDON_NODE:
+        # A cordon evicts nothing: the node's replicas keep serving and only new pods go elsewhere, so it
+        # removes no serving capacity (the policy's fleet limit bounds how many GPU nodes may be cordoned).
+        # What a later drain would take is shown as at risk. Counting it as removed denied cordoning a node
+        # whose GPUs had failed (XID) when it held most of a model's replicas: the safe first step.
+        return BlastRadius(gpus=gpus, replicas=0, capacity_drop=0.0, models=sorted(per_model), at_risk=per_model)
     return BlastRadius(gpus=gpus, replicas=sum(on_node.values()),
                        capacity_drop=max(per_model.values(), default=0.0), models=sorted(per_model),
                        per_model=per_model, left_in_place=left)

@@ -106,6 +106,8 @@ def show(
     )
     for model, drop in b.per_model.items():
         typer.echo(f"  {model}: loses {drop:.0%} of its serving replicas")
+    for model, share in b.at_risk.items():
+        typer.echo(f"  {model}: keeps serving {share:.0%} of its replicas on the node (a drain would remove them)")
     for left in b.left_in_place:
         typer.echo(f"  left on the node: {left}")
     for a in approvals:

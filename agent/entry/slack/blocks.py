@@ -181,8 +181,10 @@ def change_request(ch: ChangeRequest, approvals: Sequence[Approval], now: dt.dat
         ]),
         _section("```" + esc(clip(ch.diff or "(no diff)", MAX_DIFF_CHARS)) + "```"),
     ]
-    if b.per_model or b.left_in_place:
+    if b.per_model or b.left_in_place or b.at_risk:
         lines = [f"• {esc(m)} loses {d:.0%} of its serving replicas" for m, d in b.per_model.items()]
+        lines += [f"• {esc(m)} keeps serving {d:.0%} of its replicas here (a drain would remove them)"
+                  for m, d in b.at_risk.items()]
         lines += [f"• left on the node: {esc(x)}" for x in b.left_in_place]
         blocks.insert(2, _section(clip("*Pods on the node*\n" + "\n".join(lines), MAX_DIFF_CHARS)))
     decided = [f"{':white_check_mark:' if a.decision == 'approve' else ':no_entry_sign:'} "
