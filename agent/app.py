@@ -40,7 +40,7 @@ from agent.change.ledger import Ledger
 from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage
 from agent.change.rollout_watch import watch_rollout
 from agent.change.verdict import Outcome
-from agent.change.verify import Verification, VerifySettings, verify
+from agent.change.verify import Verification, VerifySettings, failing_replicas, verify
 from agent.config import LlmConfig, Settings
 from agent.guard.runner import ToolRunner
 from agent.models import ActionKind, Incident, TriageReport
@@ -241,8 +241,15 @@ class App:
             def cost(spec: ChangeSpec, obj: dict[str, Any] | None) -> float | None:
                 return predicted_cost_delta(spec, obj, catalog)
 
+            failing = None
+            if (prom := self.clients.get("prometheus")) is not None:
+                async def failing(spec: ChangeSpec, obj: dict[str, Any]) -> int | None:
+                    model = ((obj["spec"]["template"].get("metadata") or {}).get("labels") or {}).get("model", "")
+                    return await failing_replicas(prom, spec.target.namespace or "", model)
+
             self._executor = Executor(self.ledger, self.policy, write, self.audit,
                                       cluster=self.settings.kubernetes.cluster, cost_delta=cost,
+                                      failing_replicas=failing,
                                       claim_ttl_s=self.settings.execution.claim_ttl_s,
                                       conflict_retries=self.settings.execution.conflict_retries)
         return self._executor

@@ -81,6 +81,8 @@ class BlastRadius(_Model):
                                         description="Node changes: share of each model's serving capacity removed.")
     left_in_place: list[str] = Field(default_factory=list,
                                      description="Drains: pods the drain will not evict, each with the reason.")
+    failing: int = Field(default=0, ge=0, description="Replicas available to Kubernetes but answering mostly "
+                                                      "errors (read from Prometheus): not healthy capacity.")
     at_risk: dict[str, float] = Field(default_factory=dict,
                                       description="Cordons: share of each model's serving capacity on the node; it "
                                                   "keeps serving, a later drain would remove it.")

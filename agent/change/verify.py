@@ -70,6 +70,38 @@ def signal_queries(namespace: str, model: str, rate_window_s: int = 30) -> dict[
     }
 
 
+# A replica whose share of 5xx answers over FAILING_WINDOW is above this serves its users no better than a
+# replica that is down: replacing it removes no healthy serving capacity (blast_radius).
+FAILING_ERROR_SHARE = 0.05
+FAILING_WINDOW = "5m"
+
+
+def failing_replicas_query(namespace: str, model: str, window: str = FAILING_WINDOW,
+                           share: float = FAILING_ERROR_SHARE) -> tuple[str, str]:
+    """(the model's pods that serve, the model's pods whose 5xx share is above `share`): two instant queries,
+    per pod, joined to the model's pods by its engine's own series."""
+    sel = promql.selector("vllm:num_requests_running", namespace=namespace, model_name=model)
+    pods = f"* on (namespace, pod) group_left(model_name) (0 * max by (namespace, pod, model_name) ({sel}) + 1)"
+    ns = promql.quote(namespace)
+    w = promql.check_duration(window)
+    total = f"sum by (pod) (rate(http_requests_total{{namespace={ns}}}[{w}]) {pods})"
+    errors = f'sum by (pod) (rate(http_requests_total{{namespace={ns}, status="5xx"}}[{w}]) {pods})'
+    return f"{total} > 0", f"({errors} / {total}) > {share}"
+
+
+async def failing_replicas(prom: PrometheusClient, namespace: str, model: str) -> int | None:
+    """How many of the model's serving pods answer more than FAILING_ERROR_SHARE of requests with 5xx now,
+    read from Prometheus (not from anything the model or an alert said). None when the model's pods have no
+    traffic series (not a vLLM engine, no traffic): unknown, which counts as healthy."""
+    if not model:
+        return None
+    serving_q, failing_q = failing_replicas_query(namespace, model)
+    serving = await prom.query(serving_q)
+    if not serving.series:
+        return None
+    return len((await prom.query(failing_q)).series)
+
+
 async def _rollout_done(k8s: K8sReadClient, namespace: str, name: str, *, scale_out: bool = False) -> tuple[bool, str]:
     resp = await asyncio.to_thread(k8s.apps.read_namespaced_deployment, name, namespace, _preload_content=False)
     d = json.loads(resp.data)

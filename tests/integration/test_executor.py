@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from agent.change.verdict import Outcome
 from agent.change.verify import VerifySettings, verify
 from agent.models import ActionKind, ObjectRef
 from agent.policy.evaluate import load_policy
+from deploy.sandbox import faults
 from deploy.sandbox.fleet import Fleet, pod_template
 from tools.k8s_read.client import K8sReadClient
 from tools.k8s_read.settings import K8sReadSettings
@@ -258,3 +260,45 @@ def test_a_change_that_recurs_after_it_ran_is_a_new_request(executor: Executor, 
             asyncio.run(executor.execute(again.id))
     finally:
         apps.patch_namespaced_deployment_scale(w.name, w.namespace, {"spec": {"replicas": replicas}})
+
+
+def test_a_rollback_of_a_single_replica_that_fails_is_proposed_and_a_healthy_one_is_still_protected(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, tmp_path: Path, audit: MemoryAudit,
+        clean_faults: None) -> None:
+    """ticket-105: the summarizer runs one replica; a bad build (6 % 5xx) keeps it Ready. Replacing that
+    replica loses no healthy capacity, so the rollback is proposed for approval, not denied by the 50 % rule.
+    The executor reads which replicas fail from Prometheus itself; the healthy replica before the fault was
+    protected by the same rule."""
+    from agent.change.verify import failing_replicas
+
+    apps = client.AppsV1Api(admin)
+    w = fleet.workload("summarizer")
+    prom = PrometheusClient(PrometheusSettings(url=sandbox["endpoints"]["prometheus"], scrape_interval_s=5))
+    write = K8sWriteClient(K8sWriteSettings(kubeconfig=Path(sandbox["kubeconfigs"]["executor"])))
+
+    async def failing(sp: ChangeSpec, obj: dict[str, Any]) -> int | None:
+        model = obj["spec"]["template"]["metadata"]["labels"].get("model", "")
+        return await failing_replicas(prom, sp.target.namespace or "", model)
+
+    ex = Executor(Ledger(tmp_path / "ledger.db"), POLICY, write, audit, cluster="sandbox", failing_replicas=failing)
+    model = apps.read_namespaced_deployment(w.name, w.namespace).spec.template.metadata.labels["model"]
+    try:
+        good = _revision(admin, w.namespace, w.name)
+        healthy = asyncio.run(ex.propose(spec(ActionKind.ROLLBACK, deployment(w.name, w.namespace),
+                                              to_revision=max(1, good - 1)), reason="t", requester="agent:rules"))
+        assert healthy.status == ChangeStatus.DENIED and healthy.blast_radius.failing == 0, healthy.policy_reason
+        assert asyncio.run(failing_replicas(prom, w.namespace, model)) == 0
+        faults.inject(admin, fleet, "bad-rollout", target=w.name, params={"version": "2025.03.0"})
+        _wait_rollout(apps, w.namespace, w.name)
+        deadline = time.monotonic() + 180  # the 5-minute rate needs a few scrapes of the bad version
+        while asyncio.run(failing_replicas(prom, w.namespace, model)) != 1:
+            assert time.monotonic() < deadline, "Prometheus never showed the bad replica's 5xx share above 5 %"
+            time.sleep(5)
+        ch = asyncio.run(ex.propose(spec(ActionKind.ROLLBACK, deployment(w.name, w.namespace), to_revision=good),
+                                    reason="5xx after the rollout", requester="agent:rules"))
+        assert ch.blast_radius.failing == 1 and ch.blast_radius.capacity_drop == 0.0, ch.blast_radius
+        assert ch.status in (ChangeStatus.PENDING_APPROVAL, ChangeStatus.APPROVED), ch.policy_reason
+    finally:
+        asyncio.run(prom.aclose())
+        ex.ledger.close()
+        write.close()

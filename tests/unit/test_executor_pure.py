@@ -59,6 +59,27 @@ def test_a_rollout_replacing_a_failing_single_replica_is_not_a_capacity_drop() -
     assert healthy.capacity_drop == 1.0  # a healthy single replica is still protected
 
 
+@pytest.mark.parametrize(("replicas", "available", "failing", "drop"), [
+    (1, 1, 1, 0.0),     # the only replica is Ready but answers mostly 5xx: replacing it loses no healthy capacity
+    (1, 1, 0, 1.0),     # a healthy single replica is still protected
+    (3, 3, 1, 0.333),   # the controller may take down a healthy one first: one of three
+    (3, 3, 3, 0.0),     # every replica fails (a bad rollout): nothing healthy to lose
+    (3, 2, 1, 0.0),     # one down already (taken first), one failing: the one left healthy stays up
+])
+def test_a_rollback_counts_replicas_that_fail_as_no_healthy_capacity(replicas: int, available: int, failing: int,
+                                                                     drop: float) -> None:
+    """The sandbox's serving Deployments roll with maxSurge 0 / maxUnavailable 1 (no spare GPUs)."""
+    strategy = {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    b = blast_radius(spec(ActionKind.ROLLBACK, to_revision=3), deployment(replicas, available, strategy=strategy),
+                     failing=failing)
+    assert b.capacity_drop == drop and b.failing == failing
+
+
+def test_failing_replicas_are_not_healthy_capacity_for_a_scale_down_either() -> None:
+    b = blast_radius(spec(ActionKind.SCALE, replicas=2), deployment(3, 3), failing=1)
+    assert b.capacity_drop == 0.0 and b.failing == 1
+
+
 @pytest.mark.parametrize(("strategy", "replicas", "at_once"), [
     ({}, 8, 2),                                                          # 25 % rounded down
     ({}, 1, 0),                                                          # surge 1 first, nothing down

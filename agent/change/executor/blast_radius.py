@@ -26,8 +26,11 @@ class NodeWorkload:
     evict_namespaces: tuple[str, ...] = ()
 
 
-def blast_radius(spec: ChangeSpec, obj: dict[str, Any] | None, node: NodeWorkload | None = None) -> BlastRadius:
-    """What the change can take away: GPUs and replicas touched, and the fraction of serving capacity lost."""
+def blast_radius(spec: ChangeSpec, obj: dict[str, Any] | None, node: NodeWorkload | None = None,
+                 failing: int = 0) -> BlastRadius:
+    """What the change can take away: GPUs and replicas touched, and the fraction of *healthy* serving capacity
+    lost. `failing`: replicas that are available to Kubernetes but answer mostly errors (read from Prometheus by
+    the executor); replacing those takes no healthy capacity."""
     if obj is None:
         return BlastRadius(gpus=0, replicas=0, capacity_drop=0.0)
     if spec.target.kind == "Node":
@@ -40,17 +43,24 @@ def blast_radius(spec: ChangeSpec, obj: dict[str, Any] | None, node: NodeWorkloa
         new = int(spec.params.get("replicas", replicas))
         # Only healthy replicas count: the controller removes unavailable ones first, so scaling away a
         # replica that is already failing takes no serving capacity (ticket-105).
-        healthy = min(replicas, int((obj.get("status") or {}).get("availableReplicas") or 0))
+        available = min(replicas, int((obj.get("status") or {}).get("availableReplicas") or 0))
+        healthy = max(0, available - failing)
         drop = max(0.0, (healthy - new) / replicas) if replicas else 0.0
         return BlastRadius(gpus=abs(new - replicas) * per, replicas=abs(new - replicas),
-                           capacity_drop=round(min(1.0, drop), 3), models=[model] if model else [])
+                           capacity_drop=round(min(1.0, drop), 3), models=[model] if model else [],
+                           failing=min(failing, available))
     # Serving capacity the rollout can take away: it may take down maxUnavailable replicas, but the
     # controller removes the ones already unavailable (crash-looping, say) first.
-    down_now = max(0, replicas - int((obj.get("status") or {}).get("availableReplicas") or 0))
+    # Replicas that are available but failing (mostly 5xx) are not preferred by the controller, so at worst
+    # it takes down healthy ones first: the loss is bounded by the healthy replicas there are. A single
+    # replica that fails is replaced at no cost in healthy capacity (ticket-105); a healthy one is protected.
+    available = min(replicas, int((obj.get("status") or {}).get("availableReplicas") or 0))
+    down_now = replicas - available
+    healthy = max(0, available - failing)
     at_once = max_unavailable(obj["spec"].get("strategy") or {}, replicas)
-    drop = min(1.0, max(0, at_once - down_now) / replicas) if replicas else 0.0
+    drop = min(1.0, min(max(0, at_once - down_now), healthy) / replicas) if replicas else 0.0
     return BlastRadius(gpus=replicas * per, replicas=replicas, capacity_drop=round(drop, 3),
-                       models=[model] if model else [])
+                       models=[model] if model else [], failing=min(failing, available))
 
 
 def replicas_delta(spec: ChangeSpec, obj: dict[str, Any] | None) -> int:

@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent.audit.events import AuditEvent, AuditKind, AuditSink, inputs_hash
@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 GPU = "nvidia.com/gpu"
 CRASH_POINTS = ("after-claim", "after-write", "after-applied")
 CostFn = Callable[[ChangeSpec, dict[str, Any] | None], float | None]
+# (spec, live target) -> its replicas that are available but failing now, read from Prometheus; None: unknown.
+FailingFn = Callable[[ChangeSpec, dict[str, Any]], Awaitable[int | None]]
 # Changes that leave the GPU allocation as it is: their predicted cost change is zero, not unknown.
 SAME_ALLOCATION = (ActionKind.ROLLBACK, ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT,
                    ActionKind.PROMOTE_ROLLOUT, ActionKind.ABORT_ROLLOUT)
@@ -71,7 +73,7 @@ class Executor:
                  cluster: str = "default", owner: str | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
                  crash_after: str | None = None, claim_ttl_s: float = 30.0, conflict_retries: int = 4,
-                 cost_delta: CostFn | None = None) -> None:
+                 cost_delta: CostFn | None = None, failing_replicas: FailingFn | None = None) -> None:
         if crash_after is not None and crash_after not in CRASH_POINTS:
             raise ValueError(f"crash_after must be one of {CRASH_POINTS}")
         self.ledger, self.policy, self.write, self.audit = ledger, policy, write, audit
@@ -85,6 +87,7 @@ class Executor:
         self.claim_ttl_s = claim_ttl_s
         self.conflict_retries = conflict_retries  # 409s retried after a re-read that finds the spec unchanged
         self.cost_delta = cost_delta  # (spec, live object) -> USD/month, from the price catalog
+        self.failing_replicas = failing_replicas  # failing replicas are not healthy capacity (blast_radius)
         self._inflight: set[str] = set()  # change ids this process is executing now
 
         self.runner = ToolRunner(WRITE_TOOLS, {"k8s_write": write}, audit, max_risk=Risk.DESTRUCTIVE, timeout_s=60)
@@ -104,6 +107,16 @@ class Executor:
         else:
             raise ValueError(f"cannot change a {t.kind}")
         return dict(json.loads(resp.data))
+
+    async def _failing(self, spec: ChangeSpec, obj: dict[str, Any] | None) -> int:
+        """The target's replicas that serve mostly errors now (0 when unknown or unreadable: all healthy)."""
+        if obj is None or self.failing_replicas is None or spec.target.kind == "Node":
+            return 0
+        try:
+            return await self.failing_replicas(spec, obj) or 0
+        except Exception as e:  # unknown health is full health: the capacity rule stays at its strictest
+            log.warning("cannot read which replicas of %s are failing: %s", spec.target, e)
+            return 0
 
     async def _list(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         resp = await asyncio.to_thread(fn, *args, _preload_content=False, **kwargs)
@@ -175,7 +188,7 @@ class Executor:
                 unschedulable = await self._unschedulable_after(spec)
             except Exception as e:  # a node change whose pods cannot be read is not proposed blind
                 error = f"cannot read the workload on {spec.target}: {e}"
-        blast = blast_radius(spec, obj, work)
+        blast = blast_radius(spec, obj, work, failing=await self._failing(spec, obj))
         req = self._request(spec, risk=risk, obj=obj, requester=requester, blast=blast, at=now,
                             unschedulable_after=unschedulable)
         decision = evaluate(self.policy, req)
