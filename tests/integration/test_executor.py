@@ -20,7 +20,7 @@ from agent.change.executor.core import ExecutionRefused, Executor
 from agent.change.ledger import Ledger
 from agent.change.models import ChangeSpec, ChangeStatus
 from agent.change.verdict import Outcome
-from agent.change.verify import VerifySettings, verify
+from agent.change.verify import VerifySettings, signal_queries, verify
 from agent.models import ActionKind, ObjectRef
 from agent.policy.evaluate import load_policy
 from deploy.sandbox import faults
@@ -190,6 +190,7 @@ def test_a_regressing_deploy_is_rolled_back_automatically(
     assert ch.status == ChangeStatus.PENDING_APPROVAL and ch.approvals_required == 2
     executor.approve(ch.id, "alice")
     executor.approve(ch.id, "bob")
+    asyncio.run(_wait_for_baseline(sandbox, w.namespace, w.model))
     executed_at = dt.datetime.now(dt.UTC)
     result = asyncio.run(executor.execute(ch.id))
     clock.at = None
@@ -210,12 +211,32 @@ def test_a_regressing_deploy_is_rolled_back_automatically(
     assert any(e.kind == "verification" and e.decision == "regression" for e in audit.events)
 
 
+VERIFY = VerifySettings(window_s=20, baseline_s=60, step_s=2.5, rate_window_s=15)
+
+
+async def _wait_for_baseline(sandbox: dict[str, Any], namespace: str, model: str, timeout_s: float = 120) -> None:
+    """Until Prometheus holds a full baseline window of the model's signals: a sandbox that has just started
+    (or pods another test just replaced) has none yet, and the verification would rightly be inconclusive."""
+    prom = PrometheusClient(PrometheusSettings(url=sandbox["endpoints"]["prometheus"], scrape_interval_s=5))
+    expr = signal_queries(namespace, model, VERIFY.rate_window_s)["error_share"]
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            end = dt.datetime.now(dt.UTC)
+            rng = await prom.query_range(expr, end - dt.timedelta(seconds=VERIFY.baseline_s), end, VERIFY.step_s)
+            if sum(len(s.samples) for s in rng.data.series) >= 0.8 * VERIFY.baseline_s / VERIFY.step_s:
+                return
+            assert time.monotonic() < deadline, f"no {VERIFY.baseline_s} s baseline of {model} in Prometheus"
+            await asyncio.sleep(5)
+    finally:
+        await prom.aclose()
+
+
 async def _verify(sandbox: dict[str, Any], ch: Any, applied_at: dt.datetime) -> Any:
     prom = PrometheusClient(PrometheusSettings(url=sandbox["endpoints"]["prometheus"], scrape_interval_s=5))
     reader = K8sReadClient(K8sReadSettings(kubeconfig=Path(sandbox["kubeconfigs"]["reader"])))
     try:
-        return await verify(ch, applied_at, prom, reader,
-                            VerifySettings(window_s=20, baseline_s=60, step_s=2.5, rate_window_s=15))
+        return await verify(ch, applied_at, prom, reader, VERIFY)
     finally:
         await prom.aclose()
         reader.close()
@@ -273,32 +294,39 @@ def test_a_rollback_of_a_single_replica_that_fails_is_proposed_and_a_healthy_one
 
     apps = client.AppsV1Api(admin)
     w = fleet.workload("summarizer")
-    prom = PrometheusClient(PrometheusSettings(url=sandbox["endpoints"]["prometheus"], scrape_interval_s=5))
+    model = apps.read_namespaced_deployment(w.name, w.namespace).spec.template.metadata.labels["model"]
     write = K8sWriteClient(K8sWriteSettings(kubeconfig=Path(sandbox["kubeconfigs"]["executor"])))
 
-    async def failing(sp: ChangeSpec, obj: dict[str, Any]) -> int | None:
-        model = obj["spec"]["template"]["metadata"]["labels"].get("model", "")
-        return await failing_replicas(prom, sp.target.namespace or "", model)
+    async def scenario() -> None:  # one event loop: the Prometheus client's connections belong to it
+        prom = PrometheusClient(PrometheusSettings(url=sandbox["endpoints"]["prometheus"], scrape_interval_s=5))
 
-    ex = Executor(Ledger(tmp_path / "ledger.db"), POLICY, write, audit, cluster="sandbox", failing_replicas=failing)
-    model = apps.read_namespaced_deployment(w.name, w.namespace).spec.template.metadata.labels["model"]
+        async def failing(sp: ChangeSpec, obj: dict[str, Any]) -> int | None:
+            return await failing_replicas(prom, sp.target.namespace or "",
+                                          obj["spec"]["template"]["metadata"]["labels"].get("model", ""))
+
+        ex = Executor(Ledger(tmp_path / "ledger.db"), POLICY, write, audit, cluster="sandbox",
+                      failing_replicas=failing)
+        try:
+            good = _revision(admin, w.namespace, w.name)
+            healthy = await ex.propose(spec(ActionKind.ROLLBACK, deployment(w.name, w.namespace),
+                                            to_revision=max(1, good - 1)), reason="t", requester="agent:rules")
+            assert healthy.status == ChangeStatus.DENIED and healthy.blast_radius.failing == 0, healthy.policy_reason
+            assert await failing_replicas(prom, w.namespace, model) == 0
+            faults.inject(admin, fleet, "bad-rollout", target=w.name, params={"version": "2025.03.0"})
+            _wait_rollout(apps, w.namespace, w.name)
+            deadline = time.monotonic() + 180  # the 5-minute rate needs a few scrapes of the bad version
+            while await failing_replicas(prom, w.namespace, model) != 1:
+                assert time.monotonic() < deadline, "Prometheus never showed the bad replica's 5xx share above 5 %"
+                await asyncio.sleep(5)
+            ch = await ex.propose(spec(ActionKind.ROLLBACK, deployment(w.name, w.namespace), to_revision=good),
+                                  reason="5xx after the rollout", requester="agent:rules")
+            assert ch.blast_radius.failing == 1 and ch.blast_radius.capacity_drop == 0.0, ch.blast_radius
+            assert ch.status in (ChangeStatus.PENDING_APPROVAL, ChangeStatus.APPROVED), ch.policy_reason
+        finally:
+            await prom.aclose()
+            ex.ledger.close()
+
     try:
-        good = _revision(admin, w.namespace, w.name)
-        healthy = asyncio.run(ex.propose(spec(ActionKind.ROLLBACK, deployment(w.name, w.namespace),
-                                              to_revision=max(1, good - 1)), reason="t", requester="agent:rules"))
-        assert healthy.status == ChangeStatus.DENIED and healthy.blast_radius.failing == 0, healthy.policy_reason
-        assert asyncio.run(failing_replicas(prom, w.namespace, model)) == 0
-        faults.inject(admin, fleet, "bad-rollout", target=w.name, params={"version": "2025.03.0"})
-        _wait_rollout(apps, w.namespace, w.name)
-        deadline = time.monotonic() + 180  # the 5-minute rate needs a few scrapes of the bad version
-        while asyncio.run(failing_replicas(prom, w.namespace, model)) != 1:
-            assert time.monotonic() < deadline, "Prometheus never showed the bad replica's 5xx share above 5 %"
-            time.sleep(5)
-        ch = asyncio.run(ex.propose(spec(ActionKind.ROLLBACK, deployment(w.name, w.namespace), to_revision=good),
-                                    reason="5xx after the rollout", requester="agent:rules"))
-        assert ch.blast_radius.failing == 1 and ch.blast_radius.capacity_drop == 0.0, ch.blast_radius
-        assert ch.status in (ChangeStatus.PENDING_APPROVAL, ChangeStatus.APPROVED), ch.policy_reason
+        asyncio.run(scenario())
     finally:
-        asyncio.run(prom.aclose())
-        ex.ledger.close()
         write.close()
