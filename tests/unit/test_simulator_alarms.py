@@ -17,7 +17,7 @@ import moto.server as moto_server  # the sandbox extra; `uv sync --all-extras` i
 import pytest
 
 from deploy.sandbox.fleet import Fleet, load_prices
-from deploy.sandbox.simulator.alarms import AlarmBridge, AlarmEvaluator, alb_5xx_alarm
+from deploy.sandbox.simulator.alarms import AlarmBridge, AlarmDeliveryError, AlarmEvaluator, alb_5xx_alarm
 from deploy.sandbox.simulator.cloudwatch import ALB_NAMESPACE, CloudWatchPublisher, load_balancer, target_group
 from deploy.sandbox.simulator.cluster import Faults
 from deploy.sandbox.simulator.placement import Placement
@@ -64,6 +64,7 @@ def alertmanager() -> Iterator[_AlertmanagerAPI]:
     am = _AlertmanagerAPI()
     yield am
     am.server.shutdown()
+    am.server.server_close()
 
 
 def _cw(endpoint: str) -> Any:
@@ -130,7 +131,7 @@ def test_alarm_fires_reaches_alertmanager_and_ends_when_the_balancer_recovers(
     assert alarm["StateValue"] == "ALARM" and "Threshold Crossed" in alarm["StateReason"]
 
     alertmanager.down = True  # Alertmanager restarting: the post fails, the next poll delivers it
-    with pytest.raises(OSError):
+    with pytest.raises(AlarmDeliveryError, match="HTTP 503"):
         bridge.poll()
     alertmanager.down = False
     bridge.poll()

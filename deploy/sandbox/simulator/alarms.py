@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import logging
 import re
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -131,6 +132,10 @@ def alert_for(alarm: dict[str, Any], tags: dict[str, str], ends_at: dt.datetime 
     return alert
 
 
+class AlarmDeliveryError(RuntimeError):
+    """Alertmanager did not take the alerts; the next poll posts them again."""
+
+
 class AlarmBridge:
     """Post CloudWatch alarms in ALARM to Alertmanager (`POST /api/v2/alerts`); end them when they clear."""
 
@@ -167,5 +172,11 @@ class AlarmBridge:
     def _post(self, alerts: list[dict[str, Any]]) -> None:
         req = urllib.request.Request(self.url, data=json.dumps(alerts).encode(),  # noqa: S310 - scheme checked
                                      method="POST", headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 - scheme checked
-            resp.read()
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 - scheme checked
+                resp.read()
+        except urllib.error.HTTPError as e:
+            e.close()
+            raise AlarmDeliveryError(f"POST {self.url} ({len(alerts)} alerts): HTTP {e.code}") from e
+        except OSError as e:
+            raise AlarmDeliveryError(f"POST {self.url} ({len(alerts)} alerts): {e}") from e

@@ -155,9 +155,9 @@ def metric_data(
     # target sees them (ELB 5xx rises, target 5xx and healthy hosts do not move).
     elb_5xx = lb_requests * placement.snapshot.faults.elb_5xx_share
     lb_dims = _dims(LoadBalancer=lb)
-    for name, value in (("RequestCount", lb_requests + elb_5xx), ("HTTPCode_Target_5XX_Count", lb_target_5xx),
-                        ("HTTPCode_ELB_5XX_Count", elb_5xx)):
-        alb.append({"MetricName": name, "Dimensions": lb_dims, "Timestamp": stamp, "Value": round(value),
+    for metric, total in (("RequestCount", lb_requests + elb_5xx), ("HTTPCode_Target_5XX_Count", lb_target_5xx),
+                          ("HTTPCode_ELB_5XX_Count", elb_5xx)):
+        alb.append({"MetricName": metric, "Dimensions": lb_dims, "Timestamp": stamp, "Value": round(total),
                     "Unit": "Count"})
 
     ci: list[dict[str, Any]] = []
