@@ -119,6 +119,7 @@ class Category(enum.StrEnum):
     HOST_MEMORY = "host_memory"  # the kernel kills the container at its memory limit (OOMKilled)
     CAPACITY = "capacity"  # pods cannot be scheduled: the pool has no free GPUs (outgrown, or nodes taken away)
     HUNG_WORKER = "hung_worker"  # a Ready replica whose engine makes no progress (a rank stuck in a collective)
+    UPSTREAM_LB = "upstream_lb"  # the load balancer in front fails requests itself while its targets are healthy
     HEALTHY = "healthy"
     UNKNOWN = "unknown"
 

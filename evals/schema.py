@@ -18,7 +18,7 @@ from agent.models import ActionKind, Category
 FAULT_TYPES = ("bad-rollout", "gpu-oom", "prefix-cache-regression", "triton-batching", "tensor-cores-idle",
                "traffic-surge", "gpu-xid", "idle-overprovision", "gpu-thermal", "autoscaler-thrash",
                "context-limit", "image-pull", "host-oom", "gpu-capacity", "slow-start", "spot-loss", "hung-worker",
-               "traffic-flap", "gitops-owner")
+               "traffic-flap", "gitops-owner", "alb-5xx")
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
 

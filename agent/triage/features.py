@@ -164,6 +164,9 @@ def _cw_metric(r: CloudWatchMetricDataResult, _: dict[str, str]) -> dict[str, An
         return {"_empty": True, "series": 0}
     f = series_features(usable[0].summary, r.end)
     f["series"] = len(usable)
+    # Across every metric read (discovery: one per target group, node, ...): the worst and the total now.
+    f["max_all"] = max(s.summary.max for s in usable if s.summary.max is not None)
+    f["last_sum"] = sum(s.summary.last for s in usable if s.summary.last is not None)
     return f
 
 

@@ -36,7 +36,7 @@ from deploy.sandbox.simulator import model
 ROLLOUT_FAULTS = ("bad-rollout", "gpu-oom", "prefix-cache-regression", "triton-batching", "tensor-cores-idle",
                   "context-limit", "image-pull", "host-oom", "slow-start")
 FAULTS = (*ROLLOUT_FAULTS, "traffic-surge", "gpu-xid", "idle-overprovision", "gpu-thermal", "autoscaler-thrash",
-          "gpu-capacity", "spot-loss", "hung-worker", "traffic-flap", "gitops-owner")
+          "gpu-capacity", "spot-loss", "hung-worker", "traffic-flap", "gitops-owner", "alb-5xx")
 FAULT_LABEL = "opsagent.dev/fault"  # on objects a fault created, so `clear` can find them
 CONFIGMAP = "faults"
 # What Argo CD writes on what it applies (annotation tracking, its default since 3.0). The sandbox runs no
@@ -50,7 +50,7 @@ class FaultError(RuntimeError):
 
 
 def _empty_state() -> dict[str, Any]:
-    return {"traffic": {}, "xid": {}, "heat": {}, "hung": {}, "flap": {}, "active": []}
+    return {"traffic": {}, "xid": {}, "heat": {}, "hung": {}, "flap": {}, "alb": {}, "active": []}
 
 
 def read_state(core: client.CoreV1Api) -> dict[str, Any]:
@@ -151,6 +151,15 @@ def inject(api: client.ApiClient, fleet: Fleet, fault: str, target: str | None =
         apps.patch_namespaced_deployment(w.name, w.namespace,
                                          {"metadata": {"annotations": {ARGOCD_TRACKING: tracking}}})
         record["application"] = app
+    elif fault == "alb-5xx":
+        # The cluster's entry load balancer fails a share of requests itself (HTTPCode_ELB_5XX_Count) while
+        # every target is healthy and answers what reaches it: no Kubernetes object changes, so it goes to
+        # the simulator through the faults ConfigMap. `workload` only names whose traffic is hurt first.
+        share = float(spec.get("share", 0.08))
+        if not 0.0 < share <= 1.0:
+            raise FaultError(f"alb-5xx share must be in (0, 1], got {share}")
+        state["alb"] = {"share": share, "since": time.time()}
+        record["share"] = share
     elif fault == "hung-worker":
         # One rank of a tensor-parallel replica stuck in a collective: nothing in the API changes (the pod
         # stays Running and Ready), so it goes to the simulator through the faults ConfigMap.

@@ -356,7 +356,7 @@ class Sandbox:
             f"--listen={_hostport(ep.simulator)}", f"--ksm-instance={_hostport(ep.kube_state_metrics)}",
             f"--backfill-days={self.s.history_days}", f"--backfill-data-dir={prom_data}",
             f"--promtool={bins.promtool}", f"--cloudwatch-endpoint={ep.cloudwatch}",
-            f"--state-dir={sim_state}",
+            f"--alertmanager={ep.alertmanager}", f"--state-dir={sim_state}",
         ])
         ready_file = sim_state / "simulator-ready.json"
         self.sup.wait_ready(sim, ready_file.exists, 300, "serving metrics")

@@ -370,3 +370,45 @@ def test_a_surge_on_a_timer_makes_its_alert_resolve_and_fire_again_and_stays_one
         assert len(store.incidents()) == 1
     finally:
         store.close()
+
+
+def test_the_balancer_fails_requests_itself_while_targets_stay_healthy_and_its_alarm_fires_then_clears(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet) -> None:
+    from deploy.sandbox.simulator.alarms import alb_5xx_alarm
+    from deploy.sandbox.simulator.cloudwatch import ALB_NAMESPACE, load_balancer, target_group
+
+    cw = boto3.client("cloudwatch", region_name=fleet.region, endpoint_url=sandbox["endpoints"]["cloudwatch"],
+                      aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
+    lb = [{"Name": "LoadBalancer", "Value": load_balancer(fleet.cluster)}]
+    alarm = alb_5xx_alarm(fleet.cluster)["AlarmName"]
+
+    def last_minute(name: str, dims: list[dict[str, str]], stat: str = "Sum") -> float | None:
+        end = dt.datetime.now(dt.UTC)
+        r = cw.get_metric_data(MetricDataQueries=[{"Id": "m", "MetricStat": {
+            "Metric": {"Namespace": ALB_NAMESPACE, "MetricName": name, "Dimensions": dims},
+            "Period": 60, "Stat": stat}}], StartTime=end - dt.timedelta(minutes=3), EndTime=end,
+            ScanBy="TimestampDescending")["MetricDataResults"][0]
+        return float(r["Values"][0]) if r["Values"] else None
+
+    def state() -> str:
+        return str(cw.describe_alarms(AlarmNames=[alarm])["MetricAlarms"][0]["StateValue"])
+
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["alb-5xx"]["workload"])
+    share = fleet.faults["alb-5xx"]["share"]
+    faults.inject(admin, fleet, "alb-5xx")
+    wait_until(lambda: state() == "ALARM", 200, f"alarm {alarm} in ALARM")
+    requests, elb, target = (last_minute(m, lb) or 0.0 for m in
+                             ("RequestCount", "HTTPCode_ELB_5XX_Count", "HTTPCode_Target_5XX_Count"))
+    assert 0.5 * share < elb / requests < 1.5 * share, (elb, requests)
+    assert target <= 0.005 * requests, "the targets answer what reaches them"
+    tg = [*lb, {"Name": "TargetGroup", "Value": target_group(w.namespace, w.name)}]
+    assert last_minute("HealthyHostCount", tg, "Minimum") == w.replicas
+    assert last_minute("UnHealthyHostCount", tg, "Maximum") == 0
+    pods_5xx = scalar(prom, 'sum(rate(http_requests_total{status="5xx"}[2m])) / sum(rate(http_requests_total[2m]))')
+    assert (pods_5xx or 0) < 0.01, "the pods' own error share does not move"
+    # Its delivery as an alert and the triage: tests/integration/test_triage.py.
+
+    faults.clear(admin, fleet)
+    wait_until(lambda: state() == "OK", 200, f"alarm {alarm} back to OK")
+    assert last_minute("HTTPCode_ELB_5XX_Count", lb) == 0

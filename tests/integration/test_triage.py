@@ -262,3 +262,30 @@ def test_a_bad_rollout_of_a_workload_argo_cd_owns_is_a_change_for_git_not_a_roll
     assert patch["owner"] == "Argo CD" and patch["change"]["kind"] == "rollback"
     assert patch["change"]["target"] == f"Deployment {w.namespace}/{w.name}"
     assert "reverted on its next sync" in report.proposals[0].reason
+
+
+def test_balancer_5xx_with_healthy_targets_arrives_as_a_cloudwatch_alarm_and_is_paged_not_rolled_back(
+        app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
+    from deploy.sandbox.simulator.alarms import alb_5xx_alarm
+    from deploy.sandbox.simulator.cloudwatch import load_balancer
+
+    alarm = alb_5xx_alarm(fleet.cluster)["AlarmName"]
+    t0 = time.time()
+    faults.inject(admin, fleet, "alb-5xx")
+    # moto metrics → the simulator's alarm evaluation → the bridge → Alertmanager → this webhook
+    note = _wait_alert(webhook, {alarm}, t0, timeout=300, load_balancer=load_balancer(fleet.cluster))
+    [firing] = [a for a in note.alerts() if a["labels"]["alertname"] == alarm]
+    assert firing["labels"]["source"] == "cloudwatch" and firing["labels"]["severity"] == "critical"
+    report = _triage(app, note)
+    top = report.top
+    assert top is not None and top.category == Category.UPSTREAM_LB, report.summary
+    assert top.confidence >= 0.9, top
+    said = " ".join(top.supporting)
+    assert "its own 5xx" in said and "none unhealthy" in said, top.supporting
+    assert [p.kind for p in report.proposals] == [ActionKind.PAGE_HUMAN]
+
+    t1 = time.time()
+    faults.clear(admin, fleet)
+    # The alarm returns to OK within a minute or two of the balancer recovering, and the alert resolves.
+    resolved = webhook.wait_for(lambda n: bool(n.alerts(alarm, status="resolved")), timeout=300, since=t1)
+    assert resolved.alerts(alarm, status="resolved")[0]["labels"]["load_balancer"] == load_balancer(fleet.cluster)

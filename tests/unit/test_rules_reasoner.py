@@ -306,3 +306,35 @@ def test_a_previous_revision_that_served_within_slo_or_left_no_record_is_the_rol
     for previous in (0.001, None):
         _, props = diagnose(["bad-rollout"], _regressed(previous, 0.001))
         assert [(p.kind, p.params) for p in props] == [(ActionKind.ROLLBACK, {"to_revision": 6})], previous
+
+
+LB_CTX = {"cluster": "sandbox", "load_balancer": "app/k8s-sandbox-inference/0123456789abcdef"}
+
+
+def _balancer(elb: float, target: float, unhealthy: float, pods_5xx: float) -> list[Evidence]:
+    return [ev("elb_5xx", recent=elb, baseline=0.0, change_ratio=1000.0 if elb else None),
+            ev("target_5xx", recent=target, baseline=target), ev("requests", recent=60000.0),
+            ev("unhealthy", max_all=unhealthy, last_sum=unhealthy, series=4),
+            ev("healthy", max_all=7.0, last_sum=7.0 - unhealthy, series=4), ev("pods_5xx", value=pods_5xx),
+            *HEALTHY_FLEET]
+
+
+def test_balancer_5xx_with_healthy_targets_is_the_load_balancer_paged_never_rolled_back() -> None:
+    hyps, props = diagnose(["load-balancer", "healthy"], _balancer(5000.0, 3.0, 0.0, 0.0005), LB_CTX)
+    assert hyps[0].category == Category.UPSTREAM_LB and hyps[0].confidence >= 0.9
+    assert [p.kind for p in props] == [ActionKind.PAGE_HUMAN]
+    assert LB_CTX["load_balancer"] in props[0].reason and "rollback" in props[0].reason
+    said = " ".join(hyps[0].supporting)
+    assert "its own 5xx" in said and "only 3 5xx" in said and "none unhealthy" in said
+
+
+def test_balancer_5xx_while_targets_fail_their_checks_or_pods_fail_is_not_blamed_on_the_balancer() -> None:
+    for unhealthy, pods_5xx in ((3.0, 0.0005), (0.0, 0.07)):
+        hyps, _ = diagnose(["load-balancer", "healthy"], _balancer(5000.0, 3.0, unhealthy, pods_5xx), LB_CTX)
+        lb = next(h for h in hyps if h.category == Category.UPSTREAM_LB)
+        assert lb.confidence < 0.7, (unhealthy, pods_5xx)
+
+
+def test_no_balancer_5xx_rules_the_balancer_out() -> None:
+    hyps, _ = diagnose(["load-balancer", "healthy"], _balancer(0.0, 3.0, 0.0, 0.0005), LB_CTX)
+    assert hyps[0].category != Category.UPSTREAM_LB

@@ -28,6 +28,7 @@ LABEL_KEYS = {
     "horizontalpodautoscaler": "hpa",
     "container": "container",
     "cluster": "cluster",
+    "load_balancer": "load_balancer",  # a CloudWatch alarm's LoadBalancer dimension (see the sandbox's alarm bridge)
 }
 
 

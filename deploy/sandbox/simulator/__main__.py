@@ -23,6 +23,7 @@ from typing import Any
 
 from deploy.sandbox.fleet import Fleet, load_prices
 from deploy.sandbox.simulator import cluster
+from deploy.sandbox.simulator.alarms import AlarmBridge, AlarmEvaluator, alb_5xx_alarm
 from deploy.sandbox.simulator.backfill import (
     MAX_SAMPLES,
     BackfillCancelled,
@@ -88,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="Days of 5-minute CloudWatch history (moto's ListMetrics slows down with more).",
+    )
+    p.add_argument(
+        "--alertmanager",
+        default=None,
+        help="Alertmanager URL the CloudWatch alarm bridge posts alarms in ALARM to (no bridge if unset).",
     )
     p.add_argument(
         "--state-dir", type=Path, default=None, help="Where simulator-ready.json is written."
@@ -193,6 +199,13 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
                 publisher.backfill(placement, end=now, days=args.cloudwatch_backfill_days)
             )
 
+    evaluator = bridge = None
+    if publisher is not None:
+        evaluator = AlarmEvaluator(publisher.cw)
+        evaluator.ensure(alb_5xx_alarm(fleet.cluster))
+        if args.alertmanager:
+            bridge = AlarmBridge(publisher.cw, args.alertmanager)
+
     live = LiveFleet(fleet, snapshot, t=live_from, state=state)
     live.tick(time.time())
     server = MetricsServer(host, int(port), live)
@@ -213,6 +226,11 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
                     if now >= next_minute:
                         publisher.publish(live.placement, now)
                         next_minute = math.floor(now / 60) * 60 + 61.0
+                        # CloudWatch evaluates an alarm once its period's datapoint is in; moto does not.
+                        if evaluator is not None and publisher.next_minute is not None:
+                            evaluator.evaluate(publisher.next_minute)
+                        if bridge is not None:
+                            bridge.poll()
                     else:
                         publisher.publish_logs(live.placement, now)
                 except Exception:

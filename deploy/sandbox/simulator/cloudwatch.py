@@ -90,6 +90,7 @@ def metric_data(
     stamp = _ts(t)
     lb = load_balancer(fleet.cluster)
     alb: list[dict[str, Any]] = []
+    lb_requests = lb_target_5xx = 0.0
     for w in fleet.workloads:
         pods = [
             r
@@ -111,7 +112,15 @@ def metric_data(
                 requests += n
                 errors += s.failure_rps * period
                 latency_weighted += n * s.request_us_per_request / 1e6
+        members = [r for r in placement.roles if r.workload is not None and r.workload.name == w.name
+                   and r.pod.namespace == w.namespace and r.pod.phase == "Running"]
+        healthy = sum(1 for r in members if r.serving)
+        lb_requests += requests
+        lb_target_5xx += errors
         dims = _dims(LoadBalancer=lb, TargetGroup=target_group(w.namespace, w.name))
+        for name, value in (("HealthyHostCount", healthy), ("UnHealthyHostCount", len(members) - healthy)):
+            alb.append({"MetricName": name, "Dimensions": dims, "Timestamp": stamp, "Value": value,
+                        "Unit": "Count"})
         alb.append(
             {
                 "MetricName": "RequestCount",
@@ -140,6 +149,16 @@ def metric_data(
                     "Unit": "Seconds",
                 }
             )
+
+    # The balancer's own view (LoadBalancer dimension only): every request, the targets' 5xx, and the 5xx
+    # it generated itself. An `alb-5xx` fault answers a share of requests at the balancer, before any
+    # target sees them (ELB 5xx rises, target 5xx and healthy hosts do not move).
+    elb_5xx = lb_requests * placement.snapshot.faults.elb_5xx_share
+    lb_dims = _dims(LoadBalancer=lb)
+    for metric, total in (("RequestCount", lb_requests + elb_5xx), ("HTTPCode_Target_5XX_Count", lb_target_5xx),
+                          ("HTTPCode_ELB_5XX_Count", elb_5xx)):
+        alb.append({"MetricName": metric, "Dimensions": lb_dims, "Timestamp": stamp, "Value": round(total),
+                    "Unit": "Count"})
 
     ci: list[dict[str, Any]] = []
     per_node: dict[str, list[model.GpuSignals]] = {}

@@ -131,6 +131,9 @@ class Faults:
     # "namespace/workload" → (epoch second it began, period in seconds): its traffic fault is on for the first
     # half of each period and off for the second (a batch job on a timer), so its alerts resolve and re-fire.
     flap: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    # Share of the requests reaching the cluster's entry load balancer that the balancer itself answers with
+    # a 5xx (an exhausted or misconfigured balancer): the targets never see them and stay healthy.
+    elb_5xx_share: float = 0.0
 
     @classmethod
     def parse(cls, raw: str | None) -> Faults:
@@ -141,6 +144,7 @@ class Faults:
             heat={str(k): float(v) for k, v in (doc.get("heat") or {}).items()},
             hung={str(k): float(v) for k, v in (doc.get("hung") or {}).items()},
             flap={str(k): (float(v["since"]), float(v["period_s"])) for k, v in (doc.get("flap") or {}).items()},
+            elb_5xx_share=float((doc.get("alb") or {}).get("share", 0.0)),
         )
 
     def traffic_at(self, key: str, t: float) -> float:
