@@ -69,26 +69,32 @@ phase: Running
 startTime: {{ $now | Quote }}
 """
 
-_POD_READY = """\
-{{ $now := Now }}
+def _pod_running(ready: bool) -> str:
+    """A running pod's status: every container started; Ready (or not yet, with the reason) as `ready` says."""
+    cond = ('status: "True", type: {t}' if ready else 'status: "False", type: {t}, reason: ContainersNotReady')
+    return f"""\
+{{{{ $now := Now }}}}
 conditions:
-- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Initialized}
-- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Ready}
-- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: ContainersReady}
-- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: PodScheduled}
+- {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "True", type: Initialized}}
+- {{lastTransitionTime: {{{{ $now | Quote }}}}, {cond.format(t="Ready")}}}
+- {{lastTransitionTime: {{{{ $now | Quote }}}}, {cond.format(t="ContainersReady")}}}
+- {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "True", type: PodScheduled}}
 containerStatuses:
-{{ range .spec.containers }}
-- image: {{ .image | Quote }}
-  imageID: {{ printf "%s@sha256:%s" .image (sha256sum .image) | Quote }}
-  name: {{ .name | Quote }}
-  ready: true
+{{{{ range .spec.containers }}}}
+- image: {{{{ .image | Quote }}}}
+  imageID: {{{{ printf "%s@sha256:%s" .image (sha256sum .image) | Quote }}}}
+  name: {{{{ .name | Quote }}}}
+  ready: {"true" if ready else "false"}
   started: true
   restartCount: 0
   state:
     running:
-      startedAt: {{ $now | Quote }}
-{{ end }}
+      startedAt: {{{{ $now | Quote }}}}
+{{{{ end }}}}
 """ + _POD_ADDRESSES
+
+
+_POD_READY = _pod_running(ready=True)
 
 # First failure and every later one: the restart count rises by one each time the stage repeats.
 _POD_CRASH = """\
@@ -153,26 +159,7 @@ startTime: {{ $now | Quote }}
 # A server that is still downloading or loading its weights: the container runs, the readiness probe
 # fails, the pod holds its GPUs and serves nothing. A later stage makes it Ready after the version's
 # `startup_s`; a rollout whose deadline is shorter reports ProgressDeadlineExceeded first.
-_POD_STARTING = """\
-{{ $now := Now }}
-conditions:
-- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Initialized}
-- {lastTransitionTime: {{ $now | Quote }}, status: "False", type: Ready, reason: ContainersNotReady}
-- {lastTransitionTime: {{ $now | Quote }}, status: "False", type: ContainersReady, reason: ContainersNotReady}
-- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: PodScheduled}
-containerStatuses:
-{{ range .spec.containers }}
-- image: {{ .image | Quote }}
-  imageID: {{ printf "%s@sha256:%s" .image (sha256sum .image) | Quote }}
-  name: {{ .name | Quote }}
-  ready: false
-  started: true
-  restartCount: 0
-  state:
-    running:
-      startedAt: {{ $now | Quote }}
-{{ end }}
-""" + _POD_ADDRESSES
+_POD_STARTING = _pod_running(ready=False)
 
 
 def _stage(name: str, kind: str, selector: dict[str, object], template: str, *,
