@@ -242,10 +242,16 @@ class App:
                 return predicted_cost_delta(spec, obj, catalog)
 
             failing = None
-            if (prom := self.clients.get("prometheus")) is not None:
+            if "prometheus" in self.clients:
                 async def failing(spec: ChangeSpec, obj: dict[str, Any]) -> int | None:
                     model = ((obj["spec"]["template"].get("metadata") or {}).get("labels") or {}).get("model", "")
-                    return await failing_replicas(prom, spec.target.namespace or "", model)
+                    # Its own client, closed in this event loop: the executor runs in whichever loop its
+                    # caller has (the CLI and tests start several), and a pool left in a finished loop leaks.
+                    prom = PrometheusClient(self.settings.prometheus)
+                    try:
+                        return await failing_replicas(prom, spec.target.namespace or "", model)
+                    finally:
+                        await prom.aclose()
 
             self._executor = Executor(self.ledger, self.policy, write, self.audit,
                                       cluster=self.settings.kubernetes.cluster, cost_delta=cost,

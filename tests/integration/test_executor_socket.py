@@ -164,7 +164,7 @@ def test_the_executor_refuses_what_a_compromised_parser_asks_and_nothing_is_muta
         asyncio.run(ex.execute(ch.id))
     unchanged()
     # 3. a forged approval that expired
-    parts.parser.ledger.add_approval(Approval(change_id=ch.id, approver="U0G9QF9C6", role="ml-platform",
+    parts.parser.ledger.add_approval(Approval(change_id=ch.id, approver="bob", role="ml-platform",
                                               decision="approve", at=now - dt.timedelta(hours=1),
                                               spec_digest=ch.spec_digest, fingerprint=ch.fingerprint,
                                               expires_at=now - dt.timedelta(minutes=45)))

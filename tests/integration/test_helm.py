@@ -354,7 +354,8 @@ def test_only_the_executor_container_holds_the_write_identity(helm_template: Any
     emptyDir); the reader's rules only read."""
     docs = _rendered(helm_template("--set", "rbac.executor.namespaces={llm-prod}",
                                    "--set", "secrets.slackBotTokenKey=slack-bot-token",
-                                   "--set", "secrets.llmApiKeyKey=llm-api-key"))
+                                   "--set", "secrets.llmApiKeyKey=llm-api-key",
+                                   "--set", "auditCheckpoints.allowRewritable=true"))
     pod = docs[("Deployment", "t-opsagent")]["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["serviceAccountName"] == "t-opsagent-executor"

@@ -99,7 +99,9 @@ def prod_config(tmp_path: Path) -> Path:
             "key": STRONG_KEY,
             # the sandbox has no Object Lock bucket; the file sink is accepted here by saying so
             "allow_rewritable_checkpoints": True},
-        "execution": {"claim_ttl_s": 0}}))
+        "execution": {"claim_ttl_s": 0},
+        # this test's process approves and executes itself (the CLI's path), not through an executor process
+        "executor": {"mode": "in-process"}}))
     return f
 
 

@@ -83,7 +83,9 @@ def test_history_and_live_minutes_reach_cloudwatch(endpoint: str) -> None:
     ci = cw.list_metrics(Namespace=CI_NAMESPACE, MetricName="node_gpu_utilization")["Metrics"]
     assert {d["Name"] for d in ci[0]["Dimensions"]} == {"ClusterName", "NodeName", "InstanceId"}
     # Container Insights' per-workload aggregate: PodName is the workload, one metric per GPU workload.
-    owners = cw.list_metrics(Namespace=CI_NAMESPACE, MetricName="pod_gpu_utilization")["Metrics"]
+    # (other tests publish to the same moto server under their own cluster names)
+    owners = cw.list_metrics(Namespace=CI_NAMESPACE, MetricName="pod_gpu_utilization",
+                             Dimensions=[{"Name": "ClusterName", "Value": fleet.cluster}])["Metrics"]
     assert {tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"])) for m in owners} == {
         (("ClusterName", fleet.cluster), ("Namespace", w.namespace), ("PodName", w.name))
         for w in fleet.workloads
