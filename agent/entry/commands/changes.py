@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +9,7 @@ from typing import Annotated
 import typer
 
 from agent.change.executor.outcome import ExecutionRefused
-from agent.change.flow import FlowEvent, FlowState
+from agent.change.flow import FlowEvent
 from agent.change.models import ChangeRequest, ChangeStatus
 from agent.entry.commands.common import (
     DEFAULT_SANDBOX_DIR,
@@ -22,6 +21,7 @@ from agent.entry.commands.common import (
     fail,
     open_app,
     progress,
+    run_in_app,
 )
 from agent.entry.commands.identity import KubeconfigOpt, cli_identity
 
@@ -140,14 +140,8 @@ def _decide(
     async def show(ev: FlowEvent) -> None:
         progress(f"{ev.stage}: {ev.message}")
 
-    async def run() -> FlowState:
-        try:
-            return await app.flow(on_event=show).decide(change_id, approver, decision, via="cli")
-        finally:
-            await app.aclose_clients()
-
     try:
-        st = asyncio.run(run())
+        st = run_in_app(app, app.flow(on_event=show).decide(change_id, approver, decision, via="cli"))
     except ExecutionRefused as e:
         fail(str(e), 4)
     except ValueError as e:

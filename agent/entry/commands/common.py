@@ -7,9 +7,11 @@ The sandbox (`deploy.sandbox`) is imported only inside `sandbox_status`, so a co
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -27,6 +29,21 @@ SandboxDirOpt = Annotated[Path, typer.Option("--sandbox-dir", envvar="OPSAGENT_S
 StateOpt = Annotated[Path | None, typer.Option("--state-dir", envvar="OPSAGENT_STATE_DIR",
                                                help="Local state (store, ledger, audit).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+T = TypeVar("T")
+
+
+def run_in_app(app: App, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` in one event loop and close the app's async clients in that same loop (their connection
+    pools belong to it: closed later, from another loop, they leak)."""
+    async def go() -> T:
+        try:
+            return await work
+        finally:
+            await app.aclose_clients()
+
+    return asyncio.run(go())
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

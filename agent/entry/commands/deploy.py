@@ -7,7 +7,6 @@ a failed one is refused here with its numbers and nothing is proposed. A passing
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shlex
 from pathlib import Path
@@ -23,7 +22,7 @@ from agent.change.deploy import (
     TargetNotFound,
     parse_target,
 )
-from agent.change.flow import FlowEvent, FlowState
+from agent.change.flow import FlowEvent
 from agent.change.models import ChangeSpec, ChangeStatus
 from agent.entry.commands.common import (
     DEFAULT_SANDBOX_DIR,
@@ -35,6 +34,7 @@ from agent.entry.commands.common import (
     fail,
     open_app,
     progress,
+    run_in_app,
 )
 from agent.models import ActionKind, ObjectRef
 from tools.base import ToolError
@@ -104,14 +104,8 @@ def deploy(
     async def show(ev: FlowEvent) -> None:
         progress(f"{ev.stage}: {ev.message}")
 
-    async def run() -> DeployOutcome:
-        try:
-            return await app.deploy(req, requester=requester, via="cli", on_event=show)
-        finally:
-            await app.aclose_clients()
-
     try:
-        out = asyncio.run(run())
+        out = run_in_app(app, app.deploy(req, requester=requester, via="cli", on_event=show))
     except TargetNotFound as e:
         fail(str(e), 3)
     except (DeployRefused, ValueError) as e:
@@ -151,15 +145,9 @@ def _rollout_change(target: str, action: ActionKind, reason: str | None, who: st
     spec = ChangeSpec(action=action, cluster=app.settings.kubernetes.cluster,
                       target=ObjectRef(kind="Rollout", name=name, namespace=ns))
 
-    async def run() -> FlowState:
-        try:
-            return await app.flow().propose(spec, reason=reason or f"{action.value} asked by {requester}",
-                                            requester=requester)
-        finally:
-            await app.aclose_clients()
-
     try:
-        st = asyncio.run(run())
+        st = run_in_app(app, app.flow().propose(spec, reason=reason or f"{action.value} asked by {requester}",
+                                                requester=requester))
     except ValueError as e:
         fail(str(e), 2)
     finally:
