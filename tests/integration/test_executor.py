@@ -24,7 +24,7 @@ from agent.change.verify import VerifySettings, signal_queries, verify
 from agent.models import ActionKind, ObjectRef
 from agent.policy.evaluate import load_policy
 from deploy.sandbox import faults
-from deploy.sandbox.fleet import Fleet, pod_template
+from deploy.sandbox.fleet import LABEL_APP, Fleet, pod_template
 from tools.k8s_read.client import K8sReadClient
 from tools.k8s_read.settings import K8sReadSettings
 from tools.k8s_write.client import K8sWriteClient, K8sWriteSettings
@@ -333,7 +333,7 @@ def test_a_rollback_of_a_single_replica_that_fails_is_proposed_and_a_healthy_one
 
 
 def _ready_pods(core: client.CoreV1Api, ns: str, app: str) -> list[Any]:
-    pods = core.list_namespaced_pod(ns, label_selector=f"app={app}").items
+    pods = core.list_namespaced_pod(ns, label_selector=f"{LABEL_APP}={app}").items
     return sorted((p for p in pods if not p.metadata.deletion_timestamp and p.status.phase == "Running" and any(
         c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])), key=lambda p: p.metadata.name)
 
@@ -364,6 +364,8 @@ def test_a_hung_worker_is_restarted_through_the_executor_and_the_models_throughp
 
         ex = Executor(Ledger(tmp_path / "ledger.db"), POLICY, write, audit, cluster="sandbox", failing_replicas=failing)
         try:
+            for wl in (solo, w):
+                _wait_rollout(client.AppsV1Api(admin), wl.namespace, wl.name)
             last = _ready_pods(core, solo.namespace, solo.name)[0].metadata.name
             ch = await ex.propose(spec(ActionKind.RESTART_POD, ObjectRef(kind="Pod", name=last,
                                                                          namespace=solo.namespace)),

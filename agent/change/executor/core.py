@@ -67,6 +67,12 @@ CostFn = Callable[[ChangeSpec, dict[str, Any] | None], float | None]
 # (spec, live target) -> its replicas that are available but failing now, read from Prometheus; None: unknown.
 FailingFn = Callable[[ChangeSpec, dict[str, Any]], Awaitable[int | None]]
 # Changes that leave the GPU allocation as it is: their predicted cost change is zero, not unknown.
+# Incidents of one cause arrive together (an alert storm: one group per alertname and node or model); a
+# proposal of the same change on the same object within this window is linked to the first request.
+LINK_WINDOW = dt.timedelta(hours=1)
+# Asked already, on the same spec state: waiting, approved, running, or answered no (by policy or a person).
+ASKED = (ChangeStatus.PENDING_APPROVAL, ChangeStatus.APPROVED, ChangeStatus.EXECUTING, ChangeStatus.DENIED,
+         ChangeStatus.REJECTED)
 SAME_ALLOCATION = (ActionKind.ROLLBACK, ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT,
                    ActionKind.PROMOTE_ROLLOUT, ActionKind.ABORT_ROLLOUT)
 
@@ -236,6 +242,15 @@ class Executor:
         rule, why = decision.rule, decision.reason if not error else f"{decision.reason} ({error})"
         if owned is not None:  # a direct write would be reverted: the request carries the Git patch instead
             status, diff, rule, why = ChangeStatus.DENIED, owned.diff, RULE, owned.explanation
+        if incident_id is not None and obj is not None and owned is None and not error and \
+                (other := self._same_change_elsewhere(spec, fp, incident_id, noop=not diff.strip(), now=now)):
+            # An alert storm: several incidents (one per alert group) of one cause propose the same change.
+            # The one request stands for all of them; approvers are asked once and it runs once.
+            self._audit(AuditKind.POLICY_DECISION, requester, f"propose {spec.action.value} {spec.target}", "linked",
+                        f"the same change is {other.id} ({other.status.value}), proposed for incident "
+                        f"{other.incident_id}; incident {incident_id} is linked to it", other,
+                        {"change_id": other.id, "linked_incident": incident_id})
+            return other
         attempt = 0
         while (prior := self.ledger.get(change_id(spec, fp, incident_id, attempt))) is not None \
                 and prior.status in FINISHED:
@@ -258,6 +273,23 @@ class Executor:
                     "deny" if owned is not None else decision.effect.value, f"{rule}: {ch.policy_reason}", ch,
                     {"change_id": ch.id, "status": ch.status.value})
         return ch
+
+    def _same_change_elsewhere(self, spec: ChangeSpec, fp: TargetFingerprint, incident_id: str, *, noop: bool,
+                               now: dt.datetime) -> ChangeRequest | None:
+        """A request for the same change (spec digest) on the same object (uid), made for another incident within
+        LINK_WINDOW: asked on the same spec state (waiting, running, or answered no), or already carried out (this
+        one's dry run changes nothing). None when there is none: then this incident gets a request of its own."""
+        digest = spec.digest()
+        for other in self.ledger.list_changes(limit=200):
+            if other.created_at < now - LINK_WINDOW:
+                break  # newest first
+            if other.spec_digest != digest or other.fingerprint.uid != fp.uid or other.incident_id == incident_id:
+                continue
+            if other.status in ASKED and other.fingerprint.spec_hash == fp.spec_hash:
+                return other
+            if other.status in (ChangeStatus.APPLIED, ChangeStatus.VERIFIED) and noop:
+                return other
+        return None
 
     def _request(self, spec: ChangeSpec, *, risk: str, obj: dict[str, Any] | None, requester: str,
                  blast: BlastRadius, at: dt.datetime, unschedulable_after: int = 0) -> Request:
