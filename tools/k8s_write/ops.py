@@ -414,12 +414,12 @@ async def restart_pod(c: K8sWriteClient, p: RestartPodInput) -> WriteResult:
     preconditions: dict[str, Any] = {"uid": meta["uid"]}
     if p.expected_resource_version:
         preconditions["resourceVersion"] = p.expected_resource_version
+    # The dry run goes in the body: the API server reads a DELETE's options from its body when there is one and
+    # then ignores the query string, so `?dryRun=All` beside a body deletes the pod for real.
     body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": p.grace_period_s,
-                            "preconditions": preconditions}
-    kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": c.timeout, "body": body}
-    if p.dry_run:
-        kwargs["dry_run"] = "All"
-    resp = await _call(c.core.delete_namespaced_pod, p.name, p.namespace, what=f"delete {what}", **kwargs)
+                            "preconditions": preconditions, **({"dryRun": ["All"]} if p.dry_run else {})}
+    resp = await _call(c.core.delete_namespaced_pod, p.name, p.namespace, body=body, _preload_content=False,
+                       _request_timeout=c.timeout, what=f"delete {what}")
     after = dict(json.loads(resp.data))
     rs = str(owner.get("name", ""))
     template_hash = (meta.get("labels") or {}).get("pod-template-hash", "")
