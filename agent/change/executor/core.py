@@ -66,13 +66,13 @@ CRASH_POINTS = ("after-claim", "after-write", "after-applied")
 CostFn = Callable[[ChangeSpec, dict[str, Any] | None], float | None]
 # (spec, live target) -> its replicas that are available but failing now, read from Prometheus; None: unknown.
 FailingFn = Callable[[ChangeSpec, dict[str, Any]], Awaitable[int | None]]
-# Changes that leave the GPU allocation as it is: their predicted cost change is zero, not unknown.
 # Incidents of one cause arrive together (an alert storm: one group per alertname and node or model); a
 # proposal of the same change on the same object within this window is linked to the first request.
 LINK_WINDOW = dt.timedelta(hours=1)
 # Asked already, on the same spec state: waiting, approved, running, or answered no (by policy or a person).
 ASKED = (ChangeStatus.PENDING_APPROVAL, ChangeStatus.APPROVED, ChangeStatus.EXECUTING, ChangeStatus.DENIED,
          ChangeStatus.REJECTED)
+# Changes that leave the GPU allocation as it is: their predicted cost change is zero, not unknown.
 SAME_ALLOCATION = (ActionKind.ROLLBACK, ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT,
                    ActionKind.PROMOTE_ROLLOUT, ActionKind.ABORT_ROLLOUT)
 
