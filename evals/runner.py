@@ -542,6 +542,10 @@ class LiveRunner:
                 # Workloads share namespaces: an alert naming another model is not this scenario's.
                 where = (lab.get("namespace") == namespace and got in (None, model)) or (
                     node and node in (lab.get("Hostname"), lab.get("node")))
+                # An alert about something in front of the cluster (a load balancer's CloudWatch alarm) names
+                # no namespace, node or model: its name is all that ties it to the scenario.
+                if not any(k in lab for k in ("namespace", "node", "Hostname", "model", "model_name")):
+                    where = True
                 starts = dt.datetime.fromisoformat(a["startsAt"].replace("Z", "+00:00")).timestamp()
                 if where and starts >= since - 10:
                     return True
