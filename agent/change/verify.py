@@ -95,12 +95,15 @@ STALLED_WINDOW = "1m"
 
 
 def stalled_pods_query(namespace: str, model: str, window: str = STALLED_WINDOW) -> str:
-    """The model's pods that hold running requests but generated no token over `window` (one series per pod)."""
+    """The model's pods that hold running requests but generated no token over `window` (one series per pod).
+
+    The pod must have held requests a whole window ago as well: a replica that just started has no token rate
+    yet, and calling it hung would count its restart as no loss of healthy capacity."""
     running = promql.selector("vllm:num_requests_running", namespace=namespace, model_name=model)
     tokens = promql.selector("vllm:generation_tokens_total", namespace=namespace, model_name=model)
     w = promql.check_duration(window)
-    return (f"(max by (pod) ({running}) > 0) unless on (pod) "
-            f"(sum by (pod) (rate({tokens}[{w}])) > 0)")
+    return (f"((max by (pod) ({running}) > 0) and on (pod) (max by (pod) ({running} offset {w}) > 0)) "
+            f"unless on (pod) (sum by (pod) (rate({tokens}[{w}])) > 0)")
 
 
 async def failing_pods(prom: PrometheusClient, namespace: str, model: str) -> set[str] | None:

@@ -370,7 +370,9 @@ def test_a_hung_worker_is_restarted_through_the_executor_and_the_models_throughp
             ch = await ex.propose(spec(ActionKind.RESTART_POD, ObjectRef(kind="Pod", name=last,
                                                                          namespace=solo.namespace)),
                                   reason="t", requester="agent:rules")
-            assert ch.status == ChangeStatus.DENIED and ch.policy_rule == "limits.min_ready_replicas", ch.policy_reason
+            # Healthy: a full capacity drop (the rule's 50 %); either way no Ready replica would be left.
+            assert ch.status == ChangeStatus.DENIED and ch.blast_radius.ready_after == 0, ch.policy_reason
+            assert ch.policy_rule in ("restart-pod", "limits.min_ready_replicas"), ch.policy_rule
 
             rec = faults.inject(admin, fleet, "hung-worker")
             hung = rec["pod"]
