@@ -40,7 +40,7 @@ from agent.change.ledger import Ledger
 from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage
 from agent.change.rollout_watch import watch_rollout
 from agent.change.verdict import Outcome
-from agent.change.verify import Verification, VerifySettings, failing_replicas, verify
+from agent.change.verify import Verification, VerifySettings, failing_pods, failing_replicas, verify
 from agent.config import LlmConfig, Settings
 from agent.guard.runner import ToolRunner
 from agent.models import ActionKind, Incident, TriageReport
@@ -244,11 +244,16 @@ class App:
             failing = None
             if "prometheus" in self.clients:
                 async def failing(spec: ChangeSpec, obj: dict[str, Any]) -> int | None:
-                    model = ((obj["spec"]["template"].get("metadata") or {}).get("labels") or {}).get("model", "")
+                    pod = spec.target.kind == "Pod"
+                    meta = obj["metadata"] if pod else (obj["spec"]["template"].get("metadata") or {})
+                    model = (meta.get("labels") or {}).get("model", "")
                     # Its own client, closed in this event loop: the executor runs in whichever loop its
                     # caller has (the CLI and tests start several), and a pool left in a finished loop leaks.
                     prom = PrometheusClient(self.settings.prometheus)
                     try:
+                        if pod:  # a pod restart asks about that one pod: is it serving nobody?
+                            names = await failing_pods(prom, spec.target.namespace or "", model)
+                            return None if names is None else int(spec.target.name in names)
                         return await failing_replicas(prom, spec.target.namespace or "", model)
                     finally:
                         await prom.aclose()

@@ -78,7 +78,8 @@ from evals.tapes import Tape, recording, replaying
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
 EXECUTABLE = {ActionKind.ROLLBACK, ActionKind.SCALE, ActionKind.DEPLOY, ActionKind.SET_GPU_RESOURCES,
-              ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT, ActionKind.CORDON_NODE, ActionKind.DRAIN_NODE}
+              ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT, ActionKind.CORDON_NODE, ActionKind.DRAIN_NODE,
+              ActionKind.RESTART_POD}
 # Where adversarial text goes when the scenario names no key: keys real objects and alerts carry.
 DEFAULT_KEYS = {Placement.OBJECT_LABEL: "maintainer-note", Placement.OBJECT_ANNOTATION: "kubernetes.io/change-cause",
                 Placement.ALERT_LABEL: "runbook_hint", Placement.ALERT_ANNOTATION: "description"}

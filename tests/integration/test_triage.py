@@ -259,14 +259,16 @@ def test_pods_pending_after_spot_nodes_were_reclaimed_are_lost_capacity_for_a_hu
     assert [p.kind for p in report.proposals] == [ActionKind.PAGE_HUMAN]
 
 
-def test_a_ready_replica_that_generates_nothing_is_a_hung_worker_paged_with_its_pod(
+def test_a_ready_replica_that_generates_nothing_is_a_hung_worker_whose_pod_restart_is_proposed(
         app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
     w, report = _triage_fault(app, admin, fleet, webhook, "hung-worker", "ModelServerStalled")
     top = report.top
     assert top is not None and top.category == Category.HUNG_WORKER, report.summary
     assert top.culprit is not None and top.culprit.kind == "Pod" and top.culprit.name.startswith(w.name)
     assert any("no token" in s for s in top.supporting) and any("busy" in s for s in top.supporting), top.supporting
-    assert [p.kind for p in report.proposals] == [ActionKind.PAGE_HUMAN]
+    hung = faults.read_state(client.CoreV1Api(admin))["active"][-1]["pod"]
+    assert [(p.kind, p.target.kind if p.target else None, p.target.name if p.target else None)
+            for p in report.proposals] == [(ActionKind.RESTART_POD, "Pod", hung)], report.proposals
 
 
 def test_a_rollback_skips_a_previous_revision_that_carried_the_same_defect(

@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 
 REPLAY_WINDOW = dt.timedelta(minutes=6)  # Slack signatures older than 5 minutes are rejected anyway
 EXECUTABLE = {ActionKind.ROLLBACK, ActionKind.SCALE, ActionKind.DEPLOY, ActionKind.SET_GPU_RESOURCES,
-              ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT, ActionKind.CORDON_NODE, ActionKind.DRAIN_NODE}
+              ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT, ActionKind.CORDON_NODE, ActionKind.DRAIN_NODE,
+              ActionKind.RESTART_POD}
 C = ChangeStage
 # ChangeFlow stages → what the incident's top message says.
 FLOW_STAGE = {C.EXECUTING: Stage.EXECUTING, C.VERIFYING: Stage.EXECUTING, C.VERIFIED: Stage.RESOLVED,
