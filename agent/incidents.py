@@ -91,28 +91,30 @@ def parse(body: bytes) -> Notification:
         raise IntakeError(f"not an Alertmanager notification: {problems}") from e
 
 
-def _fingerprint(a: _WireAlert) -> str:
+def fingerprint_of(a: _WireAlert) -> str:
+    """The alert's fingerprint: Alertmanager's, or one derived from its labels when the sender gave none."""
     if a.fingerprint:
         return a.fingerprint
     canon = json.dumps(sorted(a.labels.items()))
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
+def ends_of(a: _WireAlert) -> dt.datetime | None:
+    """When the alert ended; None while it fires (Alertmanager sends the zero time, or nothing)."""
+    return None if a.endsAt is None or a.endsAt <= ZERO_TIME else a.endsAt
+
+
 def alerts_of(n: Notification) -> list[Alert]:
-    out = []
-    for a in n.alerts:
-        ends = None if a.endsAt is None or a.endsAt <= ZERO_TIME else a.endsAt
-        # The wire model validated every field already; validating the same values again is pure cost.
-        out.append(Alert.model_construct(fingerprint=_fingerprint(a), status=a.status, labels=a.labels,
-                                         annotations=a.annotations, starts_at=a.startsAt, ends_at=ends,
-                                         generator_url=a.generatorURL))
-    return out
+    # The wire model validated every field already; validating the same values again is pure cost.
+    return [Alert.model_construct(fingerprint=fingerprint_of(a), status=a.status, labels=a.labels,
+                                  annotations=a.annotations, starts_at=a.startsAt, ends_at=ends_of(a),
+                                  generator_url=a.generatorURL) for a in n.alerts]
 
 
 def incident_id(group_key: str, first_start: dt.datetime) -> str:
     """Deterministic, so two replicas receiving the same group agree on the id."""
     digest = hashlib.sha256(f"{group_key}|{first_start.isoformat()}".encode()).hexdigest()[:10]
-    return f"inc-{first_start:%Y%m%d}-{digest}"
+    return f"inc-{first_start.year:04d}{first_start.month:02d}{first_start.day:02d}-{digest}"
 
 
 _SEVERITY_ORDER = [Severity.CRITICAL, Severity.WARNING, Severity.INFO, Severity.NONE]

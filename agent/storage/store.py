@@ -289,11 +289,21 @@ def _to_rows(c: Conn, inc: Incident) -> None:
                sum(a.status == "firing" for a in inc.alerts), inc.id))
 
 
+# json.dumps(value, sort_keys=True), without building an encoder per call.
+_canonical_json = json.JSONEncoder(sort_keys=True).encode
+
+
 def _alert_row(incident_id: str, a: Alert) -> tuple[str, str, str, str, str, str, str | None, str]:
     """An alert as stored: one text per value, canonical (sorted keys, UTC), so equal alerts store equal text."""
-    return (incident_id, a.fingerprint, a.status, json.dumps(a.labels, sort_keys=True),
-            json.dumps(a.annotations, sort_keys=True), a.starts_at.astimezone(dt.UTC).isoformat(),
-            a.ends_at.astimezone(dt.UTC).isoformat() if a.ends_at else None, a.generator_url)
+    return (incident_id, a.fingerprint, a.status, _canonical_json(a.labels), _canonical_json(a.annotations),
+            _utc(a.starts_at), _utc(a.ends_at) if a.ends_at else None, a.generator_url)
+
+
+def _utc(t: dt.datetime) -> str:
+    return (t if t.utcoffset() == _ZERO else t.astimezone(dt.UTC)).isoformat()
+
+
+_ZERO = dt.timedelta(0)
 
 
 def _alert(row: Sequence[Any]) -> Alert:
@@ -547,11 +557,15 @@ _FLAP_S = incidents.FLAP_WINDOW.total_seconds()
 
 
 def _rows(n: incidents.Notification) -> tuple[list[tuple[str, str, str, str, str, str | None, str]], str]:
-    """The notification's alerts as stored (a fingerprint repeated in one body: its last version wins, as in
-    incidents.fold), and the id a new incident of this delivery gets."""
-    incoming = incidents.alerts_of(n)
-    rows = [_alert_row("", a)[1:] for a in {a.fingerprint: a for a in incoming}.values()]
-    return rows, incidents.incident_id(n.groupKey, min(a.starts_at for a in incoming))
+    """The notification's alerts as `_alert_row` stores them (a fingerprint repeated in one body: its last
+    version wins, as in incidents.fold), and the id a new incident of this delivery gets; straight from the
+    validated wire alerts (building an `Alert` for each first cost more than the rest of this)."""
+    rows = {}
+    for a in n.alerts:
+        fp, ends = incidents.fingerprint_of(a), incidents.ends_of(a)
+        rows[fp] = (fp, a.status, _canonical_json(a.labels), _canonical_json(a.annotations), _utc(a.startsAt),
+                    _utc(ends) if ends else None, a.generatorURL)
+    return list(rows.values()), incidents.incident_id(n.groupKey, min(a.startsAt for a in n.alerts))
 
 
 def _record_args(n: incidents.Notification, now: dt.datetime, max_alerts: int) -> tuple[Any, ...]:
