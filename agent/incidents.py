@@ -71,9 +71,31 @@ def parse(body: bytes) -> Notification:
     if len(body) > MAX_BODY_BYTES:
         raise IntakeError(f"body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}", status=413)
     try:  # a valid body is parsed and validated in one pass by pydantic-core's JSON parser
-        return Notification.model_validate_json(body)
+        n = Notification.model_validate_json(body)
     except ValidationError:
-        pass  # find out what is wrong, to say it in words a sender can act on
+        return _storable(_explain(body))
+    return _storable(n)
+
+
+def _storable(n: Notification) -> Notification:
+    """Refuse the text no store keeps as it is: a NUL character or a lone surrogate in the values stored as
+    plain text (labels and annotations are stored as JSON, which escapes both). Postgres would refuse the
+    delivery at write time, SQLite would keep it; both answer 400 instead."""
+    for where, text in (("groupKey", n.groupKey),
+                        *((f"alerts.{i}.{k}", v) for i, a in enumerate(n.alerts)
+                          for k, v in (("fingerprint", a.fingerprint), ("generatorURL", a.generatorURL)))):
+        if "\x00" in text:
+            raise IntakeError(f"{where} holds a NUL character")
+        if not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError as e:
+                raise IntakeError(f"{where} is not valid Unicode (a lone surrogate)") from e
+    return n
+
+
+def _explain(body: bytes) -> Notification:
+    """Validate a body that failed the fast path again, to say what is wrong in words a sender can act on."""
     try:
         doc: Any = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:

@@ -270,12 +270,12 @@ def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = 
     async def alertmanager(body: bytes) -> tuple[int, dict[str, Any]]:
         try:
             notification = redact_notification(incidents.parse(body))
-        except incidents.IntakeError as e:
+            # Only what the delivery changed is written and read back; hooks and triage read the whole incident
+            # later, off the request path. Answered once the delivery is committed (with others, on Postgres).
+            rec = await store.arecord_alerts(notification, dt.datetime.now(dt.UTC), max_alerts)
+        except incidents.IntakeError as e:  # malformed, or holding a value the store cannot keep
             metrics.webhooks.labels(outcome="rejected").inc()
             return e.status, {"error": str(e)}
-        # Only what the delivery changed is written and read back; hooks and triage read the whole incident
-        # later, off the request path. Answered once the delivery is committed (with others, on Postgres).
-        rec = await store.arecord_alerts(notification, dt.datetime.now(dt.UTC), max_alerts)
         metrics.webhooks.labels(outcome="accepted" if rec.changed else "duplicate").inc()
         if rec.opened:
             metrics.incidents.inc()

@@ -93,24 +93,23 @@ class GroupCommit(Generic[T, R]):
         self.stats.batches += 1
         self.stats.largest = max(self.stats.largest, len(batch))
         try:
-            try:
-                results = await self.run_batch([item for item, _ in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"a batch of {len(batch)} writes returned {len(results)} results")
-            except Exception as e:
-                if len(batch) == 1:
-                    _fail(batch[0][1], e)
+            if len(batch) > 1:
+                try:
+                    results = await self.run_batch([item for item, _ in batch])
+                    if len(results) != len(batch):
+                        raise RuntimeError(f"a batch of {len(batch)} writes returned {len(results)} results")
+                except Exception as e:
+                    self.stats.failed_batches += 1
+                    log.warning("a batch of %d writes failed (%s); writing each alone", len(batch), e)
+                else:
+                    for (_, fut), result in zip(batch, results, strict=True):
+                        _resolve(fut, result)
                     return
-                self.stats.failed_batches += 1
-                log.warning("a batch of %d writes failed (%s); writing each alone", len(batch), e)
-                for item, fut in batch:  # one after another: a failure shared by all costs no more connections
-                    try:
-                        _resolve(fut, await self.run_one(item))
-                    except Exception as one:
-                        _fail(fut, one)
-                return
-            for (_, fut), result in zip(batch, results, strict=True):
-                _resolve(fut, result)
+            for item, fut in batch:  # one after another: a failure shared by all costs no more connections
+                try:
+                    _resolve(fut, await self.run_one(item))
+                except Exception as e:
+                    _fail(fut, e)
         except BaseException:  # cancelled (the loop is closing): no caller waits for ever, none is told "stored"
             for _, fut in batch:
                 if not fut.done():

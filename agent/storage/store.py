@@ -364,7 +364,15 @@ class SqlStore(Db):
         return [_recorded(r[1:]) for r in rows]
 
     async def _record_one(self, item: bytes) -> Recorded | None:
-        return (await self._record_batch([item]))[0]  # a batch of one: its own transaction
+        try:
+            return (await self._record_batch([item]))[0]  # a batch of one: its own transaction
+        except Exception as e:
+            # A data exception (SQLSTATE class 22: a NUL character, say) is this delivery's own values, and
+            # sending it again cannot help: 400, not a retryable 5xx.
+            if str(getattr(e, "sqlstate", None) or "").startswith("22"):
+                why = getattr(getattr(e, "diag", None), "message_primary", None) or str(e)
+                raise incidents.IntakeError(f"the store cannot keep a value of this notification: {why}") from e
+            raise
 
     def _record_tx(self, n: incidents.Notification, now: dt.datetime, max_alerts: int) -> Recorded:
         with self._tx() as c:  # SQLite; and on Postgres an incident an older replica wrote
@@ -576,7 +584,10 @@ def _record_args(n: incidents.Notification, now: dt.datetime, max_alerts: int) -
 def _delivery(n: incidents.Notification, now: dt.datetime, max_alerts: int) -> bytes:
     """One item of `opsagent_record_batch`, encoded here so a value JSON cannot hold fails its own request."""
     rows, new_id = _rows(n)
-    return orjson.dumps([n.groupKey, n.status, new_id, now.isoformat(), max_alerts, rows])
+    try:
+        return orjson.dumps([n.groupKey, n.status, new_id, now.isoformat(), max_alerts, rows])
+    except orjson.JSONEncodeError as e:  # a lone surrogate in the group key or a fingerprint
+        raise incidents.IntakeError(f"the notification holds text that is not valid Unicode: {e}") from e
 
 
 def _recorded(r: Any) -> Recorded | None:
