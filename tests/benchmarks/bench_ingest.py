@@ -53,8 +53,8 @@ def serve(target: str, port: int) -> None:
     store = SqlStore(target)
 
     async def report() -> None:  # at shutdown (uvicorn re-raises SIGTERM once the app has stopped)
-        st = store.intake.stats
-        if st.batches:
+        st = getattr(getattr(store, "intake", None), "stats", None)  # None: code from before group commit
+        if st is not None and st.batches:
             print(f"{'':8} replica :{port}: {st.writes} deliveries in {st.batches} batches (mean "
                   f"{st.writes / st.batches:.1f}, largest {st.largest}, failed {st.failed_batches})", flush=True)
 
