@@ -337,12 +337,14 @@ def create_app(store: Store, triage: TriageFn | None, metrics: Metrics | None = 
             t.cancel()
 
     guard = security or HttpSecurity()
+    webhook = _Webhook(alertmanager)
     app = _Server(routes=[
+        Route(WEBHOOK_PATH, webhook, methods=["POST"]),  # reached only by a redirect ("/alertmanager/")
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint),
         Route("/incidents", list_incidents), Route("/incidents/{id}", get_incident),
         *routes,
     ], lifespan=lifespan, middleware=[Middleware(HttpGuard, security=guard)])
-    app.intake = HttpGuard(_Webhook(alertmanager), security=guard)
+    app.intake = HttpGuard(webhook, security=guard)
     app.state.worker = worker
     app.state.metrics = metrics
     return app

@@ -3,7 +3,9 @@
 One class over both backends (`agent.storage.db`); every write is a single transaction, so a crash or a bad
 body never leaves half an incident. `record_notification` is where concurrent deliveries meet: it
 reads and writes the incident of a group inside one transaction, serialized per group (SQLite's
-write lock; a Postgres advisory lock on the group key, so two replicas never open two incidents).
+write lock; a Postgres advisory lock on the group key, so two replicas never open two incidents). From the
+event loop (`arecord_alerts`, the webhook) the deliveries in flight on Postgres are group-committed: one
+statement and one commit for all of them (agent/storage/groupcommit.py), each answered after that commit.
 
 Leases are how replicas share work: `try_lease(name, holder, ttl_s)` grants a named lease to one
 holder until it expires; the holder renews it by asking again and gives it up with `release_lease`.
