@@ -36,7 +36,7 @@ from agent.app import App, build_app
 from agent.change.deploy import DeployRequest, checks, deploy_params
 from agent.change.executor.owned import RULE as OWNED_RULE
 from agent.change.models import ChangeSpec
-from agent.entry.commands.common import settings_for
+from agent.entry.commands.common import sandbox_overrides, settings_for
 from agent.entry.slack.service import build_server
 from agent.policy.evaluate import evaluate, load_policy
 from agent.policy.model import Request
@@ -73,8 +73,8 @@ def deploy_app(status: dict[str, Any], state: Path) -> tuple[App, str]:
     token = secrets.token_hex(24)
     base = settings_for(None, status, state_dir=str(state))
     policies = policies_without_window(state, Path(base.policies_dir))
-    settings = settings_for(None, status, state_dir=str(state), policies_dir=str(policies),
-                            server={"pipeline_tokens": f"{PIPELINE}={token}"})
+    server = {**sandbox_overrides(status).get("server", {}), "pipeline_tokens": f"{PIPELINE}={token}"}
+    settings = settings_for(None, status, state_dir=str(state), policies_dir=str(policies), server=server)
     return build_app(settings), token
 
 

@@ -383,8 +383,7 @@ class LiveRunner:
         self.status = opts.sandbox_status
         self.prom = self.status["endpoints"]["prometheus"]
         self.admin = api_client(Path(self.status["kubeconfigs"]["admin"]))
-        # A sandbox started with rollouts (`sandbox up --rollouts`) also runs the Rollout-managed models.
-        self.fleet = deploy_fleet() if rollouts.crds_established(self.admin) else Fleet.load()
+        self.fleet = Fleet.load()  # what the faults act on
         self.namespaces = list(self.fleet.serving_namespaces)
         # (kind, name, namespace, {labels|annotations: {key: value before}}) the harness set, restored at reset.
         self._planted: list[tuple[str, str, str | None, dict[str, dict[str, str | None]]]] = []
@@ -458,8 +457,8 @@ class LiveRunner:
             if obj.kind == "Node":
                 for n in k8s.CoreV1Api(self.admin).list_node(label_selector=f"{LABEL_POOL}={obj.node_pool}").items:
                     self._plant("Node", n.metadata.name, None, obj.labels, obj.annotations)
-            else:
-                w = self.fleet.workload(obj.workload or s.workload)
+            else:  # a Rollout-managed model is in the sandbox's fleet only with `sandbox up --rollouts`
+                w = (deploy_fleet() if obj.kind == "Rollout" else self.fleet).workload(obj.workload or s.workload)
                 self._plant(obj.kind, w.name, w.namespace, obj.labels, obj.annotations)
 
     # -- the simulation clock --
@@ -690,7 +689,7 @@ class LiveRunner:
             self._setup(s)
             before = _snapshot(self.admin, self.namespaces)
             t_ask = time.time()
-            self.opts.echo(f"-- {s.id}: a pipeline asks for {s.deploy}")
+            self.opts.echo(f"-- {s.id}: a pipeline asks for a deployment")
             asyncio.run(self._deploy(s, app, token, rec))
             rec.mutations = _mutations(before, _snapshot(self.admin, self.namespaces), rec.changes)
         except Exception as e:  # a harness failure is a failed scenario with its reason

@@ -620,3 +620,70 @@ def test_the_staging_soak_query_reads_how_long_a_version_served_within_slo(
     ttft_none, _ = staging_soak_queries(w.namespace, WORKLOAD, "1999.01.0", window="1m")
     assert not query_range(prom, ttft_none, start, end, 10)
     assert not staging_soak([], ttft_p95_max_s=1, error_share_max=1, required_s=60, now=end, step_s=10).ok
+
+
+def test_a_slow_preflight_does_not_hold_the_request_and_get_reports_its_end(
+        rsandbox: dict[str, Any], radmin: client.ApiClient, rconfig: Path, rstate: Path, tmp_path: Path) -> None:
+    """The API server answers the agent's reads late: POST answers 202 with a request id at the bound, the
+    preflight goes on, and GET reports the refusal, the unknown target or the change request it came to."""
+    from urllib.parse import urlparse
+
+    from agent.entry.commands.common import sandbox_overrides
+    from tests.slow_proxy import slow
+
+    kc = yaml.safe_load(Path(rsandbox["kubeconfigs"]["reader"]).read_text())
+    api = urlparse(kc["clusters"][0]["cluster"]["server"])
+    over = sandbox_overrides(rsandbox)
+    good = {"authorization": f"Bearer {PIPELINE_TOKEN}"}
+    generation = _rollout(radmin, "llm-prod")["metadata"]["generation"]
+    with slow(api.hostname or "127.0.0.1", api.port or 443, delay_s=4.0) as proxy:
+        kc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+        (tmp_path / "reader.kubeconfig").write_text(yaml.safe_dump(kc))
+        settings = settings_for(rconfig, rsandbox, state_dir=str(rstate), kubernetes={
+            **over["kubernetes"], "reader_kubeconfig": str(tmp_path / "reader.kubeconfig")}, server={
+            **over.get("server", {}), "pipeline_tokens": f"model-assist={PIPELINE_TOKEN}", "deploy_wait_s": 1})
+        app = build_app(settings)
+        asgi, _ = build_server(app)
+
+        async def calls() -> list[list[httpx.Response]]:
+            transport = httpx.ASGITransport(app=asgi)
+            async with httpx.AsyncClient(transport=transport, base_url="http://opsagent") as http:
+                out = []
+                for body in ({"target": f"llm-prod/{WORKLOAD}", "version": "2025.10.5",
+                              "model": "llama-3.1-70b-instruct"},
+                             {"target": "llm-prod/no-such-model", "version": "2025.10.5"},
+                             {"target": f"llm-prod/{WORKLOAD}", "version": "2025.10.5"}):
+                    seen = [await http.post("/deployments", json=body, headers=good)]
+                    url = seen[0].json().get("url", "")
+                    seen.append(await http.get(url, headers=good))  # right away: still in its preflight
+                    seen.append(await http.get(url, headers={"authorization": "Bearer wrong"}))
+                    for _ in range(120):
+                        if seen[-1].json().get("status") not in ("preflight", None):
+                            break
+                        await asyncio.sleep(0.5)
+                        seen.append(await http.get(url, headers=good))
+                    out.append(seen)
+                return out
+
+        before = _stored(rsandbox, rconfig, rstate)
+        try:
+            refused, unknown, proposed = asyncio.run(calls())
+        finally:
+            app.close()
+    for seen in (refused, unknown, proposed):
+        assert seen[0].status_code == 202 and seen[0].json()["status"] == "preflight", seen[0].text
+        assert seen[0].json()["id"].startswith("req-") and seen[1].json()["status"] == "preflight"
+        assert seen[2].status_code == 401, "a request's progress is not shown without a pipeline token"
+    assert refused[-1].status_code == 422 and refused[-1].json()["status"] == "refused", refused[-1].text
+    assert any("does not fit 24 GiB GPUs" in r for r in refused[-1].json()["reasons"]), refused[-1].json()
+    assert unknown[-1].status_code == 404 and "no Rollout or Deployment llm-prod/no-such-model" in \
+        unknown[-1].json()["error"], unknown[-1].text
+    assert proposed[-1].status_code == 202 and proposed[-1].json()["status"] == "pending_approval", proposed[-1].text
+    change_id = proposed[-1].json()["id"]
+    assert change_id.startswith("chg-") and proposed[-1].json()["url"] == f"/deployments/{change_id}"
+    changes, _ = _stored(rsandbox, rconfig, rstate)
+    assert changes == before[0] + 1, "only the proposal is a change request (not the refusal, not the 404)"
+    refusals = [e for e in _audit(rsandbox, rconfig, rstate, "preflight (ci)") if "2025.10.5" in json.dumps(e)
+                or "llama-3.1-70b" in e["reason"]]
+    assert refusals, "the refusal is audited"
+    assert _rollout(radmin, "llm-prod")["metadata"]["generation"] == generation, "nothing was written"

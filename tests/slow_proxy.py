@@ -1,0 +1,70 @@
+"""A TCP proxy on loopback that holds each new connection for a while before passing bytes through.
+
+Bad luck on the network, not a fake: the bytes are the real server's (TLS passes through untouched),
+they only arrive late, as they do behind a loaded API server or a congested link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+
+
+class SlowProxy:
+    """Forwards 127.0.0.1:<port> to `upstream` after `delay_s` per connection (`delay_s` may change live)."""
+
+    def __init__(self, upstream_host: str, upstream_port: int, delay_s: float) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.delay_s = delay_s
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._server: asyncio.base_events.Server | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(self.delay_s)
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+    def __enter__(self) -> SlowProxy:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            self._loop.stop()
+
+        self._loop.call_soon_threadsafe(stop)
+        self._thread.join(5)
+
+
+@contextlib.contextmanager
+def slow(upstream_host: str, upstream_port: int, delay_s: float) -> Iterator[SlowProxy]:
+    with SlowProxy(upstream_host, upstream_port, delay_s) as p:
+        yield p
