@@ -36,6 +36,7 @@ from agent.app import App, build_app
 from agent.change.deploy import DeployRequest, checks, deploy_params
 from agent.change.executor.owned import RULE as OWNED_RULE
 from agent.change.models import ChangeSpec
+from agent.change.rollout_watch import weight_at
 from agent.entry.commands.common import sandbox_overrides, settings_for
 from agent.entry.slack.service import build_server
 from agent.policy.evaluate import evaluate, load_policy
@@ -170,6 +171,8 @@ class RolloutWatch(threading.Thread):
         self.canary_hash = current
         self.first_canary_at = self.first_canary_at or time.time()
         weight = ((st.get("canary") or {}).get("weights") or {}).get("canary", {}).get("weight")
+        if weight is None and st.get("currentStepIndex") is not None:
+            weight = weight_at(ro, int(st["currentStepIndex"]))
         if weight is not None and (not self.weights or self.weights[-1] != int(weight)):
             self.weights.append(int(weight))
         if st.get("abort") or rollouts.phase(ro) == "Healthy":
@@ -195,6 +198,28 @@ def served(prom: str, namespace: str, name: str, canary_hash: str, start: float,
     rest = _prom(prom, f'sum(increase(http_requests_total{{{sel}, rollouts_pod_template_hash!="{canary_hash}"}}'
                        f"[{window}]))", end) or 0.0
     return new, new + rest
+
+
+def restore(api: k8s.ApiClient, fleet: Fleet, workload: str, prometheus: str, timeout_s: float = 420) -> bool:
+    """Put a Rollout back on the fleet's version (an earlier run promoted another) and wait until it is
+    Healthy: a scenario's canary starts from the sandbox's stable build. True when something was restored."""
+    w = fleet.workload(workload)
+    custom = k8s.CustomObjectsApi(api)
+    ro = custom.get_namespaced_custom_object(rollouts.GROUP, rollouts.VERSION, w.namespace, "rollouts", w.name)
+    labels = ro["spec"]["template"].get("metadata", {}).get("labels") or {}
+    if labels.get("model-version") == w.version and rollouts.phase(ro) == "Healthy":
+        return False
+    want = rollouts.rollout_manifest(fleet, w, prometheus)["spec"]["template"]
+    if labels.get("model-version") != w.version:
+        custom.patch_namespaced_custom_object(rollouts.GROUP, rollouts.VERSION, w.namespace, "rollouts", w.name,
+                                              {"spec": {"template": want}})  # a merge patch: lists replaced
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ro = custom.get_namespaced_custom_object(rollouts.GROUP, rollouts.VERSION, w.namespace, "rollouts", w.name)
+        if rollouts.phase(ro) == "Healthy":
+            return True
+        time.sleep(2)
+    raise TimeoutError(f"{w.namespace}/{w.name} did not become Healthy on {w.version} within {timeout_s:.0f} s")
 
 
 # ---- the live step -------------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ from deploy.sandbox.receiver import WebhookReceiver
 from deploy.sandbox.simulator import model as demand
 from evals import alerts
 from evals.compromised import CompromisedModel
-from evals.deploys import deploy_app, deploy_fleet, live_deploy, policies_without_window, replay_deploy
+from evals.deploys import deploy_app, deploy_fleet, live_deploy, policies_without_window, replay_deploy, restore
 from evals.record import (
     AuditFacts,
     ChangeOutcome,
@@ -686,6 +686,11 @@ class LiveRunner:
         try:
             self.opts.echo(f"-- {s.id}: reset")
             self.reset()
+            if s.deploy is not None and s.deploy.expect in ("promoted", "aborted"):
+                workload = s.deploy.workload or s.workload
+                if workload in rollouts.merged_fleet(Fleet.load())[1] and restore(
+                        self.admin, deploy_fleet(), workload, self.status["endpoints"]["prometheus"]):
+                    self.opts.echo(f"   ({workload} put back on its fleet version first)")
             self._setup(s)
             before = _snapshot(self.admin, self.namespaces)
             t_ask = time.time()

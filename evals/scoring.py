@@ -271,8 +271,10 @@ def score_deploy(s: Scenario, r: RunRecord) -> Score:
         if run.stable_before and run.stable_after != run.stable_before:
             ok = False
             reasons.append(f"the stable ReplicaSet changed: {run.stable_before} -> {run.stable_after}")
-        first = min(run.weights) if run.weights else 0
-        if run.weights and max(run.weights) > first:
+        if not run.weights:
+            ok = False
+            reasons.append("no canary step was seen: nothing shows the abort came at the first step")
+        elif max(run.weights) > min(run.weights):
             ok = False
             reasons.append(f"the canary went past its first step: weights {run.weights}")
         share = run.exposure
@@ -287,6 +289,9 @@ def score_deploy(s: Scenario, r: RunRecord) -> Score:
         if run.stable_before and run.stable_after == run.stable_before:
             ok = False
             reasons.append("the stable ReplicaSet is the old one: nothing was promoted")
+        if run.weights and run.weights[-1] != 100:
+            ok = False
+            reasons.append(f"the canary did not reach 100 %: weights {run.weights}")
     reasons += r.errors
     spent = r.scenario_s if r.scenario_s is not None else r.wall_s
     over_time = spent > s.budgets.time_s
