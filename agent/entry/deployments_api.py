@@ -5,7 +5,8 @@
                              → 202 {"id": "req-…", "status": "preflight", "url": …} when the preflight takes
                                longer than `server.deploy_wait_s`: it goes on, and GET reports it
     GET  /deployments/{id}   → the change's status, approvals and verification (the canary's outcome); for a
-                               req-… id: "preflight" while it runs, then what the POST would have answered
+                               req-… id: "preflight" while it runs, then the refusal (422 / 404) or, once
+                               proposed, the change's status like its own id
 
 Each pipeline has its own token (`server.pipeline_tokens`, "name=token" pairs from a Secret), checked
 in constant time before the body is read; the change request names the pipeline as its requester. A
@@ -115,16 +116,20 @@ def deployment_routes(app: App, tokens: PipelineTokens, *, wait_s: float = 10.0)
         if caller(request) is None:
             return unauthorized()
         cid = request.path_params["id"]
+        rid = None
         if (task := running.get(cid)) is not None:
             if not task.done():
                 return JSONResponse({"id": cid, "status": "preflight"}, status_code=200)
             code, body = task.result()
-            return JSONResponse({"request": cid, **body}, status_code=code)
+            if code != 202:  # refused, not found, failed: that is the request's end
+                return JSONResponse({"request": cid, **body}, status_code=code)
+            rid, cid = cid, str(body["id"])  # proposed: from now on the change's own status
         ch = await asyncio.to_thread(app.ledger.get, cid)
         if ch is None or ch.spec.action != ActionKind.DEPLOY:
             return JSONResponse({"error": f"no deployment {cid}"}, status_code=404)
         approvals = await asyncio.to_thread(app.ledger.approvals, cid)
-        return JSONResponse({"id": ch.id, "target": f"{ch.spec.target.namespace}/{ch.spec.target.name}",
+        return JSONResponse({**({"request": rid} if rid else {}), "id": ch.id, "url": f"{PREFIX}/{ch.id}",
+                             "target": f"{ch.spec.target.namespace}/{ch.spec.target.name}",
                              "kind": ch.spec.target.kind, "status": ch.status.value, "requester": ch.requester,
                              "approvals": {"have": len([a for a in approvals if a.decision == "approve"]),
                                            "required": ch.approvals_required, "roles": ch.approver_roles},

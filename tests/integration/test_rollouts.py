@@ -679,9 +679,12 @@ def test_a_slow_preflight_does_not_hold_the_request_and_get_reports_its_end(
     assert any("does not fit 24 GiB GPUs" in r for r in refused[-1].json()["reasons"]), refused[-1].json()
     assert unknown[-1].status_code == 404 and "no Rollout or Deployment llm-prod/no-such-model" in \
         unknown[-1].json()["error"], unknown[-1].text
-    assert proposed[-1].status_code == 202 and proposed[-1].json()["status"] == "pending_approval", proposed[-1].text
+    # Once proposed, the request's id reads as the change's own status (a pipeline polls one URL to the end).
+    assert proposed[-1].status_code == 200 and proposed[-1].json()["status"] == "pending_approval", proposed[-1].text
     change_id = proposed[-1].json()["id"]
     assert change_id.startswith("chg-") and proposed[-1].json()["url"] == f"/deployments/{change_id}"
+    assert proposed[-1].json()["request"] == proposed[0].json()["id"]
+    assert proposed[-1].json()["approvals"] == {"have": 0, "required": 2, "roles": ["ml-platform", "oncall"]}
     changes, _ = _stored(rsandbox, rconfig, rstate)
     assert changes == before[0] + 1, "only the proposal is a change request (not the refusal, not the 404)"
     refusals = [e for e in _audit(rsandbox, rconfig, rstate, "preflight (ci)") if "2025.10.5" in json.dumps(e)
