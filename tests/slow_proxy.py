@@ -1,7 +1,8 @@
-"""A TCP proxy on loopback that holds each new connection for a while before passing bytes through.
+"""A TCP proxy on loopback that holds every chunk a client sends for a while before passing it on.
 
 Bad luck on the network, not a fake: the bytes are the real server's (TLS passes through untouched),
-they only arrive late, as they do behind a loaded API server or a congested link.
+they only arrive late, as they do behind a loaded API server or a congested link. Every request on a
+kept-alive connection is delayed too, not only a connection's first.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 
 
 class SlowProxy:
-    """Forwards 127.0.0.1:<port> to `upstream` after `delay_s` per connection (`delay_s` may change live)."""
+    """Forwards 127.0.0.1:<port> to `upstream`, each chunk from the client `delay_s` late."""
 
     def __init__(self, upstream_host: str, upstream_port: int, delay_s: float) -> None:
         self.upstream = (upstream_host, upstream_port)
@@ -32,22 +33,22 @@ class SlowProxy:
         self._loop.run_forever()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(self.delay_s)
         try:
             up_r, up_w = await asyncio.open_connection(*self.upstream)
         except OSError:
             writer.close()
             return
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay_s: float) -> None:
             with contextlib.suppress(ConnectionError, OSError):
                 while data := await src.read(65536):
+                    await asyncio.sleep(delay_s)
                     dst.write(data)
                     await dst.drain()
             with contextlib.suppress(ConnectionError, OSError, RuntimeError):
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+        await asyncio.gather(pipe(reader, up_w, self.delay_s), pipe(up_r, writer, 0.0))
 
     def __enter__(self) -> SlowProxy:
         self._thread.start()

@@ -637,7 +637,7 @@ def test_a_slow_preflight_does_not_hold_the_request_and_get_reports_its_end(
     over = sandbox_overrides(rsandbox)
     good = {"authorization": f"Bearer {PIPELINE_TOKEN}"}
     generation = _rollout(radmin, "llm-prod")["metadata"]["generation"]
-    with slow(api.hostname or "127.0.0.1", api.port or 443, delay_s=4.0) as proxy:
+    with slow(api.hostname or "127.0.0.1", api.port or 443, delay_s=1.5) as proxy:
         kc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
         (tmp_path / "reader.kubeconfig").write_text(yaml.safe_dump(kc))
         settings = settings_for(rconfig, rsandbox, state_dir=str(rstate), kubernetes={

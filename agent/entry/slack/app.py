@@ -354,6 +354,9 @@ class SlackBot:
         """Progress of a change: its block, its incident's thread and top message follow."""
         icon = FLOW_ICON.get(ev.stage, ":information_source:")
         ch = await asyncio.to_thread(self.app.ledger.get, ev.change_id)
+        if ev.stage in QUIET and ch is not None and ch.incident_id is None and await asyncio.to_thread(
+                self.app.store.chat_message, f"change:{ev.change_id}") is None:
+            return  # just proposed: the surface that asked posts its block where it was asked (a thread)
         message = ev.message.removeprefix(f"{ev.change_id}: ")
         if ev.stage in OUTCOMES and ch is not None and ch.result.get("verification") \
                 and str(ch.result["verification"]) not in message:
