@@ -24,6 +24,7 @@ class SlowProxy:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._server: asyncio.base_events.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -33,10 +34,14 @@ class SlowProxy:
         self._loop.run_forever()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
         try:
             up_r, up_w = await asyncio.open_connection(*self.upstream)
         except OSError:
             writer.close()
+            self._conns.discard(task)
             return
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay_s: float) -> None:
@@ -48,7 +53,14 @@ class SlowProxy:
             with contextlib.suppress(ConnectionError, OSError, RuntimeError):
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_w, self.delay_s), pipe(up_r, writer, 0.0))
+        try:
+            await asyncio.gather(pipe(reader, up_w, self.delay_s), pipe(up_r, writer, 0.0))
+        finally:
+            for w in (writer, up_w):
+                w.close()
+                with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
+                    await w.wait_closed()
+            self._conns.discard(task)
 
     def __enter__(self) -> SlowProxy:
         self._thread.start()
@@ -56,13 +68,19 @@ class SlowProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        def stop() -> None:
+        async def stop() -> None:
             if self._server is not None:
                 self._server.close()
-            self._loop.stop()
+            for t in list(self._conns):
+                t.cancel()
+            await asyncio.gather(*self._conns, return_exceptions=True)
+            if self._server is not None:
+                await self._server.wait_closed()
 
-        self._loop.call_soon_threadsafe(stop)
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
 
 
 @contextlib.contextmanager
