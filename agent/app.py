@@ -14,7 +14,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,8 +210,9 @@ class App:
                                           incident_id=report.incident_id, evidence=[e.id for e in report.evidence]))
         return out
 
-    async def deploy(self, req: DeployRequest, *, requester: str, via: str,
-                     on_event: OnEvent | None = None) -> DeployOutcome:
+    async def deploy(self, req: DeployRequest, *, requester: str, via: str, on_event: OnEvent | None = None,
+                     why: str = "", evidence: list[str] | None = None,
+                     on_proposed: Callable[[ChangeRequest], Awaitable[None]] | None = None) -> DeployOutcome:
         """Plan a deployment (read the target, its pool and the soak; run the preflight) and propose it.
 
         The one path every surface takes (CLI, Slack, CI API): a failed preflight is refused and audited,
@@ -224,7 +225,8 @@ class App:
         plan = await plan_deployment(req, reader=reader, catalog=catalog, cluster=self.settings.kubernetes.cluster,
                                      prom=self.clients.get("prometheus"))
         return await request_deployment(plan, flow=self.flow(on_event=on_event), audit=self.audit,
-                                        requester=requester, via=via)
+                                        requester=requester, via=via, why=why, evidence=evidence,
+                                        on_proposed=on_proposed)
 
     def executor(self) -> Executor:
         """The guarded executor in this process, with the write client (the executor process, dev, the CLI)."""
