@@ -321,7 +321,16 @@ def checks(req: DeployRequest, kind: str, obj: Mapping[str, Any], params: Mappin
             out.append(Check("GPU memory", False, str(e)))
     replicas = int(obj["spec"].get("replicas") or 0)
     max_surge: int | None = None
-    if kind == "Rollout":
+    old_pod = pod_shape(obj["spec"]["template"]["spec"])
+    if pod.node_selector != old_pod.node_selector:
+        # A move: every replica ends up on the new class, whose nodes the old pods do not free.
+        c = capacity(pod, max(1, replicas), nviews, pviews)
+        out.append(Check(c.name, c.ok, ("all replicas of the move: " if c.ok else "the move's ") + c.summary,
+                         (f"a move to another GPU class needs room there for all {replicas} replica(s), "
+                          "not only the first step", *c.details)))
+        if kind == "Deployment":
+            max_surge = max(1, math.ceil(replicas * DEFAULT_SURGE_SHARE))
+    elif kind == "Rollout":
         out.append(capacity(pod, canary_surge(obj), nviews, pviews))
     else:
         cap = max(1, math.ceil(replicas * DEFAULT_SURGE_SHARE))
