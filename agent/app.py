@@ -34,6 +34,7 @@ from agent.audit.log import (
     FileCheckpointSink,
     S3CheckpointSink,
 )
+from agent.change import class_evidence
 from agent.change.deploy import DeployOutcome, DeployRequest, plan_deployment, request_deployment
 from agent.change.flow import ChangeFlow, FlowEvent, FlowState, OnEvent
 from agent.change.ledger import Ledger
@@ -182,8 +183,15 @@ class App:
                 if on_event is not None:
                     await on_event(FlowEvent(ch.id, ChangeStage.VERIFYING, message))
 
+            prom = self.clients.get("prometheus")
+
+            async def compare(stable: str, canary: str) -> str:
+                assert prom is not None and ch.spec.target.namespace
+                return await class_evidence.compare(prom, ch.spec.target.namespace, ch.spec.target.name,
+                                                    stable=stable, canary=canary)
+
             return await watch_rollout(ch, self.clients["k8s_read"], on_progress=progress,
-                                       deadline_s=v.canary_deadline_s)
+                                       deadline_s=v.canary_deadline_s, compare=compare if prom is not None else None)
         vs = VerifySettings(window_s=v.window_s, baseline_s=v.baseline_s, step_s=v.step_s,
                             rate_window_s=v.rate_window_s, rollout_deadline_s=v.rollout_deadline_s)
         try:
