@@ -381,6 +381,12 @@ async def plan_deployment(req: DeployRequest, *, reader: K8sReadClient, catalog:
         if tolerations is not None:
             params["tolerations"] = tolerations
     found, max_surge = checks(req, kind, obj, params, nodes, pods, catalog)
+    if req.node_selector is not None:
+        # What the move is priced at (the change request's cost delta); the executor's write ignores these.
+        for key, selector in (("instance_type", obj["spec"]["template"]["spec"].get("nodeSelector") or {}),
+                              ("new_instance_type", req.node_selector)):
+            if selector and (it := instance_type(nodes, selector)):
+                params[key] = it
     if max_surge is not None:
         params["max_surge"] = max_surge
     if req.promote_from:

@@ -181,6 +181,14 @@ def predicted_cost_delta(spec: ChangeSpec, live_object: Mapping[str, Any] | None
     price = _price_per_gpu_hour(spec, live_object, catalog)
     if price is None:
         return None
+    new_price = price
+    if spec.action == ActionKind.DEPLOY and "node_selector" in spec.params:
+        # A GPU-class move: the new class's price, from its selector or the instance type the preflight found.
+        to = (spec.params.get("node_selector") or {}).get(INSTANCE_TYPE_LABEL) or spec.params.get("new_instance_type")
+        it = catalog.instance_types.get(str(to)) if to else None
+        if it is None or not it.gpus:
+            return None
+        new_price = it.price_per_gpu_hour
     replicas = int(live_object.get("spec", {}).get("replicas") or 0)
     gpus = _template_gpus(live_object)
     new_replicas, new_gpus = replicas, gpus
@@ -191,4 +199,4 @@ def predicted_cost_delta(spec: ChangeSpec, live_object: Mapping[str, Any] | None
             new_gpus = int(spec.params["gpus"])
     except (KeyError, TypeError, ValueError):
         return None
-    return round((new_replicas * new_gpus - replicas * gpus) * price * HOURS_PER_MONTH, 2)
+    return round((new_replicas * new_gpus * new_price - replicas * gpus * price) * HOURS_PER_MONTH, 2)

@@ -15,6 +15,7 @@ from agent.rightsize.changes import (
     change_specs,
     is_move,
     move_request,
+    predicted_cost_delta,
     spec_from_button,
 )
 from agent.rightsize.engine import Confidence, Recommendation, Shape, SloRisk
@@ -118,3 +119,15 @@ def test_the_move_is_checked_on_the_new_pool_and_refused_with_numbers_when_it_is
     saving = 2 * (CATALOG.instance_types["p5.48xlarge"].price_per_gpu_hour
                   - CATALOG.instance_types["p4d.24xlarge"].price_per_gpu_hour) * 730
     assert f"{saving:,.0f}/month" in cost.summary
+
+
+def test_a_moves_change_request_is_priced_at_the_new_class() -> None:
+    req = move_request(change_specs(_rec(A100), "c").specs[0])
+    obj = workload(replicas=2)  # selected by a pool label: the preflight records the instance types it found
+    params, _ = deploy_params(req, "Rollout", obj)
+    spec = change_specs(_rec(A100), "c").specs[0].model_copy(update={"params": {
+        **params, "instance_type": "p5.48xlarge", "new_instance_type": "p4d.24xlarge"}})
+    h100, a100 = (CATALOG.instance_types[k].price_per_gpu_hour for k in ("p5.48xlarge", "p4d.24xlarge"))
+    assert predicted_cost_delta(spec, obj, CATALOG) == pytest.approx(2 * (a100 - h100) * 730, abs=0.01)
+    unknown = spec.model_copy(update={"params": {**params, "instance_type": "p5.48xlarge", "node_selector": {"pool": "x"}}})
+    assert predicted_cost_delta(unknown, obj, CATALOG) is None  # a class it cannot price is not priced as free
