@@ -28,7 +28,8 @@ def _rec(new: Shape, *, current: Shape | None = None) -> Recommendation:
     return Recommendation(id="rs-0123456789", namespace="llm-prod", name="notes-assist", model="llama-3.1-8b-instruct",
                           team="assistant", confidence=Confidence.MEDIUM, reason=f"{cur.describe()} → {new.describe()}",
                           current=cur, recommended=new, monthly_cost_current=cur.monthly_cost,
-                          monthly_cost_recommended=new.monthly_cost, monthly_savings=cur.monthly_cost - new.monthly_cost,
+                          monthly_cost_recommended=new.monthly_cost,
+                          monthly_savings=cur.monthly_cost - new.monthly_cost,
                           slo_risk=SloRisk.MEDIUM, slo_risk_reason="scaled by relative throughput; canary it",
                           evidence={"replicas_on_current_gpu": 2})
 
@@ -129,5 +130,6 @@ def test_a_moves_change_request_is_priced_at_the_new_class() -> None:
         **params, "instance_type": "p5.48xlarge", "new_instance_type": "p4d.24xlarge"}})
     h100, a100 = (CATALOG.instance_types[k].price_per_gpu_hour for k in ("p5.48xlarge", "p4d.24xlarge"))
     assert predicted_cost_delta(spec, obj, CATALOG) == pytest.approx(2 * (a100 - h100) * 730, abs=0.01)
-    unknown = spec.model_copy(update={"params": {**params, "instance_type": "p5.48xlarge", "node_selector": {"pool": "x"}}})
+    unknown = spec.model_copy(update={"params": {**params, "instance_type": "p5.48xlarge",
+                                                 "node_selector": {"pool": "x"}}})
     assert predicted_cost_delta(unknown, obj, CATALOG) is None  # a class it cannot price is not priced as free
