@@ -48,7 +48,7 @@ from tests.integration.conftest import one_start_at_a_time
 from tests.integration.promql import query
 from tests.integration.test_rollouts import Approval
 from tests.serving import serve
-from tests.slack_standin import ONCALL, SlackClientSim, SlackStandIn
+from tests.slack_standin import SlackClientSim, SlackStandIn
 
 pytestmark = [pytest.mark.sandbox]
 
@@ -57,6 +57,7 @@ NS, WORKLOAD = "llm-prod", "notes-assist"
 H100, A100, L4 = "p5.48xlarge", "p4d.24xlarge", "g6.2xlarge"
 ROOT = Path(__file__).parents[2]
 SECRET, CHANNEL = "moves-test-signing-secret", "C0COSTREPORT"
+CLICKER = "U0DANA001"  # dana on Slack: not an approver, so bob and alice can approve what she asks for
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +230,7 @@ def test_the_reports_button_moves_the_model_as_a_canary_on_the_new_class_and_the
             assert bot is not None
             with serve(asgi) as url:
                 sim = SlackClientSim(url, SECRET, api)
-                assert sim.click(ONCALL, CREATE_ACTION_ID, value, CHANNEL, report.args["_ts"]).status_code == 200
+                assert sim.click(CLICKER, CREATE_ACTION_ID, value, CHANNEL, report.args["_ts"]).status_code == 200
                 note = api.wait(lambda: api.of("chat.postEphemeral"), timeout=120, what="the click's answer")[0]
         finally:
             app.close()
@@ -241,7 +242,7 @@ def test_the_reports_button_moves_the_model_as_a_canary_on_the_new_class_and_the
         ch = app.ledger.get(change_id)
     finally:
         app.close()
-    assert ch is not None and ch.status == ChangeStatus.PENDING_APPROVAL and ch.requester == f"slack:{ONCALL}"
+    assert ch is not None and ch.status == ChangeStatus.PENDING_APPROVAL and ch.requester == f"slack:{CLICKER}"
     assert ch.spec.target.kind == "Rollout" and ch.spec.params["node_selector"] == {INSTANCE_TYPE_LABEL: A100}
     assert "labels" not in ch.spec.params and "image" not in ch.spec.params, "the same version moves"
     assert "GPU capacity" in ch.reason and "all replicas of the move" in ch.reason, ch.reason
@@ -267,6 +268,7 @@ def test_the_reports_button_moves_the_model_as_a_canary_on_the_new_class_and_the
         if rollouts.phase(ro) == "Healthy" and st.get("stableRS") and st["stableRS"] != stable:
             break
         assert not st.get("abort"), f"the move was aborted: {st.get('message')}"
+        assert approval.is_alive(), f"the approval ended before the promotion: {approval.state or approval.error}"
         time.sleep(0.5)
     elapsed = time.time() - t0
     assert rollouts.phase(ro) == "Healthy" and ro["status"]["stableRS"] != stable, f"not promoted: {ro.get('status')}"
@@ -289,3 +291,32 @@ def test_the_reports_button_moves_the_model_as_a_canary_on_the_new_class_and_the
         f"the next report recommends no further move: {rec['reason']}"
     print(f"[figure] the next report: {rec['reason']}; ${rec['monthly_cost_current']:,.0f}/month "
           "(was $10,045 on H100s)")
+
+
+def test_a_plain_deployment_moves_by_a_rolling_update_that_is_verified_on_the_new_class(
+        msandbox: dict[str, Any], madmin: client.ApiClient, mconfig: Path, mstate: Path) -> None:
+    import json
+
+    ns, name = "llm-prod", "chat-lite"  # a Deployment: two replicas of one L4 each
+    apps, core = client.AppsV1Api(madmin), client.CoreV1Api(madmin)
+    before = apps.read_namespaced_deployment(name, ns)
+    out = _cli(msandbox, mconfig, mstate, "deploy", f"{ns}/{name}", "--node-selector",
+               f"{INSTANCE_TYPE_LABEL}={A100}", "--as", "dana", "--json")
+    assert out.exit_code == 0, out.output
+    body = json.loads(out.stdout[out.stdout.index("{"):])
+    assert body["kind"] == "Deployment" and "(rolling)" in body["summary"] and "GPU-class move" in body["summary"]
+    capacity = next(c for c in body["preflight"] if c["name"] == "GPU capacity")
+    assert capacity["ok"] and "all replicas of the move" in capacity["summary"], capacity
+    approval = _approve(msandbox, mconfig, mstate, str(body["change_id"]))
+    approval.join(600)
+    assert approval.error is None and approval.state is not None, approval.error
+    assert approval.state.stage == ChangeStage.VERIFIED, (approval.state.stage, approval.state.verification)
+    dep = apps.read_namespaced_deployment(name, ns)
+    assert dep.spec.template.spec.node_selector == {INSTANCE_TYPE_LABEL: A100}
+    assert dep.spec.template.metadata.labels == before.spec.template.metadata.labels, "the same version"
+    types = {n.metadata.name: (n.metadata.labels or {}).get(INSTANCE_TYPE_LABEL) for n in core.list_node().items}
+    pods = [p for p in core.list_namespaced_pod(ns, label_selector=f"{LABEL_APP}={name}").items
+            if not p.metadata.deletion_timestamp]
+    assert len(pods) == 2 and {types.get(p.spec.node_name) for p in pods} == {A100}, \
+        [(p.metadata.name, p.spec.node_name) for p in pods]
+    print(f"\n[figure] plain Deployment {name} moved L4 → A100: {approval.state.verification}")
