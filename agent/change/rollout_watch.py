@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,6 +29,7 @@ from tools.k8s_read.client import K8sReadClient
 GROUP, VERSION = "argoproj.io", "v1alpha1"
 Progress = Callable[[str], Awaitable[None]]
 Compare = Callable[[str, str], Awaitable[str]]  # (stable hash, canary hash) → canary vs stable per GPU class
+COMPARE_EVERY_S = 10.0  # the AnalysisTemplate's measurement interval
 
 
 def weight_at(rollout: Mapping[str, Any], index: int) -> int:
@@ -85,12 +87,21 @@ async def watch_rollout(ch: ChangeRequest, k8s: K8sReadClient, *, on_progress: P
     old_stable = str((ch.result.get("detail") or {}).get("stable_rs") or "")
     t0 = time.monotonic()
     seen: tuple[int, int] | None = None
-    figures = ""  # the latest canary-vs-stable comparison, read while both ran
+    figures = ""  # the latest canary-vs-stable comparison with the most of both sides in it
+    read_at = -math.inf
+
+    def sides(text: str) -> int:
+        return ("canary on" in text) + ("stable on" in text)
 
     async def compared(new: str) -> str:
-        nonlocal figures
+        """Read the comparison now; keep it unless it has fewer sides than the last (an aborted canary's
+        pods go within seconds, a promoted canary's stable too)."""
+        nonlocal figures, read_at
         if compare is not None and old_stable:
-            figures = await compare(old_stable, new)
+            read_at = time.monotonic()
+            got = await compare(old_stable, new)
+            if sides(got) >= sides(figures):
+                figures = got
         return f"; {figures}" if figures else ""
 
     async def read() -> dict[str, Any]:
@@ -106,6 +117,8 @@ async def watch_rollout(ch: ChangeRequest, k8s: K8sReadClient, *, on_progress: P
                 ro["metadata"].get("generation", "")):
             await asyncio.sleep(poll_s)  # the controller has not taken up the new template yet
             continue
+        if compare is not None and not st.get("abort") and time.monotonic() - read_at >= COMPARE_EVERY_S:
+            await compared(new)  # while the canary serves, so the verdict has its figures
         if st.get("abort") and ch.spec.action == ActionKind.ABORT_ROLLOUT:
             if int(st.get("availableReplicas") or 0) >= int(ro["spec"].get("replicas") or 0):
                 await on_progress(f"aborted as asked: stable {st.get('stableRS')} serves every replica "

@@ -191,6 +191,8 @@ def test_a_move_to_a_class_where_the_model_is_too_slow_is_aborted_by_analysis_an
     assert approval.state.stage in (ChangeStage.ROLLED_BACK, ChangeStage.REGRESSION), approval.state.stage
     verdict = str(approval.state.verification)
     assert "aborted by analysis" in verdict and "ttft" in verdict.lower(), verdict
+    # and says how the new class did against the old one, from Prometheus
+    assert f"canary on {L4}: TTFT p95" in verdict and f"stable on {H100}: TTFT p95" in verdict, verdict
     end = time.monotonic() + 120
     while _pods_by_class(madmin) != {stable: {H100}} and time.monotonic() < end:
         time.sleep(1)
@@ -281,6 +283,7 @@ def test_the_reports_button_moves_the_model_as_a_canary_on_the_new_class_and_the
     approval.join(120)
     assert approval.error is None and approval.state is not None, approval.error
     assert approval.state.stage == ChangeStage.VERIFIED, (approval.state.stage, approval.state.verification)
+    assert f"canary on {A100}: TTFT p95" in str(approval.state.verification), approval.state.verification
     print(f"\n[figure] GPU-class move H100 → A100 from the report's button: approval → 100 % in {elapsed:.1f} s; "
           f"TTFT p95 per class during the canary: {ttft}")
 
