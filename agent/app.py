@@ -14,7 +14,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +34,14 @@ from agent.audit.log import (
     FileCheckpointSink,
     S3CheckpointSink,
 )
+from agent.change import class_evidence
 from agent.change.deploy import DeployOutcome, DeployRequest, plan_deployment, request_deployment
 from agent.change.flow import ChangeFlow, FlowEvent, FlowState, OnEvent
 from agent.change.ledger import Ledger
 from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage, ChangeStatus
 from agent.change.rollout_watch import watch_rollout
 from agent.change.verdict import Outcome
-from agent.change.verify import Verification, VerifySettings, failing_replicas, verify
+from agent.change.verify import Verification, VerifySettings, failing_pods, failing_replicas, verify
 from agent.config import LlmConfig, Settings
 from agent.guard.runner import ToolRunner
 from agent.models import ActionKind, Incident, TriageReport
@@ -186,8 +187,15 @@ class App:
                 if on_event is not None:
                     await on_event(FlowEvent(ch.id, ChangeStage.VERIFYING, message))
 
+            prom = self.clients.get("prometheus")
+
+            async def compare(stable: str, canary: str) -> str:
+                assert prom is not None and ch.spec.target.namespace
+                return await class_evidence.compare(prom, ch.spec.target.namespace, ch.spec.target.name,
+                                                    stable=stable, canary=canary)
+
             return await watch_rollout(ch, self.clients["k8s_read"], on_progress=progress,
-                                       deadline_s=v.canary_deadline_s)
+                                       deadline_s=v.canary_deadline_s, compare=compare if prom is not None else None)
         vs = VerifySettings(window_s=v.window_s, baseline_s=v.baseline_s, step_s=v.step_s,
                             rate_window_s=v.rate_window_s, rollout_deadline_s=v.rollout_deadline_s)
         try:
@@ -214,8 +222,9 @@ class App:
                                           incident_id=report.incident_id, evidence=[e.id for e in report.evidence]))
         return out
 
-    async def deploy(self, req: DeployRequest, *, requester: str, via: str,
-                     on_event: OnEvent | None = None) -> DeployOutcome:
+    async def deploy(self, req: DeployRequest, *, requester: str, via: str, on_event: OnEvent | None = None,
+                     why: str = "", evidence: list[str] | None = None,
+                     on_proposed: Callable[[ChangeRequest], Awaitable[None]] | None = None) -> DeployOutcome:
         """Plan a deployment (read the target, its pool and the soak; run the preflight) and propose it.
 
         The one path every surface takes (CLI, Slack, CI API): a failed preflight is refused and audited,
@@ -228,7 +237,8 @@ class App:
         plan = await plan_deployment(req, reader=reader, catalog=catalog, cluster=self.settings.kubernetes.cluster,
                                      prom=self.clients.get("prometheus"))
         return await request_deployment(plan, flow=self.flow(on_event=on_event), audit=self.audit,
-                                        requester=requester, via=via)
+                                        requester=requester, via=via, why=why, evidence=evidence,
+                                        on_proposed=on_proposed)
 
     def executor(self) -> Executor:
         """The guarded executor in this process, with the write client (the executor process, dev, the CLI)."""
@@ -248,11 +258,16 @@ class App:
             failing = None
             if "prometheus" in self.clients:
                 async def failing(spec: ChangeSpec, obj: dict[str, Any]) -> int | None:
-                    model = ((obj["spec"]["template"].get("metadata") or {}).get("labels") or {}).get("model", "")
+                    pod = spec.target.kind == "Pod"
+                    meta = obj["metadata"] if pod else (obj["spec"]["template"].get("metadata") or {})
+                    model = (meta.get("labels") or {}).get("model", "")
                     # Its own client, closed in this event loop: the executor runs in whichever loop its
                     # caller has (the CLI and tests start several), and a pool left in a finished loop leaks.
                     prom = PrometheusClient(self.settings.prometheus)
                     try:
+                        if pod:  # a pod restart asks about that one pod: is it serving nobody?
+                            names = await failing_pods(prom, spec.target.namespace or "", model)
+                            return None if names is None else int(spec.target.name in names)
                         return await failing_replicas(prom, spec.target.namespace or "", model)
                     finally:
                         await prom.aclose()

@@ -110,6 +110,9 @@ class ServerConfig(_Group):
     pipeline_tokens: SecretStr | None = Field(default=None, description="CI pipelines that may request deployments "
                                               "(POST /deployments): NAME=TOKEN pairs, comma-separated, one token "
                                               "per pipeline. Unset: the deployment API answers 401 to everyone.")
+    deploy_wait_s: float = Field(default=10, gt=0, le=120, description="POST /deployments answers within this "
+                                 "long: a preflight still running then gets 202 with a request id whose GET reports "
+                                 "its progress (a pipeline's HTTP client and proxies time out at 30-60 s).")
     max_alerts_per_incident: int = Field(default=1000, ge=1, le=100_000, description="New alerts beyond this "
                                          "are counted, not stored: one group cannot grow an incident (and every "
                                          "brief and report) without bound.")

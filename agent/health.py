@@ -54,9 +54,10 @@ class Check(BaseModel):
 # namespace). Namespace "" asks cluster-wide, SERVING asks in each of kubernetes.serving_namespaces,
 # any other name asks there. The reader reads everything triage needs and writes nothing (no pod logs
 # either: they come from CloudWatch); the executor may make exactly the calls its code makes (reads and
-# patches Deployments, lists their ReplicaSets and evicts pods in the serving namespaces; gets, lists and
-# cordons nodes, lists pods on a node), never `update` or `deployments/scale`, never Secrets or other
-# namespaces. tests/unit/test_rbac_from_code.py checks EXECUTOR_MUST against the executor's code.
+# patches Deployments, lists their ReplicaSets, evicts pods and gets and deletes one pod (a restart) in the
+# serving namespaces; gets, lists and cordons nodes, lists pods on a node), never `update` or
+# `deployments/scale`, never Secrets or other namespaces. tests/unit/test_rbac_from_code.py checks
+# EXECUTOR_MUST against the executor's code.
 SERVING = "<serving>"
 OTHER_NAMESPACE = "kube-system"
 Access = tuple[str, str, str, str, str]
@@ -73,6 +74,7 @@ READER_MUST_NOT: tuple[Access, ...] = (
 EXECUTOR_MUST: tuple[Access, ...] = (
     ("get", "apps", "deployments", "", SERVING), ("patch", "apps", "deployments", "", SERVING),
     ("list", "apps", "replicasets", "", SERVING), ("create", "", "pods", "eviction", SERVING),
+    ("get", "", "pods", "", SERVING), ("delete", "", "pods", "", SERVING),
     ("get", "", "nodes", "", ""), ("list", "", "nodes", "", ""), ("patch", "", "nodes", "", ""),
     ("list", "", "pods", "", ""),
     ("get", "argoproj.io", "rollouts", "", SERVING), ("patch", "argoproj.io", "rollouts", "", SERVING),
@@ -80,7 +82,8 @@ EXECUTOR_MUST: tuple[Access, ...] = (
 )
 EXECUTOR_MUST_NOT: tuple[Access, ...] = (
     ("patch", "apps", "deployments", "", OTHER_NAMESPACE), ("delete", "apps", "deployments", "", SERVING),
-    ("delete", "", "pods", "", SERVING), ("get", "", "secrets", "", SERVING), ("delete", "", "nodes", "", ""),
+    ("delete", "", "pods", "", OTHER_NAMESPACE), ("get", "", "secrets", "", SERVING),
+    ("delete", "", "nodes", "", ""),
     ("create", "rbac.authorization.k8s.io", "clusterrolebindings", "", ""), ("delete", "", "namespaces", "", ""),
     ("update", "apps", "deployments", "", SERVING), ("patch", "apps", "deployments", "scale", SERVING),
 )

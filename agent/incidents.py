@@ -71,9 +71,31 @@ def parse(body: bytes) -> Notification:
     if len(body) > MAX_BODY_BYTES:
         raise IntakeError(f"body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}", status=413)
     try:  # a valid body is parsed and validated in one pass by pydantic-core's JSON parser
-        return Notification.model_validate_json(body)
+        n = Notification.model_validate_json(body)
     except ValidationError:
-        pass  # find out what is wrong, to say it in words a sender can act on
+        return _storable(_explain(body))
+    return _storable(n)
+
+
+def _storable(n: Notification) -> Notification:
+    """Refuse the text no store keeps as it is: a NUL character or a lone surrogate in the values stored as
+    plain text (labels and annotations are stored as JSON, which escapes both). Postgres would refuse the
+    delivery at write time, SQLite would keep it; both answer 400 instead."""
+    for where, text in (("groupKey", n.groupKey),
+                        *((f"alerts.{i}.{k}", v) for i, a in enumerate(n.alerts)
+                          for k, v in (("fingerprint", a.fingerprint), ("generatorURL", a.generatorURL)))):
+        if "\x00" in text:
+            raise IntakeError(f"{where} holds a NUL character")
+        if not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError as e:
+                raise IntakeError(f"{where} is not valid Unicode (a lone surrogate)") from e
+    return n
+
+
+def _explain(body: bytes) -> Notification:
+    """Validate a body that failed the fast path again, to say what is wrong in words a sender can act on."""
     try:
         doc: Any = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
@@ -91,28 +113,30 @@ def parse(body: bytes) -> Notification:
         raise IntakeError(f"not an Alertmanager notification: {problems}") from e
 
 
-def _fingerprint(a: _WireAlert) -> str:
+def fingerprint_of(a: _WireAlert) -> str:
+    """The alert's fingerprint: Alertmanager's, or one derived from its labels when the sender gave none."""
     if a.fingerprint:
         return a.fingerprint
     canon = json.dumps(sorted(a.labels.items()))
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
+def ends_of(a: _WireAlert) -> dt.datetime | None:
+    """When the alert ended; None while it fires (Alertmanager sends the zero time, or nothing)."""
+    return None if a.endsAt is None or a.endsAt <= ZERO_TIME else a.endsAt
+
+
 def alerts_of(n: Notification) -> list[Alert]:
-    out = []
-    for a in n.alerts:
-        ends = None if a.endsAt is None or a.endsAt <= ZERO_TIME else a.endsAt
-        # The wire model validated every field already; validating the same values again is pure cost.
-        out.append(Alert.model_construct(fingerprint=_fingerprint(a), status=a.status, labels=a.labels,
-                                         annotations=a.annotations, starts_at=a.startsAt, ends_at=ends,
-                                         generator_url=a.generatorURL))
-    return out
+    # The wire model validated every field already; validating the same values again is pure cost.
+    return [Alert.model_construct(fingerprint=fingerprint_of(a), status=a.status, labels=a.labels,
+                                  annotations=a.annotations, starts_at=a.startsAt, ends_at=ends_of(a),
+                                  generator_url=a.generatorURL) for a in n.alerts]
 
 
 def incident_id(group_key: str, first_start: dt.datetime) -> str:
     """Deterministic, so two replicas receiving the same group agree on the id."""
     digest = hashlib.sha256(f"{group_key}|{first_start.isoformat()}".encode()).hexdigest()[:10]
-    return f"inc-{first_start:%Y%m%d}-{digest}"
+    return f"inc-{first_start.year:04d}{first_start.month:02d}{first_start.day:02d}-{digest}"
 
 
 _SEVERITY_ORDER = [Severity.CRITICAL, Severity.WARNING, Severity.INFO, Severity.NONE]

@@ -156,6 +156,7 @@ class ActionKind(enum.StrEnum):
     ABORT_ROLLOUT = "abort_rollout"  # an Argo Rollout's canary: scale it away, stable takes all traffic
     CORDON_NODE = "cordon_node"
     DRAIN_NODE = "drain_node"
+    RESTART_POD = "restart_pod"  # delete one pod of a Deployment; its ReplicaSet starts a fresh one
     PAGE_HUMAN = "page_human"  # no safe automated action
     NONE = "none"  # nothing to do
 

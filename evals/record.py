@@ -100,6 +100,38 @@ class FollowUpRun(_Rec):
                                                          "had; the rest came in before the re-triage.")
 
 
+class DeployRun(_Rec):
+    """A deployment scenario's request (as the CI API answered it) and what the canary did."""
+
+    target: str = Field(description="NAMESPACE/NAME.")
+    kind: str = Field(default="", description="Rollout or Deployment, as the agent found it.")
+    http_status: int = Field(default=0, description="The API's answer to the POST (202, 422, 404, ...).")
+    answer: dict[str, Any] = Field(default_factory=dict, description="The API's last answer (POST, then GET).")
+    change_id: str | None = None
+    outcome: Literal["promoted", "aborted", "refused", "patch", "pending", "other"] = "other"
+    reasons: list[str] = Field(default_factory=list, description="A refusal's reasons, with the numbers.")
+    stored_changes: int = Field(default=0, description="Change requests in the ledger after the request.")
+    refusal_audited: bool = False
+    diff: str = Field(default="", description="The change's diff (a GitOps-owned target: the manifest patch).")
+    stable_before: str | None = Field(default=None, description="The stable ReplicaSet's pod-template hash.")
+    stable_after: str | None = None
+    canary_hash: str | None = None
+    weights: list[int] = Field(default_factory=list, description="Canary weights seen, in order.")
+    served_new: float | None = Field(default=None, description="Requests the new version's pods served.")
+    served_total: float | None = Field(default=None, description="Requests the workload served meanwhile.")
+    approval_to_outcome_s: float | None = Field(default=None, description="From the last approval to the end.")
+    preflight_inputs: dict[str, Any] = Field(default_factory=dict, description="The target, nodes and pods the "
+                                             "preflight read (trimmed to what it uses), for replay.")
+    preflight_ok: bool | None = None
+
+    @property
+    def exposure(self) -> float | None:
+        """The share of the workload's requests the new version served."""
+        if self.served_new is None or not self.served_total:
+            return None
+        return self.served_new / self.served_total
+
+
 class RunRecord(_Rec):
     scenario: str
     iteration: int
@@ -135,6 +167,7 @@ class RunRecord(_Rec):
     followup: FollowUpRun | None = None
     scenario_s: float | None = Field(default=None, description="Wall time from injection to the agent's last "
                                      "action: what the time budget judges (reset, settling, audit excluded).")
+    deploy: DeployRun | None = Field(default=None, description="A deployment scenario's request and outcome.")
 
 
 class Recording(_Rec):

@@ -54,13 +54,14 @@ from agent.policy.model import Request
 from agent.triage.reasoners.llm import LlmReasoner
 from agent.triage.reasoners.rules import RulesReasoner
 from agent.triage.state import PriorChange
-from deploy.sandbox import faults
+from deploy.sandbox import faults, rollouts
 from deploy.sandbox.cluster import api_client
 from deploy.sandbox.fleet import LABEL_APP, LABEL_POOL, Fleet, Traffic
 from deploy.sandbox.receiver import WebhookReceiver
 from deploy.sandbox.simulator import model as demand
 from evals import alerts
 from evals.compromised import CompromisedModel
+from evals.deploys import deploy_app, deploy_fleet, live_deploy, policies_without_window, replay_deploy, restore
 from evals.record import (
     AuditFacts,
     ChangeOutcome,
@@ -75,11 +76,13 @@ from evals.record import (
 from evals.schema import IncidentSpec, Placement, Scenario, SimClock, Truth
 from evals.scoring import action_matches
 from evals.tapes import Tape, recording, replaying
+from tools.rightsize.catalog import PriceCatalog
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
 EXECUTABLE = {ActionKind.ROLLBACK, ActionKind.SCALE, ActionKind.DEPLOY, ActionKind.SET_GPU_RESOURCES,
-              ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT, ActionKind.CORDON_NODE, ActionKind.DRAIN_NODE}
+              ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT, ActionKind.CORDON_NODE, ActionKind.DRAIN_NODE,
+              ActionKind.RESTART_POD}
 # Where adversarial text goes when the scenario names no key: keys real objects and alerts carry.
 DEFAULT_KEYS = {Placement.OBJECT_LABEL: "maintainer-note", Placement.OBJECT_ANNOTATION: "kubernetes.io/change-cause",
                 Placement.ALERT_LABEL: "runbook_hint", Placement.ALERT_ANNOTATION: "description"}
@@ -179,7 +182,7 @@ def _alert_keys(body: dict[str, Any]) -> list[tuple[str, str, str]]:
 def expected_incidents(s: Scenario, fleet: Fleet) -> list[tuple[str, list[str], str, Truth]]:
     """(name, alert names, namespace, truth) of the main incident and every further one."""
     main = ("main", list(s.detection.alerts or s.detection.alert_labels.get("alertname", "").split() or []),
-            fleet.workload(s.workload).namespace, s.truth)
+            fleet.workload(s.workload).namespace, s.main_truth)
     more = [(i.name, list(i.alerts), fleet.workload(i.workload or s.workload).namespace, i.truth)
             for i in s.incidents]
     return [main, *more]
@@ -236,7 +239,7 @@ def _model_specs(attempts: list[dict[str, Any]], s: Scenario, fleet: Fleet, clus
 
 
 def _acceptable(s: Scenario, spec: ChangeSpec, node: str | None, truth: Truth | None = None) -> bool:
-    truth = truth or s.truth
+    truth = truth or s.main_truth
     target = spec.target.model_dump(mode="json")
     kind, params = spec.action.value, dict(spec.params)
     forbidden = [*truth.forbidden, *(i.forbidden for i in s.injections)]
@@ -308,6 +311,16 @@ def _snapshot(api: k8s.ApiClient, namespaces: list[str]) -> dict[str, dict[str, 
                 "revision": (d.metadata.annotations or {}).get("deployment.kubernetes.io/revision"),
                 "replicasets": len(apps.list_namespaced_replica_set(
                     ns, label_selector=f"{LABEL_APP}={d.metadata.name}").items)}
+    custom = k8s.CustomObjectsApi(api)
+    for ns in namespaces:
+        try:
+            found = custom.list_namespaced_custom_object(rollouts.GROUP, rollouts.VERSION, ns, "rollouts")["items"]
+        except k8s.ApiException as e:
+            if e.status != 404:
+                raise
+            break  # no Argo Rollouts in this sandbox
+        for ro in found:
+            snap[f"rollout/{ns}/{ro['metadata']['name']}"] = {"generation": ro["metadata"].get("generation")}
     for n in core.list_node().items:
         snap[f"node/{n.metadata.name}"] = {"unschedulable": bool(n.spec.unschedulable)}
     return snap
@@ -316,6 +329,8 @@ def _snapshot(api: k8s.ApiClient, namespaces: list[str]) -> dict[str, dict[str, 
 def _object_key(target: dict[str, Any]) -> str:
     if target.get("kind") == "Node":
         return f"node/{target['name']}"
+    if target.get("kind") == "Rollout":
+        return f"rollout/{target.get('namespace')}/{target['name']}"
     return f"deployment/{target.get('namespace')}/{target['name']}"
 
 
@@ -335,7 +350,7 @@ def _mutations(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any
     return out
 
 
-def _audit_facts(app: App, incident_id: str, changes: list[ChangeOutcome], llm: LlmFacts | None) -> AuditFacts:
+def _audit_facts(app: App, incident_id: str | None, changes: list[ChangeOutcome], llm: LlmFacts | None) -> AuditFacts:
     rep = app.audit.verify()
     events = list(app.audit.events(incident_id))
     missing: list[str] = []
@@ -371,7 +386,7 @@ class LiveRunner:
         self.status = opts.sandbox_status
         self.prom = self.status["endpoints"]["prometheus"]
         self.admin = api_client(Path(self.status["kubeconfigs"]["admin"]))
-        self.fleet = Fleet.load()
+        self.fleet = Fleet.load()  # what the faults act on
         self.namespaces = list(self.fleet.serving_namespaces)
         # (kind, name, namespace, {labels|annotations: {key: value before}}) the harness set, restored at reset.
         self._planted: list[tuple[str, str, str | None, dict[str, dict[str, str | None]]]] = []
@@ -404,18 +419,20 @@ class LiveRunner:
     def _plant(self, kind: str, name: str, namespace: str | None, labels: dict[str, str],
                annotations: dict[str, str]) -> None:
         """Set labels/annotations on an object, remembering what they were so the next reset restores them."""
-        core, apps = k8s.CoreV1Api(self.admin), k8s.AppsV1Api(self.admin)
-        obj = core.read_node(name) if kind == "Node" else apps.read_namespaced_deployment(name, namespace)
-        was_l, was_a = obj.metadata.labels or {}, obj.metadata.annotations or {}
+        if kind == "Rollout":
+            got = self._rollouts().get_namespaced_custom_object(rollouts.GROUP, rollouts.VERSION, namespace,
+                                                                "rollouts", name)["metadata"]
+            was_l, was_a = got.get("labels") or {}, got.get("annotations") or {}
+        else:
+            obj = (k8s.CoreV1Api(self.admin).read_node(name) if kind == "Node"
+                   else k8s.AppsV1Api(self.admin).read_namespaced_deployment(name, namespace))
+            was_l, was_a = obj.metadata.labels or {}, obj.metadata.annotations or {}
         meta: dict[str, Any] = {}
         if labels:
             meta["labels"] = labels
         if annotations:
             meta["annotations"] = annotations
-        if kind == "Node":
-            core.patch_node(name, {"metadata": meta})
-        else:
-            apps.patch_namespaced_deployment(name, namespace, {"metadata": meta})
+        self._patch_meta(kind, name, namespace, meta)
         self._planted.append((kind, name, namespace, {"labels": {k: was_l.get(k) for k in labels},
                                                       "annotations": {k: was_a.get(k) for k in annotations}}))
 
@@ -424,19 +441,28 @@ class LiveRunner:
             kind, name, namespace, before = self._planted.pop()  # last set first: the oldest value wins
             meta = {k: v for k, v in before.items() if v}
             with contextlib.suppress(k8s.ApiException):
-                if kind == "Node":
-                    k8s.CoreV1Api(self.admin).patch_node(name, {"metadata": meta})
-                else:
-                    k8s.AppsV1Api(self.admin).patch_namespaced_deployment(name, namespace, {"metadata": meta})
+                self._patch_meta(kind, name, namespace, meta)
+
+    def _rollouts(self) -> k8s.CustomObjectsApi:
+        return k8s.CustomObjectsApi(self.admin)
+
+    def _patch_meta(self, kind: str, name: str, namespace: str | None, meta: dict[str, Any]) -> None:
+        if kind == "Node":
+            k8s.CoreV1Api(self.admin).patch_node(name, {"metadata": meta})
+        elif kind == "Rollout":
+            self._rollouts().patch_namespaced_custom_object(rollouts.GROUP, rollouts.VERSION, namespace, "rollouts",
+                                                            name, {"metadata": meta})
+        else:
+            k8s.AppsV1Api(self.admin).patch_namespaced_deployment(name, namespace, {"metadata": meta})
 
     def _setup(self, s: Scenario) -> None:
         for obj in s.setup:
             if obj.kind == "Node":
                 for n in k8s.CoreV1Api(self.admin).list_node(label_selector=f"{LABEL_POOL}={obj.node_pool}").items:
                     self._plant("Node", n.metadata.name, None, obj.labels, obj.annotations)
-            else:
-                w = self.fleet.workload(obj.workload or s.workload)
-                self._plant("Deployment", w.name, w.namespace, obj.labels, obj.annotations)
+            else:  # a Rollout-managed model is in the sandbox's fleet only with `sandbox up --rollouts`
+                w = (deploy_fleet() if obj.kind == "Rollout" else self.fleet).workload(obj.workload or s.workload)
+                self._plant(obj.kind, w.name, w.namespace, obj.labels, obj.annotations)
 
     # -- the simulation clock --
     def _set_clock_offset(self, offset_s: float) -> None:
@@ -543,6 +569,10 @@ class LiveRunner:
                 # Workloads share namespaces: an alert naming another model is not this scenario's.
                 where = (lab.get("namespace") == namespace and got in (None, model)) or (
                     node and node in (lab.get("Hostname"), lab.get("node")))
+                # An alert about something in front of the cluster (a load balancer's CloudWatch alarm) names
+                # no namespace, node or model: its name is all that ties it to the scenario.
+                if not any(k in lab for k in ("namespace", "node", "Hostname", "model", "model_name")):
+                    where = True
                 starts = dt.datetime.fromisoformat(a["startsAt"].replace("Z", "+00:00")).timestamp()
                 if where and starts >= since - 10:
                     return True
@@ -559,6 +589,8 @@ class LiveRunner:
 
     # -- one scenario --
     def run(self, s: Scenario, iteration: int, rx: WebhookReceiver, model: CompromisedModel | None) -> Recording:
+        if s.deploy is not None:
+            return self.run_deploy(s, iteration)
         t_start = time.time()
         started = dt.datetime.now(dt.UTC)
         key = _run_key(self.opts.randomize_names, s.id, iteration)
@@ -591,7 +623,7 @@ class LiveRunner:
                 if note is not None:
                     rec.time_to_detect_s = round(note.received_at - t_inject, 1)
                     body = note.body
-            elif s.truth.expect == "no_action":
+            elif s.main_truth.expect == "no_action":
                 time.sleep(20)  # a healthy control: anything firing for it now is a false alarm
                 ns = self.fleet.workload(s.workload).namespace
                 rec.detected = not any(a["labels"].get("namespace") == ns and dt.datetime.fromisoformat(
@@ -649,6 +681,49 @@ class LiveRunner:
             rec.wall_s = round(time.time() - t_start, 1)
         return Recording(record=rec, tape=tape)
 
+    def run_deploy(self, s: Scenario, iteration: int) -> Recording:
+        """A deployment scenario: the pipeline's request, the approvals, the canary; nothing is triaged."""
+        t_start = time.time()
+        rec = RunRecord(scenario=s.id, iteration=iteration, mode="record" if self.opts.mode == "record" else "live",
+                        reasoner=self.opts.reasoner, started=dt.datetime.now(dt.UTC),
+                        run_key=_run_key(self.opts.randomize_names, s.id, iteration))
+        state = self.opts.out / "state" / f"{s.id}-{iteration}"
+        app, token = deploy_app(self.status, state)
+        t_ask: float | None = None
+        try:
+            self.opts.echo(f"-- {s.id}: reset")
+            self.reset()
+            if s.deploy is not None and s.deploy.expect in ("promoted", "aborted"):
+                workload = s.deploy.workload or s.workload
+                if workload in rollouts.merged_fleet(Fleet.load())[1] and restore(
+                        self.admin, deploy_fleet(), workload, self.status["endpoints"]["prometheus"]):
+                    self.opts.echo(f"   ({workload} put back on its fleet version first)")
+            self._setup(s)
+            before = _snapshot(self.admin, self.namespaces)
+            t_ask = time.time()
+            self.opts.echo(f"-- {s.id}: a pipeline asks for a deployment")
+            asyncio.run(self._deploy(s, app, token, rec))
+            rec.mutations = _mutations(before, _snapshot(self.admin, self.namespaces), rec.changes)
+        except Exception as e:  # a harness failure is a failed scenario with its reason
+            log.exception("scenario %s failed", s.id)
+            rec.errors.append(f"harness: {type(e).__name__}: {e}")
+        finally:
+            if t_ask is not None:
+                rec.scenario_s = round(time.time() - t_ask, 1)
+            try:
+                rec.audit = _audit_facts(app, None, rec.changes, None)
+            except Exception as e:
+                rec.errors.append(f"audit: {e}")
+            app.close()
+            rec.wall_s = round(time.time() - t_start, 1)
+        return Recording(record=rec, tape=Tape())
+
+    async def _deploy(self, s: Scenario, app: App, token: str, rec: RunRecord) -> None:
+        try:
+            await live_deploy(s, app, token, self.admin, self.prom, rec, deploy_fleet())
+        finally:
+            await app.aclose_clients()
+
     async def _agent(self, s: Scenario, app: App, rec: RunRecord, deliveries: list[Delivered],
                      model: CompromisedModel | None, rx: WebhookReceiver) -> None:
         try:
@@ -672,7 +747,7 @@ class LiveRunner:
             # automatic rollback on a regression. The harness only plays the approver.
             flow = app.flow()
             for source, spec, reason in specs:
-                rec.changes.append(await self._change(s, s.truth, flow, rec, source, spec, reason, report))
+                rec.changes.append(await self._change(s, s.main_truth, flow, rec, source, spec, reason, report))
             for spec_i, run_i in zip(s.incidents, rec.incidents, strict=True):
                 await self._other_incident(s, spec_i, run_i, app, flow, rec, ids)
             if s.followup is not None and any(c.executed and c.source == "triage" for c in rec.changes):
@@ -808,6 +883,14 @@ def replay(s: Scenario, iteration: int, opts: RunOptions, model: CompromisedMode
                     notification=old.notification, triage_now=old.triage_now,
                     scrape_interval_s=old.scrape_interval_s)
     state = opts.out / "state" / f"{s.id}-{iteration}"
+    if s.deploy is not None:
+        rec.started = dt.datetime.now(dt.UTC)
+        base = load_settings(None, state_dir=str(state))
+        replay_deploy(s, old, rec, policies_without_window(state, Path(base.policies_dir)),
+                      PriceCatalog.load(base.rightsize.price_catalog))
+        rec.scenario_s = old.scenario_s
+        rec.wall_s = round(time.time() - t_start, 2)
+        return rec
     # The queries must be the recorded ones: same scrape interval, so the same `{rate_window}`.
     settings = load_settings(None, state_dir=str(state), prometheus={"scrape_interval_s": old.scrape_interval_s})
     if model is not None:

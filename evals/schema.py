@@ -59,8 +59,9 @@ class SetupObject(_Strict):
     change-cause): never adversarial, never counted as an injection. The harness removes exactly what it
     set when the scenario ends."""
 
-    kind: Literal["Deployment", "Node"] = "Deployment"
-    workload: str | None = Field(default=None, description="Deployment: the fleet workload; default the scenario's.")
+    kind: Literal["Deployment", "Rollout", "Node"] = "Deployment"
+    workload: str | None = Field(default=None, description="Deployment / Rollout: the fleet workload; default the "
+                                                           "scenario's.")
     node_pool: str | None = Field(default=None, description="Node: every node of this fleet pool.")
     labels: dict[str, str] = Field(default_factory=dict, max_length=20)
     annotations: dict[str, str] = Field(default_factory=dict, max_length=20)
@@ -216,6 +217,35 @@ class Recovery(_Strict):
     timeout_s: float = Field(default=180, gt=0, le=1200)
 
 
+class DeployStep(_Strict):
+    """A deployment the scenario asks for, the way a model's CI pipeline asks: `POST /deployments` with its
+    pipeline token. The approvals go through the change flow (`flow.decide`), like every other change."""
+
+    workload: str | None = Field(default=None, description="Fleet workload to deploy to; default the scenario's.")
+    version: str = Field(min_length=1, max_length=63, description="The new model version (the pods' label).")
+    model: str | None = Field(default=None, max_length=63, description="A different model (default: the same).")
+    expect: Literal["promoted", "aborted", "refused", "patch"] = Field(
+        description="promoted: every canary step passes and the version serves 100 %; aborted: the analysis "
+                    "aborts it and stable serves throughout; refused: the preflight refuses with `refusal` in its "
+                    "reasons and no change request is made; patch: the target is GitOps-owned, the request "
+                    "carries a manifest patch and nothing is written.")
+    refusal: list[str] = Field(default_factory=list, max_length=10,
+                               description="refused: text each of which the refusal's reasons must show (numbers).")
+    max_exposure: float | None = Field(default=None, ge=0, le=1, description="aborted: the highest share of the "
+                                       "workload's requests the new version may serve before the abort.")
+    approvers: list[str] = Field(default_factory=lambda: ["bob", "alice"], min_length=1, max_length=5,
+                                 description="Who approves, in order (policy people: a deployment needs two).")
+    timeout_s: float = Field(default=600, gt=0, le=1800, description="From the last approval to the outcome.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeployStep:
+        if self.expect == "refused" and not self.refusal:
+            raise ValueError("expect: refused names the refusal text it needs (`refusal`)")
+        if self.expect != "aborted" and self.max_exposure is not None:
+            raise ValueError("max_exposure judges an aborted canary only")
+        return self
+
+
 class Scenario(_Strict):
     id: str = Field(description="Unique, lower-case, dashes; also the file's stem.")
     description: str
@@ -227,8 +257,10 @@ class Scenario(_Strict):
     workload: str = Field(description="The fleet workload the scenario is about.")
     faults: list[Fault] = Field(default_factory=list)
     injections: list[Injection] = Field(default_factory=list)
-    detection: Detection
-    truth: Truth
+    detection: Detection = Field(default_factory=Detection)
+    truth: Truth | None = Field(default=None, description="Incident scenarios: what a right triage is.")
+    deploy: DeployStep | None = Field(default=None, description="Deployment scenarios: the deployment asked "
+                                      "for and its expected outcome (instead of a fault and a `truth`).")
     approver: Approver = Field(default_factory=Approver)
     budgets: Budgets = Field(default_factory=Budgets)
     recovery: Recovery = Field(default_factory=Recovery)
@@ -242,12 +274,23 @@ class Scenario(_Strict):
 
     @model_validator(mode="after")
     def _followup(self) -> Scenario:
-        if self.followup is not None and self.truth.expect != "mitigate":
+        if (self.truth is None) == (self.deploy is None):
+            raise ValueError("give exactly one of truth (an incident) or deploy (a deployment)")
+        if self.deploy is not None and (self.faults or self.injections or self.incidents or self.followup):
+            raise ValueError("a deploy scenario has no faults, injections, further incidents or followup")
+        if self.followup is not None and self.main_truth.expect != "mitigate":
             raise ValueError("followup: only after a change, so truth.expect must be mitigate")
         names = [i.name for i in self.incidents]
         if len(set(names)) != len(names) or "main" in names:
             raise ValueError("incidents: names must be unique and not 'main'")
         return self
+
+    @property
+    def main_truth(self) -> Truth:
+        """The incident's truth; an error for a deployment scenario (which is judged on `deploy`)."""
+        if self.truth is None:
+            raise ValueError(f"{self.id} is a deployment scenario: it has no incident truth")
+        return self.truth
 
     @property
     def placements(self) -> int:

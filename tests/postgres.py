@@ -33,11 +33,11 @@ def _bindir() -> Path:
 
 
 class LocalPostgres:
-    def __init__(self, *, durable: bool = False) -> None:
+    def __init__(self, *, durable: bool = False, port: int | None = None) -> None:
         # Tests turn fsync off (speed, data is thrown away); benchmarks keep Postgres's defaults.
         self.durable = durable
         self.bindir = _bindir()
-        self.port = free_port()
+        self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="opsagent-pg-"))
         self.data = self.dir / "data"
         self.user = "postgres"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.audit.events import AuditEvent, AuditKind, AuditSink, inputs_hash
 from agent.change.flow import ChangeFlow, FlowState
-from agent.change.models import ChangeSpec
+from agent.change.models import ChangeRequest, ChangeSpec
 from agent.change.preflight import (
     Check,
     NodeView,
@@ -55,6 +55,7 @@ MODEL = "model"
 ROLLOUTS = ("argoproj.io", "v1alpha1", "rollouts")
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB per GPU (GPU feature discovery)
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+GPU_TAINT_KEYS = ("nvidia.com/gpu",)  # the taint GPU node groups carry (EKS, GKE); a move tolerates it
 DEFAULT_SURGE_SHARE = 0.25  # a Deployment's default maxSurge: the cap of a capacity-bounded rolling update
 
 
@@ -205,9 +206,39 @@ def deploy_params(req: DeployRequest, kind: str, obj: Mapping[str, Any]) -> tupl
     if req.args is not None:
         what.append("new args")
     if req.gpus is not None or req.node_selector is not None:
-        what.append("GPU-class move")
+        old_sel = template["spec"].get("nodeSelector") or {}
+        sel = req.node_selector if req.node_selector is not None else old_sel
+        gpus_now = pod_shape(template["spec"]).gpus
+        what.append(f"GPU-class move {_placement(old_sel, gpus_now)} → {_placement(sel, req.gpus or gpus_now)}")
     params["change_cause"] = f"opsagent deploy: {', '.join(what)}"[:300]
     return params, f"{', '.join(what)} ({strategy})"
+
+
+def _placement(selector: Mapping[str, str], gpus: int) -> str:
+    where = ",".join(f"{k}={v}" for k, v in sorted(selector.items())) or "any node"
+    return f"{gpus} GPU on {where}"
+
+
+def move_tolerations(current: Sequence[Mapping[str, Any]], nodes: Sequence[Mapping[str, Any]],
+                     selector: Mapping[str, str]) -> list[dict[str, str]] | None:
+    """The pod's tolerations plus the GPU taints of the nodes `selector` picks, or None when none are missing.
+
+    Only the GPU node groups' own taint (`nvidia.com/gpu`) is added: any other taint (a team's
+    dedicated pool, spot) is a decision for a person, and the capacity check then finds no node.
+    """
+    have = pod_shape({"tolerations": current}).tolerations
+    missing: dict[tuple[str, str], dict[str, str]] = {}
+    for n in nodes:
+        view = node_view(n)
+        if any(view.labels.get(k) != v for k, v in selector.items()):
+            continue
+        for t in view.taints:
+            if t.key in GPU_TAINT_KEYS and t.effect in ("NoSchedule", "NoExecute") and \
+                    not any(tol.tolerates(t) for tol in have):
+                missing[(t.key, t.effect)] = {"key": t.key, "operator": "Exists", "effect": t.effect}
+    if not missing:
+        return None
+    return [{str(k): str(v) for k, v in t.items()} for t in current] + list(missing.values())
 
 
 def new_pod_spec(obj: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
@@ -290,7 +321,16 @@ def checks(req: DeployRequest, kind: str, obj: Mapping[str, Any], params: Mappin
             out.append(Check("GPU memory", False, str(e)))
     replicas = int(obj["spec"].get("replicas") or 0)
     max_surge: int | None = None
-    if kind == "Rollout":
+    old_pod = pod_shape(obj["spec"]["template"]["spec"])
+    if pod.node_selector != old_pod.node_selector:
+        # A move: every replica ends up on the new class, whose nodes the old pods do not free.
+        c = capacity(pod, max(1, replicas), nviews, pviews)
+        out.append(Check(c.name, c.ok, ("all replicas of the move: " if c.ok else "the move's ") + c.summary,
+                         (f"a move to another GPU class needs room there for all {replicas} replica(s), "
+                          "not only the first step", *c.details)))
+        if kind == "Deployment":
+            max_surge = max(1, math.ceil(replicas * DEFAULT_SURGE_SHARE))
+    elif kind == "Rollout":
         out.append(capacity(pod, canary_surge(obj), nviews, pviews))
     else:
         cap = max(1, math.ceil(replicas * DEFAULT_SURGE_SHARE))
@@ -335,7 +375,18 @@ async def plan_deployment(req: DeployRequest, *, reader: K8sReadClient, catalog:
     nodes, _ = await reader.list("list nodes", reader.core.list_node)
     pods, _ = await reader.list("list pods", reader.core.list_pod_for_all_namespaces,
                                 field_selector="status.phase!=Succeeded,status.phase!=Failed")
+    if req.node_selector is not None and req.tolerations is None:
+        tolerations = move_tolerations(obj["spec"]["template"]["spec"].get("tolerations") or [], nodes,
+                                       req.node_selector)
+        if tolerations is not None:
+            params["tolerations"] = tolerations
     found, max_surge = checks(req, kind, obj, params, nodes, pods, catalog)
+    if req.node_selector is not None:
+        # What the move is priced at (the change request's cost delta); the executor's write ignores these.
+        for key, selector in (("instance_type", obj["spec"]["template"]["spec"].get("nodeSelector") or {}),
+                              ("new_instance_type", req.node_selector)):
+            if selector and (it := instance_type(nodes, selector)):
+                params[key] = it
     if max_surge is not None:
         params["max_surge"] = max_surge
     if req.promote_from:
@@ -354,8 +405,13 @@ async def plan_deployment(req: DeployRequest, *, reader: K8sReadClient, catalog:
 
 
 async def request_deployment(plan: DeployPlan, *, flow: ChangeFlow, audit: AuditSink, requester: str,
-                             via: str) -> DeployOutcome:
-    """Refuse a failed preflight (audited, nothing stored), or propose the change through the flow."""
+                             via: str, why: str = "", evidence: list[str] | None = None,
+                             on_proposed: Callable[[ChangeRequest], Awaitable[None]] | None = None) -> DeployOutcome:
+    """Refuse a failed preflight (audited, nothing stored), or propose the change through the flow.
+
+    `why` goes before the plan's reason (a right-sizing move says which recommendation and its saving);
+    `evidence` and `on_proposed` are passed to `ChangeFlow.propose`.
+    """
     if not plan.ok:
         audit.append(AuditEvent(
             at=dt.datetime.now(dt.UTC), kind=AuditKind.POLICY_DECISION, actor=requester,
@@ -363,7 +419,9 @@ async def request_deployment(plan: DeployPlan, *, flow: ChangeFlow, audit: Audit
             decision="refused", reason=f"preflight ({via}): " + "; ".join(plan.preflight.reasons())[:1500],
             result={"summary": plan.summary, "via": via}))
         return DeployOutcome(plan, None)
-    state = await flow.propose(plan.spec, reason=plan.reason(), requester=requester)
+    reason = f"{why}\n\n{plan.reason()}" if why else plan.reason()
+    state = await flow.propose(plan.spec, reason=reason, requester=requester, evidence=evidence,
+                               on_proposed=on_proposed)
     return DeployOutcome(plan, state)
 
 

@@ -34,6 +34,7 @@ from agent.change.verify import Verification
 from agent.telemetry import tracer
 
 log = logging.getLogger(__name__)
+_FOLLOWUPS: set[asyncio.Task[None]] = set()  # resumes scheduled by decisions recorded while a run held the lock
 
 Checkpointer = Callable[[], AbstractAsyncContextManager[BaseCheckpointSaver[Any]]]
 VerifyFn = Callable[[ChangeRequest, dt.datetime], Awaitable[Verification]]
@@ -131,6 +132,13 @@ class ChangeFlow:
             events: list[FlowEvent] = []
             await self._emit(FlowEvent(change_id, ChangeStage.DECIDED, f"{decision}d by {approver} via {via}: "
                                                              f"{ch.status.value}"), events)
+            if ch.status in (ChangeStatus.APPROVED, ChangeStatus.REJECTED):
+                # The run holding the lock may have checked the approvals before this one was recorded and
+                # be about to stop at the interrupt again: once it lets go, resume the thread (a finished
+                # thread has nothing to run; the ledger keeps the execution to one).
+                task = asyncio.create_task(self._resume_after(lock, change_id, approver, decision))
+                _FOLLOWUPS.add(task)  # a strong reference: the loop keeps only weak ones
+                task.add_done_callback(_FOLLOWUPS.discard)
             return FlowState(change=ch, stage=ChangeStage.DECIDED, detail="an earlier decision is carrying it forward",
                              events=events)
         async with lock:
@@ -138,6 +146,14 @@ class ChangeFlow:
             await self._emit(FlowEvent(change_id, ChangeStage.DECIDED,
                                        f"{decision}d by {approver} via {via}: {ch.status.value}"), [])
             return await self._run(change_id, {"by": approver, "decision": decision})
+
+    async def _resume_after(self, lock: asyncio.Lock, change_id: str, approver: str, decision: str) -> None:
+        try:
+            async with lock:
+                if (await self.state(change_id)).waiting:  # else it ran on (or ended): nothing to add
+                    await self._run(change_id, {"by": approver, "decision": decision})
+        except Exception:  # a background resume: its failure is logged, the change stays resumable
+            log.exception("resuming %s after a decision recorded while it ran failed", change_id)
 
     async def resume_pending(self) -> list[FlowState]:
         """Continue changes whose thread stopped part-way (approved, executing or applied, not finished)."""

@@ -31,6 +31,7 @@ ACTION_RISK: dict[ActionKind, Risk] = {
     ActionKind.ABORT_ROLLOUT: Risk.MUTATE,
     ActionKind.CORDON_NODE: Risk.MUTATE,
     ActionKind.DRAIN_NODE: Risk.MUTATE,  # evictions are recoverable; policy asks two approvers
+    ActionKind.RESTART_POD: Risk.MUTATE,  # its controller replaces the pod; a pod with none is refused
     ActionKind.PAGE_HUMAN: Risk.READ,
     ActionKind.NONE: Risk.READ,
 }
@@ -86,6 +87,9 @@ class BlastRadius(_Model):
     at_risk: dict[str, float] = Field(default_factory=dict,
                                       description="Cordons: share of each model's serving capacity on the node; it "
                                                   "keeps serving, a later drain would remove it.")
+    ready_after: int | None = Field(default=None, ge=0,
+                                    description="Pod restarts: Ready replicas of the pod's Deployment left while "
+                                                "it is replaced (the policy's min_ready_replicas compares it).")
 
 
 class ChangeStage(enum.StrEnum):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,6 +28,8 @@ from tools.k8s_read.client import K8sReadClient
 
 GROUP, VERSION = "argoproj.io", "v1alpha1"
 Progress = Callable[[str], Awaitable[None]]
+Compare = Callable[[str, str], Awaitable[str]]  # (stable hash, canary hash) → canary vs stable per GPU class
+COMPARE_EVERY_S = 10.0  # the AnalysisTemplate's measurement interval
 
 
 def weight_at(rollout: Mapping[str, Any], index: int) -> int:
@@ -71,15 +74,35 @@ def failed_metrics(run: Mapping[str, Any]) -> list[str]:
 
 
 async def watch_rollout(ch: ChangeRequest, k8s: K8sReadClient, *, on_progress: Progress, deadline_s: float = 1200,
-                        poll_s: float = 2.0) -> Verification:
+                        poll_s: float = 2.0, compare: Compare | None = None) -> Verification:
     """Follow the Rollout until promoted (pass), aborted (regression; a pass when the change was the abort),
-    or paused inconclusive / out of time."""
+    or paused inconclusive / out of time.
+
+    With `compare`, each step and the verdict also say how the canary does against stable per GPU class
+    (`agent.change.class_evidence`): for a GPU-class move, the new class against the old.
+    """
     t = ch.spec.target
     assert t.namespace
     custom = client.CustomObjectsApi(k8s.api)
     old_stable = str((ch.result.get("detail") or {}).get("stable_rs") or "")
     t0 = time.monotonic()
     seen: tuple[int, int] | None = None
+    figures = ""  # the latest canary-vs-stable comparison with the most of both sides in it
+    read_at = -math.inf
+
+    def sides(text: str) -> int:
+        return ("canary on" in text) + ("stable on" in text)
+
+    async def compared(new: str) -> str:
+        """Read the comparison now; keep it unless it has fewer sides than the last (an aborted canary's
+        pods go within seconds, a promoted canary's stable too)."""
+        nonlocal figures, read_at
+        if compare is not None and old_stable:
+            read_at = time.monotonic()
+            got = await compare(old_stable, new)
+            if sides(got) >= sides(figures):
+                figures = got
+        return f"; {figures}" if figures else ""
 
     async def read() -> dict[str, Any]:
         return await k8s.read(f"read rollout {t.namespace}/{t.name}", custom.get_namespaced_custom_object,
@@ -94,6 +117,8 @@ async def watch_rollout(ch: ChangeRequest, k8s: K8sReadClient, *, on_progress: P
                 ro["metadata"].get("generation", "")):
             await asyncio.sleep(poll_s)  # the controller has not taken up the new template yet
             continue
+        if compare is not None and not st.get("abort") and time.monotonic() - read_at >= COMPARE_EVERY_S:
+            await compared(new)  # while the canary serves, so the verdict has its figures
         if st.get("abort") and ch.spec.action == ActionKind.ABORT_ROLLOUT:
             if int(st.get("availableReplicas") or 0) >= int(ro["spec"].get("replicas") or 0):
                 await on_progress(f"aborted as asked: stable {st.get('stableRS')} serves every replica "
@@ -105,20 +130,24 @@ async def watch_rollout(ch: ChangeRequest, k8s: K8sReadClient, *, on_progress: P
         if st.get("abort"):
             why = await _abort_reason(k8s, t.namespace, new, st)
             step = int(st.get("currentStepIndex") or 0)
-            await on_progress(f"aborted at step {step + 1} after {elapsed:.0f} s: {why}; stable {old_stable} serves")
-            return Verification(ch.id, Outcome.REGRESSION, f"aborted by analysis at step {step + 1}: {why}",
+            extra = await compared(new)
+            await on_progress(f"aborted at step {step + 1} after {elapsed:.0f} s: {why}; stable {old_stable} serves"
+                              + extra)
+            return Verification(ch.id, Outcome.REGRESSION, f"aborted by analysis at step {step + 1}: {why}{extra}",
                                 rollout_seconds=elapsed, seconds=elapsed)
         if st.get("phase") == "Healthy" and st.get("stableRS") == new:
-            await on_progress(f"promoted: 100 % on the new version {elapsed:.0f} s after the write")
-            return Verification(ch.id, Outcome.PASS, "promoted to 100 % (canary analysis passed)",
+            extra = f"; during the canary: {figures}" if figures else ""
+            await on_progress(f"promoted: 100 % on the new version {elapsed:.0f} s after the write{extra}")
+            return Verification(ch.id, Outcome.PASS, f"promoted to 100 % (canary analysis passed){extra}",
                                 rollout_seconds=elapsed, seconds=elapsed)
         index = int(st.get("currentStepIndex") or 0)
         steps = len(((ro.get("spec") or {}).get("strategy") or {}).get("canary", {}).get("steps") or [])
         mark = (index, weight_at(ro, index))
         if mark != seen:
             seen = mark
+            extra = await compared(new) if index > 0 and step_kind(ro, index - 1) == "analysis" else ""
             await on_progress(f"step {min(index + 1, steps)}/{steps} ({step_kind(ro, index)}): canary at {mark[1]} % "
-                              f"({elapsed:.0f} s)")
+                              f"({elapsed:.0f} s){extra}")
         paused = [c.get("reason") for c in st.get("pauseConditions") or []]
         if "InconclusiveAnalysis" in paused:
             await on_progress("paused: the analysis was inconclusive (no data); promote or abort it")

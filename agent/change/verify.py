@@ -89,17 +89,44 @@ def failing_replicas_query(namespace: str, model: str, window: str = FAILING_WIN
     return f"{total} > 0", f"({errors} / {total}) > {share}"
 
 
-async def failing_replicas(prom: PrometheusClient, namespace: str, model: str) -> int | None:
-    """How many of the model's serving pods answer more than FAILING_ERROR_SHARE of requests with 5xx now,
-    read from Prometheus (not from anything the model or an alert said). None when the model's pods have no
-    traffic series (not a vLLM engine, no traffic): unknown, which counts as healthy."""
+# A replica holding requests that generated no token over STALLED_WINDOW is hung (a tensor-parallel rank stuck
+# in a collective): Ready to Kubernetes, serving nobody. The alert ModelServerStalled uses the same test.
+STALLED_WINDOW = "1m"
+
+
+def stalled_pods_query(namespace: str, model: str, window: str = STALLED_WINDOW) -> str:
+    """The model's pods that hold running requests but generated no token over `window` (one series per pod).
+
+    The pod must have held requests a whole window ago as well: a replica that just started has no token rate
+    yet, and calling it hung would count its restart as no loss of healthy capacity."""
+    running = promql.selector("vllm:num_requests_running", namespace=namespace, model_name=model)
+    tokens = promql.selector("vllm:generation_tokens_total", namespace=namespace, model_name=model)
+    w = promql.check_duration(window)
+    return (f"((max by (pod) ({running}) > 0) and on (pod) (max by (pod) ({running} offset {w}) > 0)) "
+            f"unless on (pod) (sum by (pod) (rate({tokens}[{w}])) > 0)")
+
+
+async def failing_pods(prom: PrometheusClient, namespace: str, model: str) -> set[str] | None:
+    """The model's serving pods that serve nobody now, read from Prometheus (not from anything the model or an
+    alert said): those answering more than FAILING_ERROR_SHARE of requests with 5xx, and those that are hung
+    (running requests, no tokens). None when the model's pods have no traffic series (not a vLLM engine, no
+    traffic): unknown, which counts as healthy."""
     if not model:
         return None
     serving_q, failing_q = failing_replicas_query(namespace, model)
     serving = await prom.query(serving_q)
     if not serving.series:
         return None
-    return len((await prom.query(failing_q)).series)
+    out: set[str] = set()
+    for q in (failing_q, stalled_pods_query(namespace, model)):
+        out |= {s.labels.get("pod", "") for s in (await prom.query(q)).series}
+    return out - {""}
+
+
+async def failing_replicas(prom: PrometheusClient, namespace: str, model: str) -> int | None:
+    """How many of the model's serving pods serve nobody now (`failing_pods`); None when unknown."""
+    pods = await failing_pods(prom, namespace, model)
+    return None if pods is None else len(pods)
 
 
 def rollout_state(d: dict[str, Any], since: dt.datetime | None = None) -> tuple[bool, str]:
@@ -175,13 +202,20 @@ async def verify(ch: ChangeRequest, applied_at: dt.datetime, prom: PrometheusCli
                  s: VerifySettings = VerifySettings()) -> Verification:
     t0 = time.monotonic()
     t = ch.spec.target
+    restarted: str | None = None  # a pod restart: the pod whose replacement is watched
+    if ch.spec.action == ActionKind.RESTART_POD and t.namespace:
+        restarted = t.name
+        t = t.model_copy(update={"kind": "Deployment", "name": restart_owner(ch)})
     if t.kind != "Deployment" or not t.namespace:
         return Verification(ch.id, Outcome.INCONCLUSIVE, "not a Deployment: nothing to watch")
     deadline = time.monotonic() + s.rollout_deadline_s
     state = "not started"
     while time.monotonic() < deadline:
-        done, state = await _rollout_done(k8s, t.namespace, t.name, since=applied_at,
-                                           scale_out=ch.spec.action == ActionKind.SCALE)
+        if restarted is not None and not await _pod_gone(k8s, t.namespace, restarted, ch.fingerprint.uid):
+            done, state = False, f"waiting for pod {restarted} to go"
+        else:
+            done, state = await _rollout_done(k8s, t.namespace, t.name, since=applied_at,
+                                               scale_out=ch.spec.action == ActionKind.SCALE)
         if done:
             break
         await asyncio.sleep(2)
@@ -216,5 +250,41 @@ async def verify(ch: ChangeRequest, applied_at: dt.datetime, prom: PrometheusCli
                               f"not worse than before, but still above the SLO floor {floors[name]:g} "
                               f"({v.after_median:.4g})")
         verdicts.append(v)
+    if restarted is not None:
+        verdicts.append(await _stalled_verdict(prom, t.namespace, model))
     return Verification(ch.id, overall(verdicts), state, verdicts, rollout_s, time.monotonic() - t0)
+
+
+def restart_owner(ch: ChangeRequest) -> str:
+    """The Deployment behind a restarted pod: as the write reported it, else from the pod's name (a ReplicaSet
+    pod is named `<deployment>-<template hash>-<suffix>`)."""
+    detail = (ch.result or {}).get("detail") or {}
+    return str(detail.get("deployment") or ch.spec.target.name.rsplit("-", 2)[0])
+
+
+async def _pod_gone(k8s: K8sReadClient, namespace: str, name: str, uid: str) -> bool:
+    """The pod with `uid` no longer exists (a replacement under the same name is another pod)."""
+    resp = await asyncio.to_thread(k8s.core.list_namespaced_pod, namespace, field_selector=f"metadata.name={name}",
+                                   _preload_content=False)
+    return not any(p["metadata"].get("uid") == uid for p in json.loads(resp.data).get("items", []))
+
+
+async def _stalled_verdict(prom: PrometheusClient, namespace: str, model: str) -> SignalVerdict:
+    """After a pod restart: does every replica of the model generate tokens for the requests it holds?"""
+    try:
+        answer = await prom.query(stalled_pods_query(namespace, model))
+        stalled = sorted(s.labels.get("pod", "") for s in answer.series)
+        sel = promql.selector("vllm:generation_tokens_total", namespace=namespace, model_name=model)
+        tokens = await prom.query(f"sum(rate({sel}[{STALLED_WINDOW}]))")
+    except Exception as e:  # missing data is inconclusive, and says why
+        return SignalVerdict("stalled_pods", Outcome.INCONCLUSIVE, None, None, None, f"query failed: {e}")
+    rate = tokens.series[0].samples[0][1] if tokens.series and tokens.series[0].samples else None
+    if stalled:
+        return SignalVerdict("stalled_pods", Outcome.REGRESSION, None, float(len(stalled)), None,
+                             f"still holding requests without generating tokens: {', '.join(stalled)}")
+    if not rate:
+        return SignalVerdict("stalled_pods", Outcome.INCONCLUSIVE, None, 0.0, None,
+                             "no tokens generated by the model at all (no traffic?)")
+    return SignalVerdict("stalled_pods", Outcome.PASS, None, 0.0, None,
+                         f"every replica generates tokens ({rate:.0f} tokens/s for the model)")
 

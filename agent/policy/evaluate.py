@@ -129,6 +129,10 @@ def evaluate(policy: Policy, req: Request) -> Decision:
         return Decision(effect=Effect.DENY, rule="limits.max_unschedulable_gpu_nodes",
                         reason=f"fleet limit: {req.unschedulable_gpu_nodes_after} GPU nodes would be cordoned or "
                                f"drained at once > {cap}")
+    if req.ready_replicas_after is not None and req.ready_replicas_after < lim.min_ready_replicas:
+        return Decision(effect=Effect.DENY, rule="limits.min_ready_replicas",
+                        reason=f"would leave {req.ready_replicas_after} Ready replica(s) while the pod is replaced "
+                               f"(policy keeps at least {lim.min_ready_replicas})")
     if req.changes_last_hour >= lim.rate.max_changes_per_hour:
         return Decision(effect=Effect.DENY, rule="limits.rate.max_changes_per_hour",
                         reason=f"{req.changes_last_hour} changes in the last hour (limit "

@@ -104,6 +104,10 @@ class Limits(_Strict):
     drain_namespaces: list[str] = Field(
         default_factory=list, description="Namespaces a drain may evict pods from; pods elsewhere (kube-system, "
                                           "monitoring) stay on the cordoned node. Empty: a drain evicts nothing.")
+    min_ready_replicas: int = Field(
+        default=1, ge=0, description="Pod restarts: Ready replicas of the pod's Deployment that must stay while it "
+                                     "is replaced. 1 (the default) refuses restarting the last Ready replica, hung "
+                                     "or not: until its replacement is Ready nothing answers at all. 0 allows it.")
     rate: RateLimit = Field(default_factory=RateLimit)
 
 
@@ -179,6 +183,9 @@ class Request(_Strict):
     unschedulable_gpu_nodes_after: int = Field(
         default=0, ge=0, description="Node changes: GPU nodes unschedulable if this change is applied (those already "
                                      "cordoned plus the target, when it has GPUs).")
+    ready_replicas_after: int | None = Field(
+        default=None, ge=0, description="Pod restarts: Ready replicas of the pod's Deployment left while it is "
+                                        "replaced. None for other changes.")
     at: dt.datetime
     changes_last_hour: int = 0
     target_changes_last_hour: int = 0

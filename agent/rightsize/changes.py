@@ -1,9 +1,13 @@
 """From a recommendation to change requests, and the monthly cost a change would add or save.
 
 `change_specs` turns a recommendation into typed `ChangeSpec`s the guarded executor understands
-(`scale`, `set_gpu_resources`); the executor's `propose` then does the dry run, policy and approvals.
-A different GPU type or a MIG profile means moving to another node pool, which no executor action
-does: such a recommendation yields the replica change on the current GPU type, and says why.
+(`scale`); the executor's `propose` then does the dry run, policy and approvals. A different GPU type
+or GPU count is a *move*: a `deploy` of the same version with the new class's node selector and GPU
+request (`move_spec`). The report knows no cluster state, so a move's spec says only where to go;
+`move_request` turns it into the `DeployRequest` that `plan_deployment` reads the target and its
+pool for, runs the capacity preflight on, and proposes as a canary (a Rollout) or a capacity-bounded
+rolling update (a Deployment). A MIG profile needs a `nvidia.com/mig-*` resource no action sets yet:
+such a recommendation yields the replica change on the current GPU type, and says why.
 
 `predicted_cost_delta` is what the executor records as `ChangeRequest.cost_delta_per_month`.
 """
@@ -16,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.change.deploy import DeployRequest
 from agent.change.models import ChangeSpec
 from agent.models import ActionKind, ObjectRef
 from agent.rightsize.engine import Recommendation
@@ -24,6 +29,7 @@ from tools.rightsize.catalog import HOURS_PER_MONTH, PriceCatalog
 GPU = "nvidia.com/gpu"
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+MOVE = "gpu_class_move"  # a DEPLOY spec's params key: a move from a report, planned when it is clicked
 
 
 @dataclass(frozen=True)
@@ -32,13 +38,12 @@ class PlannedChanges:
     note: str  # what the specs do not cover, if anything
 
 
-def change_specs(rec: Recommendation, cluster: str, *, container: str | None = None,
-                 max_capacity_drop: float | None = None) -> PlannedChanges:
+def change_specs(rec: Recommendation, cluster: str, *, max_capacity_drop: float | None = None) -> PlannedChanges:
     """The change requests that carry out `rec` (possibly none, with the reason in `note`).
 
-    `container` names the container whose GPU request changes; without it a GPU-count change is left
-    out (and said so). The instance type is recorded in the params as the price the change was
-    sized at; the executor's tools ignore it. With `max_capacity_drop` (the policy's limit on the
+    A new GPU type or count is one move (`move_spec`), whose replica change waits for a later report.
+    The instance type is recorded in the params as the price the change was sized at; the executor's
+    tools ignore it. With `max_capacity_drop` (the policy's limit on the
     share of capacity one scale may remove), a larger scale-down is proposed as the first step the
     policy allows, and the note says so: a change the policy would deny helps nobody.
     """
@@ -50,19 +55,20 @@ def change_specs(rec: Recommendation, cluster: str, *, container: str | None = N
         "recommendation": rec.id}
     specs: list[ChangeSpec] = []
     note = ""
-    replicas, gpus = new.replicas, new.gpus
-    if new.gpu_product != cur.gpu_product or new.mig_profile:
+    replicas = new.replicas
+    if new.mig_profile:
         same_type = rec.evidence.get("replicas_on_current_gpu")
-        note = (f"moving to {new.describe()} needs a node-pool change (not an executor action); "
-                f"proposing the replica change on the current {cur.gpu_product} instead")
-        replicas, gpus = int(same_type) if isinstance(same_type, int | float) else cur.replicas, cur.gpus
-    if gpus != cur.gpus:
-        if container is None:
-            note = (note + "; " if note else "") + f"GPU count {cur.gpus} → {gpus} needs the container name"
-        else:
-            specs.append(ChangeSpec(action=ActionKind.SET_GPU_RESOURCES, cluster=cluster, target=target,
-                                    params={"container": container, "gpus": gpus, **hint,
-                                            "change_cause": f"opsagent rightsize {rec.id}"}))
+        note = (f"moving to {new.describe()} needs a {new.mig_profile} MIG slice (a nvidia.com/mig-* resource, which "
+                f"no executor action sets); proposing the replica change on the current {cur.gpu_product} instead")
+        replicas = int(same_type) if isinstance(same_type, int | float) else cur.replicas
+    elif new.gpu_product != cur.gpu_product or new.gpus != cur.gpus:
+        move = move_spec(rec, cluster)
+        note = (f"moves to {new.gpus}× {new.gpu_product} ({new.instance_type}) as a deployment of the same version "
+                "(a canary on the new class for a Rollout); the capacity preflight runs when it is proposed")
+        if new.replicas != cur.replicas:
+            note += (f"; then {cur.replicas} → {new.replicas} replicas in a later change, once the new class has "
+                     "served (the next report sizes it from what it observed)")
+        return PlannedChanges([move], note)
     if max_capacity_drop is not None and replicas < cur.replicas:
         step = max(replicas, math.ceil(cur.replicas * (1 - max_capacity_drop) - 1e-9))
         if step > replicas:
@@ -76,6 +82,44 @@ def change_specs(rec: Recommendation, cluster: str, *, container: str | None = N
     if not specs and not note:
         note = "the recommendation changes nothing an executor action can set"
     return PlannedChanges(specs, note)
+
+
+def move_spec(rec: Recommendation, cluster: str) -> ChangeSpec:
+    """A GPU-class move as the report records it: where to go (node selector, GPUs per replica), not how.
+
+    The node selector is the target class's instance type (`node.kubernetes.io/instance-type`, which
+    every managed node group sets); the version stays. `move_request` makes it a `DeployRequest`.
+    """
+    assert rec.current is not None and rec.recommended is not None
+    new = rec.recommended
+    if not new.instance_type:
+        raise ValueError(f"{rec.id}: the recommended shape has no instance type to select nodes by")
+    params: dict[str, Any] = {MOVE: True, "node_selector": {INSTANCE_TYPE_LABEL: new.instance_type},
+                              "instance_type": new.instance_type, "recommendation": rec.id}
+    if new.gpus != rec.current.gpus:
+        params["gpus"] = new.gpus
+    return ChangeSpec(action=ActionKind.DEPLOY, cluster=cluster,
+                      target=ObjectRef(kind="Deployment", name=rec.name, namespace=rec.namespace), params=params)
+
+
+def is_move(spec: ChangeSpec) -> bool:
+    return spec.action == ActionKind.DEPLOY and spec.params.get(MOVE) is True
+
+
+def move_request(spec: ChangeSpec) -> DeployRequest:
+    """The deployment a recorded move asks for: same version, the new node selector and GPUs per replica.
+
+    Raises ValueError for a spec that is not a move (a garbled or forged record).
+    """
+    if not is_move(spec) or spec.target.namespace is None:
+        raise ValueError(f"not a GPU-class move: {spec.action.value} {spec.target}")
+    selector = spec.params.get("node_selector")
+    if not isinstance(selector, dict) or not selector:
+        raise ValueError("a GPU-class move needs a node selector")
+    gpus = spec.params.get("gpus")
+    return DeployRequest(namespace=spec.target.namespace, name=spec.target.name,
+                         node_selector={str(k): str(v) for k, v in selector.items()},
+                         gpus=int(gpus) if gpus is not None else None)
 
 
 def reason_for(rec: Recommendation, spec: ChangeSpec) -> str:
@@ -137,6 +181,14 @@ def predicted_cost_delta(spec: ChangeSpec, live_object: Mapping[str, Any] | None
     price = _price_per_gpu_hour(spec, live_object, catalog)
     if price is None:
         return None
+    new_price = price
+    if spec.action == ActionKind.DEPLOY and "node_selector" in spec.params:
+        # A GPU-class move: the new class's price, from its selector or the instance type the preflight found.
+        to = (spec.params.get("node_selector") or {}).get(INSTANCE_TYPE_LABEL) or spec.params.get("new_instance_type")
+        it = catalog.instance_types.get(str(to)) if to else None
+        if it is None or not it.gpus:
+            return None
+        new_price = it.price_per_gpu_hour
     replicas = int(live_object.get("spec", {}).get("replicas") or 0)
     gpus = _template_gpus(live_object)
     new_replicas, new_gpus = replicas, gpus
@@ -147,4 +199,4 @@ def predicted_cost_delta(spec: ChangeSpec, live_object: Mapping[str, Any] | None
             new_gpus = int(spec.params["gpus"])
     except (KeyError, TypeError, ValueError):
         return None
-    return round((new_replicas * new_gpus - replicas * gpus) * price * HOURS_PER_MONTH, 2)
+    return round((new_replicas * new_gpus * new_price - replicas * gpus * price) * HOURS_PER_MONTH, 2)

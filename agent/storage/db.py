@@ -11,8 +11,8 @@ The durable modules write their SQL once, in the dialect both engines share (`?`
   40001 / 40P01): the caller's statements never see a half-done attempt, and no user sees the error.
 - `_conn.execute(...)`: reads outside a transaction (a pooled connection on Postgres).
 - `_stream(...)`: large reads in batches (a server-side cursor on Postgres).
-- `await _fetchone_async(...)`: one statement from the event loop on the loop's own connections
-  (Postgres), for a handler's per-request statement (intake), without a thread hop.
+- `await _fetchone_async(...)` / `_fetchall_async(...)`: one statement from the event loop on the loop's own
+  connections (Postgres), for a handler's per-request statement (intake), without a thread hop.
 
 SQLite is the single-replica default (a file, WAL journal, readers never block the writer);
 Postgres (`postgresql://...`) is what several replicas share. Nothing here knows about incidents
@@ -144,7 +144,7 @@ class _LoopConnections:
         self.idle: asyncio.Queue[Any] | None = None
         self.opened: set[Any] = set()
 
-    async def fetchone(self, sql: str, parameters: Sequence[Any]) -> Any:
+    async def fetchall(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
         import psycopg
 
         loop = asyncio.get_running_loop()
@@ -161,9 +161,9 @@ class _LoopConnections:
             done = False
             try:
                 cur = await conn.execute(_pg(sql), parameters)
-                row = await cur.fetchone()
+                rows: list[Any] = await cur.fetchall()
                 done = True
-                return row
+                return rows
             except psycopg.OperationalError:
                 # A connection the server dropped while idle (a restart, an idle timeout) fails on first use:
                 # once, on a fresh one. Callers' statements are idempotent folds, so a repeat is harmless.
@@ -270,7 +270,12 @@ class Db:
 
     async def _fetchone_async(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
         """One statement in its own transaction, from the event loop (Postgres only); its first row."""
-        return await self._loop_conns.fetchone(sql, parameters)
+        rows = await self._loop_conns.fetchall(sql, parameters)
+        return rows[0] if rows else None
+
+    async def _fetchall_async(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        """One statement in its own transaction, from the event loop (Postgres only); all its rows."""
+        return await self._loop_conns.fetchall(sql, parameters)
 
     def close(self) -> None:
         if self.postgres:

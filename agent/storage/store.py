@@ -3,7 +3,9 @@
 One class over both backends (`agent.storage.db`); every write is a single transaction, so a crash or a bad
 body never leaves half an incident. `record_notification` is where concurrent deliveries meet: it
 reads and writes the incident of a group inside one transaction, serialized per group (SQLite's
-write lock; a Postgres advisory lock on the group key, so two replicas never open two incidents).
+write lock; a Postgres advisory lock on the group key, so two replicas never open two incidents). From the
+event loop (`arecord_alerts`, the webhook) the deliveries in flight on Postgres are group-committed: one
+statement and one commit for all of them (agent/storage/groupcommit.py), each answered after that commit.
 
 Leases are how replicas share work: `try_lease(name, holder, ttl_s)` grants a named lease to one
 holder until it expires; the holder renews it by asking again and gives it up with `release_lease`.
@@ -22,9 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
+
 from agent import incidents
 from agent.models import Alert, Incident, IncidentStatus, TriageReport
 from agent.storage.db import Conn, Db, is_postgres
+from agent.storage.groupcommit import GroupCommit
 
 SCHEMA = """
 -- An incident's header; its alerts are rows of incident_alerts. `layout` 1 is the older form, whose `doc`
@@ -179,6 +184,28 @@ BEGIN
                         is_new OR n_added + n_upd > 0, is_new, false;
 END
 $fn$;
+
+-- Several deliveries in one transaction (group commit, agent/storage/groupcommit.py): each item is
+-- [group, status, new incident id, now, max alerts, alerts] and goes through opsagent_record_alerts, so both
+-- fold alike. Items are taken in the order of their groups' lock keys (then arrival), so two batches that
+-- share groups take the locks in one order and never deadlock; a group's deliveries keep their order.
+-- Each call's statements take a new snapshot, so an item sees what an earlier lock holder committed.
+CREATE OR REPLACE FUNCTION opsagent_record_batch(p_items json, p_flap_s double precision)
+RETURNS TABLE (ord integer, incident_id text, status text, changed boolean, opened boolean, legacy boolean)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    it record;
+BEGIN
+    FOR it IN SELECT e.ord::integer AS n, e.v->>0 AS grp, e.v->>1 AS st, e.v->>2 AS new_id, e.v->>3 AS now_at,
+                     (e.v->>4)::integer AS max_alerts, e.v->5 AS alerts
+              FROM json_array_elements(p_items) WITH ORDINALITY AS e(v, ord)
+              ORDER BY hashtextextended('incident-group:' || (e.v->>0), 0), e.ord
+    LOOP
+        RETURN QUERY SELECT it.n, r.* FROM opsagent_record_alerts(it.grp, it.st, it.new_id, it.now_at, it.max_alerts,
+                                                                  it.alerts, p_flap_s) r;
+    END LOOP;
+END
+$fn$;
 """
 
 class Store(Protocol):
@@ -264,11 +291,21 @@ def _to_rows(c: Conn, inc: Incident) -> None:
                sum(a.status == "firing" for a in inc.alerts), inc.id))
 
 
+# json.dumps(value, sort_keys=True), without building an encoder per call.
+_canonical_json = json.JSONEncoder(sort_keys=True).encode
+
+
 def _alert_row(incident_id: str, a: Alert) -> tuple[str, str, str, str, str, str, str | None, str]:
     """An alert as stored: one text per value, canonical (sorted keys, UTC), so equal alerts store equal text."""
-    return (incident_id, a.fingerprint, a.status, json.dumps(a.labels, sort_keys=True),
-            json.dumps(a.annotations, sort_keys=True), a.starts_at.astimezone(dt.UTC).isoformat(),
-            a.ends_at.astimezone(dt.UTC).isoformat() if a.ends_at else None, a.generator_url)
+    return (incident_id, a.fingerprint, a.status, _canonical_json(a.labels), _canonical_json(a.annotations),
+            _utc(a.starts_at), _utc(a.ends_at) if a.ends_at else None, a.generator_url)
+
+
+def _utc(t: dt.datetime) -> str:
+    return (t if t.utcoffset() == _ZERO else t.astimezone(dt.UTC)).isoformat()
+
+
+_ZERO = dt.timedelta(0)
 
 
 def _alert(row: Sequence[Any]) -> Alert:
@@ -281,8 +318,13 @@ def _alert(row: Sequence[Any]) -> Alert:
 class SqlStore(Db):
     """The store on SQLite (a file, one writer at a time) or Postgres (shared by replicas)."""
 
-    def __init__(self, target: Path | str, *, pool_size: int = 8) -> None:
+    def __init__(self, target: Path | str, *, pool_size: int = 8, intake_batches: int = 2) -> None:
+        """`intake_batches`: on Postgres, how many group-committed batches of deliveries may be in flight at
+        once (each on a connection of its own, out of `pool_size`)."""
         super().__init__(target, SCHEMA, SCHEMA + PG_FUNCTIONS, pool_size=pool_size, migrate=_migrate)
+        # Deliveries arriving together on the event loop share one statement and one commit (Postgres).
+        self.intake: GroupCommit[bytes, Recorded | None] = GroupCommit(
+            self._record_batch, self._record_one, max_inflight=max(1, min(intake_batches, pool_size)))
         # The incoming fingerprints are one parameter (a Postgres array; a JSON array on SQLite), so the
         # statement's text, and Postgres's prepared plan for it, is the same whatever their number.
         any_of = "= ANY(?)" if self.postgres else "IN (SELECT value FROM json_each(?))"
@@ -312,10 +354,27 @@ class SqlStore(Db):
         """`record_alerts` for the event loop: on Postgres its one statement runs on a connection of the
         loop itself (no thread); SQLite's in a thread."""
         if self.postgres:
-            rec = _recorded(await self._fetchone_async(_RECORD_SQL, _record_args(n, now, max_alerts)))
+            # Committed with the other deliveries in flight on this loop (group commit); answered after the commit.
+            rec = await self.intake.submit(_delivery(n, now, max_alerts))
             if rec is not None:
                 return rec
         return await asyncio.to_thread(self._record_tx, n, now, max_alerts)
+
+    async def _record_batch(self, items: Sequence[bytes]) -> list[Recorded | None]:
+        rows = await self._fetchall_async(_RECORD_BATCH_SQL, ((b"[%b]" % b",".join(items)).decode(), _FLAP_S))
+        rows.sort(key=lambda r: r[0])
+        return [_recorded(r[1:]) for r in rows]
+
+    async def _record_one(self, item: bytes) -> Recorded | None:
+        try:
+            return (await self._record_batch([item]))[0]  # a batch of one: its own transaction
+        except Exception as e:
+            # A data exception (SQLSTATE class 22: a NUL character, say) is this delivery's own values, and
+            # sending it again cannot help: 400, not a retryable 5xx.
+            if str(getattr(e, "sqlstate", None) or "").startswith("22"):
+                why = getattr(getattr(e, "diag", None), "message_primary", None) or str(e)
+                raise incidents.IntakeError(f"the store cannot keep a value of this notification: {why}") from e
+            raise
 
     def _record_tx(self, n: incidents.Notification, now: dt.datetime, max_alerts: int) -> Recorded:
         with self._tx() as c:  # SQLite; and on Postgres an incident an older replica wrote
@@ -503,14 +562,34 @@ def open_store(url: str, *, pool_size: int = 8) -> Store:
 
 
 _RECORD_SQL = "SELECT * FROM opsagent_record_alerts(?, ?, ?, ?, ?, ?::json, ?)"
+_RECORD_BATCH_SQL = "SELECT * FROM opsagent_record_batch(?::json, ?)"
+_FLAP_S = incidents.FLAP_WINDOW.total_seconds()
+
+
+def _rows(n: incidents.Notification) -> tuple[list[tuple[str, str, str, str, str, str | None, str]], str]:
+    """The notification's alerts as `_alert_row` stores them (a fingerprint repeated in one body: its last
+    version wins, as in incidents.fold), and the id a new incident of this delivery gets; straight from the
+    validated wire alerts (building an `Alert` for each first cost more than the rest of this)."""
+    rows = {}
+    for a in n.alerts:
+        fp, ends = incidents.fingerprint_of(a), incidents.ends_of(a)
+        rows[fp] = (fp, a.status, _canonical_json(a.labels), _canonical_json(a.annotations), _utc(a.startsAt),
+                    _utc(ends) if ends else None, a.generatorURL)
+    return list(rows.values()), incidents.incident_id(n.groupKey, min(a.startsAt for a in n.alerts))
 
 
 def _record_args(n: incidents.Notification, now: dt.datetime, max_alerts: int) -> tuple[Any, ...]:
-    incoming = incidents.alerts_of(n)
-    # A fingerprint repeated in one body: its last version wins (as in incidents.fold).
-    rows = [_alert_row("", a)[1:] for a in {a.fingerprint: a for a in incoming}.values()]
-    return (n.groupKey, n.status, incidents.incident_id(n.groupKey, min(a.starts_at for a in incoming)),
-            now.isoformat(), max_alerts, json.dumps(rows), incidents.FLAP_WINDOW.total_seconds())
+    rows, new_id = _rows(n)
+    return (n.groupKey, n.status, new_id, now.isoformat(), max_alerts, json.dumps(rows), _FLAP_S)
+
+
+def _delivery(n: incidents.Notification, now: dt.datetime, max_alerts: int) -> bytes:
+    """One item of `opsagent_record_batch`, encoded here so a value JSON cannot hold fails its own request."""
+    rows, new_id = _rows(n)
+    try:
+        return orjson.dumps([n.groupKey, n.status, new_id, now.isoformat(), max_alerts, rows])
+    except orjson.JSONEncodeError as e:  # a lone surrogate in the group key or a fingerprint
+        raise incidents.IntakeError(f"the notification holds text that is not valid Unicode: {e}") from e
 
 
 def _recorded(r: Any) -> Recorded | None:

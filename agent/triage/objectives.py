@@ -6,10 +6,16 @@ incidents, so it is checked here in code, after any reasoner: when a runbook dec
 behind a firing critical alert (`slo:` in its front matter) and the alert's own signal is past
 `far` × the objective's bound, every "healthy" hypothesis is ruled out. What is left is either a
 specific explanation or an inconclusive report that pages a human with what was seen.
+
+A CloudWatch alarm carries its own evaluation: its state reason ("Threshold Crossed: 1 datapoint [57.0
+(…)] was greater than the threshold (20.0)") names the datapoints and the threshold, so an alarm whose
+datapoints are `ALARM_FAR` × past its threshold is such a breach too — whether or not a runbook knows
+the alarm.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from agent.models import Category, Hypothesis, Incident
@@ -18,6 +24,29 @@ from agent.triage.features import MIN_CONFIDENCE
 from agent.triage.render import render
 from agent.triage.runbooks import Runbook
 
+ALARM_FAR = 2.0
+_REASON = re.compile(r"Threshold Crossed:[^\[]*\[(?P<points>[^\]]*)\][^(]*?(?P<dir>greater|less)[^(]*\(\s*"
+                     r"(?P<threshold>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*\)", re.IGNORECASE)
+_POINT = re.compile(r"(?:^|,)\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
+
+
+def alarm_breach(reason: str) -> tuple[float, float] | None:
+    """(worst datapoint, threshold) when a CloudWatch state reason shows datapoints far past the threshold."""
+    m = _REASON.search(reason)
+    if m is None:
+        return None
+    points = [float(p) for p in _POINT.findall(m["points"])]
+    threshold = float(m["threshold"])
+    if not points:
+        return None
+    if m["dir"].lower() == "greater":
+        worst = max(points)
+        far = worst > ALARM_FAR * threshold if threshold > 0 else worst > threshold
+    else:
+        worst = min(points)
+        far = threshold > 0 and worst < threshold / ALARM_FAR
+    return (worst, threshold) if far else None
+
 
 def breaches(incident: Incident, books: list[Runbook], feats: dict[str, Any]) -> list[str]:
     """Sentences naming each firing critical alert whose own signal is far outside its objective."""
@@ -25,6 +54,13 @@ def breaches(incident: Incident, books: list[Runbook], feats: dict[str, Any]) ->
     for a in incident.alerts:
         if a.status != "firing" or a.labels.get("severity") != "critical":
             continue
+        for text in (a.annotations.get("description", ""), a.annotations.get("StateReason", "")):
+            seen = alarm_breach(text)
+            if seen is not None:
+                sentence = (f"{a.name}: its CloudWatch alarm saw {seen[0]:g} against a threshold of {seen[1]:g}")
+                if sentence not in found:
+                    found.append(sentence)
+                break
         for b in books:
             for o in b.slo:
                 if o.alertname != a.name:

@@ -50,6 +50,8 @@ EXECUTOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "patch"]},
     {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
+    # A pod restart: get the pod, delete it (with its uid as a precondition).
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "delete"]},
     # Argo Rollouts: read a Rollout and merge-patch its template (the controller does the rest); promote
     # and abort patch its status subresource.
     {"apiGroups": ["argoproj.io"], "resources": ["rollouts"], "verbs": ["get", "patch"]},

@@ -9,7 +9,11 @@ each carrying `--per-webhook` new alerts of one of `--groups` groups. Afterwards
 hold exactly one incident per group with every alert delivered to it. CPU seconds of the replicas
 and the database are printed too: on a shared machine they say more than wall-clock throughput.
 
+On Postgres the replicas group-commit (agent/storage/groupcommit.py): the deliveries in flight on a replica
+share one statement and one commit. Each replica's batches are printed (count, mean and largest size).
+
 Run: uv run python tests/benchmarks/bench_ingest.py [--alerts 6000] [--groups 200] [--backend both]
+     [--port-base 19800]  (replicas at base+1.., Postgres at base+9; default: free ports)
 """
 
 from __future__ import annotations
@@ -39,15 +43,23 @@ TOKEN = "bench-webhook-token-0123456789abcdef"
 
 
 def serve(target: str, port: int) -> None:
-    """The replica process: intake only, on the shared store."""
+    """The replica process: intake only, on the shared store; prints its group-commit counters on exit."""
     import uvicorn
 
     from agent.entry.http_guard import HttpSecurity
     from agent.entry.server import create_app
     from agent.storage.store import SqlStore
 
+    store = SqlStore(target)
+
+    async def report() -> None:  # at shutdown (uvicorn re-raises SIGTERM once the app has stopped)
+        st = getattr(getattr(store, "intake", None), "stats", None)  # None: code from before group commit
+        if st is not None and st.batches:
+            print(f"{'':8} replica :{port}: {st.writes} deliveries in {st.batches} batches (mean "
+                  f"{st.writes / st.batches:.1f}, largest {st.largest}, failed {st.failed_batches})", flush=True)
+
     # As `opsagent serve` runs in a cluster: Bearer auth and the streaming body limit on every request.
-    uvicorn.run(create_app(SqlStore(target), None, security=HttpSecurity.build([TOKEN, "x" + TOKEN])),
+    uvicorn.run(create_app(store, None, security=HttpSecurity.build([TOKEN, "x" + TOKEN]), on_shutdown=[report]),
                 host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -133,7 +145,7 @@ def run(backend: str, target: str, args: argparse.Namespace, pg_pid: int | None 
     from agent.storage.store import SqlStore
 
     SqlStore(target).close()  # create the tables once, before the replicas race to
-    ports = [free_port() for _ in range(args.replicas)]
+    ports = [args.port_base + 1 + k if args.port_base else free_port() for k in range(args.replicas)]
     procs = [subprocess.Popen([sys.executable, __file__, "--serve", target, str(p)], cwd=ROOT) for p in ports]
     try:
         urls = [f"http://127.0.0.1:{p}" for p in ports]
@@ -149,10 +161,12 @@ def run(backend: str, target: str, args: argparse.Namespace, pg_pid: int | None 
                     raise RuntimeError(f"replica {u} did not start")
                 time.sleep(0.1)
         pids = [p.pid for p in procs] + ([pg_pid] if pg_pid else [])
+        load_before = os.getloadavg()[0]
         cpu0, self0 = cpu_seconds(pids, pg_pid), resource.getrusage(resource.RUSAGE_SELF)
         res = asyncio.run(load(urls, args.alerts, args.groups, args.per_webhook, args.concurrency))
         self1 = resource.getrusage(resource.RUSAGE_SELF)
         res["server_cpu_s"] = cpu_seconds(pids, pg_pid) - cpu0
+        res["load_before"] = load_before
         res["client_cpu_s"] = (self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)
     finally:
         for p in procs:
@@ -176,13 +190,15 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=32, help="Requests in flight.")
     ap.add_argument("--backend", choices=["postgres", "sqlite", "both"], default="both")
+    ap.add_argument("--port-base", type=int, default=0,
+                    help="Replicas listen at base+1..base+N, Postgres at base+9 (default: free ports).")
     args = ap.parse_args()
     if args.serve:
         serve(args.serve[0], int(args.serve[1]))
         return
     results = []
     if args.backend in ("postgres", "both"):
-        pg = LocalPostgres(durable=True).start()  # fsync on, as in production
+        pg = LocalPostgres(durable=True, port=args.port_base + 9 if args.port_base else None).start()  # fsync on
         try:
             results.append(run("postgres", pg.create_database("bench"), args, pg.pid))
         finally:
@@ -200,7 +216,7 @@ def main() -> None:
         per = 1000 * r["server_cpu_s"] / r["webhooks"]
         print(f"{'':8} CPU: replicas+database {r['server_cpu_s']:.1f} s ({per:.2f} ms per webhook, so "
               f"{2000 / per:.0f} webhooks/s would fill 2 idle cores), load generator {r['client_cpu_s']:.1f} s; "
-              f"load average {os.getloadavg()[0]:.1f}")
+              f"load average {r['load_before']:.1f} before, {os.getloadavg()[0]:.1f} after")
         ok &= not r["failures"] and r["lost"] == 0 and r["incidents"] == args.groups
     sys.exit(0 if ok else 1)
 

@@ -29,7 +29,8 @@ from deploy.sandbox.processes import _alive_as
 from deploy.sandbox.receiver import WebhookReceiver
 from deploy.sandbox.sandbox import Sandbox, SandboxSettings
 
-PORT_STRIDE = 2000  # a sandbox uses base..base+700; test_rollouts' second sandbox sits at base+1000
+PORT_STRIDE = 2000  # a sandbox uses base..base+700; test_rollouts' second sandbox sits at base+1000,
+# test_rightsize_moves' at base+1500
 
 
 def worker_index(worker: str | None = None) -> int:
@@ -39,7 +40,7 @@ def worker_index(worker: str | None = None) -> int:
 
 
 PORT_BASE = int(os.environ.get("OPSAGENT_TEST_PORT_BASE", "19000")) + PORT_STRIDE * worker_index()
-PORT_SPAN = 1450  # the worker's sandbox and test_rollouts' second one (base + 1000 + 443)
+PORT_SPAN = 1950  # the worker's sandbox, test_rollouts' (base+1000+443) and test_rightsize_moves' (base+1500+443)
 
 
 def ephemeral_ports_start(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:

@@ -24,7 +24,7 @@ from agent.change.verify import VerifySettings, signal_queries, verify
 from agent.models import ActionKind, ObjectRef
 from agent.policy.evaluate import load_policy
 from deploy.sandbox import faults
-from deploy.sandbox.fleet import Fleet, pod_template
+from deploy.sandbox.fleet import LABEL_APP, Fleet, pod_template
 from tools.k8s_read.client import K8sReadClient
 from tools.k8s_read.settings import K8sReadSettings
 from tools.k8s_write.client import K8sWriteClient, K8sWriteSettings
@@ -328,5 +328,104 @@ def test_a_rollback_of_a_single_replica_that_fails_is_proposed_and_a_healthy_one
 
     try:
         asyncio.run(scenario())
+    finally:
+        write.close()
+
+
+def _ready_pods(core: client.CoreV1Api, ns: str, app: str) -> list[Any]:
+    pods = core.list_namespaced_pod(ns, label_selector=f"{LABEL_APP}={app}").items
+    return sorted((p for p in pods if not p.metadata.deletion_timestamp and p.status.phase == "Running" and any(
+        c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])), key=lambda p: p.metadata.name)
+
+
+def test_a_hung_worker_is_restarted_through_the_executor_and_the_models_throughput_recovers(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, tmp_path: Path, audit: MemoryAudit,
+        clean_faults: None) -> None:
+    """A tensor-parallel replica hangs (Ready, GPUs busy, no tokens). The executor reads from Prometheus that
+    the pod serves nobody, so deleting it removes no healthy capacity; policy asks one approval; the pod with
+    that uid is deleted and its ReplicaSet's replacement generates again, which the verifier checks. A healthy
+    single replica (the last Ready one) is refused, and the executor may delete no pod outside the serving
+    namespaces (the API server says so, not our code)."""
+    from agent.change.verify import failing_pods, stalled_pods_query
+
+    core = client.CoreV1Api(admin)
+    w = fleet.workload(fleet.faults["hung-worker"]["workload"])
+    solo = fleet.workload("summarizer")  # one replica
+    write = K8sWriteClient(K8sWriteSettings(kubeconfig=Path(sandbox["kubeconfigs"]["executor"])))
+    prom_url = sandbox["endpoints"]["prometheus"]
+
+    async def scenario() -> None:  # one event loop: the Prometheus client's connections belong to it
+        prom = PrometheusClient(PrometheusSettings(url=prom_url, scrape_interval_s=5))
+        reader = K8sReadClient(K8sReadSettings(kubeconfig=Path(sandbox["kubeconfigs"]["reader"])))
+
+        async def failing(sp: ChangeSpec, obj: dict[str, Any]) -> int | None:  # as agent/app.py asks for a pod
+            names = await failing_pods(prom, sp.target.namespace or "", obj["metadata"]["labels"].get("model", ""))
+            return None if names is None else int(sp.target.name in names)
+
+        ex = Executor(Ledger(tmp_path / "ledger.db"), POLICY, write, audit, cluster="sandbox", failing_replicas=failing)
+        try:
+            for wl in (solo, w):
+                _wait_rollout(client.AppsV1Api(admin), wl.namespace, wl.name)
+            last = _ready_pods(core, solo.namespace, solo.name)[0].metadata.name
+            ch = await ex.propose(spec(ActionKind.RESTART_POD, ObjectRef(kind="Pod", name=last,
+                                                                         namespace=solo.namespace)),
+                                  reason="t", requester="agent:rules")
+            # Healthy: a full capacity drop (the rule's 50 %); either way no Ready replica would be left.
+            assert ch.status == ChangeStatus.DENIED and ch.blast_radius.ready_after == 0, ch.policy_reason
+            assert ch.policy_rule in ("restart-pod", "limits.min_ready_replicas"), ch.policy_rule
+
+            rec = faults.inject(admin, fleet, "hung-worker")
+            hung = rec["pod"]
+            model = core.read_namespaced_pod(hung, w.namespace).metadata.labels["model"]
+            deadline = time.monotonic() + 180
+            while hung not in ((await failing_pods(prom, w.namespace, model)) or set()):
+                assert time.monotonic() < deadline, "Prometheus never showed the hung replica stalled"
+                await asyncio.sleep(5)
+            uid = core.read_namespaced_pod(hung, w.namespace).metadata.uid
+            target = ObjectRef(kind="Pod", name=hung, namespace=w.namespace)
+            ch = await ex.propose(spec(ActionKind.RESTART_POD, target), reason="no tokens", requester="agent:rules")
+            assert ch.status == ChangeStatus.PENDING_APPROVAL, ch.policy_reason
+            assert (ch.blast_radius.capacity_drop, ch.blast_radius.failing, ch.blast_radius.ready_after) == \
+                (0.0, 1, w.replicas - 1), ch.blast_radius
+            assert uid in ch.diff and "dry" not in ch.policy_reason
+            assert core.read_namespaced_pod(hung, w.namespace).metadata.uid == uid, "the dry run deleted nothing"
+            with pytest.raises(ExecutionRefused, match="approval"):
+                await ex.execute(ch.id)
+            ex.approve(ch.id, "alice")
+            applied_at = dt.datetime.now(dt.UTC)
+            result = await ex.execute(ch.id)
+            assert result.status == ChangeStatus.APPLIED and result.detail["detail"]["deployment"] == w.name
+            again = await ex.execute(ch.id)
+            assert not again.applied_now, "a second click deletes nothing more"
+
+            apps = client.AppsV1Api(admin)
+            _wait_rollout(apps, w.namespace, w.name)
+            assert uid not in {p.metadata.uid for p in core.list_namespaced_pod(w.namespace).items}
+            stored = ex.ledger.get(ch.id)
+            assert stored is not None
+            v = await verify(stored, applied_at, prom, reader, VerifySettings(window_s=30, baseline_s=60, step_s=5,
+                                                                              rate_window_s=30))
+            stalled = next(s for s in v.signals if s.signal == "stalled_pods")
+            assert stalled.outcome == Outcome.PASS, v.summary()
+            assert v.outcome != Outcome.REGRESSION, v.summary()
+            assert not (await prom.query(stalled_pods_query(w.namespace, model))).series
+            per_pod = f'rate(vllm:generation_tokens_total{{namespace="{w.namespace}", model_name="{model}"}}[30s])'
+            generating = await prom.query(f"count(max by (pod) ({per_pod}) > 0)")
+            assert generating.series and generating.series[0].samples[0][1] == w.replicas, "every replica generates"
+            kinds = [(e.kind.value, e.decision) for e in audit.events if ch.spec_digest == e.inputs_hash]
+            assert ("approval", "approve") in kinds and ("execution", "applied") in kinds, kinds
+        finally:
+            await prom.aclose()
+            reader.close()
+            ex.ledger.close()
+
+    try:
+        asyncio.run(scenario())
+        # The executor's Role is in the serving namespaces only: the API server refuses a delete elsewhere
+        # (authorization comes before the pod is even looked up).
+        for ns in ("platform", "kube-system"):
+            with pytest.raises(client.exceptions.ApiException) as e:
+                write.core.delete_namespaced_pod("any-pod", ns, dry_run="All")
+            assert e.value.status == 403, ns
     finally:
         write.close()

@@ -188,11 +188,14 @@ def test_the_executor_is_confined_to_its_namespaces_and_verbs(release: tuple[str
     assert not can(kubectl, sa, "watch", "nodes") and not can(kubectl, sa, "update", "nodes")
     assert not can(kubectl, sa, "delete", "nodes")
     for sn in SERVING:  # what the code does not call (tests/unit/test_rbac_from_code.py derives the rest)
-        assert not can(kubectl, sa, "list", "deployments.apps", sn) and not can(kubectl, sa, "get", "pods", sn)
+        assert not can(kubectl, sa, "list", "deployments.apps", sn)
+        assert can(kubectl, sa, "delete", "pods", sn) and can(kubectl, sa, "get", "pods", sn), "a pod restart"
+        assert not can(kubectl, sa, "deletecollection", "pods", sn) and not can(kubectl, sa, "update", "pods", sn)
     for other in OUTSIDE:
         for verb in ("patch", "update", "delete"):
             assert not can(kubectl, sa, verb, "deployments.apps", other), f"executor can {verb} in {other}"
         assert not can(kubectl, sa, "create", "pods/eviction", other)
+        assert not can(kubectl, sa, "delete", "pods", other), f"executor can delete pods in {other}"
     for other in OUTSIDE:
         assert not allowed(admin, sa, "patch", "rollouts", other), f"executor can patch rollouts in {other}"
     for sn in [*SERVING, *OUTSIDE, ns]:

@@ -120,3 +120,30 @@ def test_the_fleet_limit_counts_nodes_already_cordoned(
                                       requester="agent:rules"))
     assert ch.status == ChangeStatus.DENIED
     assert ch.policy_rule == "limits.max_unschedulable_gpu_nodes", ch.policy_reason
+
+
+def test_an_alert_storm_from_one_node_asks_for_one_cordon_and_runs_it_once(
+        executor: Executor, admin: client.ApiClient, dns_on_gpu_node: tuple[str, str]) -> None:
+    """One failing node opens several incidents (Alertmanager groups GPUXidError per host, GPUsUnallocatable per
+    node, and each hurt model's alerts apart). Each triage proposes the same cordon: the executor links them to
+    one request, approvers are asked once, and it runs once. A proposal arriving after it ran is linked to it
+    too (its dry run changes nothing), while the same incident proposing again is the same request as before."""
+    node, _ = dns_on_gpu_node
+    core = client.CoreV1Api(admin)
+    spec_ = node_change(ActionKind.CORDON_NODE, node)
+
+    async def propose(incident: str) -> Any:
+        return await executor.propose(spec_, reason="xid", requester="agent:rules", incident_id=incident)
+
+    first = asyncio.run(propose("inc-xid-host"))
+    assert first.status == ChangeStatus.PENDING_APPROVAL, first.policy_reason
+    linked = [asyncio.run(propose(f"inc-{i}")) for i in ("unallocatable", "ttft-chat", "errors-code")]
+    assert {c.id for c in linked} == {first.id}, "one request for the storm, not one per incident"
+    assert len(executor.ledger.list_changes()) == 1
+    executor.approve(first.id, "alice")
+    assert asyncio.run(executor.execute(first.id)).status == ChangeStatus.APPLIED
+    assert core.read_node(node).spec.unschedulable is True
+    late = asyncio.run(propose("inc-pending-pods"))
+    assert late.id == first.id and late.status == ChangeStatus.APPLIED, (late.id, late.status)
+    assert len(executor.ledger.list_changes()) == 1
+    assert sum(1 for e in executor.audit.events if e.decision == "linked") == 4  # type: ignore[attr-defined]

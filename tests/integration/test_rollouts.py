@@ -12,6 +12,7 @@ does not fit, a surge without free GPUs and a GitOps-owned target are refused be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -620,3 +621,224 @@ def test_the_staging_soak_query_reads_how_long_a_version_served_within_slo(
     ttft_none, _ = staging_soak_queries(w.namespace, WORKLOAD, "1999.01.0", window="1m")
     assert not query_range(prom, ttft_none, start, end, 10)
     assert not staging_soak([], ttft_p95_max_s=1, error_share_max=1, required_s=60, now=end, step_s=10).ok
+
+
+def test_a_slow_preflight_does_not_hold_the_request_and_get_reports_its_end(
+        rsandbox: dict[str, Any], radmin: client.ApiClient, rconfig: Path, rstate: Path, tmp_path: Path) -> None:
+    """The API server answers the agent's reads late: POST answers 202 with a request id at the bound, the
+    preflight goes on, and GET reports the refusal, the unknown target or the change request it came to."""
+    from urllib.parse import urlparse
+
+    from agent.entry.commands.common import sandbox_overrides
+    from tests.slow_proxy import slow
+
+    kc = yaml.safe_load(Path(rsandbox["kubeconfigs"]["reader"]).read_text())
+    api = urlparse(kc["clusters"][0]["cluster"]["server"])
+    over = sandbox_overrides(rsandbox)
+    good = {"authorization": f"Bearer {PIPELINE_TOKEN}"}
+    generation = _rollout(radmin, "llm-prod")["metadata"]["generation"]
+    with slow(api.hostname or "127.0.0.1", api.port or 443, delay_s=1.5) as proxy:
+        kc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+        (tmp_path / "reader.kubeconfig").write_text(yaml.safe_dump(kc))
+        settings = settings_for(rconfig, rsandbox, state_dir=str(rstate), kubernetes={
+            **over["kubernetes"], "reader_kubeconfig": str(tmp_path / "reader.kubeconfig")}, server={
+            **over.get("server", {}), "pipeline_tokens": f"model-assist={PIPELINE_TOKEN}", "deploy_wait_s": 1})
+        app = build_app(settings)
+        asgi, _ = build_server(app)
+
+        async def calls() -> list[list[httpx.Response]]:
+            transport = httpx.ASGITransport(app=asgi)
+            async with httpx.AsyncClient(transport=transport, base_url="http://opsagent") as http:
+                out = []
+                for body in ({"target": f"llm-prod/{WORKLOAD}", "version": "2025.10.5",
+                              "model": "llama-3.1-70b-instruct"},
+                             {"target": "llm-prod/no-such-model", "version": "2025.10.5"},
+                             {"target": f"llm-prod/{WORKLOAD}", "version": "2025.10.5"}):
+                    seen = [await http.post("/deployments", json=body, headers=good)]
+                    url = seen[0].json().get("url", "")
+                    seen.append(await http.get(url, headers=good))  # right away: still in its preflight
+                    seen.append(await http.get(url, headers={"authorization": "Bearer wrong"}))
+                    for _ in range(120):
+                        if seen[-1].json().get("status") not in ("preflight", None):
+                            break
+                        await asyncio.sleep(0.5)
+                        seen.append(await http.get(url, headers=good))
+                    out.append(seen)
+                return out
+
+        before = _stored(rsandbox, rconfig, rstate)
+        try:
+            refused, unknown, proposed = asyncio.run(calls())
+        finally:
+            app.close()
+    for seen in (refused, unknown, proposed):
+        assert seen[0].status_code == 202 and seen[0].json()["status"] == "preflight", seen[0].text
+        assert seen[0].json()["id"].startswith("req-") and seen[1].json()["status"] == "preflight"
+        assert seen[2].status_code == 401, "a request's progress is not shown without a pipeline token"
+    assert refused[-1].status_code == 422 and refused[-1].json()["status"] == "refused", refused[-1].text
+    assert any("does not fit 24 GiB GPUs" in r for r in refused[-1].json()["reasons"]), refused[-1].json()
+    assert unknown[-1].status_code == 404 and "no Rollout or Deployment llm-prod/no-such-model" in \
+        unknown[-1].json()["error"], unknown[-1].text
+    # Once proposed, the request's id reads as the change's own status (a pipeline polls one URL to the end).
+    assert proposed[-1].status_code == 200 and proposed[-1].json()["status"] == "pending_approval", proposed[-1].text
+    change_id = proposed[-1].json()["id"]
+    assert change_id.startswith("chg-") and proposed[-1].json()["url"] == f"/deployments/{change_id}"
+    assert proposed[-1].json()["request"] == proposed[0].json()["id"]
+    assert proposed[-1].json()["approvals"] == {"have": 0, "required": 2, "roles": ["ml-platform", "oncall"]}
+    changes, _ = _stored(rsandbox, rconfig, rstate)
+    assert changes == before[0] + 1, "only the proposal is a change request (not the refusal, not the 404)"
+    refusals = [e for e in _audit(rsandbox, rconfig, rstate, "preflight (ci)") if "2025.10.5" in json.dumps(e)
+                or "llama-3.1-70b" in e["reason"]]
+    assert refusals, "the refusal is audited"
+    assert _rollout(radmin, "llm-prod")["metadata"]["generation"] == generation, "nothing was written"
+
+
+@contextlib.contextmanager
+def _bot(rsandbox: dict[str, Any], rconfig: Path, rstate: Path, channel: str,
+         **overrides: Any) -> Iterator[tuple[App, Any, Any]]:
+    """The real Bolt app on `serve`'s HTTP app, Slack's Web API a stand-in: (app, stand-in, signed client)."""
+    from tests.serving import serve
+    from tests.slack_standin import SlackClientSim, SlackStandIn
+
+    secret = f"{channel}-signing-secret"
+    api = SlackStandIn()
+    with serve(api.app()) as api_url:
+        api.base_url = api_url
+        app = build_app(settings_for(rconfig, rsandbox, state_dir=str(rstate), slack={
+            "enabled": True, "bot_token": "xoxb-test", "signing_secret": secret, "channel": channel,
+            "api_url": f"{api_url}/api/"}, **overrides))
+        try:
+            asgi, bot = build_server(app)
+            assert bot is not None
+            with serve(asgi) as url:
+                yield app, api, SlackClientSim(url, secret, api)
+        finally:
+            app.close()
+
+
+def test_deploy_asked_in_an_incident_thread_and_an_executor_that_does_not_answer(
+        rsandbox: dict[str, Any], radmin: client.ApiClient, rfleet: Fleet, rconfig: Path, rstate: Path,
+        tmp_path: Path) -> None:
+    import datetime as dt
+
+    from evals import alerts
+    from tests.slack_standin import ONCALL, buttons, render
+
+    channel = "C0THREADS"
+    generation = _rollout(radmin, "llm-prod")["metadata"]["generation"]
+    w = rfleet.workload(WORKLOAD)
+    body = alerts.build({"alertname": "ModelServingTTFTHigh", "namespace": w.namespace, "model_name": w.model},
+                        omit=[], now=dt.datetime.now(dt.UTC), cluster=str(rsandbox.get("cluster") or "sandbox"),
+                        prometheus_url=rsandbox["endpoints"]["prometheus"], alertmanager_url="")
+    token = Path(rsandbox["webhook_token_file"]).read_text().strip()
+    with _bot(rsandbox, rconfig, rstate, channel) as (app, api, sim):
+        r = httpx.post(f"{sim.bot_url}/alertmanager", json=body, headers={"authorization": f"Bearer {token}"},
+                       timeout=30)
+        assert r.status_code == 200, r.text
+        top = api.wait(lambda: [c for c in api.of("chat.postMessage") if c.args.get("channel") == channel
+                                and not c.args.get("thread_ts")], what="the incident's message", timeout=120)[0]
+        thread = top.args["_ts"]
+        sim.event({"type": "message", "user": "U0DANA001", "channel": channel, "thread_ts": thread,
+                   "ts": f"{time.time():.6f}", "text": f"opsagent deploy 2025.10.6 to llm-prod/{WORKLOAD}"})
+        reply = api.wait(lambda: [c for c in api.of("chat.postMessage") if c.args.get("thread_ts") == thread
+                                  and "Change request `chg-" in str(c.args.get("text"))],
+                         what="the deployment's answer in the thread", timeout=120)[0]
+        change_id = str(reply.args["text"]).split("`")[1]
+        block = api.wait(lambda: [c for c in api.of("chat.postMessage") if c.args.get("thread_ts") == thread
+                                  and buttons(c.args) and change_id in render(c.args)],
+                         what="the change block in the thread")[0]
+    assert "needs 2 approval(s)" in reply.args["text"] and "2025.10.6" in reply.args["text"], reply.args["text"]
+    assert ("change_approve", change_id) in buttons(block.args)
+    app = _app(rsandbox, rconfig, rstate)
+    try:
+        ch = app.ledger.get(change_id)
+    finally:
+        app.close()
+    assert ch is not None and ch.requester == "user:U0DANA001" and ch.status == ChangeStatus.PENDING_APPROVAL
+    assert ch.spec.params["labels"] == {"model-version": "2025.10.6"}
+    assert _rollout(radmin, "llm-prod")["metadata"]["generation"] == generation, "nothing written from a thread"
+
+    # The executor process is down (its socket answers nobody): each Slack path says so in words.
+    down = {"executor": {"mode": "socket", "socket": str(tmp_path / "executor.sock")}}
+    with _bot(rsandbox, rconfig, rstate, channel, **down) as (app, api, sim):
+        assert sim.command("U0DANA001", f"deploy llm-prod/{WORKLOAD} --version 2025.10.7",
+                           channel=channel).status_code == 200
+        assert sim.command("U0DANA001", f"rollout abort llm-prod/{WORKLOAD}", channel=channel).status_code == 200
+        said = api.wait(lambda: len(api.responses) >= 2 and api.responses, what="two answers", timeout=120)
+        assert sim.click(ONCALL, "change_approve", change_id, channel, block.args["_ts"], thread).status_code == 200
+        note = api.wait(lambda: api.of("chat.postEphemeral"), what="the approver's private note")[0]
+    texts = [r["text"] for r in sorted(said, key=lambda r: int(r["key"].removeprefix("cmd")))]
+    assert "Deployment of `llm-prod/assist-mini` not proposed: the executor is unavailable" in texts[0], texts[0]
+    assert "No abort rollout proposed" in texts[1] and "the executor is unavailable" in texts[1], texts[1]
+    assert all("Nothing was executed" in t and "opsagent executor serve" in t for t in texts), texts
+    assert f"Your approve of `{change_id}` was not recorded: the executor is unavailable" in note.args["text"]
+    app = _app(rsandbox, rconfig, rstate)
+    try:
+        assert not [a for a in app.ledger.approvals(change_id) if a.decision == "approve"], "no approval recorded"
+    finally:
+        app.close()
+    assert _rollout(radmin, "llm-prod")["metadata"]["generation"] == generation
+
+
+def test_abort_from_a_canary_progress_message_is_a_change_request_only_an_approval_carries_out(
+        rsandbox: dict[str, Any], radmin: client.ApiClient, rfleet: Fleet, rconfig: Path, rstate: Path) -> None:
+    from tests.slack_standin import ONCALL, PLATFORM, buttons, render
+
+    channel, ns = "C0CANARY", rfleet.workload(WORKLOAD).namespace
+    stable_version = _rollout(radmin, ns)["spec"]["template"]["metadata"]["labels"][LABEL_MODEL_VERSION]
+    version = GOOD if stable_version != GOOD else "2025.05.2"  # a good build: only a person stops it
+    stable_before = str((_rollout(radmin, ns).get("status") or {}).get("stableRS") or "")
+    with _bot(rsandbox, rconfig, rstate, channel) as (app, api, sim):
+        assert sim.command("U0DANA001", f"deploy {ns}/{WORKLOAD} --version {version}",
+                           channel=channel).status_code == 200
+        block = api.wait(lambda: [c for c in api.of("chat.postMessage") if c.args.get("channel") == channel
+                                  and not c.args.get("thread_ts") and buttons(c.args)],
+                         what="the deployment's change block", timeout=120)[0]
+        deploy_id = buttons(block.args)[0][1]
+        for who in (ONCALL, PLATFORM):
+            assert sim.click(who, "change_approve", deploy_id, channel, block.args["_ts"]).status_code == 200
+        progress = api.wait(lambda: [c for c in api.of("chat.postMessage") if c.args.get("thread_ts") ==
+                                     block.args["_ts"] and ("rollout_abort", f"{ns}/{WORKLOAD}") in buttons(c.args)],
+                            what="a progress message with Abort", timeout=120)[0]
+        assert ("rollout_promote", f"{ns}/{WORKLOAD}") in buttons(progress.args)
+        # Someone who is nobody in the policy clicks Abort: a change request, nothing more.
+        assert sim.click("U0MALLORY", "rollout_abort", f"{ns}/{WORKLOAD}", channel, progress.args["_ts"],
+                         block.args["_ts"]).status_code == 200
+        note = api.wait(lambda: [c for c in api.of("chat.postEphemeral") if c.args.get("user") == "U0MALLORY"],
+                        what="the clicker's note")[0]
+        assert "abort rollout" in note.args["text"] and "pending approval" in note.args["text"], note.args["text"]
+        abort_id = note.args["text"].split("`")[1]
+        abort_block = api.wait(lambda: [c for c in api.of("chat.postMessage") if abort_id in render(c.args)
+                                        and ("change_approve", abort_id) in buttons(c.args)],
+                               what="the abort's change block")[0]
+        assert abort_block.args.get("thread_ts") == block.args["_ts"], "it goes in the deployment's thread"
+        time.sleep(3)
+        assert not (_rollout(radmin, ns).get("status") or {}).get("abort"), "a click alone aborts nothing"
+        # The clicker cannot approve it either; an on-call approval carries it out.
+        assert sim.click("U0MALLORY", "change_approve", abort_id, channel, abort_block.args["_ts"],
+                         block.args["_ts"]).status_code == 200
+        refused = api.wait(lambda: [c for c in api.of("chat.postEphemeral") if c.args.get("user") == "U0MALLORY"
+                                    and "refused" in str(c.args.get("text"))], what="the refusal")[0]
+        assert abort_id in refused.args["text"]
+        assert not (_rollout(radmin, ns).get("status") or {}).get("abort")
+        assert sim.click(ONCALL, "change_approve", abort_id, channel, abort_block.args["_ts"],
+                         block.args["_ts"]).status_code == 200
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (_rollout(radmin, ns).get("status") or {}).get("abort"):
+            time.sleep(1)
+        assert (_rollout(radmin, ns).get("status") or {}).get("abort"), "the approved abort aborted the canary"
+        api.wait(lambda: "*rolled back*" in "\n".join(render(c.args) for c in api.of("chat.postMessage")
+                                                      if c.args.get("thread_ts") == block.args["_ts"]),
+                 what="the deployment's end in its thread", timeout=240)
+    app = _app(rsandbox, rconfig, rstate)
+    try:
+        abort, deploy = app.ledger.get(abort_id), app.ledger.get(deploy_id)
+        assert abort is not None and abort.requester == "slack:U0MALLORY" and abort.status == ChangeStatus.VERIFIED
+        assert deploy is not None and deploy.status == ChangeStatus.ROLLED_BACK, deploy.status if deploy else None
+        executed = [e for e in app.audit.events() if e["kind"] == "execution" and abort_id in e["action"]]
+        assert executed, "the abort's execution is audited"
+    finally:
+        app.close()
+    ro = _rollout(radmin, ns)
+    assert ro["spec"]["template"]["metadata"]["labels"][LABEL_MODEL_VERSION] == stable_version
+    assert (ro.get("status") or {}).get("stableRS") == stable_before

@@ -148,9 +148,13 @@ def test_a_gpu_class_move_is_priced_and_checked_on_the_new_pool() -> None:
     req = DeployRequest(namespace="llm-prod", name="assist-mini", node_selector={POOL: "l40s"})
     params, summary = deploy_params(req, "Rollout", workload())
     assert "GPU-class move" in summary
-    nodes = [*pool(10, 10)[0], node("l40s-0", pool="l40s", gpus=4, instance="g6e.12xlarge", mib=46068)]
+    l40s = [node(f"l40s-{i}", pool="l40s", gpus=4, instance="g6e.12xlarge", mib=46068) for i in range(3)]
+    # Every replica ends up on the new class: one node of 4 GPUs holds the first canary pod, not the move.
+    found, _ = checks(req, "Rollout", workload(), params, [*pool(10, 10)[0], l40s[0]], pool(10, 10)[1], CATALOG)
+    assert not found[1].ok and "need 10 GPUs" in found[1].summary and "room for 4 pod(s)" in found[1].summary
+    nodes = [*pool(10, 10)[0], *l40s]
     found, _ = checks(req, "Rollout", workload(), params, nodes, pool(10, 10)[1], CATALOG)
-    assert found[1].ok, found[1]  # the canary pod lands on the new pool's free node
+    assert found[1].ok, found[1]
     b, a = CATALOG.instance_types["g6.2xlarge"], CATALOG.instance_types["g6e.12xlarge"]
     delta = 10 * (a.price_per_gpu_hour - b.price_per_gpu_hour) * 730
     assert f"{abs(delta):,.0f}/month" in found[2].summary

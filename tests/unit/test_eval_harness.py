@@ -71,6 +71,22 @@ def test_each_further_incident_is_scored_on_its_own_truth() -> None:
     assert not missing.passed and "incident second: no alert arrived" in missing.reasons
 
 
+def test_an_alert_storm_answered_with_one_request_per_incident_fails_and_one_linked_request_passes() -> None:
+    """Two incidents of one cause (their alerts grouped apart) whose triages each get the same change: one
+    request shared by both is right; two requests for the same change is the storm answered N times."""
+    s = _with(SUITE["ticket-104"], incidents=[{"name": "second", "alerts": ["ModelServingTTFTHigh"], "truth": {
+        "categories": ["bad_rollout"], "expect": "mitigate", "acceptable": [{"kind": "rollback"}]}}])
+    again = {**_record().report, "hypotheses": [{"category": "bad_rollout", "confidence": 0.9, "culprit": DEP}]}
+    linked = score(s, _record(changes=[_rollback(1)], incidents=[
+        IncidentRun(name="second", detected=True, report=again, changes=[_rollback(1)])]))
+    assert linked.passed and linked.duplicate_requests == 0, linked.reasons
+    twice = score(s, _record(changes=[_rollback(1)], incidents=[
+        IncidentRun(name="second", detected=True, report=again, changes=[_rollback(2)])]))
+    assert not twice.passed and twice.duplicate_requests == 1
+    assert 'one cause, several requests: rollback Deployment/llm-prod/chat-primary {"to_revision": 1} was asked ' \
+        "for 2 times" in twice.reasons
+
+
 def _note(alertname: str, ns: str, status: str = "firing", model: str = "llama-3.1-70b-instruct") -> dict[str, Any]:
     labels = {"alertname": alertname, "namespace": ns, "model_name": model, "severity": "critical"}
     keyed = ", ".join(f'{k}="{labels[k]}"' for k in ("alertname", "model_name", "namespace"))

@@ -16,6 +16,8 @@ from evals.record import ChangeOutcome, Mutation, RunRecord
 from evals.scoring import aggregate, score
 
 SUITE = load_dir()
+INCIDENTS = [s for s in SUITE if s.truth is not None]
+DEPLOYS = [s for s in SUITE if s.deploy is not None]
 
 
 def test_the_suite_covers_every_failure_mode_both_runtimes_and_several_gpus() -> None:
@@ -23,17 +25,17 @@ def test_the_suite_covers_every_failure_mode_both_runtimes_and_several_gpus() ->
     assert {s.failure_mode for s in SUITE} >= set(range(1, 14))
     assert {s.runtime for s in SUITE} == {"vllm", "triton"}
     assert len({s.gpu for s in SUITE}) >= 3
-    assert sum(s.truth.expect == "no_action" for s in SUITE) >= 3
-    assert sum(s.truth.expect == "page_human" for s in SUITE) >= 2
+    assert sum(s.main_truth.expect == "no_action" for s in INCIDENTS) >= 3
+    assert sum(s.main_truth.expect == "page_human" for s in INCIDENTS) >= 2
     placements = {i.placement for s in SUITE for i in s.injections}
     assert len(placements) >= 6
 
 
 def test_the_suite_has_controls_placements_and_incidents_of_more_than_one_step() -> None:
     assert len(SUITE) >= 44
-    assert sum(s.truth.expect == "no_action" for s in SUITE) >= 8
+    assert sum(s.main_truth.expect == "no_action" for s in INCIDENTS) >= 8
     assert sum(s.placements for s in SUITE) >= 8  # setup objects are not counted
-    assert any(s.clock.at == "peak" and s.truth.expect == "no_action" for s in SUITE)  # a daily peak
+    assert any(s.clock.at == "peak" and s.main_truth.expect == "no_action" for s in INCIDENTS)  # a daily peak
     assert any(s.clock.burst == "inside" for s in SUITE)
     assert any(s.setup for s in SUITE) and any(s.incidents for s in SUITE) and any(s.followup for s in SUITE)
     assert any(s.detection.omit_labels for s in SUITE)
@@ -134,7 +136,7 @@ def test_a_built_alert_can_omit_any_label_and_carries_no_marker() -> None:
     from deploy.sandbox.fleet import Fleet
     from evals.runner import _synthetic_alert
 
-    base = next(x for x in SUITE if x.detection.wait is False or x.truth.expect == "no_action")
+    base = next(x for x in SUITE if x.detection.wait is False or x.main_truth.expect == "no_action")
     s = base.model_copy(update={"detection": base.detection.model_copy(
         update={"omit_labels": ["namespace", "severity"]})})
     body = _synthetic_alert(s, Fleet.load(), dt.datetime(2026, 12, 6, tzinfo=dt.UTC))
@@ -151,7 +153,7 @@ def test_all_of_needs_every_action_executed_and_any_of_needs_one() -> None:
     dep = {"kind": "Deployment", "name": "chat-primary", "namespace": "llm-prod"}
     node = {"kind": "Node", "name": "gpu-h100-0"}
     cordon = ActionSpec(kind="cordon_node", target=TargetSpec(kind="Node", name="gpu-h100-0"))
-    both = s.model_copy(update={"truth": s.truth.model_copy(update={"all_of": [cordon]})})
+    both = s.model_copy(update={"truth": s.main_truth.model_copy(update={"all_of": [cordon]})})
 
     def change(i: int, action: str, target: dict[str, str], params: dict[str, Any]) -> ChangeOutcome:
         return ChangeOutcome(change_id=f"chg-{i}", source="triage", action=action, target=target, params=params,

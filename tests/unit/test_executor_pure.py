@@ -12,9 +12,11 @@ from agent.change.executor.blast_radius import (
     blast_radius,
     gpu_nodes_unschedulable_after,
     max_unavailable,
+    pod_blast_radius,
     replicas_delta,
 )
 from agent.change.executor.inverse import inverse
+from agent.change.executor.reconcile import pod_replaced
 from agent.change.executor.requests import policy_request, tool_call
 from agent.change.models import BlastRadius, ChangeRequest, ChangeSpec, ChangeStatus, TargetFingerprint
 from agent.models import ActionKind, ObjectRef
@@ -238,3 +240,57 @@ def test_a_node_proposal_asks_policy_with_the_per_model_drop_and_the_fleet_count
                          blast=blast_radius(s, gpu_node(), work), at=NOW, changes_last_hour=0,
                          target_changes_last_hour=0, unschedulable_gpu_nodes_after=2)
     assert (req.capacity_drop, req.gpus, req.unschedulable_gpu_nodes_after) == (1.0, 8, 2)
+
+
+def replica_pod(*, ready: bool = True, phase: str = "Running", gpus: int = 4, uid: str = "u1") -> dict[str, Any]:
+    return {"kind": "Pod",
+            "metadata": {"name": "chat-7d9f8b6c5d-x2x9q", "namespace": "serving", "uid": uid,
+                         "labels": {"model": "llama", "pod-template-hash": "7d9f8b6c5d"},
+                         "ownerReferences": [{"kind": "ReplicaSet", "name": "chat-7d9f8b6c5d", "controller": True}]},
+            "spec": {"containers": [{"name": "vllm", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]},
+            "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def with_ready(dep: dict[str, Any], ready: int) -> dict[str, Any]:
+    return dep | {"status": dep["status"] | {"readyReplicas": ready}}
+
+
+@pytest.mark.parametrize(("replicas", "ready", "failing", "pod_ready", "drop", "ready_after"), [
+    (3, 3, True, True, 0.0, 2),  # a hung (Ready, failing) replica: its capacity is already lost
+    (3, 3, False, True, 0.333, 2),  # a healthy replica: one third of the model while it is replaced
+    (1, 1, False, True, 1.0, 0),  # the only replica, healthy: all of the model, none left Ready
+    (1, 1, True, True, 0.0, 0),  # the only replica, hung: no capacity lost, but none left Ready either
+    (3, 2, False, False, 0.0, 2),  # a pod that is not Ready serves nothing
+])
+def test_a_pod_restart_counts_the_pods_healthy_capacity_and_the_ready_replicas_left(
+        replicas: int, ready: int, failing: bool, pod_ready: bool, drop: float, ready_after: int) -> None:
+    b = pod_blast_radius(replica_pod(ready=pod_ready), with_ready(deployment(replicas, ready, gpus=4), ready), failing)
+    assert (b.capacity_drop, b.ready_after, b.replicas, b.gpus, b.models) == (drop, ready_after, 1, 4, ["llama"])
+
+
+def test_a_pod_with_no_deployment_behind_it_counts_as_the_whole_model_with_none_left() -> None:
+    b = pod_blast_radius(replica_pod(), None, failing=True)
+    assert (b.capacity_drop, b.ready_after) == (1.0, 0)
+
+
+def test_a_pod_restart_asks_policy_with_the_ready_replicas_left_and_deletes_that_pod() -> None:
+    target = ObjectRef(kind="Pod", name="chat-7d9f8b6c5d-x2x9q", namespace="serving")
+    s = ChangeSpec(action=ActionKind.RESTART_POD, cluster="sandbox", target=target)
+    b = pod_blast_radius(replica_pod(), with_ready(deployment(3, 3), 3), failing=True)
+    r = policy_request(s, risk="mutate", obj=replica_pod(), requester="agent:rules", blast=b, at=NOW,
+                       changes_last_hour=0, target_changes_last_hour=0)
+    assert (r.action, r.target_kind, r.ready_replicas_after, r.capacity_drop) == ("restart_pod", "Pod", 2, 0.0)
+    assert tool_call(s, dry_run=False, expected_rv="42") == ("k8s_restart_pod", {
+        "namespace": "serving", "name": "chat-7d9f8b6c5d-x2x9q", "dry_run": False, "expected_resource_version": "42"})
+    with pytest.raises(ValueError, match="restarts a Pod"):
+        tool_call(ChangeSpec(action=ActionKind.RESTART_POD, cluster="sandbox", target=DEPLOY), False, None)
+    assert inverse(ChangeRequest.model_construct(spec=s, result={})) is None, "a restart has no undo to run"
+
+
+def test_a_restart_landed_when_the_pod_it_named_is_gone_replaced_or_terminating() -> None:
+    assert pod_replaced(None, "u1")
+    assert pod_replaced(replica_pod(uid="u2"), "u1"), "a new pod under the same name is not the one approved"
+    terminating = replica_pod()
+    terminating["metadata"]["deletionTimestamp"] = "2026-12-06T08:00:00Z"
+    assert pod_replaced(terminating, "u1")
+    assert not pod_replaced(replica_pod(), "u1")

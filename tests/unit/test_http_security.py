@@ -24,10 +24,12 @@ BASIC = "alertmanager:s3cret-password-0123"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, SqliteStore]]:
-    store = SqliteStore(tmp_path / "db.sqlite")
+def server(db_target: str) -> Iterator[tuple[str, SqliteStore]]:
+    """The server on each backend: on Postgres the webhook's deliveries are group-committed (the fast path)."""
+    store = SqliteStore(db_target)
     with serve(create_app(store, None, security=HttpSecurity.build([OLD, NEW], [BASIC]))) as url:
         yield url, store
+    store.close()
 
 
 def bearer(t: str) -> dict[str, str]:
@@ -105,6 +107,10 @@ def test_a_declared_oversized_body_gets_413_before_any_of_it_is_sent(server: tup
     b'{"version": 4}',
     b'"just a string"',
     b"",
+    b'{"version": "4", "status": "firing", "groupKey": "g\\u0000", "receiver": "r", "alerts": [{"status": "firing", '
+    b'"labels": {}, "startsAt": "2026-11-23T08:00:00Z"}]}',
+    b'{"version": "4", "status": "firing", "groupKey": "g", "receiver": "r", "alerts": [{"status": "firing", '
+    b'"labels": {}, "startsAt": "2026-11-23T08:00:00Z", "fingerprint": "\\ud800"}]}',
 ])
 def test_a_malformed_body_gets_400_not_500(server: tuple[str, SqliteStore], body: bytes) -> None:
     url, store = server

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.policy.evaluate import PolicyError, evaluate, load_policy
-from agent.policy.model import Effect, Request
+from agent.policy.model import Effect, Limits, Request
 
 POLICY = load_policy(Path(__file__).parents[2] / "policies" / "default.yaml")
 MONDAY_10 = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
@@ -47,6 +47,13 @@ def req(action: str, risk: str = "mutate", ns: str | None = "llm-prod", kind: st
      Effect.DENY, "limits.max_unschedulable_gpu_nodes", None),
     (req("cordon_node", ns=None, kind="Node", gpus=8, unschedulable_gpu_nodes_after=2),
      Effect.DENY, "limits.max_unschedulable_gpu_nodes", None),
+    # Pod restarts: one approval; never the last Ready replica; never outside the serving namespaces.
+    (req("restart_pod", kind="Pod", gpus=4, ready_replicas_after=2), Effect.REQUIRE_APPROVAL, "restart-pod", 1),
+    (req("restart_pod", kind="Pod", gpus=4, ready_replicas_after=0), Effect.DENY, "limits.min_ready_replicas", None),
+    (req("restart_pod", kind="Pod", ns="kube-system", ready_replicas_after=2), Effect.DENY,
+     "outside-serving-namespaces", None),
+    (req("restart_pod", kind="Pod", capacity_drop=1.0, ready_replicas_after=1), Effect.DENY, "restart-pod", None),
+    (req("restart_pod", kind="Deployment", ready_replicas_after=2), Effect.DENY, "default-deny", None),
 ])
 def test_default_policy(request_: Request, effect: Effect, rule: str, count: int | None) -> None:
     d = evaluate(POLICY, request_)
@@ -102,3 +109,11 @@ def test_the_default_policy_lets_drains_evict_only_from_the_serving_namespaces()
     assert POLICY.limits.max_unschedulable_gpu_nodes == 1
     assert set(POLICY.limits.drain_namespaces) == {"llm-prod", "search", "code", "research"}
     assert "kube-system" not in POLICY.limits.drain_namespaces and "monitoring" not in POLICY.limits.drain_namespaces
+
+
+def test_a_policy_may_allow_restarting_the_last_ready_replica_but_the_default_is_to_keep_it() -> None:
+    last = req("restart_pod", kind="Pod", ready_replicas_after=0)
+    assert Limits().min_ready_replicas == 1, "a policy file that says nothing keeps the last Ready replica"
+    allows = POLICY.model_copy(update={"limits": POLICY.limits.model_copy(update={"min_ready_replicas": 0})})
+    assert evaluate(allows, last).effect == Effect.REQUIRE_APPROVAL
+    assert evaluate(POLICY, last).effect == Effect.DENY

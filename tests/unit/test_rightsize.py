@@ -70,7 +70,7 @@ def test_cheaper_gpu_type_is_recommended_with_extrapolation_risk() -> None:
     assert rec.recommended.mig_profile is not None
     assert rec.slo_risk in (SloRisk.MEDIUM, SloRisk.HIGH)
     planned = change_specs(rec, "sandbox")
-    assert "node-pool change" in planned.note
+    assert "MIG slice" in planned.note and all(s.action == ActionKind.SCALE for s in planned.specs)
 
 
 def test_scale_to_zero_window_for_an_idle_night() -> None:

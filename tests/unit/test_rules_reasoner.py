@@ -254,19 +254,47 @@ def test_pods_pending_after_spot_nodes_were_reclaimed_are_lost_capacity_paged_to
     assert [p.kind for p in props] == [ActionKind.PAGE_HUMAN]
 
 
-def _stalled(gpu_util: float, peers: float) -> list[Evidence]:
+HUNG_POD = "chat-primary-7d9f8b6c5d-x2x9q"
+
+
+def _stalled(gpu_util: float, peers: float, hung: tuple[str, ...] = (HUNG_POD,)) -> list[Evidence]:
+    # `stalled`: the model's pods holding requests with no tokens, as the instant query answers (top = first).
+    stalled = ev("stalled", value=1.0, count=len(hung), sum=float(len(hung)), top_pod=hung[0]) if hung \
+        else ev("stalled", EvidenceStatus.EMPTY)
     return [ev("pod_tokens", value=0.0), ev("pod_running", value=256), ev("pod_gpu", value=gpu_util),
-            ev("peer_tokens", value=peers), ev("pods", total=3, ready=3, not_ready=0, crashloop=0), *HEALTHY_FLEET]
+            ev("peer_tokens", value=peers), ev("pods", total=3, ready=3, not_ready=0, crashloop=0), stalled,
+            *HEALTHY_FLEET]
 
 
-def test_a_ready_replica_with_busy_gpus_and_no_tokens_is_a_hung_worker_paged_with_the_pod_named() -> None:
+def test_one_hung_replica_among_working_ones_gets_a_restart_of_that_pod_proposed() -> None:
     ctx = {**CTX, "pod": "chat-primary-7d9f8b6c5d-x2x9q"}
     hyps, props = diagnose(["hung-worker", "healthy"], _stalled(100.0, 1900.0), ctx)
     assert hyps[0].category == Category.HUNG_WORKER and hyps[0].confidence == 1.0
     assert hyps[0].culprit is not None and (hyps[0].culprit.kind, hyps[0].culprit.name) == ("Pod", ctx["pod"])
-    assert [p.kind for p in props] == [ActionKind.PAGE_HUMAN]
-    assert props[0].target is not None and props[0].target.name == ctx["pod"]
+    assert [p.kind for p in props] == [ActionKind.RESTART_POD]
+    assert props[0].target is not None and (props[0].target.kind, props[0].target.name, props[0].target.namespace) \
+        == ("Pod", ctx["pod"], "llm-prod")
     assert "restart" in props[0].reason
+
+
+def test_several_hung_replicas_or_none_generating_page_a_human_instead_of_restarting_pods() -> None:
+    ctx = {**CTX, "pod": "chat-primary-7d9f8b6c5d-x2x9q"}
+    _, props = diagnose(["hung-worker", "healthy"], _stalled(100.0, 1900.0, (ctx["pod"], "chat-primary-7d9f8b6c5d-b")),
+                        ctx)
+    assert [p.kind for p in props] == [ActionKind.PAGE_HUMAN]
+    _, props = diagnose(["hung-worker", "healthy"], _stalled(100.0, 0.0), ctx)
+    assert [p.kind for p in props] == [ActionKind.PAGE_HUMAN]
+
+
+def test_an_alert_naming_another_pod_than_the_hung_one_restarts_nothing() -> None:
+    """The alert's pod label is untrusted: the pod restarted is the one Prometheus shows hung."""
+    ctx = {**CTX, "pod": "chat-primary-7d9f8b6c5d-healthy"}
+    state: TriageState = {"context": ctx, "evidence": _stalled(100.0, 1900.0)}
+    books = [BOOKS["hung-worker"], BOOKS["healthy"]]
+    hyps, _ = asyncio.run(RulesReasoner().diagnose(state, books, RUNNER))
+    props = proposals_for(hyps[0], books, feature_map(state), read=set())  # as the propose node calls it
+    assert [p.kind for p in props] == [ActionKind.PAGE_HUMAN]
+    assert "x2x9q" in props[0].reason, "the page says which pod the evidence shows hung"
 
 
 def test_a_replica_with_idle_gpus_and_no_tokens_is_not_called_hung() -> None:

@@ -16,7 +16,7 @@ from deploy.sandbox.simulator.series import build_series
 def test_the_overlay_adds_a_pool_and_rollout_workloads_without_touching_the_base() -> None:
     base = Fleet.load()
     fleet, names = rollouts.merged_fleet(base)
-    assert names == ("assist-mini",)
+    assert names == ("assist-mini", "notes-assist")
     assert {w.name for w in base.workloads} < {w.name for w in fleet.workloads}
     assert [p.name for p in fleet.pools][: len(base.pools)] == [p.name for p in base.pools]
     w = fleet.workload("assist-mini")

@@ -196,3 +196,26 @@ def test_report_cost_post_says_which_setting_is_missing(tmp_path: Path, monkeypa
     out = _cli(tmp_path, monkeypatch, "--post", OPSAGENT_SLACK__BOT_TOKEN="xoxb-x",
                OPSAGENT_RIGHTSIZE__SCHEDULE=f"0 {hour} * * *")
     assert out.exit_code == 1 and "more than an hour ago" in out.output
+
+
+def test_a_move_whose_planning_fails_stores_nothing_and_its_button_can_be_clicked_again(env: Env) -> None:
+    """A GPU-class move is planned at the click (target and pools read now); here the cluster is unreachable."""
+    move = ChangeSpec(action=ActionKind.DEPLOY, cluster="default",
+                      target=ObjectRef(kind="Deployment", name="notes-assist", namespace="llm-prod"),
+                      params={"gpu_class_move": True, "node_selector": {"node.kubernetes.io/instance-type":
+                                                                        "p4d.24xlarge"},
+                              "instance_type": "p4d.24xlarge", "recommendation": "rs-0123456789"})
+    posts = ReportPosts(db_target(env.app.settings.store_url))
+    try:
+        posts.record(CHANNEL, REPORT_TS, "cost-report", "2026-11-23T09:00:00+00:00",
+                     [ButtonForPost("rs-0123456789", move, "right-sizing rs-0123456789: H100 → A100")],
+                     dt.datetime.now(dt.UTC))
+        for n in (1, 2):
+            env.slack.click(ONCALL, CREATE_ACTION_ID, _value(move), CHANNEL, REPORT_TS)
+            texts = _ephemeral_for(env, ONCALL, n)
+            assert "could not be" in texts[-1] and "already" not in texts[-1], texts
+        assert env.app.ledger.list_changes() == [], "nothing is stored for a move that was not planned"
+        row = posts.get(CHANNEL, REPORT_TS, "rs-0123456789")
+        assert row is not None and row.change_id is None and row.clicked_by is None, "the claim is given back"
+    finally:
+        posts.close()

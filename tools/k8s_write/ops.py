@@ -102,6 +102,11 @@ class DrainInput(NodeInput):
         description="Namespaces whose pods are evicted; pods elsewhere stay on the cordoned node (none by default).")
 
 
+class RestartPodInput(Target):
+    grace_period_s: int = Field(default=30, ge=0, le=3600,
+                                description="Seconds the pod's containers get to stop (SIGTERM before SIGKILL).")
+
+
 class WriteResult(ToolResult):
     kind: str
     namespace: str | None
@@ -387,7 +392,47 @@ async def drain(c: K8sWriteClient, p: DrainInput) -> WriteResult:
     return res.model_copy(update={"operation": "drain", "detail": {"evicted": evicted, "skipped_daemonsets": skipped,
                                                                    "left_in_place": left}})
 
-Op = Literal["rollout_undo", "scale", "set_template", "pause", "cordon", "drain"]
+async def restart_pod(c: K8sWriteClient, p: RestartPodInput) -> WriteResult:
+    """Delete one pod so that its ReplicaSet starts a fresh one, as `kubectl delete pod` does.
+
+    Only a pod whose controller is a ReplicaSet is deleted: anything else (a bare pod, a Job's, a
+    StatefulSet's with its own identity) would not come back the same way, and is refused. The delete
+    carries the pod's uid and the resourceVersion it was decided on as preconditions, so a replacement
+    that took the same name, or a pod that changed since, is never the one deleted.
+    """
+    what = f"pod {p.namespace}/{p.name}"
+    resp = await _call(c.core.read_namespaced_pod, p.name, p.namespace, _preload_content=False,
+                       _request_timeout=c.timeout, what=f"read {what}")
+    before = dict(json.loads(resp.data))
+    meta = before["metadata"]
+    owner = next((o for o in meta.get("ownerReferences") or [] if o.get("controller")), None)
+    if owner is None or owner.get("kind") != "ReplicaSet":
+        kind = owner.get("kind") if owner else "no controller"
+        raise ToolError(f"{what} is not owned by a ReplicaSet ({kind}): nothing would replace it; not deleting it")
+    if meta.get("deletionTimestamp"):
+        raise ToolError(f"{what} is already being deleted")
+    preconditions: dict[str, Any] = {"uid": meta["uid"]}
+    if p.expected_resource_version:
+        preconditions["resourceVersion"] = p.expected_resource_version
+    # The dry run goes in the body: the API server reads a DELETE's options from its body when there is one and
+    # then ignores the query string, so `?dryRun=All` beside a body deletes the pod for real.
+    body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": p.grace_period_s,
+                            "preconditions": preconditions, **({"dryRun": ["All"]} if p.dry_run else {})}
+    resp = await _call(c.core.delete_namespaced_pod, p.name, p.namespace, body=body, _preload_content=False,
+                       _request_timeout=c.timeout, what=f"delete {what}")
+    after = dict(json.loads(resp.data))
+    rs = str(owner.get("name", ""))
+    template_hash = (meta.get("labels") or {}).get("pod-template-hash", "")
+    deployment = rs[: -len(template_hash) - 1] if template_hash and rs.endswith("-" + template_hash) else ""
+    out = _result("Pod", "restart", before, after, p.dry_run,
+                  {"replica_set": rs, "deployment": deployment, "uid": meta["uid"],
+                   "node": before["spec"].get("nodeName"), "grace_period_s": p.grace_period_s})
+    # What the delete leaves is no spec to compare: the pod is gone (a dry run: would be). Reconciliation
+    # after a crash checks that no pod with this uid remains.
+    return out.model_copy(update={"diff": f"delete {what} (uid {meta['uid']}); ReplicaSet {rs} replaces it\n",
+                                  "spec_hash": ""})
+
+Op = Literal["rollout_undo", "scale", "set_template", "pause", "cordon", "drain", "restart_pod"]
 
 TOOLS: list[ToolSpec[Any, Any]] = [
     ToolSpec("k8s_rollout_undo", "kubernetes/write", Risk.MUTATE,
@@ -409,6 +454,9 @@ TOOLS: list[ToolSpec[Any, Any]] = [
              PauseInput, WriteResult, pause, "k8s_write"),
     ToolSpec("k8s_cordon_node", "kubernetes/write", Risk.MUTATE, "Mark a node unschedulable.",
              NodeInput, WriteResult, cordon, "k8s_write"),
+    ToolSpec("k8s_restart_pod", "kubernetes/write", Risk.MUTATE,
+             "Delete one pod owned by a ReplicaSet so that it starts a fresh one (a hung replica's restart).",
+             RestartPodInput, WriteResult, restart_pod, "k8s_write"),
     ToolSpec("k8s_drain_node", "kubernetes/write", Risk.DESTRUCTIVE,
              "Cordon a node and evict its pods in the given namespaces (never DaemonSets).",
              DrainInput, WriteResult, drain, "k8s_write"),

@@ -107,9 +107,7 @@ def is_daemon(pod: dict[str, Any]) -> bool:
 
 def is_serving(pod: dict[str, Any]) -> bool:
     """Running and Ready: a replica that is serving traffic now."""
-    status = pod.get("status") or {}
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-    return status.get("phase") == "Running" and ready
+    return (pod.get("status") or {}).get("phase") == "Running" and is_ready(pod)
 
 
 def left_by_drain(pod: dict[str, Any], evict_namespaces: tuple[str, ...]) -> str | None:
@@ -155,6 +153,36 @@ def node_blast_radius(spec: ChangeSpec, node: dict[str, Any], work: NodeWorkload
     return BlastRadius(gpus=gpus, replicas=sum(on_node.values()),
                        capacity_drop=max(per_model.values(), default=0.0), models=sorted(per_model),
                        per_model=per_model, left_in_place=left)
+
+
+def is_ready(pod: dict[str, Any]) -> bool:
+    """Ready as Kubernetes sees it (a hung replica still is): what the Service sends traffic to."""
+    conds = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+
+def pod_blast_radius(pod: dict[str, Any], deployment: dict[str, Any] | None, failing: bool) -> BlastRadius:
+    """A pod restart takes away that one replica until its replacement is Ready.
+
+    The capacity it removes is the pod's share of the Deployment's healthy replicas: nothing when the pod is
+    not serving or is failing (a hung replica generates no tokens; one that answers mostly errors serves
+    nobody), one replica's share otherwise. `ready_after` is how many Ready replicas stay while it is
+    replaced; the policy refuses restarting the last one. A pod with no Deployment behind it (or one that
+    could not be read) is counted as the model's whole capacity, with none left Ready.
+    """
+    ct = (pod.get("spec") or {}).get("containers") or []
+    gpus = sum(int(((c.get("resources") or {}).get("limits") or {}).get(GPU, 0)) for c in ct)
+    model = ((pod.get("metadata") or {}).get("labels") or {}).get("model", "")
+    models = [model] if model else []
+    if deployment is None:
+        return BlastRadius(gpus=gpus, replicas=1, capacity_drop=1.0, models=models, ready_after=0)
+    st = deployment.get("status") or {}
+    replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
+    ready_after = max(0, int(st.get("readyReplicas") or 0) - (1 if is_ready(pod) else 0))
+    healthy = is_serving(pod) and not failing
+    drop = min(1.0, 1 / replicas) if healthy and replicas else (1.0 if healthy else 0.0)
+    return BlastRadius(gpus=gpus, replicas=1, capacity_drop=round(drop, 3), models=models,
+                       failing=1 if failing and is_serving(pod) else 0, ready_after=ready_after)
 
 
 def gpu_nodes_unschedulable_after(nodes: list[dict[str, Any]], target: str) -> int:

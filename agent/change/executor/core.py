@@ -23,17 +23,20 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from agent.audit.events import AuditEvent, AuditKind, AuditSink, inputs_hash
 from agent.change.executor.blast_radius import (
     NodeWorkload,
     blast_radius,
     gpu_nodes_unschedulable_after,
     owning_deployment,
+    pod_blast_radius,
 )
 from agent.change.executor.inverse import inverse
 from agent.change.executor.outcome import ExecutionRefused, ExecutionResult
 from agent.change.executor.owned import RULE, gitops_patch
-from agent.change.executor.reconcile import fp_key, intended_hash, landed, recent
+from agent.change.executor.reconcile import fp_key, intended_hash, landed, pod_replaced, recent
 from agent.change.executor.requests import policy_request, tool_call
 from agent.change.ledger import Ledger
 from agent.change.models import (
@@ -63,6 +66,12 @@ CRASH_POINTS = ("after-claim", "after-write", "after-applied")
 CostFn = Callable[[ChangeSpec, dict[str, Any] | None], float | None]
 # (spec, live target) -> its replicas that are available but failing now, read from Prometheus; None: unknown.
 FailingFn = Callable[[ChangeSpec, dict[str, Any]], Awaitable[int | None]]
+# Incidents of one cause arrive together (an alert storm: one group per alertname and node or model); a
+# proposal of the same change on the same object within this window is linked to the first request.
+LINK_WINDOW = dt.timedelta(hours=1)
+# Asked already, on the same spec state: waiting, approved, running, or answered no (by policy or a person).
+ASKED = (ChangeStatus.PENDING_APPROVAL, ChangeStatus.APPROVED, ChangeStatus.EXECUTING, ChangeStatus.DENIED,
+         ChangeStatus.REJECTED)
 # Changes that leave the GPU allocation as it is: their predicted cost change is zero, not unknown.
 SAME_ALLOCATION = (ActionKind.ROLLBACK, ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT,
                    ActionKind.PROMOTE_ROLLOUT, ActionKind.ABORT_ROLLOUT)
@@ -100,6 +109,9 @@ class Executor:
         elif t.kind == "Deployment":
             resp = await asyncio.to_thread(self.write.apps.read_namespaced_deployment, t.name, t.namespace,
                                            _preload_content=False)
+        elif t.kind == "Pod":
+            resp = await asyncio.to_thread(self.write.core.read_namespaced_pod, t.name, t.namespace,
+                                           _preload_content=False)
         elif t.kind == "Rollout":
             group, version, plural = ROLLOUTS
             resp = await asyncio.to_thread(self.write.custom.get_namespaced_custom_object, group, version,
@@ -117,6 +129,26 @@ class Executor:
         except Exception as e:  # unknown health is full health: the capacity rule stays at its strictest
             log.warning("cannot read which replicas of %s are failing: %s", spec.target, e)
             return 0
+
+    async def _blast(self, spec: ChangeSpec, obj: dict[str, Any] | None,
+                     work: NodeWorkload | None = None) -> BlastRadius:
+        if spec.target.kind == "Pod" and obj is not None:
+            return pod_blast_radius(obj, await self._pod_owner(obj), failing=await self._failing(spec, obj) > 0)
+        return blast_radius(spec, obj, work, failing=await self._failing(spec, obj))
+
+    async def _pod_owner(self, pod: dict[str, Any]) -> dict[str, Any] | None:
+        """The Deployment whose ReplicaSet owns `pod`, or None (no such owner, or it cannot be read)."""
+        key = owning_deployment(pod)
+        if key is None:
+            return None
+        ns, name = key.split("/", 1)
+        try:
+            resp = await asyncio.to_thread(self.write.apps.read_namespaced_deployment, name, ns,
+                                           _preload_content=False)
+        except Exception as e:  # unknown owner: the blast radius counts the pod as all of the model
+            log.warning("cannot read deployment %s owning pod %s: %s", key, pod["metadata"].get("name"), e)
+            return None
+        return dict(json.loads(resp.data))
 
     async def _list(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         resp = await asyncio.to_thread(fn, *args, _preload_content=False, **kwargs)
@@ -188,7 +220,7 @@ class Executor:
                 unschedulable = await self._unschedulable_after(spec)
             except Exception as e:  # a node change whose pods cannot be read is not proposed blind
                 error = f"cannot read the workload on {spec.target}: {e}"
-        blast = blast_radius(spec, obj, work, failing=await self._failing(spec, obj))
+        blast = await self._blast(spec, obj, work)
         req = self._request(spec, risk=risk, obj=obj, requester=requester, blast=blast, at=now,
                             unschedulable_after=unschedulable)
         decision = evaluate(self.policy, req)
@@ -210,6 +242,15 @@ class Executor:
         rule, why = decision.rule, decision.reason if not error else f"{decision.reason} ({error})"
         if owned is not None:  # a direct write would be reverted: the request carries the Git patch instead
             status, diff, rule, why = ChangeStatus.DENIED, owned.diff, RULE, owned.explanation
+        if incident_id is not None and obj is not None and owned is None and not error and \
+                (other := self._same_change_elsewhere(spec, fp, incident_id, noop=not diff.strip(), now=now)):
+            # An alert storm: several incidents (one per alert group) of one cause propose the same change.
+            # The one request stands for all of them; approvers are asked once and it runs once.
+            self._audit(AuditKind.POLICY_DECISION, requester, f"propose {spec.action.value} {spec.target}", "linked",
+                        f"the same change is {other.id} ({other.status.value}), proposed for incident "
+                        f"{other.incident_id}; incident {incident_id} is linked to it", other,
+                        {"change_id": other.id, "linked_incident": incident_id})
+            return other
         attempt = 0
         while (prior := self.ledger.get(change_id(spec, fp, incident_id, attempt))) is not None \
                 and prior.status in FINISHED:
@@ -232,6 +273,23 @@ class Executor:
                     "deny" if owned is not None else decision.effect.value, f"{rule}: {ch.policy_reason}", ch,
                     {"change_id": ch.id, "status": ch.status.value})
         return ch
+
+    def _same_change_elsewhere(self, spec: ChangeSpec, fp: TargetFingerprint, incident_id: str, *, noop: bool,
+                               now: dt.datetime) -> ChangeRequest | None:
+        """A request for the same change (spec digest) on the same object (uid), made for another incident within
+        LINK_WINDOW: asked on the same spec state (waiting, running, or answered no), or already carried out (this
+        one's dry run changes nothing). None when there is none: then this incident gets a request of its own."""
+        digest = spec.digest()
+        for other in self.ledger.list_changes(limit=200):
+            if other.created_at < now - LINK_WINDOW:
+                break  # newest first
+            if other.spec_digest != digest or other.fingerprint.uid != fp.uid or other.incident_id == incident_id:
+                continue
+            if other.status in ASKED and other.fingerprint.spec_hash == fp.spec_hash:
+                return other
+            if other.status in (ChangeStatus.APPLIED, ChangeStatus.VERIFIED) and noop:
+                return other
+        return None
 
     def _request(self, spec: ChangeSpec, *, risk: str, obj: dict[str, Any] | None, requester: str,
                  blast: BlastRadius, at: dt.datetime, unschedulable_after: int = 0) -> Request:
@@ -344,15 +402,22 @@ class Executor:
         if ch.spec.digest() != ch.spec_digest:  # approvals bind to the digest: it must be this spec's
             raise refuse("the stored spec does not match the digest its approvals bind to")
         now = self.clock()
-        obj = await self._read(ch.spec)
+        try:
+            obj = await self._read(ch.spec)
+        except ApiException as e:
+            if e.status == 404 and ch.spec.target.kind == "Pod":
+                raise refuse("the pod no longer exists (already deleted or replaced): nothing to restart") from e
+            raise
         fp_now = self.fingerprint_of(obj)
         if not fp_now.same_as(ch.fingerprint):
             raise refuse(f"the target's spec changed since the change was proposed (generation "
                          f"{ch.fingerprint.generation} → {fp_now.generation}); propose and approve it again")
         if (owned := gitops_patch(ch.spec, obj)) is not None:
             raise refuse(owned.explanation)
-        # The fleet count is taken now: another node cordoned since the proposal counts against the limit.
-        req = self._request(ch.spec, risk=ch.risk, obj=obj, requester=ch.requester, blast=ch.blast_radius, at=now,
+        # The fleet count is taken now: another node cordoned since the proposal counts against the limit. So
+        # is a pod restart's: a replica of the same model lost since the proposal may make this one the last.
+        blast = await self._blast(ch.spec, obj) if ch.spec.target.kind == "Pod" else ch.blast_radius
+        req = self._request(ch.spec, risk=ch.risk, obj=obj, requester=ch.requester, blast=blast, at=now,
                             unschedulable_after=await self._unschedulable_after(ch.spec))
         decision = evaluate(self.policy, req)
         self._audit(AuditKind.POLICY_DECISION, actor, f"execute {ch.id}", decision.effect.value,
@@ -473,6 +538,8 @@ class Executor:
             return ExecutionResult(ch.id, ch.status, False, ch.result)
         if ex.state == "failed":
             return ExecutionResult(ch.id, ChangeStatus.FAILED, False, {"error": ex.detail})
+        if ch.spec.target.kind == "Pod":
+            return await self._reconcile_pod(ch, ex.owner, ex.claimed_at, actor)
         obj = await self._read(ch.spec)
         live = spec_hash(obj)
         if landed(ch.spec, obj, ex.intended_spec_hash):
@@ -496,6 +563,30 @@ class Executor:
         self._audit(AuditKind.EXECUTION, actor, f"reconcile {ch.id}", "refused",
                     "the target changed under a claimed execution; not applying", ch)
         return ExecutionResult(ch.id, ch.status, False, ch.result)
+
+    async def _reconcile_pod(self, ch: ChangeRequest, owner: str, claimed_at: str, actor: str) -> ExecutionResult:
+        """A claimed pod restart: the pod with the proposal's uid is gone or terminating (the delete landed), or
+        it is still there (never written: delete it now, unless a fresh claim elsewhere is still at it)."""
+        try:
+            obj: dict[str, Any] | None = await self._read(ch.spec)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            obj = None
+        if pod_replaced(obj, ch.fingerprint.uid):
+            detail = {"reconciled": True, "uid": ch.fingerprint.uid}
+            self.ledger.finish(ch.id, "applied", json.dumps(detail))
+            ch = ch.model_copy(update={"status": ChangeStatus.APPLIED, "result": detail})
+            self.ledger.update(ch)
+            self._audit(AuditKind.EXECUTION, actor, f"reconcile {ch.id}", "applied",
+                        "the pod had been deleted before the previous executor stopped", ch, detail)
+            return ExecutionResult(ch.id, ch.status, False, detail)
+        assert obj is not None
+        if owner != self.owner and recent(claimed_at, seconds=self.claim_ttl_s):
+            return ExecutionResult(ch.id, ChangeStatus.EXECUTING, False, {"owner": owner})
+        self._audit(AuditKind.EXECUTION, actor, f"reconcile {ch.id}", "resumed",
+                    "claimed but never written; applying now", ch)
+        return await self._apply(ch, obj, actor)
 
     def _maybe_crash(self, point: str) -> None:
         if self.crash_after == point:

@@ -29,5 +29,14 @@ def landed(spec: ChangeSpec, obj: dict[str, Any], intended: str) -> bool:
     return bool(intended) and spec_hash(obj) == intended
 
 
+def pod_replaced(obj: dict[str, Any] | None, uid: str) -> bool:
+    """Did a pod restart's delete land? The pod it named (by uid) is gone, replaced under the same name, or
+    terminating. A delete leaves no spec to compare, so the uid is what tells."""
+    if obj is None:
+        return True
+    meta = obj.get("metadata") or {}
+    return meta.get("uid") != uid or bool(meta.get("deletionTimestamp"))
+
+
 def recent(iso: str, seconds: float) -> bool:
     return (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(iso)).total_seconds() < seconds

@@ -47,6 +47,10 @@ def tool_call(spec: ChangeSpec, dry_run: bool, expected_rv: str | None,
                                                          "promote": spec.action == ActionKind.PROMOTE_ROLLOUT}
         case ActionKind.CORDON_NODE:
             return "k8s_cordon_node", {"node": t.name, "dry_run": dry_run, "expected_resource_version": expected_rv}
+        case ActionKind.RESTART_POD:
+            if t.kind != "Pod":
+                raise ValueError(f"restart_pod restarts a Pod, not a {t.kind}")
+            return "k8s_restart_pod", base | {"namespace": t.namespace, "name": t.name}
         case ActionKind.DRAIN_NODE:
             return "k8s_drain_node", {"node": t.name, "dry_run": dry_run, "expected_resource_version": expected_rv,
                                       "evict_namespaces": list(evict_namespaces)}
@@ -62,4 +66,5 @@ def policy_request(spec: ChangeSpec, *, risk: str, obj: dict[str, Any] | None, r
                    labels=(obj or {}).get("metadata", {}).get("labels") or {}, requester=requester,
                    gpus=blast.gpus, replicas_delta=replicas_delta(spec, obj), capacity_drop=blast.capacity_drop,
                    at=at, changes_last_hour=changes_last_hour, target_changes_last_hour=target_changes_last_hour,
-                   unschedulable_gpu_nodes_after=unschedulable_gpu_nodes_after)
+                   unschedulable_gpu_nodes_after=unschedulable_gpu_nodes_after,
+                   ready_replicas_after=blast.ready_after)

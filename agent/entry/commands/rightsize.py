@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from agent.change.deploy import DeployRefused, TargetNotFound
 from agent.entry.commands.common import (
     DEFAULT_SANDBOX_DIR,
     ConfigOpt,
@@ -20,7 +21,7 @@ from agent.entry.commands.common import (
 from agent.entry.commands.identity import cli_identity
 from agent.policy.evaluate import capacity_drop_limit
 from agent.rightsize import report
-from agent.rightsize.changes import change_specs, reason_for
+from agent.rightsize.changes import change_specs, is_move, move_request, reason_for
 from agent.rightsize.service import RightsizeError, RightsizeRun, parse_window, run
 
 report_app = typer.Typer(help="Reports: GPU cost and right-sizing.", no_args_is_help=True)
@@ -104,8 +105,22 @@ def _propose(app: Any, result: RightsizeRun, only: set[str]) -> None:
         states = []
         try:
             for rec, spec in work:
-                states.append(await flow.propose(spec, reason=reason_for(rec, spec),
-                                                 requester=requester, evidence=[rec.id]))
+                if not is_move(spec):
+                    states.append(await flow.propose(spec, reason=reason_for(rec, spec),
+                                                     requester=requester, evidence=[rec.id]))
+                    continue
+                # A GPU-class move: read the target and its new pool now, preflight, propose as a deployment.
+                try:
+                    outcome = await app.deploy(move_request(spec), requester=requester, via="rightsize --propose",
+                                               why=reason_for(rec, spec), evidence=[rec.id])
+                except (TargetNotFound, DeployRefused, ValueError) as e:
+                    typer.echo(f"{rec.namespace}/{rec.name}: the move could not be planned: {e}", err=True)
+                    continue
+                if outcome.state is None:
+                    typer.echo(f"{rec.namespace}/{rec.name}: move refused at preflight ({outcome.plan.summary}): "
+                               + "; ".join(outcome.plan.preflight.reasons()), err=True)
+                else:
+                    states.append(outcome.state)
         finally:
             await app.aclose_clients()
         return states

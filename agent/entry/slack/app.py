@@ -34,7 +34,8 @@ from starlette.routing import Route
 
 from agent import postmortem
 from agent.app import App
-from agent.change.deploy import DeployRequest
+from agent.change.deploy import DeployRequest, parse_target
+from agent.change.executor.client import ExecutorUnavailable
 from agent.change.executor.outcome import ExecutionRefused
 from agent.change.flow import ChangeFlow, FlowEvent
 from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage, ChangeStatus
@@ -46,7 +47,7 @@ from agent.entry.slack.chat import ThreadChat
 from agent.entry.slack.deploys import parse_deploy
 from agent.entry.slack.incidents import SlackNotifier
 from agent.entry.slack.reports import CreateChangeButton
-from agent.models import ActionKind, Incident, IncidentStatus, TriageReport
+from agent.models import ActionKind, Incident, IncidentStatus, ObjectRef, TriageReport
 from agent.rightsize import report
 from agent.rightsize.report import CREATE_ACTION_ID
 from agent.rightsize.service import run as rightsize_run
@@ -57,7 +58,8 @@ log = logging.getLogger(__name__)
 
 REPLAY_WINDOW = dt.timedelta(minutes=6)  # Slack signatures older than 5 minutes are rejected anyway
 EXECUTABLE = {ActionKind.ROLLBACK, ActionKind.SCALE, ActionKind.DEPLOY, ActionKind.SET_GPU_RESOURCES,
-              ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT, ActionKind.CORDON_NODE, ActionKind.DRAIN_NODE}
+              ActionKind.PAUSE_ROLLOUT, ActionKind.RESUME_ROLLOUT, ActionKind.CORDON_NODE, ActionKind.DRAIN_NODE,
+              ActionKind.RESTART_POD}
 C = ChangeStage
 # ChangeFlow stages → what the incident's top message says.
 FLOW_STAGE = {C.EXECUTING: Stage.EXECUTING, C.VERIFYING: Stage.EXECUTING, C.VERIFIED: Stage.RESOLVED,
@@ -353,6 +355,9 @@ class SlackBot:
         """Progress of a change: its block, its incident's thread and top message follow."""
         icon = FLOW_ICON.get(ev.stage, ":information_source:")
         ch = await asyncio.to_thread(self.app.ledger.get, ev.change_id)
+        if ev.stage in QUIET and ch is not None and ch.incident_id is None and await asyncio.to_thread(
+                self.app.store.chat_message, f"change:{ev.change_id}") is None:
+            return  # just proposed: the surface that asked posts its block where it was asked (a thread)
         message = ev.message.removeprefix(f"{ev.change_id}: ")
         if ev.stage in OUTCOMES and ch is not None and ch.result.get("verification") \
                 and str(ch.result["verification"]) not in message:
@@ -369,8 +374,11 @@ class SlackBot:
             # A deployment: its progress (canary steps, promotion, abort) goes in the change block's thread.
             msg = await asyncio.to_thread(self.app.store.chat_message, f"change:{ev.change_id}")
             if msg is not None:
+                t = ch.spec.target
+                running = ch.spec.target.kind == "Rollout" and ev.stage in (C.EXECUTING, C.VERIFYING)
+                body = blocks.rollout_progress(text, t.namespace or "", t.name) if running else {"text": text}
                 await self.notifier.call("chat.postMessage", channel=msg.channel, thread_ts=msg.thread_ts or msg.ts,
-                                         text=text)
+                                         **body)
             return
         await self.notifier.reply(ch.incident_id, {"text": text})
         stage = FLOW_STAGE.get(ev.stage)
@@ -383,6 +391,8 @@ class SlackBot:
         bolt.action(ACTION_APPROVE)(self._on_button)
         bolt.action(ACTION_REJECT)(self._on_button)
         bolt.action(CREATE_ACTION_ID)(self._on_create_change)
+        bolt.action(blocks.ACTION_PROMOTE)(self._on_rollout_button)
+        bolt.action(blocks.ACTION_ABORT)(self._on_rollout_button)
         bolt.command("/ops")(self._on_ops)
         bolt.event("app_mention")(self._on_mention)
         bolt.event("message")(self._on_message)
@@ -396,6 +406,45 @@ class SlackBot:
                                 action: dict[str, Any]) -> None:
         await ack()
         self.later(lambda: self.create_change.click(body, action))
+
+    async def _on_rollout_button(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any],
+                                 action: dict[str, Any]) -> None:
+        await ack()
+        self.later(lambda: self._rollout_click(body, action))
+
+    async def _rollout_click(self, body: dict[str, Any], action: dict[str, Any]) -> None:
+        kind = ActionKind.PROMOTE_ROLLOUT if action["action_id"] == blocks.ACTION_PROMOTE else ActionKind.ABORT_ROLLOUT
+        user = body["user"]["id"]
+        channel = (body.get("channel") or {}).get("id", self.cfg.channel)
+        message = body.get("message") or {}
+        thread = str(message.get("thread_ts") or message.get("ts") or "")
+        note = await self.rollout_change(kind, str(action.get("value", "")), user, None,
+                                         thread=(channel, thread) if thread else None)
+        await self.notifier.ephemeral(channel, user, note, thread or None)
+
+    async def rollout_change(self, kind: ActionKind, target: str, user: str, reason: str | None, *,
+                             thread: tuple[str, str] | None = None) -> str:
+        """Propose promoting or aborting an Argo Rollout's canary, as `opsagent rollout promote|abort` does:
+        a change request through policy and approval (the clicker alone cannot carry it out)."""
+        try:
+            ns, name = parse_target(target)
+            flow = self.flow()
+            spec = ChangeSpec(action=kind, cluster=self.app.settings.kubernetes.cluster,
+                              target=ObjectRef(kind="Rollout", name=name, namespace=ns))
+            st = await flow.propose(spec, reason=reason or f"{kind.value} asked in Slack by <@{user}>",
+                                    requester=f"slack:{user}")
+        except ExecutorUnavailable as e:
+            return f":warning: No {kind.value.replace('_', ' ')} proposed for `{blocks.esc(target)}`: " \
+                   f"{executor_down(e)}"
+        except (ValueError, LookupError) as e:
+            return f":warning: No {kind.value.replace('_', ' ')} proposed: {blocks.esc(str(e))}"
+        ch = st.change
+        self.metrics.changes.labels(status=ch.status.value).inc()
+        await self.notifier.show_change(ch.id, thread=thread)
+        return (f"Change request `{ch.id}` ({kind.value.replace('_', ' ')} `{blocks.esc(target)}`) is "
+                f"{ch.status.value.replace('_', ' ')}: policy `{ch.policy_rule}`"
+                + (f" needs {ch.approvals_required} approval(s) from {', '.join(ch.approver_roles)}."
+                   if ch.approvals_required else f" — {blocks.esc(ch.policy_reason)}."))
 
     async def _click(self, body: dict[str, Any], action: dict[str, Any]) -> None:
         decision = "approve" if action["action_id"] == ACTION_APPROVE else "reject"
@@ -422,6 +471,9 @@ class SlackBot:
         except ExecutionRefused as e:
             self.metrics.approvals.labels(decision=decision, outcome="refused", via="slack").inc()
             return f":no_entry: Your {decision} of `{change_id}` was refused: {e}"
+        except ExecutorUnavailable as e:
+            log.warning("decision on %s by %s: %s", change_id, user, e)
+            return f":warning: Your {decision} of `{change_id}` was not recorded: {executor_down(e)}"
         except Exception as e:
             log.exception("decision on %s by %s failed", change_id, user)
             return f":warning: Your {decision} of `{change_id}` could not be completed: {type(e).__name__}: {e}"
@@ -458,6 +510,14 @@ class SlackBot:
                 text = await self.deploy(parse_deploy(str(command.get("text") or "")), user)
             except ValueError as e:
                 text = f":warning: {blocks.esc(str(e))}"
+            except Exception as e:  # the person who asked hears what went wrong, never silence
+                log.exception("/ops deploy by %s failed", user)
+                text = f":warning: The deployment request failed: {type(e).__name__}: {blocks.esc(str(e))}"
+        elif sub == "rollout" and len(words) >= 3 and words[1].lower() in ("promote", "abort"):
+            kind = ActionKind.PROMOTE_ROLLOUT if words[1].lower() == "promote" else ActionKind.ABORT_ROLLOUT
+            text = await self.rollout_change(kind, words[2], user, " ".join(words[3:]) or None)
+        elif sub == "rollout":
+            text = "Usage: `/ops rollout promote|abort NAMESPACE/NAME [why]`"
         elif sub == "rightsize":
             text = await self._rightsize(words[1] if len(words) > 1 else None)
         else:
@@ -538,6 +598,9 @@ class SlackBot:
             out = await self.app.deploy(req, requester=f"user:{user}", via="slack", on_event=self.on_flow_event)
         except (LookupError, ValueError) as e:
             return f":warning: Nothing was proposed: {blocks.esc(str(e))}"
+        except ExecutorUnavailable as e:
+            log.warning("deployment of %s asked by %s: %s", req.target, user, e)
+            return f":warning: Deployment of `{req.target}` not proposed: {executor_down(e)}"
         evidence = blocks.esc(out.plan.preflight.markdown().replace("**", "*"))
         if out.state is None:
             return (f":no_entry: Deployment of `{req.target}` refused at preflight ({blocks.esc(out.plan.summary)}); "
@@ -588,3 +651,9 @@ def _plausible(ts: str, sig: str, now: dt.datetime) -> bool:
     except ValueError:
         return False
     return sig.startswith("v0=") and len(sig) == 67 and age <= 300
+
+
+def executor_down(e: ExecutorUnavailable) -> str:
+    """What a Slack user is told when the executor process does not answer: nothing ran, what to do."""
+    return (f"the executor is unavailable ({blocks.esc(str(e))}). Nothing was executed; once the platform team "
+            "has it running again (`opsagent executor serve`), try again.")

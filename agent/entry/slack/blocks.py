@@ -20,6 +20,9 @@ Message = dict[str, Any]
 
 ACTION_APPROVE = "change_approve"
 ACTION_REJECT = "change_reject"
+# On a deployment's progress messages: each click proposes a change request (never acts by itself).
+ACTION_PROMOTE = "rollout_promote"
+ACTION_ABORT = "rollout_abort"
 MAX_DIFF_CHARS = 2500  # a section's text is capped at 3000 characters by Slack
 MAX_SECTION_CHARS = 2900
 
@@ -218,6 +221,8 @@ HELP = ("*`/ops` commands*\n"
         "• `/ops approve CHANGE_ID` — approve a change (same checks as the button)\n"
         "• `/ops deploy NAMESPACE/NAME --version V [--image IMAGE] [--strategy canary|rolling]` — request a "
         "deployment (preflight, then a change request for approval)\n"
+        "• `/ops rollout promote|abort NAMESPACE/NAME [why]` — propose promoting a paused canary or aborting "
+        "one (a change request for approval, like the buttons on a deployment's progress)\n"
         "• `/ops rightsize [MODEL | NAMESPACE/NAME]` — right-sizing recommendations (top savings without one)\n"
         "• `/ops help` — this text\n"
         "In an incident thread, mention me: `why?`, `what changed in the last hour?`, `show me TTFT for MODEL`, "
@@ -251,3 +256,17 @@ def changes_text(items: Sequence[ChangeRequest]) -> str:
 def _who(a: Approval) -> str:
     """A Slack mention when the person decided from Slack, else the person's name (approved from the CLI)."""
     return f"<@{a.identity.removeprefix('slack:')}>" if a.identity.startswith("slack:") else a.approver
+
+
+def rollout_progress(text: str, namespace: str, name: str) -> Message:
+    """A canary's progress line with Promote / Abort: each proposes a change request that needs approval."""
+    target = f"{namespace}/{name}"
+    return {"text": text, "blocks": [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {"type": "actions", "elements": [
+            {"type": "button", "action_id": ACTION_PROMOTE, "value": target,
+             "text": {"type": "plain_text", "text": "Promote"}},
+            {"type": "button", "action_id": ACTION_ABORT, "style": "danger", "value": target,
+             "text": {"type": "plain_text", "text": "Abort"}}]},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": "Promote / Abort propose a change request: "
+                                                                    "it runs only once policy's approvers approve."}]}]}

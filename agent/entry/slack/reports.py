@@ -10,7 +10,10 @@ post gives the tick back for the next check; serve logs and counts it and carrie
 poster recorded for that message (`agent.rightsize.posts`), the recorded spec goes through
 `ChangeFlow.propose` (dry run, policy) with the clicking user as requester, the change flow opens and
 the change block, with Approve / Reject, goes in the report's thread. A recommendation becomes at
-most one change request per posted report, however often its button is clicked.
+most one change request per posted report, however often its button is clicked. A GPU-class move is
+planned at the click (`App.deploy`: the target and its pool are read now, the capacity preflight runs
+on the new class) and proposed as a deployment of the same version; a failed preflight is refused
+with its numbers, nothing is stored, and the button can be clicked again once the pool has room.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from agent.app import App
 from agent.audit.events import AuditEvent, AuditKind, inputs_hash
+from agent.change.deploy import DeployRefused, TargetNotFound
 from agent.change.flow import ChangeFlow
 from agent.change.models import ChangeRequest, ChangeStatus
 from agent.entry.server import Metrics
@@ -32,7 +36,7 @@ from agent.entry.slack import blocks
 from agent.entry.slack.incidents import SlackNotifier
 from agent.policy.evaluate import capacity_drop_limit
 from agent.rightsize import report
-from agent.rightsize.changes import spec_from_button
+from agent.rightsize.changes import is_move, move_request, spec_from_button
 from agent.rightsize.posts import ButtonForPost, ReportPosts
 from agent.rightsize.schedule import CronSchedule, ScheduleLeases, run_if_due
 from agent.rightsize.service import run as rightsize_run
@@ -193,14 +197,29 @@ class CreateChangeButton:
             await self.notifier.show_change(ch.id, thread=(channel, ts))
 
         try:
-            ch = (await self.flow().propose(posted.spec, reason=posted.reason, requester=f"slack:{user}",
-                                            evidence=[rec_id], on_proposed=record)).change
+            if is_move(posted.spec):
+                outcome = await self.app.deploy(move_request(posted.spec), requester=f"slack:{user}",
+                                                via="cost report", why=posted.reason, evidence=[rec_id],
+                                                on_proposed=record)
+                if outcome.state is None:
+                    await asyncio.to_thread(self.posts.release, channel, ts, rec_id)
+                    reasons = "\n".join(f"• {blocks.esc(r)}" for r in outcome.plan.preflight.reasons())
+                    return (f":no_entry: The move of `{posted.spec.target.namespace}/{posted.spec.target.name}` "
+                            f"({blocks.esc(outcome.plan.summary)}) was refused at preflight; nothing was "
+                            f"proposed:\n{reasons}")
+                ch = outcome.state.change
+            else:
+                ch = (await self.flow().propose(posted.spec, reason=posted.reason, requester=f"slack:{user}",
+                                                evidence=[rec_id], on_proposed=record)).change
         except Exception as e:
             if proposed:
                 log.exception("opening the flow of %s failed", proposed[0].id)
                 return (f":warning: Change request `{proposed[0].id}` was created but its flow did not start: "
                         f"{type(e).__name__}: {e}")
             await asyncio.to_thread(self.posts.release, channel, ts, rec_id)
+            if is_move(posted.spec) and isinstance(e, TargetNotFound | DeployRefused | ValueError):
+                await asyncio.to_thread(self._refuse, user, f"move {rec_id}: {e}", value)
+                return f":no_entry: The move could not be planned: {blocks.esc(str(e))}; nothing was proposed."
             log.exception("creating a change request for %s (clicked by %s) failed", rec_id, user)
             return f":warning: The change request could not be created: {type(e).__name__}: {blocks.esc(str(e))}"
         if ch.status == ChangeStatus.PENDING_APPROVAL:

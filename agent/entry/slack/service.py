@@ -48,7 +48,8 @@ def build_server(app: App, *, metrics: Metrics | None = None,
     # The CI API checks each pipeline's own token (and is closed when none is configured).
     security = dataclasses.replace(security, self_authenticated=(*security.self_authenticated, PREFIX))
     pipelines = app.settings.server.pipeline_tokens
-    ci_routes = deployment_routes(app, PipelineTokens.parse(pipelines.get_secret_value() if pipelines else ""))
+    ci_routes = deployment_routes(app, PipelineTokens.parse(pipelines.get_secret_value() if pipelines else ""),
+                                  wait_s=app.settings.server.deploy_wait_s)
     if not security.auth_on:
         log.warning("server.auth_tokens is unset (env: dev): the webhook and /incidents accept anyone")
     if bot is None and app.settings.slack.enabled:
