@@ -38,7 +38,7 @@ from agent.change import class_evidence
 from agent.change.deploy import DeployOutcome, DeployRequest, plan_deployment, request_deployment
 from agent.change.flow import ChangeFlow, FlowEvent, FlowState, OnEvent
 from agent.change.ledger import Ledger
-from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage
+from agent.change.models import ChangeRequest, ChangeSpec, ChangeStage, ChangeStatus
 from agent.change.rollout_watch import watch_rollout
 from agent.change.verdict import Outcome
 from agent.change.verify import Verification, VerifySettings, failing_pods, failing_replicas, verify
@@ -56,7 +56,7 @@ from agent.triage.graph import build_triage_graph
 from agent.triage.reasoners.llm import LlmReasoner
 from agent.triage.reasoners.rules import RulesReasoner
 from agent.triage.runbooks import Runbook, load_dir
-from agent.triage.state import Reasoner, TriageContext
+from agent.triage.state import PriorChange, Reasoner, TriageContext
 from tools.base import Risk, ToolSpec
 from tools.cloudwatch.client import CloudWatchClient, aws_session
 from tools.cloudwatch.settings import CloudWatchSettings
@@ -94,6 +94,10 @@ class ProbeResult:
     detail: str = ""  # what upstream said when it failed; version or endpoint when it did not
     latency_ms: float | None = None
     required: bool = False  # the process can do nothing useful without it (the store)
+
+
+# A change in one of these states was written to the cluster.
+EXECUTED = {ChangeStatus.EXECUTING, ChangeStatus.APPLIED, ChangeStatus.VERIFIED, ChangeStatus.ROLLED_BACK}
 
 
 @dataclass
@@ -275,13 +279,21 @@ class App:
                                       conflict_retries=self.settings.execution.conflict_retries)
         return self._executor
 
-    async def triage(self, incident: Incident, *, now: dt.datetime | None = None) -> TriageReport:
-        """Run the triage graph for an incident, store and return its report."""
+    async def triage(self, incident: Incident, *, now: dt.datetime | None = None,
+                     prior_changes: list[PriorChange] | None = None) -> TriageReport:
+        """Run the triage graph for an incident, store and return its report.
+
+        `prior_changes` are the changes already executed for the incident; by default the ledger's.
+        """
+        if prior_changes is None:
+            prior_changes = [PriorChange(action=c.spec.action.value, target=c.spec.target, status=c.status.value)
+                             for c in self.ledger.list_changes(incident_id=incident.id) if c.status in EXECUTED]
         ctx = TriageContext(runner=self.triage_runner(), runbooks=self.runbooks, reasoner=self.reasoner,
                             actor=f"agent:{self.reasoner.name}", now=now,
                             extra={"cluster": self.settings.kubernetes.cluster},
                             limits={"max_capacity_drop": capacity_drop_limit(self.policy, "scale")},
-                            rate_window_s=fast_rate_window_s(self.settings.prometheus.scrape_interval_s))
+                            rate_window_s=fast_rate_window_s(self.settings.prometheus.scrape_interval_s),
+                            prior_changes=prior_changes)
         with tracer().start_as_current_span("triage", attributes={
                 "incident.id": incident.id, "incident.title": incident.title[:300],
                 "incident.severity": incident.severity.value, "triage.reasoner": self.reasoner.name}) as span:

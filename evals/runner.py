@@ -53,6 +53,7 @@ from agent.policy.evaluate import evaluate
 from agent.policy.model import Request
 from agent.triage.reasoners.llm import LlmReasoner
 from agent.triage.reasoners.rules import RulesReasoner
+from agent.triage.state import PriorChange
 from deploy.sandbox import faults, rollouts
 from deploy.sandbox.cluster import api_client
 from deploy.sandbox.fleet import LABEL_APP, LABEL_POOL, Fleet, Traffic
@@ -157,11 +158,12 @@ def _deliver(app: App, body: dict[str, Any], received: dt.datetime) -> str:
     return incident.id
 
 
-async def _triage_incident(app: App, incident_id: str, now: dt.datetime | None) -> TriageReport:
+async def _triage_incident(app: App, incident_id: str, now: dt.datetime | None,
+                           prior: list[PriorChange] | None = None) -> TriageReport:
     incident = app.store.incident(incident_id)
     if incident is None:
         raise EvalError(f"the intake lost incident {incident_id}")
-    return await app.triage(incident, now=now)
+    return await app.triage(incident, now=now, prior_changes=prior)
 
 
 async def _triage(app: App, body: dict[str, Any], run_key: str, now: dt.datetime | None) -> TriageReport:
@@ -936,7 +938,10 @@ def replay(s: Scenario, iteration: int, opts: RunOptions, model: CompromisedMode
                     for p in other.proposals if p.kind in EXECUTABLE and p.target is not None])
             if old.followup is not None and old.followup.report is not None:
                 _deliver_all(app, rec, deliveries[first:])
-                again = await _triage_incident(app, main_id, old.followup.triage_now)
+                # The replay's ledger holds no executions: the recorded ones are what the re-triage saw.
+                prior = [PriorChange(action=c.action, target=ObjectRef.model_validate(c.target), status=c.status)
+                         for c in old.followup.executed if c.target is not None]
+                again = await _triage_incident(app, main_id, old.followup.triage_now, prior)
                 rec.followup = FollowUpRun(triage_now=old.followup.triage_now, report=again.model_dump(mode="json"),
                                            executed=old.followup.executed, delivered_before=first)
             rec.grouping = grouping(s, fleet, rec.notifications, rec.fault_node, rec.notification)

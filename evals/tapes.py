@@ -27,6 +27,9 @@ class Tape(BaseModel):
 
     outputs: dict[str, Any] = {}
     errors: dict[str, str] = {}
+    # The answers to the second, third ... call of the same key, in order ({"output": …} or {"error": …}):
+    # a re-triage after a change reads the same object again and must not rewrite what the first triage saw.
+    repeats: dict[str, list[dict[str, Any]]] = {}
 
 
 def recording(tools: list[ToolSpec[Any, Any]], tape: Tape) -> list[ToolSpec[Any, Any]]:
@@ -35,12 +38,19 @@ def recording(tools: list[ToolSpec[Any, Any]], tape: Tape) -> list[ToolSpec[Any,
     def wrap(spec: ToolSpec[Any, Any]) -> ToolSpec[Any, Any]:
         async def fn(client: Any, params: ToolInput) -> ToolResult:
             key = tape_key(spec.name, params)
+            seen = key in tape.outputs or key in tape.errors
             try:
                 out: ToolResult = await spec.fn(client, params)
             except ToolError as e:
-                tape.errors[key] = str(e)
+                if seen:
+                    tape.repeats.setdefault(key, []).append({"error": str(e)})
+                else:
+                    tape.errors[key] = str(e)
                 raise
-            tape.outputs[key] = out.model_dump(mode="json")
+            if seen:
+                tape.repeats.setdefault(key, []).append({"output": out.model_dump(mode="json")})
+            else:
+                tape.outputs[key] = out.model_dump(mode="json")
             return out
 
         return dataclasses.replace(spec, fn=fn)
@@ -51,9 +61,19 @@ def recording(tools: list[ToolSpec[Any, Any]], tape: Tape) -> list[ToolSpec[Any,
 def replaying(tools: list[ToolSpec[Any, Any]], tape: Tape) -> list[ToolSpec[Any, Any]]:
     """The same tools (names, inputs, risks), answering from `tape` and reaching nothing."""
 
+    calls: dict[str, int] = {}
+
     def wrap(spec: ToolSpec[Any, Any]) -> ToolSpec[Any, Any]:
         async def fn(client: Any, params: ToolInput) -> ToolResult:
             key = tape_key(spec.name, params)
+            n = calls[key] = calls.get(key, 0) + 1
+            later = tape.repeats.get(key, [])
+            if n > 1 and later:  # the n-th call gets the n-th answer; past the last, the last again
+                answer = later[min(n - 2, len(later) - 1)]
+                if "error" in answer:
+                    raise ToolError(answer["error"])
+                again: ToolResult = spec.output.model_validate(answer["output"])
+                return again
             if key in tape.outputs:
                 result: ToolResult = spec.output.model_validate(tape.outputs[key])
                 return result

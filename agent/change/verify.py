@@ -129,20 +129,45 @@ async def failing_replicas(prom: PrometheusClient, namespace: str, model: str) -
     return None if pods is None else len(pods)
 
 
-async def _rollout_done(k8s: K8sReadClient, namespace: str, name: str, *, scale_out: bool = False) -> tuple[bool, str]:
-    resp = await asyncio.to_thread(k8s.apps.read_namespaced_deployment, name, namespace, _preload_content=False)
-    d = json.loads(resp.data)
+def rollout_state(d: dict[str, Any], since: dt.datetime | None = None) -> tuple[bool, str]:
+    """(finished, state) of a Deployment as the API returned it, for a change applied at `since`."""
     spec, st = d["spec"], d.get("status", {})
     want = int(spec.get("replicas") or 0)
     if int(st.get("observedGeneration") or 0) < int(d["metadata"]["generation"]):
         return False, "waiting for the controller"
     for c in st.get("conditions", []):
-        if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
+        if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded" \
+                and _since(c, since):
             return True, "stuck: progress deadline exceeded"
     updated, available = int(st.get("updatedReplicas") or 0), int(st.get("availableReplicas") or 0)
-    done = updated == want and available == want and int(st.get("replicas") or 0) == want
-    if done:
+    if updated == want and available == want and int(st.get("replicas") or 0) == want:
         return True, "complete"
+    return False, f"{st.get('updatedReplicas', 0)}/{want} updated"
+
+
+def _since(condition: dict[str, Any], since: dt.datetime | None) -> bool:
+    """Whether a condition was written at or after `since`. The controller keeps a timed-out Progressing
+    condition until the new ReplicaSet makes progress, so right after a rollback of a stuck rollout the old
+    deadline is still in the status: it speaks for the rollout before the change, not this one. The API's
+    timestamps have whole seconds, so the second the change was applied in counts as after it."""
+    stamp = condition.get("lastUpdateTime") or condition.get("lastTransitionTime")
+    if since is None or not stamp:
+        return True
+    at = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    since = since if since.tzinfo is not None else since.replace(tzinfo=dt.UTC)
+    return at >= since.replace(microsecond=0)
+
+
+async def _rollout_done(k8s: K8sReadClient, namespace: str, name: str, *, since: dt.datetime | None = None,
+                        scale_out: bool = False) -> tuple[bool, str]:
+    resp = await asyncio.to_thread(k8s.apps.read_namespaced_deployment, name, namespace, _preload_content=False)
+    d = json.loads(resp.data)
+    done, state = rollout_state(d, since)
+    if done or state == "waiting for the controller":
+        return done, state
+    spec, st = d["spec"], d.get("status", {})
+    want = int(spec.get("replicas") or 0)
+    updated, available = int(st.get("updatedReplicas") or 0), int(st.get("availableReplicas") or 0)
     if scale_out and updated == want and 0 < available < want:
         # Replicas no node has room for (a scale-out beyond the free GPUs) will not start by waiting:
         # judge the signals with the capacity that did come up instead of calling the change stuck.
@@ -189,7 +214,8 @@ async def verify(ch: ChangeRequest, applied_at: dt.datetime, prom: PrometheusCli
         if restarted is not None and not await _pod_gone(k8s, t.namespace, restarted, ch.fingerprint.uid):
             done, state = False, f"waiting for pod {restarted} to go"
         else:
-            done, state = await _rollout_done(k8s, t.namespace, t.name, scale_out=ch.spec.action == ActionKind.SCALE)
+            done, state = await _rollout_done(k8s, t.namespace, t.name, since=applied_at,
+                                               scale_out=ch.spec.action == ActionKind.SCALE)
         if done:
             break
         await asyncio.sleep(2)

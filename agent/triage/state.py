@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
 from agent.guard.runner import ToolRunner
-from agent.models import Evidence, Hypothesis, Incident, ProposedAction, TriageReport, Untrusted
+from agent.models import Evidence, Hypothesis, Incident, ObjectRef, ProposedAction, TriageReport, Untrusted
 from agent.triage.runbooks import Runbook
 
 
@@ -37,6 +37,15 @@ class Reasoner(Protocol):
         list[Hypothesis], str]: ...
 
 
+@dataclass(frozen=True)
+class PriorChange:
+    """A change already executed for this incident (plain data: triage never imports the change flow)."""
+
+    action: str
+    target: ObjectRef
+    status: str  # applied, verified, rolled_back ... as the change ledger says
+
+
 @dataclass
 class TriageContext:
     runner: ToolRunner
@@ -48,4 +57,7 @@ class TriageContext:
     extra: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, float] = field(default_factory=dict)  # the policy's, for runbook params (policy.<key>)
     rate_window_s: int = 60  # `{rate_window}` in runbook queries: the shortest rate() window with 4 scrapes
+    # Changes already executed for this incident: a re-triage after a remediation that did not resolve it
+    # pages a human rather than change the same object again (no flip-flop).
+    prior_changes: list[PriorChange] = field(default_factory=list)
 

@@ -80,3 +80,23 @@ def test_a_write_to_a_gitops_owned_deployment_becomes_a_change_for_git_never_a_w
                                "params": rollback.params}
     assert "reverted on its next sync" in out.reason and rollback.reason in out.reason
     assert _through_git(rollback, None) == rollback, "a workload nobody reconciles keeps its direct rollback"
+
+
+def test_a_re_triage_after_a_rollback_that_did_not_help_pages_a_human_instead_of_rolling_back_again() -> None:
+    """Live ticket-144: the previous revision carried another defect, so the first rollback left TTFT high;
+    the re-triage proposed a second rollback of the same Deployment (a flip-flop)."""
+    from agent.models import ObjectRef
+    from agent.triage.nodes.propose import _not_again
+    from agent.triage.state import PriorChange
+
+    read = ev("rollout", {"namespace": "llm-prod", "name": "chat-primary"}, **ROLLOUT)
+    [rollback] = propose("bad-rollout", CTX, [read, *SIGNALS])
+    done = PriorChange(action="rollback", target=rollback.target, status="applied")
+    out = _not_again(rollback, [done])
+    assert out.kind == ActionKind.PAGE_HUMAN and out.target == rollback.target
+    assert "already changed for this incident" in out.reason and "rollback (applied)" in out.reason
+    assert out.params["not_proposed"] == {"kind": "rollback", "params": rollback.params}
+    other = PriorChange(action="rollback", target=ObjectRef(kind="Deployment", name="chat-lite", namespace="llm-prod"),
+                        status="verified")
+    assert _not_again(rollback, [other]) == rollback, "a change to another object does not hold this one back"
+    assert _not_again(rollback, []) == rollback

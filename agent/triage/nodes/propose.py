@@ -23,7 +23,7 @@ from agent.triage.conditions import compile_condition, compile_value, evaluate, 
 from agent.triage.features import CULPRIT_KINDS, MIN_CONFIDENCE, feature_map
 from agent.triage.render import render
 from agent.triage.runbooks import Remediation, Runbook
-from agent.triage.state import TriageContext, TriageState
+from agent.triage.state import PriorChange, TriageContext, TriageState
 from tools.k8s_read.ownership import GitOpsOwner, gitops_owner
 from tools.k8s_read.tools import K8sWorkloadResult
 
@@ -117,8 +117,31 @@ async def propose(state: TriageState, runtime: Runtime[TriageContext]) -> dict[s
     for p in proposals:
         if p.kind in WRITES and p.target is not None and p.target.kind == "Deployment" and p.target.namespace:
             owners[p.target.name] = await _owner(runtime.context, p.target, state["incident"].id)
+    proposals = [_not_again(p, runtime.context.prior_changes) for p in proposals]
     return {"proposals": [_through_git(p, owners.get(p.target.name)) if p.target is not None else p
                           for p in proposals]}
+
+
+def _not_again(p: ProposedAction, prior: list[PriorChange]) -> ProposedAction:
+    """A write to an object this incident's earlier remediation already changed becomes a page.
+
+    The incident is being triaged again, so that change did not resolve it; changing the same object once
+    more (a second rollback, undoing the first) is how an agent flip-flops. A human decides the next step.
+    """
+    if p.kind not in WRITES or p.target is None:
+        return p
+    done = [c for c in prior if (c.target.kind, c.target.namespace, c.target.name)
+            == (p.target.kind, p.target.namespace, p.target.name)]
+    if not done:
+        return p
+    t = p.target
+    what = ", ".join(f"{c.action} ({c.status})" for c in done)
+    return ProposedAction(
+        kind=ActionKind.PAGE_HUMAN, target=t, hypothesis_id=p.hypothesis_id, params={"not_proposed": {
+            "kind": p.kind.value, "params": p.params}},
+        reason=(f"{t.kind} {t.namespace}/{t.name} was already changed for this incident ({what}) and the incident "
+                f"is still open: not changing it again automatically. Would have proposed {p.kind.value} "
+                f"{p.params or ''} because {p.reason}"))
 
 
 # Proposals that write to the target; a GitOps controller would revert each of them on its next sync.
