@@ -130,7 +130,7 @@ def replay_preflight(request: DeployRequest, inputs: Mapping[str, Any],
 def request_of(s: Scenario, fleet: Fleet) -> DeployRequest:
     step = _step(s)
     w = fleet.workload(step.workload or s.workload)
-    return DeployRequest(namespace=w.namespace, name=w.name, version=step.version, model=step.model)
+    return DeployRequest(namespace=w.namespace, name=w.name, version=step.version, model=step.model, gpus=step.gpus)
 
 
 def _step(s: Scenario) -> DeployStep:
@@ -230,6 +230,8 @@ async def _ask(app: App, token: str, req: DeployRequest, run: DeployRun) -> None
     body: dict[str, Any] = {"target": req.target, "version": req.version}
     if req.model:
         body["model"] = req.model
+    if req.gpus:
+        body["gpus"] = req.gpus
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://opsagent") as http:
         r = await http.post("/deployments", json=body, headers=auth)
         run.http_status, run.answer = r.status_code, r.json()

@@ -224,6 +224,8 @@ class DeployStep(_Strict):
     workload: str | None = Field(default=None, description="Fleet workload to deploy to; default the scenario's.")
     version: str = Field(min_length=1, max_length=63, description="The new model version (the pods' label).")
     model: str | None = Field(default=None, max_length=63, description="A different model (default: the same).")
+    gpus: int | None = Field(default=None, ge=1, le=16, description="GPUs per replica after the change "
+                             "(default: as today).")
     expect: Literal["promoted", "aborted", "refused", "patch"] = Field(
         description="promoted: every canary step passes and the version serves 100 %; aborted: the analysis "
                     "aborts it and stable serves throughout; refused: the preflight refuses with `refusal` in its "
