@@ -787,58 +787,73 @@ def test_abort_from_a_canary_progress_message_is_a_change_request_only_an_approv
     channel, ns = "C0CANARY", rfleet.workload(WORKLOAD).namespace
     stable_version = _rollout(radmin, ns)["spec"]["template"]["metadata"]["labels"][LABEL_MODEL_VERSION]
     version = GOOD if stable_version != GOOD else "2025.05.2"  # a good build: only a person stops it
-    stable_before = str((_rollout(radmin, ns).get("status") or {}).get("stableRS") or "")
-    with _bot(rsandbox, rconfig, rstate, channel) as (app, api, sim):
-        assert sim.command("U0DANA001", f"deploy {ns}/{WORKLOAD} --version {version}",
-                           channel=channel).status_code == 200
-        block = api.wait(lambda: [c for c in api.of("chat.postMessage") if c.args.get("channel") == channel
-                                  and not c.args.get("thread_ts") and buttons(c.args)],
-                         what="the deployment's change block", timeout=120)[0]
-        deploy_id = buttons(block.args)[0][1]
-        for who in (ONCALL, PLATFORM):
-            assert sim.click(who, "change_approve", deploy_id, channel, block.args["_ts"]).status_code == 200
-        progress = api.wait(lambda: [c for c in api.of("chat.postMessage") if c.args.get("thread_ts") ==
-                                     block.args["_ts"] and ("rollout_abort", f"{ns}/{WORKLOAD}") in buttons(c.args)],
-                            what="a progress message with Abort", timeout=120)[0]
-        assert ("rollout_promote", f"{ns}/{WORKLOAD}") in buttons(progress.args)
-        # Someone who is nobody in the policy clicks Abort: a change request, nothing more.
-        assert sim.click("U0MALLORY", "rollout_abort", f"{ns}/{WORKLOAD}", channel, progress.args["_ts"],
-                         block.args["_ts"]).status_code == 200
-        note = api.wait(lambda: [c for c in api.of("chat.postEphemeral") if c.args.get("user") == "U0MALLORY"],
-                        what="the clicker's note")[0]
-        assert "abort rollout" in note.args["text"] and "pending approval" in note.args["text"], note.args["text"]
-        abort_id = note.args["text"].split("`")[1]
-        abort_block = api.wait(lambda: [c for c in api.of("chat.postMessage") if abort_id in render(c.args)
-                                        and ("change_approve", abort_id) in buttons(c.args)],
-                               what="the abort's change block")[0]
-        assert abort_block.args.get("thread_ts") == block.args["_ts"], "it goes in the deployment's thread"
-        time.sleep(3)
-        assert not (_rollout(radmin, ns).get("status") or {}).get("abort"), "a click alone aborts nothing"
-        # The clicker cannot approve it either; an on-call approval carries it out.
-        assert sim.click("U0MALLORY", "change_approve", abort_id, channel, abort_block.args["_ts"],
-                         block.args["_ts"]).status_code == 200
-        refused = api.wait(lambda: [c for c in api.of("chat.postEphemeral") if c.args.get("user") == "U0MALLORY"
-                                    and "refused" in str(c.args.get("text"))], what="the refusal")[0]
-        assert abort_id in refused.args["text"]
-        assert not (_rollout(radmin, ns).get("status") or {}).get("abort")
-        assert sim.click(ONCALL, "change_approve", abort_id, channel, abort_block.args["_ts"],
-                         block.args["_ts"]).status_code == 200
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (_rollout(radmin, ns).get("status") or {}).get("abort"):
-            time.sleep(1)
-        assert (_rollout(radmin, ns).get("status") or {}).get("abort"), "the approved abort aborted the canary"
-        api.wait(lambda: "*rolled back*" in "\n".join(render(c.args) for c in api.of("chat.postMessage")
-                                                      if c.args.get("thread_ts") == block.args["_ts"]),
-                 what="the deployment's end in its thread", timeout=240)
-    app = _app(rsandbox, rconfig, rstate)
+    # A manual gate after the first step (a pause without a duration, as teams put before wider exposure):
+    # the canary waits at 10 % for a person, so the clicks below race nothing (a good build's canary can
+    # otherwise finish on its own before the abort is approved on a loaded machine).
+    custom = client.CustomObjectsApi(radmin)
+    steps = _rollout(radmin, ns)["spec"]["strategy"]["canary"]["steps"]
+
+    def set_steps(value: list[dict[str, Any]]) -> None:
+        custom.patch_namespaced_custom_object(rollouts.GROUP, rollouts.VERSION, ns, "rollouts", WORKLOAD,
+                                              {"spec": {"strategy": {"canary": {"steps": value}}}})
+
+    set_steps([steps[0], {"pause": {}}, *steps[1:]])
     try:
-        abort, deploy = app.ledger.get(abort_id), app.ledger.get(deploy_id)
-        assert abort is not None and abort.requester == "slack:U0MALLORY" and abort.status == ChangeStatus.VERIFIED
-        assert deploy is not None and deploy.status == ChangeStatus.ROLLED_BACK, deploy.status if deploy else None
-        executed = [e for e in app.audit.events() if e["kind"] == "execution" and abort_id in e["action"]]
-        assert executed, "the abort's execution is audited"
+        stable_before = str((_rollout(radmin, ns).get("status") or {}).get("stableRS") or "")
+        with _bot(rsandbox, rconfig, rstate, channel) as (app, api, sim):
+            assert sim.command("U0DANA001", f"deploy {ns}/{WORKLOAD} --version {version}",
+                               channel=channel).status_code == 200
+            block = api.wait(lambda: [c for c in api.of("chat.postMessage") if c.args.get("channel") == channel
+                                      and not c.args.get("thread_ts") and buttons(c.args)],
+                             what="the deployment's change block", timeout=120)[0]
+            deploy_id = buttons(block.args)[0][1]
+            for who in (ONCALL, PLATFORM):
+                assert sim.click(who, "change_approve", deploy_id, channel, block.args["_ts"]).status_code == 200
+            abort_button = ("rollout_abort", f"{ns}/{WORKLOAD}")
+            progress = api.wait(lambda: [c for c in api.of("chat.postMessage") if c.args.get("thread_ts") ==
+                                         block.args["_ts"] and abort_button in buttons(c.args)],
+                                what="a progress message with Abort", timeout=120)[0]
+            assert ("rollout_promote", f"{ns}/{WORKLOAD}") in buttons(progress.args)
+            # Someone who is nobody in the policy clicks Abort: a change request, nothing more.
+            assert sim.click("U0MALLORY", "rollout_abort", f"{ns}/{WORKLOAD}", channel, progress.args["_ts"],
+                             block.args["_ts"]).status_code == 200
+            note = api.wait(lambda: [c for c in api.of("chat.postEphemeral") if c.args.get("user") == "U0MALLORY"],
+                            what="the clicker's note")[0]
+            assert "abort rollout" in note.args["text"] and "pending approval" in note.args["text"], note.args["text"]
+            abort_id = note.args["text"].split("`")[1]
+            abort_block = api.wait(lambda: [c for c in api.of("chat.postMessage") if abort_id in render(c.args)
+                                            and ("change_approve", abort_id) in buttons(c.args)],
+                                   what="the abort's change block")[0]
+            assert abort_block.args.get("thread_ts") == block.args["_ts"], "it goes in the deployment's thread"
+            time.sleep(3)
+            assert not (_rollout(radmin, ns).get("status") or {}).get("abort"), "a click alone aborts nothing"
+            # The clicker cannot approve it either; an on-call approval carries it out.
+            assert sim.click("U0MALLORY", "change_approve", abort_id, channel, abort_block.args["_ts"],
+                             block.args["_ts"]).status_code == 200
+            refused = api.wait(lambda: [c for c in api.of("chat.postEphemeral") if c.args.get("user") == "U0MALLORY"
+                                        and "refused" in str(c.args.get("text"))], what="the refusal")[0]
+            assert abort_id in refused.args["text"]
+            assert not (_rollout(radmin, ns).get("status") or {}).get("abort")
+            assert sim.click(ONCALL, "change_approve", abort_id, channel, abort_block.args["_ts"],
+                             block.args["_ts"]).status_code == 200
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not (_rollout(radmin, ns).get("status") or {}).get("abort"):
+                time.sleep(1)
+            assert (_rollout(radmin, ns).get("status") or {}).get("abort"), "the approved abort aborted the canary"
+            api.wait(lambda: "*rolled back*" in "\n".join(render(c.args) for c in api.of("chat.postMessage")
+                                                          if c.args.get("thread_ts") == block.args["_ts"]),
+                     what="the deployment's end in its thread", timeout=240)
+        app = _app(rsandbox, rconfig, rstate)
+        try:
+            abort, deploy = app.ledger.get(abort_id), app.ledger.get(deploy_id)
+            assert abort is not None and abort.requester == "slack:U0MALLORY" and abort.status == ChangeStatus.VERIFIED
+            assert deploy is not None and deploy.status == ChangeStatus.ROLLED_BACK, deploy.status if deploy else None
+            executed = [e for e in app.audit.events() if e["kind"] == "execution" and abort_id in e["action"]]
+            assert executed, "the abort's execution is audited"
+        finally:
+            app.close()
+        ro = _rollout(radmin, ns)
+        assert ro["spec"]["template"]["metadata"]["labels"][LABEL_MODEL_VERSION] == stable_version
+        assert (ro.get("status") or {}).get("stableRS") == stable_before
     finally:
-        app.close()
-    ro = _rollout(radmin, ns)
-    assert ro["spec"]["template"]["metadata"]["labels"][LABEL_MODEL_VERSION] == stable_version
-    assert (ro.get("status") or {}).get("stableRS") == stable_before
+        set_steps(steps)
