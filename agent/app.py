@@ -100,6 +100,19 @@ class ProbeResult:
 EXECUTED = {ChangeStatus.EXECUTING, ChangeStatus.APPLIED, ChangeStatus.VERIFIED, ChangeStatus.ROLLED_BACK}
 
 
+def prior_changes_of(incident: Incident, changes: list[ChangeRequest]) -> list[PriorChange]:
+    """The changes executed for the incident's current firing episode.
+
+    A change made before the incident's firing alerts started belongs to an earlier episode of the same
+    group (an incident whose resolution was never delivered, firing again days later; the same alert's
+    new start time replaces the old one): it says nothing about whether this episode's remediation helped.
+    """
+    firing = [a.starts_at for a in incident.alerts if a.status == "firing"]
+    since = min(firing) if firing else None
+    return [PriorChange(action=c.spec.action.value, target=c.spec.target, status=c.status.value)
+            for c in changes if c.status in EXECUTED and (since is None or c.created_at >= since)]
+
+
 @dataclass
 class App:
     settings: Settings
@@ -286,8 +299,7 @@ class App:
         `prior_changes` are the changes already executed for the incident; by default the ledger's.
         """
         if prior_changes is None:
-            prior_changes = [PriorChange(action=c.spec.action.value, target=c.spec.target, status=c.status.value)
-                             for c in self.ledger.list_changes(incident_id=incident.id) if c.status in EXECUTED]
+            prior_changes = prior_changes_of(incident, self.ledger.list_changes(incident_id=incident.id))
         ctx = TriageContext(runner=self.triage_runner(), runbooks=self.runbooks, reasoner=self.reasoner,
                             actor=f"agent:{self.reasoner.name}", now=now,
                             extra={"cluster": self.settings.kubernetes.cluster},
