@@ -103,12 +103,14 @@ EXECUTED = {ChangeStatus.EXECUTING, ChangeStatus.APPLIED, ChangeStatus.VERIFIED,
 def prior_changes_of(incident: Incident, changes: list[ChangeRequest]) -> list[PriorChange]:
     """The changes executed for the incident's current firing episode.
 
-    A change made before the incident's firing alerts started belongs to an earlier episode of the same
-    group (an incident whose resolution was never delivered, firing again days later; the same alert's
-    new start time replaces the old one): it says nothing about whether this episode's remediation helped.
+    The episode began when the latest of its firing alerts started: an incident whose resolution was never
+    delivered can fire again days later, its old alerts still marked firing beside the new one (a sandbox
+    torn down before the resolution, a lost notification). A change made before that belongs to an
+    earlier episode and says nothing about whether this one's remediation helped. An alert that keeps
+    firing after a change keeps its start time, so a remediation that did not help still counts.
     """
     firing = [a.starts_at for a in incident.alerts if a.status == "firing"]
-    since = min(firing) if firing else None
+    since = max(firing) if firing else None
     return [PriorChange(action=c.spec.action.value, target=c.spec.target, status=c.status.value)
             for c in changes if c.status in EXECUTED and (since is None or c.created_at >= since)]
 

@@ -11,11 +11,12 @@ from agent.models import ActionKind, Alert, Incident, IncidentStatus, ObjectRef,
 T0 = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
 
 
-def _incident(starts_at: dt.datetime) -> Incident:
-    alert = Alert(fingerprint="f1", status="firing", starts_at=starts_at,
-                  labels={"alertname": "ModelServingErrorRateHigh", "namespace": "llm-prod", "severity": "critical"})
+def _incident(starts_at: dt.datetime, *stale: dt.datetime) -> Incident:
+    labels = {"alertname": "ModelServingErrorRateHigh", "namespace": "llm-prod", "severity": "critical"}
+    alerts = [Alert(fingerprint=f"f{i}", status="firing", starts_at=t, labels=labels | {"pod": f"p{i}"})
+              for i, t in enumerate([starts_at, *stale])]
     return Incident(id="inc-1", group_key="g", status=IncidentStatus.FIRING, title="t", severity=Severity.CRITICAL,
-                    labels=dict(alert.labels), alerts=[alert], created_at=T0, updated_at=starts_at)
+                    labels=labels, alerts=alerts, created_at=T0, updated_at=starts_at)
 
 
 def _rollback(created_at: dt.datetime, status: ChangeStatus = ChangeStatus.VERIFIED) -> ChangeRequest:
@@ -39,6 +40,8 @@ def test_a_rollback_of_an_earlier_episode_of_the_same_group_does_not_count() -> 
     # The group fired days ago, was rolled back, its resolution never arrived; the same alert fires again now.
     again = T0 + dt.timedelta(days=3)
     assert prior_changes_of(_incident(again), [_rollback(T0 + dt.timedelta(minutes=3))]) == []
+    # ... also when another alert of that earlier episode is still marked firing (its resolution was lost)
+    assert prior_changes_of(_incident(again, T0), [_rollback(T0 + dt.timedelta(minutes=3))]) == []
 
 
 def test_a_change_that_was_never_written_does_not_count() -> None:
