@@ -193,6 +193,7 @@ class StoredAlert:
     status: str
     ends_at: dt.datetime | None
     annotations: dict[str, str]
+    starts_at: dt.datetime | None = None  # a new start is the alert firing again: a new episode, written
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,8 @@ def fold(incoming: list[Alert], stored: Mapping[str, StoredAlert], count: int,
             added += 1
             delta += a.status == "firing"
             write.append(a)
-        elif (old.status, old.ends_at, old.annotations) != (a.status, a.ends_at, a.annotations):
+        elif (old.status, old.ends_at, old.annotations) != (a.status, a.ends_at, a.annotations) or (
+                old.starts_at is not None and old.starts_at != a.starts_at):
             delta += (a.status == "firing") - (old.status == "firing")
             write.append(a)
     return Fold(write=write, added=added, over_cap=over, firing_delta=delta)

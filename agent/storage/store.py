@@ -141,13 +141,15 @@ BEGIN
                e.v->>6 AS url, e.ord
         FROM json_array_elements(p_alerts) WITH ORDINALITY AS e(v, ord)
     ), cur AS (
-        SELECT i.*, a.status AS old_st, a.ends_at AS old_ea, a.annotations AS old_an, a.fingerprint IS NULL AS fresh
+        SELECT i.*, a.status AS old_st, a.ends_at AS old_ea, a.annotations AS old_an, a.starts_at AS old_sa,
+               a.fingerprint IS NULL AS fresh
         FROM input i LEFT JOIN incident_alerts a ON a.incident_id = v_id AND a.fingerprint = i.fp
     ), ranked AS (
         SELECT c.*,
                c.fresh AND row_number() OVER (PARTITION BY c.fresh ORDER BY c.ord) <= GREATEST(p_max - v_count, 0)
                    AS admit,
-               NOT c.fresh AND (c.old_st, c.old_ea, c.old_an) IS DISTINCT FROM (c.st, c.ea, c.an) AS upd
+               NOT c.fresh AND (c.old_st, c.old_ea, c.old_an, c.old_sa) IS DISTINCT FROM (c.st, c.ea, c.an, c.sa)
+                   AS upd
         FROM cur c
     ), w AS (
         INSERT INTO incident_alerts AS a (incident_id, fingerprint, status, labels, annotations, starts_at, ends_at,
@@ -331,7 +333,7 @@ class SqlStore(Db):
         self._latest_sql = (
             "SELECT i.id, i.group_key, i.status, i.layout, i.doc, i.created_at, i.updated_at, i.notifications, "  # noqa: S608
             "i.alerts_over_cap, i.alert_count, i.firing_count, a.fingerprint, a.status, a.ends_at, a.annotations, "
-            "i.reopened "
+            "i.reopened, a.starts_at "
             "FROM (SELECT * FROM incidents WHERE group_key = ? ORDER BY created_at DESC LIMIT 1) i "
             f"LEFT JOIN incident_alerts a ON a.incident_id = i.id AND a.fingerprint {any_of}")
         self._alerts_sql = f"SELECT incident_id, {_ALERT_COLUMNS} FROM incident_alerts WHERE incident_id {any_of}"  # noqa: S608
@@ -416,7 +418,8 @@ class SqlStore(Db):
         else:
             iid, count, firing = head[0], head[9], head[10]
             stored = {r[11]: incidents.StoredAlert(r[12], dt.datetime.fromisoformat(r[13]) if r[13] else None,
-                                                   json.loads(r[14])) for r in rows if r[11] is not None}
+                                                   json.loads(r[14]), dt.datetime.fromisoformat(r[16]))
+                      for r in rows if r[11] is not None}
             f = incidents.fold(incoming, stored, count, max_alerts)
             firing += f.firing_delta
             flapped = incidents.refires(IncidentStatus(head[2]), n)  # and not a new episode: within the window

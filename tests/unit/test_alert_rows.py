@@ -265,3 +265,15 @@ def test_intake_from_one_event_loop_then_another_and_after_a_dropped_connection(
     inc = store.incident(first.incident_id)
     assert inc is not None and [a.fingerprint for a in inc.alerts] == ["a", "b", "c", "d"]
     store.close()
+
+
+def test_an_alert_firing_again_with_a_new_start_is_written_as_a_new_episode(db_target: str) -> None:
+    # Its resolution was never delivered (a receiver down, a sandbox torn down): Alertmanager fires the same
+    # alert again hours later with a new startsAt. Triage scopes "what this episode already changed" by it.
+    store = SqlStore(db_target)
+    first = store.record_alerts(note(alert("a")), NOW)
+    later = store.record_alerts(note(alert("a", starts="2026-11-23T15:00:00Z")), NOW + dt.timedelta(hours=7))
+    assert (later.incident_id, later.changed) == (first.incident_id, True), "not a re-send"
+    inc = store.incident(first.incident_id)
+    assert inc is not None and inc.alerts[0].starts_at == dt.datetime(2026, 11, 23, 15, 0, tzinfo=dt.UTC)
+    store.close()
