@@ -88,7 +88,14 @@ def webhook() -> Iterator[WebhookReceiver]:
 def sandbox(tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver) -> Iterator[dict[str, Any]]:
     check_port_range()
     settings = SandboxSettings(dir=tmp_path_factory.mktemp("sandbox"), port_base=PORT_BASE, webhook_url=webhook.url)
-    sb = Sandbox(settings, progress=lambda m: print(f"[sandbox] {m}", flush=True))
+    yield from sandbox_lifetime(settings, tmp_path_factory, "sandbox")
+
+
+def sandbox_lifetime(settings: SandboxSettings, tmp_path_factory: pytest.TempPathFactory, label: str,
+                     must_run: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
+    """A fixture's sandbox: started in turn with the other workers', its status (with `_sandbox`) yielded,
+    stopped after, and no process of it left running."""
+    sb = Sandbox(settings, progress=lambda m: print(f"[{label}] {m}", flush=True))
     try:
         with one_start_at_a_time(tmp_path_factory):
             status = sb.up()
@@ -96,6 +103,8 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver) 
         sb.down()
         raise
     procs = sb.sup.procs()
+    missing = set(must_run) - {p.name for p in procs}
+    assert not missing, f"not run under the Supervisor: {sorted(missing)}"
     status["_sandbox"] = sb
     yield status
     sb.down()

@@ -41,10 +41,9 @@ from agent.rightsize.schedule import CronSchedule
 from deploy.sandbox import rollouts
 from deploy.sandbox.cluster import api_client
 from deploy.sandbox.fleet import LABEL_APP
-from deploy.sandbox.processes import _alive_as
-from deploy.sandbox.sandbox import Sandbox, SandboxSettings
+from deploy.sandbox.sandbox import SandboxSettings
 from tests.integration.conftest import PORT_BASE as SANDBOX_PORT_BASE
-from tests.integration.conftest import one_start_at_a_time
+from tests.integration.conftest import sandbox_lifetime
 from tests.integration.promql import query
 from tests.integration.test_rollouts import Approval
 from tests.serving import serve
@@ -64,19 +63,7 @@ CLICKER = "U0DANA001"  # dana on Slack: not an approver, so bob and alice can ap
 def msandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     settings = SandboxSettings(dir=tmp_path_factory.mktemp("moves-sandbox"), port_base=PORT_BASE, rollouts=True,
                                history_days=0.5, webhook_url=f"http://127.0.0.1:{PORT_BASE + 99}/alertmanager")
-    sb = Sandbox(settings, progress=lambda m: print(f"[moves-sandbox] {m}", flush=True))
-    try:
-        with one_start_at_a_time(tmp_path_factory):
-            status = sb.up()
-    except Exception:
-        sb.down()
-        raise
-    procs = sb.sup.procs()
-    status["_sandbox"] = sb
-    yield status
-    sb.down()
-    left = [f"{p.name} (pid {p.pid})" for p in procs if _alive_as(p)]
-    assert not left, f"processes left running after sandbox down: {left}"
+    yield from sandbox_lifetime(settings, tmp_path_factory, "moves-sandbox")
 
 
 @pytest.fixture(scope="module")
