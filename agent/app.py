@@ -407,7 +407,8 @@ def build_app(settings: Settings, *, reasoner: Reasoner | None = None) -> App:
     audit = AuditLog(audit_target(settings), audit_key(settings), sinks,
                      checkpoint_every=settings.audit.checkpoint_every)
     policy = load_policy(_policy_file(settings.policies_dir))
-    store = open_store(settings.store_url, pool_size=settings.store.pool_size)
+    store = open_store(settings.store_url, pool_size=settings.store.pool_size,
+                       fold_window_s=settings.server.fold_window_s)
     return App(settings=settings, store=store, runbooks=load_dir(settings.runbooks_dir), policy=policy,
                ledger=Ledger(_shared_or(settings, settings.state_dir / "ledger.db")), audit=audit,
                tools=default_tools(), clients=build_clients(settings),

@@ -116,6 +116,11 @@ class ServerConfig(_Group):
     max_alerts_per_incident: int = Field(default=1000, ge=1, le=100_000, description="New alerts beyond this "
                                          "are counted, not stored: one group cannot grow an incident (and every "
                                          "brief and report) without bound.")
+    fold_window_s: float = Field(default=600, ge=0, le=86400, description="A new Alertmanager group whose firing "
+                                 "alerts all name one workload (namespace and deployment, rollout, model_name or "
+                                 "model label) joins that workload's open incident when its current episode "
+                                 "started within this many seconds of them: one incident for one cause when the "
+                                 "route groups by alertname. Alerts naming no workload never join another group.")
     retriage_debounce_s: float = Field(default=10, ge=0, le=3600, description="An incident re-triages at most "
                                        "once per this many seconds; deliveries meanwhile fold into one run.")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20, description="Larger request bodies get "

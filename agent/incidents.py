@@ -27,6 +27,12 @@ ZERO_TIME = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
 # its threshold, a fault on a timer), not a new episode: it reopens its incident, so one cause gets one
 # triage and at most one change, however often the alert bounces.
 FLAP_WINDOW = dt.timedelta(minutes=30)
+# A new group whose alerts name the workload of an open incident whose current episode started within this
+# long of them joins that incident (server.fold_window_s): one broken rollout pages once, however the
+# receiver's route groups its alerts (Alertmanager configs often group by alertname).
+FOLD_WINDOW = dt.timedelta(minutes=10)
+# The labels that name a workload, in this order: the first present (with `namespace`) identifies it.
+WORKLOAD_LABELS = ("deployment", "rollout", "model_name", "model")
 
 
 class IntakeError(ValueError):
@@ -131,6 +137,37 @@ def alerts_of(n: Notification) -> list[Alert]:
     return [Alert.model_construct(fingerprint=fingerprint_of(a), status=a.status, labels=a.labels,
                                   annotations=a.annotations, starts_at=a.startsAt, ends_at=ends_of(a),
                                   generator_url=a.generatorURL) for a in n.alerts]
+
+
+def workload_of_labels(labels: Mapping[str, str]) -> str | None:
+    """The workload an alert's labels name, `namespace/name`: `namespace` and the first of WORKLOAD_LABELS
+    present (non-empty). None without both: a node, a pod or a cluster-wide alert names no workload."""
+    ns = labels.get("namespace")
+    if not ns:
+        return None
+    for key in WORKLOAD_LABELS:
+        if name := labels.get(key):
+            return f"{ns}/{name}"
+    return None
+
+
+def workload_of(n: Notification) -> str | None:
+    """The one workload every firing alert of `n` names; None when one names none or two differ. Only a
+    group with a workload joins another group's incident (`server.fold_window_s`)."""
+    found = {workload_of_labels(a.labels) for a in n.alerts if a.status == "firing"}
+    return found.pop() if len(found) == 1 else None
+
+
+def first_firing_start(n: Notification) -> dt.datetime | None:
+    """When the earliest firing alert of `n` started (None when none fires)."""
+    starts = [a.startsAt for a in n.alerts if a.status == "firing"]
+    return min(starts) if starts else None
+
+
+def within_fold_window(episode_start: dt.datetime, start: dt.datetime, window: dt.timedelta) -> bool:
+    """Whether alerts starting at `start` belong to an incident whose current episode (its latest firing
+    alert) started at `episode_start`: they started within `window` of it, before or after."""
+    return abs(start - episode_start) <= window
 
 
 def incident_id(group_key: str, first_start: dt.datetime) -> str:
@@ -239,11 +276,12 @@ def fold(incoming: list[Alert], stored: Mapping[str, StoredAlert], count: int,
 
 
 def assemble(*, id: str, group_key: str, firing: int, alerts: list[Alert], created_at: dt.datetime,
-             updated_at: dt.datetime, notifications: int, alerts_over_cap: int, reopened: int = 0) -> Incident:
+             updated_at: dt.datetime, notifications: int, alerts_over_cap: int, reopened: int = 0,
+             folded_groups: list[str] | None = None) -> Incident:
     """The incident as readers see it: title, severity and common labels derived from its alerts."""
     alerts = sorted(alerts, key=lambda a: a.fingerprint)
     common = _common_labels(alerts)
     return Incident(id=id, group_key=group_key, status=IncidentStatus.FIRING if firing else IncidentStatus.RESOLVED,
                     title=_title(alerts, common), severity=_severity(alerts), labels=common, alerts=alerts,
                     created_at=created_at, updated_at=updated_at, notifications=notifications,
-                    alerts_over_cap=alerts_over_cap, reopened=reopened)
+                    alerts_over_cap=alerts_over_cap, reopened=reopened, folded_groups=folded_groups or [])

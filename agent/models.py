@@ -57,7 +57,8 @@ class Alert(_Model):
 
 
 class Incident(_Model):
-    """Alerts that belong together (one Alertmanager group), with the state of their triage."""
+    """Alerts that belong together (one Alertmanager group, and the groups folded in that name the same
+    workload), with the state of their triage."""
 
     id: str
     group_key: str
@@ -73,6 +74,9 @@ class Incident(_Model):
                                  "held server.max_alerts_per_incident.")
     reopened: int = Field(default=0, description="Times the group resolved and fired again within the flap "
                                                  "window (incidents.FLAP_WINDOW): a flapping alert, one incident.")
+    folded_groups: list[str] = Field(default_factory=list, description="Other Alertmanager groups whose alerts "
+                                     "named this incident's workload while it was open (server.fold_window_s), "
+                                     "folded in: one incident for one cause, however the route groups alerts.")
 
 
 class EvidenceStatus(enum.StrEnum):

@@ -46,11 +46,21 @@ CREATE TABLE IF NOT EXISTS incidents (
     alerts_over_cap INTEGER NOT NULL DEFAULT 0,
     alert_count INTEGER NOT NULL DEFAULT 0,
     firing_count INTEGER NOT NULL DEFAULT 0,
-    reopened INTEGER NOT NULL DEFAULT 0  -- re-fired within incidents.FLAP_WINDOW of resolving: flapping
+    reopened INTEGER NOT NULL DEFAULT 0,  -- re-fired within incidents.FLAP_WINDOW of resolving: flapping
+    workload TEXT  -- `namespace/name` its opening group's alerts name (incidents.workload_of); NULL: none
 );
 -- At most one open incident per Alertmanager group.
 CREATE UNIQUE INDEX IF NOT EXISTS incidents_open_group ON incidents(group_key) WHERE status = 'firing';
 CREATE INDEX IF NOT EXISTS incidents_group ON incidents(group_key, created_at);
+-- Other Alertmanager groups folded into an incident (their alerts named its workload while it was open,
+-- within the fold window): their next deliveries go to it, as its own group's do. `joined_at` orders a
+-- group's incidents with those it opened itself (created_at), so a group's latest incident is one lookup.
+CREATE TABLE IF NOT EXISTS incident_groups (
+    group_key TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    joined_at TEXT NOT NULL,
+    PRIMARY KEY (group_key, incident_id)
+);
 -- One row per alert of an incident, upserted per delivery: a delivery writes what changed, never the
 -- whole incident again. Written only by record_alerts, under the group's lock.
 CREATE TABLE IF NOT EXISTS incident_alerts (
@@ -100,9 +110,25 @@ CREATE TABLE IF NOT EXISTS leases (
 # group, find its latest incident, upsert the new alerts (up to the cap) and the changed ones, update the header.
 # The alerts come as one JSON array of rows (one parameter to encode, parsed by the server), in body order.
 # Alerts compare by their stored text (annotations as sorted JSON, times in UTC), so equal means equal.
-PG_FUNCTIONS = """CREATE OR REPLACE FUNCTION opsagent_record_alerts(
+PG_FUNCTIONS = """-- Intake's advisory locks, taken in one order (their hash) whatever order they are named in: a
+-- delivery holds its group's and its workload's, a batch all of its deliveries', so no two transactions wait
+-- on each other in a cycle. NULL keys (no workload) are skipped; a key already held is taken again at once.
+CREATE OR REPLACE FUNCTION opsagent_lock_keys(p_keys text[]) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    k bigint;
+BEGIN
+    FOR k IN SELECT DISTINCT hashtextextended(x.key, 0) AS h FROM unnest(p_keys) AS x(key)
+             WHERE x.key IS NOT NULL ORDER BY h
+    LOOP
+        PERFORM pg_advisory_xact_lock(k);
+    END LOOP;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION opsagent_record_alerts(
     p_group text, p_status text, p_new_id text, p_now text, p_max integer, p_alerts json,
-    p_flap_s double precision)
+    p_flap_s double precision, p_workload text, p_start text, p_fold_s double precision)
 RETURNS TABLE (incident_id text, status text, changed boolean, opened boolean, legacy boolean)
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -110,12 +136,18 @@ DECLARE
     found_head boolean;
     is_new boolean;
     flapped boolean := false;
+    v_fold text;
     v_id text; v_count integer := 0; v_firing integer := 0;
     n_added integer; n_over integer; n_upd integer; d_firing integer;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtextextended('incident-group:' || p_group, 0));
-    -- A new statement, so a new snapshot: it sees what the previous holder of the lock committed.
-    SELECT * INTO h FROM incidents i WHERE i.group_key = p_group ORDER BY i.created_at DESC LIMIT 1;
+    PERFORM opsagent_lock_keys(ARRAY['incident-group:' || p_group, 'incident-workload:' || p_workload]);
+    -- A new statement, so a new snapshot: it sees what the previous holder of the lock committed. The group's
+    -- latest incident: one it opened, or one it was folded into.
+    SELECT * INTO h FROM incidents i WHERE i.id = (
+        SELECT g.id FROM (SELECT x.id, x.created_at AS at FROM incidents x WHERE x.group_key = p_group
+                          UNION ALL
+                          SELECT f.incident_id, f.joined_at FROM incident_groups f WHERE f.group_key = p_group) g
+        ORDER BY g.at DESC LIMIT 1);
     found_head := FOUND;
     IF found_head AND h.layout = 1 THEN  -- written by an older replica: the caller moves it to rows
         RETURN QUERY SELECT h.id, h.status, false, false, true;
@@ -127,6 +159,22 @@ BEGIN
         is_new := NOT flapped;
     ELSE
         is_new := NOT found_head;
+    END IF;
+    -- A new incident's alerts that name the workload of an open incident whose current episode (its latest
+    -- firing alert) started within the fold window of them join it instead (incidents.workload_of).
+    IF is_new AND p_workload IS NOT NULL AND p_start IS NOT NULL THEN
+        SELECT c.id INTO v_fold FROM incidents c
+        WHERE c.workload = p_workload AND c.status = 'firing' AND c.layout = 2
+          AND abs(extract(epoch FROM (SELECT max(a.starts_at::timestamptz) FROM incident_alerts a
+                                      WHERE a.incident_id = c.id AND a.status = 'firing') - p_start::timestamptz))
+              <= p_fold_s
+        ORDER BY c.created_at DESC LIMIT 1;
+        IF v_fold IS NOT NULL THEN
+            SELECT * INTO h FROM incidents i WHERE i.id = v_fold;
+            is_new := false; flapped := false;
+            INSERT INTO incident_groups AS g (group_key, incident_id, joined_at) VALUES (p_group, v_fold, p_now)
+            ON CONFLICT ON CONSTRAINT incident_groups_pkey DO NOTHING;
+        END IF;
     END IF;
     IF is_new THEN
         v_id := p_new_id;
@@ -167,13 +215,13 @@ BEGIN
     v_firing := v_firing + d_firing;
     IF is_new THEN
         INSERT INTO incidents AS i (id, group_key, status, doc, created_at, updated_at, layout, notifications,
-                                    alerts_over_cap, alert_count, firing_count)
+                                    alerts_over_cap, alert_count, firing_count, workload)
         VALUES (v_id, p_group, CASE WHEN v_firing > 0 THEN 'firing' ELSE 'resolved' END, '{}', p_now, p_now, 2, 1,
-                n_over, n_added, v_firing)
+                n_over, n_added, v_firing, p_workload)
         ON CONFLICT (id) DO UPDATE SET status = excluded.status, doc = excluded.doc,
             created_at = excluded.created_at, updated_at = excluded.updated_at, layout = 2, notifications = 1,
             alerts_over_cap = excluded.alerts_over_cap, alert_count = excluded.alert_count,
-            firing_count = excluded.firing_count, reopened = 0;
+            firing_count = excluded.firing_count, reopened = 0, workload = excluded.workload;
     ELSE
         UPDATE incidents i SET status = CASE WHEN v_firing > 0 THEN 'firing' ELSE 'resolved' END,
             updated_at = CASE WHEN n_added + n_upd > 0 THEN p_now ELSE i.updated_at END,
@@ -188,9 +236,10 @@ END
 $fn$;
 
 -- Several deliveries in one transaction (group commit, agent/storage/groupcommit.py): each item is
--- [group, status, new incident id, now, max alerts, alerts] and goes through opsagent_record_alerts, so both
--- fold alike. Items are taken in the order of their groups' lock keys (then arrival), so two batches that
--- share groups take the locks in one order and never deadlock; a group's deliveries keep their order.
+-- [group, status, new incident id, now, max alerts, alerts, workload, first firing start, fold window s] and
+-- goes through opsagent_record_alerts, so both fold alike. Every lock of the batch (its groups' and
+-- workloads') is taken first, in one order, so two batches, or a batch and a delivery, never deadlock. Items
+-- then run in the order of their groups' lock keys (then arrival); a group's deliveries keep their order.
 -- Each call's statements take a new snapshot, so an item sees what an earlier lock holder committed.
 CREATE OR REPLACE FUNCTION opsagent_record_batch(p_items json, p_flap_s double precision)
 RETURNS TABLE (ord integer, incident_id text, status text, changed boolean, opened boolean, legacy boolean)
@@ -198,13 +247,19 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
     it record;
 BEGIN
+    PERFORM opsagent_lock_keys(ARRAY(
+        SELECT k.key FROM json_array_elements(p_items) AS e(v),
+               LATERAL (VALUES ('incident-group:' || (e.v->>0)), ('incident-workload:' || (e.v->>6)))
+                   AS k(key)));
     FOR it IN SELECT e.ord::integer AS n, e.v->>0 AS grp, e.v->>1 AS st, e.v->>2 AS new_id, e.v->>3 AS now_at,
-                     (e.v->>4)::integer AS max_alerts, e.v->5 AS alerts
+                     (e.v->>4)::integer AS max_alerts, e.v->5 AS alerts, e.v->>6 AS workload, e.v->>7 AS start_at,
+                     (e.v->>8)::double precision AS fold_s
               FROM json_array_elements(p_items) WITH ORDINALITY AS e(v, ord)
               ORDER BY hashtextextended('incident-group:' || (e.v->>0), 0), e.ord
     LOOP
         RETURN QUERY SELECT it.n, r.* FROM opsagent_record_alerts(it.grp, it.st, it.new_id, it.now_at, it.max_alerts,
-                                                                  it.alerts, p_flap_s) r;
+                                                                  it.alerts, p_flap_s, it.workload, it.start_at,
+                                                                  it.fold_s) r;
     END LOOP;
 END
 $fn$;
@@ -267,7 +322,8 @@ _UPSERT_ALERT = (
 _COLUMNS_ADDED = (  # to an `incidents` table created before alerts became rows
     ("layout", "INTEGER NOT NULL DEFAULT 1"), ("notifications", "INTEGER NOT NULL DEFAULT 1"),
     ("alerts_over_cap", "INTEGER NOT NULL DEFAULT 0"), ("alert_count", "INTEGER NOT NULL DEFAULT 0"),
-    ("firing_count", "INTEGER NOT NULL DEFAULT 0"), ("reopened", "INTEGER NOT NULL DEFAULT 0"))
+    ("firing_count", "INTEGER NOT NULL DEFAULT 0"), ("reopened", "INTEGER NOT NULL DEFAULT 0"),
+    ("workload", "TEXT"))
 
 
 def _migrate(c: Conn, postgres: bool) -> None:
@@ -280,6 +336,9 @@ def _migrate(c: Conn, postgres: bool) -> None:
     for name, decl in _COLUMNS_ADDED:
         if name not in have:
             c.execute(f"ALTER TABLE incidents ADD COLUMN {name} {decl}")
+    # After the columns: a table from before `workload` gets it above first. The open incidents of a workload,
+    # which a new group's alerts may join.
+    c.execute("CREATE INDEX IF NOT EXISTS incidents_open_workload ON incidents(workload) WHERE status = 'firing'")
     for (doc,) in c.execute("SELECT doc FROM incidents WHERE layout = 1").fetchall():
         _to_rows(c, Incident.model_validate_json(doc))
 
@@ -320,9 +379,15 @@ def _alert(row: Sequence[Any]) -> Alert:
 class SqlStore(Db):
     """The store on SQLite (a file, one writer at a time) or Postgres (shared by replicas)."""
 
-    def __init__(self, target: Path | str, *, pool_size: int = 8, intake_batches: int = 2) -> None:
+    def __init__(self, target: Path | str, *, pool_size: int = 8, intake_batches: int = 2,
+                 fold_window_s: float = incidents.FOLD_WINDOW.total_seconds()) -> None:
         """`intake_batches`: on Postgres, how many group-committed batches of deliveries may be in flight at
-        once (each on a connection of its own, out of `pool_size`)."""
+        once (each on a connection of its own, out of `pool_size`). `fold_window_s`: a new group whose alerts
+        name the workload of an open incident whose current episode started within this long of them joins
+        it (`server.fold_window_s`; 0 still folds alerts that started at the same instant)."""
+        if fold_window_s < 0:
+            raise ValueError(f"fold_window_s must be >= 0, not {fold_window_s}")
+        self.fold_window = dt.timedelta(seconds=fold_window_s)
         super().__init__(target, SCHEMA, SCHEMA + PG_FUNCTIONS, pool_size=pool_size, migrate=_migrate)
         # Deliveries arriving together on the event loop share one statement and one commit (Postgres).
         self.intake: GroupCommit[bytes, Recorded | None] = GroupCommit(
@@ -330,13 +395,18 @@ class SqlStore(Db):
         # The incoming fingerprints are one parameter (a Postgres array; a JSON array on SQLite), so the
         # statement's text, and Postgres's prepared plan for it, is the same whatever their number.
         any_of = "= ANY(?)" if self.postgres else "IN (SELECT value FROM json_each(?))"
-        self._latest_sql = (
-            "SELECT i.id, i.group_key, i.status, i.layout, i.doc, i.created_at, i.updated_at, i.notifications, "  # noqa: S608
-            "i.alerts_over_cap, i.alert_count, i.firing_count, a.fingerprint, a.status, a.ends_at, a.annotations, "
-            "i.reopened, a.starts_at "
-            "FROM (SELECT * FROM incidents WHERE group_key = ? ORDER BY created_at DESC LIMIT 1) i "
-            f"LEFT JOIN incident_alerts a ON a.incident_id = i.id AND a.fingerprint {any_of}")
+        # A group's latest incident: the latest it opened or was folded into (incident_groups).
+        head = ("SELECT i.id, i.group_key, i.status, i.layout, i.doc, i.created_at, i.updated_at, "  # noqa: S608
+                "i.notifications, i.alerts_over_cap, i.alert_count, i.firing_count, a.fingerprint, a.status, "
+                "a.ends_at, a.annotations, i.reopened, a.starts_at FROM (SELECT * FROM incidents WHERE id = ({})) i "
+                f"LEFT JOIN incident_alerts a ON a.incident_id = i.id AND a.fingerprint {any_of}")
+        self._latest_sql = head.format(
+            "SELECT g.id FROM (SELECT id, created_at AS at FROM incidents WHERE group_key = ? UNION ALL "
+            "SELECT incident_id, joined_at FROM incident_groups WHERE group_key = ?) g ORDER BY g.at DESC LIMIT 1")
+        self._head_sql = head.format("?")  # the same, of one incident by id
         self._alerts_sql = f"SELECT incident_id, {_ALERT_COLUMNS} FROM incident_alerts WHERE incident_id {any_of}"  # noqa: S608
+        self._groups_sql = ("SELECT incident_id, group_key FROM incident_groups "  # noqa: S608
+                            f"WHERE incident_id {any_of} ORDER BY joined_at, group_key")
 
     def record_alerts(self, n: incidents.Notification, now: dt.datetime,
                       max_alerts: int = incidents.MAX_ALERTS_PER_INCIDENT) -> Recorded:
@@ -346,7 +416,8 @@ class SqlStore(Db):
         never the incident's other alerts. On Postgres that is one statement (`opsagent_record_alerts`): one
         round trip per delivery, whatever the incident's size."""
         if self.postgres:
-            rec = _recorded(self._conn.execute(_RECORD_SQL, _record_args(n, now, max_alerts)).fetchone())
+            rec = _recorded(self._conn.execute(_RECORD_SQL, _record_args(n, now, max_alerts,
+                                                                         self.fold_window)).fetchone())
             if rec is not None:
                 return rec
         return self._record_tx(n, now, max_alerts)
@@ -357,7 +428,7 @@ class SqlStore(Db):
         loop itself (no thread); SQLite's in a thread."""
         if self.postgres:
             # Committed with the other deliveries in flight on this loop (group commit); answered after the commit.
-            rec = await self.intake.submit(_delivery(n, now, max_alerts))
+            rec = await self.intake.submit(_delivery(n, now, max_alerts, self.fold_window))
             if rec is not None:
                 return rec
         return await asyncio.to_thread(self._record_tx, n, now, max_alerts)
@@ -380,7 +451,8 @@ class SqlStore(Db):
 
     def _record_tx(self, n: incidents.Notification, now: dt.datetime, max_alerts: int) -> Recorded:
         with self._tx() as c:  # SQLite; and on Postgres an incident an older replica wrote
-            self._serialize(c, f"incident-group:{n.groupKey}")
+            if self.postgres:  # the keys the Postgres function takes, in its order (SQLite: one writer anyway)
+                c.execute("SELECT opsagent_lock_keys(?)", (_lock_keys(n),))
             return self._record(c, n, now, max_alerts)
 
     def record_notification(self, n: incidents.Notification, now: dt.datetime,
@@ -399,8 +471,19 @@ class SqlStore(Db):
             _to_rows(c, Incident.model_validate_json(rows[0][4]))
             rows = self._latest_of_group(c, n.groupKey, fps)
         head = rows[0] if rows else None
-        if head is None or incidents.opens_new_incident(IncidentStatus(head[2]), dt.datetime.fromisoformat(head[6]),
-                                                        n, now):
+        workload = incidents.workload_of(n)
+        is_new = head is None or incidents.opens_new_incident(IncidentStatus(head[2]),
+                                                              dt.datetime.fromisoformat(head[6]), n, now)
+        flapped = not is_new and head is not None and incidents.refires(IncidentStatus(head[2]), n)
+        if is_new and workload is not None:
+            # Alerts naming the workload of an open incident whose episode started near theirs join it.
+            target = self._fold_target(c, workload, n)
+            if target is not None:
+                c.execute("INSERT INTO incident_groups (group_key, incident_id, joined_at) VALUES (?,?,?) "
+                          "ON CONFLICT (group_key, incident_id) DO NOTHING", (n.groupKey, target, now.isoformat()))
+                rows = c.execute(self._head_sql, (target, self._array(fps))).fetchall()
+                head, is_new, flapped = rows[0], False, False
+        if is_new:
             f = incidents.fold(incoming, {}, 0, max_alerts)
             iid = incidents.incident_id(n.groupKey, min(a.starts_at for a in incoming))
             if head is not None and head[0] == iid:  # the same episode re-opened: start it afresh
@@ -408,37 +491,51 @@ class SqlStore(Db):
             firing = f.firing_delta
             c.execute(
                 "INSERT INTO incidents (id, group_key, status, doc, created_at, updated_at, layout, notifications, "
-                "alerts_over_cap, alert_count, firing_count) VALUES (?,?,?,'{}',?,?,2,1,?,?,?) "
+                "alerts_over_cap, alert_count, firing_count, workload) VALUES (?,?,?,'{}',?,?,2,1,?,?,?,?) "
                 "ON CONFLICT (id) DO UPDATE SET status = excluded.status, doc = excluded.doc, "
                 "created_at = excluded.created_at, updated_at = excluded.updated_at, layout = 2, notifications = 1, "
                 "alerts_over_cap = excluded.alerts_over_cap, alert_count = excluded.alert_count, "
-                "firing_count = excluded.firing_count, reopened = 0",
-                (iid, n.groupKey, _status(firing), now.isoformat(), now.isoformat(), f.over_cap, f.added, firing))
-            opened = True
+                "firing_count = excluded.firing_count, reopened = 0, workload = excluded.workload",
+                (iid, n.groupKey, _status(firing), now.isoformat(), now.isoformat(), f.over_cap, f.added, firing,
+                 workload))
         else:
+            assert head is not None
             iid, count, firing = head[0], head[9], head[10]
             stored = {r[11]: incidents.StoredAlert(r[12], dt.datetime.fromisoformat(r[13]) if r[13] else None,
                                                    json.loads(r[14]), dt.datetime.fromisoformat(r[16]))
                       for r in rows if r[11] is not None}
             f = incidents.fold(incoming, stored, count, max_alerts)
             firing += f.firing_delta
-            flapped = incidents.refires(IncidentStatus(head[2]), n)  # and not a new episode: within the window
             c.execute(
                 "UPDATE incidents SET status = ?, updated_at = ?, notifications = notifications + 1, "
                 "alerts_over_cap = alerts_over_cap + ?, alert_count = alert_count + ?, firing_count = ?, "
                 "reopened = reopened + ? WHERE id = ?",
                 (_status(firing), now.isoformat() if f.changed else head[6], f.over_cap, f.added, firing,
                  int(flapped), iid))
-            opened = False
         if f.write:
             c.executemany(_UPSERT_ALERT, [_alert_row(iid, a) for a in f.write])
-        return Recorded(incident_id=iid, status=IncidentStatus(_status(firing)), changed=opened or f.changed,
-                        opened=opened)
+        return Recorded(incident_id=iid, status=IncidentStatus(_status(firing)), changed=is_new or f.changed,
+                        opened=is_new)
+
+    def _fold_target(self, c: Conn, workload: str, n: incidents.Notification) -> str | None:
+        """The open incident of `workload` whose current episode (its latest firing alert) started within the
+        fold window of `n`'s first firing alert, the latest opened of them; None when there is none."""
+        start = incidents.first_firing_start(n)
+        if start is None:
+            return None
+        for iid, latest in c.execute(
+                "SELECT i.id, max(a.starts_at) FROM incidents i JOIN incident_alerts a ON a.incident_id = i.id "
+                "AND a.status = 'firing' WHERE i.workload = ? AND i.status = 'firing' AND i.layout = 2 "
+                "GROUP BY i.id, i.created_at ORDER BY i.created_at DESC", (workload,)).fetchall():
+            # starts_at is UTC ISO text (_alert_row), which sorts as the times do
+            if incidents.within_fold_window(dt.datetime.fromisoformat(latest), start, self.fold_window):
+                return str(iid)
+        return None
 
     def _latest_of_group(self, c: Conn, group_key: str, fps: list[str]) -> list[Any]:
         """The group's latest incident's header, joined with its stored alerts among `fps` (one row each;
         one row with NULL alert columns when it has none of them; no row when the group has no incident)."""
-        return c.execute(self._latest_sql, (group_key, self._array(fps))).fetchall()
+        return c.execute(self._latest_sql, (group_key, group_key, self._array(fps))).fetchall()
 
     def _array(self, values: list[str]) -> list[str] | str:
         return values if self.postgres else json.dumps(values)
@@ -448,9 +545,12 @@ class SqlStore(Db):
         heads = c.execute(f"SELECT {_HEADER} FROM incidents {where}", params).fetchall()  # noqa: S608 (`where` is ours)
         ids = [h[0] for h in heads if h[3] != 1]
         alerts: dict[str, list[Alert]] = {i: [] for i in ids}
+        folded: dict[str, list[str]] = {i: [] for i in ids}
         if ids:
             for r in c.execute(self._alerts_sql, (self._array(ids),)):
                 alerts[r[0]].append(_alert(r[1:]))
+            for iid, group in c.execute(self._groups_sql, (self._array(ids),)):
+                folded[iid].append(group)
         out = []
         for iid, group_key, _, layout, doc, created, updated, notifications, over, _count, firing, reopened in heads:
             if layout == 1:  # written by an older replica after this one opened the store
@@ -459,7 +559,7 @@ class SqlStore(Db):
             out.append(incidents.assemble(
                 id=iid, group_key=group_key, firing=firing, alerts=alerts[iid],
                 created_at=dt.datetime.fromisoformat(created), updated_at=dt.datetime.fromisoformat(updated),
-                notifications=notifications, alerts_over_cap=over, reopened=reopened))
+                notifications=notifications, alerts_over_cap=over, reopened=reopened, folded_groups=folded[iid]))
         return out
 
     def incident(self, incident_id: str) -> Incident | None:
@@ -557,14 +657,15 @@ class SqlStore(Db):
 SqliteStore = SqlStore  # the name the single-replica code and tests grew up with
 
 
-def open_store(url: str, *, pool_size: int = 8) -> Store:
+def open_store(url: str, *, pool_size: int = 8,
+               fold_window_s: float = incidents.FOLD_WINDOW.total_seconds()) -> Store:
     """Open the store named by `store.url`: `sqlite:///path/to/file.db` (default), `sqlite://:memory:`
     or `postgresql://user@host:port/db` (libpq URL; several replicas share it). `pool_size`: Postgres
-    connections this process keeps (`store.pool_size`)."""
-    return SqlStore(db_target(url), pool_size=pool_size)
+    connections this process keeps (`store.pool_size`); `fold_window_s`: `server.fold_window_s`."""
+    return SqlStore(db_target(url), pool_size=pool_size, fold_window_s=fold_window_s)
 
 
-_RECORD_SQL = "SELECT * FROM opsagent_record_alerts(?, ?, ?, ?, ?, ?::json, ?)"
+_RECORD_SQL = "SELECT * FROM opsagent_record_alerts(?, ?, ?, ?, ?, ?::json, ?, ?, ?, ?)"
 _RECORD_BATCH_SQL = "SELECT * FROM opsagent_record_batch(?::json, ?)"
 _FLAP_S = incidents.FLAP_WINDOW.total_seconds()
 
@@ -581,16 +682,32 @@ def _rows(n: incidents.Notification) -> tuple[list[tuple[str, str, str, str, str
     return list(rows.values()), incidents.incident_id(n.groupKey, min(a.startsAt for a in n.alerts))
 
 
-def _record_args(n: incidents.Notification, now: dt.datetime, max_alerts: int) -> tuple[Any, ...]:
+def _fold_args(n: incidents.Notification, window: dt.timedelta) -> tuple[str | None, str | None, float]:
+    """What the Postgres function folds across groups by: the workload `n` names, when its first firing alert
+    started (UTC), the window in seconds."""
+    start = incidents.first_firing_start(n)
+    return incidents.workload_of(n), _utc(start) if start else None, window.total_seconds()
+
+
+def _lock_keys(n: incidents.Notification) -> list[str | None]:
+    """The advisory locks a delivery holds (`opsagent_lock_keys`): its group's, and its workload's."""
+    workload = incidents.workload_of(n)
+    return [f"incident-group:{n.groupKey}", f"incident-workload:{workload}" if workload else None]
+
+
+def _record_args(n: incidents.Notification, now: dt.datetime, max_alerts: int,
+                 window: dt.timedelta) -> tuple[Any, ...]:
     rows, new_id = _rows(n)
-    return (n.groupKey, n.status, new_id, now.isoformat(), max_alerts, json.dumps(rows), _FLAP_S)
+    return (n.groupKey, n.status, new_id, now.isoformat(), max_alerts, json.dumps(rows), _FLAP_S,
+            *_fold_args(n, window))
 
 
-def _delivery(n: incidents.Notification, now: dt.datetime, max_alerts: int) -> bytes:
+def _delivery(n: incidents.Notification, now: dt.datetime, max_alerts: int, window: dt.timedelta) -> bytes:
     """One item of `opsagent_record_batch`, encoded here so a value JSON cannot hold fails its own request."""
     rows, new_id = _rows(n)
     try:
-        return orjson.dumps([n.groupKey, n.status, new_id, now.isoformat(), max_alerts, rows])
+        return orjson.dumps([n.groupKey, n.status, new_id, now.isoformat(), max_alerts, rows,
+                             *_fold_args(n, window)])
     except orjson.JSONEncodeError as e:  # a lone surrogate in the group key or a fingerprint
         raise incidents.IntakeError(f"the notification holds text that is not valid Unicode: {e}") from e
 
