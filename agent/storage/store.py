@@ -139,8 +139,16 @@ DECLARE
     v_fold text;
     v_id text; v_count integer := 0; v_firing integer := 0;
     n_added integer; n_over integer; n_upd integer; d_firing integer;
+    k_group bigint := hashtextextended('incident-group:' || p_group, 0);
+    k_load bigint := hashtextextended('incident-workload:' || p_workload, 0);
 BEGIN
-    PERFORM opsagent_lock_keys(ARRAY['incident-group:' || p_group, 'incident-workload:' || p_workload]);
+    -- The group's lock and the workload's, in the order opsagent_lock_keys takes them (inline: no query).
+    IF k_load IS NULL OR k_load = k_group THEN
+        PERFORM pg_advisory_xact_lock(k_group);
+    ELSE
+        PERFORM pg_advisory_xact_lock(least(k_group, k_load));
+        PERFORM pg_advisory_xact_lock(greatest(k_group, k_load));
+    END IF;
     -- A new statement, so a new snapshot: it sees what the previous holder of the lock committed. The group's
     -- latest incident: one it opened, or one it was folded into.
     SELECT * INTO h FROM incidents i WHERE i.id = (
