@@ -372,6 +372,47 @@ def test_a_surge_on_a_timer_makes_its_alert_resolve_and_fire_again_and_stays_one
         store.close()
 
 
+def test_a_bad_rollouts_error_and_latency_alerts_come_in_two_groups_and_make_one_incident(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver,
+        tmp_path: Any) -> None:
+    """The sandbox's route groups by alertname (deploy/sandbox/monitoring.py), as many real ones do: one bad
+    rollout pages twice. The intake folds the second group into the first one's incident (ticket-206)."""
+    w = fleet.workload(fleet.faults["bad-rollout"]["workload"])
+    names = {"ModelServingErrorRateHigh", "ModelServingTTFTHigh"}
+    t0 = time.time()
+    faults.inject(admin, fleet, "bad-rollout")
+
+    def firing_groups() -> dict[str, str]:
+        """alertname → the group key of its first firing notification for the workload since the injection."""
+        out: dict[str, str] = {}
+        for n in list(webhook.notifications):
+            for a in n.alerts():
+                if (n.received_at >= t0 and a["status"] == "firing" and a["labels"].get("alertname") in names
+                        and a["labels"].get("namespace") == w.namespace):
+                    out.setdefault(a["labels"]["alertname"], n.body["groupKey"])
+        return out
+
+    def both() -> dict[str, str] | None:
+        g = firing_groups()
+        return g if len(g) == 2 else None
+
+    groups = wait_until(both, 300, "both alerts to fire")
+    assert len(set(groups.values())) == 2, "Alertmanager delivers them as two groups"
+
+    store = SqlStore(tmp_path / "store.db")  # every delivery since the injection, in the order they came
+    try:
+        for n in [n for n in list(webhook.notifications) if n.received_at >= t0]:
+            store.record_alerts(incidents.parse(json.dumps(n.body).encode()),
+                                dt.datetime.fromtimestamp(n.received_at, dt.UTC))
+        mine = [i for i in store.incidents(limit=1000) if any(a.name in names for a in i.alerts)]
+        assert len(mine) == 1, [(i.id, i.group_key, [a.name for a in i.alerts]) for i in mine]
+        (inc,) = mine
+        assert {a.name for a in inc.alerts if a.status == "firing"} == names
+        assert sorted([inc.group_key, *inc.folded_groups]) == sorted(groups.values())
+    finally:
+        store.close()
+
+
 def test_the_balancer_fails_requests_itself_while_targets_stay_healthy_and_its_alarm_fires_then_clears(
         sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet) -> None:
     from deploy.sandbox.simulator.alarms import alb_5xx_alarm
