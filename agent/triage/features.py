@@ -359,7 +359,8 @@ def _hpas(r: K8sHpasResult, _: dict[str, str]) -> dict[str, Any]:
 
 MIN_CONFIDENCE = 0.35  # below this, a hypothesis is not worth acting on
 CULPRIT_KINDS = {"deployment": "Deployment", "node": "Node", "pod": "Pod", "hpa": "HorizontalPodAutoscaler",
-                 "namespace": "Namespace", "model_name": "Model"}
+                 "namespace": "Namespace", "model_name": "Model", "route": "HTTPRoute"}
+NAMESPACED_KINDS = ("Deployment", "Pod", "HorizontalPodAutoscaler", "HTTPRoute")
 
 
 def feature_map(state: TriageState) -> dict[str, Any]:
