@@ -222,3 +222,12 @@ def test_a_backend_on_no_route_rules_the_routing_shift_out() -> None:
     hyps, _ = diagnose(["routing-shift", "kv-cache-saturation"], [failed, *_traffic(3.1, 1.0, 1.4), *SATURATED],
                        {**CTX})
     assert hyps[0].category == Category.KV_CACHE_SATURATION  # a failed read is no evidence of a route change
+
+
+def test_a_receiver_capped_at_its_capacity_still_shows_the_move_through_the_backends_that_lost_it() -> None:
+    # Seen live: chat-lite's served requests only x1.26 (capped at capacity; an earlier surge in its baseline)
+    # while the big model's fell to x0.25 and the namespace's total to x0.77.
+    hyps, _ = diagnose(["routing-shift", "kv-cache-saturation", "healthy"],
+                       [_routes(0.9, 0.25, 25), *_traffic(1.26, 0.25, 0.77), *SATURATED, *HEALTHY_FLEET], LITE)
+    assert hyps[0].category == Category.ROUTING_SHIFT and hyps[0].confidence == 1.0
+    assert any("serve x0.25 of theirs" in s for s in hyps[0].supporting)
