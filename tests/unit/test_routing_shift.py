@@ -231,3 +231,9 @@ def test_a_receiver_capped_at_its_capacity_still_shows_the_move_through_the_back
                        [_routes(0.9, 0.25, 25), *_traffic(1.26, 0.25, 0.77), *SATURATED, *HEALTHY_FLEET], LITE)
     assert hyps[0].category == Category.ROUTING_SHIFT and hyps[0].confidence == 1.0
     assert any("serve x0.25 of theirs" in s for s in hyps[0].supporting)
+
+
+def test_weight_given_to_a_backend_the_fleet_does_not_serve_leaves_the_fleet(fleet: Fleet) -> None:
+    demand = {("llm-prod", "chat-primary"): 17.0, ("llm-prod", "chat-lite"): 5.5}
+    moved = route_shift(fleet.route("chat"), {"chat-primary": 75, "chat-lite": 25, "elsewhere": 100}, demand)
+    assert sum(moved.values()) == pytest.approx(22.5 / 2)  # half the weight now points outside the fleet

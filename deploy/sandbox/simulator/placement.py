@@ -307,16 +307,17 @@ def route_shift(route: Route, live: Mapping[str, int], demand: dict[tuple[str, s
     """The demand of `route`'s backends once its live weights (backend → weight) replace the declared ones.
 
     The route carries the sum R of its backends' own demand. A backend whose share of the weights is Δ above
-    (below) its declared share gains (loses) Δ × R; a backend cannot lose more than it has, and the total stays
-    R; a backend whose live weight is 0 receives nothing. At the declared weights nothing moves. A backend
-    the live route names but the fleet's route does not is
-    counted if it is a fleet workload of the route's namespace (declared share 0); if every live weight is 0,
-    the gateway has nowhere to send the route's traffic and its backends receive none of it.
+    (below) its declared share gains (loses) Δ × R; a backend cannot lose more than it has, a backend whose
+    live weight is 0 receives nothing, and the fleet's backends together receive R times their share of the
+    live weights (the rest goes to backends the fleet does not serve). At the declared weights nothing moves.
+    A backend the live route names but the fleet's route does not is counted if it is a fleet workload of the
+    route's namespace (declared share 0); if every live weight is 0, the gateway has nowhere to send the
+    route's traffic and its backends receive none of it.
     """
     weights = dict(live)
     declared = route.declared()
     names = [n for n in {**declared, **weights} if (route.namespace, n) in demand]
-    d_total, l_total = sum(declared.values()), sum(weights.get(n, 0) for n in names)
+    d_total, l_total = sum(declared.values()), sum(weights.values())
     if l_total and all(abs(weights.get(n, 0) / l_total - declared.get(n, 0) / d_total) < 1e-9 for n in names):
         return {}
     keys = [(route.namespace, n) for n in names]
@@ -325,6 +326,7 @@ def route_shift(route: Route, live: Mapping[str, int], demand: dict[tuple[str, s
                                        - declared.get(k[1], 0) / d_total) * total) if weights.get(k[1], 0) else 0.0
              for k in keys}
     kept = sum(moved.values())
-    if l_total and kept > 0:
-        moved = {k: v * total / kept for k, v in moved.items()}
+    served = total * sum(weights.get(n, 0) for n in names) / l_total if l_total else 0.0
+    if kept > 0:
+        moved = {k: v * served / kept for k, v in moved.items()}
     return moved
