@@ -65,11 +65,13 @@ READER_MUST: tuple[Access, ...] = (
     ("list", "", "pods", "", ""), ("list", "", "events", "", ""),
     ("list", "", "nodes", "", ""), ("list", "apps", "deployments", "", ""), ("list", "apps", "replicasets", "", ""),
     ("list", "autoscaling", "horizontalpodautoscalers", "", ""),
+    ("list", "gateway.networking.k8s.io", "httproutes", "", ""),
 )
 READER_MUST_NOT: tuple[Access, ...] = (
     ("patch", "apps", "deployments", "", SERVING), ("update", "apps", "deployments", "scale", SERVING),
     ("delete", "", "pods", "", SERVING), ("create", "", "pods", "eviction", SERVING), ("patch", "", "nodes", "", ""),
     ("get", "", "secrets", "", ""), ("get", "", "pods", "log", ""),
+    ("patch", "gateway.networking.k8s.io", "httproutes", "", SERVING),
 )
 EXECUTOR_MUST: tuple[Access, ...] = (
     ("get", "apps", "deployments", "", SERVING), ("patch", "apps", "deployments", "", SERVING),
@@ -86,6 +88,7 @@ EXECUTOR_MUST_NOT: tuple[Access, ...] = (
     ("delete", "", "nodes", "", ""),
     ("create", "rbac.authorization.k8s.io", "clusterrolebindings", "", ""), ("delete", "", "namespaces", "", ""),
     ("update", "apps", "deployments", "", SERVING), ("patch", "apps", "deployments", "scale", SERVING),
+    ("patch", "gateway.networking.k8s.io", "httproutes", "", SERVING),  # a route's weights: a human's change
 )
 
 

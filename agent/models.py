@@ -124,12 +124,13 @@ class Category(enum.StrEnum):
     CAPACITY = "capacity"  # pods cannot be scheduled: the pool has no free GPUs (outgrown, or nodes taken away)
     HUNG_WORKER = "hung_worker"  # a Ready replica whose engine makes no progress (a rank stuck in a collective)
     UPSTREAM_LB = "upstream_lb"  # the load balancer in front fails requests itself while its targets are healthy
+    ROUTING_SHIFT = "routing_shift"  # a route's weights moved traffic onto a backend that cannot carry it
     HEALTHY = "healthy"
     UNKNOWN = "unknown"
 
 
 class ObjectRef(_Model):
-    kind: Literal["Deployment", "Rollout", "Node", "Pod", "HorizontalPodAutoscaler", "Namespace", "Model"]
+    kind: Literal["Deployment", "Rollout", "Node", "Pod", "HorizontalPodAutoscaler", "Namespace", "Model", "HTTPRoute"]
     name: str
     namespace: str | None = None
 

@@ -18,7 +18,7 @@ from agent.models import ActionKind, Category
 FAULT_TYPES = ("bad-rollout", "gpu-oom", "prefix-cache-regression", "triton-batching", "tensor-cores-idle",
                "traffic-surge", "gpu-xid", "idle-overprovision", "gpu-thermal", "autoscaler-thrash",
                "context-limit", "image-pull", "host-oom", "gpu-capacity", "slow-start", "spot-loss", "hung-worker",
-               "traffic-flap", "gitops-owner", "alb-5xx")
+               "traffic-flap", "gitops-owner", "alb-5xx", "traffic-shift")
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
 
@@ -100,7 +100,7 @@ class Injection(_Strict):
 
 
 class TargetSpec(_Strict):
-    kind: Literal["Deployment", "Node", "Pod", "HorizontalPodAutoscaler", "Namespace", "Model"]
+    kind: Literal["Deployment", "Node", "Pod", "HorizontalPodAutoscaler", "Namespace", "Model", "HTTPRoute"]
     name: str | None = Field(default=None, description="Exact name; '$node' is the node the fault hit; "
                                                        "omit to match any.")
     namespace: str | None = None

@@ -143,7 +143,9 @@ def sandbox_person(
 @sandbox_app.command("inject")
 def sandbox_inject(
     fault: Annotated[str, typer.Argument(help="The fault to inject; an unknown name lists the known ones.")],
-    target: Annotated[str | None, typer.Option(help="Workload name (default: the fleet file's choice).")] = None,
+    target: Annotated[str | None, typer.Option(help="Workload name (default: the fleet file's choice); for "
+                                               "traffic-shift, a route or the backend that receives the weight.")]
+        = None,
     dir_: DirOpt = DEFAULT_SANDBOX_DIR,
     port_base: PortOpt = 17000,
 ) -> None:
@@ -163,7 +165,7 @@ def sandbox_inject(
 
 @sandbox_app.command("clear")
 def sandbox_clear(dir_: DirOpt = DEFAULT_SANDBOX_DIR, port_base: PortOpt = 17000) -> None:
-    """Undo every injected fault: restore versions, replicas, GPUs and traffic."""
+    """Undo every injected fault: restore versions, replicas, GPUs, traffic and route weights."""
     from deploy.sandbox import faults as sandbox_faults
     from deploy.sandbox.fleet import Fleet
     from deploy.sandbox.sandbox import Sandbox

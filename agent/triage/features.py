@@ -25,6 +25,7 @@ from tools.k8s_read.tools import (
     K8sNodesResult,
     K8sPodsResult,
     K8sRolloutHistoryResult,
+    K8sRoutesResult,
     K8sWorkloadResult,
 )
 from tools.prometheus.tools import PrometheusInstantResult, PrometheusRangeResult
@@ -355,11 +356,53 @@ def _hpas(r: K8sHpasResult, _: dict[str, str]) -> dict[str, Any]:
     return {"count": r.total, "at_max": r.at_max}
 
 
+@extractor(K8sRoutesResult)
+def _routes(r: K8sRoutesResult, context: dict[str, str]) -> dict[str, Any]:
+    """The route that sends traffic to the context's Deployment (its Service has the Deployment's name): that
+    backend's share now and as last applied, and the route's newest spec write."""
+    backend = context.get("deployment")
+    f: dict[str, Any] = {"routes": r.total}
+    route = next((x for x in r.routes if any(b.name == backend for b in x.backends)), None)
+    if route is None:
+        return f
+    me = next(b for b in route.backends if b.name == backend)
+    f |= {"route": route.name, "generation": route.generation, "changed": route.generation > 1,
+          "differs": route.differs_from_applied, "applied_known": route.applied_known,
+          "weights": ", ".join(f"{b.name} {b.weight}" for b in route.backends),
+          "peers": ",".join(str(b.name) for b in route.backends if b is not me),
+          "share": me.share, "share_pct": round(100 * me.share)}
+    if route.applied_known:
+        f["applied_weights"] = ", ".join(f"{b.name} {b.applied_weight or 0}" for b in route.backends)
+    if me.applied_share is not None:
+        f |= {"applied_share": me.applied_share, "applied_share_pct": round(100 * me.applied_share),
+              "share_change": round(me.share - me.applied_share, 4)}
+    if route.changed_ago_s is not None and route.last_write is not None:
+        f |= {"changed_ago_s": route.changed_ago_s, "changed_ago_min": round(route.changed_ago_s / 60, 1),
+              "changed_by": route.last_write.manager, "changed_backends": route.last_write.owns_backends}
+    return f
+
+
+@summarizer(K8sRoutesResult)
+def _routes_summary(r: K8sRoutesResult, f: dict[str, Any]) -> str:
+    if "route" not in f:
+        return f"no route sends traffic here ({r.total} route(s) in the namespace)" + (
+            f"; {r.notes[0]}" if r.notes else "")
+    text = f"route {f['route']}: weights {f['weights']}"
+    if f.get("differs"):
+        text += f" (last applied: {f['applied_weights']})"
+    if "changed_ago_min" in f:
+        text += f"; spec changed {f['changed_ago_min']} min ago by {f['changed_by']} (generation {f['generation']})"
+    else:
+        text += "; never changed since created"
+    return text
+
+
 # ---- shared by the nodes and the reasoners ----------------------------------------------------------
 
 MIN_CONFIDENCE = 0.35  # below this, a hypothesis is not worth acting on
 CULPRIT_KINDS = {"deployment": "Deployment", "node": "Node", "pod": "Pod", "hpa": "HorizontalPodAutoscaler",
-                 "namespace": "Namespace", "model_name": "Model"}
+                 "namespace": "Namespace", "model_name": "Model", "route": "HTTPRoute"}
+NAMESPACED_KINDS = ("Deployment", "Pod", "HorizontalPodAutoscaler", "HTTPRoute")
 
 
 def feature_map(state: TriageState) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Deployments only in the serving namespaces.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -14,11 +15,24 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from deploy.sandbox import pki
-from deploy.sandbox.fleet import Fleet, deployment_manifest, node_manifest
+from deploy.sandbox.fleet import (
+    LAST_APPLIED,
+    ROUTE_CRD,
+    ROUTE_GROUP,
+    ROUTE_PLURAL,
+    ROUTE_VERSION,
+    Fleet,
+    Route,
+    deployment_manifest,
+    node_manifest,
+    route_manifest,
+    service_manifest,
+)
 from tools.rightsize.catalog import PriceCatalog
 
 log = logging.getLogger(__name__)
@@ -41,6 +55,8 @@ READER_RULES: list[dict[str, Any]] = [
     # Argo Rollouts: a deployment's target, the watch of its canary steps and the analysis behind an abort.
     {"apiGroups": ["argoproj.io"], "resources": ["rollouts", "analysisruns", "analysistemplates"],
      "verbs": ["get", "list", "watch"]},
+    # Gateway API routes: which backends share a route's traffic, at what weights, changed when and by whom.
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"], "verbs": ["get", "list", "watch"]},
 ]
 
 # The executor's rules are the Helm chart's (deploy/helm/opsagent/templates/rbac.yaml), so the integration
@@ -168,6 +184,43 @@ def bootstrap(api: client.ApiClient, fleet: Fleet, catalog: PriceCatalog) -> Non
         dep = deployment_manifest(fleet, w)
         _apply(partial(apps.create_namespaced_deployment, w.namespace, dep),
                partial(apps.replace_namespaced_deployment, w.name, w.namespace, dep))
+    if fleet.routes:
+        install_routes(api, fleet)
+
+
+def install_routes(api: client.ApiClient, fleet: Fleet) -> None:
+    """Serve the HTTPRoute CRD, and create each route's backend Services and the route at its declared weights."""
+    ext = client.ApiextensionsV1Api(api)
+    crd = yaml.safe_load(ROUTE_CRD.read_text())
+    _apply(partial(ext.create_custom_resource_definition, crd),
+           lambda: ext.patch_custom_resource_definition(crd["metadata"]["name"], crd))
+    wait_for(lambda: _established(ext, crd["metadata"]["name"]), 60, "the HTTPRoute CRD to be Established")
+    core = client.CoreV1Api(api)
+    for route in fleet.routes:
+        for b in route.backends:
+            svc = service_manifest(fleet.workload(b.workload))
+            _apply(partial(core.create_namespaced_service, route.namespace, svc),
+                   partial(core.patch_namespaced_service, b.workload, route.namespace, svc))
+        apply_route(api, route)
+
+
+def apply_route(api: client.ApiClient, route: Route) -> None:
+    """Create or reset `route` at its declared weights the way `kubectl apply` does: the manifest is kept in the
+    last-applied annotation and the change is made under kubectl's client-side-apply field manager."""
+    custom = client.CustomObjectsApi(api)
+    body = route_manifest(route)
+    body["metadata"]["annotations"] = {LAST_APPLIED: json.dumps(route_manifest(route), sort_keys=True,
+                                                                 separators=(",", ":"))}
+    manager = "kubectl-client-side-apply"
+    _apply(partial(custom.create_namespaced_custom_object, ROUTE_GROUP, ROUTE_VERSION, route.namespace, ROUTE_PLURAL,
+                   body, field_manager=manager),
+           partial(custom.patch_namespaced_custom_object, ROUTE_GROUP, ROUTE_VERSION, route.namespace, ROUTE_PLURAL,
+                   route.name, body, field_manager=manager))
+
+
+def _established(ext: client.ApiextensionsV1Api, name: str) -> bool:
+    conditions = ext.read_custom_resource_definition(name).status.conditions or []
+    return any(c.type == "Established" and c.status == "True" for c in conditions)
 
 
 def _gateway_manifest() -> dict[str, Any]:

@@ -3,9 +3,9 @@
 Faults are not flags inside the simulator: a bad rollout is a real Deployment update (the
 controllers roll the pods, the simulator sees the new version's performance), an over-provisioned
 model is a real scale-up, a lost GPU is a node whose allocatable GPUs drop to zero and whose pods are
-evicted. Only what no API can express (traffic arriving from outside, the driver's XID code) is
-written to the ConfigMap `opsagent-sandbox/faults`, which the simulator reads and the agent's
-read-only identity cannot.
+evicted, a mistaken route change is a real edit of the HTTPRoute's weights. Only what no API can express
+(traffic arriving from outside, the driver's XID code) is written to the ConfigMap
+`opsagent-sandbox/faults`, which the simulator reads and the agent's read-only identity cannot.
 """
 
 from __future__ import annotations
@@ -18,17 +18,22 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from deploy.sandbox.cluster import SANDBOX_NAMESPACE
+from deploy.sandbox.cluster import SANDBOX_NAMESPACE, apply_route
 from deploy.sandbox.fleet import (
     GPU_RESOURCE,
     LABEL_APP,
     LABEL_POOL,
+    ROUTE_GROUP,
+    ROUTE_PLURAL,
+    ROUTE_VERSION,
     Fleet,
+    Route,
     Workload,
     deployment_manifest,
     load_prices,
     node_manifest,
     pod_template,
+    route_manifest,
 )
 from deploy.sandbox.simulator import model
 
@@ -36,7 +41,7 @@ from deploy.sandbox.simulator import model
 ROLLOUT_FAULTS = ("bad-rollout", "gpu-oom", "prefix-cache-regression", "triton-batching", "tensor-cores-idle",
                   "context-limit", "image-pull", "host-oom", "slow-start")
 FAULTS = (*ROLLOUT_FAULTS, "traffic-surge", "gpu-xid", "idle-overprovision", "gpu-thermal", "autoscaler-thrash",
-          "gpu-capacity", "spot-loss", "hung-worker", "traffic-flap", "gitops-owner", "alb-5xx")
+          "gpu-capacity", "spot-loss", "hung-worker", "traffic-flap", "gitops-owner", "alb-5xx", "traffic-shift")
 FAULT_LABEL = "opsagent.dev/fault"  # on objects a fault created, so `clear` can find them
 CONFIGMAP = "faults"
 # What Argo CD writes on what it applies (annotation tracking, its default since 3.0). The sandbox runs no
@@ -86,6 +91,8 @@ def inject(api: client.ApiClient, fleet: Fleet, fault: str, target: str | None =
     if fault not in FAULTS:
         raise FaultError(f"unknown fault {fault!r}; choose one of: {', '.join(FAULTS)}")
     spec = dict(fleet.faults.get(fault, {})) | dict(params or {})
+    if fault == "traffic-shift":
+        return _shift_route(api, fleet, spec, target)
     try:
         w = fleet.workload(target or spec["workload"])
     except KeyError as e:
@@ -200,11 +207,67 @@ def inject(api: client.ApiClient, fleet: Fleet, fault: str, target: str | None =
     return record
 
 
+def _shift_route(api: client.ApiClient, fleet: Fleet, spec: dict[str, Any], target: str | None) -> dict[str, Any]:
+    """A mistaken edit of a route: one backend gets `weight` of 100, the others share the rest in their declared
+    proportions. `target` names the route, or a backend workload (then it is the one that receives the weight).
+
+    The edit is what `kubectl edit` sends (a merge patch under its field manager): the route's generation goes
+    up, its managedFields say who changed the rules and when, and its last-applied annotation keeps the weights
+    as applied before. `clear` applies the declared route again."""
+    routes = {r.name: r for r in fleet.routes}
+    route: Route | None = None
+    receiver = str(spec.get("workload", ""))
+    if target in routes:
+        route = routes[target]
+    elif target:
+        try:
+            w = fleet.workload(target)
+        except KeyError as e:
+            raise FaultError(f"traffic-shift: {target!r} is neither a route ({', '.join(routes) or 'none'}) "
+                             f"nor a workload") from e
+        on = fleet.routes_to(w)
+        if not on:
+            raise FaultError(f"traffic-shift: workload {w.namespace}/{w.name} is the backend of no route")
+        route, receiver = on[0], w.name
+    else:
+        route = routes.get(str(spec.get("route", "")))
+    if route is None:
+        raise FaultError(f"traffic-shift: no route {spec.get('route')!r} in the fleet (have: {', '.join(routes)})")
+    declared = route.declared()
+    if receiver not in declared:
+        raise FaultError(f"traffic-shift: {receiver!r} is not a backend of route {route.namespace}/{route.name} "
+                         f"(backends: {', '.join(declared)})")
+    weight = int(spec.get("weight", 90))
+    if not 0 < weight <= 100:
+        raise FaultError(f"traffic-shift: weight must be in (0, 100], got {weight}")
+    others = {n: v for n, v in declared.items() if n != receiver}
+    rest, spread = 100 - weight, sum(others.values())
+    weights = {n: (round(rest * v / spread) if spread else rest // len(others)) for n, v in others.items()}
+    weights[receiver] = weight
+    core = client.CoreV1Api(api)
+    state = read_state(core)
+    custom = client.CustomObjectsApi(api)
+    rules = route_manifest(route, weights)["spec"]["rules"]
+    try:
+        custom.patch_namespaced_custom_object(ROUTE_GROUP, ROUTE_VERSION, route.namespace, ROUTE_PLURAL, route.name,
+                                              {"spec": {"rules": rules}}, field_manager="kubectl-edit")
+    except ApiException as e:
+        raise FaultError(f"traffic-shift: patching HTTPRoute {route.namespace}/{route.name} failed: "
+                         f"{e.status} {e.reason}") from e
+    record: dict[str, Any] = {"fault": "traffic-shift", "workload": f"{route.namespace}/{receiver}",
+                              "route": f"{route.namespace}/{route.name}", "weights": weights,
+                              "declared": declared, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    state["active"].append(record)
+    _write_state(core, state)
+    return record
+
+
 def clear(api: client.ApiClient, fleet: Fleet) -> list[dict[str, Any]]:
-    """Undo every injected fault: restore traffic, GPUs, versions and replica counts to the fleet's."""
+    """Undo every injected fault: restore traffic, GPUs, versions, replica counts and route weights to the fleet's."""
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     state = read_state(core)
     _restore_nodes(core, fleet)
+    _restore_routes(api, fleet)
     for node in state["xid"]:
         cap = core.read_node(node).status.capacity or {}
         core.patch_node_status(node, {"status": {"allocatable": {GPU_RESOURCE: cap.get(GPU_RESOURCE, "0")}}})
@@ -278,6 +341,13 @@ def _reclaim(core: client.CoreV1Api, pool: str, w: Workload, count: int) -> list
             core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
         core.delete_node(node)
     return victims
+
+
+def _restore_routes(api: client.ApiClient, fleet: Fleet) -> None:
+    """Apply every fleet route at its declared weights again (a no-op for a route that has them; a deleted
+    route is created)."""
+    for route in fleet.routes:
+        apply_route(api, route)
 
 
 def _restore_nodes(core: client.CoreV1Api, fleet: Fleet) -> None:

@@ -38,6 +38,13 @@ GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 REGION_LABEL = "topology.kubernetes.io/region"
+# Gateway API's HTTPRoute (the sandbox serves a minimal copy of its CRD: gateway-api/httproute-crd.yaml).
+ROUTE_GROUP, ROUTE_VERSION, ROUTE_PLURAL = "gateway.networking.k8s.io", "v1", "httproutes"
+ROUTE_CRD = HERE / "gateway-api" / "httproute-crd.yaml"
+# What `kubectl apply` keeps on an object it created: the manifest as last applied (Gateway API routes are
+# applied from Git or by hand; a later `kubectl edit` or `patch` leaves it unchanged, so it shows what changed).
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+SERVING_PORT = 8000
 
 
 class _Strict(BaseModel):
@@ -132,6 +139,31 @@ class Workload(_Strict):
     traffic: Traffic
 
 
+class RouteBackend(_Strict):
+    workload: str = Field(description="A fleet workload in the route's namespace (its Service has the same name).")
+    weight: int = Field(ge=0, le=1_000_000, description="Gateway API backendRef weight: a relative share.")
+
+
+class Route(_Strict):
+    """A weighted HTTPRoute in front of workloads of one namespace (Gateway API, `gateway.networking.k8s.io/v1`).
+
+    At its declared weights a route delivers each backend exactly its own `traffic` curve, so history and the
+    other faults are the same with or without routes. When the live weights differ, the route's traffic (the sum
+    of its backends' curves) moves with them: a backend's share rising by Δ points brings it Δ % of the route's
+    traffic, taken from the backends whose share fell (see simulator/placement.py)."""
+
+    name: str
+    namespace: str
+    hostname: str
+    path: str = "/v1"
+    gateway: str = Field(default="inference-gateway", description="parentRef: the Gateway in `gateway_namespace`.")
+    gateway_namespace: str = "platform"
+    backends: list[RouteBackend] = Field(min_length=2, max_length=16)
+
+    def declared(self) -> dict[str, int]:
+        return {b.workload: b.weight for b in self.backends}
+
+
 class Fleet(_Strict):
     cluster: str
     region: str
@@ -140,6 +172,7 @@ class Fleet(_Strict):
     serving_namespaces: list[str]
     model_versions: list[ModelVersion]
     workloads: list[Workload]
+    routes: list[Route] = Field(default_factory=list)
     faults: dict[str, dict[str, Any]]
 
     @model_validator(mode="after")
@@ -154,6 +187,13 @@ class Fleet(_Strict):
                     f"workload {w.namespace}/{w.name}: no model_versions entry for {w.model} {w.version}")
             if w.namespace not in self.serving_namespaces:
                 raise ValueError(f"workload {w.namespace}/{w.name}: namespace not in serving_namespaces")
+        names = {(w.namespace, w.name) for w in self.workloads}
+        for r in self.routes:
+            for b in r.backends:
+                if (r.namespace, b.workload) not in names:
+                    raise ValueError(f"route {r.namespace}/{r.name}: no workload {b.workload!r} in {r.namespace}")
+            if not sum(b.weight for b in r.backends):
+                raise ValueError(f"route {r.namespace}/{r.name}: every backend weight is 0")
         return self
 
     @classmethod
@@ -174,6 +214,16 @@ class Fleet(_Strict):
 
     def pool(self, name: str) -> Pool:
         return next(p for p in self.pools if p.name == name)
+
+    def route(self, name: str) -> Route:
+        for r in self.routes:
+            if r.name == name:
+                return r
+        raise KeyError(f"no route named {name!r} in the fleet (have: {', '.join(r.name for r in self.routes)})")
+
+    def routes_to(self, w: Workload) -> list[Route]:
+        """The routes that have `w` among their backends."""
+        return [r for r in self.routes if r.namespace == w.namespace and any(b.workload == w.name for b in r.backends)]
 
     def scaled(self, total_nodes: int | None) -> Fleet:
         """Return the fleet with GPU pools resized so the fleet has about `total_nodes` GPU nodes."""
@@ -305,6 +355,34 @@ def pod_template(fleet: Fleet, w: Workload, mv: ModelVersion) -> dict[str, Any]:
             ],
             "terminationGracePeriodSeconds": 5,
             "containers": [container],
+        },
+    }
+
+
+def service_manifest(w: Workload) -> dict[str, Any]:
+    """The ClusterIP Service in front of a workload's pods: what a route's backendRef names."""
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": w.name, "namespace": w.namespace, "labels": {LABEL_APP: w.name, LABEL_TEAM: w.team}},
+        "spec": {"selector": {LABEL_APP: w.name},
+                 "ports": [{"name": "http", "port": SERVING_PORT, "targetPort": "http", "protocol": "TCP"}]},
+    }
+
+
+def route_manifest(route: Route, weights: dict[str, int] | None = None) -> dict[str, Any]:
+    """The HTTPRoute for `route`, at its declared weights or at `weights` (backend → weight)."""
+    chosen = route.declared() | (weights or {})
+    return {
+        "apiVersion": f"{ROUTE_GROUP}/{ROUTE_VERSION}", "kind": "HTTPRoute",
+        "metadata": {"name": route.name, "namespace": route.namespace},
+        "spec": {
+            "parentRefs": [{"name": route.gateway, "namespace": route.gateway_namespace}],
+            "hostnames": [route.hostname],
+            "rules": [{
+                "matches": [{"path": {"type": "PathPrefix", "value": route.path}}],
+                "backendRefs": [{"name": b.workload, "port": SERVING_PORT, "weight": chosen[b.workload]}
+                                for b in route.backends],
+            }],
         },
     }
 

@@ -88,3 +88,14 @@ def test_executor_may_patch_serving_namespaces_only(kubectl: Any) -> None:
     assert denied.returncode != 0 and "Forbidden" in denied.stderr
     denied = kubectl("executor", "auth", "can-i", "create", "clusterrolebindings", check=False)
     assert denied.stdout.strip() == "no"
+
+
+def test_the_agents_identities_read_routes_and_neither_can_change_their_weights(kubectl: Any) -> None:
+    # Triage reads the route's weights; a compromised agent asking either identity to move them is refused.
+    listed = kubectl("reader", "-n", "llm-prod", "get", "httproutes.gateway.networking.k8s.io", "-o", "name")
+    assert "httproute.gateway.networking.k8s.io/chat" in listed.stdout
+    shift = '{"spec":{"rules":[{"backendRefs":[{"name":"chat-lite","port":8000,"weight":100}]}]}}'
+    for identity in ("reader", "executor"):
+        denied = kubectl(identity, "-n", "llm-prod", "patch", "httproute/chat", "--type=merge", "-p", shift,
+                         "--dry-run=server", check=False)
+        assert denied.returncode != 0 and "Forbidden" in denied.stderr, (identity, denied.stderr)

@@ -43,6 +43,7 @@ class K8sReadClient:
         self.core = client.CoreV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)
         self.autoscaling = client.AutoscalingV2Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)  # Gateway API routes
         self._version = client.VersionApi(self.api)
 
     def close(self) -> None:

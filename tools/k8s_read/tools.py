@@ -1,4 +1,4 @@
-"""Kubernetes read tools: workloads, pods, events, rollout history, nodes, HPAs.
+"""Kubernetes read tools: workloads, pods, events, rollout history, nodes, HPAs, routes.
 
 Each tool is `(K8sReadClient, params) -> result`. Names and selectors from a model are validated by
 the input models before they reach the API; results are reduced by the pure functions beside this
@@ -16,7 +16,7 @@ from pydantic import Field
 
 from tools.base import Risk, ToolInput, ToolResult, ToolSpec
 from tools.k8s_read.client import JsonObj, K8sReadClient
-from tools.k8s_read.errors import K8sReadError
+from tools.k8s_read.errors import K8sNotFound, K8sReadError
 from tools.k8s_read.events import EventGroup, group_events
 from tools.k8s_read.hpas import HpaInfo, reduce_hpa
 from tools.k8s_read.nodes import NodeInfo, reduce_node, trouble_key
@@ -24,6 +24,7 @@ from tools.k8s_read.pods import PodCounts, PodInfo, count_pods, reduce_pod, trou
 from tools.k8s_read.reduction import label_selector
 from tools.k8s_read.resources import pod_gpus
 from tools.k8s_read.rollout import RolloutHistory, owned_by, revisions_by_hash, rollout_history
+from tools.k8s_read.routes import ROUTES, RouteInfo, reduce_route
 from tools.k8s_read.workloads import WorkloadDetail, WorkloadInfo, is_serving, reduce_workload, reduce_workload_detail
 
 TOOLSET = "kubernetes/read"
@@ -351,6 +352,43 @@ async def list_hpas(client: K8sReadClient, params: ListHpasInput) -> K8sHpasResu
     return K8sHpasResult(hpas=kept, total=len(hpas), dropped=len(hpas) - len(kept), at_max=sum(h.at_max for h in hpas))
 
 
+# --- k8s_list_routes ---------------------------------------------------------------------------------
+
+class ListRoutesInput(ToolInput):
+    namespace: str = Field(pattern=NAMESPACE, description="Namespace of the routes (Gateway API HTTPRoutes).")
+    backend: str | None = Field(default=None, pattern=NAME,
+                                description="Only routes that send traffic to this backend Service (a serving "
+                                            "workload's name).")
+    limit: int = Field(default=20, ge=1, le=100, description="Most routes returned (changed most recently first).")
+
+
+class K8sRoutesResult(ToolResult):
+    routes: list[RouteInfo]
+    total: int
+    dropped: int
+    notes: list[str] = Field(default_factory=list)
+
+
+async def list_routes(client: K8sReadClient, params: ListRoutesInput) -> K8sRoutesResult:
+    group, version, plural = ROUTES
+    what = f"list HTTPRoutes ({group}/{version}) in namespace {params.namespace}"
+    try:
+        items, truncated = await client.list(what, client.custom.list_namespaced_custom_object, group, version,
+                                             params.namespace, plural)
+    except K8sNotFound:
+        return K8sRoutesResult(routes=[], total=0, dropped=0,
+                               notes=["this cluster serves no Gateway API HTTPRoutes (no CRD)"])
+    now = _now()
+    routes = [reduce_route(r, now=now, limit=client.settings.max_text_chars) for r in items]
+    if params.backend:
+        routes = [r for r in routes if any(b.name == params.backend and b.namespace == params.namespace
+                                           for b in r.backends)]
+    routes.sort(key=lambda r: (r.changed_ago_s is None, r.changed_ago_s or 0.0, str(r.name)))
+    kept = routes[: params.limit]
+    notes = [f"more than {len(items)} routes: the list was cut"] if truncated else []
+    return K8sRoutesResult(routes=kept, total=len(routes), dropped=len(routes) - len(kept), notes=notes)
+
+
 TOOLS: list[ToolSpec[Any, Any]] = [
     ToolSpec(
         name="k8s_list_workloads", toolset=TOOLSET, risk=Risk.READ, client=CLIENT,
@@ -395,5 +433,13 @@ TOOLS: list[ToolSpec[Any, Any]] = [
         description="HorizontalPodAutoscalers with min/max, current and desired replicas, whether maxed out, "
                     "metrics (current vs target), stabilization windows and problem conditions.",
         input=ListHpasInput, output=K8sHpasResult, fn=list_hpas,
+    ),
+    ToolSpec(
+        name="k8s_list_routes", toolset=TOOLSET, risk=Risk.READ, client=CLIENT,
+        description="Gateway API HTTPRoutes in a namespace: each backend's live weight and share of the route's "
+                    "traffic, the weights as last applied from source (kubectl apply / GitOps), the generation, "
+                    "and the newest write of the spec (field manager, time). Use when one model's load jumped "
+                    "while no Deployment changed.",
+        input=ListRoutesInput, output=K8sRoutesResult, fn=list_routes,
     ),
 ]

@@ -20,7 +20,7 @@ from langgraph.runtime import Runtime
 
 from agent.models import ActionKind, Category, EvidenceStatus, Hypothesis, ObjectRef, ProposedAction
 from agent.triage.conditions import compile_condition, compile_value, evaluate, evaluate_value
-from agent.triage.features import CULPRIT_KINDS, MIN_CONFIDENCE, feature_map
+from agent.triage.features import CULPRIT_KINDS, MIN_CONFIDENCE, NAMESPACED_KINDS, feature_map
 from agent.triage.render import render
 from agent.triage.runbooks import Remediation, Runbook
 from agent.triage.state import PriorChange, TriageContext, TriageState
@@ -40,7 +40,7 @@ def _target(rem: Remediation, feats: dict[str, Any]) -> ObjectRef | None:
     if not rem.target or not (name := feats.get(f"ctx.{rem.target}")):
         return None
     kind = CULPRIT_KINDS.get(rem.target, "Deployment")
-    ns = feats.get("ctx.namespace") if kind in ("Deployment", "Pod", "HorizontalPodAutoscaler") else None
+    ns = feats.get("ctx.namespace") if kind in NAMESPACED_KINDS else None
     return ObjectRef(kind=kind, name=str(name), namespace=ns)
 
 

@@ -60,16 +60,16 @@ _CITATION = re.compile(r"\[([A-Za-z0-9_.:-]+)\]")
 # Result fields that name objects a culprit may be (see `_known_names`).
 _NAME_KEYS = {"name", "namespace", "node", "node_name", "deployment", "pod", "hpa", "model_name", "model",
               "Hostname", "hostname", "replicaset"}
-_NAMESPACED = {"Deployment", "Pod", "HorizontalPodAutoscaler"}
+_NAMESPACED = {"Deployment", "Pod", "HorizontalPodAutoscaler", "HTTPRoute"}
 
 
 # --- the answer the model must give ----------------------------------------------------------------------
 
 class CulpritAnswer(BaseModel):
-    kind: Literal["Deployment", "Node", "Pod", "HorizontalPodAutoscaler", "Namespace", "Model"]
+    kind: Literal["Deployment", "Node", "Pod", "HorizontalPodAutoscaler", "Namespace", "Model", "HTTPRoute"]
     name: str = Field(min_length=1, max_length=253, description="Exactly as the context or evidence names it.")
     namespace: str | None = Field(default=None, max_length=63,
-                                  description="For Deployments, Pods and HorizontalPodAutoscalers.")
+                                  description="For Deployments, Pods, HorizontalPodAutoscalers and HTTPRoutes.")
 
 
 class HypothesisAnswer(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any
 from agent.guard.runner import ToolRunner
 from agent.models import Category, Hypothesis, ObjectRef
 from agent.triage.conditions import compile_condition, evaluate
-from agent.triage.features import CULPRIT_KINDS, MIN_CONFIDENCE, feature_map
+from agent.triage.features import CULPRIT_KINDS, MIN_CONFIDENCE, NAMESPACED_KINDS, feature_map
 from agent.triage.render import render
 from agent.triage.runbooks import HypothesisSpec, Runbook
 from agent.triage.state import TriageState
@@ -50,7 +50,7 @@ def score(spec: HypothesisSpec, feats: dict[str, Any]) -> Hypothesis | None:
     culprit = None
     if spec.culprit and (name := feats.get(f"ctx.{spec.culprit}")):
         kind = CULPRIT_KINDS.get(spec.culprit, "Deployment")
-        ns = feats.get("ctx.namespace") if kind in ("Deployment", "Pod", "HorizontalPodAutoscaler") else None
+        ns = feats.get("ctx.namespace") if kind in NAMESPACED_KINDS else None
         culprit = ObjectRef(kind=kind, name=str(name), namespace=ns)
     return Hypothesis(id=spec.id, category=spec.category, title=render(spec.title, feats), confidence=confidence,
                       culprit=culprit, supporting=supporting, against=against,

@@ -2,7 +2,8 @@
 
 The simulator follows the cluster rather than the fleet file, so a rollback or a scale-out made
 through the real API changes the metrics. This module is the only one that talks to the
-Kubernetes API, and only to read (list pods, nodes and Deployments; get the faults ConfigMap).
+Kubernetes API, and only to read (list pods, nodes, Deployments and Gateway API HTTPRoutes; get the
+faults ConfigMap).
 Objects are converted to their JSON shape first and parsed from there, so unit tests build
 snapshots from plain dicts through the same code path.
 """
@@ -20,7 +21,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.utils.quantity import parse_quantity
 
-from deploy.sandbox.fleet import GPU_RESOURCE, INSTANCE_TYPE_LABEL
+from deploy.sandbox.fleet import GPU_RESOURCE, INSTANCE_TYPE_LABEL, ROUTE_GROUP, ROUTE_PLURAL, ROUTE_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,8 @@ class ClusterSnapshot:
     nodes: tuple[Node, ...]
     deployments: tuple[Deployment, ...] = ()
     faults: Faults = field(default_factory=Faults)
+    # "namespace/route" → backend Service name → weight, summed over the route's rules (Gateway API HTTPRoutes).
+    routes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     def node(self, name: str) -> Node | None:
         for n in self.nodes:
@@ -179,10 +182,12 @@ class ClusterSnapshot:
         nodes: Sequence[Mapping[str, Any]],
         deployments: Sequence[Mapping[str, Any]] = (),
         faults_configmap: Mapping[str, Any] | None = None,
+        routes: Sequence[Mapping[str, Any]] = (),
     ) -> ClusterSnapshot:
         """Build a snapshot from objects in their Kubernetes JSON shape (camelCase keys)."""
         raw_faults = ((faults_configmap or {}).get("data") or {}).get(FAULTS_KEY)
         return cls(
+            routes=dict(_route(r) for r in routes),
             pods=tuple(sorted((_pod(p) for p in pods), key=lambda p: (p.namespace, p.name))),
             nodes=tuple(sorted((_node(n) for n in nodes), key=lambda n: n.name)),
             deployments=tuple(
@@ -249,6 +254,23 @@ def _node(obj: Mapping[str, Any]) -> Node:
     )
 
 
+def _route(obj: Mapping[str, Any]) -> tuple[str, dict[str, int]]:
+    """An HTTPRoute's weight per backend Service of its own namespace (Gateway API defaults: kind Service,
+    weight 1); backends in other namespaces or of other kinds carry traffic the fleet does not serve."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    ns = meta.get("namespace", "")
+    weights: dict[str, int] = {}
+    for rule in spec.get("rules") or []:
+        for ref in rule.get("backendRefs") or []:
+            if (ref.get("kind") or "Service") != "Service" or (ref.get("group") or "") != "":
+                continue
+            if (ref.get("namespace") or ns) != ns:
+                continue
+            name = str(ref.get("name", ""))
+            weights[name] = weights.get(name, 0) + int(1 if ref.get("weight") is None else ref["weight"])
+    return f"{ns}/{meta.get('name', '')}", weights
+
+
 def _deployment(obj: Mapping[str, Any]) -> Deployment:
     meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
     return Deployment(
@@ -267,7 +289,7 @@ def api_client(kubeconfig: Path) -> client.ApiClient:
 
 
 def read_snapshot(api: client.ApiClient) -> ClusterSnapshot:
-    """List pods, nodes and Deployments in every namespace, and read the faults ConfigMap."""
+    """List pods, nodes, Deployments and HTTPRoutes in every namespace, and read the faults ConfigMap."""
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     to_json = api.sanitize_for_serialization
     pods = [to_json(p) for p in core.list_pod_for_all_namespaces().items]
@@ -279,4 +301,11 @@ def read_snapshot(api: client.ApiClient) -> ClusterSnapshot:
         if e.status != 404:
             raise
         cm = None
-    return ClusterSnapshot.from_dicts(pods, nodes, deployments, cm)
+    try:
+        routes = client.CustomObjectsApi(api).list_cluster_custom_object(
+            ROUTE_GROUP, ROUTE_VERSION, ROUTE_PLURAL).get("items") or []
+    except ApiException as e:
+        if e.status != 404:  # no HTTPRoute CRD: a cluster without routes
+            raise
+        routes = []
+    return ClusterSnapshot.from_dicts(pods, nodes, deployments, cm, routes)

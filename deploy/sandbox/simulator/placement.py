@@ -2,15 +2,17 @@
 
 A pod belongs to the fleet workload with its namespace and `app.kubernetes.io/name` label; its
 `model` and `model-version` labels pick the performance model. GPUs are handed out per node, in
-pod-name order, as the device plugin would have allocated them. A workload's traffic is split
-evenly over its Ready pods that are not on a node whose GPUs fell off the bus. Pure: no I/O, no
-clock; `evaluate(t)` gives every replica's and every GPU's signals at `t`.
+pod-name order, as the device plugin would have allocated them. A workload's traffic is its own curve,
+moved between the backends of a route whose live weights differ from the fleet's declared ones
+(`route_shift`), and split evenly over its Ready pods that are not on a node whose GPUs fell off the
+bus. Pure: no I/O, no clock; `evaluate(t)` gives every replica's and every GPU's signals at `t`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,6 +24,7 @@ from deploy.sandbox.fleet import (
     LABEL_MODEL_VERSION,
     Fleet,
     ModelVersion,
+    Route,
     Workload,
     _label_value,
 )
@@ -216,13 +219,23 @@ class Placement:
         t_demand = t + self.demand_offset_s
         return model.demand_rps(w.traffic, t_demand, seed=f"{w.namespace}/{w.name}") * mult
 
+    def demands(self, t: float) -> dict[tuple[str, str], float]:
+        """Requests/s arriving for every fleet workload at `t`: its own demand, moved by the routes' live weights."""
+        out = {(w.namespace, w.name): self.workload_demand(w, t) for w in self.fleet.workloads}
+        for route in self.fleet.routes:
+            live = self.snapshot.routes.get(f"{route.namespace}/{route.name}")
+            if live is not None:
+                out |= route_shift(route, live, out)
+        return out
+
     def pod_rps(self, t: float) -> dict[tuple[str, str], float]:
         rps = {r.key: 0.0 for r in self.serving}
+        demand = self.demands(t)
         for w in self.fleet.workloads:
             pods = self.eligible[(w.namespace, w.name)]
             if not pods:
                 continue
-            share = self.workload_demand(w, t) / len(pods)
+            share = demand[(w.namespace, w.name)] / len(pods)
             for r in pods:
                 rps[r.key] = share
         return rps
@@ -287,3 +300,33 @@ class Placement:
             xid=slot.xid,
             heat_c=slot.heat_c,
         )
+
+
+def route_shift(route: Route, live: Mapping[str, int], demand: dict[tuple[str, str], float],
+                ) -> dict[tuple[str, str], float]:
+    """The demand of `route`'s backends once its live weights (backend → weight) replace the declared ones.
+
+    The route carries the sum R of its backends' own demand. A backend whose share of the weights is Δ above
+    (below) its declared share gains (loses) Δ × R; a backend cannot lose more than it has, a backend whose
+    live weight is 0 receives nothing, and the fleet's backends together receive R times their share of the
+    live weights (the rest goes to backends the fleet does not serve). At the declared weights nothing moves.
+    A backend the live route names but the fleet's route does not is counted if it is a fleet workload of the
+    route's namespace (declared share 0); if every live weight is 0, the gateway has nowhere to send the
+    route's traffic and its backends receive none of it.
+    """
+    weights = dict(live)
+    declared = route.declared()
+    names = [n for n in {**declared, **weights} if (route.namespace, n) in demand]
+    d_total, l_total = sum(declared.values()), sum(weights.values())
+    if l_total and all(abs(weights.get(n, 0) / l_total - declared.get(n, 0) / d_total) < 1e-9 for n in names):
+        return {}
+    keys = [(route.namespace, n) for n in names]
+    total = sum(demand[k] for k in keys)
+    moved = {k: max(0.0, demand[k] + ((weights.get(k[1], 0) / l_total if l_total else 0.0)
+                                       - declared.get(k[1], 0) / d_total) * total) if weights.get(k[1], 0) else 0.0
+             for k in keys}
+    kept = sum(moved.values())
+    served = total * sum(weights.get(n, 0) for n in names) / l_total if l_total else 0.0
+    if kept > 0:
+        moved = {k: v * served / kept for k, v in moved.items()}
+    return moved
