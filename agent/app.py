@@ -193,14 +193,14 @@ class App:
                       on_event: OnEvent | None = None) -> Verification:
         v = self.settings.verification
         if ch.spec.target.kind == "Rollout":
-            async def progress(message: str) -> None:
+            async def progress(message: str, canary: bool) -> None:
                 # Each step is audited and shown where the change's progress goes (its Slack thread).
                 self.audit.append(AuditEvent(at=dt.datetime.now(dt.UTC), kind=AuditKind.VERIFICATION,
                                              actor="executor:watch", action=f"watch {ch.id}", decision="progress",
                                              reason=message, inputs_hash=ch.spec_digest,
                                              incident_id=ch.incident_id))
                 if on_event is not None:
-                    await on_event(FlowEvent(ch.id, ChangeStage.VERIFYING, message))
+                    await on_event(FlowEvent(ch.id, ChangeStage.VERIFYING, message, canary=canary))
 
             prom = self.clients.get("prometheus")
 

@@ -46,6 +46,7 @@ class FlowEvent:
     stage: ChangeStage
     message: str
     at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    canary: bool = False  # an Argo Rollout's canary of this change is running: a person may promote or abort it
 
 
 OnEvent = Callable[[FlowEvent], Awaitable[None]]
@@ -160,10 +161,22 @@ class ChangeFlow:
         out = []
         for status in (ChangeStatus.APPROVED, ChangeStatus.EXECUTING, ChangeStatus.APPLIED):
             for ch in self.executor.ledger.list_changes(status):
+                if status != ChangeStatus.APPROVED and not await self._has_thread(ch.id):
+                    # Executed outside any flow: an automatic rollback, run and judged by the flow of the
+                    # change it undoes (which a restart resumes). Starting a thread for it now would watch
+                    # whatever the target runs today (a later deployment's canary) as if it were this one.
+                    log.info("not resuming %s (%s): it was carried out outside a change flow", ch.id,
+                             ch.status.value)
+                    continue
                 log.info("resuming the flow of %s (%s)", ch.id, ch.status.value)
                 async with self._lock(ch.id):
                     out.append(await self._run(ch.id, {"by": "restart"}))
         return out
+
+    async def _has_thread(self, change_id: str) -> bool:
+        async with self.checkpointer() as saver:
+            snap = await build_change_graph(saver).aget_state(self.thread(change_id))
+        return bool(snap and (snap.values or snap.next))
 
     async def state(self, change_id: str) -> FlowState:
         async with self.checkpointer() as saver:

@@ -25,9 +25,13 @@ from agent.change.verdict import Outcome
 from agent.change.verify import Verification
 from agent.models import ActionKind
 from tools.k8s_read.client import K8sReadClient
+from tools.k8s_write.ops import template_summary
 
 GROUP, VERSION = "argoproj.io", "v1alpha1"
-Progress = Callable[[str], Awaitable[None]]
+# (message, canary): `canary` when the message is about a canary still running, which a person may promote
+# or abort (a step reached, an inconclusive pause); not before the controller took up the template, nor at
+# the end.
+Progress = Callable[[str, bool], Awaitable[None]]
 Compare = Callable[[str, str], Awaitable[str]]  # (stable hash, canary hash) → canary vs stable per GPU class
 COMPARE_EVERY_S = 10.0  # the AnalysisTemplate's measurement interval
 
@@ -49,6 +53,22 @@ def step_kind(rollout: Mapping[str, Any], index: int) -> str:
     if index >= len(steps):
         return "done"
     return next(iter(steps[index]), "step")
+
+
+def superseded(rollout: Mapping[str, Any], ch: ChangeRequest) -> str | None:
+    """Why the Rollout no longer runs the template `ch` wrote (a later deployment or rollback replaced it),
+    or None while it does (or when `ch` wrote no template). Compares what the change set: its labels (the
+    model version), image, arguments, GPUs and node selector."""
+    if ch.spec.action not in (ActionKind.DEPLOY, ActionKind.SET_GPU_RESOURCES):
+        return None
+    p = ch.spec.params
+    now = template_summary(((rollout.get("spec") or {}).get("template") or {}), str(p.get("container", "")))
+    for key in ("image", "args", "gpus", "node_selector"):
+        if p.get(key) is not None and now.get(key) != p[key]:
+            return f"its {key.replace('_', ' ')} is now {now.get(key)!r}, not {p[key]!r}"
+    labels = dict(p.get("labels") or {})
+    changed = {k: now["labels"].get(k) for k, v in labels.items() if now["labels"].get(k) != v}
+    return f"its labels are now {changed}, not {labels}" if changed else None
 
 
 def failed_metrics(run: Mapping[str, Any]) -> list[str]:
@@ -111,8 +131,23 @@ async def watch_rollout(ch: ChangeRequest, k8s: K8sReadClient, *, on_progress: P
     while time.monotonic() - t0 < deadline_s:
         ro = await read()
         st = ro.get("status") or {}
+        if (why := superseded(ro, ch)) is not None:
+            # Another change replaced this one's template (a later deployment, a rollback): what the
+            # controller runs now is not this change's canary, and its outcome is not this change's.
+            await on_progress(f"no longer this change's rollout: {why}", False)
+            return Verification(ch.id, Outcome.INCONCLUSIVE, f"superseded before its canary ended: the Rollout's "
+                                f"template was replaced ({why})", rollout_seconds=time.monotonic() - t0,
+                                seconds=time.monotonic() - t0)
         new = str(st.get("currentPodHash") or "")
         elapsed = time.monotonic() - t0
+        if ch.spec.action == ActionKind.ABORT_ROLLOUT and new and new == old_stable and not st.get("abort") \
+                and int(st.get("availableReplicas") or 0) >= int(ro["spec"].get("replicas") or 0):
+            # The abort landed and the deployment it stopped was already undone (its template put back,
+            # which clears the controller's abort flag): the canary is gone, stable serves everything.
+            await on_progress(f"aborted as asked: the canary is gone and stable {old_stable} serves every "
+                              f"replica ({elapsed:.0f} s)", False)
+            return Verification(ch.id, Outcome.PASS, "aborted as asked; stable serves every replica",
+                                rollout_seconds=elapsed, seconds=elapsed)
         if not new or new == old_stable or str(st.get("observedGeneration", "")) != str(
                 ro["metadata"].get("generation", "")):
             await asyncio.sleep(poll_s)  # the controller has not taken up the new template yet
@@ -122,7 +157,7 @@ async def watch_rollout(ch: ChangeRequest, k8s: K8sReadClient, *, on_progress: P
         if st.get("abort") and ch.spec.action == ActionKind.ABORT_ROLLOUT:
             if int(st.get("availableReplicas") or 0) >= int(ro["spec"].get("replicas") or 0):
                 await on_progress(f"aborted as asked: stable {st.get('stableRS')} serves every replica "
-                                  f"({elapsed:.0f} s)")
+                                  f"({elapsed:.0f} s)", False)
                 return Verification(ch.id, Outcome.PASS, "aborted as asked; stable serves every replica",
                                     rollout_seconds=elapsed, seconds=elapsed)
             await asyncio.sleep(poll_s)
@@ -132,12 +167,12 @@ async def watch_rollout(ch: ChangeRequest, k8s: K8sReadClient, *, on_progress: P
             step = int(st.get("currentStepIndex") or 0)
             extra = await compared(new)
             await on_progress(f"aborted at step {step + 1} after {elapsed:.0f} s: {why}; stable {old_stable} serves"
-                              + extra)
+                              + extra, False)
             return Verification(ch.id, Outcome.REGRESSION, f"aborted by analysis at step {step + 1}: {why}{extra}",
                                 rollout_seconds=elapsed, seconds=elapsed)
         if st.get("phase") == "Healthy" and st.get("stableRS") == new:
             extra = f"; during the canary: {figures}" if figures else ""
-            await on_progress(f"promoted: 100 % on the new version {elapsed:.0f} s after the write{extra}")
+            await on_progress(f"promoted: 100 % on the new version {elapsed:.0f} s after the write{extra}", False)
             return Verification(ch.id, Outcome.PASS, f"promoted to 100 % (canary analysis passed){extra}",
                                 rollout_seconds=elapsed, seconds=elapsed)
         index = int(st.get("currentStepIndex") or 0)
@@ -147,10 +182,10 @@ async def watch_rollout(ch: ChangeRequest, k8s: K8sReadClient, *, on_progress: P
             seen = mark
             extra = await compared(new) if index > 0 and step_kind(ro, index - 1) == "analysis" else ""
             await on_progress(f"step {min(index + 1, steps)}/{steps} ({step_kind(ro, index)}): canary at {mark[1]} % "
-                              f"({elapsed:.0f} s){extra}")
+                              f"({elapsed:.0f} s){extra}", True)
         paused = [c.get("reason") for c in st.get("pauseConditions") or []]
         if "InconclusiveAnalysis" in paused:
-            await on_progress("paused: the analysis was inconclusive (no data); promote or abort it")
+            await on_progress("paused: the analysis was inconclusive (no data); promote or abort it", True)
             return Verification(ch.id, Outcome.INCONCLUSIVE, "paused at step "
                                 f"{index + 1}: analysis inconclusive; a human must promote or abort",
                                 rollout_seconds=elapsed, seconds=elapsed)

@@ -766,6 +766,41 @@ def test_deploy_asked_in_an_incident_thread_and_an_executor_that_does_not_answer
     assert _rollout(radmin, "llm-prod")["metadata"]["generation"] == generation
 
 
+def _aborted_events(api: client.ApiClient, ns: str, since: float) -> list[Any]:
+    """The Argo Rollouts controller's RolloutAborted events on the workload's Rollout newer than `since`."""
+    events = client.CoreV1Api(api).list_namespaced_event(
+        ns, field_selector=f"involvedObject.kind=Rollout,involvedObject.name={WORKLOAD}").items
+    return [e for e in events if e.reason == "RolloutAborted"
+            and (e.last_timestamp or e.event_time or e.metadata.creation_timestamp).timestamp() >= since - 1]
+
+
+def _story(rsandbox: dict[str, Any], rconfig: Path, rstate: Path, abort_id: str, deploy_id: str, api: Any) -> str:
+    """What the ledger, the audit, the Rollout, its analysis runs and the Slack thread say: a failure's why."""
+    admin = api_client(Path(rsandbox["kubeconfigs"]["admin"]))
+    custom = client.CustomObjectsApi(admin)
+    app = _app(rsandbox, rconfig, rstate)
+    try:
+        lines = []
+        for cid in (abort_id, deploy_id):
+            c = app.ledger.get(cid)
+            lines.append(f"{cid}: {c.status.value} {c.spec.action.value} {c.result}" if c else f"{cid}: missing")
+        lines += [f"audit {e['kind']} {e['action']} -> {e['decision']}: {e['reason'][:200]}"
+                  for e in app.audit.events() if abort_id in e["action"] or deploy_id in e["action"]][-20:]
+        ro = custom.get_namespaced_custom_object(rollouts.GROUP, rollouts.VERSION, "llm-prod", "rollouts", WORKLOAD)
+        writers = [(m.get("manager"), m.get("time"), m.get("subresource")) for m in ro["metadata"]["managedFields"]]
+        lines.append(f"rollout generation {ro['metadata']['generation']}, written by {writers}")
+        for r in custom.list_namespaced_custom_object(rollouts.GROUP, rollouts.VERSION, "llm-prod",
+                                                      "analysisruns")["items"]:
+            results = [(m.get("name"), m.get("phase"), [x.get("value") for x in m.get("measurements") or []])
+                       for m in (r.get("status") or {}).get("metricResults") or []]
+            lines.append(f"analysisrun {r['metadata']['name']} {(r.get('status') or {}).get('phase')}: {results}")
+        lines += [f"slack {c.method}: {str(c.args.get('text'))[:200]}" for c in api.calls[-15:]]
+        return "\n".join(lines)
+    finally:
+        app.close()
+        admin.close()
+
+
 def test_abort_from_a_canary_progress_message_is_a_change_request_only_an_approval_carries_out(
         rsandbox: dict[str, Any], radmin: client.ApiClient, rfleet: Fleet, rconfig: Path, rstate: Path) -> None:
     from tests.slack_standin import ONCALL, PLATFORM, buttons, render
@@ -784,6 +819,7 @@ def test_abort_from_a_canary_progress_message_is_a_change_request_only_an_approv
                                               {"spec": {"strategy": {"canary": {"steps": value}}}})
 
     set_steps([steps[0], {"pause": {}}, *steps[1:]])
+    started = time.time()
     try:
         stable_before = str((_rollout(radmin, ns).get("status") or {}).get("stableRS") or "")
         with _bot(rsandbox, rconfig, rstate, channel) as (app, api, sim):
@@ -805,8 +841,10 @@ def test_abort_from_a_canary_progress_message_is_a_change_request_only_an_approv
                              block.args["_ts"]).status_code == 200
             note = api.wait(lambda: [c for c in api.of("chat.postEphemeral") if c.args.get("user") == "U0MALLORY"],
                             what="the clicker's note")[0]
-            assert "abort rollout" in note.args["text"] and "pending approval" in note.args["text"], note.args["text"]
             abort_id = note.args["text"].split("`")[1]
+            assert "abort rollout" in note.args["text"] and "pending approval" in note.args["text"], \
+                f'{note.args["text"]}\n{_story(rsandbox, rconfig, rstate, abort_id, deploy_id, api)}'
+
             abort_block = api.wait(lambda: [c for c in api.of("chat.postMessage") if abort_id in render(c.args)
                                             and ("change_approve", abort_id) in buttons(c.args)],
                                    what="the abort's change block")[0]
@@ -820,12 +858,19 @@ def test_abort_from_a_canary_progress_message_is_a_change_request_only_an_approv
                                         and "refused" in str(c.args.get("text"))], what="the refusal")[0]
             assert abort_id in refused.args["text"]
             assert not (_rollout(radmin, ns).get("status") or {}).get("abort")
+            early = _aborted_events(radmin, ns, since=started)
+            assert not early, f"nothing aborted before an approval: {[(e.message, e.last_timestamp) for e in early]}" \
+                              f"{_story(rsandbox, rconfig, rstate, abort_id, deploy_id, api)}"
+            approved_at = time.time()
             assert sim.click(ONCALL, "change_approve", abort_id, channel, abort_block.args["_ts"],
                              block.args["_ts"]).status_code == 200
+            # The controller's own record that it aborted: `status.abort` lasts only until the agent puts the
+            # stable template back (a second or two), its RolloutAborted event stays.
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and not (_rollout(radmin, ns).get("status") or {}).get("abort"):
+            while time.monotonic() < deadline and not _aborted_events(radmin, ns, since=approved_at):
                 time.sleep(1)
-            assert (_rollout(radmin, ns).get("status") or {}).get("abort"), "the approved abort aborted the canary"
+            assert _aborted_events(radmin, ns, since=approved_at), \
+                f"the approved abort aborted the canary: {_story(rsandbox, rconfig, rstate, abort_id, deploy_id, api)}"
             api.wait(lambda: "*rolled back*" in "\n".join(render(c.args) for c in api.of("chat.postMessage")
                                                           if c.args.get("thread_ts") == block.args["_ts"]),
                      what="the deployment's end in its thread", timeout=240)

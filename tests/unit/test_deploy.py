@@ -279,3 +279,28 @@ def test_promote_and_abort_are_rollout_changes_with_their_own_approval_rule() ->
         assert d.approvers.count == 1
     outside = ask("deploy", ns="platform")  # a Rollout outside the serving namespaces
     assert outside.effect == Effect.DENY and outside.rule == "outside-serving-namespaces"
+
+
+def test_a_rollout_watch_knows_when_a_later_change_replaced_its_template() -> None:
+    """A watch resumed late (or outliving its canary) must not take a later deployment's canary for its own."""
+    from agent.change.rollout_watch import superseded
+
+    s = rollout_spec(container="server", labels={"model-version": "2025.09.0"}, image="vllm/vllm-openai:v0.10.2")
+    ch = ChangeRequest(id="chg-1", spec=s, spec_digest=s.digest(), risk="mutate",
+                       fingerprint=TargetFingerprint(kind="Rollout", name="assist-mini", spec_hash="h"),
+                       blast_radius=BlastRadius(gpus=0, replicas=0, capacity_drop=0), reason="r", requester="me",
+                       created_at=dt.datetime.now(dt.UTC), status=ChangeStatus.APPLIED)
+    ours = workload()
+    ours["spec"]["template"]["metadata"]["labels"]["model-version"] = "2025.09.0"
+    ours["spec"]["template"]["spec"]["containers"][0]["image"] = "vllm/vllm-openai:v0.10.2"
+    assert superseded(ours, ch) is None  # its own canary: watched to the end
+    ours["spec"]["paused"] = True  # a person pausing it changes the spec, not what it runs
+    assert superseded(ours, ch) is None
+    later = copy.deepcopy(ours)
+    later["spec"]["template"]["metadata"]["labels"]["model-version"] = "2025.10.1"
+    assert "2025.10.1" in str(superseded(later, ch))
+    back = workload()  # a rollback put the previous image and version back
+    assert superseded(back, ch) is not None
+    abort = ChangeRequest(**{**ch.model_dump(), "spec": ChangeSpec(
+        action=ActionKind.ABORT_ROLLOUT, cluster="c", target=s.target)})
+    assert superseded(later, abort) is None  # an abort writes no template: nothing of its own to lose

@@ -244,7 +244,7 @@ async def set_template(c: K8sWriteClient, p: SetTemplateInput) -> WriteResult:
     resp = await _call(c.apps.patch_namespaced_deployment, p.name, p.namespace, ops, what=f"update {what}", **kwargs)
     after = dict(json.loads(resp.data))
     return _result("Deployment", "set_template", before, after, p.dry_run,
-                   {"previous": _template_summary(before["spec"]["template"], p.container)})
+                   {"previous": template_summary(before["spec"]["template"], p.container)})
 
 
 ROLLOUTS = ("argoproj.io", "v1alpha1", "rollouts")
@@ -281,7 +281,7 @@ async def set_rollout_template(c: K8sWriteClient, p: SetTemplateInput) -> WriteR
                        what=f"update {what}", **kwargs)
     after = dict(json.loads(resp.data))
     return _result("Rollout", "set_template", before, after, p.dry_run,
-                   {"previous": _template_summary(before["spec"]["template"], p.container),
+                   {"previous": template_summary(before["spec"]["template"], p.container),
                     "stable_rs": str((before.get("status") or {}).get("stableRS") or "")})
 
 
@@ -333,7 +333,7 @@ def merge_patch(before: Any, after: Any) -> Any:
     return out
 
 
-def _template_summary(template: dict[str, Any], container: str) -> dict[str, Any]:
+def template_summary(template: dict[str, Any], container: str) -> dict[str, Any]:
     """What a template change replaces, enough to put it back: the inverse of a deployment."""
     containers = template.get("spec", {}).get("containers") or []
     ct: dict[str, Any] = next((c for c in containers if c.get("name") == container), {})

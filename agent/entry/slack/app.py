@@ -375,8 +375,9 @@ class SlackBot:
             msg = await asyncio.to_thread(self.app.store.chat_message, f"change:{ev.change_id}")
             if msg is not None:
                 t = ch.spec.target
-                running = ch.spec.target.kind == "Rollout" and ev.stage in (C.EXECUTING, C.VERIFYING)
-                body = blocks.rollout_progress(text, t.namespace or "", t.name) if running else {"text": text}
+                # Promote / Abort only while its canary runs: before the controller took up the template
+                # there is nothing to abort yet, and after the end nothing to promote.
+                body = blocks.rollout_progress(text, t.namespace or "", t.name) if ev.canary else {"text": text}
                 await self.notifier.call("chat.postMessage", channel=msg.channel, thread_ts=msg.thread_ts or msg.ts,
                                          **body)
             return
@@ -441,6 +442,9 @@ class SlackBot:
         ch = st.change
         self.metrics.changes.labels(status=ch.status.value).inc()
         await self.notifier.show_change(ch.id, thread=thread)
+        if ch.status in (ChangeStatus.FAILED, ChangeStatus.DENIED):  # nothing to approve: say why, not who may
+            return (f":warning: The {kind.value.replace('_', ' ')} of `{blocks.esc(target)}` cannot go ahead "
+                    f"(`{ch.id}` {ch.status.value}): {blocks.esc(ch.policy_reason)}")
         return (f"Change request `{ch.id}` ({kind.value.replace('_', ' ')} `{blocks.esc(target)}`) is "
                 f"{ch.status.value.replace('_', ' ')}: policy `{ch.policy_rule}`"
                 + (f" needs {ch.approvals_required} approval(s) from {', '.join(ch.approver_roles)}."
