@@ -56,7 +56,22 @@ def test_a_traffic_surge_is_not_blamed_on_an_old_rollout() -> None:
                 ev("waiting", recent=40), ev("preemptions", max=2.5), ev("workload", replicas=2)]
     hyps, props = diagnose(["bad-rollout", "kv-cache-saturation"], evidence)
     assert hyps[0].category == Category.KV_CACHE_SATURATION
-    assert props[0].kind == ActionKind.SCALE and props[0].params["replicas"] == 8  # ceil(2 * 3.1 * 1.2)
+    # The replicas ran at half their KV cache before: 3.1× the load needs 2 × 3.1 × 1.2 × 0.5/0.8 = 4.65.
+    assert props[0].kind == ActionKind.SCALE and props[0].params["replicas"] == 5
+
+
+def test_a_surge_at_a_quiet_hour_is_sized_by_the_load_it_adds_not_by_its_ratio() -> None:
+    """×9 of replicas that were 15 % busy is about twice their capacity, not nine times: the scale fits what
+    the surge needs (a policy that refuses 40 GPUs lets 10 through), and a busy baseline still gets the full
+    ratio."""
+    evidence = [ev("errors", change_ratio=1.0, recent=0.001), ev("ttft", change_ratio=6, recent=2.4),
+                ev("traffic", change_ratio=9.0, recent=20), ev("kv", recent=0.99, baseline=0.15),
+                ev("waiting", recent=60), ev("preemptions", max=3.0), ev("workload", replicas=2)]
+    _, props = diagnose(["kv-cache-saturation"], evidence)
+    assert props[0].params["replicas"] == 9  # ceil(2 × 9 × 1.2 × 0.3/0.8): 0.15 counts as 0.3
+    busy = [e if e.id != "kv" else ev("kv", recent=0.99, baseline=0.85) for e in evidence]
+    _, props = diagnose(["kv-cache-saturation"], busy)
+    assert props[0].params["replicas"] == 22  # ceil(2 × 9 × 1.2): replicas already near their limit
 
 
 def test_nominal_evidence_is_no_anomaly_with_no_action() -> None:
