@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.config import RightsizeConfig, SloConfig
 from tools.rightsize.catalog import HOURS_PER_MONTH, PriceCatalog
 from tools.rightsize.history import WorkloadHistory
+from tools.serving_knowledge.model_shapes import shape as model_shape
 
 MIB = 1024.0 * 1024.0
 GIB = 1024.0 * MIB
@@ -142,12 +143,19 @@ _PARAMS = re.compile(r"(?<![0-9.])([0-9]+(?:\.[0-9]+)?)b(?![a-z])", re.IGNORECAS
 def model_memory_gib(model: str, observed_fb_mib: float, cfg: RightsizeConfig) -> tuple[float | None, str]:
     """GPU memory one replica needs (GiB) and where the figure came from.
 
-    A configured figure wins; else 2 bytes a parameter (16-bit weights) × 1.2 for KV cache and
-    activations, from a parameter count in the model name ("70b"); else the largest frame-buffer
-    use observed × 1.2 (meaningful for runtimes that do not pre-allocate, e.g. Triton).
+    A configured figure wins; else 16-bit weights × 1.2 for KV cache and activations, from the
+    serving knowledge catalog's parameter count (`tools.serving_knowledge.model_shapes`, the figures
+    the deployment preflight checks fit with), or a parameter count in the model name ("70b"); else
+    the largest frame-buffer use observed × 1.2 (meaningful for runtimes that do not pre-allocate,
+    e.g. Triton). The result decides which GPU types and MIG profiles are candidates.
     """
     if model in cfg.model_memory_gib:
         return cfg.model_memory_gib[model], "configured"
+    known = model_shape(model)
+    if known is not None:
+        weights = known.weight_bytes(2) / GIB
+        return round(weights * 1.2, 2), (f"{known.params_b:g} B parameters (serving knowledge catalog) × 2 bytes "
+                                         f"= {weights:.1f} GiB weights, × 1.2 for KV cache and activations")
     m = _PARAMS.search(model)
     if m:
         return float(m.group(1)) * 2 * 1.2, f"{m.group(1)}B parameters × 2 bytes × 1.2"

@@ -67,10 +67,19 @@ def test_cheaper_gpu_type_is_recommended_with_extrapolation_risk() -> None:
     _, rec = _rec("summarizer", traffic=0.3)  # a 7B model using a third of an A100: a MIG slice will do
     assert rec.recommended is not None and rec.current is not None
     assert rec.recommended.monthly_cost < rec.current.monthly_cost * 0.9
-    assert rec.recommended.mig_profile is not None
+    new = rec.recommended
+    assert new.mig_profile is not None and new.instance_type is not None and new.gpu_product is not None
+    # Priced per slice: its compute sevenths of the GPU's hourly price.
+    prof = CATALOG.product(new.gpu_product).mig_profiles[new.mig_profile]
+    it = CATALOG.instance_types[new.instance_type]
+    assert new.price_per_replica_hour == pytest.approx(it.price_per_gpu_hour * prof.slices / 7)
+    # The slice holds the model: 7.25 B params × 2 bytes × 1.2 within vLLM's 90 % of the slice's memory.
+    assert prof.memory_gib * 0.9 >= rec.evidence["model_memory_gib"] > 15  # type: ignore[operator]
     assert rec.slo_risk in (SloRisk.MEDIUM, SloRisk.HIGH)
     planned = change_specs(rec, "sandbox")
-    assert "MIG slice" in planned.note and all(s.action == ActionKind.SCALE for s in planned.specs)
+    assert [s.action for s in planned.specs] == [ActionKind.DEPLOY]
+    assert planned.specs[0].params["mig_profile"] == new.mig_profile and "gpus" not in planned.specs[0].params
+    assert f"one MIG {new.mig_profile} slice" in planned.note
 
 
 def test_scale_to_zero_window_for_an_idle_night() -> None:
