@@ -76,6 +76,16 @@ class Shape(_Model):
                else f"{self.gpus}× {self.gpu_product}" if self.gpu_product else "no GPU")
         return f"{self.replicas} × ({gpu})"
 
+    def cost_arithmetic(self) -> str:
+        """The monthly cost as a sum a reader can check: replicas × price per replica-hour × hours."""
+        per = f"${self.price_per_replica_hour:.3f}/replica-h"
+        if self.mig_profile:
+            sevenths = _compute(self) * 7
+            per += f" ({sevenths:.0f}/7 of a ${self.price_per_replica_hour * 7 / sevenths:.3f}/GPU-h GPU)"
+        elif self.gpus > 1:
+            per += f" ({self.gpus} × ${self.price_per_replica_hour / self.gpus:.3f}/GPU-h)"
+        return f"{self.replicas} × {per} × {HOURS_PER_MONTH:g} h = ${self.monthly_cost:,.0f}/month"
+
 
 class ScaleWindow(_Model):
     days: str = Field(description="weekdays | weekends | every day")
@@ -336,6 +346,14 @@ def recommend(h: WorkloadHistory, *, times: Sequence[float], step_s: float, cata
                 best, extrapolated = shape, True
     per_replica_best = cap.per_replica_rps * _scale(_speed(catalog, best), _compute(best), speed_now, gpus) * \
         (cfg.shape_headroom if extrapolated else 1.0)
+    if extrapolated:
+        # What the move rests on, for the report: the capacity it assumes, and the memory fit.
+        evidence["capacity_per_replica_after_rps"] = round(per_replica_best, 3)
+        room = (catalog.product(best.gpu_product or "").mig_profiles[best.mig_profile].memory_gib if best.mig_profile
+                else catalog.instance_types[best.instance_type or ""].gpu_memory_gib * best.gpus)
+        evidence["memory_fit"] = (f"{need_gib or 0:.1f} GiB needed ≤ {room:g} GiB × {VLLM_MEMORY_FRACTION:g} = "
+                                  f"{room * VLLM_MEMORY_FRACTION:.1f} GiB of "
+                                  + (f"a MIG {best.mig_profile} slice" if best.mig_profile else f"{best.gpus} GPU(s)"))
     windows = scale_windows(h, times, best, per_replica_best, cfg)
     over = [d for d in h.demand_peak_rps if not math.isnan(d)]
     cap_best = per_replica_best * best.replicas

@@ -198,3 +198,17 @@ def test_query_count_does_not_depend_on_the_fleet() -> None:
 def test_quantile_ignores_missing() -> None:
     assert quantile([math.nan, 1.0, 3.0], 0.5) == 2.0
     assert math.isnan(quantile([math.nan], 0.5))
+
+
+def test_the_report_shows_a_mig_moves_cost_capacity_and_memory_arithmetic() -> None:
+    _, rec = _rec("summarizer", traffic=0.3)
+    new = rec.recommended
+    assert new is not None and new.mig_profile is not None and new.gpu_product is not None
+    line = new.cost_arithmetic()
+    prof = CATALOG.product(new.gpu_product).mig_profiles[new.mig_profile]
+    per_gpu = new.price_per_replica_hour * 7 / prof.slices
+    assert f"({prof.slices}/7 of a ${per_gpu:.3f}/GPU-h GPU)" in line
+    assert line.endswith(f"× 730 h = ${new.monthly_cost:,.0f}/month")
+    fit = str(rec.evidence["memory_fit"])
+    assert f"≤ {prof.memory_gib:g} GiB × 0.9" in fit and f"MIG {new.mig_profile} slice" in fit
+    assert float(rec.evidence["capacity_per_replica_after_rps"]) > 0  # type: ignore[arg-type]
