@@ -296,8 +296,13 @@ def recommend(h: WorkloadHistory, *, times: Sequence[float], step_s: float, cata
         return Recommendation(**base, confidence=Confidence.INSUFFICIENT, evidence=evidence,
                               reason=f"no GPU allocation with a catalog price was found (instance type "
                                      f"{it_name or 'unknown'}, {gpus} GPUs per replica); no recommendation")
+    mig_now = h.mig_profile
     current = Shape(replicas=replicas_now, gpus=gpus, gpu_product=it.gpu_product, instance_type=it_name,
-                    price_per_replica_hour=gpus * it.price_per_gpu_hour)
+                    mig_profile=mig_now, price_per_replica_hour=gpus * it.price_per_gpu_hour)
+    if mig_now:  # one slice per replica, priced at its compute sevenths of the GPU
+        current = current.model_copy(update={"gpus": 1, "price_per_replica_hour": it.price_per_gpu_hour * _compute(
+            current)})
+    compute_now = _compute(current)
     slo = slo_for(h.model, cfg)
     cap = observed_capacity(h, slo, cfg.busy_max)
     cpu, mem = size_cpu_memory(h, hours / 24.0, cfg)
@@ -329,14 +334,13 @@ def recommend(h: WorkloadHistory, *, times: Sequence[float], step_s: float, cata
         # The SLO held at the current size: the observed capacity is only a lower bound, so never
         # recommend more replicas than are running.
         keep_n = min(keep_n, max(current.replicas, cfg.min_replicas))
-    keep_type = Shape(replicas=keep_n, gpus=gpus, gpu_product=it.gpu_product,
-                      instance_type=it_name, price_per_replica_hour=current.price_per_replica_hour)
+    keep_type = current.model_copy(update={"replicas": keep_n})
     evidence["replicas_on_current_gpu"] = keep_type.replicas
     best, extrapolated = keep_type, False
     if need_gib is not None and cfg.consider_gpu_types:
         for cand in _candidates(catalog, need_gib):
-            scale = _scale(cand.speed, cand.compute_share, speed_now, gpus)
-            if (cand.product, cand.gpus, cand.mig) != (it.gpu_product, gpus, None):
+            scale = _scale(cand.speed, cand.compute_share, speed_now, compute_now)
+            if (cand.product, cand.gpus, cand.mig) != (it.gpu_product, current.gpus, mig_now):
                 scale *= cfg.shape_headroom  # not observed: extrapolated, so leave room for the error
             n = replicas_for(cap.per_replica_rps * scale)
             shape = Shape(replicas=n, gpus=cand.gpus, gpu_product=cand.product, instance_type=cand.instance_type,
@@ -344,7 +348,7 @@ def recommend(h: WorkloadHistory, *, times: Sequence[float], step_s: float, cata
             # A different shape must save enough to be worth a migration and the risk of extrapolating.
             if shape.monthly_cost < best.monthly_cost * (1 - cfg.min_shape_saving) - 1e-6:
                 best, extrapolated = shape, True
-    per_replica_best = cap.per_replica_rps * _scale(_speed(catalog, best), _compute(best), speed_now, gpus) * \
+    per_replica_best = cap.per_replica_rps * _scale(_speed(catalog, best), _compute(best), speed_now, compute_now) * \
         (cfg.shape_headroom if extrapolated else 1.0)
     if extrapolated:
         # What the move rests on, for the report: the capacity it assumes, and the memory fit.
@@ -427,14 +431,14 @@ def _candidates(catalog: PriceCatalog, need_gib: float) -> list[_Candidate]:
     return out
 
 
-def _scale(speed: float, compute: float, speed_now: float, gpus_now: int) -> float:
+def _scale(speed: float, compute: float, speed_now: float, compute_now: float) -> float:
     """Capacity of a replica shape relative to the current one.
 
     Relative throughput compares GPU types for the same replica shape; more GPUs per replica (needed
     for memory) get no credit, since tensor parallelism scales sub-linearly, while fewer GPUs or a MIG
     slice lose capacity in proportion. Conservative on purpose: the error only costs money.
     """
-    return (speed / speed_now) * min(1.0, compute / gpus_now)
+    return (speed / speed_now) * min(1.0, compute / compute_now)
 
 
 def _speed(catalog: PriceCatalog, s: Shape) -> float:

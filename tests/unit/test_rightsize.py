@@ -212,3 +212,27 @@ def test_the_report_shows_a_mig_moves_cost_capacity_and_memory_arithmetic() -> N
     fit = str(rec.evidence["memory_fit"])
     assert f"≤ {prof.memory_gib:g} GiB × 0.9" in fit and f"MIG {new.mig_profile} slice" in fit
     assert float(rec.evidence["capacity_per_replica_after_rps"]) > 0  # type: ignore[arg-type]
+
+
+def test_a_workload_on_mig_slices_is_priced_per_slice_and_read_from_its_mig_resource() -> None:
+    from tools.rightsize.history import mig_profile, mig_sevenths
+
+    assert mig_profile("nvidia_com_mig_3g_20gb") == "3g.20gb" and mig_sevenths("nvidia_com_mig_3g_20gb") == 3
+    assert mig_profile("nvidia_com_mig_1g_10gb_me") == "1g.10gb+me"
+    assert mig_profile("nvidia_com_gpu") is None and mig_sevenths("cpu") is None
+    times, h = workload_history(FLEET, FLEET.workload("summarizer"), start=START, days=14)
+    # The same history as if each replica held one 3g.20gb slice of its A100 (3/7 of a GPU allocated).
+    on_slice = h.model_copy(update={"mig_profile": "3g.20gb", "gpus_per_replica": 1.0, "gpus_by_instance": {
+        it: [x * 3 / 7 for x in xs] for it, xs in h.gpus_by_instance.items()}})
+    rec = recommend(on_slice, times=times, step_s=1800.0, catalog=CATALOG, cfg=CFG)
+    assert rec.current is not None and rec.current.mig_profile == "3g.20gb"
+    per_gpu = CATALOG.instance_types["p4d.24xlarge"].price_per_gpu_hour
+    assert rec.current.price_per_replica_hour == pytest.approx(per_gpu * 3 / 7)
+    assert rec.monthly_cost_current == pytest.approx(rec.current.replicas * per_gpu * 3 / 7 * HOURS_PER_MONTH, abs=0.01)
+    assert "MIG 3g.20gb" in rec.current.describe()
+    # The cost model sums GPU-equivalents: a slice's 3/7 costs 3/7 of the GPU's hour.
+    from agent.rightsize.cost import workload_cost
+
+    row, _, _, _ = workload_cost(on_slice, CATALOG, 0.5)
+    full, _, _, _ = workload_cost(h, CATALOG, 0.5)
+    assert row.cost == pytest.approx(full.cost * 3 / 7)
