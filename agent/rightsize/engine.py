@@ -254,6 +254,33 @@ def observed_capacity(h: WorkloadHistory, slo: SloConfig, busy_max: float = 0.85
     return _Capacity(cap, len(ok), len(breach), max(ok), min(breach) if breach else math.nan, source)
 
 
+def in_current_shape(h: WorkloadHistory, catalog: PriceCatalog, *, speed: float) -> WorkloadHistory:
+    """`h` with each step's load expressed as the load on a replica of the current shape (of `speed`).
+
+    A workload moved to another class (another GPU type, count or a MIG slice) has history from both: a
+    step served by replicas of half the speed carried, per replica, what the current shape carries at
+    twice the load. Each step's per-replica speed is its GPUs per instance type (GPU-equivalents: a
+    3g slice counts 3/7) × that type's relative throughput ÷ its replicas; steps without that figure are
+    taken as the current shape. Only the loads change (for the capacity estimate), not the demand.
+    """
+    n = len(h.demand_rps)
+    units = [0.0] * n
+    for it_name, xs in h.gpus_by_instance.items():
+        it = catalog.instance_types.get(it_name)
+        rel = catalog.product(it.gpu_product or "").relative_throughput if it and it.gpu_product else math.nan
+        for i, g in enumerate(xs[:n]):
+            if not math.isnan(g) and not math.isnan(rel):
+                units[i] += g * rel
+    factors = []
+    for u, r in zip(units, h.replicas, strict=True):
+        per = u / r if r and not math.isnan(r) and r > 0 and u > 0 else math.nan
+        factors.append(speed / per if speed > 0 and not math.isnan(per) else 1.0)
+    if all(abs(f - 1.0) < 0.02 for f in factors):
+        return h
+    return h.model_copy(update={"demand_rps": [d * f for d, f in zip(h.demand_rps, factors, strict=True)],
+                                "demand_peak_rps": [d * f for d, f in zip(h.demand_peak_rps, factors, strict=True)]})
+
+
 def _current_instance(h: WorkloadHistory) -> str | None:
     best, best_v = None, 0.0
     for it, xs in h.gpus_by_instance.items():
@@ -304,7 +331,8 @@ def recommend(h: WorkloadHistory, *, times: Sequence[float], step_s: float, cata
             current)})
     compute_now = _compute(current)
     slo = slo_for(h.model, cfg)
-    cap = observed_capacity(h, slo, cfg.busy_max)
+    cap = observed_capacity(in_current_shape(h, catalog, speed=catalog.product(it.gpu_product or "").relative_throughput
+                                             * compute_now), slo, cfg.busy_max)
     cpu, mem = size_cpu_memory(h, hours / 24.0, cfg)
     if cap is None:
         return Recommendation(**base, confidence=Confidence.LOW, current=current, cpu=cpu, memory=mem,

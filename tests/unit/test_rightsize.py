@@ -236,3 +236,17 @@ def test_a_workload_on_mig_slices_is_priced_per_slice_and_read_from_its_mig_reso
     row, _, _, _ = workload_cost(on_slice, CATALOG, 0.5)
     full, _, _, _ = workload_cost(h, CATALOG, 0.5)
     assert row.cost == pytest.approx(full.cost * 3 / 7)
+
+
+def test_after_a_move_to_slices_the_capacity_seen_on_whole_gpus_is_scaled_to_the_slice() -> None:
+    """The next report after a move reads history from both shapes: a load a whole A100 held is not one
+    a 3/7 slice holds, so it must not advise fewer slices than the load needs."""
+    times, h = workload_history(FLEET, FLEET.workload("summarizer"), start=START, days=14)
+    whole = recommend(h, times=times, step_s=1800.0, catalog=CATALOG, cfg=CFG)
+    half = len(times) // 2
+    moved = h.model_copy(update={"mig_profile": "3g.20gb", "gpus_per_replica": 1.0, "gpus_by_instance": {
+        it: [x * 3 / 7 if i >= half else x for i, x in enumerate(xs)] for it, xs in h.gpus_by_instance.items()}})
+    rec = recommend(moved, times=times, step_s=1800.0, catalog=CATALOG, cfg=CFG)
+    cap_whole = float(whole.evidence["capacity_per_replica_rps"])  # type: ignore[arg-type]
+    cap_slice = float(rec.evidence["capacity_per_replica_rps"])  # type: ignore[arg-type]
+    assert cap_slice == pytest.approx(cap_whole * 3 / 7, rel=0.05), (cap_whole, cap_slice)
