@@ -297,9 +297,7 @@ def _with_gpu_resource(container: Mapping[str, Any], name: str, count: int) -> d
 def gpu_memory_gib(nodes: Sequence[Mapping[str, Any]], pod: PodShape, catalog: PriceCatalog) -> tuple[float, str]:
     """GPU memory per device on the nodes the pod may land on, and where the figure came from.
 
-    A pod on a MIG slice sees the slice's memory, not the GPU's: the catalog's figure for the profile on
-    the node's GPU product, else the profile's own name (`3g.40gb` → 40 GB, taken as GiB: NVIDIA's
-    profile names round the slice's memory, e.g. 3g.40gb has 39.25 GiB on an H100, so it is read as 40 × 0.98).
+    A pod on a MIG slice sees the slice's memory, not the GPU's (`mig_memory_gib`).
     """
     if (profile := pod.mig_profile) is not None:
         return mig_memory_gib(nodes, pod, profile, catalog)
@@ -317,11 +315,19 @@ def gpu_memory_gib(nodes: Sequence[Mapping[str, Any]], pod: PodShape, catalog: P
 
 def mig_memory_gib(nodes: Sequence[Mapping[str, Any]], pod: PodShape, profile: str,
                    catalog: PriceCatalog) -> tuple[float, str]:
-    """The memory of one `profile` slice on the nodes the pod may land on, and where the figure came from."""
+    """The memory of one `profile` slice on the nodes the pod may land on, and where the figure came from.
+
+    GPU feature discovery's `nvidia.com/mig-<profile>.memory` label (MiB) first; else the price catalog's
+    figure for the profile on the node's GPU product; else the profile's name (`3g.40gb` → 40 × 0.98 GiB:
+    NVIDIA's names round the slice's memory up, e.g. 3g.40gb has 39.5 GiB on an H100).
+    """
     for n in nodes:
         view = node_view(n)
         if any(view.labels.get(k) != v for k, v in pod.node_selector.items()) or not view.allocatable_mig.get(profile):
             continue
+        key = f"{MIG_PREFIX}{profile}.memory"
+        if (mib := view.labels.get(key)) and mib.isdigit():
+            return round(int(mib) / 1024, 2), f"MIG {profile}: node {view.name} label {key}={mib} MiB"
         product = view.labels.get(GPU_PRODUCT_LABEL, "")
         known = catalog.product(product).mig_profiles.get(profile)
         if known is not None:

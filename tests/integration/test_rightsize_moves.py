@@ -354,7 +354,7 @@ def test_a_mig_move_from_the_report_runs_as_a_canary_on_the_mig_pool_and_the_nex
     assert "args" not in ch.spec.params, "already --tensor-parallel-size 1: one slice needs no other args"
     # The preflight's numbers, in the request a person approves: free slices of the profile, the slice's memory.
     assert f"free MIG {profile} slices" in ch.reason and "all replicas of the move" in ch.reason, ch.reason
-    assert f"MIG {profile} on NVIDIA-A100-SXM4-40GB" in ch.reason, ch.reason
+    assert f"19.5 GiB per GPU (MIG {profile}: node" in ch.reason, ch.reason  # GPU feature discovery's label
     assert f"1 MIG {profile} slice (3/7 GPU)" in ch.reason, ch.reason
     assert ch.cost_delta_per_month == pytest.approx(2 * (3 / 7 - 1) * per_gpu * 730, abs=1), ch.cost_delta_per_month
     assert _rollout(madmin, name)["status"]["stableRS"] == stable, "nothing is written before the approvals"

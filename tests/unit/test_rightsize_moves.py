@@ -122,7 +122,13 @@ def test_a_mig_move_asks_for_one_slice_at_tp_1_and_is_counted_in_free_slices() -
     found, _ = checks(req, "Rollout", obj, params, [h100, full, _mig_node("mig-1", 7)], busy, CATALOG)
     assert all(c.ok for c in found), found
     mem = next(c for c in found if c.name == "GPU memory")
-    assert "39.5 GiB per GPU (MIG 3g.40gb on NVIDIA-H100-80GB-HBM3" in mem.details[0]
+    assert "39.5 GiB per GPU (MIG 3g.40gb on NVIDIA-H100-80GB-HBM3 (price catalog)" in mem.details[0]
+    labelled = _mig_node("mig-1", 7)
+    labelled["metadata"]["labels"]["nvidia.com/mig-3g.40gb.memory"] = "40192"  # what GFD says on a real H100
+    found, _ = checks(req, "Rollout", obj, params, [h100, labelled, full], busy, CATALOG)
+    mem = next(c for c in found if c.name == "GPU memory")
+    assert "39.25 GiB per GPU (MIG 3g.40gb: node mig-1 label nvidia.com/mig-3g.40gb.memory=40192 MiB)" \
+        in mem.details[0]
     assert "÷ TP 1" in mem.details[2]
     cost = next(c for c in found if c.name == "cost")
     per_gpu = CATALOG.instance_types["p5.48xlarge"].price_per_gpu_hour
