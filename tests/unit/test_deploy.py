@@ -331,3 +331,14 @@ def test_a_deploy_plan_sneaking_another_field_is_refused_not_dropped(sneaked: di
 def test_the_write_tool_takes_only_a_real_mig_profile_and_never_with_whole_gpus(params: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         SetTemplateInput(namespace="llm-prod", name="assist-mini", container="server", **params)
+
+
+def test_a_workload_on_mig_slices_has_a_gpu_blast_radius_so_the_policys_gpu_limit_still_bites() -> None:
+    from agent.change.executor.blast_radius import blast_radius
+
+    obj = workload(replicas=40)
+    obj["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/mig-3g.20gb": "1"}}
+    scale = ChangeSpec(action=ActionKind.SCALE, cluster="sandbox", target=ObjectRef(
+        kind="Deployment", name="assist-mini", namespace="llm-prod"), params={"replicas": 0})
+    assert blast_radius(scale, obj).gpus == 40  # one GPU touched per slice, not none
+    assert blast_radius(rollout_spec(container="server", gpus=1), obj).gpus == 40
