@@ -261,7 +261,9 @@ def in_current_shape(h: WorkloadHistory, catalog: PriceCatalog, *, speed: float)
     step served by replicas of half the speed carried, per replica, what the current shape carries at
     twice the load. Each step's per-replica speed is its GPUs per instance type (GPU-equivalents: a
     3g slice counts 3/7) × that type's relative throughput ÷ its replicas; steps without that figure are
-    taken as the current shape. Only the loads change (for the capacity estimate), not the demand.
+    taken as the current shape. A step whose per-replica speed differs from a neighbour's is the move
+    itself (a canary's mix of both shapes; GPU activity still from the old GPUs while the load is on the
+    new replicas): its loads are left out. Only the loads change (for the capacity estimate), not the demand.
     """
     n = len(h.demand_rps)
     units = [0.0] * n
@@ -271,10 +273,18 @@ def in_current_shape(h: WorkloadHistory, catalog: PriceCatalog, *, speed: float)
         for i, g in enumerate(xs[:n]):
             if not math.isnan(g) and not math.isnan(rel):
                 units[i] += g * rel
+    per = [u / r if r and not math.isnan(r) and r > 0 and u > 0 else math.nan
+           for u, r in zip(units, h.replicas, strict=True)]
+
+    def changed(a: float, b: float) -> bool:
+        return not (math.isnan(a) or math.isnan(b)) and abs(a - b) > 0.05 * max(a, b)
+
     factors = []
-    for u, r in zip(units, h.replicas, strict=True):
-        per = u / r if r and not math.isnan(r) and r > 0 and u > 0 else math.nan
-        factors.append(speed / per if speed > 0 and not math.isnan(per) else 1.0)
+    for i, p in enumerate(per):
+        if (i > 0 and changed(p, per[i - 1])) or (i + 1 < n and changed(p, per[i + 1])):
+            factors.append(math.nan)  # a step of the move itself
+        else:
+            factors.append(speed / p if speed > 0 and not math.isnan(p) else 1.0)
     if all(abs(f - 1.0) < 0.02 for f in factors):
         return h
     return h.model_copy(update={"demand_rps": [d * f for d, f in zip(h.demand_rps, factors, strict=True)],

@@ -250,3 +250,24 @@ def test_after_a_move_to_slices_the_capacity_seen_on_whole_gpus_is_scaled_to_the
     cap_whole = float(whole.evidence["capacity_per_replica_rps"])  # type: ignore[arg-type]
     cap_slice = float(rec.evidence["capacity_per_replica_rps"])  # type: ignore[arg-type]
     assert cap_slice == pytest.approx(cap_whole * 3 / 7, rel=0.05), (cap_whole, cap_slice)
+
+
+def test_the_step_of_the_move_itself_is_left_out_of_the_capacity() -> None:
+    """Read one step after the promotion: that step's GPU activity still comes from the old whole GPUs while its
+    load is on the slices, a point on neither shape's line."""
+    # Half a day of 5-minute steps, as the sandbox keeps; the move in its last step.
+    times, h = workload_history(FLEET, FLEET.workload("summarizer"), start=START, days=0.5, step=300.0)
+    whole = recommend(h, times=times, step_s=300.0, catalog=CATALOG, cfg=CFG)
+    last = len(times) - 1
+    moved = h.model_copy(update={
+        "mig_profile": "3g.20gb", "gpus_per_replica": 1.0,
+        "gpus_by_instance": {it: [x * 3 / 7 if i == last else x for i, x in enumerate(xs)]
+                             for it, xs in h.gpus_by_instance.items()},
+        # the slices' load is what the whole GPU carried: their engines would be 7/3 as busy, but DCGM still
+        # reports the old GPUs' activity for that step
+        "demand_rps": [d * 2 if i == last else d for i, d in enumerate(h.demand_rps)],
+        "demand_peak_rps": [d * 2 if i == last else d for i, d in enumerate(h.demand_peak_rps)]})
+    rec = recommend(moved, times=times, step_s=300.0, catalog=CATALOG, cfg=CFG)
+    cap_whole = float(whole.evidence["capacity_per_replica_rps"])  # type: ignore[arg-type]
+    assert float(rec.evidence["capacity_per_replica_rps"]) == pytest.approx(  # type: ignore[arg-type]
+        cap_whole * 3 / 7, rel=0.05)
