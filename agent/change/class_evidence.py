@@ -3,8 +3,10 @@
 A right-sizing move runs the same version on another GPU class, so canary against stable *is* new
 class against old. The AnalysisTemplate gates the canary on the SLO; this reads the comparison a person
 would ask for next ("and how does the new class do against the old one?") so the watch can report it at
-each step and with the verdict. The node's class is its `node.kubernetes.io/instance-type` label,
-joined to the serving pods through kube-state-metrics (`kube_pod_info`, `kube_node_labels`).
+each step and with the verdict. The node's class is its `node.kubernetes.io/instance-type` label and,
+on a MIG-partitioned node, its `nvidia.com/mig.config` (a move to MIG slices keeps the instance type),
+joined to the serving pods through kube-state-metrics (`kube_pod_info`, `kube_node_labels`; both labels
+must be in its `--metric-labels-allowlist`).
 
 Reads only; a failed read is said in the text, never raised: the rollout's verdict does not wait on it.
 """
@@ -12,6 +14,7 @@ Reads only; a failed read is said in the text, never raised: the rollout's verdi
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tools.prometheus import promql
@@ -20,6 +23,7 @@ from tools.prometheus.promql import Expr
 
 HASH = "rollouts_pod_template_hash"
 CLASS = "label_node_kubernetes_io_instance_type"
+MIG = "label_nvidia_com_mig_config"  # e.g. all-3g.20gb; empty on a node of whole GPUs
 TTFT_BUCKET = "vllm:time_to_first_token_seconds_bucket"
 REQUESTS = "http_requests_total"
 RATE_WINDOW = "1m"  # the AnalysisTemplate's: the same samples the gate judged
@@ -36,9 +40,9 @@ class ClassFigures:
 def _by_class(expr: Expr, namespace: str) -> Expr:
     """`expr` (per pod) with the pod's node's instance type attached."""
     pod_node = promql.max_by(["namespace", "pod", "node"], promql.selector("kube_pod_info", namespace=namespace))
-    node_class = promql.max_by(["node", CLASS], promql.selector("kube_node_labels"))
+    node_class = promql.max_by(["node", CLASS, MIG], promql.selector("kube_node_labels"))
     with_node = promql.binary(expr, "*", pod_node, on=["namespace", "pod"], group_left=["node"])
-    return promql.binary(with_node, "*", node_class, on=["node"], group_left=[CLASS])
+    return promql.binary(with_node, "*", node_class, on=["node"], group_left=[CLASS, MIG])
 
 
 def queries(namespace: str, name: str) -> tuple[Expr, Expr]:
@@ -46,12 +50,18 @@ def queries(namespace: str, name: str) -> tuple[Expr, Expr]:
     pods = promql.matches("pod", promql.regex_literal(name) + "-.*")
     ns = promql.eq("namespace", namespace)
     buckets = _by_class(promql.rate(promql.selector(TTFT_BUCKET, ns, pods), RATE_WINDOW), namespace)
-    ttft = promql.histogram_quantile(0.95, promql.sum_by(["le", HASH, CLASS], buckets))
-    bad = promql.sum_by([HASH, CLASS], _by_class(promql.rate(promql.selector(
+    ttft = promql.histogram_quantile(0.95, promql.sum_by(["le", HASH, CLASS, MIG], buckets))
+    bad = promql.sum_by([HASH, CLASS, MIG], _by_class(promql.rate(promql.selector(
         REQUESTS, ns, pods, promql.eq("status", "5xx")), RATE_WINDOW), namespace))
-    every = promql.sum_by([HASH, CLASS], _by_class(promql.rate(promql.selector(REQUESTS, ns, pods), RATE_WINDOW),
-                                                   namespace))
+    every = promql.sum_by([HASH, CLASS, MIG], _by_class(promql.rate(promql.selector(REQUESTS, ns, pods),
+                                                                    RATE_WINDOW), namespace))
     return ttft, promql.ratio(bad, every)
+
+
+def gpu_class(labels: Mapping[str, str]) -> str:
+    """The class a series' node is of: its instance type, and its MIG layout when its GPUs are partitioned."""
+    name = labels.get(CLASS, "") or "unknown"
+    return f"{name} (MIG {mig})" if (mig := labels.get(MIG, "")) else name
 
 
 async def read(prom: PrometheusClient, namespace: str, name: str) -> list[ClassFigures]:
@@ -63,7 +73,7 @@ async def read(prom: PrometheusClient, namespace: str, name: str) -> list[ClassF
         for s in data.series:
             v = s.samples[-1][1] if s.samples else math.nan
             if not math.isnan(v):
-                out[(s.labels.get(HASH, ""), s.labels.get(CLASS, "") or "unknown")] = v
+                out[(s.labels.get(HASH, ""), gpu_class(s.labels))] = v
         return out
 
     ttft, err = await values(ttft_q), await values(err_q)

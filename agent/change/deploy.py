@@ -57,6 +57,10 @@ GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB per GPU (GPU feature discovery
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 GPU_TAINT_KEYS = ("nvidia.com/gpu",)  # the taint GPU node groups carry (EKS, GKE); a move tolerates it
 DEFAULT_SURGE_SHARE = 0.25  # a Deployment's default maxSurge: the cap of a capacity-bounded rolling update
+GPU_RESOURCE = "nvidia.com/gpu"
+MIG_PREFIX = "nvidia.com/mig-"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+MIG_PROFILE = r"^[1-7]g\.[0-9]{1,3}gb(\+me)?$"  # as the device plugin's mixed strategy names the resource
 
 
 class DeployRequest(BaseModel):
@@ -78,6 +82,9 @@ class DeployRequest(BaseModel):
     node_selector: dict[str, str] | None = Field(default=None, description="A GPU-class move: the new node selector.")
     tolerations: list[dict[str, str]] | None = Field(default=None, max_length=16)
     gpus: int | None = Field(default=None, ge=1, le=16, description="GPUs per replica after the change.")
+    mig_profile: str | None = Field(default=None, pattern=MIG_PROFILE,
+                                    description="One MIG slice of this profile per replica (e.g. 3g.40gb) instead "
+                                                "of whole GPUs: `nvidia.com/mig-<profile>: 1`.")
     promote_from: str | None = Field(default=None, pattern=DNS_NAME, max_length=63,
                                      description="Staging namespace the same version must have soaked in.")
     soak_required_s: float = Field(default=3600, ge=0, le=30 * 86400)
@@ -85,8 +92,10 @@ class DeployRequest(BaseModel):
     @model_validator(mode="after")
     def _something_changes(self) -> DeployRequest:
         if not any(v is not None for v in (self.version, self.image, self.args, self.node_selector,
-                                           self.tolerations, self.gpus, self.model)):
+                                           self.tolerations, self.gpus, self.model, self.mig_profile)):
             raise ValueError("say what to deploy: a version, an image, args, or a GPU-class move")
+        if self.gpus is not None and self.mig_profile is not None:
+            raise ValueError("a replica gets whole GPUs (gpus) or one MIG slice (mig_profile), not both")
         return self
 
     @property
@@ -159,6 +168,17 @@ def arg_value(args: Sequence[str], flag: str) -> str | None:
     return None
 
 
+def with_arg(args: Sequence[str], flag: str, value: str) -> list[str]:
+    """`args` with `flag`'s value set to `value` where it is given (`--flag V` or `--flag=V`); unchanged if absent."""
+    out = list(args)
+    for i, a in enumerate(out):
+        if a == flag and i + 1 < len(out):
+            out[i + 1] = value
+        elif a.startswith(flag + "="):
+            out[i] = f"{flag}={value}"
+    return out
+
+
 def deploy_params(req: DeployRequest, kind: str, obj: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """The executor's parameters for the new template, and a one-line summary of what changes."""
     template = obj["spec"]["template"]
@@ -188,12 +208,16 @@ def deploy_params(req: DeployRequest, kind: str, obj: Mapping[str, Any]) -> tupl
         new_labels[MODEL] = req.model
         if req.args is None and old_model:
             args = [a.replace(old_model, req.model) for a in args]
+    new_tp = 1 if req.mig_profile else req.gpus
+    if new_tp is not None and req.args is None:
+        # vLLM shards over --tensor-parallel-size GPUs and refuses to start with fewer: it follows the GPU count.
+        args = with_arg(args, "--tensor-parallel-size", str(new_tp))
     if args != list(ct.get("args") or []):
         params["args"] = args
     if new_labels:
         params["labels"] = new_labels
-    for key, value in (("image", req.image), ("gpus", req.gpus), ("node_selector", req.node_selector),
-                       ("tolerations", req.tolerations)):
+    for key, value in (("image", req.image), ("gpus", req.gpus), ("mig_profile", req.mig_profile),
+                       ("node_selector", req.node_selector), ("tolerations", req.tolerations)):
         if value is not None:
             params[key] = value
     what = []
@@ -205,18 +229,20 @@ def deploy_params(req: DeployRequest, kind: str, obj: Mapping[str, Any]) -> tupl
         what.append(f"image {ct.get('image')} → {req.image}")
     if req.args is not None:
         what.append("new args")
-    if req.gpus is not None or req.node_selector is not None:
+    if req.gpus is not None or req.node_selector is not None or req.mig_profile is not None:
         old_sel = template["spec"].get("nodeSelector") or {}
         sel = req.node_selector if req.node_selector is not None else old_sel
-        gpus_now = pod_shape(template["spec"]).gpus
-        what.append(f"GPU-class move {_placement(old_sel, gpus_now)} → {_placement(sel, req.gpus or gpus_now)}")
+        shape_now = pod_shape(template["spec"])
+        after_mig = req.mig_profile or (shape_now.mig_profile if req.gpus is None else None)
+        what.append(f"GPU-class move {_placement(old_sel, shape_now.gpus, shape_now.mig_profile)} → "
+                    f"{_placement(sel, req.gpus or shape_now.gpus, after_mig)}")
     params["change_cause"] = f"opsagent deploy: {', '.join(what)}"[:300]
     return params, f"{', '.join(what)} ({strategy})"
 
 
-def _placement(selector: Mapping[str, str], gpus: int) -> str:
+def _placement(selector: Mapping[str, str], gpus: int, mig: str | None = None) -> str:
     where = ",".join(f"{k}={v}" for k, v in sorted(selector.items())) or "any node"
-    return f"{gpus} GPU on {where}"
+    return f"{f'1 MIG {mig} slice' if mig else f'{gpus} GPU'} on {where}"
 
 
 def move_tolerations(current: Sequence[Mapping[str, Any]], nodes: Sequence[Mapping[str, Any]],
@@ -248,16 +274,33 @@ def new_pod_spec(obj: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str,
         spec["nodeSelector"] = params["node_selector"]
     if "tolerations" in params:
         spec["tolerations"] = params["tolerations"]
+    gpu: tuple[str, int] | None = None
     if "gpus" in params:
-        spec["containers"] = [
-            {**c, "resources": {"requests": {"nvidia.com/gpu": str(params["gpus"])},
-                                "limits": {"nvidia.com/gpu": str(params["gpus"])}}}
-            if c["name"] == params["container"] else c for c in spec["containers"]]
+        gpu = (GPU_RESOURCE, int(params["gpus"]))
+    elif "mig_profile" in params:
+        gpu = (MIG_PREFIX + str(params["mig_profile"]), 1)
+    if gpu is not None:
+        spec["containers"] = [_with_gpu_resource(c, *gpu) if c["name"] == params["container"] else c
+                              for c in spec["containers"]]
     return spec
 
 
+def _with_gpu_resource(container: Mapping[str, Any], name: str, count: int) -> dict[str, Any]:
+    """The container with `name` as its only GPU resource (whole GPUs or one MIG slice), the rest kept."""
+    res = dict(container.get("resources") or {})
+    for part in ("requests", "limits"):
+        kept = {k: v for k, v in (res.get(part) or {}).items() if k != GPU_RESOURCE and not k.startswith(MIG_PREFIX)}
+        res[part] = {**kept, name: str(count)}
+    return {**container, "resources": res}
+
+
 def gpu_memory_gib(nodes: Sequence[Mapping[str, Any]], pod: PodShape, catalog: PriceCatalog) -> tuple[float, str]:
-    """GPU memory per device on the nodes the pod may land on, and where the figure came from."""
+    """GPU memory per device on the nodes the pod may land on, and where the figure came from.
+
+    A pod on a MIG slice sees the slice's memory, not the GPU's (`mig_memory_gib`).
+    """
+    if (profile := pod.mig_profile) is not None:
+        return mig_memory_gib(nodes, pod, profile, catalog)
     for n in nodes:
         view = node_view(n)
         if any(view.labels.get(k) != v for k, v in pod.node_selector.items()) or not view.allocatable_gpus:
@@ -268,6 +311,31 @@ def gpu_memory_gib(nodes: Sequence[Mapping[str, Any]], pod: PodShape, catalog: P
         if it in catalog.instance_types and catalog.instance_types[it].gpu_memory_gib:
             return float(catalog.instance_types[it].gpu_memory_gib), f"instance type {it} (price catalog)"
     return 0.0, "no GPU node matches the pod's node selector"
+
+
+def mig_memory_gib(nodes: Sequence[Mapping[str, Any]], pod: PodShape, profile: str,
+                   catalog: PriceCatalog) -> tuple[float, str]:
+    """The memory of one `profile` slice on the nodes the pod may land on, and where the figure came from.
+
+    GPU feature discovery's `nvidia.com/mig-<profile>.memory` label (MiB) first; else the price catalog's
+    figure for the profile on the node's GPU product; else the profile's name (`3g.40gb` → 40 × 0.98 GiB:
+    NVIDIA's names round the slice's memory up, e.g. 3g.40gb has 39.5 GiB on an H100).
+    """
+    for n in nodes:
+        view = node_view(n)
+        if any(view.labels.get(k) != v for k, v in pod.node_selector.items()) or not view.allocatable_mig.get(profile):
+            continue
+        key = f"{MIG_PREFIX}{profile}.memory"
+        if (mib := view.labels.get(key)) and mib.isdigit():
+            return round(int(mib) / 1024, 2), f"MIG {profile}: node {view.name} label {key}={mib} MiB"
+        product = view.labels.get(GPU_PRODUCT_LABEL, "")
+        known = catalog.product(product).mig_profiles.get(profile)
+        if known is not None:
+            return float(known.memory_gib), f"MIG {profile} on {product} (price catalog), node {view.name}"
+        m = re.fullmatch(r"[1-7]g\.([0-9]+)gb(\+me)?", profile)
+        if m:
+            return round(int(m.group(1)) * 0.98, 2), f"MIG profile name {profile} (× 0.98), node {view.name}"
+    return 0.0, f"no node matching the pod's node selector advertises {MIG_PREFIX}{profile}"
 
 
 def instance_type(nodes: Sequence[Mapping[str, Any]], selector: Mapping[str, str]) -> str | None:
@@ -309,7 +377,7 @@ def checks(req: DeployRequest, kind: str, obj: Mapping[str, Any], params: Mappin
     elif not mem:
         out.append(Check("GPU memory", False, f"cannot tell the GPU memory: {source}"))
     else:
-        tp = int(arg_value(args, "--tensor-parallel-size") or max(1, pod.gpus))
+        tp = 1 if pod.mig_profile else int(arg_value(args, "--tensor-parallel-size") or max(1, pod.gpus))
         precision = arg_value(args, "--quantization") or arg_value(args, "--dtype") or "bfloat16"
         max_len = arg_value(args, "--max-model-len")
         util = float(arg_value(args, "--gpu-memory-utilization") or 0.9)
@@ -322,7 +390,7 @@ def checks(req: DeployRequest, kind: str, obj: Mapping[str, Any], params: Mappin
     replicas = int(obj["spec"].get("replicas") or 0)
     max_surge: int | None = None
     old_pod = pod_shape(obj["spec"]["template"]["spec"])
-    if pod.node_selector != old_pod.node_selector:
+    if pod.node_selector != old_pod.node_selector or pod.mig != old_pod.mig:
         # A move: every replica ends up on the new class, whose nodes the old pods do not free.
         c = capacity(pod, max(1, replicas), nviews, pviews)
         out.append(Check(c.name, c.ok, ("all replicas of the move: " if c.ok else "the move's ") + c.summary,
@@ -340,10 +408,13 @@ def checks(req: DeployRequest, kind: str, obj: Mapping[str, Any], params: Mappin
                          (*c.details, f"largest maxSurge that fits (≤ {cap}): {max_surge}")))
     before_it = instance_type(nodes, obj["spec"]["template"]["spec"].get("nodeSelector") or {})
     after_it = instance_type(nodes, pod.node_selector)
-    before_gpus = pod_shape(obj["spec"]["template"]["spec"]).gpus
     if before_it and after_it and before_it in catalog.instance_types and after_it in catalog.instance_types:
-        out.append(cost_change(catalog, before_instance=before_it, before_gpus=before_gpus, after_instance=after_it,
-                               after_gpus=pod.gpus, replicas=replicas))
+        try:
+            out.append(cost_change(catalog, before_instance=before_it, before_gpus=old_pod.gpus,
+                                   after_instance=after_it, after_gpus=pod.gpus, replicas=replicas,
+                                   before_mig=old_pod.mig_profile, after_mig=pod.mig_profile))
+        except ValueError as e:
+            out.append(Check("cost", False, f"cannot price the change: {e}"))
     else:
         out.append(Check("cost", True, "not priced: the nodes carry no instance type the price catalog knows"))
     return out, max_surge

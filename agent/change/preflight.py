@@ -20,6 +20,7 @@ from tools.rightsize.catalog import PriceCatalog
 from tools.serving_knowledge.model_shapes import GIB, PRECISION_BYTES, ModelShape
 
 GPU_RESOURCE = "nvidia.com/gpu"
+MIG_PREFIX = "nvidia.com/mig-"  # the device plugin's mixed strategy: one resource per MIG profile
 HOURS_PER_MONTH = 730.0
 # vLLM keeps this much of each GPU outside its budget for CUDA graphs and activations (measured
 # figures run 1–3 GiB for 7–70B models); the preflight assumes the upper end.
@@ -137,6 +138,7 @@ class NodeView:
     taints: tuple[Taint, ...] = ()
     unschedulable: bool = False
     ready: bool = True
+    allocatable_mig: Mapping[str, int] = field(default_factory=dict)  # MIG profile → slices the node advertises
 
 
 @dataclass(frozen=True)
@@ -146,15 +148,21 @@ class PodView:
     node: str  # "" while Pending
     gpus: int
     phase: str
+    mig: Mapping[str, int] = field(default_factory=dict)  # MIG profile → slices the pod holds
 
 
 @dataclass(frozen=True)
 class PodShape:
-    """What the new pods ask for: their node selector, tolerations and GPUs each."""
+    """What the new pods ask for: their node selector, tolerations, and GPUs or MIG slices each."""
 
     gpus: int
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
+    mig: Mapping[str, int] = field(default_factory=dict)  # MIG profile → slices per pod (one profile in practice)
+
+    @property
+    def mig_profile(self) -> str | None:
+        return next(iter(sorted(self.mig)), None)
 
 
 def _matches(node: NodeView, pod: PodShape) -> bool:
@@ -171,7 +179,10 @@ def capacity(pod: PodShape, extra_pods: int, nodes: Sequence[NodeView], pods: Se
 
     Free GPUs are counted per node (a pod cannot span nodes): allocatable minus what running and
     scheduled pods request. Pending GPU pods today are reported, since they compete for the same room.
+    A pod on a MIG slice is counted in free slices of its profile instead (`mig_capacity`).
     """
+    if pod.mig_profile is not None:
+        return mig_capacity(pod, pod.mig_profile, extra_pods, nodes, pods)
     used: dict[str, int] = {}
     for p in pods:
         if p.node and p.phase not in ("Succeeded", "Failed"):
@@ -199,6 +210,51 @@ def capacity(pod: PodShape, extra_pods: int, nodes: Sequence[NodeView], pods: Se
                  details)
 
 
+def mig_capacity(pod: PodShape, profile: str, extra_pods: int, nodes: Sequence[NodeView],
+                 pods: Sequence[PodView]) -> Check:
+    """Whether `extra_pods` more pods, each on `pod.mig[profile]` slice(s) of `profile`, fit the free slices.
+
+    A slice is a device of its own to the scheduler (`nvidia.com/mig-<profile>`): free slices are the
+    node's allocatable of that profile minus what scheduled pods hold; other profiles and whole GPUs
+    do not count, since the node's MIG layout is fixed until someone repartitions it.
+    """
+    per = max(1, pod.mig.get(profile, 1))
+    used: dict[str, int] = {}
+    for p in pods:
+        if p.node and p.phase not in ("Succeeded", "Failed") and p.mig.get(profile):
+            used[p.node] = used.get(p.node, 0) + p.mig[profile]
+    eligible = [n for n in nodes if _matches(n, pod)]
+    free = {n.name: max(0, n.allocatable_mig.get(profile, 0) - used.get(n.name, 0)) for n in eligible}
+    with_profile = [n for n in eligible if n.allocatable_mig.get(profile)]
+    slots = sum(f // per for f in free.values())
+    pending = [p for p in pods if not p.node and p.phase == "Pending" and (p.gpus > 0 or p.mig)]
+    need = extra_pods * per
+    selector = ", ".join(f"{k}={v}" for k, v in sorted(pod.node_selector.items())) or "any node"
+    resource = MIG_PREFIX + profile
+    details = (
+        f"nodes matching {selector} and the pod's tolerations, schedulable and Ready: {len(eligible)}, "
+        f"of which {len(with_profile)} advertise {resource}",
+        f"free {profile} slices there: {sum(free.values())} ("
+        + (", ".join(f"{k} {v}" for k, v in sorted(free.items()) if v) or "none") + ")",
+        f"needed: {extra_pods} pod(s) × {per} {profile} slice = {need} slices; room for {slots} such pod(s)",
+        f"GPU pods Pending today: {len(pending)}"
+        + (" (" + ", ".join(f"{p.namespace}/{p.name}" for p in pending[:5]) + ")" if pending else ""),
+    )
+    if slots < extra_pods:
+        return Check("GPU capacity", False,
+                     f"{extra_pods} new pod(s) on MIG {profile} need {need} free {resource} slices on {selector}; "
+                     f"room for {slots} pod(s) ({sum(free.values())} free slices on {len(with_profile)} node(s))"
+                     + (f"; {len(pending)} GPU pod(s) already Pending" if pending else ""), details)
+    return Check("GPU capacity", True,
+                 f"{extra_pods} new pod(s) fit: {sum(free.values())} free MIG {profile} slices on {selector}", details)
+
+
+def mig_resources(resources: Mapping[str, Any] | None) -> dict[str, int]:
+    """MIG profile → count of the `nvidia.com/mig-<profile>` entries of a requests/limits/allocatable map."""
+    return {k[len(MIG_PREFIX):]: _count(v) for k, v in (resources or {}).items()
+            if k.startswith(MIG_PREFIX) and _count(v) > 0}
+
+
 def node_view(obj: Mapping[str, Any]) -> NodeView:
     """A Node in its JSON shape (camelCase, as `sanitize_for_serialization` gives it) as the check sees it."""
     meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
@@ -208,26 +264,35 @@ def node_view(obj: Mapping[str, Any]) -> NodeView:
         allocatable_gpus=_count((status.get("allocatable") or {}).get(GPU_RESOURCE)),
         taints=tuple(Taint(str(t.get("key", "")), str(t.get("effect", "")), str(t.get("value") or ""))
                      for t in spec.get("taints") or []),
-        unschedulable=bool(spec.get("unschedulable")), ready=ready)
+        unschedulable=bool(spec.get("unschedulable")), ready=ready,
+        allocatable_mig=mig_resources(status.get("allocatable")))
 
 
 def pod_view(obj: Mapping[str, Any]) -> PodView:
     """A Pod in its JSON shape: where it runs, what GPUs it holds, its phase."""
     meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    shp = pod_shape(spec)
     return PodView(name=str(meta.get("name", "")), namespace=str(meta.get("namespace", "")),
-                   node=str(spec.get("nodeName") or ""), gpus=pod_shape(spec).gpus,
-                   phase=str(status.get("phase") or "Unknown"))
+                   node=str(spec.get("nodeName") or ""), gpus=shp.gpus,
+                   phase=str(status.get("phase") or "Unknown"), mig=shp.mig)
 
 
 def pod_shape(pod_spec: Mapping[str, Any]) -> PodShape:
-    """What a pod spec (or a template's `spec`) asks of a node: selector, tolerations, GPUs."""
+    """What a pod spec (or a template's `spec`) asks of a node: selector, tolerations, GPUs, MIG slices."""
     gpus = sum(_count(((c.get("resources") or {}).get("requests") or {}).get(GPU_RESOURCE)
                       or ((c.get("resources") or {}).get("limits") or {}).get(GPU_RESOURCE))
                for c in pod_spec.get("containers") or [])
+    mig: dict[str, int] = {}
+    for c in pod_spec.get("containers") or []:
+        res = c.get("resources") or {}
+        # Extended resources: a request must equal its limit, so either names the slices.
+        for profile, n in (mig_resources(res.get("requests")) or mig_resources(res.get("limits"))).items():
+            mig[profile] = mig.get(profile, 0) + n
     tolerations = tuple(Toleration(str(t.get("key") or ""), str(t.get("operator") or "Equal"),
                                    str(t.get("value") or ""), str(t.get("effect") or ""))
                         for t in pod_spec.get("tolerations") or [])
-    return PodShape(gpus=gpus, node_selector=dict(pod_spec.get("nodeSelector") or {}), tolerations=tolerations)
+    return PodShape(gpus=gpus, node_selector=dict(pod_spec.get("nodeSelector") or {}), tolerations=tolerations,
+                    mig=mig)
 
 
 def _count(raw: object) -> int:
@@ -258,22 +323,46 @@ def max_surge_that_fits(pod: PodShape, nodes: Sequence[NodeView], pods: Sequence
 
 
 # ---- cost ------------------------------------------------------------------------------------------
+def mig_share(catalog: PriceCatalog, product: str | None, profile: str) -> float:
+    """The share of a GPU one `profile` slice is priced at: its compute sevenths (`3g.40gb` → 3/7).
+
+    From the catalog's MIG profiles of `product` when it lists the profile, else from the profile's name.
+    """
+    known = catalog.product(product or "").mig_profiles.get(profile)
+    if known is not None:
+        return known.slices / 7.0
+    head = profile.split("g.", 1)[0]
+    if not head.isdigit() or not 1 <= int(head) <= 7:
+        raise ValueError(f"{profile!r} is not a MIG profile (e.g. 3g.40gb)")
+    return int(head) / 7.0
+
+
+def _per_replica(gpus: int, mig: str | None, share: float) -> str:
+    return f"1 MIG {mig} slice ({share * 7:.0f}/7 GPU)" if mig else f"{gpus} GPU"
+
+
 def cost_change(catalog: PriceCatalog, *, before_instance: str, before_gpus: int, after_instance: str,
-                after_gpus: int, replicas: int) -> Check:
-    """The predicted monthly change in GPU cost: replicas × GPUs × the instance's price per GPU-hour."""
+                after_gpus: int, replicas: int, before_mig: str | None = None, after_mig: str | None = None) -> Check:
+    """The predicted monthly change in GPU cost: replicas × GPUs × the instance's price per GPU-hour.
+
+    A replica on a MIG slice is priced at the slice's share of its GPU (`mig_share`), the way
+    allocation-based cost models split a partitioned GPU.
+    """
     for it in (before_instance, after_instance):
         if it not in catalog.instance_types:
             raise ValueError(f"instance type {it!r} is not in the price catalog")
-    b = catalog.instance_types[before_instance].price_per_gpu_hour
-    a = catalog.instance_types[after_instance].price_per_gpu_hour
-    before = replicas * before_gpus * b * HOURS_PER_MONTH
-    after = replicas * after_gpus * a * HOURS_PER_MONTH
+    bt, at = catalog.instance_types[before_instance], catalog.instance_types[after_instance]
+    b, a = bt.price_per_gpu_hour, at.price_per_gpu_hour
+    b_units = mig_share(catalog, bt.gpu_product, before_mig) if before_mig else float(before_gpus)
+    a_units = mig_share(catalog, at.gpu_product, after_mig) if after_mig else float(after_gpus)
+    before = replicas * b_units * b * HOURS_PER_MONTH
+    after = replicas * a_units * a * HOURS_PER_MONTH
     delta = after - before
     details = (
-        f"before: {replicas} × {before_gpus} GPU × ${b:.3f}/GPU-h ({before_instance}) × {HOURS_PER_MONTH:g} h "
-        f"= ${before:,.0f}/month",
-        f"after: {replicas} × {after_gpus} GPU × ${a:.3f}/GPU-h ({after_instance}) × {HOURS_PER_MONTH:g} h "
-        f"= ${after:,.0f}/month",
+        f"before: {replicas} × {_per_replica(before_gpus, before_mig, b_units)} × ${b:.3f}/GPU-h ({before_instance}) "
+        f"× {HOURS_PER_MONTH:g} h = ${before:,.0f}/month",
+        f"after: {replicas} × {_per_replica(after_gpus, after_mig, a_units)} × ${a:.3f}/GPU-h ({after_instance}) "
+        f"× {HOURS_PER_MONTH:g} h = ${after:,.0f}/month",
     )
     sign = "+" if delta >= 0 else "−"
     return Check("cost", True, f"{sign}${abs(delta):,.0f}/month ({before:,.0f} → {after:,.0f} {catalog.currency})",
@@ -338,5 +427,6 @@ def staging_soak(samples: Sequence[tuple[float, float | None, float | None]], *,
 
 
 __all__ = ["Check", "NodeView", "PodShape", "PodView", "Preflight", "Taint", "Toleration", "capacity",
-           "cost_change", "max_surge_that_fits", "memory_fit", "node_view", "pod_shape", "pod_view",
+           "cost_change", "max_surge_that_fits", "memory_fit", "mig_capacity", "mig_resources", "mig_share",
+           "node_view", "pod_shape", "pod_view",
            "staging_soak", "staging_soak_queries", "surge_pods"]

@@ -63,7 +63,7 @@ def superseded(rollout: Mapping[str, Any], ch: ChangeRequest) -> str | None:
         return None
     p = ch.spec.params
     now = template_summary(((rollout.get("spec") or {}).get("template") or {}), str(p.get("container", "")))
-    for key in ("image", "args", "gpus", "node_selector"):
+    for key in ("image", "args", "gpus", "mig_profile", "node_selector"):
         if p.get(key) is not None and now.get(key) != p[key]:
             return f"its {key.replace('_', ' ')} is now {now.get(key)!r}, not {p[key]!r}"
     labels = dict(p.get("labels") or {})

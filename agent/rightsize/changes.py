@@ -6,8 +6,9 @@ or GPU count is a *move*: a `deploy` of the same version with the new class's no
 request (`move_spec`). The report knows no cluster state, so a move's spec says only where to go;
 `move_request` turns it into the `DeployRequest` that `plan_deployment` reads the target and its
 pool for, runs the capacity preflight on, and proposes as a canary (a Rollout) or a capacity-bounded
-rolling update (a Deployment). A MIG profile needs a `nvidia.com/mig-*` resource no action sets yet:
-such a recommendation yields the replica change on the current GPU type, and says why.
+rolling update (a Deployment). A MIG profile is a move too: the same version asking for one
+`nvidia.com/mig-<profile>` slice per replica instead of whole GPUs, on the nodes of the product's
+instance type that advertise that profile (the capacity preflight counts their free slices).
 
 `predicted_cost_delta` is what the executor records as `ChangeRequest.cost_delta_per_month`.
 """
@@ -22,11 +23,11 @@ from typing import Any
 
 from agent.change.deploy import DeployRequest
 from agent.change.models import ChangeSpec
+from agent.change.preflight import mig_share, pod_shape
 from agent.models import ActionKind, ObjectRef
 from agent.rightsize.engine import Recommendation
 from tools.rightsize.catalog import HOURS_PER_MONTH, PriceCatalog
 
-GPU = "nvidia.com/gpu"
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 MOVE = "gpu_class_move"  # a DEPLOY spec's params key: a move from a report, planned when it is clicked
@@ -56,14 +57,11 @@ def change_specs(rec: Recommendation, cluster: str, *, max_capacity_drop: float 
     specs: list[ChangeSpec] = []
     note = ""
     replicas = new.replicas
-    if new.mig_profile:
-        same_type = rec.evidence.get("replicas_on_current_gpu")
-        note = (f"moving to {new.describe()} needs a {new.mig_profile} MIG slice (a nvidia.com/mig-* resource, which "
-                f"no executor action sets); proposing the replica change on the current {cur.gpu_product} instead")
-        replicas = int(same_type) if isinstance(same_type, int | float) else cur.replicas
-    elif new.gpu_product != cur.gpu_product or new.gpus != cur.gpus:
+    if new.mig_profile != cur.mig_profile or new.gpu_product != cur.gpu_product or new.gpus != cur.gpus:
         move = move_spec(rec, cluster)
-        note = (f"moves to {new.gpus}× {new.gpu_product} ({new.instance_type}) as a deployment of the same version "
+        where = (f"one MIG {new.mig_profile} slice of {new.gpu_product} per replica" if new.mig_profile
+                 else f"{new.gpus}× {new.gpu_product}")
+        note = (f"moves to {where} ({new.instance_type}) as a deployment of the same version "
                 "(a canary on the new class for a Rollout); the capacity preflight runs when it is proposed")
         if new.replicas != cur.replicas:
             note += (f"; then {cur.replicas} → {new.replicas} replicas in a later change, once the new class has "
@@ -96,7 +94,9 @@ def move_spec(rec: Recommendation, cluster: str) -> ChangeSpec:
         raise ValueError(f"{rec.id}: the recommended shape has no instance type to select nodes by")
     params: dict[str, Any] = {MOVE: True, "node_selector": {INSTANCE_TYPE_LABEL: new.instance_type},
                               "instance_type": new.instance_type, "recommendation": rec.id}
-    if new.gpus != rec.current.gpus:
+    if new.mig_profile:
+        params["mig_profile"] = new.mig_profile  # one slice per replica; its nodes are the ones advertising it
+    elif new.gpus != rec.current.gpus or rec.current.mig_profile:
         params["gpus"] = new.gpus
     return ChangeSpec(action=ActionKind.DEPLOY, cluster=cluster,
                       target=ObjectRef(kind="Deployment", name=rec.name, namespace=rec.namespace), params=params)
@@ -116,10 +116,10 @@ def move_request(spec: ChangeSpec) -> DeployRequest:
     selector = spec.params.get("node_selector")
     if not isinstance(selector, dict) or not selector:
         raise ValueError("a GPU-class move needs a node selector")
-    gpus = spec.params.get("gpus")
+    gpus, mig = spec.params.get("gpus"), spec.params.get("mig_profile")
     return DeployRequest(namespace=spec.target.namespace, name=spec.target.name,
                          node_selector={str(k): str(v) for k, v in selector.items()},
-                         gpus=int(gpus) if gpus is not None else None)
+                         gpus=int(gpus) if gpus is not None else None, mig_profile=str(mig) if mig else None)
 
 
 def reason_for(rec: Recommendation, spec: ChangeSpec) -> str:
@@ -145,24 +145,25 @@ def spec_from_button(value: str) -> tuple[str, ChangeSpec]:
         raise ValueError(f"not a right-sizing button value: {e}") from e
 
 
-def _template_gpus(obj: Mapping[str, Any]) -> int:
-    containers = obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
-    total = 0
-    for c in containers:
-        res = c.get("resources") or {}
-        v = (res.get("limits") or {}).get(GPU) or (res.get("requests") or {}).get(GPU) or 0
-        total += int(v)
-    return total
+def _template_units(obj: Mapping[str, Any], product: str | None, catalog: PriceCatalog) -> float:
+    """GPUs one replica of `obj` holds: whole GPUs, or a MIG slice's share of one (3g.40gb → 3/7)."""
+    shape = pod_shape(obj.get("spec", {}).get("template", {}).get("spec", {}))
+    if shape.mig_profile:
+        return sum(n * mig_share(catalog, product, p) for p, n in shape.mig.items())
+    return float(shape.gpus)
 
 
-def _price_per_gpu_hour(spec: ChangeSpec, obj: Mapping[str, Any], catalog: PriceCatalog) -> float | None:
+def _price_per_gpu_hour(spec: ChangeSpec, obj: Mapping[str, Any],
+                        catalog: PriceCatalog) -> tuple[float, str | None] | None:
+    """The per-GPU-hour price of the nodes `obj` runs on, and their GPU product."""
     selector = obj.get("spec", {}).get("template", {}).get("spec", {}).get("nodeSelector") or {}
     it_name = selector.get(INSTANCE_TYPE_LABEL) or spec.params.get("instance_type")
     if it_name and it_name in catalog.instance_types:
         it = catalog.instance_types[it_name]
-        return it.price_per_gpu_hour if it.gpus else None
+        return (it.price_per_gpu_hour, it.gpu_product) if it.gpus else None
     product = selector.get(GPU_PRODUCT_LABEL)
-    return catalog.gpu_price(product) if product else None
+    price = catalog.gpu_price(product) if product else None
+    return (price, product) if price is not None else None
 
 
 def predicted_cost_delta(spec: ChangeSpec, live_object: Mapping[str, Any] | None,
@@ -171,32 +172,36 @@ def predicted_cost_delta(spec: ChangeSpec, live_object: Mapping[str, Any] | None
 
     Priced from the Deployment as it is (replicas, GPUs per replica) and the change's new figures, at
     the per-GPU price of the node's instance type: the pod template's `node.kubernetes.io/instance-type`
-    or `nvidia.com/gpu.product` node selector, else the `instance_type` the change was sized at.
+    or `nvidia.com/gpu.product` node selector, else the `instance_type` the change was sized at. A MIG
+    slice counts as its share of a GPU (`mig_share`).
     Actions that do not change the allocation (rollback, deploy, cordon...) return None.
     """
     if live_object is None or spec.target.kind not in ("Deployment", "Rollout"):
         return None
     if spec.action not in (ActionKind.SCALE, ActionKind.SET_GPU_RESOURCES, ActionKind.DEPLOY):
         return None
-    price = _price_per_gpu_hour(spec, live_object, catalog)
-    if price is None:
+    found = _price_per_gpu_hour(spec, live_object, catalog)
+    if found is None:
         return None
-    new_price = price
+    price, product = found
+    new_price, new_product = price, product
     if spec.action == ActionKind.DEPLOY and "node_selector" in spec.params:
         # A GPU-class move: the new class's price, from its selector or the instance type the preflight found.
         to = (spec.params.get("node_selector") or {}).get(INSTANCE_TYPE_LABEL) or spec.params.get("new_instance_type")
         it = catalog.instance_types.get(str(to)) if to else None
         if it is None or not it.gpus:
             return None
-        new_price = it.price_per_gpu_hour
+        new_price, new_product = it.price_per_gpu_hour, it.gpu_product
     replicas = int(live_object.get("spec", {}).get("replicas") or 0)
-    gpus = _template_gpus(live_object)
-    new_replicas, new_gpus = replicas, gpus
     try:
+        gpus = _template_units(live_object, product, catalog)
+        new_replicas, new_gpus = replicas, gpus
         if spec.action == ActionKind.SCALE:
             new_replicas = int(spec.params["replicas"])
+        elif spec.params.get("mig_profile"):
+            new_gpus = mig_share(catalog, new_product, str(spec.params["mig_profile"]))
         elif "gpus" in spec.params and spec.params["gpus"] is not None:
-            new_gpus = int(spec.params["gpus"])
+            new_gpus = float(int(spec.params["gpus"]))
     except (KeyError, TypeError, ValueError):
         return None
     return round((new_replicas * new_gpus * new_price - replicas * gpus * price) * HOURS_PER_MONTH, 2)

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.config import RightsizeConfig, SloConfig
 from tools.rightsize.catalog import HOURS_PER_MONTH, PriceCatalog
 from tools.rightsize.history import WorkloadHistory
+from tools.serving_knowledge.model_shapes import shape as model_shape
 
 MIB = 1024.0 * 1024.0
 GIB = 1024.0 * MIB
@@ -74,6 +75,16 @@ class Shape(_Model):
         gpu = (f"{self.gpu_product} MIG {self.mig_profile}" if self.mig_profile
                else f"{self.gpus}× {self.gpu_product}" if self.gpu_product else "no GPU")
         return f"{self.replicas} × ({gpu})"
+
+    def cost_arithmetic(self) -> str:
+        """The monthly cost as a sum a reader can check: replicas × price per replica-hour × hours."""
+        per = f"${self.price_per_replica_hour:.3f}/replica-h"
+        if self.mig_profile:
+            sevenths = _compute(self) * 7
+            per += f" ({sevenths:.0f}/7 of a ${self.price_per_replica_hour * 7 / sevenths:.3f}/GPU-h GPU)"
+        elif self.gpus > 1:
+            per += f" ({self.gpus} × ${self.price_per_replica_hour / self.gpus:.3f}/GPU-h)"
+        return f"{self.replicas} × {per} × {HOURS_PER_MONTH:g} h = ${self.monthly_cost:,.0f}/month"
 
 
 class ScaleWindow(_Model):
@@ -142,12 +153,19 @@ _PARAMS = re.compile(r"(?<![0-9.])([0-9]+(?:\.[0-9]+)?)b(?![a-z])", re.IGNORECAS
 def model_memory_gib(model: str, observed_fb_mib: float, cfg: RightsizeConfig) -> tuple[float | None, str]:
     """GPU memory one replica needs (GiB) and where the figure came from.
 
-    A configured figure wins; else 2 bytes a parameter (16-bit weights) × 1.2 for KV cache and
-    activations, from a parameter count in the model name ("70b"); else the largest frame-buffer
-    use observed × 1.2 (meaningful for runtimes that do not pre-allocate, e.g. Triton).
+    A configured figure wins; else 16-bit weights × 1.2 for KV cache and activations, from the
+    serving knowledge catalog's parameter count (`tools.serving_knowledge.model_shapes`, the figures
+    the deployment preflight checks fit with), or a parameter count in the model name ("70b"); else
+    the largest frame-buffer use observed × 1.2 (meaningful for runtimes that do not pre-allocate,
+    e.g. Triton). The result decides which GPU types and MIG profiles are candidates.
     """
     if model in cfg.model_memory_gib:
         return cfg.model_memory_gib[model], "configured"
+    known = model_shape(model)
+    if known is not None:
+        weights = known.weight_bytes(2) / GIB
+        return round(weights * 1.2, 2), (f"{known.params_b:g} B parameters (serving knowledge catalog) × 2 bytes "
+                                         f"= {weights:.1f} GiB weights, × 1.2 for KV cache and activations")
     m = _PARAMS.search(model)
     if m:
         return float(m.group(1)) * 2 * 1.2, f"{m.group(1)}B parameters × 2 bytes × 1.2"
@@ -236,6 +254,43 @@ def observed_capacity(h: WorkloadHistory, slo: SloConfig, busy_max: float = 0.85
     return _Capacity(cap, len(ok), len(breach), max(ok), min(breach) if breach else math.nan, source)
 
 
+def in_current_shape(h: WorkloadHistory, catalog: PriceCatalog, *, speed: float) -> WorkloadHistory:
+    """`h` with each step's load expressed as the load on a replica of the current shape (of `speed`).
+
+    A workload moved to another class (another GPU type, count or a MIG slice) has history from both: a
+    step served by replicas of half the speed carried, per replica, what the current shape carries at
+    twice the load. Each step's per-replica speed is its GPUs per instance type (GPU-equivalents: a
+    3g slice counts 3/7) × that type's relative throughput ÷ its replicas; steps without that figure are
+    taken as the current shape. A step whose per-replica speed differs from a neighbour's is the move
+    itself (a canary's mix of both shapes; GPU activity still from the old GPUs while the load is on the
+    new replicas): its loads are left out. Only the loads change (for the capacity estimate), not the demand.
+    """
+    n = len(h.demand_rps)
+    units = [0.0] * n
+    for it_name, xs in h.gpus_by_instance.items():
+        it = catalog.instance_types.get(it_name)
+        rel = catalog.product(it.gpu_product or "").relative_throughput if it and it.gpu_product else math.nan
+        for i, g in enumerate(xs[:n]):
+            if not math.isnan(g) and not math.isnan(rel):
+                units[i] += g * rel
+    per = [u / r if r and not math.isnan(r) and r > 0 and u > 0 else math.nan
+           for u, r in zip(units, h.replicas, strict=True)]
+
+    def changed(a: float, b: float) -> bool:
+        return not (math.isnan(a) or math.isnan(b)) and abs(a - b) > 0.05 * max(a, b)
+
+    factors = []
+    for i, p in enumerate(per):
+        if (i > 0 and changed(p, per[i - 1])) or (i + 1 < n and changed(p, per[i + 1])):
+            factors.append(math.nan)  # a step of the move itself
+        else:
+            factors.append(speed / p if speed > 0 and not math.isnan(p) else 1.0)
+    if all(abs(f - 1.0) < 0.02 for f in factors):
+        return h
+    return h.model_copy(update={"demand_rps": [d * f for d, f in zip(h.demand_rps, factors, strict=True)],
+                                "demand_peak_rps": [d * f for d, f in zip(h.demand_peak_rps, factors, strict=True)]})
+
+
 def _current_instance(h: WorkloadHistory) -> str | None:
     best, best_v = None, 0.0
     for it, xs in h.gpus_by_instance.items():
@@ -278,10 +333,16 @@ def recommend(h: WorkloadHistory, *, times: Sequence[float], step_s: float, cata
         return Recommendation(**base, confidence=Confidence.INSUFFICIENT, evidence=evidence,
                               reason=f"no GPU allocation with a catalog price was found (instance type "
                                      f"{it_name or 'unknown'}, {gpus} GPUs per replica); no recommendation")
+    mig_now = h.mig_profile
     current = Shape(replicas=replicas_now, gpus=gpus, gpu_product=it.gpu_product, instance_type=it_name,
-                    price_per_replica_hour=gpus * it.price_per_gpu_hour)
+                    mig_profile=mig_now, price_per_replica_hour=gpus * it.price_per_gpu_hour)
+    if mig_now:  # one slice per replica, priced at its compute sevenths of the GPU
+        current = current.model_copy(update={"gpus": 1, "price_per_replica_hour": it.price_per_gpu_hour * _compute(
+            current)})
+    compute_now = _compute(current)
     slo = slo_for(h.model, cfg)
-    cap = observed_capacity(h, slo, cfg.busy_max)
+    cap = observed_capacity(in_current_shape(h, catalog, speed=catalog.product(it.gpu_product or "").relative_throughput
+                                             * compute_now), slo, cfg.busy_max)
     cpu, mem = size_cpu_memory(h, hours / 24.0, cfg)
     if cap is None:
         return Recommendation(**base, confidence=Confidence.LOW, current=current, cpu=cpu, memory=mem,
@@ -311,14 +372,13 @@ def recommend(h: WorkloadHistory, *, times: Sequence[float], step_s: float, cata
         # The SLO held at the current size: the observed capacity is only a lower bound, so never
         # recommend more replicas than are running.
         keep_n = min(keep_n, max(current.replicas, cfg.min_replicas))
-    keep_type = Shape(replicas=keep_n, gpus=gpus, gpu_product=it.gpu_product,
-                      instance_type=it_name, price_per_replica_hour=current.price_per_replica_hour)
+    keep_type = current.model_copy(update={"replicas": keep_n})
     evidence["replicas_on_current_gpu"] = keep_type.replicas
     best, extrapolated = keep_type, False
     if need_gib is not None and cfg.consider_gpu_types:
         for cand in _candidates(catalog, need_gib):
-            scale = _scale(cand.speed, cand.compute_share, speed_now, gpus)
-            if (cand.product, cand.gpus, cand.mig) != (it.gpu_product, gpus, None):
+            scale = _scale(cand.speed, cand.compute_share, speed_now, compute_now)
+            if (cand.product, cand.gpus, cand.mig) != (it.gpu_product, current.gpus, mig_now):
                 scale *= cfg.shape_headroom  # not observed: extrapolated, so leave room for the error
             n = replicas_for(cap.per_replica_rps * scale)
             shape = Shape(replicas=n, gpus=cand.gpus, gpu_product=cand.product, instance_type=cand.instance_type,
@@ -326,8 +386,16 @@ def recommend(h: WorkloadHistory, *, times: Sequence[float], step_s: float, cata
             # A different shape must save enough to be worth a migration and the risk of extrapolating.
             if shape.monthly_cost < best.monthly_cost * (1 - cfg.min_shape_saving) - 1e-6:
                 best, extrapolated = shape, True
-    per_replica_best = cap.per_replica_rps * _scale(_speed(catalog, best), _compute(best), speed_now, gpus) * \
+    per_replica_best = cap.per_replica_rps * _scale(_speed(catalog, best), _compute(best), speed_now, compute_now) * \
         (cfg.shape_headroom if extrapolated else 1.0)
+    if extrapolated:
+        # What the move rests on, for the report: the capacity it assumes, and the memory fit.
+        evidence["capacity_per_replica_after_rps"] = round(per_replica_best, 3)
+        room = (catalog.product(best.gpu_product or "").mig_profiles[best.mig_profile].memory_gib if best.mig_profile
+                else catalog.instance_types[best.instance_type or ""].gpu_memory_gib * best.gpus)
+        evidence["memory_fit"] = (f"{need_gib or 0:.1f} GiB needed ≤ {room:g} GiB × {VLLM_MEMORY_FRACTION:g} = "
+                                  f"{room * VLLM_MEMORY_FRACTION:.1f} GiB of "
+                                  + (f"a MIG {best.mig_profile} slice" if best.mig_profile else f"{best.gpus} GPU(s)"))
     windows = scale_windows(h, times, best, per_replica_best, cfg)
     over = [d for d in h.demand_peak_rps if not math.isnan(d)]
     cap_best = per_replica_best * best.replicas
@@ -401,14 +469,14 @@ def _candidates(catalog: PriceCatalog, need_gib: float) -> list[_Candidate]:
     return out
 
 
-def _scale(speed: float, compute: float, speed_now: float, gpus_now: int) -> float:
+def _scale(speed: float, compute: float, speed_now: float, compute_now: float) -> float:
     """Capacity of a replica shape relative to the current one.
 
     Relative throughput compares GPU types for the same replica shape; more GPUs per replica (needed
     for memory) get no credit, since tensor parallelism scales sub-linearly, while fewer GPUs or a MIG
     slice lose capacity in proportion. Conservative on purpose: the error only costs money.
     """
-    return (speed / speed_now) * min(1.0, compute / gpus_now)
+    return (speed / speed_now) * min(1.0, compute / compute_now)
 
 
 def _speed(catalog: PriceCatalog, s: Shape) -> float:

@@ -72,6 +72,13 @@ def to_markdown(run: RightsizeRun) -> str:
         out.append(f"- **{r.namespace}/{r.name}** ({r.id}): {r.reason}")
         if r.slo_risk_reason:
             out.append(f"  - SLO risk {r.slo_risk.value}: {r.slo_risk_reason}")
+        if r.current is not None and r.recommended is not None and r.recommended != r.current:
+            out.append(f"  - cost now: {r.current.cost_arithmetic()}; after: {r.recommended.cost_arithmetic()}")
+            if (cap := r.evidence.get("capacity_per_replica_after_rps")) is not None:
+                fit = f"; memory: {r.evidence['memory_fit']}" if "memory_fit" in r.evidence else ""
+                out.append(f"  - capacity after: {cap} req/s per replica (observed "
+                           f"{r.evidence.get('capacity_per_replica_rps')} × relative throughput × compute share × "
+                           f"headroom){fit}")
         for w in r.scale_windows:
             out.append(f"  - {w.days} {w.start_hour_utc:02d}:00–{w.end_hour_utc:02d}:00 UTC: {w.replicas} replica(s), "
                        f"saves {money(w.monthly_savings)}/mo")

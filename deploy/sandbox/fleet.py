@@ -23,6 +23,7 @@ DEFAULT_FLEET = HERE / "fleet.yaml"
 DEFAULT_PRICES = DEFAULT_CATALOG
 
 GPU_RESOURCE = "nvidia.com/gpu"
+MIG_PREFIX = "nvidia.com/mig-"  # the NVIDIA device plugin's mixed strategy: one resource per MIG profile
 # Labels real serving teams put on their workloads (and that the agent's tools read).
 LABEL_MODEL = "model"
 LABEL_MODEL_VERSION = "model-version"
@@ -65,6 +66,19 @@ class Pool(_Strict):
     capacity_type: Literal["on-demand", "spot"] = Field(
         default="on-demand", description="How the nodes are bought; spot nodes carry Karpenter's and EKS's "
                                          "capacity-type labels and can be reclaimed together (`spot-loss`).")
+    mig: dict[str, int] = Field(
+        default_factory=dict, description="MIG partitioning of every GPU: profile → slices per GPU (e.g. "
+        "{3g.20gb: 2}). The nodes then advertise `nvidia.com/mig-<profile>` (the device plugin's mixed "
+        "strategy) instead of whole `nvidia.com/gpu`s, with the GPU feature discovery labels of real ones.")
+
+    @model_validator(mode="after")
+    def _mig_profiles(self) -> Pool:
+        for profile, per_gpu in self.mig.items():
+            if not re.fullmatch(r"[1-7]g\.[0-9]{1,3}gb", profile) or not 1 <= per_gpu <= 7:
+                raise ValueError(f"pool {self.name}: MIG {profile}: {per_gpu} is not a MIG profile and a count 1-7")
+        if sum(int(p.split("g.")[0]) * n for p, n in self.mig.items()) > 7:
+            raise ValueError(f"pool {self.name}: MIG layout {self.mig} uses more than the 7 compute slices of a GPU")
+        return self
 
 
 class ModelVersion(_Strict):
@@ -273,7 +287,22 @@ def node_manifest(fleet: Fleet, catalog: PriceCatalog, pool: Pool, index: int) -
             GPU_COUNT_LABEL: str(it.gpus),
             GPU_MEMORY_LABEL: str(it.gpu_memory_gib * 1024),
         }
-        capacity[GPU_RESOURCE] = str(it.gpus)
+        if pool.mig:
+            # Every GPU partitioned: no whole GPU is left to advertise, only slices (mixed strategy).
+            labels |= {"nvidia.com/mig.capable": "true", "nvidia.com/mig.strategy": "mixed",
+                       "nvidia.com/mig.config": "all-" + "-".join(sorted(pool.mig)) if len(pool.mig) == 1
+                       else "custom-" + "-".join(f"{n}x{p}" for p, n in sorted(pool.mig.items()))}
+            for profile, per_gpu in sorted(pool.mig.items()):
+                slices = int(profile.split("g.")[0])
+                memory_gib = catalog.product(it.gpu_product).mig_profiles.get(profile)
+                labels |= {f"{MIG_PREFIX}{profile}.count": str(per_gpu * it.gpus),
+                           f"{MIG_PREFIX}{profile}.slices.gi": str(slices),
+                           f"{MIG_PREFIX}{profile}.slices.ci": str(slices)}
+                if memory_gib is not None:
+                    labels[f"{MIG_PREFIX}{profile}.memory"] = str(int(memory_gib.memory_gib * 1024))
+                capacity[MIG_PREFIX + profile] = str(per_gpu * it.gpus)
+        else:
+            capacity[GPU_RESOURCE] = str(it.gpus)
         taints.append({"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"})
     name = node_name(pool, index)
     labels["kubernetes.io/hostname"] = name

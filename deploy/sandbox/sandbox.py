@@ -324,7 +324,7 @@ class Sandbox:
         self.sup.wait_ready(kw, lambda: _http_ok(f"http://127.0.0.1:{base + 247}/healthz"), 30)
         ksm_labels = ("pods=[model,model-version,serving-runtime,team,app.kubernetes.io/name],"
                       "deployments=[model,serving-runtime,team,app.kubernetes.io/name],"
-                      "nodes=[nvidia.com/gpu.product,node.kubernetes.io/instance-type,opsagent.dev/node-pool]")
+                      "nodes=[nvidia.com/gpu.product,nvidia.com/mig.config,node.kubernetes.io/instance-type,opsagent.dev/node-pool]")
         ksm = self.sup.start("kube-state-metrics", [
             str(bins.kube_state_metrics), f"--kubeconfig={kc}",
             "--host=127.0.0.1", f"--port={_port(self.ep.kube_state_metrics)}",

@@ -1,13 +1,18 @@
 """GPU-class moves from the cost report, on a sandbox of their own running the real Argo Rollouts controller.
 
-`llm-prod/notes-assist` (deploy/sandbox/fleet-rollouts.yaml) is an 8B model on two H100s it does not need:
+`llm-prod/notes-assist` (deploy/sandbox/fleet-rollouts.yaml) is an 8B model on two H100s it does not need,
+`llm-prod/digest-assist` a 7B model on two whole A100s it uses a third of:
 
 - moved by hand to L4s with the same two replicas, the canary lands on an L4 node (the real scheduler),
   its TTFT breaks the SLO there and the project's AnalysisTemplate aborts it; stable stays on the H100s;
 - the cost report posted to Slack recommends A100s; a signed click on its **Create change request**
   button (through the real Bolt app) opens a deployment of the same version with the new node selector,
   checked on the A100 pool; two approvals run it as a canary on the A100 nodes, promoted to 100 %; the
-  next report shows the workload on A100s at their price and no longer recommends the move.
+  next report shows the workload on A100s at their price and no longer recommends the move;
+- the report recommends one 3g.20gb MIG slice per replica for digest-assist; its button opens a deployment
+  of the same version asking for `nvidia.com/mig-3g.20gb: 1` at TP 1, checked against the free slices of
+  the MIG pool; the canary lands on the MIG nodes (the real scheduler, by the slice resource), is promoted,
+  and the next report prices the workload per slice.
 
 Slack's Web API is the local stand-in (tests/slack_standin.py); everything else is real.
 """
@@ -30,7 +35,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from typer.testing import CliRunner
 
 from agent.app import build_app
-from agent.change.models import ChangeStage, ChangeStatus
+from agent.change.models import ChangeSpec, ChangeStage, ChangeStatus
 from agent.entry.cli import app as cli
 from agent.entry.commands.common import settings_for
 from agent.entry.slack.reports import CostReportPoster
@@ -41,6 +46,7 @@ from agent.rightsize.schedule import CronSchedule
 from deploy.sandbox import rollouts
 from deploy.sandbox.cluster import api_client
 from deploy.sandbox.fleet import LABEL_APP
+from deploy.sandbox.fleet import LABEL_POOL as POOL
 from deploy.sandbox.sandbox import SandboxSettings
 from tests.integration.conftest import PORT_BASE as SANDBOX_PORT_BASE
 from tests.integration.conftest import sandbox_lifetime
@@ -97,18 +103,19 @@ def _cli(sb: dict[str, Any], config: Path, state: Path, *args: str) -> Any:
                                     "--state-dir", str(state), "--config", str(config)])
 
 
-def _rollout(api: client.ApiClient) -> dict[str, Any]:
+def _rollout(api: client.ApiClient, name: str = WORKLOAD) -> dict[str, Any]:
     obj: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        rollouts.GROUP, rollouts.VERSION, NS, "rollouts", WORKLOAD)
+        rollouts.GROUP, rollouts.VERSION, NS, "rollouts", name)
     return obj
 
 
-def _pods_by_class(api: client.ApiClient) -> dict[str, set[str]]:
-    """Live pods of the workload: pod-template hash → the instance types of the nodes they run on."""
+def _pods_by_class(api: client.ApiClient, name: str = WORKLOAD,
+                   label: str = INSTANCE_TYPE_LABEL) -> dict[str, set[str]]:
+    """Live pods of the workload: pod-template hash → the `label` (instance type) of the nodes they run on."""
     core = client.CoreV1Api(api)
-    types = {n.metadata.name: (n.metadata.labels or {}).get(INSTANCE_TYPE_LABEL, "") for n in core.list_node().items}
+    types = {n.metadata.name: (n.metadata.labels or {}).get(label, "") for n in core.list_node().items}
     out: dict[str, set[str]] = {}
-    for p in core.list_namespaced_pod(NS, label_selector=f"{LABEL_APP}={WORKLOAD}").items:
+    for p in core.list_namespaced_pod(NS, label_selector=f"{LABEL_APP}={name}").items:
         if p.metadata.deletion_timestamp or not p.spec.node_name:
             continue
         out.setdefault((p.metadata.labels or {}).get("rollouts-pod-template-hash", ""), set()).add(
@@ -137,14 +144,52 @@ def _approve(sb: dict[str, Any], config: Path, state: Path, change_id: str) -> A
     return second
 
 
-def _recommendation(sb: dict[str, Any], config: Path, state: Path) -> dict[str, Any]:
+def _recommendation(sb: dict[str, Any], config: Path, state: Path, name: str = WORKLOAD) -> dict[str, Any]:
     import json
 
     out = _cli(sb, config, state, "rightsize", "--window", "1d", "--format", "json")
     assert out.exit_code == 0, out.output
     doc = json.loads(out.stdout[out.stdout.index("{"):])
-    rec: dict[str, Any] = next(r for r in doc["recommendations"] if r["name"] == WORKLOAD)
+    rec: dict[str, Any] = next(r for r in doc["recommendations"] if r["name"] == name)
     return rec
+
+
+def _click_create(sb: dict[str, Any], config: Path, state: Path, name: str) -> tuple[str, ChangeSpec, str]:
+    """Post the cost report to Slack and click `name`'s Create change request button, signed, through Bolt.
+
+    Returns the report's section for `name`, the spec its button carries, and the change id the click opened.
+    """
+    api = SlackStandIn()
+    with serve(api.app()) as api_url:
+        api.base_url = api_url
+        settings = settings_for(config, sb, state_dir=str(state), slack={
+            "enabled": True, "bot_token": "xoxb-test", "signing_secret": SECRET, "channel": CHANNEL,
+            "api_url": f"{api_url}/api/"}, rightsize={"window": "1d"})
+        app = build_app(settings)
+        try:
+            poster = CostReportPoster(app, AsyncWebClient(token="xoxb-test", base_url=f"{api_url}/api/"), CHANNEL,
+                                      CronSchedule("* * * * *"))
+            try:
+                assert asyncio.run(poster.post_due(dt.datetime.now(dt.UTC))) is not None
+            finally:
+                poster.leases.close()
+                poster.posts.close()
+            report = api.wait(lambda: api.of("chat.postMessage"), what="the cost report")[0]
+            section = next(b for b in report.args["blocks"] if name in str(b.get("text", {}).get("text", "")))
+            value = section["accessory"]["value"]
+            assert section["accessory"]["action_id"] == CREATE_ACTION_ID
+            _, spec = spec_from_button(value)
+            asgi, bot = build_server(app)
+            assert bot is not None
+            with serve(asgi) as url:
+                sim = SlackClientSim(url, SECRET, api)
+                assert sim.click(CLICKER, CREATE_ACTION_ID, value, CHANNEL, report.args["_ts"]).status_code == 200
+                note = api.wait(lambda: api.of("chat.postEphemeral"), timeout=120, what="the click's answer")[0]
+        finally:
+            app.close()
+    text = str(note.args.get("text"))
+    assert "Opened change request `chg-" in text and "deploy" in text, text
+    return str(section["text"]["text"]), spec, text.split("`")[1]
 
 
 def test_a_move_to_a_class_where_the_model_is_too_slow_is_aborted_by_analysis_and_stable_stays(
@@ -193,39 +238,9 @@ def test_the_reports_button_moves_the_model_as_a_canary_on_the_new_class_and_the
         msandbox: dict[str, Any], madmin: client.ApiClient, mconfig: Path, mstate: Path) -> None:
     prometheus = msandbox["endpoints"]["prometheus"]
     stable = str((_rollout(madmin).get("status") or {}).get("stableRS") or "")
-    api = SlackStandIn()
-    with serve(api.app()) as api_url:
-        api.base_url = api_url
-        settings = settings_for(mconfig, msandbox, state_dir=str(mstate), slack={
-            "enabled": True, "bot_token": "xoxb-test", "signing_secret": SECRET, "channel": CHANNEL,
-            "api_url": f"{api_url}/api/"}, rightsize={"window": "1d"})
-        app = build_app(settings)
-        try:
-            poster = CostReportPoster(app, AsyncWebClient(token="xoxb-test", base_url=f"{api_url}/api/"), CHANNEL,
-                                      CronSchedule("* * * * *"))
-            try:
-                assert asyncio.run(poster.post_due(dt.datetime.now(dt.UTC))) is not None
-            finally:
-                poster.leases.close()
-                poster.posts.close()
-            report = api.wait(lambda: api.of("chat.postMessage"), what="the cost report")[0]
-            section = next(b for b in report.args["blocks"] if WORKLOAD in str(b.get("text", {}).get("text", "")))
-            assert "NVIDIA-A100-SXM4-40GB" in section["text"]["text"], section
-            value = section["accessory"]["value"]
-            assert section["accessory"]["action_id"] == CREATE_ACTION_ID
-            _, spec = spec_from_button(value)
-            assert spec.params["node_selector"] == {INSTANCE_TYPE_LABEL: A100}
-            asgi, bot = build_server(app)
-            assert bot is not None
-            with serve(asgi) as url:
-                sim = SlackClientSim(url, SECRET, api)
-                assert sim.click(CLICKER, CREATE_ACTION_ID, value, CHANNEL, report.args["_ts"]).status_code == 200
-                note = api.wait(lambda: api.of("chat.postEphemeral"), timeout=120, what="the click's answer")[0]
-        finally:
-            app.close()
-    text = str(note.args.get("text"))
-    assert "Opened change request `chg-" in text and "deploy" in text, text
-    change_id = text.split("`")[1]
+    section, spec, change_id = _click_create(msandbox, mconfig, mstate, WORKLOAD)
+    assert "NVIDIA-A100-SXM4-40GB" in section, section
+    assert spec.params["node_selector"] == {INSTANCE_TYPE_LABEL: A100}
     app = build_app(settings_for(mconfig, msandbox, state_dir=str(mstate)))
     try:
         ch = app.ledger.get(change_id)
@@ -313,3 +328,80 @@ def test_a_plain_deployment_moves_by_a_rolling_update_that_is_verified_on_the_ne
     assert len(pods) == 2 and {types.get(p.spec.node_name) for p in pods} == {A100}, \
         [(p.metadata.name, p.spec.node_name) for p in pods]
     print(f"\n[figure] plain Deployment {name} moved L4 → A100: {approval.state.verification}")
+
+
+def test_a_mig_move_from_the_report_runs_as_a_canary_on_the_mig_pool_and_the_next_report_prices_the_slices(
+        msandbox: dict[str, Any], madmin: client.ApiClient, mconfig: Path, mstate: Path) -> None:
+    name, profile, resource = "digest-assist", "3g.20gb", "nvidia.com/mig-3g.20gb"
+    per_gpu = 21.96 / 8  # p4d.24xlarge, tools/rightsize/price-catalog.yaml
+    before = _recommendation(msandbox, mconfig, mstate, name)
+    assert before["current"]["mig_profile"] is None and before["recommended"]["mig_profile"] == profile, before
+    assert before["monthly_cost_current"] == pytest.approx(2 * per_gpu * 730, abs=1), before
+    stable = str((_rollout(madmin, name).get("status") or {}).get("stableRS") or "")
+    assert stable and _pods_by_class(madmin, name, POOL) == {stable: {"a100"}}
+
+    section, spec, change_id = _click_create(msandbox, mconfig, mstate, name)
+    assert f"MIG {profile}" in section, section
+    assert spec.params["mig_profile"] == profile and spec.params["node_selector"] == {INSTANCE_TYPE_LABEL: A100}
+    app = build_app(settings_for(mconfig, msandbox, state_dir=str(mstate)))
+    try:
+        ch = app.ledger.get(change_id)
+    finally:
+        app.close()
+    assert ch is not None and ch.status == ChangeStatus.PENDING_APPROVAL and ch.spec.target.kind == "Rollout"
+    assert ch.spec.params["mig_profile"] == profile and "gpus" not in ch.spec.params
+    assert "labels" not in ch.spec.params and "image" not in ch.spec.params, "the same version moves"
+    assert "args" not in ch.spec.params, "already --tensor-parallel-size 1: one slice needs no other args"
+    # The preflight's numbers, in the request a person approves: free slices of the profile, the slice's memory.
+    assert f"free MIG {profile} slices" in ch.reason and "all replicas of the move" in ch.reason, ch.reason
+    assert f"19.5 GiB per GPU (MIG {profile}: node" in ch.reason, ch.reason  # GPU feature discovery's label
+    assert f"1 MIG {profile} slice (3/7 GPU)" in ch.reason, ch.reason
+    assert ch.cost_delta_per_month == pytest.approx(2 * (3 / 7 - 1) * per_gpu * 730, abs=1), ch.cost_delta_per_month
+    assert _rollout(madmin, name)["status"]["stableRS"] == stable, "nothing is written before the approvals"
+
+    approval = _approve(msandbox, mconfig, mstate, change_id)
+    t0 = approval.started_at
+    canary_pools: set[str] = set()
+    deadline = time.monotonic() + 420
+    ro: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        ro = _rollout(madmin, name)
+        st = ro.get("status") or {}
+        for h, pools in _pods_by_class(madmin, name, POOL).items():
+            if h != stable:
+                canary_pools |= pools
+        if rollouts.phase(ro) == "Healthy" and st.get("stableRS") and st["stableRS"] != stable:
+            break
+        assert not st.get("abort"), f"the move was aborted: {st.get('message')}"
+        if not approval.is_alive():
+            ro = _rollout(madmin, name)
+            break
+        time.sleep(0.5)
+    elapsed = time.time() - t0
+    assert rollouts.phase(ro) == "Healthy" and ro["status"]["stableRS"] != stable, \
+        f"not promoted: {ro.get('status')}; the agent: {approval.state or approval.error}"
+    promoted_at = time.time()
+    assert canary_pools == {"a100-mig"}, f"the canary ran on {canary_pools}"
+    core = client.CoreV1Api(madmin)
+    pods = [p for p in core.list_namespaced_pod(NS, label_selector=f"{LABEL_APP}={name}").items
+            if not p.metadata.deletion_timestamp]
+    assert len(pods) == 2 and _pods_by_class(madmin, name, POOL) == {ro["status"]["stableRS"]: {"a100-mig"}}
+    for p in pods:  # scheduled by the real scheduler onto a node that advertises the slice
+        limits = p.spec.containers[0].resources.limits
+        assert limits.get(resource) == "1" and "nvidia.com/gpu" not in limits, limits
+    approval.join(120)
+    assert approval.error is None and approval.state is not None, approval.error
+    assert approval.state.stage == ChangeStage.VERIFIED, (approval.state.stage, approval.state.verification)
+    assert f"canary on {A100} (MIG all-{profile}): TTFT p95" in str(approval.state.verification), \
+        approval.state.verification
+    print(f"\n[figure] MIG move 2 × A100 → 2 × A100 MIG {profile} from the report's button: approval → 100 % in "
+          f"{elapsed:.1f} s; {approval.state.verification}")
+
+    time.sleep(max(0.0, math.ceil(promoted_at / 300) * 300 + 20 - time.time()))
+    after = _recommendation(msandbox, mconfig, mstate, name)
+    assert after["current"]["mig_profile"] == profile, after["current"]
+    assert after["monthly_cost_current"] == pytest.approx(2 * per_gpu * 3 / 7 * 730, abs=1), after
+    # The capacity it saw on whole GPUs before the move is scaled to the slice: no cut below what the load needs.
+    assert after["recommended"]["replicas"] >= 2, f"the next report would starve the slices: {after['reason']}"
+    print(f"[figure] the next report: {after['reason']}; ${after['monthly_cost_current']:,.0f}/month "
+          f"(was ${before['monthly_cost_current']:,.0f} on whole A100s)")

@@ -304,3 +304,66 @@ def test_a_rollout_watch_knows_when_a_later_change_replaced_its_template() -> No
     abort = ChangeRequest(**{**ch.model_dump(), "spec": ChangeSpec(
         action=ActionKind.ABORT_ROLLOUT, cluster="c", target=s.target)})
     assert superseded(later, abort) is None  # an abort writes no template: nothing of its own to lose
+
+
+def test_a_deploy_writes_one_mig_slice_in_place_of_whole_gpus_and_its_inverse_puts_them_back() -> None:
+    before = workload()["spec"]["template"]
+    before["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "4", "nvidia.com/gpu": "1"},
+                                                    "limits": {"nvidia.com/gpu": "1", "memory": "24Gi"}}
+    name, params = tool_call(rollout_spec(container="server", mig_profile="3g.40gb"), dry_run=True, expected_rv="7")
+    assert name == "k8s_set_rollout_template" and params["mig_profile"] == "3g.40gb"
+    p = SetTemplateInput(**params)
+    after = changed_template(before, p, "rollout")
+    res = after["spec"]["containers"][0]["resources"]
+    assert res == {"requests": {"cpu": "4", "nvidia.com/mig-3g.40gb": "1"},
+                   "limits": {"memory": "24Gi", "nvidia.com/mig-3g.40gb": "1"}}  # cpu and memory untouched
+    back = changed_template(after, SetTemplateInput(**{**params, "mig_profile": None, "gpus": 1}), "rollout")
+    assert back["spec"]["containers"][0]["resources"] == before["spec"]["containers"][0]["resources"]
+    # The executor's record of the template it replaced names the slice, so the undo restores it.
+    prev = {"container": "server", "labels": {}, "node_selector": {}, "tolerations": [], "gpus": None,
+            "mig_profile": "3g.40gb"}
+    s = rollout_spec(container="server", gpus=2)
+    ch = ChangeRequest(id="chg-2", spec=s, spec_digest=s.digest(), risk="mutate",
+                       fingerprint=TargetFingerprint(kind="Rollout", name="assist-mini", spec_hash="h"),
+                       blast_radius=BlastRadius(gpus=0, replicas=0, capacity_drop=0), reason="r", requester="me",
+                       created_at=dt.datetime.now(dt.UTC), status=ChangeStatus.APPLIED,
+                       result={"detail": {"previous": prev}})
+    undo = inverse(ch)
+    assert undo is not None and undo.params["mig_profile"] == "3g.40gb" and "gpus" not in undo.params
+
+
+@pytest.mark.parametrize("sneaked", [
+    {"resources": {"limits": {"nvidia.com/mig-7g.80gb": "1", "cpu": "64"}}},
+    {"cpu": "64"},
+    {"privileged": True},
+    {"security_context": {"privileged": True}},
+    {"host_network": True},
+    {"service_account": "cluster-admin"},
+])
+def test_a_deploy_plan_sneaking_another_field_is_refused_not_dropped(sneaked: dict[str, Any]) -> None:
+    """A forged or garbled plan (a Slack button value, a stored spec) gets no write that it did not name."""
+    s = rollout_spec(container="server", mig_profile="3g.40gb", **sneaked)
+    with pytest.raises(ValueError, match=f"not {next(iter(sneaked))}"):
+        tool_call(s, dry_run=True, expected_rv=None)
+
+
+@pytest.mark.parametrize("params", [
+    {"mig_profile": "7g.80gb\",\"cpu\":\"64"},  # an injected resource in the profile name
+    {"mig_profile": "8g.80gb"},  # no GPU has eight sevenths
+    {"mig_profile": "../gpu"},
+    {"mig_profile": "3g.40gb", "gpus": 1},  # whole GPUs and a slice at once
+])
+def test_the_write_tool_takes_only_a_real_mig_profile_and_never_with_whole_gpus(params: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        SetTemplateInput(namespace="llm-prod", name="assist-mini", container="server", **params)
+
+
+def test_a_workload_on_mig_slices_has_a_gpu_blast_radius_so_the_policys_gpu_limit_still_bites() -> None:
+    from agent.change.executor.blast_radius import blast_radius
+
+    obj = workload(replicas=40)
+    obj["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/mig-3g.20gb": "1"}}
+    scale = ChangeSpec(action=ActionKind.SCALE, cluster="sandbox", target=ObjectRef(
+        kind="Deployment", name="assist-mini", namespace="llm-prod"), params={"replicas": 0})
+    assert blast_radius(scale, obj).gpus == 40  # one GPU touched per slice, not none
+    assert blast_radius(rollout_spec(container="server", gpus=1), obj).gpus == 40

@@ -67,10 +67,19 @@ def test_cheaper_gpu_type_is_recommended_with_extrapolation_risk() -> None:
     _, rec = _rec("summarizer", traffic=0.3)  # a 7B model using a third of an A100: a MIG slice will do
     assert rec.recommended is not None and rec.current is not None
     assert rec.recommended.monthly_cost < rec.current.monthly_cost * 0.9
-    assert rec.recommended.mig_profile is not None
+    new = rec.recommended
+    assert new.mig_profile is not None and new.instance_type is not None and new.gpu_product is not None
+    # Priced per slice: its compute sevenths of the GPU's hourly price.
+    prof = CATALOG.product(new.gpu_product).mig_profiles[new.mig_profile]
+    it = CATALOG.instance_types[new.instance_type]
+    assert new.price_per_replica_hour == pytest.approx(it.price_per_gpu_hour * prof.slices / 7)
+    # The slice holds the model: 7.25 B params × 2 bytes × 1.2 within vLLM's 90 % of the slice's memory.
+    assert prof.memory_gib * 0.9 >= rec.evidence["model_memory_gib"] > 15  # type: ignore[operator]
     assert rec.slo_risk in (SloRisk.MEDIUM, SloRisk.HIGH)
     planned = change_specs(rec, "sandbox")
-    assert "MIG slice" in planned.note and all(s.action == ActionKind.SCALE for s in planned.specs)
+    assert [s.action for s in planned.specs] == [ActionKind.DEPLOY]
+    assert planned.specs[0].params["mig_profile"] == new.mig_profile and "gpus" not in planned.specs[0].params
+    assert f"one MIG {new.mig_profile} slice" in planned.note
 
 
 def test_scale_to_zero_window_for_an_idle_night() -> None:
@@ -189,3 +198,76 @@ def test_query_count_does_not_depend_on_the_fleet() -> None:
 def test_quantile_ignores_missing() -> None:
     assert quantile([math.nan, 1.0, 3.0], 0.5) == 2.0
     assert math.isnan(quantile([math.nan], 0.5))
+
+
+def test_the_report_shows_a_mig_moves_cost_capacity_and_memory_arithmetic() -> None:
+    _, rec = _rec("summarizer", traffic=0.3)
+    new = rec.recommended
+    assert new is not None and new.mig_profile is not None and new.gpu_product is not None
+    line = new.cost_arithmetic()
+    prof = CATALOG.product(new.gpu_product).mig_profiles[new.mig_profile]
+    per_gpu = new.price_per_replica_hour * 7 / prof.slices
+    assert f"({prof.slices}/7 of a ${per_gpu:.3f}/GPU-h GPU)" in line
+    assert line.endswith(f"× 730 h = ${new.monthly_cost:,.0f}/month")
+    fit = str(rec.evidence["memory_fit"])
+    assert f"≤ {prof.memory_gib:g} GiB × 0.9" in fit and f"MIG {new.mig_profile} slice" in fit
+    assert float(rec.evidence["capacity_per_replica_after_rps"]) > 0  # type: ignore[arg-type]
+
+
+def test_a_workload_on_mig_slices_is_priced_per_slice_and_read_from_its_mig_resource() -> None:
+    from tools.rightsize.history import mig_profile, mig_sevenths
+
+    assert mig_profile("nvidia_com_mig_3g_20gb") == "3g.20gb" and mig_sevenths("nvidia_com_mig_3g_20gb") == 3
+    assert mig_profile("nvidia_com_mig_1g_10gb_me") == "1g.10gb+me"
+    assert mig_profile("nvidia_com_gpu") is None and mig_sevenths("cpu") is None
+    times, h = workload_history(FLEET, FLEET.workload("summarizer"), start=START, days=14)
+    # The same history as if each replica held one 3g.20gb slice of its A100 (3/7 of a GPU allocated).
+    on_slice = h.model_copy(update={"mig_profile": "3g.20gb", "gpus_per_replica": 1.0, "gpus_by_instance": {
+        it: [x * 3 / 7 for x in xs] for it, xs in h.gpus_by_instance.items()}})
+    rec = recommend(on_slice, times=times, step_s=1800.0, catalog=CATALOG, cfg=CFG)
+    assert rec.current is not None and rec.current.mig_profile == "3g.20gb"
+    per_gpu = CATALOG.instance_types["p4d.24xlarge"].price_per_gpu_hour
+    assert rec.current.price_per_replica_hour == pytest.approx(per_gpu * 3 / 7)
+    assert rec.monthly_cost_current == pytest.approx(rec.current.replicas * per_gpu * 3 / 7 * HOURS_PER_MONTH, abs=0.01)
+    assert "MIG 3g.20gb" in rec.current.describe()
+    # The cost model sums GPU-equivalents: a slice's 3/7 costs 3/7 of the GPU's hour.
+    from agent.rightsize.cost import workload_cost
+
+    row, _, _, _ = workload_cost(on_slice, CATALOG, 0.5)
+    full, _, _, _ = workload_cost(h, CATALOG, 0.5)
+    assert row.cost == pytest.approx(full.cost * 3 / 7)
+
+
+def test_after_a_move_to_slices_the_capacity_seen_on_whole_gpus_is_scaled_to_the_slice() -> None:
+    """The next report after a move reads history from both shapes: a load a whole A100 held is not one
+    a 3/7 slice holds, so it must not advise fewer slices than the load needs."""
+    times, h = workload_history(FLEET, FLEET.workload("summarizer"), start=START, days=14)
+    whole = recommend(h, times=times, step_s=1800.0, catalog=CATALOG, cfg=CFG)
+    half = len(times) // 2
+    moved = h.model_copy(update={"mig_profile": "3g.20gb", "gpus_per_replica": 1.0, "gpus_by_instance": {
+        it: [x * 3 / 7 if i >= half else x for i, x in enumerate(xs)] for it, xs in h.gpus_by_instance.items()}})
+    rec = recommend(moved, times=times, step_s=1800.0, catalog=CATALOG, cfg=CFG)
+    cap_whole = float(whole.evidence["capacity_per_replica_rps"])  # type: ignore[arg-type]
+    cap_slice = float(rec.evidence["capacity_per_replica_rps"])  # type: ignore[arg-type]
+    assert cap_slice == pytest.approx(cap_whole * 3 / 7, rel=0.05), (cap_whole, cap_slice)
+
+
+def test_the_step_of_the_move_itself_is_left_out_of_the_capacity() -> None:
+    """Read one step after the promotion: that step's GPU activity still comes from the old whole GPUs while its
+    load is on the slices, a point on neither shape's line."""
+    # Half a day of 5-minute steps, as the sandbox keeps; the move in its last step.
+    times, h = workload_history(FLEET, FLEET.workload("summarizer"), start=START, days=0.5, step=300.0)
+    whole = recommend(h, times=times, step_s=300.0, catalog=CATALOG, cfg=CFG)
+    last = len(times) - 1
+    moved = h.model_copy(update={
+        "mig_profile": "3g.20gb", "gpus_per_replica": 1.0,
+        "gpus_by_instance": {it: [x * 3 / 7 if i == last else x for i, x in enumerate(xs)]
+                             for it, xs in h.gpus_by_instance.items()},
+        # the slices' load is what the whole GPU carried: their engines would be 7/3 as busy, but DCGM still
+        # reports the old GPUs' activity for that step
+        "demand_rps": [d * 2 if i == last else d for i, d in enumerate(h.demand_rps)],
+        "demand_peak_rps": [d * 2 if i == last else d for i, d in enumerate(h.demand_peak_rps)]})
+    rec = recommend(moved, times=times, step_s=300.0, catalog=CATALOG, cfg=CFG)
+    cap_whole = float(whole.evidence["capacity_per_replica_rps"])  # type: ignore[arg-type]
+    assert float(rec.evidence["capacity_per_replica_rps"]) == pytest.approx(  # type: ignore[arg-type]
+        cap_whole * 3 / 7, rel=0.05)

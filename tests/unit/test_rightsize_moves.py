@@ -65,12 +65,106 @@ def test_a_gpu_count_change_is_a_move_with_the_new_count_and_a_replica_change_wa
     assert move_request(planned.specs[0]).gpus == 2
 
 
-def test_a_mig_profile_is_not_proposed_as_a_move_and_says_why() -> None:
-    mig = Shape(replicas=1, gpus=1, gpu_product="NVIDIA-A100-SXM4-40GB", instance_type="p4d.24xlarge",
-                mig_profile="3g.20gb", price_per_replica_hour=1.18)
-    planned = change_specs(_rec(mig), "c")
-    assert not any(is_move(s) for s in planned.specs)
-    assert "3g.20gb MIG slice" in planned.note and "no executor action sets" in planned.note
+MIG = Shape(replicas=2, gpus=1, gpu_product="NVIDIA-H100-80GB-HBM3", instance_type="p5.48xlarge",
+            mig_profile="3g.40gb", price_per_replica_hour=6.88 * 3 / 7)
+
+
+def test_a_mig_profile_is_a_move_to_one_slice_of_the_same_version() -> None:
+    planned = change_specs(_rec(MIG), "sandbox-gpu-1")
+    assert [s.action for s in planned.specs] == [ActionKind.DEPLOY]
+    spec = planned.specs[0]
+    assert is_move(spec) and spec.params["mig_profile"] == "3g.40gb" and "gpus" not in spec.params
+    assert "one MIG 3g.40gb slice of NVIDIA-H100-80GB-HBM3 per replica" in planned.note
+    assert "node-pool change" not in planned.note and "no executor action" not in planned.note
+    req = move_request(spec)
+    assert req.mig_profile == "3g.40gb" and req.gpus is None and req.version is None
+    rid, back = spec_from_button(button_value(_rec(MIG), spec))
+    assert rid == "rs-0123456789"
+    assert back == spec and move_request(back) == req
+
+
+def _mig_node(name: str, slices: int, *, product: str = "NVIDIA-H100-80GB-HBM3",
+              instance: str = "p5.48xlarge") -> dict[str, Any]:
+    """A node of the NVIDIA device plugin's mixed strategy: every GPU cut into 3g.40gb slices, no whole GPU left."""
+    n = node(name, pool="h100-mig", gpus=0, instance=instance, mib=81559)
+    n["metadata"]["labels"] |= {"nvidia.com/gpu.product": product, "nvidia.com/mig.config": "all-3g.40gb"}
+    n["status"]["allocatable"] = {"nvidia.com/gpu": "0", "nvidia.com/mig-3g.40gb": str(slices)}
+    return n
+
+
+def _slice_pod(name: str, on: str, profile: str = "3g.40gb") -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "llm-prod"},
+            "spec": {"nodeName": on, "containers": [{"name": "s", "resources": {
+                "limits": {f"nvidia.com/mig-{profile}": "1"}}}]}, "status": {"phase": "Running"}}
+
+
+def test_a_mig_move_asks_for_one_slice_at_tp_1_and_is_counted_in_free_slices() -> None:
+    req = move_request(change_specs(_rec(MIG), "c").specs[0])
+    obj = _h100_rollout()
+    obj["spec"]["template"]["spec"]["containers"][0]["args"] = [
+        "--model", "/models/llama-3.1-8b-instruct/2025.05.2", "--tensor-parallel-size", "2"]
+    obj["spec"]["template"]["spec"]["containers"][0]["resources"] = {
+        "requests": {"cpu": "4", "nvidia.com/gpu": "2"}, "limits": {"nvidia.com/gpu": "2"}}
+    params, summary = deploy_params(req, "Rollout", obj)
+    assert params["mig_profile"] == "3g.40gb" and "gpus" not in params
+    assert params["args"][-2:] == ["--tensor-parallel-size", "1"]  # vLLM on one slice: no tensor parallelism
+    assert "2 GPU on node.kubernetes.io/instance-type=p5.48xlarge → 1 MIG 3g.40gb slice on" in summary
+    full = _mig_node("mig-0", 2)
+    busy = [_slice_pod("s0", "mig-0"), _slice_pod("s1", "mig-0")]
+    # Whole free GPUs elsewhere do not count: the pods ask for a slice of this profile.
+    h100 = node("h100-0", pool="h100", gpus=8, instance="p5.48xlarge", mib=81559)
+    params["tolerations"] = move_tolerations([], [h100, full], req.node_selector or {})
+    found, _ = checks(req, "Rollout", obj, params, [h100, full], busy, CATALOG)
+    cap = next(c for c in found if c.name == "GPU capacity")
+    assert not cap.ok
+    assert "2 new pod(s) on MIG 3g.40gb need 2 free nvidia.com/mig-3g.40gb slices" in cap.summary
+    assert "room for 0 pod(s) (0 free slices on 1 node(s))" in cap.summary
+    found, _ = checks(req, "Rollout", obj, params, [h100, full, _mig_node("mig-1", 7)], busy, CATALOG)
+    assert all(c.ok for c in found), found
+    mem = next(c for c in found if c.name == "GPU memory")
+    assert "39.5 GiB per GPU (MIG 3g.40gb on NVIDIA-H100-80GB-HBM3 (price catalog)" in mem.details[0]
+    labelled = _mig_node("mig-1", 7)
+    labelled["metadata"]["labels"]["nvidia.com/mig-3g.40gb.memory"] = "40192"  # what GFD says on a real H100
+    found, _ = checks(req, "Rollout", obj, params, [h100, labelled, full], busy, CATALOG)
+    mem = next(c for c in found if c.name == "GPU memory")
+    assert "39.25 GiB per GPU (MIG 3g.40gb: node mig-1 label nvidia.com/mig-3g.40gb.memory=40192 MiB)" \
+        in mem.details[0]
+    assert "÷ TP 1" in mem.details[2]
+    cost = next(c for c in found if c.name == "cost")
+    per_gpu = CATALOG.instance_types["p5.48xlarge"].price_per_gpu_hour
+    assert f"{2 * (2 - 3 / 7) * per_gpu * 730:,.0f}/month" in cost.summary
+    assert "2 × 1 MIG 3g.40gb slice (3/7 GPU)" in cost.details[1]
+
+
+def test_a_model_too_big_for_the_slice_is_refused_with_the_slice_memory() -> None:
+    req = DeployRequest(namespace="llm-prod", name="assist-mini", node_selector={INSTANCE_TYPE_LABEL: "p5.48xlarge"},
+                        mig_profile="3g.40gb", model="llama-3.1-70b-instruct")
+    obj = _h100_rollout()
+    params, _ = deploy_params(req, "Rollout", obj)
+    params["tolerations"] = move_tolerations([], [_mig_node("mig-0", 7)], req.node_selector or {})
+    found, _ = checks(req, "Rollout", obj, params, [_mig_node("mig-0", 7)], [], CATALOG)
+    mem = next(c for c in found if c.name == "GPU memory")
+    assert not mem.ok and "does not fit 39.5 GiB GPUs" in mem.summary
+
+
+def test_a_mig_moves_change_request_is_priced_per_slice() -> None:
+    spec = change_specs(_rec(MIG), "c").specs[0]
+    obj = _h100_rollout()  # 2 replicas of 1 H100 each
+    per_gpu = CATALOG.instance_types["p5.48xlarge"].price_per_gpu_hour
+    assert predicted_cost_delta(spec, obj, CATALOG) == pytest.approx(2 * (3 / 7 - 1) * per_gpu * 730, abs=0.01)
+    # And back from a slice to a whole GPU (what the inverse would cost).
+    on_slice = _h100_rollout()
+    on_slice["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/mig-3g.40gb": "1"}}
+    back = spec.model_copy(update={"params": {**spec.params, "mig_profile": None, "gpus": 1}})
+    assert predicted_cost_delta(back, on_slice, CATALOG) == pytest.approx(2 * (1 - 3 / 7) * per_gpu * 730, abs=0.01)
+
+
+def test_whole_gpus_and_a_slice_at_once_are_refused() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        DeployRequest(namespace="llm-prod", name="x", gpus=1, mig_profile="3g.40gb")
+    for bad in ("3g.40gb,cpu=64", "8g.80gb", "nvidia.com/gpu", "3g.40gb\n"):
+        with pytest.raises(ValueError):
+            DeployRequest(namespace="llm-prod", name="x", mig_profile=bad)
 
 
 def test_a_spec_that_is_not_a_move_is_not_turned_into_a_deployment() -> None:

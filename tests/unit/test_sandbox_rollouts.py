@@ -9,6 +9,7 @@ import pytest
 from deploy.sandbox import components, rollouts
 from deploy.sandbox.fleet import LABEL_APP, LABEL_MODEL_VERSION, Fleet
 from deploy.sandbox.simulator.cluster import ClusterSnapshot
+from deploy.sandbox.simulator.model import VllmSignals
 from deploy.sandbox.simulator.placement import Placement
 from deploy.sandbox.simulator.series import build_series
 
@@ -16,7 +17,7 @@ from deploy.sandbox.simulator.series import build_series
 def test_the_overlay_adds_a_pool_and_rollout_workloads_without_touching_the_base() -> None:
     base = Fleet.load()
     fleet, names = rollouts.merged_fleet(base)
-    assert names == ("assist-mini", "notes-assist")
+    assert names == ("assist-mini", "notes-assist", "digest-assist")
     assert {w.name for w in base.workloads} < {w.name for w in fleet.workloads}
     assert [p.name for p in fleet.pools][: len(base.pools)] == [p.name for p in base.pools]
     w = fleet.workload("assist-mini")
@@ -87,3 +88,50 @@ def test_simulated_series_of_rollout_pods_carry_their_pod_template_hash() -> Non
         if labels.get("job") == "vllm":  # the serving exporter's series (DCGM's carry their own labels)
             hashes.setdefault(labels["pod"], set()).add(labels.get("rollouts_pod_template_hash"))
     assert hashes == {"a": {"abc123"}, "b": {None}}
+
+
+def test_the_mig_pool_advertises_slices_with_the_labels_real_nodes_carry() -> None:
+    from deploy.sandbox.fleet import load_prices, node_manifest
+
+    fleet, _ = rollouts.merged_fleet(Fleet.load())
+    n = node_manifest(fleet, load_prices(), fleet.pool("a100-mig"), 0)
+    labels, alloc = n["metadata"]["labels"], n["status"]["allocatable"]
+    # The device plugin's mixed strategy: every A100 cut in two 3g.20gb slices, no whole GPU left.
+    assert alloc["nvidia.com/mig-3g.20gb"] == "16" and "nvidia.com/gpu" not in alloc
+    assert labels["nvidia.com/mig.strategy"] == "mixed" and labels["nvidia.com/mig.config"] == "all-3g.20gb"
+    assert labels["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB"
+    assert labels["nvidia.com/mig-3g.20gb.count"] == "16" and labels["nvidia.com/mig-3g.20gb.memory"] == "19968"
+    assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in n["spec"]["taints"]
+
+
+@pytest.mark.parametrize("layout", [{"8g.40gb": 1}, {"3g.20gb": 3}, {"nvidia.com/gpu": 1}])
+def test_a_mig_layout_no_gpu_can_hold_is_refused(layout: dict[str, int]) -> None:
+    from deploy.sandbox.fleet import Pool
+
+    with pytest.raises(ValueError, match="MIG"):
+        Pool(name="x", instance_type="p4d.24xlarge", nodes=1, zone="us-east-1a", mig=layout)
+
+
+def test_a_replica_on_a_mig_slice_serves_at_its_share_of_the_gpu() -> None:
+    fleet, _ = rollouts.merged_fleet(Fleet.load())
+    w = fleet.workload("digest-assist")
+    node = {"metadata": {"name": "a100-0", "labels": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}},
+            "status": {"capacity": {"nvidia.com/gpu": "8", "nvidia.com/mig-3g.20gb": "16"},
+                       "allocatable": {"nvidia.com/gpu": "8", "nvidia.com/mig-3g.20gb": "16"}}}
+
+    def pod(name: str, resource: str) -> dict[str, object]:
+        return {"metadata": {"name": name, "namespace": w.namespace,
+                             "labels": {LABEL_APP: w.name, "model": w.model, LABEL_MODEL_VERSION: w.version}},
+                "spec": {"nodeName": "a100-0", "containers": [
+                    {"name": "server", "resources": {"requests": {resource: "1"}}}]},
+                "status": {"phase": "Running", "podIP": "10.0.0.9",
+                           "conditions": [{"type": "Ready", "status": "True"}]}}
+
+    pl = Placement(fleet, ClusterSnapshot.from_dicts([pod("whole", "nvidia.com/gpu"),
+                                                      pod("slice", "nvidia.com/mig-3g.20gb")], [node]))
+    speed = {r.pod.name: r.speed for r in pl.serving}
+    assert speed["whole"] == pytest.approx(fleet.gpu_speed["NVIDIA-A100-SXM4-40GB"])
+    assert speed["slice"] == pytest.approx(speed["whole"] * 3 / 7)
+    sig = pl.evaluate(1_780_012_800.0)
+    ttft = {k[1]: v.ttft.median for k, v in sig.replicas.items() if isinstance(v, VllmSignals)}
+    assert ttft["slice"] > ttft["whole"], "a slice with 3/7 of the compute answers slower at the same load"

@@ -16,12 +16,17 @@ from typing import Any, Literal
 
 import yaml
 from kubernetes.client.exceptions import ApiException
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tools.base import Risk, ToolError, ToolInput, ToolResult, ToolSpec
 from tools.k8s_write.client import K8sWriteClient, wrap
 
 REVISION = "deployment.kubernetes.io/revision"
+GPU = "nvidia.com/gpu"
+MIG_PREFIX = "nvidia.com/mig-"
+# A MIG profile as the NVIDIA device plugin's mixed strategy names its resource: compute sevenths "g",
+# memory "gb", optionally "+me" (with a media engine). Anything else is not a GPU slice.
+MIG_PROFILE = r"^[1-7]g\.[0-9]{1,3}gb(\+me)?$"
 DNS_NAME = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 
 
@@ -47,6 +52,9 @@ class SetTemplateInput(Target):
     args: list[str] | None = Field(default=None, max_length=64)
     labels: dict[str, str] = Field(default_factory=dict, description="Pod template labels to set (e.g. model-version).")
     gpus: int | None = Field(default=None, ge=0, le=16, description="nvidia.com/gpu request and limit per replica.")
+    mig_profile: str | None = Field(
+        default=None, pattern=MIG_PROFILE, description="One MIG slice per replica instead of whole GPUs: the "
+        "container asks for `nvidia.com/mig-<profile>: 1` (request and limit) and no `nvidia.com/gpu`.")
     node_selector: dict[str, str] | None = Field(
         default=None, description="Replace the pod's node selector (a move to another GPU class).")
     tolerations: list[dict[str, str]] | None = Field(
@@ -55,6 +63,22 @@ class SetTemplateInput(Target):
         default=None, ge=0, le=100, description="Deployments: the rolling update's maxSurge (pods), sized to the "
         "free GPUs so the surge never waits Pending; maxUnavailable is then 0 (or 1 when no surge fits).")
     change_cause: str = Field(default="", max_length=300)
+
+    @model_validator(mode="after")
+    def _one_gpu_kind(self) -> SetTemplateInput:
+        if self.gpus is not None and self.mig_profile is not None:
+            raise ValueError("a replica gets whole GPUs (gpus) or one MIG slice (mig_profile), not both")
+        return self
+
+
+def _set_gpu_resource(ct: dict[str, Any], name: str, count: int) -> None:
+    """Make `name` the container's only GPU resource (request and limit): whole GPUs or one MIG slice."""
+    res = ct.setdefault("resources", {})
+    for part in ("requests", "limits"):
+        current = res.setdefault(part, {})
+        for key in [k for k in current if k == GPU or k.startswith(MIG_PREFIX)]:
+            del current[key]
+        current[name] = str(count)
 
 
 def changed_template(template: dict[str, Any], p: SetTemplateInput, what: str) -> dict[str, Any]:
@@ -69,9 +93,9 @@ def changed_template(template: dict[str, Any], p: SetTemplateInput, what: str) -
     if p.args is not None:
         ct["args"] = list(p.args)
     if p.gpus is not None:
-        res = ct.setdefault("resources", {})
-        res.setdefault("requests", {})["nvidia.com/gpu"] = str(p.gpus)
-        res.setdefault("limits", {})["nvidia.com/gpu"] = str(p.gpus)
+        _set_gpu_resource(ct, GPU, p.gpus)
+    if p.mig_profile is not None:
+        _set_gpu_resource(ct, MIG_PREFIX + p.mig_profile, 1)
     if p.labels:
         out.setdefault("metadata", {}).setdefault("labels", {}).update(p.labels)
     if p.node_selector is not None:
@@ -337,10 +361,12 @@ def template_summary(template: dict[str, Any], container: str) -> dict[str, Any]
     """What a template change replaces, enough to put it back: the inverse of a deployment."""
     containers = template.get("spec", {}).get("containers") or []
     ct: dict[str, Any] = next((c for c in containers if c.get("name") == container), {})
-    gpus = ((ct.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu")
+    limits = (ct.get("resources") or {}).get("limits") or {}
+    gpus = limits.get(GPU)
+    mig = next((k[len(MIG_PREFIX):] for k in limits if k.startswith(MIG_PREFIX)), None)
     return {"container": container, "image": ct.get("image"), "args": ct.get("args"),
             "labels": dict((template.get("metadata") or {}).get("labels") or {}),
-            "gpus": int(gpus) if gpus is not None else None,
+            "gpus": int(gpus) if gpus is not None else None, "mig_profile": mig,
             "node_selector": dict(template.get("spec", {}).get("nodeSelector") or {}),
             "tolerations": list(template.get("spec", {}).get("tolerations") or [])}
 

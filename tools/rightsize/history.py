@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import re
 import time
 from typing import Any
 
@@ -92,6 +93,8 @@ class WorkloadHistory(BaseModel):
     cpu_request: float | None = Field(default=None, description="Cores per replica now.")
     memory_request_bytes: float | None = None
     gpus_per_replica: float | None = None
+    mig_profile: str | None = Field(default=None, description="The MIG profile a replica holds one slice of "
+                                    "(`nvidia.com/mig-3g.20gb` → 3g.20gb); None for whole GPUs.")
     spec_replicas: int | None = Field(default=None, description="Desired replicas of the Deployment now.")
     oom_kills: int = 0
     sources: dict[str, str] = Field(default_factory=dict, description="Signals read from somewhere other than "
@@ -193,6 +196,21 @@ def _instant(answer: GridData | QueryData) -> QueryData:
     return answer
 
 
+_MIG_RESOURCE = re.compile(r"nvidia_com_mig_([1-7])g_([0-9]+)gb(_me)?")
+
+
+def mig_profile(resource: str) -> str | None:
+    """The MIG profile of a kube-state-metrics resource label (`nvidia_com_mig_3g_20gb` → 3g.20gb), else None."""
+    m = _MIG_RESOURCE.fullmatch(resource)
+    return f"{m.group(1)}g.{m.group(2)}gb" + ("+me" if m.group(3) else "") if m else None
+
+
+def mig_sevenths(resource: str) -> int | None:
+    """Compute sevenths of a GPU one slice of a MIG resource label holds (`nvidia_com_mig_3g_20gb` → 3)."""
+    m = _MIG_RESOURCE.fullmatch(resource)
+    return int(m.group(1)) if m else None
+
+
 def _assemble(answers: dict[str, GridData | QueryData], fams: list[Family], labels: WorkloadLabels,
               times: list[float], step: float, start_dt: dt.datetime, end_dt: dt.datetime, query_seconds: float,
               queries: int, notes: list[str]) -> FleetHistory:
@@ -236,12 +254,23 @@ def _assemble(answers: dict[str, GridData | QueryData], fams: list[Family], labe
         v = np.nan_to_num(g.values)
         alloc[k] = alloc[k] + v if k in alloc else v
     for (key, it, resource), v in alloc.items():
+        if (sevenths := mig_sevenths(resource)) is not None:
+            # A MIG slice is allocated as its compute sevenths of a GPU, the way its price is split.
+            prev = rows[key]["gpus_by_instance"].get(it)
+            share = v * sevenths / 7.0
+            rows[key]["gpus_by_instance"][it] = (share + np.asarray(prev) if prev is not None else share).tolist()
+            continue
         target = "gpus_by_instance" if resource == "nvidia_com_gpu" else "cpus_by_instance"
-        rows[key][target][it] = v.tolist()
+        prev = rows[key][target].get(it) if target == "gpus_by_instance" else None
+        rows[key][target][it] = (v + np.asarray(prev) if prev is not None else v).tolist()
     for s in _instant(answers["requests"]).series:
         key = owner.get((s.labels.get("namespace", ""), s.labels.get("pod", "")))
+        resource = s.labels.get("resource", "")
         field = {"cpu": "cpu_request", "memory": "memory_request_bytes",
-                 "nvidia_com_gpu": "gpus_per_replica"}.get(s.labels.get("resource", ""))
+                 "nvidia_com_gpu": "gpus_per_replica"}.get(resource)
+        if key is not None and (profile := mig_profile(resource)) is not None:
+            rows[key]["mig_profile"] = profile
+            rows[key]["gpus_per_replica"] = max(rows[key].get("gpus_per_replica") or 0.0, 1.0)
         if key is not None and field:
             r = rows[key]
             r[field] = max(r.get(field) or 0.0, s.samples[-1][1])

@@ -13,6 +13,14 @@ from agent.change.models import BlastRadius, ChangeSpec
 from agent.models import ActionKind
 
 GPU = "nvidia.com/gpu"
+MIG_PREFIX = "nvidia.com/mig-"
+
+
+def gpu_devices(container: dict[str, Any]) -> int:
+    """GPU devices a container holds: whole GPUs plus MIG slices, each slice counted as the GPU it sits on
+    (a workload on slices is not a change that touches no GPU)."""
+    limits = (container.get("resources") or {}).get("limits") or {}
+    return int(limits.get(GPU, 0)) + sum(int(v) for k, v in limits.items() if k.startswith(MIG_PREFIX))
 TEMPLATE_HASH = "pod-template-hash"
 
 
@@ -37,7 +45,7 @@ def blast_radius(spec: ChangeSpec, obj: dict[str, Any] | None, node: NodeWorkloa
         return node_blast_radius(spec, obj, node or NodeWorkload())
     replicas = int(obj["spec"].get("replicas") or 0)
     ct = obj["spec"]["template"]["spec"]["containers"]
-    per = sum(int(((c.get("resources") or {}).get("limits") or {}).get(GPU, 0)) for c in ct)
+    per = sum(gpu_devices(c) for c in ct)
     model = (obj["spec"]["template"]["metadata"].get("labels") or {}).get("model", "")
     if spec.action == ActionKind.SCALE:
         new = int(spec.params.get("replicas", replicas))
@@ -171,7 +179,7 @@ def pod_blast_radius(pod: dict[str, Any], deployment: dict[str, Any] | None, fai
     could not be read) is counted as the model's whole capacity, with none left Ready.
     """
     ct = (pod.get("spec") or {}).get("containers") or []
-    gpus = sum(int(((c.get("resources") or {}).get("limits") or {}).get(GPU, 0)) for c in ct)
+    gpus = sum(gpu_devices(c) for c in ct)
     model = ((pod.get("metadata") or {}).get("labels") or {}).get("model", "")
     models = [model] if model else []
     if deployment is None:

@@ -21,7 +21,7 @@ def inverse(ch: ChangeRequest) -> ChangeSpec | None:
         params = {"container": prev["container"], "labels": prev.get("labels") or {},
                   "node_selector": prev.get("node_selector") or {}, "tolerations": prev.get("tolerations") or [],
                   "change_cause": f"opsagent: undo {ch.id}"}
-        params |= {k: prev[k] for k in ("image", "args", "gpus") if prev.get(k) is not None}
+        params |= {k: prev[k] for k in ("image", "args", "gpus", "mig_profile") if prev.get(k) is not None}
         return ChangeSpec(action=ActionKind.DEPLOY, cluster=ch.spec.cluster, target=t, params=params)
     if t.kind != "Deployment":
         return None

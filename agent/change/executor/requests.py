@@ -14,6 +14,15 @@ from agent.change.models import BlastRadius, ChangeSpec
 from agent.models import ActionKind
 from agent.policy.model import Request
 
+# What a deploy may write (the write tool's fields) and what it may only carry as a record (how it was
+# planned and priced; never sent to the cluster). Anything else in a deploy's parameters is refused,
+# not dropped: a forged or garbled plan that slips in `resources`, `cpu` or a privileged field fails
+# its dry run and is never approved.
+DEPLOY_WRITES = ("container", "image", "args", "labels", "gpus", "mig_profile", "node_selector", "tolerations",
+                 "change_cause")
+DEPLOY_RECORDS = frozenset({"strategy", "instance_type", "new_instance_type", "recommendation", "gpu_class_move",
+                            "max_surge"})
+
 
 def tool_call(spec: ChangeSpec, dry_run: bool, expected_rv: str | None,
               evict_namespaces: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
@@ -30,7 +39,11 @@ def tool_call(spec: ChangeSpec, dry_run: bool, expected_rv: str | None,
             return "k8s_scale_deployment", base | {"namespace": t.namespace, "name": t.name,
                                                     "replicas": int(p["replicas"])}
         case ActionKind.DEPLOY | ActionKind.SET_GPU_RESOURCES:
-            keys = ["container", "image", "args", "labels", "gpus", "node_selector", "tolerations", "change_cause"]
+            stray = sorted(set(p) - set(DEPLOY_WRITES) - DEPLOY_RECORDS)
+            if stray:
+                raise ValueError(f"a deploy may change {', '.join(DEPLOY_WRITES)} (and a Deployment's max_surge); "
+                                 f"not {', '.join(map(str, stray))}")
+            keys = list(DEPLOY_WRITES)
             # An Argo Rollout gets its new template and runs its own canary; a Deployment gets a rolling
             # update whose maxSurge the preflight sized to the free GPUs.
             tool = "k8s_set_rollout_template" if t.kind == "Rollout" else "k8s_set_pod_template"

@@ -68,6 +68,9 @@ def deploy(
     node_selector: Annotated[list[str] | None, typer.Option("--node-selector", help="KEY=VALUE; repeat. A move to "
                                                             "another GPU class.")] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs per replica after the change.")] = None,
+    mig_profile: Annotated[str | None, typer.Option(
+        "--mig-profile", help="One MIG slice of this profile per replica instead of whole GPUs (e.g. 3g.20gb): "
+        "nvidia.com/mig-<profile>: 1, tensor-parallel size 1.")] = None,
     promote_from: Annotated[str | None, typer.Option(help="Staging namespace where this version must have served "
                                                       "within SLO first.")] = None,
     soak_hours: Annotated[float, typer.Option(help="With --promote-from: hours of staging soak required.")] = 1.0,
@@ -93,7 +96,7 @@ def deploy(
         req = DeployRequest(namespace=ns, name=name, version=version, image=image,
                             args=shlex.split(args) if args is not None else None, strategy=strategy,
                             model=model, container=container, node_selector=selector, gpus=gpus,
-                            promote_from=promote_from, soak_required_s=soak_hours * 3600)
+                            mig_profile=mig_profile, promote_from=promote_from, soak_required_s=soak_hours * 3600)
     except ValidationError as e:
         fail("; ".join(f"{'.'.join(map(str, x['loc'])) or 'request'}: {x['msg']}" for x in e.errors()), 2)
     except ValueError as e:

@@ -21,7 +21,11 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.utils.quantity import parse_quantity
 
+<<<<<<< HEAD
 from deploy.sandbox.fleet import GPU_RESOURCE, INSTANCE_TYPE_LABEL, ROUTE_GROUP, ROUTE_PLURAL, ROUTE_VERSION
+=======
+from deploy.sandbox.fleet import GPU_RESOURCE, INSTANCE_TYPE_LABEL, MIG_PREFIX
+>>>>>>> mig
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,12 @@ class Container:
     @property
     def gpus(self) -> int:
         return int(self.requests.get(GPU_RESOURCE, 0))
+
+    @property
+    def mig_sevenths(self) -> int:
+        """Compute sevenths of a GPU held as MIG slices (`nvidia.com/mig-3g.20gb: 1` → 3)."""
+        return sum(int(k[len(MIG_PREFIX):].split("g.", 1)[0]) * int(v)
+                   for k, v in self.requests.items() if k.startswith(MIG_PREFIX))
 
 
 @dataclass(frozen=True)
@@ -68,10 +78,15 @@ class Pod:
         return sum(c.gpus for c in self.containers)
 
     @property
+    def mig_share(self) -> float:
+        """The share of one GPU's compute the pod holds as MIG slices; 0 when it holds none."""
+        return sum(c.mig_sevenths for c in self.containers) / 7.0
+
+    @property
     def container(self) -> str:
-        """The serving container: the first one asking for GPUs, else the first one."""
+        """The serving container: the first one asking for GPUs (or MIG slices), else the first one."""
         for c in self.containers:
-            if c.gpus:
+            if c.gpus or c.mig_sevenths:
                 return c.name
         return self.containers[0].name if self.containers else ""
 

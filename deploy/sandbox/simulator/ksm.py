@@ -21,7 +21,7 @@ JOB = "kube-state-metrics"
 DEFAULT_ALLOWLIST = (
     "pods=[model,model-version,serving-runtime,team,app.kubernetes.io/name],"
     "deployments=[model,serving-runtime,team,app.kubernetes.io/name],"
-    "nodes=[nvidia.com/gpu.product,node.kubernetes.io/instance-type,opsagent.dev/node-pool]"
+    "nodes=[nvidia.com/gpu.product,nvidia.com/mig.config,node.kubernetes.io/instance-type,opsagent.dev/node-pool]"
 )
 
 G = Kind.GAUGE

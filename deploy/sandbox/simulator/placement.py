@@ -160,7 +160,8 @@ class Placement:
                     version=mv,
                     node=on,
                     product=product,
-                    speed=fleet.gpu_speed.get(product, UNKNOWN_GPU_SPEED),
+                    # A MIG slice is its compute sevenths of the GPU (memory bandwidth splits the same way).
+                    speed=fleet.gpu_speed.get(product, UNKNOWN_GPU_SPEED) * (p.mig_share or 1.0),
                     gpu_indices=gpus,
                     serving=serving,
                     eligible=serving and p.node_name not in xid,
