@@ -25,7 +25,7 @@ from agent.change.verdict import Outcome
 from agent.change.verify import Verification
 from agent.models import ActionKind
 from tools.k8s_read.client import K8sReadClient
-from tools.k8s_write.ops import template_summary
+from tools.pod_template import template_summary
 
 GROUP, VERSION = "argoproj.io", "v1alpha1"
 # (message, canary): `canary` when the message is about a canary still running, which a person may promote

@@ -20,10 +20,9 @@ from pydantic import Field, model_validator
 
 from tools.base import Risk, ToolError, ToolInput, ToolResult, ToolSpec
 from tools.k8s_write.client import K8sWriteClient, wrap
+from tools.pod_template import GPU, MIG_PREFIX, template_summary
 
 REVISION = "deployment.kubernetes.io/revision"
-GPU = "nvidia.com/gpu"
-MIG_PREFIX = "nvidia.com/mig-"
 # A MIG profile as the NVIDIA device plugin's mixed strategy names its resource: compute sevenths "g",
 # memory "gb", optionally "+me" (with a media engine). Anything else is not a GPU slice.
 MIG_PROFILE = r"^[1-7]g\.[0-9]{1,3}gb(\+me)?$"
@@ -355,20 +354,6 @@ def merge_patch(before: Any, after: Any) -> Any:
         elif before[k] != v:
             out[k] = merge_patch(before[k], v)
     return out
-
-
-def template_summary(template: dict[str, Any], container: str) -> dict[str, Any]:
-    """What a template change replaces, enough to put it back: the inverse of a deployment."""
-    containers = template.get("spec", {}).get("containers") or []
-    ct: dict[str, Any] = next((c for c in containers if c.get("name") == container), {})
-    limits = (ct.get("resources") or {}).get("limits") or {}
-    gpus = limits.get(GPU)
-    mig = next((k[len(MIG_PREFIX):] for k in limits if k.startswith(MIG_PREFIX)), None)
-    return {"container": container, "image": ct.get("image"), "args": ct.get("args"),
-            "labels": dict((template.get("metadata") or {}).get("labels") or {}),
-            "gpus": int(gpus) if gpus is not None else None, "mig_profile": mig,
-            "node_selector": dict(template.get("spec", {}).get("nodeSelector") or {}),
-            "tolerations": list(template.get("spec", {}).get("tolerations") or [])}
 
 
 async def pause(c: K8sWriteClient, p: PauseInput) -> WriteResult:

@@ -21,11 +21,14 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.utils.quantity import parse_quantity
 
-<<<<<<< HEAD
-from deploy.sandbox.fleet import GPU_RESOURCE, INSTANCE_TYPE_LABEL, ROUTE_GROUP, ROUTE_PLURAL, ROUTE_VERSION
-=======
-from deploy.sandbox.fleet import GPU_RESOURCE, INSTANCE_TYPE_LABEL, MIG_PREFIX
->>>>>>> mig
+from deploy.sandbox.fleet import (
+    GPU_RESOURCE,
+    INSTANCE_TYPE_LABEL,
+    MIG_PREFIX,
+    ROUTE_GROUP,
+    ROUTE_PLURAL,
+    ROUTE_VERSION,
+)
 
 log = logging.getLogger(__name__)
 
