@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import math
 import os
 import time
@@ -335,7 +336,8 @@ def test_a_mig_move_from_the_report_runs_as_a_canary_on_the_mig_pool_and_the_nex
     name, profile, resource = "digest-assist", "3g.20gb", "nvidia.com/mig-3g.20gb"
     per_gpu = 21.96 / 8  # p4d.24xlarge, tools/rightsize/price-catalog.yaml
     before = _recommendation(msandbox, mconfig, mstate, name)
-    assert before["current"]["mig_profile"] is None and before["recommended"]["mig_profile"] == profile, before
+    assert before["current"]["mig_profile"] is None and before["recommended"]["mig_profile"] == profile, \
+        json.dumps(before, indent=1, default=str)[:6000]  # the whole recommendation: its why and its arithmetic
     assert before["monthly_cost_current"] == pytest.approx(2 * per_gpu * 730, abs=1), before
     stable = str((_rollout(madmin, name).get("status") or {}).get("stableRS") or "")
     assert stable and _pods_by_class(madmin, name, POOL) == {stable: {"a100"}}
