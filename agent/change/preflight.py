@@ -192,14 +192,13 @@ def capacity(pod: PodShape, extra_pods: int, nodes: Sequence[NodeView], pods: Se
     slots = sum(f // pod.gpus for f in free.values()) if pod.gpus else extra_pods
     pending = [p for p in pods if not p.node and p.phase == "Pending" and p.gpus > 0]
     need = extra_pods * pod.gpus
-    selector = ", ".join(f"{k}={v}" for k, v in sorted(pod.node_selector.items())) or "any node"
+    selector = _selector(pod)
     details = (
         f"nodes matching {selector} and the pod's tolerations, schedulable and Ready: {len(eligible)}",
         f"free GPUs there: {sum(free.values())} ("
-        + (", ".join(f"{k} {v}" for k, v in sorted(free.items()) if v) or "none") + ")",
+        + _listing(free) + ")",
         f"needed: {extra_pods} pod(s) × {pod.gpus} GPU = {need} GPUs; room for {slots} such pod(s)",
-        f"GPU pods Pending today: {len(pending)}"
-        + (" (" + ", ".join(f"{p.namespace}/{p.name}" for p in pending[:5]) + ")" if pending else ""),
+        _pending_line(pending),
     )
     if slots < extra_pods:
         return Check("GPU capacity", False,
@@ -208,6 +207,20 @@ def capacity(pod: PodShape, extra_pods: int, nodes: Sequence[NodeView], pods: Se
                      + (f"; {len(pending)} GPU pod(s) already Pending" if pending else ""), details)
     return Check("GPU capacity", True, f"{extra_pods} new pod(s) fit: {sum(free.values())} free GPUs on {selector}",
                  details)
+
+
+def _selector(pod: PodShape) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(pod.node_selector.items())) or "any node"
+
+
+def _listing(free: dict[str, int]) -> str:
+    """"node free, …" for the nodes with any free, or "none"."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(free.items()) if v) or "none"
+
+
+def _pending_line(pending: Sequence[PodView]) -> str:
+    return f"GPU pods Pending today: {len(pending)}" + (
+        " (" + ", ".join(f"{p.namespace}/{p.name}" for p in pending[:5]) + ")" if pending else "")
 
 
 def mig_capacity(pod: PodShape, profile: str, extra_pods: int, nodes: Sequence[NodeView],
@@ -229,16 +242,15 @@ def mig_capacity(pod: PodShape, profile: str, extra_pods: int, nodes: Sequence[N
     slots = sum(f // per for f in free.values())
     pending = [p for p in pods if not p.node and p.phase == "Pending" and (p.gpus > 0 or p.mig)]
     need = extra_pods * per
-    selector = ", ".join(f"{k}={v}" for k, v in sorted(pod.node_selector.items())) or "any node"
+    selector = _selector(pod)
     resource = MIG_PREFIX + profile
     details = (
         f"nodes matching {selector} and the pod's tolerations, schedulable and Ready: {len(eligible)}, "
         f"of which {len(with_profile)} advertise {resource}",
         f"free {profile} slices there: {sum(free.values())} ("
-        + (", ".join(f"{k} {v}" for k, v in sorted(free.items()) if v) or "none") + ")",
+        + _listing(free) + ")",
         f"needed: {extra_pods} pod(s) × {per} {profile} slice = {need} slices; room for {slots} such pod(s)",
-        f"GPU pods Pending today: {len(pending)}"
-        + (" (" + ", ".join(f"{p.namespace}/{p.name}" for p in pending[:5]) + ")" if pending else ""),
+        _pending_line(pending),
     )
     if slots < extra_pods:
         return Check("GPU capacity", False,
