@@ -27,6 +27,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.config import RightsizeConfig, SloConfig
@@ -183,47 +184,89 @@ class _Capacity:
     max_ok_load: float
     min_breach_load: float
     extrapolated_from: str = ""  # the saturation signal the capacity was extrapolated from, if it was
+    trends: tuple[str, ...] = ()  # what each saturation signal's trend was, and whether it was used
 
 
-def _fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float] | None:
-    """Least squares y = a + b·x over finite pairs: (a, b, r²), or None with too little spread."""
-    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if not (math.isnan(x) or math.isnan(y))]
-    if len(pts) < 20:
-        return None
-    n = len(pts)
-    mx = sum(p[0] for p in pts) / n
-    my = sum(p[1] for p in pts) / n
-    sxx = sum((p[0] - mx) ** 2 for p in pts)
-    syy = sum((p[1] - my) ** 2 for p in pts)
+TREND_MIN_R2 = 0.9  # a saturation trend cleaner than this is extrapolated to its limit
+TREND_TRIM = 0.05  # share of steps furthest off the first fit left out of the trend (scrape gaps, restarts)
+
+
+@dataclass(frozen=True)
+class Trend:
+    """A least-squares line y = a + b·x through a history's steps, fitted without its outliers."""
+
+    a: float
+    b: float
+    r2: float
+    steps: int  # steps the line was fitted on
+    dropped: int  # steps left out as furthest off the first fit
+
+
+def _ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float] | None:
+    mx, my = float(x.mean()), float(y.mean())
+    sxx, syy = float(((x - mx) ** 2).sum()), float(((y - my) ** 2).sum())
     if sxx <= 0 or syy <= 0:
         return None
-    b = sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
-    a = my - b * mx
-    r2 = b * b * sxx / syy
-    return a, b, r2
+    b = float(((x - mx) * (y - my)).sum()) / sxx
+    return my - b * mx, b, b * b * sxx / syy
 
 
-def extrapolated_capacity(h: WorkloadHistory, slo: SloConfig, busy_max: float) -> tuple[float, str] | None:
+def _fit(xs: Sequence[float], ys: Sequence[float], trim: float = TREND_TRIM) -> Trend | None:
+    """Least squares y = a + b·x over finite pairs, refitted without the `trim` share of steps furthest off.
+
+    A few steps of a long history are not steady state — a missed scrape, a pod restarting, a step
+    straddling the start of the data — and one of them far off the line is enough to sink r² of a
+    clean trend over a narrow load range. Trimming the worst 5 % (least trimmed squares, one round)
+    keeps a real trend usable; a curve (saturation, no linear relation) stays a poor fit. None with
+    too few steps or no spread.
+    """
+    x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    finite = np.isfinite(x) & np.isfinite(y)
+    x, y = x[finite], y[finite]
+    if len(x) < 20:
+        return None
+    first = _ols(x, y)
+    if first is None:
+        return None
+    drop = int(len(x) * trim)
+    if drop:
+        keep = np.argsort(np.abs(y - first[0] - first[1] * x), kind="stable")[:len(x) - drop]
+        x, y = x[keep], y[keep]
+    a, b, r2 = _ols(x, y) or first
+    return Trend(a, b, r2, len(x), drop)
+
+
+def extrapolated_capacity(h: WorkloadHistory, slo: SloConfig,
+                          busy_max: float) -> tuple[tuple[float, str] | None, list[str]]:
     """Per-replica load at which KV-cache usage or GPU engine activity would reach its limit.
 
     Both grow about linearly with load until saturation (continuous batching fills the KV cache in
     proportion to requests in flight; engine activity to work done), so a clean linear trend over
-    the observed loads says where the limit lies even when the fleet never ran hot.
+    the observed loads says where the limit lies even when the fleet never ran hot. Returns the
+    lowest such limit with its signal (None without a usable trend), and a line per signal saying
+    what its trend was and whether it was used, for the report's evidence.
     """
     peak = [d / r if r and not math.isnan(r) and r > 0 else math.nan for d, r in zip(h.demand_peak_rps, h.replicas,
                                                                                     strict=True)]
     avg = [d / r if r and not math.isnan(r) and r > 0 else math.nan for d, r in zip(h.demand_rps, h.replicas,
                                                                                    strict=True)]
-    found = []
+    found: list[tuple[float, str]] = []
+    said: list[str] = []
     for name, xs, ys, limit in (("KV-cache usage", peak, h.kv_cache_max, slo.kv_cache_max),
                                 ("GPU engine activity", avg, h.gpu_busy, busy_max)):
-        fit = _fit(xs, ys)
-        if fit is None:
+        t = _fit(xs, ys)
+        if t is None:
+            said.append(f"{name}: too few steps or no spread for a trend")
             continue
-        a, b, r2 = fit
-        if b > 0 and r2 >= 0.9 and limit > a:
-            found.append(((limit - a) / b, name))
-    return min(found) if found else None
+        fit = f"{name}: r² {t.r2:.3f} over {t.steps} steps ({t.dropped} furthest off left out)"
+        if t.b > 0 and t.r2 >= TREND_MIN_R2 and limit > t.a:
+            found.append(((limit - t.a) / t.b, name))
+            said.append(f"{fit}, reaches {limit:g} at {found[-1][0]:.2f} req/s per replica")
+        else:
+            why = ("does not rise with load" if t.b <= 0 else f"below the {TREND_MIN_R2:g} needed"
+                   if t.r2 < TREND_MIN_R2 else f"already at its limit {limit:g}")
+            said.append(f"{fit}, {why}: not used")
+    return (min(found) if found else None), said
 
 
 def slo_for(model: str, cfg: RightsizeConfig) -> SloConfig:
@@ -248,10 +291,11 @@ def observed_capacity(h: WorkloadHistory, slo: SloConfig, busy_max: float = 0.85
     below = [x for x in ok if x < bound]
     cap = max(below) if below else min(ok)
     source = ""
-    extra = extrapolated_capacity(h, slo, busy_max)
+    extra, trends = extrapolated_capacity(h, slo, busy_max)
     if extra is not None and extra[0] > cap:
         cap, source = min(extra[0], bound), extra[1]
-    return _Capacity(cap, len(ok), len(breach), max(ok), min(breach) if breach else math.nan, source)
+    return _Capacity(cap, len(ok), len(breach), max(ok), min(breach) if breach else math.nan, source,
+                     tuple(trends))
 
 
 def in_current_shape(h: WorkloadHistory, catalog: PriceCatalog, *, speed: float) -> WorkloadHistory:
@@ -355,6 +399,7 @@ def recommend(h: WorkloadHistory, *, times: Sequence[float], step_s: float, cata
     evidence |= {"demand_p%g_rps" % (cfg.demand_percentile * 100): round(demand_q, 3),
                  "demand_max_rps": round(demand_max, 3), "capacity_per_replica_rps": round(cap.per_replica_rps, 3),
                  "steps_at_slo": cap.ok_steps, "steps_breaching_slo": cap.breach_steps,
+                 "capacity_trends": "; ".join(cap.trends) or None,
                  "gpu_busy_p95": round(quantile(h.gpu_busy, 0.95), 3),
                  "gpu_memory_max_mib": round(quantile(h.gpu_memory_mib, 1.0), 1)}
     speed_now = catalog.product(it.gpu_product or "").relative_throughput

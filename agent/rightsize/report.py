@@ -79,6 +79,8 @@ def to_markdown(run: RightsizeRun) -> str:
                 out.append(f"  - capacity after: {cap} req/s per replica (observed "
                            f"{r.evidence.get('capacity_per_replica_rps')} × relative throughput × compute share × "
                            f"headroom){fit}")
+            if trends := r.evidence.get("capacity_trends"):
+                out.append(f"  - saturation trends: {trends}")
         for w in r.scale_windows:
             out.append(f"  - {w.days} {w.start_hour_utc:02d}:00–{w.end_hour_utc:02d}:00 UTC: {w.replicas} replica(s), "
                        f"saves {money(w.monthly_savings)}/mo")

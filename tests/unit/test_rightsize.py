@@ -10,7 +10,8 @@ from agent.config import RightsizeConfig
 from agent.models import ActionKind
 from agent.rightsize.changes import button_value, change_specs, predicted_cost_delta, spec_from_button
 from agent.rightsize.cost import cost_report
-from agent.rightsize.engine import Confidence, SloRisk, quantile, recommend
+from agent.rightsize.engine import TREND_MIN_R2, Confidence, SloRisk, _fit, quantile, recommend
+from deploy.sandbox import rollouts
 from deploy.sandbox.fleet import Fleet
 from tests.rightsize_synth import fleet_history, workload_history
 from tools.rightsize.catalog import HOURS_PER_MONTH, PriceCatalog
@@ -80,6 +81,39 @@ def test_cheaper_gpu_type_is_recommended_with_extrapolation_risk() -> None:
     assert [s.action for s in planned.specs] == [ActionKind.DEPLOY]
     assert planned.specs[0].params["mig_profile"] == new.mig_profile and "gpus" not in planned.specs[0].params
     assert f"one MIG {new.mig_profile} slice" in planned.note
+
+
+def test_one_step_off_the_trend_does_not_void_the_capacity_the_trend_shows() -> None:
+    """One step in 144 off the GPU-activity line (a missed scrape, a pod restarting, the first step after a
+    gap) sank r² of a narrow load range below 0.9, and the report fell back to the highest load observed: a
+    7B model using a third of two A100s (the sandbox's digest-assist) got no MIG slice. The steps furthest
+    off the line are left out of the fit now."""
+    fleet = rollouts.merged_fleet(FLEET)[0]
+    times, h = workload_history(fleet, fleet.workload("digest-assist"), start=START, days=0.5, step=300.0)
+    clean = recommend(h, times=times, step_s=300.0, catalog=CATALOG, cfg=CFG)
+    assert clean.evidence["capacity_extrapolated_from"] == "GPU engine activity", clean.evidence
+    assert clean.recommended is not None and clean.recommended.mig_profile == "3g.20gb", clean.reason
+    busy = list(h.gpu_busy)
+    busy[-2] *= 1.6  # one step whose engine activity read well above the line
+    load = [d / r for d, r in zip(h.demand_rps, h.replicas, strict=True)]
+    plain = _fit(load, busy, trim=0.0)
+    assert plain is not None and plain.r2 < TREND_MIN_R2, "one step must sink an untrimmed fit, or this proves nothing"
+    rec = recommend(h.model_copy(update={"gpu_busy": busy}), times=times, step_s=300.0, catalog=CATALOG, cfg=CFG)
+    assert rec.evidence["capacity_extrapolated_from"] == "GPU engine activity", rec.evidence["capacity_trends"]
+    assert rec.evidence["capacity_per_replica_rps"] == pytest.approx(clean.evidence["capacity_per_replica_rps"],
+                                                                     rel=0.02)
+    assert rec.recommended == clean.recommended
+    assert "(7 furthest off left out)" in str(rec.evidence["capacity_trends"]), rec.evidence["capacity_trends"]
+
+
+def test_engine_activity_unrelated_to_load_is_not_extrapolated_and_the_report_says_why() -> None:
+    times, h = workload_history(FLEET, FLEET.workload("summarizer"), start=START, days=3, step=300.0,
+                                traffic=0.3)
+    noise = [0.2 + 0.6 * ((i * 7919) % 101) / 100 for i in range(len(h.gpu_busy))]  # no relation to load
+    rec = recommend(h.model_copy(update={"gpu_busy": noise}), times=times, step_s=300.0, catalog=CATALOG, cfg=CFG)
+    trends = str(rec.evidence["capacity_trends"])
+    assert rec.evidence.get("capacity_extrapolated_from") != "GPU engine activity", trends
+    assert "GPU engine activity: r²" in trends and "not used" in trends.split("GPU engine activity")[1], trends
 
 
 def test_scale_to_zero_window_for_an_idle_night() -> None:
