@@ -398,7 +398,10 @@ class LiveRunner:
         crash = _prom_scalar(self.prom, 'sum(kube_pod_container_status_waiting_reason{reason="CrashLoopBackOff"})'
                                         " or vector(0)") or 0.0
         pending = _prom_scalar(self.prom, 'sum(kube_pod_status_phase{phase="Pending"}) or vector(0)') or 0.0
-        return worst < 0.02 and crash == 0 and pending == 0
+        # A replica left unavailable by the previous scenario (a node that missed its heartbeats) serves nothing:
+        # a fault staged on its node would show nothing either.
+        unavailable = _prom_scalar(self.prom, "sum(kube_deployment_status_replicas_unavailable) or vector(0)") or 0.0
+        return worst < 0.02 and crash == 0 and pending == 0 and unavailable == 0
 
     def reset(self) -> None:
         faults.clear(self.admin, self.fleet)

@@ -381,14 +381,17 @@ def _a_ready_pod(core: client.CoreV1Api, w: Workload) -> str:
 
 
 def _busiest_node(core: client.CoreV1Api, w: Workload) -> str:
-    pods = core.list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
-    counts: dict[str, int] = {}
-    for p in pods:
-        if p.spec.node_name:
-            counts[p.spec.node_name] = counts.get(p.spec.node_name, 0) + 1
-    if not counts:
+    """The node carrying most of `w`'s serving (Ready) pods; the most scheduled ones when none is Ready."""
+    pods = [p for p in core.list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
+            if p.spec.node_name and not p.metadata.deletion_timestamp]
+    if not pods:
         raise FaultError(f"no scheduled pods of {w.namespace}/{w.name} to take a GPU node from")
-    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+    counts: dict[str, tuple[int, int]] = {}
+    for p in pods:
+        ready = int(any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []))
+        r, n = counts.get(p.spec.node_name, (0, 0))
+        counts[p.spec.node_name] = (r + ready, n + 1)
+    return sorted(counts.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))[0][0]
 
 
 def _node_event(core: client.CoreV1Api, node: str, xid: int) -> None:

@@ -1,7 +1,8 @@
 """KWOK stage configuration: how the fake GPU nodes and the pods on them behave.
 
 KWOK plays the kubelet: nodes turn Ready and keep heartbeating; pods scheduled onto them turn
-Running and Ready. A pod running a model version the fleet marks as crashing (`crash:` in
+Running and Ready, and Ready again after the node lifecycle controller marked them NotReady for a
+node that missed its heartbeats. A pod running a model version the fleet marks as crashing (`crash:` in
 fleet.yaml, e.g. a context length that does not fit in GPU memory) crash-loops instead: waiting in
 CrashLoopBackOff with its last termination `Error` (exit 1) and a restart count that keeps rising,
 as a CUDA out-of-memory at start-up looks on a real node. The stage matches the pod's
@@ -212,6 +213,13 @@ def stages(fleet: Fleet) -> list[dict[str, object]]:
             alive, started, not_ready, {"key": version_key, "operator": "In", "values": sorted(versions)}]},
             _POD_READY, delay_ms=int(secs * 1000), jitter_ms=int(secs * 1000) + 1000)
           for secs, versions in sorted(slow.items())),
+        # The node lifecycle controller marks every pod of a node that missed its heartbeats NotReady; once the
+        # node reports again, the kubelet's probes pass and it reports the pod Ready again (the versions that
+        # crash, cannot pull or are still loading keep their own stages).
+        _stage("pod-ready-again", "Pod", {"matchExpressions": [
+            alive, started, not_ready,
+            {"key": version_key, "operator": "NotIn", "values": crashing + unpullable + starting}]},
+            _POD_READY, delay_ms=2000, jitter_ms=3000),
         _stage("pod-image-pull", "Pod", {"matchExpressions": [
             alive, not_placed, {"key": version_key, "operator": "In", "values": unpullable}]},
             _POD_IMAGE_PULL, delay_ms=2000, jitter_ms=3000),

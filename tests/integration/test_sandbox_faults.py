@@ -339,6 +339,29 @@ def test_a_hung_worker_stays_ready_with_busy_gpus_and_no_tokens_until_its_pod_is
                "every replica generating again")
 
 
+def test_a_pod_marked_not_ready_for_a_silent_node_turns_ready_again_once_the_node_reports(
+        sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet) -> None:
+    """The node lifecycle controller marks every pod of a node that missed its heartbeats NotReady (on a loaded
+    machine KWOK's heartbeat can come late). A kubelet reports them Ready again when the node is back; the
+    sandbox's pods once stayed NotReady for good, so a fault staged on their node later showed nothing."""
+    core, apps = client.CoreV1Api(admin), client.AppsV1Api(admin)
+    w = fleet.workload(fleet.faults["gpu-thermal"]["workload"])
+    pod = next(p for p in core.list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
+               if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []))
+    core.patch_namespaced_pod_status(pod.metadata.name, w.namespace, {"status": {"conditions": [
+        {"type": "Ready", "status": "False", "reason": "NodeNotReady",
+         "lastTransitionTime": dt.datetime.now(dt.UTC).isoformat()}]}})
+
+    def ready() -> bool:
+        p = core.read_namespaced_pod(pod.metadata.name, w.namespace)
+        return any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+
+    assert not ready(), "the status patch did not take"
+    wait_until(ready, 60, f"{pod.metadata.name} Ready again")
+    wait_until(lambda: (apps.read_namespaced_deployment(w.name, w.namespace).status.available_replicas or 0)
+               == w.replicas, 60, f"{w.namespace}/{w.name} fully available again")
+
+
 def test_a_surge_on_a_timer_makes_its_alert_resolve_and_fire_again_and_stays_one_incident(
         sandbox: dict[str, Any], admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver,
         tmp_path: Any) -> None:

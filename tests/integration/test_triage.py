@@ -160,6 +160,38 @@ def test_gpu_xid_blames_the_node_not_the_model(
     assert ActionKind.CORDON_NODE in kinds and ActionKind.ROLLBACK not in kinds
 
 
+def _unlabelled(alertname: str) -> Notification:
+    """An Alertmanager notification whose alert carries no node, pod or workload label (a relabelled route, a
+    hand-written rule): what the agent must place from its own evidence."""
+    now = dt.datetime.now(dt.UTC).isoformat()
+    labels = {"alertname": alertname, "severity": "warning", "component": "gpu", "cluster": "sandbox-gpu-1"}
+    body = {"receiver": "opsagent", "status": "firing", "version": "4", "externalURL": "http://127.0.0.1:9093",
+            "groupKey": f'{{}}:{{alertname="{alertname}"}}', "truncatedAlerts": 0,
+            "groupLabels": {"alertname": alertname}, "commonLabels": labels, "commonAnnotations": {},
+            "alerts": [{"status": "firing", "labels": labels, "annotations": {}, "startsAt": now,
+                        "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": f"{time.time_ns():x}"}]}
+    return Notification(received_at=time.time(), body=body)
+
+
+def test_a_thermal_alert_without_its_node_label_is_placed_on_the_node_that_runs_hot(
+        sandbox: dict[str, Any], app: App, admin: client.ApiClient, fleet: Fleet) -> None:
+    from tests.integration.promql import scalar, wait_until
+
+    prom = sandbox["endpoints"]["prometheus"]
+    calm = _triage(app, _unlabelled("GPUThermalThrottling"))  # nothing runs hot yet: no node is blamed
+    assert not any(h.culprit is not None and h.culprit.kind == "Node" for h in calm.hypotheses), calm.summary
+
+    node = faults.inject(admin, fleet, "gpu-thermal")["node"]
+    wait_until(lambda: (scalar(prom, f'max(DCGM_FI_DEV_GPU_TEMP{{Hostname="{node}"}})') or 0) > 85, 180,
+               f"a GPU of {node} past 85 °C")
+    report = _triage(app, _unlabelled("GPUThermalThrottling"))
+    top = report.top
+    assert top is not None and top.category == Category.THERMAL_THROTTLING, report.summary
+    assert top.culprit is not None and (top.culprit.kind, top.culprit.name) == ("Node", node), top.culprit
+    assert {p.kind for p in report.proposals} <= {ActionKind.PAGE_HUMAN}, report.proposals
+    assert any(node in s for s in top.supporting) or node in top.title, (top.title, top.supporting)
+
+
 def test_gpu_oom_is_told_apart_from_host_oom(
         app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver) -> None:
     w, report = _triage_fault(app, admin, fleet, webhook, "gpu-oom", "ModelServerCrashLooping")
