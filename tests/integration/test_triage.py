@@ -160,11 +160,11 @@ def test_gpu_xid_blames_the_node_not_the_model(
     assert ActionKind.CORDON_NODE in kinds and ActionKind.ROLLBACK not in kinds
 
 
-def _unlabelled(alertname: str) -> Notification:
+def _unlabelled(alertname: str, **extra: str) -> Notification:
     """An Alertmanager notification whose alert carries no node, pod or workload label (a relabelled route, a
-    hand-written rule): what the agent must place from its own evidence."""
+    hand-written rule): what the agent must place from its own evidence. `extra`: the labels it does carry."""
     now = dt.datetime.now(dt.UTC).isoformat()
-    labels = {"alertname": alertname, "severity": "warning", "component": "gpu", "cluster": "sandbox-gpu-1"}
+    labels = {"alertname": alertname, "severity": "warning", "component": "gpu", "cluster": "sandbox-gpu-1", **extra}
     body = {"receiver": "opsagent", "status": "firing", "version": "4", "externalURL": "http://127.0.0.1:9093",
             "groupKey": f'{{}}:{{alertname="{alertname}"}}', "truncatedAlerts": 0,
             "groupLabels": {"alertname": alertname}, "commonLabels": labels, "commonAnnotations": {},
@@ -190,6 +190,34 @@ def test_a_thermal_alert_without_its_node_label_is_placed_on_the_node_that_runs_
     assert top.culprit is not None and (top.culprit.kind, top.culprit.name) == ("Node", node), top.culprit
     assert {p.kind for p in report.proposals} <= {ActionKind.PAGE_HUMAN}, report.proposals
     assert any(node in s for s in top.supporting) or node in top.title, (top.title, top.supporting)
+
+
+def test_a_latency_alert_naming_only_its_namespace_is_placed_on_the_model_whose_ttft_rose(
+        sandbox: dict[str, Any], app: App, admin: client.ApiClient, fleet: Fleet) -> None:
+    """A TTFT alert that says only `llm-prod` (four models serve there): the agent finds the one whose TTFT rose
+    against the same hour yesterday and triages it as if the alert had named it; with no model standing out it
+    names no Deployment."""
+    from tests.integration.promql import scalar, wait_until
+
+    prom = sandbox["endpoints"]["prometheus"]
+    w = fleet.workload(fleet.faults["prefix-cache-regression"]["workload"])
+    labels = {"namespace": w.namespace, "component": "model-server"}
+    _quiet(app, {"ModelServingErrorRateHigh", "ModelServingTTFTHigh"}, w.namespace, model=w.model)
+    calm = _triage(app, _unlabelled("ModelServingTTFTHigh", **labels))
+    assert not any(h.culprit is not None and h.culprit.kind == "Deployment" for h in calm.hypotheses), calm.summary
+
+    faults.inject(admin, fleet, "prefix-cache-regression")
+    ratio = ('histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{namespace="{ns}", '
+             'model_name="{m}"}}[5m]{off})))')
+    now, before = (ratio.format(ns=w.namespace, m=w.model, off=o) for o in ("", " offset 1d"))
+    wait_until(lambda: (scalar(prom, f"{now} / {before}") or 0) > 1.6, 300,
+               f"{w.model}'s TTFT p95 well above yesterday's")
+    report = _triage(app, _unlabelled("ModelServingTTFTHigh", **labels))
+    top = report.top
+    assert top is not None and top.category == Category.PREFIX_CACHE_REGRESSION, report.summary
+    assert top.culprit is not None and (top.culprit.kind, top.culprit.name) == ("Deployment", w.name), top.culprit
+    assert any(p.kind == ActionKind.ROLLBACK and p.target is not None and p.target.name == w.name
+               for p in report.proposals), report.proposals
 
 
 def test_gpu_oom_is_told_apart_from_host_oom(

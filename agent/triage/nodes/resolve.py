@@ -2,6 +2,9 @@
 
 Alerts name a namespace and a model (vLLM's `model_name`, Triton's `model`) or a pod or a node; the
 evidence queries and remediations need the Deployment. One read of the serving workloads answers it.
+An alert that names only its namespace (a relabelled route, a hand-written rule) is placed on the one
+model of that namespace whose TTFT or 5xx share rose clearly above the same hour yesterday, and on no
+model when none or several did: the report then says what it could not read.
 """
 
 from __future__ import annotations
@@ -10,9 +13,54 @@ import re
 
 from agent.guard.runner import ToolRunner
 from tools.k8s_read.tools import K8sWorkloadsResult
+from tools.prometheus.tools import PrometheusInstantResult
 
 # <deployment>-<pod-template-hash>-<suffix>; the hash uses Kubernetes' safe alphabet, not hex.
 _HASHED = re.compile(r"^(?P<base>.+)-[a-z0-9]{6,10}-[a-z0-9]{5}$")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # DNS-1123 label: safe inside a PromQL string
+
+DEVIATION_MIN = 1.3  # a model's signal must be this many times yesterday's to carry a namespace-only alert
+DEVIATION_LEAD = 1.2  # ... and this many times the next model's, or the alert is not placed
+_EPS_SHARE = 0.002  # 5xx share floor, so a model at 0.0 yesterday does not divide by zero
+
+
+def _deviation_queries(ns: str) -> dict[str, str]:
+    """Per model of the namespace: its TTFT p95 and 5xx share over 5 minutes against the same hour yesterday."""
+    sel = f'namespace="{ns}"'
+
+    def ttft(off: str) -> str:
+        bucket = f"vllm:time_to_first_token_seconds_bucket{{{sel}}}[5m]{off}"
+        return f"histogram_quantile(0.95, sum by (model_name, le) (rate({bucket})))"
+
+    def share(off: str) -> str:
+        per_model = (" * on (namespace, pod) group_left(model_name) (0 * max by (namespace, pod, model_name) "
+                     f"(vllm:num_requests_running{{{sel}}}{off}) + 1)")
+        return (f'(sum by (model_name) (rate(http_requests_total{{{sel}, status="5xx"}}[5m]{off}){per_model}) / '
+                f"sum by (model_name) (rate(http_requests_total{{{sel}}}[5m]{off}){per_model}) + {_EPS_SHARE})")
+
+    return {"ttft": f"{ttft('')} / {ttft(' offset 1d')}", "errors": f"{share('')} / {share(' offset 1d')}"}
+
+
+async def _deviating_model(ns: str, runner: ToolRunner, actor: str, incident_id: str) -> str | None:
+    """The one model of `ns` whose TTFT or 5xx share rose clearly above yesterday's; None when none or several did."""
+    if not _NAMESPACE.match(ns) or "prometheus_query_instant" not in runner.tools:
+        return None
+    score: dict[str, float] = {}
+    for q in _deviation_queries(ns).values():
+        out = await runner.call("prometheus_query_instant", {"query": q, "max_series": 50}, actor=actor,
+                                incident_id=incident_id)
+        if not out.ok or not isinstance(out.result, PrometheusInstantResult):
+            continue
+        for smp in out.result.samples:
+            model = smp.labels.get("model_name")
+            if model and smp.value is not None:
+                score[model] = max(score.get(model, 0.0), smp.value)
+    ranked = sorted(score.items(), key=lambda kv: -kv[1])
+    if not ranked or ranked[0][1] < DEVIATION_MIN:
+        return None
+    if len(ranked) > 1 and ranked[0][1] < DEVIATION_LEAD * ranked[1][1]:
+        return None
+    return ranked[0][0]
 
 
 async def resolve_context(context: dict[str, str], runner: ToolRunner, actor: str, incident_id: str) -> dict[str, str]:
@@ -28,6 +76,11 @@ async def resolve_context(context: dict[str, str], runner: ToolRunner, actor: st
     model = context.get("model_name")
     pod = context.get("pod")
     base = m.group("base") if pod and (m := _HASHED.match(pod)) else None
+    if not (model or base):
+        served = {w.labels.model for w in out.result.workloads if w.labels.model}
+        if (model := await _deviating_model(ns, runner, actor, incident_id)) not in served:
+            return found
+        found["model_name"] = str(model)
     for w in out.result.workloads:
         if (model and w.labels.model == model) or (base and w.name == base):
             found["deployment"] = w.name
