@@ -192,11 +192,10 @@ def test_a_thermal_alert_without_its_node_label_is_placed_on_the_node_that_runs_
     assert any(node in s for s in top.supporting) or node in top.title, (top.title, top.supporting)
 
 
-def test_a_latency_alert_naming_only_its_namespace_is_placed_on_the_model_whose_ttft_rose(
+def test_a_latency_alert_naming_only_its_namespace_is_placed_on_the_workload_whose_ttft_rose(
         sandbox: dict[str, Any], app: App, admin: client.ApiClient, fleet: Fleet) -> None:
-    """A TTFT alert that says only `llm-prod` (four models serve there): the agent finds the one whose TTFT rose
-    against the same hour yesterday and triages it as if the alert had named it; with no model standing out it
-    names no Deployment."""
+    """A TTFT alert that says only `llm-prod`: the agent finds the workload there whose TTFT rose against the
+    same hour yesterday and triages it as if the alert had named it; with none standing out it names none."""
     from tests.integration.promql import scalar, wait_until
 
     prom = sandbox["endpoints"]["prometheus"]
@@ -206,15 +205,18 @@ def test_a_latency_alert_naming_only_its_namespace_is_placed_on_the_model_whose_
     calm = _triage(app, _unlabelled("ModelServingTTFTHigh", **labels))
     assert not any(h.culprit is not None and h.culprit.kind == "Deployment" for h in calm.hypotheses), calm.summary
 
+    sel = f'namespace="{w.namespace}", model_name="{w.model}"'
+    ttft = f"histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{sel}}}[5m])))"
+    before = scalar(prom, ttft) or 0.0
+    assert before > 0, "no TTFT for the workload before the fault"
     faults.inject(admin, fleet, "prefix-cache-regression")
-    ratio = ('histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{namespace="{ns}", '
-             'model_name="{m}"}}[5m]{off})))')
-    now, before = (ratio.format(ns=w.namespace, m=w.model, off=o) for o in ("", " offset 1d"))
-    wait_until(lambda: (scalar(prom, f"{now} / {before}") or 0) > 1.6, 300,
-               f"{w.model}'s TTFT p95 well above yesterday's")
+    wait_until(lambda: (scalar(prom, ttft) or 0) > 1.6 * before, 300, f"{w.model}'s TTFT p95 up from {before:.2f} s")
     report = _triage(app, _unlabelled("ModelServingTTFTHigh", **labels))
     top = report.top
-    assert top is not None and top.category == Category.PREFIX_CACHE_REGRESSION, report.summary
+    # Which of the two the slower prefill reads as depends on how long the new revision has served; the
+    # placement is what this test is about.
+    assert top is not None and top.category in (Category.PREFIX_CACHE_REGRESSION, Category.BAD_ROLLOUT), \
+        report.summary
     assert top.culprit is not None and (top.culprit.kind, top.culprit.name) == ("Deployment", w.name), top.culprit
     assert any(p.kind == ActionKind.ROLLBACK and p.target is not None and p.target.name == w.name
                for p in report.proposals), report.proposals

@@ -3,8 +3,8 @@
 Alerts name a namespace and a model (vLLM's `model_name`, Triton's `model`) or a pod or a node; the
 evidence queries and remediations need the Deployment. One read of the serving workloads answers it.
 An alert that names only its namespace (a relabelled route, a hand-written rule) is placed on the one
-model of that namespace whose TTFT or 5xx share rose clearly above the same hour yesterday, and on no
-model when none or several did: the report then says what it could not read.
+workload of that namespace whose TTFT or 5xx share rose clearly above the same hour yesterday, and on
+none when none or several did: the report then says what it could not read.
 """
 
 from __future__ import annotations
@@ -19,30 +19,38 @@ from tools.prometheus.tools import PrometheusInstantResult
 _HASHED = re.compile(r"^(?P<base>.+)-[a-z0-9]{6,10}-[a-z0-9]{5}$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # DNS-1123 label: safe inside a PromQL string
 
-DEVIATION_MIN = 1.3  # a model's signal must be this many times yesterday's to carry a namespace-only alert
-DEVIATION_LEAD = 1.2  # ... and this many times the next model's, or the alert is not placed
-_EPS_SHARE = 0.002  # 5xx share floor, so a model at 0.0 yesterday does not divide by zero
+DEVIATION_MIN = 1.3  # a workload's signal must be this many times yesterday's to carry a namespace-only alert
+DEVIATION_LEAD = 1.2  # ... and this many times the next workload's, or the alert is not placed
+_EPS_SHARE = 0.002  # 5xx share floor, so a workload at 0.0 yesterday does not divide by zero
 
 
 def _deviation_queries(ns: str) -> dict[str, str]:
-    """Per model of the namespace: its TTFT p95 and 5xx share over 5 minutes against the same hour yesterday."""
+    """Per workload of the namespace: its TTFT p95 and 5xx share over 5 minutes against the same hour yesterday.
+
+    Grouped by workload, not by model: two Deployments serving one model in a namespace would dilute each other.
+    The workload is the pod name without its ReplicaSet hash and suffix (Deployments and Argo Rollouts name
+    pods alike), so no label allow-list of kube-state-metrics is needed and yesterday's pods count too.
+    """
     sel = f'namespace="{ns}"'
 
+    def by_workload(expr: str) -> str:
+        return f'label_replace({expr}, "workload", "$1", "pod", "(.+)-[a-z0-9]{{6,10}}-[a-z0-9]{{5}}")'
+
     def ttft(off: str) -> str:
-        bucket = f"vllm:time_to_first_token_seconds_bucket{{{sel}}}[5m]{off}"
-        return f"histogram_quantile(0.95, sum by (model_name, le) (rate({bucket})))"
+        bucket = f"rate(vllm:time_to_first_token_seconds_bucket{{{sel}}}[5m]{off})"
+        return f"histogram_quantile(0.95, sum by (workload, le) ({by_workload(bucket)}))"
 
     def share(off: str) -> str:
-        per_model = (" * on (namespace, pod) group_left(model_name) (0 * max by (namespace, pod, model_name) "
-                     f"(vllm:num_requests_running{{{sel}}}{off}) + 1)")
-        return (f'(sum by (model_name) (rate(http_requests_total{{{sel}, status="5xx"}}[5m]{off}){per_model}) / '
-                f"sum by (model_name) (rate(http_requests_total{{{sel}}}[5m]{off}){per_model}) + {_EPS_SHARE})")
+        bad = by_workload(f'rate(http_requests_total{{{sel}, status="5xx"}}[5m]{off})')
+        every = by_workload(f"rate(http_requests_total{{{sel}}}[5m]{off})")
+        return f"(sum by (workload) ({bad}) / sum by (workload) ({every}) + {_EPS_SHARE})"
 
     return {"ttft": f"{ttft('')} / {ttft(' offset 1d')}", "errors": f"{share('')} / {share(' offset 1d')}"}
 
 
-async def _deviating_model(ns: str, runner: ToolRunner, actor: str, incident_id: str) -> str | None:
-    """The one model of `ns` whose TTFT or 5xx share rose clearly above yesterday's; None when none or several did."""
+async def _deviating_workload(ns: str, runner: ToolRunner, actor: str, incident_id: str) -> str | None:
+    """The one workload of `ns` whose TTFT or 5xx share rose clearly above yesterday's; None when none or several
+    did."""
     if not _NAMESPACE.match(ns) or "prometheus_query_instant" not in runner.tools:
         return None
     score: dict[str, float] = {}
@@ -52,9 +60,9 @@ async def _deviating_model(ns: str, runner: ToolRunner, actor: str, incident_id:
         if not out.ok or not isinstance(out.result, PrometheusInstantResult):
             continue
         for smp in out.result.samples:
-            model = smp.labels.get("model_name")
-            if model and smp.value is not None:
-                score[model] = max(score.get(model, 0.0), smp.value)
+            name = smp.labels.get("workload")
+            if name and smp.value is not None:
+                score[name] = max(score.get(name, 0.0), smp.value)
     ranked = sorted(score.items(), key=lambda kv: -kv[1])
     if not ranked or ranked[0][1] < DEVIATION_MIN:
         return None
@@ -77,10 +85,7 @@ async def resolve_context(context: dict[str, str], runner: ToolRunner, actor: st
     pod = context.get("pod")
     base = m.group("base") if pod and (m := _HASHED.match(pod)) else None
     if not (model or base):
-        served = {w.labels.model for w in out.result.workloads if w.labels.model}
-        if (model := await _deviating_model(ns, runner, actor, incident_id)) not in served:
-            return found
-        found["model_name"] = str(model)
+        base = await _deviating_workload(ns, runner, actor, incident_id)
     for w in out.result.workloads:
         if (model and w.labels.model == model) or (base and w.name == base):
             found["deployment"] = w.name
