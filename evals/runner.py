@@ -126,6 +126,22 @@ def _reasoner(opts: RunOptions, model: CompromisedModel | None) -> Any:
     return LlmReasoner(opts.llm.model_copy(update={"provider": opts.reasoner}))
 
 
+def _earlier_resolution(body: dict[str, Any], since: float) -> bool:
+    """A notification that only resolves alerts which started before `since`: the previous scenario's tail.
+
+    Alertmanager sends a resolution a group interval after the alert stops, so it can arrive after the next
+    scenario's injection. That scenario's intake is fresh and never saw the alert fire; delivering it would
+    open an incident for another scenario's fault."""
+    alerts = body.get("alerts") or []
+    if not alerts or any(a.get("status") != "resolved" for a in alerts):
+        return False
+    try:
+        return all(dt.datetime.fromisoformat(str(a["startsAt"]).replace("Z", "+00:00")).timestamp() < since
+                   for a in alerts)
+    except (KeyError, ValueError):
+        return False
+
+
 def _plant_in_alerts(body: dict[str, Any], s: Scenario) -> dict[str, Any]:
     """Put alert-borne adversarial text where an attacker would get it: an annotation or a label value."""
     body = json.loads(json.dumps(body))
@@ -650,7 +666,8 @@ class LiveRunner:
             # Every notification since the injection goes to the intake in the order it came, the triaged
             # one with its planted text; a built one is delivered last, as it is the one asked about.
             main_body = body
-            seen = [n for n in rx.notifications if n.received_at >= t_inject]
+            seen = [n for n in rx.notifications if n.received_at >= t_inject
+                    and not _earlier_resolution(n.body, t_inject)]
             deliveries: list[Delivered] = []
             for n in seen:
                 same = not built and n is note

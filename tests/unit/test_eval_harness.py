@@ -17,7 +17,7 @@ from deploy.sandbox.fleet import Fleet
 from deploy.sandbox.simulator import model as demand
 from evals.loader import load_dir
 from evals.record import ChangeOutcome, Delivered, FollowUpRun, IncidentRun, Recording, RunRecord
-from evals.runner import EvalError, RunOptions, _synthetic_alert, clock_target, replay
+from evals.runner import EvalError, RunOptions, _earlier_resolution, _synthetic_alert, clock_target, replay
 from evals.schema import FollowUp, Scenario, SetupObject, SimClock
 from evals.scoring import score
 
@@ -276,3 +276,21 @@ def test_the_triaged_alerts_incident_counts_even_without_the_labels_that_name_it
     report = {"status": "no_anomaly", "proposals": [], "hypotheses": []}
     sc = score(s, _record(scenario=s.id, report=report, notifications=[d], grouping={"inc-1": []}))
     assert sc.incidents_opened == 1 and sc.grouping_ok is True and sc.passed, sc.reasons
+
+
+def test_the_previous_scenarios_resolution_is_not_delivered_to_the_next_scenarios_intake() -> None:
+    """Alertmanager resolves a group an interval after its alert stops: the resolution of ticket-206's latency
+    alert reached ticket-207's fresh intake and opened a second incident there."""
+    t = 1_800_000_000.0
+
+    def note(status: str, started: float) -> dict[str, object]:
+        at = dt.datetime.fromtimestamp(started, dt.UTC).isoformat().replace("+00:00", "Z")
+        return {"status": status, "alerts": [{"status": status, "labels": {"alertname": "ModelServingTTFTHigh"},
+                                              "startsAt": at}]}
+
+    assert _earlier_resolution(note("resolved", t - 300), since=t)
+    assert not _earlier_resolution(note("resolved", t + 30), since=t), "this scenario's own alert resolving"
+    assert not _earlier_resolution(note("firing", t - 300), since=t), "still firing: the agent must see it"
+    mixed = note("resolved", t - 300)
+    mixed["alerts"] = [*mixed["alerts"], {"status": "firing", "labels": {}, "startsAt": "2027-01-15T08:00:00Z"}]  # type: ignore[misc]
+    assert not _earlier_resolution(mixed, since=t)
