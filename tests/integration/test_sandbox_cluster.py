@@ -27,6 +27,8 @@ def test_gpu_nodes_are_listed_with_capacity_and_labels(kubectl: Any, fleet: Flee
 
 def test_serving_deployments_are_available_on_gpu_nodes(kubectl: Any, fleet: Fleet) -> None:
     for w in fleet.workloads:
+        # The sandbox is shared: an earlier test's clean-up may still be rolling a Deployment back.
+        kubectl("admin", "-n", w.namespace, "rollout", "status", f"deployment/{w.name}", "--timeout=55s")
         dep = json.loads(kubectl("admin", "-n", w.namespace, "get", "deployment", w.name, "-o", "json").stdout)
         assert dep["status"].get("availableReplicas") == w.replicas, f"{w.name}: {dep['status']}"
         pods = json.loads(kubectl("admin", "-n", w.namespace, "get", "pods", "-l",

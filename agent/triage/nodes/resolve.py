@@ -21,7 +21,7 @@ _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # DNS-1123 lab
 
 DEVIATION_MIN = 1.3  # a workload's signal must be this many times yesterday's to carry a namespace-only alert
 DEVIATION_LEAD = 1.2  # ... and this many times the next workload's, or the alert is not placed
-_EPS_SHARE = 0.002  # 5xx share floor, so a workload at 0.0 yesterday does not divide by zero
+_EPS_SHARE = 0.01  # added to both 5xx shares: no division by zero, and a rise to 0.3 % is no placement
 
 
 def _deviation_queries(ns: str) -> dict[str, str]:
