@@ -205,6 +205,10 @@ def test_a_latency_alert_naming_only_its_namespace_is_placed_on_the_workload_who
     _quiet(app, {"ModelServingErrorRateHigh", "ModelServingTTFTHigh"}, w.namespace, model=w.model)
     sel = f'namespace="{w.namespace}", model_name="{w.model}"'
     ttft = f"histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{sel}}}[5m])))"
+    # An earlier test on this shared sandbox can leave the model slow for a while (its 5-minute window).
+    usual = ttft.replace("[5m])))", "[5m] offset 1d)))")
+    wait_until(lambda: (scalar(prom, ttft) or 99.0) < 1.3 * (scalar(prom, usual) or 0.0), 480,
+               f"{w.model}'s TTFT p95 back to its usual level before the fault")
     before = scalar(prom, ttft) or 0.0
     assert before > 0, "no TTFT for the workload before the fault"
     faults.inject(admin, fleet, "prefix-cache-regression")

@@ -159,5 +159,7 @@ def test_target_5xx_alone_does_not_trip_the_balancer_alarm(endpoint: str) -> Non
     pub.publish(bad, now - 120)
     pub.publish(bad, now)
     lb = [{"Name": "LoadBalancer", "Value": load_balancer(fleet.cluster)}]
-    assert _sum(cw, "HTTPCode_Target_5XX_Count", lb, now - 180, now) > 100
+    # Tens of target 5xx at any hour (the traffic follows the day: ~90 in these 3 minutes at 22:00 UTC, more at
+    # the peak; it was > 100, which failed every evening).
+    assert _sum(cw, "HTTPCode_Target_5XX_Count", lb, now - 180, now) > 20
     assert evaluator.evaluate(pub.next_minute)[alb_5xx_alarm(fleet.cluster)["AlarmName"]] == "OK"
