@@ -67,8 +67,15 @@ def _wait_alert(webhook: WebhookReceiver, namespace: str, since: float) -> Notif
 def test_bad_rollout_incident_thread_to_approved_verified_and_resolved(
         bot_env: tuple[str, Any, SlackStandIn, SlackClientSim], admin: client.ApiClient, fleet: Fleet,
         webhook: WebhookReceiver, sandbox: dict[str, Any]) -> None:
+    from tests.integration.promql import query, wait_until
+
     url, app, api, slack = bot_env
     w = fleet.workload(fleet.faults["bad-rollout"]["workload"])
+    # An earlier test's alert still firing for the namespace keeps its group silent: nothing new would be sent.
+    wait_until(lambda: not query(sandbox["endpoints"]["prometheus"],
+                                 f'ALERTS{{alertname=~"ModelServingErrorRateHigh|ModelServingTTFTHigh", '
+                                 f'namespace="{w.namespace}"}}'),
+               480, "the previous test's serving alerts to stop firing", interval=5)
     t0 = time.time()
     faults.inject(admin, fleet, "bad-rollout")
     note = _wait_alert(webhook, w.namespace, t0)
