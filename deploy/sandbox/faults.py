@@ -371,10 +371,13 @@ def _gpu_request(pod: Any) -> int:
     return total
 
 
+def _is_ready(p: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+
+
 def _a_ready_pod(core: client.CoreV1Api, w: Workload) -> str:
     pods = core.list_namespaced_pod(w.namespace, label_selector=f"{LABEL_APP}={w.name}").items
-    ready = sorted(p.metadata.name for p in pods if not p.metadata.deletion_timestamp and any(
-        c.type == "Ready" and c.status == "True" for c in p.status.conditions or []))
+    ready = sorted(p.metadata.name for p in pods if not p.metadata.deletion_timestamp and _is_ready(p))
     if not ready:
         raise FaultError(f"no Ready pod of {w.namespace}/{w.name} to hang")
     return str(ready[0])
@@ -388,9 +391,8 @@ def _busiest_node(core: client.CoreV1Api, w: Workload) -> str:
         raise FaultError(f"no scheduled pods of {w.namespace}/{w.name} to take a GPU node from")
     counts: dict[str, tuple[int, int]] = {}
     for p in pods:
-        ready = int(any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []))
         r, n = counts.get(p.spec.node_name, (0, 0))
-        counts[p.spec.node_name] = (r + ready, n + 1)
+        counts[p.spec.node_name] = (r + _is_ready(p), n + 1)
     return sorted(counts.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))[0][0]
 
 

@@ -9,6 +9,7 @@ none when none or several did: the report then says what it could not read.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from agent.guard.runner import ToolRunner
@@ -16,7 +17,8 @@ from tools.k8s_read.tools import K8sWorkloadsResult
 from tools.prometheus.tools import PrometheusInstantResult
 
 # <deployment>-<pod-template-hash>-<suffix>; the hash uses Kubernetes' safe alphabet, not hex.
-_HASHED = re.compile(r"^(?P<base>.+)-[a-z0-9]{6,10}-[a-z0-9]{5}$")
+_POD_SUFFIX = "-[a-z0-9]{6,10}-[a-z0-9]{5}"
+_HASHED = re.compile(rf"^(?P<base>.+){_POD_SUFFIX}$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # DNS-1123 label: safe inside a PromQL string
 
 DEVIATION_MIN = 1.3  # a workload's signal must be this many times yesterday's to carry a namespace-only alert
@@ -34,7 +36,7 @@ def _deviation_queries(ns: str) -> dict[str, str]:
     sel = f'namespace="{ns}"'
 
     def by_workload(expr: str) -> str:
-        return f'label_replace({expr}, "workload", "$1", "pod", "(.+)-[a-z0-9]{{6,10}}-[a-z0-9]{{5}}")'
+        return f'label_replace({expr}, "workload", "$1", "pod", "(.+){_POD_SUFFIX}")'
 
     def ttft(off: str) -> str:
         bucket = f"rate(vllm:time_to_first_token_seconds_bucket{{{sel}}}[5m]{off})"
@@ -51,12 +53,13 @@ def _deviation_queries(ns: str) -> dict[str, str]:
 async def _deviating_workload(ns: str, runner: ToolRunner, actor: str, incident_id: str) -> str | None:
     """The one workload of `ns` whose TTFT or 5xx share rose clearly above yesterday's; None when none or several
     did."""
-    if not _NAMESPACE.match(ns) or "prometheus_query_instant" not in runner.tools:
+    if not _NAMESPACE.fullmatch(ns) or "prometheus_query_instant" not in runner.tools:
         return None
     score: dict[str, float] = {}
-    for q in _deviation_queries(ns).values():
-        out = await runner.call("prometheus_query_instant", {"query": q, "max_series": 50}, actor=actor,
-                                incident_id=incident_id)
+    outs = await asyncio.gather(*(runner.call("prometheus_query_instant", {"query": q, "max_series": 50},
+                                              actor=actor, incident_id=incident_id)
+                                  for q in _deviation_queries(ns).values()))
+    for out in outs:
         if not out.ok or not isinstance(out.result, PrometheusInstantResult):
             continue
         for smp in out.result.samples:
