@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,10 @@ class Running:
         async def ready() -> None:
             self.ready.set()
 
+        self.service = ExecutorService(self.executor, max_request_bytes=MAX)
+
         async def main() -> None:
-            await ExecutorService(self.executor, max_request_bytes=MAX).serve(self.path, ready=ready, stop=self.stop)
+            await self.service.serve(self.path, ready=ready, stop=self.stop)
 
         self.thread = threading.Thread(target=lambda: self.loop.run_until_complete(main()), daemon=True)
         self.thread.start()
@@ -77,6 +80,9 @@ class Running:
                     break
                 buf += chunk
         return dict(json.loads(buf))
+
+    def service_open(self) -> int:
+        return len(self.service._open)
 
     def refusals(self) -> list[dict[str, Any]]:
         return [e for e in self.audit.events() if e["decision"] == "refused"]
@@ -304,3 +310,21 @@ def test_doctor_checks_the_executor_process_not_a_write_identity_it_does_not_hol
     assert running.refusals() == [], "the probe is not a request"
     down = asyncio.run(_k8s_executor(Settings(executor={"socket": tmp_path / "none.sock"}, state_dir=tmp_path)))
     assert down.status == Status.FAIL and "not answering" in down.detail
+
+
+def test_stopping_the_executor_closes_a_connection_still_sending_its_request(tmp_path: Path) -> None:
+    r = Running(tmp_path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(r.path))
+        s.sendall(b'{"op": "execute", "change_id": "chg-')  # no newline: the server is still reading
+        deadline = time.monotonic() + 5
+        while r.service_open() == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert r.service_open() == 1, "the server never took the connection"
+        t0 = time.monotonic()
+        r.close()
+        assert s.recv(100) == b"", "the executor stopped with the connection still open"
+        assert time.monotonic() - t0 < 5, "stopping waited for the read timeout instead of closing the connection"
+    with contextlib.closing(AuditLog(tmp_path / "audit.db", b"k" * 32)) as audit:
+        assert [e for e in audit.events() if e["decision"] == "refused"] == [], "a request cut by the stop is judged"

@@ -46,6 +46,7 @@ from agent.change.models import ChangeRequest, ChangeStatus
 log = logging.getLogger(__name__)
 DONE = (ChangeStatus.APPLIED, ChangeStatus.VERIFIED, ChangeStatus.ROLLED_BACK)
 READ_TIMEOUT_S = 10.0  # a client that connects and never finishes its line is dropped
+DRAIN_S = 60.0  # on stop, a request already being answered gets this long to finish before it is cut
 
 
 def wire(r: ExecutionResult) -> WireResult:
@@ -55,9 +56,12 @@ def wire(r: ExecutionResult) -> WireResult:
 class ExecutorService:
     """Answers socket requests with the guarded executor; audits every refusal it makes itself."""
 
-    def __init__(self, executor: Executor, *, max_request_bytes: int = 64 << 10) -> None:
+    def __init__(self, executor: Executor, *, max_request_bytes: int = 64 << 10, drain_s: float = DRAIN_S) -> None:
         self.executor = executor
         self.max_request_bytes = max_request_bytes
+        self.drain_s = drain_s
+        # open connections: True once the request line is read and being answered (drained on stop, not cut)
+        self._open: dict[asyncio.Task[None], bool] = {}
 
     # ---- one request ----------------------------------------------------------------------------
     async def handle(self, raw: bytes, peer: str = "unknown") -> Response:
@@ -125,6 +129,9 @@ class ExecutorService:
     # ---- the socket -----------------------------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = peer_of(writer.get_extra_info("socket"))
+        me = asyncio.current_task()
+        if me is not None:
+            self._open[me] = False
         try:
             try:
                 raw = await asyncio.wait_for(reader.readuntil(b"\n"), READ_TIMEOUT_S)
@@ -139,15 +146,33 @@ class ExecutorService:
                 resp = self._refuse(ErrorCode.MALFORMED, f"no complete request line within {READ_TIMEOUT_S:.0f} s",
                                     f"socket:{peer}")
             else:
+                if me is not None:
+                    self._open[me] = True
                 resp = await self.handle(raw, peer)
             writer.write(resp.model_dump_json().encode() + b"\n")
             await writer.drain()
         except (ConnectionError, BrokenPipeError):
             log.warning("executor client %s went away before its answer", peer)
         finally:
+            if me is not None:
+                self._open.pop(me, None)
             writer.close()
             with contextlib.suppress(ConnectionError, BrokenPipeError):
                 await writer.wait_closed()
+
+    async def _drain(self) -> None:
+        """On stop: a connection still sending its request is closed; one being answered (a change may be
+        half applied) gets `drain_s` to finish, then is cut. Every transport is closed before the loop ends."""
+        for task, answering in list(self._open.items()):
+            if not answering:
+                task.cancel()
+        pending = set(self._open)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=self.drain_s)
+            for task in late:
+                log.warning("executor stopping: a request still running after %.0f s is cut", self.drain_s)
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def serve(self, path: Path, *, group: bool = False,
                     ready: Callable[[], Awaitable[None] | None] | None = None,
@@ -166,7 +191,9 @@ class ExecutorService:
                     await r
             await (stop or asyncio.Event()).wait()
         finally:
-            server.close()
+            server.close()  # no new connections; before 3.12 wait_closed() does not wait for open ones
+            await asyncio.sleep(0)  # a connection accepted just now has its task created, not yet started
+            await self._drain()
             await server.wait_closed()
             await asyncio.to_thread(path.unlink, missing_ok=True)
 
