@@ -283,7 +283,7 @@ class App:
                         if pod:  # a pod restart asks about that one pod: is it serving nobody?
                             names = await failing_pods(prom, spec.target.namespace or "", model)
                             return None if names is None else int(spec.target.name in names)
-                        return await failing_replicas(prom, spec.target.namespace or "", model)
+                        return await failing_replicas(prom, spec.target.namespace or "", model, spec.target.name)
                     finally:
                         await prom.aclose()
 

@@ -32,7 +32,7 @@ FLAP_WINDOW = dt.timedelta(minutes=30)
 # receiver's route groups its alerts (Alertmanager configs often group by alertname).
 FOLD_WINDOW = dt.timedelta(minutes=10)
 # The labels that name a workload, in this order: the first present (with `namespace`) identifies it.
-WORKLOAD_LABELS = ("deployment", "rollout", "model_name", "model")
+WORKLOAD_LABELS = ("deployment", "rollout", "workload", "model_name", "model")
 
 
 class IntakeError(ValueError):

@@ -55,13 +55,22 @@ class Verification:
         return "; ".join(parts)
 
 
-def signal_queries(namespace: str, model: str, rate_window_s: int = 30) -> dict[str, str]:
-    sel = promql.selector("vllm:num_requests_running", namespace=namespace, model_name=model)
+def _pods(workload: str | None) -> promql.Matcher:
+    """The pods of `workload` (another workload may serve the same model: its pods are not this change's);
+    every series when no workload is named."""
+    return promql.matches("pod", promql.workload_pods(workload) if workload else promql.ANY_POD)
+
+
+def signal_queries(namespace: str, model: str, rate_window_s: int = 30,
+                   workload: str | None = None) -> dict[str, str]:
+    """TTFT p95, 5xx share and queue of the model's pods (of `workload`'s pods, when given)."""
+    sel = promql.selector("vllm:num_requests_running", _pods(workload), namespace=namespace, model_name=model)
     pods = f"* on (namespace, pod) group_left(model_name) (0 * max by (namespace, pod, model_name) ({sel}) + 1)"
     ns = promql.quote(namespace)
     w = f"{rate_window_s}s"
-    ttft_sel = promql.selector("vllm:time_to_first_token_seconds_bucket", namespace=namespace, model_name=model)
-    waiting = promql.selector("vllm:num_requests_waiting", namespace=namespace, model_name=model)
+    ttft_sel = promql.selector("vllm:time_to_first_token_seconds_bucket", _pods(workload), namespace=namespace,
+                               model_name=model)
+    waiting = promql.selector("vllm:num_requests_waiting", _pods(workload), namespace=namespace, model_name=model)
     return {
         "ttft_p95": f"histogram_quantile(0.95, sum by (le) (rate({ttft_sel}[{w}])))",
         "error_share": (f'sum(rate(http_requests_total{{namespace={ns}, status="5xx"}}[{w}]) {pods}) / '
@@ -77,10 +86,10 @@ FAILING_WINDOW = "5m"
 
 
 def failing_replicas_query(namespace: str, model: str, window: str = FAILING_WINDOW,
-                           share: float = FAILING_ERROR_SHARE) -> tuple[str, str]:
+                           share: float = FAILING_ERROR_SHARE, workload: str | None = None) -> tuple[str, str]:
     """(the model's pods that serve, the model's pods whose 5xx share is above `share`): two instant queries,
-    per pod, joined to the model's pods by its engine's own series."""
-    sel = promql.selector("vllm:num_requests_running", namespace=namespace, model_name=model)
+    per pod, joined to the model's pods (`workload`'s, when given) by its engine's own series."""
+    sel = promql.selector("vllm:num_requests_running", _pods(workload), namespace=namespace, model_name=model)
     pods = f"* on (namespace, pod) group_left(model_name) (0 * max by (namespace, pod, model_name) ({sel}) + 1)"
     ns = promql.quote(namespace)
     w = promql.check_duration(window)
@@ -94,38 +103,40 @@ def failing_replicas_query(namespace: str, model: str, window: str = FAILING_WIN
 STALLED_WINDOW = "1m"
 
 
-def stalled_pods_query(namespace: str, model: str, window: str = STALLED_WINDOW) -> str:
+def stalled_pods_query(namespace: str, model: str, window: str = STALLED_WINDOW, workload: str | None = None) -> str:
     """The model's pods that hold running requests but generated no token over `window` (one series per pod).
 
     The pod must have held requests a whole window ago as well: a replica that just started has no token rate
     yet, and calling it hung would count its restart as no loss of healthy capacity."""
-    running = promql.selector("vllm:num_requests_running", namespace=namespace, model_name=model)
-    tokens = promql.selector("vllm:generation_tokens_total", namespace=namespace, model_name=model)
+    running = promql.selector("vllm:num_requests_running", _pods(workload), namespace=namespace, model_name=model)
+    tokens = promql.selector("vllm:generation_tokens_total", _pods(workload), namespace=namespace, model_name=model)
     w = promql.check_duration(window)
     return (f"((max by (pod) ({running}) > 0) and on (pod) (max by (pod) ({running} offset {w}) > 0)) "
             f"unless on (pod) (sum by (pod) (rate({tokens}[{w}])) > 0)")
 
 
-async def failing_pods(prom: PrometheusClient, namespace: str, model: str) -> set[str] | None:
-    """The model's serving pods that serve nobody now, read from Prometheus (not from anything the model or an
-    alert said): those answering more than FAILING_ERROR_SHARE of requests with 5xx, and those that are hung
-    (running requests, no tokens). None when the model's pods have no traffic series (not a vLLM engine, no
-    traffic): unknown, which counts as healthy."""
+async def failing_pods(prom: PrometheusClient, namespace: str, model: str,
+                       workload: str | None = None) -> set[str] | None:
+    """The model's serving pods (`workload`'s, when given) that serve nobody now, read from Prometheus (not from
+    anything the model or an alert said): those answering more than FAILING_ERROR_SHARE of requests with 5xx,
+    and those that are hung (running requests, no tokens). None when the pods have no traffic series (not a
+    vLLM engine, no traffic): unknown, which counts as healthy."""
     if not model:
         return None
-    serving_q, failing_q = failing_replicas_query(namespace, model)
+    serving_q, failing_q = failing_replicas_query(namespace, model, workload=workload)
     serving = await prom.query(serving_q)
     if not serving.series:
         return None
     out: set[str] = set()
-    for q in (failing_q, stalled_pods_query(namespace, model)):
+    for q in (failing_q, stalled_pods_query(namespace, model, workload=workload)):
         out |= {s.labels.get("pod", "") for s in (await prom.query(q)).series}
     return out - {""}
 
 
-async def failing_replicas(prom: PrometheusClient, namespace: str, model: str) -> int | None:
-    """How many of the model's serving pods serve nobody now (`failing_pods`); None when unknown."""
-    pods = await failing_pods(prom, namespace, model)
+async def failing_replicas(prom: PrometheusClient, namespace: str, model: str, workload: str) -> int | None:
+    """How many of `workload`'s serving pods serve nobody now (`failing_pods`); None when unknown. Only its own
+    pods: another workload's failing replicas of the same model are no capacity this workload may lose."""
+    pods = await failing_pods(prom, namespace, model, workload)
     return None if pods is None else len(pods)
 
 
@@ -235,7 +246,7 @@ async def verify(ch: ChangeRequest, applied_at: dt.datetime, prom: PrometheusCli
     base_start = applied_at - dt.timedelta(seconds=s.baseline_s)
     floors = {"ttft_p95": s.ttft_floor_s, "error_share": s.error_floor, "queue": s.queue_floor}
     verdicts: list[SignalVerdict] = []
-    for name, expr in signal_queries(t.namespace, model, s.rate_window_s).items():
+    for name, expr in signal_queries(t.namespace, model, s.rate_window_s, workload=t.name).items():
         try:
             before = await _samples(prom, expr, base_start, base_end, s.step_s)
             after = await _samples(prom, expr, after_start, end, s.step_s)
@@ -251,7 +262,7 @@ async def verify(ch: ChangeRequest, applied_at: dt.datetime, prom: PrometheusCli
                               f"({v.after_median:.4g})")
         verdicts.append(v)
     if restarted is not None:
-        verdicts.append(await _stalled_verdict(prom, t.namespace, model))
+        verdicts.append(await _stalled_verdict(prom, t.namespace, model, t.name))
     return Verification(ch.id, overall(verdicts), state, verdicts, rollout_s, time.monotonic() - t0)
 
 
@@ -269,12 +280,12 @@ async def _pod_gone(k8s: K8sReadClient, namespace: str, name: str, uid: str) -> 
     return not any(p["metadata"].get("uid") == uid for p in json.loads(resp.data).get("items", []))
 
 
-async def _stalled_verdict(prom: PrometheusClient, namespace: str, model: str) -> SignalVerdict:
-    """After a pod restart: does every replica of the model generate tokens for the requests it holds?"""
+async def _stalled_verdict(prom: PrometheusClient, namespace: str, model: str, workload: str) -> SignalVerdict:
+    """After a pod restart: does every replica of the workload generate tokens for the requests it holds?"""
     try:
-        answer = await prom.query(stalled_pods_query(namespace, model))
+        answer = await prom.query(stalled_pods_query(namespace, model, workload=workload))
         stalled = sorted(s.labels.get("pod", "") for s in answer.series)
-        sel = promql.selector("vllm:generation_tokens_total", namespace=namespace, model_name=model)
+        sel = promql.selector("vllm:generation_tokens_total", _pods(workload), namespace=namespace, model_name=model)
         tokens = await prom.query(f"sum(rate({sel}[{STALLED_WINDOW}]))")
     except Exception as e:  # missing data is inconclusive, and says why
         return SignalVerdict("stalled_pods", Outcome.INCONCLUSIVE, None, None, None, f"query failed: {e}")

@@ -92,7 +92,7 @@ def _drill(
     admin = api_client(Path(status["kubeconfigs"]["admin"]))
     kubectl = str(components.locate(sb.s.cache_dir).kubectl)
     w = fleet.workload(fleet.faults["bad-rollout"]["workload"])
-    q = signal_queries(w.namespace, w.model)
+    q = signal_queries(w.namespace, w.model, workload=w.name)
 
     def show(label: str) -> tuple[float | None, float | None]:
         t, e = _scalar(prom, q["ttft_p95"]), _scalar(prom, q["error_share"])

@@ -68,7 +68,7 @@ def alertmanager_config(webhook_url: str, token_file: Path | None = None) -> dic
     return {
         "route": {
             "receiver": "opsagent",
-            "group_by": ["alertname", "namespace", "model_name", "Hostname"],
+            "group_by": ["alertname", "namespace", "workload", "model_name", "Hostname"],
             "group_wait": "1s",
             "group_interval": "5s",
             "repeat_interval": "1h",

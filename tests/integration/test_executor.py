@@ -301,8 +301,8 @@ def test_a_rollback_of_a_single_replica_that_fails_is_proposed_and_a_healthy_one
         prom = PrometheusClient(PrometheusSettings(url=sandbox["endpoints"]["prometheus"], scrape_interval_s=5))
 
         async def failing(sp: ChangeSpec, obj: dict[str, Any]) -> int | None:
-            return await failing_replicas(prom, sp.target.namespace or "",
-                                          obj["spec"]["template"]["metadata"]["labels"].get("model", ""))
+            model = obj["spec"]["template"]["metadata"]["labels"].get("model", "")
+            return await failing_replicas(prom, sp.target.namespace or "", model, sp.target.name)
 
         ex = Executor(Ledger(tmp_path / "ledger.db"), POLICY, write, audit, cluster="sandbox",
                       failing_replicas=failing)
@@ -311,11 +311,11 @@ def test_a_rollback_of_a_single_replica_that_fails_is_proposed_and_a_healthy_one
             healthy = await ex.propose(spec(ActionKind.ROLLBACK, deployment(w.name, w.namespace),
                                             to_revision=max(1, good - 1)), reason="t", requester="agent:rules")
             assert healthy.status == ChangeStatus.DENIED and healthy.blast_radius.failing == 0, healthy.policy_reason
-            assert await failing_replicas(prom, w.namespace, model) == 0
+            assert await failing_replicas(prom, w.namespace, model, w.name) == 0
             faults.inject(admin, fleet, "bad-rollout", target=w.name, params={"version": "2025.03.0"})
             _wait_rollout(apps, w.namespace, w.name)
             deadline = time.monotonic() + 180  # the 5-minute rate needs a few scrapes of the bad version
-            while await failing_replicas(prom, w.namespace, model) != 1:
+            while await failing_replicas(prom, w.namespace, model, w.name) != 1:
                 assert time.monotonic() < deadline, "Prometheus never showed the bad replica's 5xx share above 5 %"
                 await asyncio.sleep(5)
             ch = await ex.propose(spec(ActionKind.ROLLBACK, deployment(w.name, w.namespace), to_revision=good),

@@ -13,7 +13,7 @@ from tools.registry import default_tools
 BOOKS = load_dir()
 TOOLS = {t.name: t for t in default_tools()}
 CONTEXT_KEYS = {"namespace", "model_name", "deployment", "node", "pod", "gpu", "hpa", "container", "cluster",
-                "alertname", "rate_window", "load_balancer"}
+                "alertname", "rate_window", "load_balancer", "pods", "workload"}
 
 
 def test_at_least_eight_runbooks_cover_the_failure_modes() -> None:

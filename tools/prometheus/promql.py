@@ -118,6 +118,28 @@ def not_matches(label: str, regex: str) -> Matcher:
     return Matcher(label, MatchOp.NRE, regex)
 
 
+# A Deployment's or an Argo Rollout's pod: <workload>-<pod-template-hash>-<suffix> (the hash in Kubernetes'
+# safe alphabet, not hex); a StatefulSet's: <workload>-<ordinal>. Exactly one or two segments follow the name,
+# so the pods of `chat` and of `chat-lite` never match each other's pattern.
+POD_SUFFIX = "-[a-z0-9]{6,10}-[a-z0-9]{5}"
+_POD_PATTERN = f"(?:{POD_SUFFIX}|-[0-9]+)"
+ANY_POD = ".*"  # every series, with a pod label or without
+
+
+def workload_pods(name: str) -> str:
+    """RE2 pattern (anchored by PromQL) matching the pods of the workload `name` and of no other workload.
+    Two workloads serving one model are two things to measure: a query keyed by model mixes them."""
+    if not name:
+        raise PromQLError("workload_pods needs a workload name")
+    return regex_literal(name) + _POD_PATTERN
+
+
+def by_workload(expr: str) -> str:
+    """`expr` with a `workload` label: the pod label without its ReplicaSet hash and suffix. Series of pods
+    that no Deployment or Rollout owns (no such suffix) keep no workload label."""
+    return f'label_replace({expr}, "workload", "$1", "pod", "(.+){POD_SUFFIX}")'
+
+
 def any_of(label: str, values: Iterable[str]) -> Matcher:
     """Match any of the literal values (each regex-escaped)."""
     vals = list(values)

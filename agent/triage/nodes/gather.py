@@ -21,7 +21,7 @@ from agent.models import Evidence, EvidenceStatus
 from agent.triage.conditions import compile_value, evaluate_value
 from agent.triage.features import extract, feature_map, summarize
 from agent.triage.history import earlier_incidents, exclusion_param
-from agent.triage.nodes.resolve import resolve_context
+from agent.triage.nodes.resolve import pods_pattern, resolve_context
 from agent.triage.runbooks import EvidenceQuery, placeholders
 from agent.triage.state import TriageContext, TriageState
 from tools.prometheus.promql import escape_string
@@ -83,6 +83,7 @@ async def gather(state: TriageState, runtime: Runtime[TriageContext]) -> dict[st
     incident = state["incident"]
     context = dict(state.get("context", {}))
     context |= await resolve_context(context, ctx.runner, ctx.actor, incident.id)
+    context["pods"] = pods_pattern(context)  # never from a label: LABEL_KEYS has no `pods`
     books = [b for b in ctx.runbooks if b.id in state.get("runbook_ids", [])]
     seen: dict[str, EvidenceQuery] = {}
     for b in books:

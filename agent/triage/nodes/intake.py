@@ -25,6 +25,7 @@ LABEL_KEYS = {
     "node": "node",
     "gpu": "gpu",
     "deployment": "deployment",
+    "workload": "workload",  # the serving rules' workload label (pod name without its hash); resolve checks it
     "horizontalpodautoscaler": "hpa",
     "container": "container",
     "cluster": "cluster",

@@ -14,12 +14,12 @@ import re
 
 from agent.guard.runner import ToolRunner
 from tools.k8s_read.tools import K8sWorkloadsResult
+from tools.prometheus.promql import ANY_POD, POD_SUFFIX, by_workload, workload_pods
 from tools.prometheus.tools import PrometheusInstantResult
 
-# <deployment>-<pod-template-hash>-<suffix>; the hash uses Kubernetes' safe alphabet, not hex.
-_POD_SUFFIX = "-[a-z0-9]{6,10}-[a-z0-9]{5}"
-_HASHED = re.compile(rf"^(?P<base>.+){_POD_SUFFIX}$")
+_HASHED = re.compile(rf"^(?P<base>.+){POD_SUFFIX}$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # DNS-1123 label: safe inside a PromQL string
+_WORKLOAD = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # DNS-1123 subdomain: a workload's name
 
 DEVIATION_MIN = 1.3  # a workload's signal must be this many times yesterday's to carry a namespace-only alert
 DEVIATION_LEAD = 1.2  # ... and this many times the next workload's, or the alert is not placed
@@ -35,9 +35,6 @@ def _deviation_queries(ns: str) -> dict[str, str]:
     """
     sel = f'namespace="{ns}"'
 
-    def by_workload(expr: str) -> str:
-        return f'label_replace({expr}, "workload", "$1", "pod", "(.+){_POD_SUFFIX}")'
-
     def ttft(off: str) -> str:
         bucket = f"rate(vllm:time_to_first_token_seconds_bucket{{{sel}}}[5m]{off})"
         return f"histogram_quantile(0.95, sum by (workload, le) ({by_workload(bucket)}))"
@@ -50,9 +47,10 @@ def _deviation_queries(ns: str) -> dict[str, str]:
     return {"ttft": f"{ttft('')} / {ttft(' offset 1d')}", "errors": f"{share('')} / {share(' offset 1d')}"}
 
 
-async def _deviating_workload(ns: str, runner: ToolRunner, actor: str, incident_id: str) -> str | None:
-    """The one workload of `ns` whose TTFT or 5xx share rose clearly above yesterday's; None when none or several
-    did."""
+async def _deviating_workload(ns: str, runner: ToolRunner, actor: str, incident_id: str,
+                              among: set[str] | None = None) -> str | None:
+    """The one workload of `ns` (of `among`, when given) whose TTFT or 5xx share rose clearly above yesterday's;
+    None when none or several did."""
     if not _NAMESPACE.fullmatch(ns) or "prometheus_query_instant" not in runner.tools:
         return None
     score: dict[str, float] = {}
@@ -64,7 +62,7 @@ async def _deviating_workload(ns: str, runner: ToolRunner, actor: str, incident_
             continue
         for smp in out.result.samples:
             name = smp.labels.get("workload")
-            if name and smp.value is not None:
+            if name and smp.value is not None and (among is None or name in among):
                 score[name] = max(score.get(name, 0.0), smp.value)
     ranked = sorted(score.items(), key=lambda kv: -kv[1])
     if not ranked or ranked[0][1] < DEVIATION_MIN:
@@ -74,8 +72,23 @@ async def _deviating_workload(ns: str, runner: ToolRunner, actor: str, incident_
     return ranked[0][0]
 
 
+def pods_pattern(context: dict[str, str]) -> str:
+    """The `pods` context key: a pattern for the pods of the workload the incident is about (its Deployment,
+    else the workload an alert named), so evidence about one of two workloads serving the same model is not
+    diluted by the other; every series (`.*`) when neither is known or the name is not a Kubernetes name."""
+    for key in ("deployment", "workload"):
+        name = context.get(key, "")
+        if _WORKLOAD.fullmatch(name):
+            return workload_pods(name)
+    return ANY_POD
+
+
 async def resolve_context(context: dict[str, str], runner: ToolRunner, actor: str, incident_id: str) -> dict[str, str]:
-    """Return context keys learned from the cluster (deployment, model_name, cluster)."""
+    """Return context keys learned from the cluster (deployment, model_name, cluster).
+
+    The workload is, in this order: the one an alert named (a `workload` label, kept only when the namespace
+    has a Deployment of that name), the pod's, the one Deployment serving the alert's model, the one of
+    several serving it whose signals rose above yesterday's, or the namespace's one deviating workload."""
     found: dict[str, str] = {}
     ns = context.get("namespace")
     if context.get("deployment") or not ns or "k8s_list_workloads" not in runner.tools:
@@ -84,15 +97,20 @@ async def resolve_context(context: dict[str, str], runner: ToolRunner, actor: st
                             incident_id=incident_id)
     if not out.ok or not isinstance(out.result, K8sWorkloadsResult):
         return found
+    workloads = out.result.workloads
     model = context.get("model_name")
     pod = context.get("pod")
-    base = m.group("base") if pod and (m := _HASHED.match(pod)) else None
-    if not (model or base):
+    base = context.get("workload") or (m.group("base") if pod and (m := _HASHED.match(pod)) else None)
+    serving = [w for w in workloads if model and w.labels.model == model]
+    if base is None and len(serving) > 1:
+        base = await _deviating_workload(ns, runner, actor, incident_id, among={w.name for w in serving})
+        if base is None:
+            return found  # several Deployments serve the model and none stands out: say so, do not pick one
+    elif base is None and not model:
         base = await _deviating_workload(ns, runner, actor, incident_id)
-    for w in out.result.workloads:
-        if (model and w.labels.model == model) or (base and w.name == base):
-            found["deployment"] = w.name
-            if not model and w.labels.model:
-                found["model_name"] = w.labels.model
-            break
+    chosen = next((w for w in workloads if w.name == base), None) if base else (serving[0] if serving else None)
+    if chosen is not None:
+        found["deployment"] = chosen.name
+        if not model and chosen.labels.model:
+            found["model_name"] = chosen.labels.model
     return found
