@@ -75,3 +75,25 @@ def test_a_slow_workload_fires_ttft_alone_and_a_healthy_fleet_fires_nothing(tmp_
     healthy = [s for p in FAILING + BUSY for s in _pod(p, 15, 0)]
     _promtool_test(tmp_path, healthy, "ModelServingErrorRateHigh", [])
     _promtool_test(tmp_path, healthy, "ModelServingTTFTHigh", [])
+
+
+def test_the_blast_radius_counts_only_the_target_workloads_failing_replicas(tmp_path: Path) -> None:
+    """A failing replica of another workload of the same model is no capacity the target may lose for free:
+    the executor's failing-replica count (verify.failing_replicas_query) reads the target's pods only."""
+    from agent.change.verify import failing_replicas_query
+
+    # notes-assist has one replica failing 40 %; chat-lite's two replicas are healthy
+    series = [s for p in FAILING for s in _pod(p, 15, 0)] + [s for p in BUSY[1:] for s in _pod(p, 75, 0)] \
+        + _pod(BUSY[0], 45, 30)
+    tests = []
+    for workload, failing in (("chat-lite", []), ("notes-assist", [BUSY[0]]), (None, [BUSY[0]])):
+        serving_q, failing_q = failing_replicas_query("llm-prod", MODEL, workload=workload)
+        serving = FAILING * (workload != "notes-assist") + BUSY * (workload != "chat-lite")
+        tests += [{"expr": f"count by (pod) ({serving_q})", "eval_time": "10m",
+                   "exp_samples": [{"labels": f'{{pod="{p}"}}', "value": 1} for p in serving]},
+                  {"expr": f"count by (pod) ({failing_q})", "eval_time": "10m",
+                   "exp_samples": [{"labels": f'{{pod="{p}"}}', "value": 1} for p in failing]}]
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(
+        {"evaluation_interval": "15s", "tests": [{"interval": "15s", "input_series": series, "promql_expr_test": tests}]}))
+    res = subprocess.run([str(PROMTOOL), "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
