@@ -93,7 +93,7 @@ def test_the_blast_radius_counts_only_the_target_workloads_failing_replicas(tmp_
                    "exp_samples": [{"labels": f'{{pod="{p}"}}', "value": 1} for p in serving]},
                   {"expr": f"count by (pod) ({failing_q})", "eval_time": "10m",
                    "exp_samples": [{"labels": f'{{pod="{p}"}}', "value": 1} for p in failing]}]
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump(
-        {"evaluation_interval": "15s", "tests": [{"interval": "15s", "input_series": series, "promql_expr_test": tests}]}))
+    case = {"interval": "15s", "input_series": series, "promql_expr_test": tests}
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump({"evaluation_interval": "15s", "tests": [case]}))
     res = subprocess.run([str(PROMTOOL), "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
