@@ -59,7 +59,7 @@ KEEP_RUNS = 64  # run records kept for the report and evals, newest last
 _CITATION = re.compile(r"\[([A-Za-z0-9_.:-]+)\]")
 # Result fields that name objects a culprit may be (see `_known_names`).
 _NAME_KEYS = {"name", "namespace", "node", "node_name", "deployment", "pod", "hpa", "model_name", "model",
-              "Hostname", "hostname", "replicaset"}
+              "Hostname", "hostname", "replicaset", "workload"}
 _NAMESPACED = {"Deployment", "Pod", "HorizontalPodAutoscaler", "HTTPRoute"}
 
 
