@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "gpu-serving.rules.yaml"
-GROUP_BY = ("alertname", "namespace", "model_name", "Hostname")  # deploy/sandbox/monitoring.py's route
+GROUP_BY = ("alertname", "namespace", "workload", "model_name", "Hostname")  # deploy/sandbox/monitoring.py's route
 RECEIVER = "opsagent"
 FOR_S = 15  # the sandbox's shortened `for:`: an alert starts this long before it is sent
 _TEMPLATE = re.compile(r"{{\s*(.*?)\s*}}")
@@ -36,6 +36,11 @@ class AlertBuildError(ValueError):
 def _rules(path: Path = RULES) -> dict[str, dict[str, Any]]:
     doc = yaml.safe_load(path.read_text())
     return {r["alert"]: r for g in doc["groups"] for r in g["rules"] if "alert" in r}
+
+
+def per_workload(alertname: str) -> bool:
+    """Whether the rule's alerts carry a `workload` label (the serving SLO rules group by it)."""
+    return '"workload"' in str(_rules().get(alertname, {}).get("expr", ""))
 
 
 def _render(template: str, labels: dict[str, str]) -> str | None:

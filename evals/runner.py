@@ -161,6 +161,8 @@ def _synthetic_alert(s: Scenario, fleet: Fleet, now: dt.datetime, prometheus_url
     w = fleet.workload(s.workload)
     labels = {"namespace": w.namespace, **s.detection.alert_labels}
     labels.setdefault("alertname", s.detection.alerts[0] if s.detection.alerts else "ModelServingTTFTHigh")
+    if alerts.per_workload(labels["alertname"]):  # as the rule labels it; omit_labels may still drop it
+        labels.setdefault("workload", w.name)
     try:
         return alerts.build(labels, omit=s.detection.omit_labels, now=now, cluster=fleet.cluster,
                             prometheus_url=prometheus_url, alertmanager_url=alertmanager_url)

@@ -218,7 +218,7 @@ def test_a_built_alert_may_leave_out_any_label_even_its_name(omit: list[str]) ->
     labels = body["alerts"][0]["labels"]
     assert not set(omit) & set(labels) and labels
     assert "alertname" not in body["groupKey"]
-    everything = [*omit, "model_name", "alertname", "namespace", "cluster", "severity", "component"]
+    everything = [*omit, "model_name", "workload", "alertname", "namespace", "cluster", "severity", "component"]
     bare = _with(s, detection=s.detection.model_dump(mode="json") | {"omit_labels": everything})
     with pytest.raises(EvalError, match="without a single label"):
         _synthetic_alert(bare, Fleet.load(), dt.datetime(2026, 12, 6, tzinfo=dt.UTC))
