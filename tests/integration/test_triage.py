@@ -61,10 +61,27 @@ def _quiet(app: App, names: set[str], namespace: str, timeout: float = 480, mode
                timeout, f"{pattern} to stop firing in {namespace} after the previous test", interval=5)
 
 
+def _rolled_out(admin: client.ApiClient, namespace: str, name: str, timeout: float = 300) -> None:
+    """Wait until the Deployment runs only its current template. The previous test's clear rolls the good version
+    out again; injected before that finished, a fault whose pods never turn Ready (image-pull, host-oom,
+    slow-start) leaves the previous fault's pods serving beside it, and the triage rightly reads their symptoms."""
+    apps = client.AppsV1Api(admin)
+    deadline = time.monotonic() + timeout
+    while True:
+        d = apps.read_namespaced_deployment(name, namespace)
+        st, want = d.status, d.spec.replicas
+        if (st.observed_generation or 0) >= d.metadata.generation and st.updated_replicas == want \
+                and st.available_replicas == want and (st.replicas or 0) == want:
+            return
+        assert time.monotonic() < deadline, f"{namespace}/{name} did not finish the previous test's rollout"
+        time.sleep(2)
+
+
 def _triage_fault(app: App, admin: client.ApiClient, fleet: Fleet, webhook: WebhookReceiver, fault: str,
                   alert: str) -> tuple[Any, TriageReport]:
     """Inject `fault` on its workload, wait for `alert` from that namespace, triage it: (workload, report)."""
     w = fleet.workload(fleet.faults[fault]["workload"])
+    _rolled_out(admin, w.namespace, w.name)
     _quiet(app, {alert}, w.namespace)
     # An earlier test's bad version of the same model (its latency and 5xx) must have left the windows the
     # triage compares, or this fault's evidence is read on top of it.
