@@ -467,22 +467,8 @@ def test_the_balancer_fails_requests_itself_while_targets_stay_healthy_and_its_a
     w = fleet.workload(fleet.faults["alb-5xx"]["workload"])
     share = fleet.faults["alb-5xx"]["share"]
     pods_share = 'sum(rate(http_requests_total{status="5xx"}[2m])) / sum(rate(http_requests_total[2m]))'
-    # A clean start: an earlier test's bad rollout on this shared sandbox leaves its 5xx in the window, and its
-    # pods keep serving until the clear's rollout has replaced them.
-    apps = client.AppsV1Api(admin)
-
-    def rolled_out() -> bool:
-        for x in fleet.workloads:
-            d = apps.read_namespaced_deployment(x.name, x.namespace)
-            st, want = d.status, d.spec.replicas
-            if not ((st.observed_generation or 0) >= d.metadata.generation and st.updated_replicas == want
-                    and st.available_replicas == want and (st.replicas or 0) == want):
-                return False
-        return True
-
-    wait_until(rolled_out, 300, "an earlier test's rollouts to finish")
+    # A clean start: an earlier test's bad rollout on this shared sandbox leaves its 5xx in the window.
     wait_until(lambda: (scalar(prom, pods_share) or 0) < 0.01, 300, "an earlier test's 5xx to leave the window")
-    before = scalar(prom, pods_share) or 0
     faults.inject(admin, fleet, "alb-5xx")
     wait_until(lambda: state() == "ALARM", 200, f"alarm {alarm} in ALARM")
     requests, elb, target = (last_minute(m, lb) or 0.0 for m in
@@ -492,8 +478,7 @@ def test_the_balancer_fails_requests_itself_while_targets_stay_healthy_and_its_a
     tg = [*lb, {"Name": "TargetGroup", "Value": target_group(w.namespace, w.name)}]
     assert last_minute("HealthyHostCount", tg, "Minimum") == w.replicas
     assert last_minute("UnHealthyHostCount", tg, "Maximum") == 0
-    after = scalar(prom, pods_share) or 0
-    assert after < before + 0.005, f"the pods' own error share does not move ({before:.4f} → {after:.4f})"
+    assert (scalar(prom, pods_share) or 0) < 0.01, "the pods' own error share does not move"
     # Its delivery as an alert and the triage: tests/integration/test_triage.py.
 
     faults.clear(admin, fleet)
