@@ -64,13 +64,13 @@ def _pods(workload: str | None) -> promql.Matcher:
 def signal_queries(namespace: str, model: str, rate_window_s: int = 30,
                    workload: str | None = None) -> dict[str, str]:
     """TTFT p95, 5xx share and queue of the model's pods (of `workload`'s pods, when given)."""
-    sel = promql.selector("vllm:num_requests_running", _pods(workload), namespace=namespace, model_name=model)
+    own = _pods(workload)
+    sel = promql.selector("vllm:num_requests_running", own, namespace=namespace, model_name=model)
     pods = f"* on (namespace, pod) group_left(model_name) (0 * max by (namespace, pod, model_name) ({sel}) + 1)"
     ns = promql.quote(namespace)
     w = f"{rate_window_s}s"
-    ttft_sel = promql.selector("vllm:time_to_first_token_seconds_bucket", _pods(workload), namespace=namespace,
-                               model_name=model)
-    waiting = promql.selector("vllm:num_requests_waiting", _pods(workload), namespace=namespace, model_name=model)
+    ttft_sel = promql.selector("vllm:time_to_first_token_seconds_bucket", own, namespace=namespace, model_name=model)
+    waiting = promql.selector("vllm:num_requests_waiting", own, namespace=namespace, model_name=model)
     return {
         "ttft_p95": f"histogram_quantile(0.95, sum by (le) (rate({ttft_sel}[{w}])))",
         "error_share": (f'sum(rate(http_requests_total{{namespace={ns}, status="5xx"}}[{w}]) {pods}) / '
@@ -108,8 +108,9 @@ def stalled_pods_query(namespace: str, model: str, window: str = STALLED_WINDOW,
 
     The pod must have held requests a whole window ago as well: a replica that just started has no token rate
     yet, and calling it hung would count its restart as no loss of healthy capacity."""
-    running = promql.selector("vllm:num_requests_running", _pods(workload), namespace=namespace, model_name=model)
-    tokens = promql.selector("vllm:generation_tokens_total", _pods(workload), namespace=namespace, model_name=model)
+    own = _pods(workload)
+    running = promql.selector("vllm:num_requests_running", own, namespace=namespace, model_name=model)
+    tokens = promql.selector("vllm:generation_tokens_total", own, namespace=namespace, model_name=model)
     w = promql.check_duration(window)
     return (f"((max by (pod) ({running}) > 0) and on (pod) (max by (pod) ({running} offset {w}) > 0)) "
             f"unless on (pod) (sum by (pod) (rate({tokens}[{w}])) > 0)")
